@@ -1,0 +1,107 @@
+"""FISA checkpoints: safetensors files that carry the model config and the training vocabulary.
+
+safetensors holds only tensors and string metadata, so loading a checkpoint from elsewhere can never
+run code (pickle can). The config travels in the metadata, so a checkpoint alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .config import FisaConfig
+from .errors import CheckpointError, ConfigError
+from .model import FisaModel, create_model
+
+FORMAT = "fisa-rt/1"
+
+
+@dataclass
+class CheckpointInfo:
+    config: FisaConfig
+    # Classes the model was trained on (its "seen" classes), in training order.
+    vocabulary: List[str] = field(default_factory=list)
+    # Which of those are things (countable) rather than stuff.
+    is_thing: List[bool] = field(default_factory=list)
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str,
+    model: FisaModel,
+    vocabulary: Optional[List[str]] = None,
+    is_thing: Optional[List[bool]] = None,
+    dtype: Optional[torch.dtype] = None,
+    extra: Optional[Dict[str, str]] = None,
+    overwrite: bool = False,
+) -> None:
+    """Write ``model`` to ``path``; ``dtype`` (e.g. torch.float16) converts floating tensors."""
+    if os.path.exists(path) and not overwrite:
+        raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
+    vocabulary = list(vocabulary or [])
+    is_thing = list(is_thing) if is_thing is not None else [True] * len(vocabulary)
+    if len(is_thing) != len(vocabulary):
+        raise ValueError(f"is_thing has {len(is_thing)} entries for {len(vocabulary)} classes")
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous()
+    metadata = {
+        "format": FORMAT,
+        "config": model.cfg.to_json(),
+        "vocabulary": json.dumps(vocabulary),
+        "is_thing": json.dumps(is_thing),
+        "extra": json.dumps(extra or {}),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_checkpoint_info(path: str) -> CheckpointInfo:
+    """The config and vocabulary of a checkpoint, without reading its tensors."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fisa-rt checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    try:
+        config = FisaConfig.from_json(metadata["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{path} carries no valid model config: {exc}") from None
+    return CheckpointInfo(
+        config=config,
+        vocabulary=json.loads(metadata.get("vocabulary", "[]")),
+        is_thing=json.loads(metadata.get("is_thing", "[]")),
+        extra=json.loads(metadata.get("extra", "{}")),
+    )
+
+
+def load_model(path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None) -> Tuple[FisaModel, CheckpointInfo]:
+    """Rebuild the model a checkpoint describes and load its weights (all of them: strict).
+
+    Tensors are cast to ``dtype`` if given, else to float32 (checkpoints may be stored in fp16)."""
+    info = read_checkpoint_info(path)
+    model = create_model(info.config, load_pretrained_clip=False)
+    tensors = load_file(path, device=device)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match config {info.config.name}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model = model.to(device=device, dtype=dtype or torch.float32).eval()
+    return model, info

@@ -1,0 +1,69 @@
+"""Building the open_clip model and tokenizer that a FISA config names.
+
+Everything goes through open_clip's public API: ``create_model(name, pretrained=tag_or_file)`` for the
+architectures open_clip ships, ``CLIP(**cfg)`` + ``load_checkpoint`` for inline architectures. Nothing
+downloads unless ``load_pretrained`` is true and the config names an open_clip tag.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Tuple
+
+import open_clip
+import torch
+from torch import nn
+
+from .config import ClipConfig
+from .errors import CheckpointError, ConfigError
+
+
+def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
+    """The open_clip ``CLIP`` model of ``cfg``, with its pretrained weights when ``load_pretrained``.
+
+    ``load_pretrained=False`` builds the architecture only: the path taken when a FISA checkpoint is
+    about to overwrite every weight anyway, and in tests, which never download.
+    """
+    pretrained = cfg.pretrained if load_pretrained else None
+    if cfg.custom_config is not None:
+        model = open_clip.CLIP(**cfg.custom_config)
+        if pretrained is not None:
+            if not os.path.isfile(pretrained):
+                raise CheckpointError(
+                    f"{cfg.model_name} is an inline architecture, so `pretrained` must be a local file; "
+                    f"{pretrained!r} does not exist"
+                )
+            open_clip.load_checkpoint(model, pretrained)
+        return model
+    if cfg.model_name not in open_clip.list_models():
+        raise ConfigError(f"open_clip has no architecture {cfg.model_name!r}; see open_clip.list_models()")
+    if pretrained is not None and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(cfg.model_name)
+        if pretrained not in tags:
+            raise ConfigError(
+                f"{pretrained!r} is neither a local file nor an open_clip tag of {cfg.model_name}; "
+                f"tags: {', '.join(tags)}"
+            )
+    return open_clip.create_model(cfg.model_name, pretrained=pretrained)
+
+
+def create_tokenizer(cfg: ClipConfig) -> Callable[[list], torch.Tensor]:
+    """open_clip's tokenizer for ``cfg`` (BPE vocabulary ships inside open_clip: no download)."""
+    if cfg.custom_config is not None:
+        context_length = cfg.custom_config["text_cfg"].get("context_length", 77)
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    return open_clip.get_tokenizer(cfg.model_name)
+
+
+def vision_kind(visual: nn.Module) -> str:
+    """"vit" for open_clip's VisionTransformer, "convnext" for a timm ConvNeXt trunk."""
+    if isinstance(visual, open_clip.transformer.VisionTransformer):
+        return "vit"
+    trunk = getattr(visual, "trunk", None)
+    if trunk is not None and type(trunk).__name__ == "ConvNeXt":
+        return "convnext"
+    raise ConfigError(f"unsupported visual tower {type(visual).__name__}: FISA supports ViT and ConvNeXt CLIPs")
+
+
+def visual_patch_stride(visual: nn.Module) -> Tuple[int, int]:
+    return tuple(visual.patch_size)

@@ -1,0 +1,204 @@
+"""One configuration object per FISA model.
+
+A model is a JSON file in ``fisa_rt/model_configs/`` (as open_clip keeps ``model_configs/*.json``),
+read into the :class:`FisaConfig` dataclass tree below and passed down to every module that needs
+it. Nothing reads global flags: two models with different configs can live in one process.
+
+The names of architectures (this registry) are kept apart from weights: ``clip.pretrained`` names an
+open_clip pretrained tag or a local file, and FISA checkpoints carry their own config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import ConfigError
+
+# OpenAI CLIP's normalisation, which every open_clip model named here was trained with.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+CLASSIFIER_HEADS = ("mask-attention", "mask-average")
+MASK_WEIGHTINGS = ("binary", "sigmoid")
+
+
+@dataclass
+class ClipConfig:
+    # open_clip architecture name ("ViT-B-16", "convnext_large_d_320"), or a name of our own when
+    # `custom_config` describes the architecture.
+    model_name: str
+    # open_clip pretrained tag ("laion2b_s29b_b131k_ft_soup") or a local weights file; None builds the
+    # architecture with random weights (tests, or a model this project trains from scratch).
+    pretrained: Optional[str] = None
+    # An inline open_clip model config ({"embed_dim", "vision_cfg", "text_cfg"}) for architectures that
+    # open_clip does not ship, such as the tiny CLIP this project trains itself.
+    custom_config: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class SeveConfig:
+    # Where the text-conditioned adapters run: after these transformer blocks (ViT) or these
+    # stages (ConvNeXt), 0-based. Early layers, so visual features carry the classes from the start.
+    layers: List[int] = field(default_factory=list)
+    # Attention heads of each adapter; the visual width must divide by it.
+    num_heads: int = 8
+    # Initial value of the adapter's gate (tanh(gate) scales its output). 0 makes an untrained
+    # adapter an exact identity, so the pre-trained backbone is untouched at the start.
+    gate_init: float = 0.0
+
+
+@dataclass
+class MaskGeneratorConfig:
+    # Transformer width of the pixel and transformer decoders.
+    hidden_dim: int = 256
+    # Number of mask proposals (object queries).
+    num_queries: int = 100
+    # Transformer-decoder layers; each attends to one of the three coarsest scales in turn.
+    dec_layers: int = 6
+    # Transformer-encoder layers of the pixel decoder, run on the stride-32 features.
+    enc_layers: int = 2
+    num_heads: int = 8
+    dim_feedforward: int = 1024
+    # Channels of the per-pixel embeddings that mask embeddings are dotted with.
+    mask_dim: int = 256
+
+
+@dataclass
+class ClassifierConfig:
+    # "mask-attention": mask tokens attend to image tokens under their masks (FISA/MaskCLIP/MAFT,
+    # ViT only). "mask-average": FC-CLIP's mask-weighted average pooling of dense CLIP embeddings.
+    head: str = "mask-attention"
+    # mask-attention: how many of the last ViT blocks carry mask tokens.
+    num_mask_layers: int = 3
+    # Mask logits above this count as inside the mask once resized to the token grid.
+    mask_threshold: float = 0.0
+    # mask-average: "binary" (FC-CLIP) or "sigmoid" soft weights.
+    mask_weighting: str = "binary"
+    # mask-average: FC-CLIP's geometric ensemble weights of the out-of-vocabulary (CLIP) score, for
+    # classes seen in training (alpha) and not seen (beta).
+    ensemble_alpha: float = 0.4
+    ensemble_beta: float = 0.8
+
+
+@dataclass
+class SimoConfig:
+    # Parameter-name prefixes that stay trainable during FISA adaptation; everything else is frozen.
+    trainable: List[str] = field(default_factory=lambda: ["classifier.mask_q_proj", "classifier.void_embedding", "backbone.seve"])
+
+
+@dataclass
+class TextConfig:
+    # Prompt-template set used to embed class names (see fisa_rt.text.PROMPT_TEMPLATES).
+    templates: str = "vild"
+    # Class names encoded per text-tower call.
+    batch_size: int = 256
+
+
+@dataclass
+class PostprocessConfig:
+    # Mask2Former's defaults: keep a proposal if its class score exceeds this (panoptic/semantic
+    # ignores it) ...
+    object_mask_threshold: float = 0.8
+    # ... and if at least this fraction of its mask survives overlap with higher-scoring segments.
+    overlap_threshold: float = 0.8
+    # Instances kept per image.
+    instance_topk: int = 100
+
+
+@dataclass
+class FisaConfig:
+    name: str
+    clip: ClipConfig
+    # Side of the square training/inference image; ViT position embeddings are resized to it.
+    image_size: int
+    seve: SeveConfig = field(default_factory=SeveConfig)
+    mask_generator: MaskGeneratorConfig = field(default_factory=MaskGeneratorConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    simo: SimoConfig = field(default_factory=SimoConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    image_mean: Tuple[float, float, float] = OPENAI_MEAN
+    image_std: Tuple[float, float, float] = OPENAI_STD
+
+    def __post_init__(self):
+        if self.classifier.head not in CLASSIFIER_HEADS:
+            raise ConfigError(f"classifier.head must be one of {CLASSIFIER_HEADS}, got {self.classifier.head!r}")
+        if self.classifier.mask_weighting not in MASK_WEIGHTINGS:
+            raise ConfigError(
+                f"classifier.mask_weighting must be one of {MASK_WEIGHTINGS}, got {self.classifier.mask_weighting!r}"
+            )
+        if self.image_size % 32:
+            raise ConfigError(f"image_size must be a multiple of 32 (the coarsest feature stride), got {self.image_size}")
+        self.image_mean = tuple(self.image_mean)
+        self.image_std = tuple(self.image_std)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "FisaConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        nested = {
+            "clip": ClipConfig,
+            "seve": SeveConfig,
+            "mask_generator": MaskGeneratorConfig,
+            "classifier": ClassifierConfig,
+            "simo": SimoConfig,
+            "text": TextConfig,
+            "postprocess": PostprocessConfig,
+        }
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(sections)}")
+        kwargs = {}
+        for key, value in data.items():
+            if key in nested:
+                kwargs[key] = _section(nested[key], key, value)
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"incomplete model config: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "FisaConfig":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model config is not valid JSON: {exc}") from None
+
+
+def _section(section_cls, key: str, value: Any):
+    if not isinstance(value, dict):
+        raise ConfigError(f"config section {key!r} must be an object, got {type(value).__name__}")
+    valid = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = set(value) - valid
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)} in config section {key!r}; valid keys: {sorted(valid)}")
+    try:
+        return section_cls(**value)
+    except TypeError as exc:
+        raise ConfigError(f"config section {key!r}: {exc}") from None
+
+
+def list_models() -> List[str]:
+    """Names of the shipped model configs."""
+    folder = resources.files("fisa_rt") / "model_configs"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def get_model_config(name: str) -> FisaConfig:
+    """The shipped config called ``name``; unknown names fail with the list of valid ones."""
+    names = list_models()
+    if name not in names:
+        raise ConfigError(f"unknown model config {name!r}; available: {', '.join(names)}")
+    text = (resources.files("fisa_rt") / "model_configs" / f"{name}.json").read_text()
+    return FisaConfig.from_json(text)

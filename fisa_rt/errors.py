@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Everything a user can cause (a bad image, an unknown model name, a vocabulary of the wrong width, a
+checkpoint from elsewhere) raises a subclass of :class:`FisaError`, so the CLI can print one line and
+exit non-zero while programming errors still surface as tracebacks.
+"""
+
+
+class FisaError(Exception):
+    """Base class of every error a user can trigger."""
+
+
+class ConfigError(FisaError, ValueError):
+    """A model configuration is unknown or inconsistent."""
+
+
+class InputError(FisaError, ValueError):
+    """An image, mask or vocabulary tensor has the wrong shape, dtype or size."""
+
+
+class CheckpointError(FisaError):
+    """A checkpoint is missing, unreadable, not a fisa-rt file, or would be overwritten."""
+
+
+class MissingDependencyError(FisaError, ImportError):
+    """An optional dependency is needed for the requested feature."""

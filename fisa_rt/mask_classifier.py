@@ -1,0 +1,116 @@
+"""Open-vocabulary mask classifiers: mask proposals + class-text embeddings -> class logits with void.
+
+Two heads behind one interface (``forward(backbone_out, generator_out, text, logit_scale, seen)``
+returning :class:`ClassifierOutput`):
+
+* :class:`MaskAttentionHead` (FISA's, ViT): one mask token per proposal, started from the class token,
+  runs through the last ViT blocks beside the image tokens. In each block it attends to itself and
+  to the image patch tokens under its mask only, through its *own* query projection (initialised from
+  CLIP's and trained by SIMO); keys, values, MLP and norms are CLIP's, frozen. Image tokens never see
+  mask tokens. The final token goes through CLIP's ln_post and projection.
+* :class:`MaskAverageHead` (FC-CLIP's, ConvNeXt): mask-weighted average of per-location CLIP
+  embeddings, ensembled geometrically with the mask generator's in-vocabulary prediction.
+
+Both score with cosine similarity × CLIP's logit scale and append a void ("no object") logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fisa_rt.kernels import mask_attention_reference, mask_average_logits_reference
+
+from .backbone import BackboneOutput
+from .config import ClassifierConfig
+from .mask_generator import MaskGeneratorOutput
+
+
+@dataclass
+class ClassifierOutput:
+    # (B, Q, K + 1) class logits, void last; log-probabilities for the mask-average head.
+    logits: torch.Tensor
+
+
+def cosine_logits(embeds: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """(B, Q, D) x (K, D) -> (B, Q, K): logit_scale * cosine similarity."""
+    return logit_scale * F.normalize(embeds, dim=-1) @ F.normalize(text, dim=-1).t()
+
+
+class MaskAttentionHead(nn.Module):
+    def __init__(self, visual: nn.Module, cfg: ClassifierConfig, embed_dim: int):
+        super().__init__()
+        blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - cfg.num_mask_layers:]
+        self.mask_q_proj = nn.ModuleList()
+        for block in blocks:
+            width = block.attn.embed_dim
+            proj = nn.Linear(width, width, bias=block.attn.in_proj_bias is not None)
+            with torch.no_grad():
+                proj.weight.copy_(block.attn.in_proj_weight[:width])
+                if proj.bias is not None:
+                    proj.bias.copy_(block.attn.in_proj_bias[:width])
+            self.mask_q_proj.append(proj)
+        self.void_embedding = nn.Parameter(torch.randn(embed_dim) * embed_dim ** -0.5)
+        self.threshold = cfg.mask_threshold
+
+    def _block(self, block: nn.Module, q_proj: nn.Linear, image_in: torch.Tensor, tokens: torch.Tensor, mask_logits, grid):
+        attn = block.attn
+        W, H = attn.embed_dim, attn.num_heads
+        B, Q, _ = tokens.shape
+        kv_weight = attn.in_proj_weight[W:]
+        kv_bias = None if attn.in_proj_bias is None else attn.in_proj_bias[W:]
+        # The image pass already computed these keys/values inside CLIP's fused attention, which
+        # does not expose them; recomputing costs 2/3 of a QKV projection for num_mask_layers blocks.
+        k_img, v_img = F.linear(block.ln_1(image_in[:, 1:]), kv_weight, kv_bias).chunk(2, dim=-1)
+        normed = block.ln_1(tokens)
+        k_self, v_self = F.linear(normed, kv_weight, kv_bias).chunk(2, dim=-1)
+
+        def heads(t):
+            return t.reshape(B, t.shape[1], H, W // H).transpose(1, 2)
+
+        out = mask_attention_reference(
+            heads(q_proj(normed)), heads(k_img), heads(v_img), heads(k_self), heads(v_self), mask_logits, grid, self.threshold
+        )
+        tokens = tokens + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(B, Q, W)))
+        return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
+
+    def forward(self, backbone: nn.Module, features: BackboneOutput, generator: MaskGeneratorOutput, text, logit_scale, seen=None):
+        visual = backbone.visual
+        blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - len(self.mask_q_proj):]
+        Q = generator.mask_logits.shape[1]
+        tokens = features.block_inputs[0][:, :1].expand(-1, Q, -1)
+        for block, q_proj, image_in in zip(blocks, self.mask_q_proj, features.block_inputs):
+            tokens = self._block(block, q_proj, image_in, tokens, generator.mask_logits, features.grid)
+        embeds = visual.ln_post(tokens) @ visual.proj
+        classes = torch.cat([text, self.void_embedding[None].to(text.dtype)], dim=0)
+        return ClassifierOutput(logits=cosine_logits(embeds, classes, logit_scale))
+
+
+class MaskAverageHead(nn.Module):
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, backbone: nn.Module, features: BackboneOutput, generator: MaskGeneratorOutput, text, logit_scale, seen: Optional[torch.Tensor] = None):
+        """``seen`` (K,) bool marks classes the mask generator was trained on (FC-CLIP's category
+        overlap); None treats every class as unseen."""
+        cfg = self.cfg
+        out_vocab = mask_average_logits_reference(
+            generator.mask_logits, features.dense_embeds, text, logit_scale, cfg.mask_weighting, cfg.mask_threshold
+        )
+        void = generator.void_embedding[None].to(text.dtype)
+        in_vocab = cosine_logits(generator.class_embeds, torch.cat([text, void], dim=0), logit_scale)
+        in_probs = in_vocab[..., :-1].softmax(-1)
+        out_probs = out_vocab.softmax(-1)
+        if seen is None:
+            weight = torch.full_like(out_probs[0, 0], cfg.ensemble_beta)
+        else:
+            weight = torch.where(seen.to(out_probs.device), cfg.ensemble_alpha, cfg.ensemble_beta).to(out_probs.dtype)
+        ensembled = (in_probs ** (1 - weight) * out_probs ** weight).log()
+        void_prob = in_vocab.softmax(-1)[..., -1:]
+        probs = torch.cat([ensembled.softmax(-1) * (1.0 - void_prob), void_prob], dim=-1)
+        return ClassifierOutput(logits=torch.log(probs + 1e-8))

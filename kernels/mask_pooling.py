@@ -1,0 +1,45 @@
+"""Mask-average pooling → L2 normalisation → cosine logits (the `mask-average` classifier head,
+FC-CLIP's out-of-vocabulary branch).
+
+Contract (shared by the PyTorch reference below and the fused kernel that replaces it on CUDA):
+
+    mask_logits  (B, Q, Hm, Wm)  mask generator's logits at any resolution
+    dense        (B, C, Hf, Wf)  per-location CLIP embeddings
+    text         (K, C)          class-text embeddings (normalised here, so any scale is accepted)
+    logit_scale  float or 0-d tensor, already exponentiated
+    weighting    "binary": mask = resized logit > threshold (FC-CLIP); "sigmoid": soft weights
+    returns      (B, Q, K)       logit_scale * cos(pooled mask embedding, text)
+
+Masks are resized to (Hf, Wf) bilinearly (align_corners=False). Pooling divides by the mask's area
+(+1e-8, FC-CLIP's epsilon), so an empty mask pools to zero and scores 0 against every class. The
+mask weights carry no gradient (FC-CLIP detaches them); dense and text do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+WEIGHTINGS = ("binary", "sigmoid")
+
+
+def mask_average_logits_reference(
+    mask_logits: torch.Tensor,
+    dense: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale,
+    weighting: str = "binary",
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
+    if mask_logits.dim() != 4 or dense.dim() != 4 or mask_logits.shape[0] != dense.shape[0]:
+        raise ValueError(f"need mask_logits (B, Q, Hm, Wm) and dense (B, C, Hf, Wf); got {tuple(mask_logits.shape)}, {tuple(dense.shape)}")
+    if text.dim() != 2 or text.shape[1] != dense.shape[1]:
+        raise ValueError(f"text must be (K, C={dense.shape[1]}); got {tuple(text.shape)}")
+    with torch.no_grad():
+        resized = F.interpolate(mask_logits.detach(), size=dense.shape[-2:], mode="bilinear", align_corners=False)
+        weights = (resized > threshold).to(dense.dtype) if weighting == "binary" else resized.sigmoid().to(dense.dtype)
+        weights = weights / (weights.sum(dim=(-1, -2), keepdim=True) + 1e-8)
+    pooled = torch.einsum("bchw,bqhw->bqc", dense, weights)
+    return logit_scale * torch.matmul(F.normalize(pooled, dim=-1), F.normalize(text, dim=-1).t())

@@ -1,0 +1,27 @@
+from setuptools import setup
+
+setup(
+    name="fisa-rt",
+    version="0.1.0",
+    description="FISA open-vocabulary segmentation: PyTorch training, Triton kernels, ONNX/TensorRT deployment",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # `kernels/` sits at the top of the repository beside the model, but is installed as
+    # fisa_rt.kernels so its import name cannot clash with other packages called `kernels`.
+    packages=["fisa_rt", "fisa_rt.kernels"],
+    package_dir={"fisa_rt": "fisa_rt", "fisa_rt.kernels": "kernels"},
+    package_data={"fisa_rt": ["model_configs/*.json"]},
+    install_requires=[
+        # torch/torchvision are pinned by the README's install line (local wheels on the project machines).
+        "torch>=2.4",
+        "torchvision",
+        "open_clip_torch>=2.24",
+        "timm>=1.0",
+        "safetensors>=0.4",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
+)

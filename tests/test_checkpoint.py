@@ -1,0 +1,67 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fisa_rt import CheckpointError
+from fisa_rt.checkpoint import load_model, read_checkpoint_info, save_checkpoint
+
+from conftest import open_gates, random_text
+
+
+def test_round_trip_restores_config_vocabulary_and_outputs(tmp_path, tiny_model):
+    path = str(tmp_path / "model.safetensors")
+    save_checkpoint(path, tiny_model, vocabulary=["cat", "grass"], is_thing=[True, False], extra={"step": "7"})
+    loaded, info = load_model(path)
+    assert info.config == tiny_model.cfg
+    assert info.vocabulary == ["cat", "grass"] and info.is_thing == [True, False] and info.extra == {"step": "7"}
+    images, text = torch.randn(1, 3, 64, 64), random_text(3, tiny_model.embed_dim)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, text).class_logits, tiny_model(images, text).class_logits)
+
+
+def test_fp16_checkpoint_loads_as_float32_close_to_original(tmp_path, tiny_vit):
+    path = str(tmp_path / "half.safetensors")
+    save_checkpoint(path, tiny_vit, dtype=torch.float16)
+    loaded, _ = load_model(path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    images, text = torch.randn(1, 3, 64, 64), random_text(3, tiny_vit.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, text).class_logits, tiny_vit(images, text).class_logits, atol=0.05, rtol=0.01)
+
+
+def test_existing_file_is_not_overwritten(tmp_path, tiny_vit):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(CheckpointError, match="exists"):
+        save_checkpoint(str(path), tiny_vit)
+    assert path.read_bytes() == b"precious"
+    save_checkpoint(str(path), tiny_vit, overwrite=True)
+    assert read_checkpoint_info(str(path)).config.name == "fisa-tiny"
+
+
+def test_missing_corrupt_and_foreign_files_are_rejected(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint_info(str(tmp_path / "none.safetensors"))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_checkpoint_info(str(corrupt))
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a fisa-rt checkpoint"):
+        load_model(str(foreign))
+
+
+def test_weights_of_another_config_are_rejected(tmp_path, tiny_vit):
+    path = str(tmp_path / "model.safetensors")
+    save_checkpoint(path, tiny_vit)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, path, metadata=metadata)
+    with pytest.raises(CheckpointError, match="does not match config fisa-tiny: missing"):
+        load_model(path)

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from fisa_rt import ConfigError, FisaConfig, get_model_config, list_models
+
+SHIPPED = ["fisa-convnext-l", "fisa-tiny", "fisa-tiny-convnext", "fisa-vit-b16"]
+
+
+def test_shipped_configs_are_listed():
+    assert list_models() == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_config_json_round_trip(name):
+    cfg = get_model_config(name)
+    assert cfg.name == name
+    again = FisaConfig.from_json(cfg.to_json())
+    assert again == cfg
+
+
+def test_unknown_config_name_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown model config 'fisa-huge'.*fisa-tiny"):
+        get_model_config("fisa-huge")
+
+
+def test_unknown_keys_are_rejected():
+    data = get_model_config("fisa-tiny").to_dict()
+    data["seve"]["gates"] = 1
+    with pytest.raises(ConfigError, match="unknown keys \\['gates'\\] in config section 'seve'"):
+        FisaConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("classifier", "head", "mask-max", "classifier.head must be one of"),
+        ("classifier", "mask_weighting", "soft", "mask_weighting must be one of"),
+        (None, "image_size", 100, "multiple of 32"),
+    ],
+)
+def test_invalid_values_are_rejected(section, key, value, message):
+    data = get_model_config("fisa-tiny").to_dict()
+    (data[section] if section else data)[key] = value
+    with pytest.raises(ConfigError, match=message):
+        FisaConfig.from_dict(data)
+
+
+def test_invalid_json_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        FisaConfig.from_json("{name: ")
+    with pytest.raises(ConfigError, match="incomplete"):
+        FisaConfig.from_json(json.dumps({"name": "x"}))
