@@ -1,16 +1,16 @@
 import json
-import shutil
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-EXE = shutil.which("fisa-rt")
+# The installed console script of the interpreter running the tests: the real entry point.
+EXE = pathlib.Path(sys.executable).parent / "fisa-rt"
 
 
 def run(*args):
-    cmd = [EXE] if EXE else [sys.executable, "-m", "fisa_rt.cli"]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=300)
 
 
 def test_models_lists_every_config():

@@ -3,6 +3,7 @@
 import pathlib
 import re
 import subprocess
+import sys
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,6 +22,8 @@ def test_main_command_job_runs():
     command = re.search(r"```bash\n(.*?)```", main, flags=re.S).group(1).strip()
     job = command.rsplit("&&", 1)[1].strip()  # the part after installing
     assert job.startswith("fisa-rt ")
-    result = subprocess.run(job.split(), capture_output=True, text=True, timeout=600)
+    # The venv's own script, whether or not the venv is activated.
+    exe = pathlib.Path(sys.executable).parent / "fisa-rt"
+    result = subprocess.run([str(exe)] + job.split()[1:], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "trainable" in result.stdout
