@@ -9,9 +9,9 @@ setup(
     python_requires=">=3.10",
     # `kernels/` sits at the top of the repository beside the model, but is installed as
     # fisa_rt.kernels so its import name cannot clash with other packages called `kernels`.
-    packages=["fisa_rt", "fisa_rt.kernels"],
     package_dir={"fisa_rt": "fisa_rt", "fisa_rt.kernels": "kernels"},
-    package_data={"fisa_rt": ["model_configs/*.json"]},
+    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.kernels"],
+    package_data={"fisa_rt": ["model_configs/*.json", "assets/*.safetensors", "assets/samples/*.png"]},
     install_requires=[
         # torch/torchvision are pinned by the README's install line (local wheels on the project machines).
         "torch>=2.4",
@@ -21,7 +21,10 @@ setup(
         "safetensors>=0.4",
         "numpy",
         "pillow",
+        "scipy",  # Hungarian matching in training
+        "tqdm",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # cityscapesscripts ships panopticapi's PQ code: the independent reference our PQ is tested against.
+    extras_require={"test": ["pytest>=8", "cityscapesscripts"]},
     entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
 )

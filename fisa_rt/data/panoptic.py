@@ -1,0 +1,170 @@
+"""COCO-panoptic datasets (real COCO / ADE20K panoptic, or the synthetic set) as training samples.
+
+Each sample is a square ``image_size`` canvas: the image resized (longer side to ``image_size``, times a
+random scale when augmenting — large-scale jitter as Mask2Former/FC-CLIP train), randomly cropped or
+padded, randomly flipped; targets are the per-segment masks and contiguous class indices. Randomness is
+keyed by (seed, epoch, index): index a dataset with ``(index, epoch)`` and any sample is reproducible
+alone — on any number of processes, and after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from .synthetic import rgb_to_ids
+
+
+@dataclass
+class Sample:
+    image: torch.Tensor  # (3, S, S) uint8
+    masks: torch.Tensor  # (N, S, S) bool, one per segment (crowd segments excluded)
+    labels: torch.Tensor  # (N,) int64 contiguous class index
+    valid: torch.Tensor  # (S, S) bool, False on padding
+    size: Tuple[int, int]  # (h, w) of the resized image inside the canvas
+    index: int
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, S, S) uint8
+    masks: List[torch.Tensor]
+    labels: List[torch.Tensor]
+    valid: torch.Tensor  # (B, S, S)
+    indices: List[int]
+
+
+def collate(samples: List[Sample]) -> Batch:
+    return Batch(
+        images=torch.stack([s.image for s in samples]),
+        masks=[s.masks for s in samples],
+        labels=[s.labels for s in samples],
+        valid=torch.stack([s.valid for s in samples]),
+        indices=[s.index for s in samples],
+    )
+
+
+def load_panoptic_json(path: str) -> Dict:
+    if not os.path.isfile(path):
+        raise InputError(f"panoptic annotation file {path} does not exist")
+    with open(path) as f:
+        data = json.load(f)
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise InputError(f"{path} is not COCO-panoptic JSON: no {key!r}")
+    return data
+
+
+class PanopticDataset(torch.utils.data.Dataset):
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        image_size: int,
+        augment: bool,
+        seed: int = 0,
+        scale_range: Tuple[float, float] = (0.6, 1.6),
+    ):
+        self.root, self.split = root, split
+        self.image_size, self.augment, self.seed, self.scale_range = image_size, augment, seed, scale_range
+        self.json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
+        data = load_panoptic_json(self.json_path)
+        self.categories = data["categories"]
+        self.class_names = [c["name"] for c in self.categories]
+        self.is_thing = [bool(c["isthing"]) for c in self.categories]
+        self.held_out = [bool(c.get("held_out", False)) for c in self.categories]
+        self.contiguous = {c["id"]: i for i, c in enumerate(self.categories)}
+        images = {im["id"]: im for im in data["images"]}
+        self.records = [(images[a["image_id"]], a) for a in data["annotations"]]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read(self, index: int) -> Tuple[np.ndarray, np.ndarray, Dict]:
+        """Original image (H, W, 3) uint8, segment-id map (H, W) and the annotation record."""
+        info, ann = self.records[index]
+        image_path = os.path.join(self.root, "images", self.split, info["file_name"])
+        try:
+            with Image.open(image_path) as im:
+                image = np.asarray(im.convert("RGB"))
+            with Image.open(os.path.join(self.root, "panoptic", self.split, ann["file_name"])) as pan:
+                ids = rgb_to_ids(np.asarray(pan.convert("RGB")))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read sample {index} of {self.json_path}: {exc}") from None
+        return image, ids, ann
+
+    def __getitem__(self, key) -> Sample:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, ids, ann = self.read(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        S = self.image_size
+        scale = S / max(image.shape[:2])
+        if self.augment:
+            scale *= rng.uniform(*self.scale_range)
+        h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((w, h), Image.NEAREST))
+        top = int(rng.integers(0, h - S + 1)) if self.augment and h > S else 0
+        left = int(rng.integers(0, w - S + 1)) if self.augment and w > S else 0
+        image, ids = image[top : top + S, left : left + S], ids[top : top + S, left : left + S]
+        if self.augment and rng.random() < 0.5:
+            image, ids = image[:, ::-1], ids[:, ::-1]
+        h, w = ids.shape
+        canvas = np.zeros((S, S, 3), np.uint8)
+        canvas[:h, :w] = image
+        id_canvas = np.zeros((S, S), np.int64)
+        id_canvas[:h, :w] = ids
+        valid = np.zeros((S, S), bool)
+        valid[:h, :w] = True
+        masks, labels = [], []
+        for segment in ann["segments_info"]:
+            if segment.get("iscrowd", 0):
+                continue
+            mask = id_canvas == segment["id"]
+            if mask.any():
+                masks.append(mask)
+                labels.append(self.contiguous[segment["category_id"]])
+        return Sample(
+            image=torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1),
+            masks=torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, S, S, dtype=torch.bool),
+            labels=torch.tensor(labels, dtype=torch.int64),
+            valid=torch.from_numpy(valid),
+            size=(h, w),
+            index=index,
+        )
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """(image, caption) pairs for contrastive CLIP pre-training, from ``captions_SPLIT.json``."""
+
+    def __init__(self, root: str, split: str, image_size: int, seed: int = 0):
+        self.panoptic = PanopticDataset(root, split, image_size, augment=True, seed=seed)
+        path = os.path.join(root, "annotations", f"captions_{split}.json")
+        if not os.path.isfile(path):
+            raise InputError(f"caption file {path} does not exist")
+        with open(path) as f:
+            self.captions = {a["image_id"]: a["caption"] for a in json.load(f)["annotations"]}
+
+    def __len__(self) -> int:
+        return len(self.panoptic)
+
+    def __getitem__(self, key) -> Tuple[torch.Tensor, str]:
+        sample = self.panoptic[key]
+        image_id = self.panoptic.records[sample.index][1]["image_id"]
+        return sample.image, self.captions[image_id]
+
+
+def caption_collate(items: List[Tuple[torch.Tensor, str]]) -> Tuple[torch.Tensor, List[str]]:
+    return torch.stack([i for i, _ in items]), [c for _, c in items]
+
+
+def dataset_vocabulary(dataset: PanopticDataset, held_out: Optional[bool] = None) -> List[str]:
+    """Class names, optionally only the held-out (True) or only the seen (False) ones."""
+    return [n for n, h in zip(dataset.class_names, dataset.held_out) if held_out is None or h == held_out]

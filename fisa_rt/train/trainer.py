@@ -1,0 +1,325 @@
+"""`fisa-rt train`: the three stages that make a FISA model, on one process or many (torchrun).
+
+1. ``clip``      — contrastive pre-training of a CLIP on image captions (global pooled, like CLIP).
+2. ``generator`` — the mask generator on top of that CLIP, CLIP frozen (FC-CLIP's recipe).
+3. ``adapt``     — FISA adaptation: mask generator frozen, only the ``trainable`` preset learns:
+                   ``simo`` (FISA), ``void-only`` (baseline: frozen CLIP classifier) or ``full``
+                   (baseline: full fine-tuning of the CLIP image encoder and the classifier).
+
+Determinism: the global batch of step s is a fixed slice of a seeded stream of epochs; each process
+takes its share, losses are per-image means and gradients are averaged across processes, so N
+processes with global batch G follow the same trajectory as one process with batch G. Training
+state is saved every ``save_every`` steps next to the output and resumed from automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from ..checkpoint import load_model, save_checkpoint
+from ..clip import create_clip, create_tokenizer
+from ..config import FisaConfig, get_model_config
+from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
+from ..errors import CheckpointError, ConfigError
+from ..mask_classifier import cosine_logits
+from ..model import FisaModel, create_model
+from ..preprocess import normalize_images
+from ..simo import select_trainable
+from .losses import LossWeights, resize_targets, set_loss
+
+STAGES = ("clip", "generator", "adapt")
+TRAINABLE_PRESETS = ("simo", "void-only", "full")
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    data: str  # dataset root (COCO-panoptic layout; captions_train.json for the clip stage)
+    out: str  # output file: CLIP weights (clip stage) or a FISA checkpoint
+    model: str = "fisa-tiny"  # model config name
+    init: Optional[str] = None  # generator: CLIP weights file; adapt: stage-2 FISA checkpoint
+    trainable: str = "simo"  # adapt stage: one of TRAINABLE_PRESETS
+    steps: int = 1000
+    batch_size: int = 16  # global, split evenly over processes
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    seed: int = 0
+    save_every: int = 200
+    amp: bool = True  # bf16 autocast, on CUDA only
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}; got {self.stage!r}")
+        if self.trainable not in TRAINABLE_PRESETS:
+            raise ConfigError(f"trainable must be one of {TRAINABLE_PRESETS}; got {self.trainable!r}")
+        if self.stage != "clip" and self.init is None:
+            raise ConfigError(f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)")
+
+
+@dataclass
+class TrainResult:
+    out: str
+    steps: int
+    losses: List[float] = field(default_factory=list)
+    seconds_per_step: float = 0.0
+    trainable: int = 0
+    total: int = 0
+
+
+class Distributed:
+    """Rank, world size and device, from torchrun's environment (one process when absent)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params: List[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+
+    def broadcast(self, params: List[torch.nn.Parameter]) -> None:
+        if self.world > 1:
+            for p in params:
+                dist.broadcast(p.data, 0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def batch_keys(step: int, dataset_size: int, global_batch: int, seed: int, rank: int, world: int):
+    """(index, epoch) keys of this process's share of global batch ``step``."""
+    local = global_batch // world
+    keys = []
+    for position in range(step * global_batch + rank * local, step * global_batch + (rank + 1) * local):
+        epoch, offset = divmod(position, dataset_size)
+        keys.append((int(np.random.default_rng([seed, epoch]).permutation(dataset_size)[offset]), epoch))
+    return keys
+
+
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+class _Stage:
+    """What differs between stages: the model, its trainable part, the data and the loss."""
+
+    def __init__(self, cfg: TrainConfig, env: Distributed):
+        self.cfg, self.env = cfg, env
+        model_cfg = get_model_config(cfg.model)
+        if cfg.stage == "clip":
+            self.model = create_clip(model_cfg.clip, load_pretrained=False)
+            self.tokenizer = create_tokenizer(model_cfg.clip)
+            self.data = CaptionDataset(cfg.data, "train", model_cfg.image_size, seed=cfg.seed)
+            from open_clip.loss import ClipLoss
+
+            self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=env.rank, world_size=env.world)
+            self.mean, self.std = model_cfg.image_mean, model_cfg.image_std
+            self.names = [n for n, p in self.model.named_parameters()]
+            self.metadata = {"format": "open_clip", "model": model_cfg.name}
+            return
+        if cfg.stage == "generator":
+            clip_cfg = dataclasses.replace(model_cfg.clip, pretrained=cfg.init)
+            self.model = create_model(dataclasses.replace(model_cfg, clip=clip_cfg), load_pretrained_clip=True)
+            prefixes = ["mask_generator"]
+        else:
+            self.model, _ = load_model(cfg.init)
+            prefixes = {
+                "simo": self.model.cfg.simo.trainable,
+                "void-only": ["classifier.void_embedding"],
+                "full": ["backbone.visual", "classifier"],
+            }[cfg.trainable]
+        self.report = select_trainable(self.model, prefixes)
+        self.data = PanopticDataset(cfg.data, "train", self.model.cfg.image_size, augment=True, seed=cfg.seed)
+        seen = [i for i, h in enumerate(self.data.held_out) if not h]
+        # Training sees only the seen classes: held-out names must not even be negatives.
+        self.vocabulary = [self.data.class_names[i] for i in seen]
+        self.is_thing = [self.data.is_thing[i] for i in seen]
+        self.to_train_label = {c: k for k, c in enumerate(seen)}
+        self.text = self.model.encode_vocabulary(self.vocabulary)
+        self.weights = LossWeights()
+
+    def to(self, device):
+        self.model.to(device)
+        if hasattr(self, "text"):
+            self.text = self.text.to(device)
+
+    def loss(self, keys) -> Dict[str, torch.Tensor]:
+        device = self.env.device
+        if self.cfg.stage == "clip":
+            images, captions = caption_collate([self.data[k] for k in keys])
+            images = normalize_images(images.to(device), self.mean, self.std)
+            image_features, text_features, logit_scale = self.model(images, self.tokenizer(captions).to(device))[:3]
+            return {"contrastive": self.clip_loss(image_features, text_features, logit_scale)}
+        batch = collate([self.data[k] for k in keys])
+        images = normalize_images(batch.images.to(device), self.model.cfg.image_mean, self.model.cfg.image_std)
+        labels = [torch.tensor([self.to_train_label[int(l)] for l in b], dtype=torch.int64) for b in batch.labels]
+        model: FisaModel = self.model
+        scale = model.logit_scale
+        if self.cfg.stage == "generator":
+            features = model.backbone(images, self.text)
+            generated = model.mask_generator(features.features)
+            classes = torch.cat([self.text, generated.void_embedding[None]], dim=0)
+            layers = generated.aux + [(generated.mask_logits, generated.class_embeds)]
+            targets = resize_targets(batch.masks, generated.mask_logits.shape[-2:])
+            total: Dict[str, torch.Tensor] = {}
+            # Deep supervision: every decoder layer's prediction is matched and supervised.
+            for mask_logits, class_embeds in layers:
+                for name, value in set_loss(cosine_logits(class_embeds, classes, scale), mask_logits, labels, targets, self.weights).items():
+                    total[name] = total.get(name, 0.0) + value / len(layers)
+            return total
+        out = model(images, self.text)
+        targets = resize_targets(batch.masks, out.mask_logits.shape[-2:])
+        return set_loss(out.class_logits, out.mask_logits, labels, targets, self.weights)
+
+    def save(self, path: str) -> None:
+        if self.cfg.stage == "clip":
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            tmp = f"{path}.tmp{os.getpid()}"
+            save_file(tensors, tmp, metadata=self.metadata)
+            os.replace(tmp, path)
+        else:
+            save_checkpoint(
+                path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
+                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(self.cfg.steps)},
+            )
+
+
+def _state_path(out: str) -> str:
+    return f"{out}.state.safetensors"
+
+
+def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], optimizer, losses: List[float]) -> None:
+    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
+    index = {id(p): n for n, p in params.items()}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"opt/{index[id(p)]}/{key}"] = value.detach().cpu().reshape(-1).contiguous() if value.dim() == 0 else value.detach().cpu().contiguous()
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
+    os.replace(tmp, path)
+
+
+def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> (int, List[float]):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param/{n}"])
+    for n, p in params.items():
+        state = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            name = f"opt/{n}/{key}"
+            if name in tensors:
+                value = tensors[name].to(p.device)
+                state[key] = value.reshape(()) if key == "step" else value
+        if state:
+            optimizer.state[p] = state
+    return int(metadata["step"]), json.loads(metadata["losses"])
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    env = Distributed()
+    if cfg.batch_size % env.world:
+        raise ConfigError(f"batch size {cfg.batch_size} does not split over {env.world} processes")
+    state_path = _state_path(cfg.out)
+    if os.path.exists(cfg.out) and not os.path.exists(state_path) and not cfg.overwrite:
+        raise CheckpointError(f"{cfg.out} exists; pass --overwrite to train over it")
+    torch.manual_seed(cfg.seed)
+    stage = _Stage(cfg, env)
+    stage.to(env.device)
+    stage.model.train()
+    params = {n: p for n, p in stage.model.named_parameters() if p.requires_grad}
+    trainable = list(params.values())
+    env.broadcast(trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    start, losses = 0, []
+    if os.path.exists(state_path) and not cfg.overwrite:
+        start, losses = _load_state(state_path, params, optimizer)
+        for _ in range(start):
+            scheduler.step()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and env.device.type == "cuda")
+    progress = None
+    if cfg.progress and env.main:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
+    began = time.time()
+    for step in range(start, cfg.steps):
+        keys = batch_keys(step, len(stage.data), cfg.batch_size, cfg.seed, env.rank, env.world)
+        with autocast:
+            terms = stage.loss(keys)
+            loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        env.average_gradients(trainable)
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.detach())
+        if env.world > 1:
+            reduced = torch.tensor([value], device=env.device)
+            dist.all_reduce(reduced)
+            value = float(reduced) / env.world
+        losses.append(value)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
+        if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
+            _save_state(state_path, step + 1, params, optimizer, losses)
+        env.barrier()
+    if progress is not None:
+        progress.close()
+    elapsed = time.time() - began
+    if env.main:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+        stage.save(cfg.out)
+        if os.path.exists(state_path):
+            os.remove(state_path)
+    env.barrier()
+    total = sum(p.numel() for p in stage.model.parameters())
+    return TrainResult(
+        out=cfg.out, steps=cfg.steps, losses=losses, seconds_per_step=elapsed / max(1, cfg.steps - start),
+        trainable=sum(p.numel() for p in trainable), total=total,
+    )

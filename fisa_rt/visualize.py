@@ -1,0 +1,41 @@
+"""Overlay pictures: segments blended over the image, outlined, with a legend of class names."""
+
+from __future__ import annotations
+
+import colorsys
+from typing import List, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours, evenly spread in hue and alternated in lightness so neighbours differ."""
+    colours = [colorsys.hls_to_rgb((k * 0.618034) % 1.0, 0.45 + 0.15 * (k % 2), 0.75) for k in range(num_classes)]
+    return (np.array(colours) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, segment_map: np.ndarray, segment_classes: dict, class_names: Sequence[str], alpha: float = 0.55) -> Image.Image:
+    """image (H, W, 3) uint8; segment_map (H, W) ids (0 = none); segment_classes id -> class index.
+    Returns the blended picture with a legend strip of the classes present on the right."""
+    colours = class_colours(len(class_names))
+    out = image.astype(np.float32).copy()
+    edges = np.zeros(segment_map.shape, bool)
+    edges[1:] |= segment_map[1:] != segment_map[:-1]
+    edges[:, 1:] |= segment_map[:, 1:] != segment_map[:, :-1]
+    for segment, cls in segment_classes.items():
+        mask = segment_map == segment
+        out[mask] = (1 - alpha) * out[mask] + alpha * colours[cls]
+    out[edges] = 255
+    present: List[int] = sorted(set(segment_classes.values()))
+    font = ImageFont.load_default()
+    row = 14
+    legend_width = max([int(font.getlength(class_names[c])) for c in present] + [40]) + 24
+    canvas = Image.new("RGB", (image.shape[1] + legend_width, max(image.shape[0], row * len(present) + 4)), (255, 255, 255))
+    canvas.paste(Image.fromarray(out.clip(0, 255).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, cls in enumerate(present):
+        y = 2 + i * row
+        draw.rectangle([image.shape[1] + 4, y + 1, image.shape[1] + 14, y + 11], fill=tuple(int(v) for v in colours[cls]))
+        draw.text((image.shape[1] + 18, y), class_names[cls], fill=(0, 0, 0), font=font)
+    return canvas
