@@ -7,10 +7,10 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.kernels"],
     # `kernels/` sits at the top of the repository beside the model, but is installed as
     # fisa_rt.kernels so its import name cannot clash with other packages called `kernels`.
     package_dir={"fisa_rt": "fisa_rt", "fisa_rt.kernels": "kernels"},
-    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.kernels"],
     package_data={"fisa_rt": ["model_configs/*.json", "assets/*.safetensors", "assets/samples/*.png"]},
     install_requires=[
         # torch/torchvision are pinned by the README's install line (local wheels on the project machines).

@@ -45,3 +45,34 @@ def tiny_model(request):
     model = create_model(request.param).eval()
     open_gates(model, 0.5)
     return model
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A small synthetic dataset: 24 training and 8 validation scenes of 64 px."""
+    from fisa_rt.data.synthetic import generate
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    generate(root, "train", 24, seed=1, image_size=64)
+    generate(root, "val", 8, seed=1, image_size=64)
+    return root
+
+
+@pytest.fixture(scope="session")
+def clip_weights(synthetic_data, tmp_path_factory):
+    """CLIP weights after a few steps of the contrastive stage."""
+    from fisa_rt.train.trainer import TrainConfig, train
+
+    clip = str(tmp_path_factory.mktemp("clip") / "clip.safetensors")
+    train(TrainConfig(stage="clip", data=synthetic_data, out=clip, steps=2, batch_size=4, progress=False))
+    return clip
+
+
+@pytest.fixture(scope="session")
+def generator_checkpoint(synthetic_data, clip_weights, tmp_path_factory):
+    """A stage-2 checkpoint after a few steps of the generator stage."""
+    from fisa_rt.train.trainer import TrainConfig, train
+
+    generator = str(tmp_path_factory.mktemp("generator") / "generator.safetensors")
+    train(TrainConfig(stage="generator", data=synthetic_data, out=generator, init=clip_weights, steps=2, batch_size=4, progress=False))
+    return generator

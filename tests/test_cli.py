@@ -38,7 +38,49 @@ def test_debug_shows_the_traceback():
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-@pytest.mark.parametrize("verb", ["models", "config"])
+@pytest.mark.parametrize("verb", ["models", "config", "make-data", "train", "eval", "demo"])
 def test_every_verb_has_help_with_an_example(verb):
     result = run(verb, "--help")
     assert result.returncode == 0 and "example:" in result.stdout
+
+
+def test_make_data_writes_coco_panoptic_and_refuses_to_overwrite(tmp_path):
+    out = str(tmp_path / "data")
+    result = run("make-data", "--out", out, "--train", "2", "--val", "1", "--image-size", "32")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "annotations" / "panoptic_train.json").exists()
+    again = run("make-data", "--out", out, "--train", "2", "--val", "0", "--image-size", "32")
+    assert again.returncode != 0
+
+
+def test_eval_prints_the_table_and_writes_json(synthetic_data, generator_checkpoint, tmp_path):
+    out = tmp_path / "results.json"
+    result = run("eval", "--engine", generator_checkpoint, "--data", synthetic_data, "--limit", "4", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "held_out" in result.stdout and "PQ" in result.stdout
+    assert set(json.loads(out.read_text())) == {"all", "things", "stuff", "seen", "held_out"}
+    again = run("eval", "--engine", generator_checkpoint, "--data", synthetic_data, "--limit", "1", "--json", str(out))
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+
+
+def test_demo_writes_overlays_of_the_bundled_scenes(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    overlays = sorted(out.glob("*_overlay.png"))
+    assert len(overlays) >= 3
+    from PIL import Image
+
+    with Image.open(overlays[0]) as im:
+        assert im.width > im.height  # image plus legend strip
+    again = run("demo", "--out", str(out))
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+
+
+@pytest.mark.parametrize("content,message", [(None, "does not exist"), (b"GIF89a-broken", "cannot read image")])
+def test_demo_rejects_missing_and_corrupt_images(tmp_path, content, message):
+    image = tmp_path / "input.png"
+    if content is not None:
+        image.write_bytes(content)
+    result = run("demo", "--input", str(image), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

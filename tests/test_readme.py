@@ -17,13 +17,14 @@ def test_python_example_runs():
     exec(compile(example, "README.md", "exec"), {})
 
 
-def test_main_command_job_runs():
+def test_main_command_job_runs(tmp_path):
     main = README.read_text().split("<!-- main-command -->", 1)[1]
     command = re.search(r"```bash\n(.*?)```", main, flags=re.S).group(1).strip()
     job = command.rsplit("&&", 1)[1].strip()  # the part after installing
-    assert job.startswith("fisa-rt ")
-    # The venv's own script, whether or not the venv is activated.
+    assert job == "fisa-rt demo --out demo-out"
+    # The venv's own script, whether or not the venv is activated; the output folder in a temp dir.
     exe = pathlib.Path(sys.executable).parent / "fisa-rt"
-    result = subprocess.run([str(exe)] + job.split()[1:], capture_output=True, text=True, timeout=600)
+    out = tmp_path / "demo-out"
+    result = subprocess.run([str(exe), "demo", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "trainable" in result.stdout
+    assert list(out.glob("*_overlay.png"))

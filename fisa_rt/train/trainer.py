@@ -232,7 +232,7 @@ def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], opt
     index = {id(p): n for n, p in params.items()}
     for p, state in optimizer.state.items():
         for key, value in state.items():
-            tensors[f"opt/{index[id(p)]}/{key}"] = value.detach().cpu().reshape(-1).contiguous() if value.dim() == 0 else value.detach().cpu().contiguous()
+            tensors[f"opt/{index[id(p)]}/{key}"] = value.detach().cpu().contiguous()
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
     os.replace(tmp, path)
@@ -252,8 +252,7 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
         for key in ("step", "exp_avg", "exp_avg_sq"):
             name = f"opt/{n}/{key}"
             if name in tensors:
-                value = tensors[name].to(p.device)
-                state[key] = value.reshape(()) if key == "step" else value
+                state[key] = tensors[name].to(p.device)
         if state:
             optimizer.state[p] = state
     return int(metadata["step"]), json.loads(metadata["losses"])
@@ -274,12 +273,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainable = list(params.values())
     env.broadcast(trainable)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    schedule = _schedule(cfg)
     start, losses = 0, []
     if os.path.exists(state_path) and not cfg.overwrite:
         start, losses = _load_state(state_path, params, optimizer)
-        for _ in range(start):
-            scheduler.step()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and env.device.type == "cuda")
     progress = None
     if cfg.progress and env.main:
@@ -295,8 +292,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         env.average_gradients(trainable)
+        # The rate is a function of the step alone, so a resumed run needs no scheduler state.
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * schedule(step)
         optimizer.step()
-        scheduler.step()
         value = float(loss.detach())
         if env.world > 1:
             reduced = torch.tensor([value], device=env.device)

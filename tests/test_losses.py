@@ -1,0 +1,42 @@
+import torch
+
+from fisa_rt.train.losses import LossWeights, hungarian_match, resize_targets, set_loss
+
+
+def _masks():
+    a = torch.zeros(4, 4)
+    a[:2] = 1
+    b = 1 - a
+    return torch.stack([a, b])
+
+
+def test_matching_finds_the_permutation():
+    targets = _masks()
+    labels = torch.tensor([0, 1])
+    mask_logits = torch.stack([targets[1], torch.zeros(4, 4), targets[0]]) * 20 - 10
+    class_logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])
+    rows, cols = hungarian_match(class_logits, mask_logits, labels, targets, LossWeights())
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 1), (2, 0)]
+
+
+def test_correct_prediction_costs_less_than_wrong_one():
+    targets = [_masks()]
+    labels = [torch.tensor([0, 1])]
+    good_masks = (targets[0] * 20 - 10)[None]
+    good_classes = torch.tensor([[[9.0, 0.0, 0.0], [0.0, 9.0, 0.0]]])
+    good = sum(set_loss(good_classes, good_masks, labels, targets, LossWeights()).values())
+    bad = sum(set_loss(good_classes.flip(-1), -good_masks, labels, targets, LossWeights()).values())
+    assert good < 0.5 < bad
+
+
+def test_image_without_segments_trains_towards_void():
+    logits = torch.zeros(1, 3, 3, requires_grad=True)
+    masks = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    loss = set_loss(logits, masks, [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4, 4)], LossWeights())
+    sum(loss.values()).backward()
+    assert logits.grad[0, :, -1].lt(0).all()  # raising the void logit lowers the loss
+
+
+def test_targets_are_area_averaged_to_prediction_size():
+    (resized,) = resize_targets([torch.ones(1, 8, 8, dtype=torch.bool)], (4, 4))
+    assert torch.equal(resized, torch.ones(1, 4, 4))

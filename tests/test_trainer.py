@@ -1,0 +1,112 @@
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fisa_rt import CheckpointError, ConfigError
+from fisa_rt.checkpoint import load_model, read_checkpoint_info
+from fisa_rt.train import trainer
+from fisa_rt.train.trainer import TrainConfig, batch_keys, train
+
+
+def _adapt(data, init, out, **kw):
+    args = dict(stage="adapt", data=data, init=init, out=str(out), steps=4, batch_size=4, save_every=2, progress=False)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def test_short_training_run_lowers_the_loss(synthetic_data, clip_weights, tmp_path):
+    cfg = TrainConfig(stage="generator", data=synthetic_data, init=clip_weights, out=str(tmp_path / "g.safetensors"),
+                      steps=20, batch_size=4, lr=2e-3, warmup=1, progress=False)
+    result = train(cfg)
+    first, last = sum(result.losses[:4]) / 4, sum(result.losses[-4:]) / 4
+    assert last < first * 0.8, result.losses
+    model, info = load_model(result.out)
+    assert info.extra["stage"] == "generator"
+    assert not {"wavy wall", "red star"} & set(info.vocabulary)  # training vocabulary: seen classes only
+    assert len(info.vocabulary) == len(info.is_thing) == 24
+    assert not os.path.exists(result.out + ".state.safetensors")
+
+
+def test_only_the_chosen_parameters_change(synthetic_data, generator_checkpoint, tmp_path):
+    before, _ = load_model(generator_checkpoint)
+    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2))
+    after, _ = load_model(result.out)
+    simo = tuple(before.cfg.simo.trainable)
+    changed = {n for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()) if not torch.equal(a, b)}
+    assert changed and all(n.startswith(simo) for n in changed)
+    assert result.trainable < 0.05 * result.total
+
+
+def test_resumed_run_equals_uninterrupted_run(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
+    whole = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "whole.safetensors"))
+    interrupted = tmp_path / "resumed.safetensors"
+    calls = {"n": 0}
+    real_loss = trainer._Stage.loss
+
+    def crash_at_step_3(self, keys):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, keys)
+
+    monkeypatch.setattr(trainer._Stage, "loss", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_adapt(synthetic_data, generator_checkpoint, interrupted))
+    assert os.path.exists(str(interrupted) + ".state.safetensors") and not interrupted.exists()
+    monkeypatch.setattr(trainer._Stage, "loss", real_loss)
+    resumed = train(_adapt(synthetic_data, generator_checkpoint, interrupted))
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-5)
+    a, b = load_file(whole.out), load_file(str(interrupted))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_existing_output_is_not_overwritten(synthetic_data, generator_checkpoint, tmp_path):
+    out = tmp_path / "taken.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(CheckpointError, match="exists; pass --overwrite"):
+        train(_adapt(synthetic_data, generator_checkpoint, out))
+    assert out.read_bytes() == b"precious"
+
+
+def test_bad_training_configs_are_rejected(synthetic_data):
+    with pytest.raises(ConfigError, match="stage must be one of"):
+        TrainConfig(stage="finetune", data=synthetic_data, out="x")
+    with pytest.raises(ConfigError, match="needs --init"):
+        TrainConfig(stage="adapt", data=synthetic_data, out="x")
+
+
+def test_processes_share_each_global_batch_exactly():
+    single = batch_keys(5, 24, 8, seed=0, rank=0, world=1)
+    split = batch_keys(5, 24, 8, seed=0, rank=0, world=2) + batch_keys(5, 24, 8, seed=0, rank=1, world=2)
+    assert single == split
+    assert {k for k, _ in batch_keys(0, 24, 24, 0, 0, 1)} == set(range(24))  # an epoch is a permutation
+
+
+def test_two_process_ddp_matches_one_process(synthetic_data, generator_checkpoint, tmp_path):
+    torchrun = pathlib.Path(sys.executable).parent / "torchrun"
+    common = ["train", "adapt", "--data", synthetic_data, "--init", generator_checkpoint, "--steps", "3",
+              "--batch-size", "4", "--no-progress"]
+    one = str(tmp_path / "one.safetensors")
+    two = str(tmp_path / "two.safetensors")
+    cli = [sys.executable, "-m", "fisa_rt.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cli + common + ["--out", one], check=True, capture_output=True, env=env, timeout=600)
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "fisa_rt.cli"] + common + ["--out", two],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = load_file(one), load_file(two)
+    changed = 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    base = load_file(generator_checkpoint)
+    changed = sum(not torch.equal(a[n], base[n]) for n in a)
+    assert changed > 0
+    assert read_checkpoint_info(two).extra["steps"] == "3"
