@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output weights (.safetensors); training state is kept beside it and resumed")
     tr.add_argument("--model", default="fisa-tiny", help="model config name (default: fisa-tiny)")
     tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's checkpoint")
-    tr.add_argument("--trainable", default="simo", choices=["simo", "void-only", "full"],
-                    help="adapt: simo = FISA; void-only = frozen-CLIP baseline; full = full fine-tuning baseline")
+    tr.add_argument("--trainable", default="simo", choices=["simo", "frozen", "full"],
+                    help="adapt: simo = FISA; frozen = frozen-CLIP baseline (void embedding + temperature only); "
+                         "full = full fine-tuning baseline")
     tr.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     tr.add_argument("--batch-size", type=int, default=16, help="global batch, split over torchrun processes")
     tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")

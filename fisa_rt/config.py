@@ -87,7 +87,9 @@ class ClassifierConfig:
 @dataclass
 class SimoConfig:
     # Parameter-name prefixes that stay trainable during FISA adaptation; everything else is frozen.
-    trainable: List[str] = field(default_factory=lambda: ["classifier.mask_q_proj", "classifier.void_embedding", "backbone.seve"])
+    trainable: List[str] = field(
+        default_factory=lambda: ["classifier.mask_q_proj", "classifier.void_embedding", "classifier.logit_scale", "backbone.seve"]
+    )
 
 
 @dataclass

@@ -7,7 +7,10 @@ returning :class:`ClassifierOutput`):
   runs through the last ViT blocks beside the image tokens. In each block it attends to itself and
   to the image patch tokens under its mask only, through its *own* query projection (initialised from
   CLIP's and trained by SIMO); keys, values, MLP and norms are CLIP's, frozen. Image tokens never see
-  mask tokens. The final token goes through CLIP's ln_post and projection.
+  mask tokens. The final token goes through CLIP's ln_post and projection, and is scored with the
+  head's own temperature (initialised from CLIP's logit scale, SIMO-trainable): a CLIP's contrastive
+  temperature is tuned for image-caption batches, and can cap mask-class confidence far below the
+  panoptic thresholds (the tiny CLIP learned 15.7, capping 33-way probabilities near 0.6).
 * :class:`MaskAverageHead` (FC-CLIP's, ConvNeXt): mask-weighted average of per-location CLIP
   embeddings, ensembled geometrically with the mask generator's in-vocabulary prediction.
 
@@ -42,7 +45,7 @@ def cosine_logits(embeds: torch.Tensor, text: torch.Tensor, logit_scale: torch.T
 
 
 class MaskAttentionHead(nn.Module):
-    def __init__(self, visual: nn.Module, cfg: ClassifierConfig, embed_dim: int):
+    def __init__(self, visual: nn.Module, cfg: ClassifierConfig, embed_dim: int, clip_logit_scale: torch.Tensor):
         super().__init__()
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - cfg.num_mask_layers:]
         self.mask_q_proj = nn.ModuleList()
@@ -55,6 +58,8 @@ class MaskAttentionHead(nn.Module):
                     proj.bias.copy_(block.attn.in_proj_bias[:width])
             self.mask_q_proj.append(proj)
         self.void_embedding = nn.Parameter(torch.randn(embed_dim) * embed_dim ** -0.5)
+        # log-space, as CLIP keeps it
+        self.logit_scale = nn.Parameter(clip_logit_scale.detach().clone().reshape(()))
         self.threshold = cfg.mask_threshold
 
     def _block(self, block: nn.Module, q_proj: nn.Linear, image_in: torch.Tensor, tokens: torch.Tensor, mask_logits, grid):
@@ -79,6 +84,7 @@ class MaskAttentionHead(nn.Module):
         return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
 
     def forward(self, backbone: nn.Module, features: BackboneOutput, generator: MaskGeneratorOutput, text, logit_scale, seen=None):
+        """``logit_scale`` (CLIP's) is not used: this head scores with its own learned temperature."""
         visual = backbone.visual
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - len(self.mask_q_proj):]
         Q = generator.mask_logits.shape[1]
@@ -87,7 +93,7 @@ class MaskAttentionHead(nn.Module):
             tokens = self._block(block, q_proj, image_in, tokens, generator.mask_logits, features.grid)
         embeds = visual.ln_post(tokens) @ visual.proj
         classes = torch.cat([text, self.void_embedding[None].to(text.dtype)], dim=0)
-        return ClassifierOutput(logits=cosine_logits(embeds, classes, logit_scale))
+        return ClassifierOutput(logits=cosine_logits(embeds, classes, self.logit_scale.exp().to(embeds.dtype)))
 
 
 class MaskAverageHead(nn.Module):

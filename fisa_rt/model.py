@@ -57,7 +57,7 @@ class FisaModel(nn.Module):
             cfg.mask_generator, self.backbone.feature_channels, self.backbone.feature_strides, self.embed_dim
         )
         if cfg.classifier.head == "mask-attention":
-            self.classifier = MaskAttentionHead(self.backbone.visual, cfg.classifier, self.embed_dim)
+            self.classifier = MaskAttentionHead(self.backbone.visual, cfg.classifier, self.embed_dim, self.text.clip.logit_scale)
         else:
             self.classifier = MaskAverageHead(cfg.classifier)
 

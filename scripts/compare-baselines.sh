@@ -9,7 +9,7 @@ done
 python3 - "$RUNS" <<'PY'
 import json, sys
 runs = sys.argv[1]
-rows = [("frozen-clip", "(a) frozen CLIP classifier (void embedding only)"), ("full-finetune", "(b) full fine-tuning of CLIP"), ("fisa", "FISA: SEVE + SIMO")]
+rows = [("frozen-clip", "(a) frozen CLIP classifier (void + temperature trained)"), ("full-finetune", "(b) full fine-tuning of CLIP"), ("fisa", "FISA: SEVE + SIMO")]
 print("| model | PQ all | PQ seen | PQ held-out | mIoU seen | mIoU held-out | PQ things | PQ stuff |")
 print("|---|---|---|---|---|---|---|---|")
 for name, label in rows:

@@ -11,5 +11,14 @@ fisa-rt train clip --data "$RUNS/data" --out "$RUNS/clip.safetensors" --steps 15
 fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" --steps 1500 --batch-size 16 --lr 5e-4 --warmup 100
 # 3. FISA (SIMO parameters only) and the two baselines, same recipe and budget
 fisa-rt train adapt --trainable simo --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
-fisa-rt train adapt --trainable void-only --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+fisa-rt train adapt --trainable frozen --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
 fisa-rt train adapt --trainable full --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/full-finetune.safetensors" --steps 600 --batch-size 16 --lr 2e-4
+# 4. ship FISA in fp16 as the embedded default
+python3 - "$RUNS/fisa.safetensors" <<'PY'
+import sys
+import torch
+from fisa_rt.checkpoint import load_model, save_checkpoint
+model, info = load_model(sys.argv[1])
+save_checkpoint("fisa_rt/assets/fisa-tiny-synthetic.safetensors", model, info.vocabulary, info.is_thing,
+                dtype=torch.float16, extra=info.extra, overwrite=True)
+PY

@@ -3,7 +3,8 @@
 1. ``clip``      — contrastive pre-training of a CLIP on image captions (global pooled, like CLIP).
 2. ``generator`` — the mask generator on top of that CLIP, CLIP frozen (FC-CLIP's recipe).
 3. ``adapt``     — FISA adaptation: mask generator frozen, only the ``trainable`` preset learns:
-                   ``simo`` (FISA), ``void-only`` (baseline: frozen CLIP classifier) or ``full``
+                   ``simo`` (FISA), ``frozen`` (baseline: frozen CLIP classifier; only its void
+                   embedding and temperature learn) or ``full``
                    (baseline: full fine-tuning of the CLIP image encoder and the classifier).
 
 Determinism: the global batch of step s is a fixed slice of a seeded stream of epochs; each process
@@ -39,7 +40,7 @@ from ..simo import select_trainable
 from .losses import LossWeights, resize_targets, set_loss
 
 STAGES = ("clip", "generator", "adapt")
-TRAINABLE_PRESETS = ("simo", "void-only", "full")
+TRAINABLE_PRESETS = ("simo", "frozen", "full")
 
 
 @dataclass
@@ -164,7 +165,7 @@ class _Stage:
             self.model, _ = load_model(cfg.init)
             prefixes = {
                 "simo": self.model.cfg.simo.trainable,
-                "void-only": ["classifier.void_embedding"],
+                "frozen": ["classifier.void_embedding", "classifier.logit_scale"],
                 "full": ["backbone.visual", "classifier"],
             }[cfg.trainable]
         self.report = select_trainable(self.model, prefixes)
