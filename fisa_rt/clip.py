@@ -8,7 +8,7 @@ downloads unless ``load_pretrained`` is true and the config names an open_clip t
 from __future__ import annotations
 
 import os
-from typing import Callable, Tuple
+from typing import Callable
 
 import open_clip
 import torch
@@ -63,7 +63,3 @@ def vision_kind(visual: nn.Module) -> str:
     if trunk is not None and type(trunk).__name__ == "ConvNeXt":
         return "convnext"
     raise ConfigError(f"unsupported visual tower {type(visual).__name__}: FISA supports ViT and ConvNeXt CLIPs")
-
-
-def visual_patch_stride(visual: nn.Module) -> Tuple[int, int]:
-    return tuple(visual.patch_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -138,7 +138,3 @@ class EmbeddingCache:
         save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
         os.replace(tmp, path)
         return embeddings
-
-
-def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt", "vocab")

@@ -103,7 +103,6 @@ def test_two_process_ddp_matches_one_process(synthetic_data, generator_checkpoin
     )
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = load_file(one), load_file(two)
-    changed = 0
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     base = load_file(generator_checkpoint)

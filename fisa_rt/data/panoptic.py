@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -163,8 +163,3 @@ class CaptionDataset(torch.utils.data.Dataset):
 
 def caption_collate(items: List[Tuple[torch.Tensor, str]]) -> Tuple[torch.Tensor, List[str]]:
     return torch.stack([i for i, _ in items]), [c for _, c in items]
-
-
-def dataset_vocabulary(dataset: PanopticDataset, held_out: Optional[bool] = None) -> List[str]:
-    """Class names, optionally only the held-out (True) or only the seen (False) ones."""
-    return [n for n, h in zip(dataset.class_names, dataset.held_out) if held_out is None or h == held_out]

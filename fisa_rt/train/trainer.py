@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import load_model, save_checkpoint
 from ..clip import create_clip, create_tokenizer
-from ..config import FisaConfig, get_model_config
+from ..config import get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
 from ..errors import CheckpointError, ConfigError
 from ..mask_classifier import cosine_logits
@@ -154,7 +154,6 @@ class _Stage:
 
             self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=env.rank, world_size=env.world)
             self.mean, self.std = model_cfg.image_mean, model_cfg.image_std
-            self.names = [n for n, p in self.model.named_parameters()]
             self.metadata = {"format": "open_clip", "model": model_cfg.name}
             return
         if cfg.stage == "generator":
