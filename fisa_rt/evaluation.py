@@ -19,7 +19,7 @@ from PIL import Image
 
 from .data.panoptic import PanopticDataset
 from .data.synthetic import ids_to_rgb
-from .postprocess import PanopticResult, panoptic_inference, resize_mask_logits, semantic_inference
+from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits, semantic_inference
 from .preprocess import normalize_images
 
 IGNORE = 255
@@ -175,9 +175,7 @@ def evaluate(
         out = model(images, text, seen=seen if model.cfg.classifier.head == "mask-average" else None)
         for b, sample in enumerate(samples):
             gt_ids, gt_segments, gt_semantic = _ground_truth(dataset, sample.index)
-            h, w = sample.size
-            logits = resize_mask_logits(out.mask_logits[b], images.shape[-2:])[:, :h, :w]
-            logits = resize_mask_logits(logits, gt_ids.shape)
+            logits = restore_mask_logits(out.mask_logits[b], images.shape[-2:], sample.size, gt_ids.shape)
             panoptic = panoptic_inference(out.class_logits[b], logits, dataset.is_thing, model.cfg.postprocess)
             semantic = semantic_inference(out.class_logits[b], logits)
             pred_ids = panoptic.segment_map.cpu().numpy()

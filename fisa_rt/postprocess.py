@@ -55,6 +55,15 @@ def resize_mask_logits(mask_logits: torch.Tensor, size: Tuple[int, int]) -> torc
     return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
 
 
+def restore_mask_logits(
+    mask_logits: torch.Tensor, canvas: Tuple[int, int], content: Tuple[int, int], original: Tuple[int, int]
+) -> torch.Tensor:
+    """(Q, h, w) logits predicted on a padded ``canvas`` whose top-left ``content`` (h, w) holds the
+    resized image -> (Q, H, W) logits at the ``original`` image size."""
+    logits = resize_mask_logits(mask_logits, canvas)[:, : content[0], : content[1]]
+    return resize_mask_logits(logits, original)
+
+
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> SemanticResult:
     """Per-pixel class scores sum_q p(class | q) * sigmoid(mask_q); void proposals contribute nothing."""
     probs = class_logits.softmax(-1)[:, :-1]

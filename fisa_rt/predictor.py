@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CheckpointError, InputError
-from .postprocess import PanopticResult, SemanticResult, panoptic_inference, resize_mask_logits, semantic_inference
+from .postprocess import PanopticResult, SemanticResult, panoptic_inference, restore_mask_logits, semantic_inference
 from .preprocess import normalize_images
 
 DEFAULT_CHECKPOINT = "fisa-tiny-synthetic.safetensors"
@@ -75,8 +75,7 @@ class Predictor:
         device = self.text.device
         tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None].to(device)
         out = self.model(normalize_images(tensor, cfg.image_mean, cfg.image_std), self.text, self.seen)
-        logits = resize_mask_logits(out.mask_logits[0], canvas.shape[:2])[:, :h, :w]
-        logits = resize_mask_logits(logits, (H, W))
+        logits = restore_mask_logits(out.mask_logits[0], canvas.shape[:2], (h, w), (H, W))
         return Prediction(
             panoptic=panoptic_inference(out.class_logits[0], logits, self.is_thing, cfg.postprocess),
             semantic=semantic_inference(out.class_logits[0], logits),

@@ -72,3 +72,13 @@ def test_is_thing_length_is_checked():
 
 def test_resize_mask_logits_keeps_leading_dims():
     assert resize_mask_logits(torch.randn(2, 3, 4, 4), (8, 12)).shape == (2, 3, 8, 12)
+
+
+def test_restore_mask_logits_drops_the_padding():
+    from fisa_rt.postprocess import restore_mask_logits
+
+    logits = torch.full((1, 4, 4), -5.0)  # predicted at 1/2 of an 8 x 8 canvas
+    logits[:, :2, :3] = 5.0  # the image occupies the top-left 4 x 6 of the canvas
+    restored = restore_mask_logits(logits, (8, 8), (4, 6), (8, 12))
+    assert restored.shape == (1, 8, 12)
+    assert (restored[:, 1:-1, 1:-1] > 0).all()  # interior of the image: no padding leaks in
