@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.panoptic import PanopticDataset
+from .data.panoptic import PanopticDataset, ground_truth_segments, read_segment_ids
 from .data.synthetic import ids_to_rgb
 from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits, semantic_inference
 from .preprocess import normalize_images
@@ -136,16 +136,10 @@ def report(pq: PanopticQuality, miou: SemanticIoU, is_thing: Sequence[bool], hel
 def _ground_truth(dataset: PanopticDataset, index: int):
     """Ground-truth segment ids, segment -> class, and semantic map, at the original resolution."""
     _, ids, ann = dataset.read(index)
-    segments, semantic = {}, np.full(ids.shape, IGNORE, np.int64)
-    crowd = np.zeros(ids.shape, bool)
-    for s in ann["segments_info"]:
-        cls = dataset.contiguous[s["category_id"]]
-        if s.get("iscrowd", 0):
-            crowd |= ids == s["id"]
-            continue
-        segments[s["id"]] = cls
-        semantic[ids == s["id"]] = cls
-    ids = np.where(crowd, 0, ids)
+    ids, segments = ground_truth_segments(ids, ann["segments_info"], dataset.contiguous)
+    semantic = np.full(ids.shape, IGNORE, np.int64)
+    for segment, cls in segments.items():
+        semantic[ids == segment] = cls
     return ids, segments, semantic
 
 
@@ -163,7 +157,7 @@ def evaluate(
     ``predictions_dir`` also writes COCO-panoptic prediction PNGs + JSON there, for other evaluators."""
     model = model.eval().to(device)
     text = model.encode_vocabulary(dataset.class_names).to(device)
-    seen = torch.tensor([not h for h in dataset.held_out], device=device)
+    seen = torch.tensor([not h for h in dataset.held_out], device=device)  # used by the mask-average head
     count = len(dataset) if limit is None else min(limit, len(dataset))
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
@@ -172,7 +166,7 @@ def evaluate(
     for start in range(0, count, batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
         images = normalize_images(torch.stack([s.image for s in samples]).to(device), model.cfg.image_mean, model.cfg.image_std)
-        out = model(images, text, seen=seen if model.cfg.classifier.head == "mask-average" else None)
+        out = model(images, text, seen=seen)
         for b, sample in enumerate(samples):
             gt_ids, gt_segments, gt_semantic = _ground_truth(dataset, sample.index)
             logits = restore_mask_logits(out.mask_logits[b], images.shape[-2:], sample.size, gt_ids.shape)
@@ -207,13 +201,6 @@ def format_report(results: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _read_ids(path: str) -> np.ndarray:
-    from .data.synthetic import rgb_to_ids
-
-    with Image.open(path) as im:
-        return rgb_to_ids(np.asarray(im.convert("RGB")))
-
-
 def evaluate_files(gt_json: str, gt_dir: str, pred_json: str, pred_dir: str) -> Dict[str, Dict[str, float]]:
     """PQ of COCO-panoptic prediction files against ground-truth files (any evaluator's format)."""
     with open(gt_json) as f:
@@ -224,13 +211,13 @@ def evaluate_files(gt_json: str, gt_dir: str, pred_json: str, pred_dir: str) -> 
     pq = PanopticQuality(len(contiguous))
     for ann in gt["annotations"]:
         pred = predictions[ann["image_id"]]
-        gt_ids = _read_ids(os.path.join(gt_dir, ann["file_name"]))
-        crowd = [s["id"] for s in ann["segments_info"] if s.get("iscrowd", 0)]
-        gt_ids = np.where(np.isin(gt_ids, crowd), 0, gt_ids)
+        gt_ids, gt_segments = ground_truth_segments(
+            read_segment_ids(os.path.join(gt_dir, ann["file_name"])), ann["segments_info"], contiguous
+        )
         pq.add(
             gt_ids,
-            {s["id"]: contiguous[s["category_id"]] for s in ann["segments_info"] if not s.get("iscrowd", 0)},
-            _read_ids(os.path.join(pred_dir, pred["file_name"])),
+            gt_segments,
+            read_segment_ids(os.path.join(pred_dir, pred["file_name"])),
             {s["id"]: contiguous[s["category_id"]] for s in pred["segments_info"]},
         )
     is_thing = [bool(c["isthing"]) for c in gt["categories"]]

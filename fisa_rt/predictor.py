@@ -60,7 +60,7 @@ class Predictor:
         self.is_thing = list(is_thing) if is_thing is not None else [True] * len(self.class_names)
         device = next(model.parameters()).device
         self.text = model.encode_vocabulary(self.class_names).to(device)
-        self.seen = None if seen is None or model.cfg.classifier.head != "mask-average" else torch.tensor(list(seen), device=device)
+        self.seen = None if seen is None else torch.tensor(list(seen), device=device)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Prediction:

@@ -51,6 +51,20 @@ def collate(samples: List[Sample]) -> Batch:
     )
 
 
+def read_segment_ids(path: str) -> np.ndarray:
+    """(H, W) int64 segment ids of a COCO-panoptic PNG (id = R + 256 G + 256² B)."""
+    with Image.open(path) as pan:
+        return rgb_to_ids(np.asarray(pan.convert("RGB")))
+
+
+def ground_truth_segments(ids: np.ndarray, segments_info: List[Dict], contiguous: Dict[int, int]) -> Tuple[np.ndarray, Dict[int, int]]:
+    """Segment ids with crowd regions set to 0 (unlabelled, as panopticapi treats them) and the
+    non-crowd segment id -> contiguous class map."""
+    crowd = [s["id"] for s in segments_info if s.get("iscrowd", 0)]
+    segments = {s["id"]: contiguous[s["category_id"]] for s in segments_info if not s.get("iscrowd", 0)}
+    return np.where(np.isin(ids, crowd), 0, ids), segments
+
+
 def load_panoptic_json(path: str) -> Dict:
     if not os.path.isfile(path):
         raise InputError(f"panoptic annotation file {path} does not exist")
@@ -94,8 +108,7 @@ class PanopticDataset(torch.utils.data.Dataset):
         try:
             with Image.open(image_path) as im:
                 image = np.asarray(im.convert("RGB"))
-            with Image.open(os.path.join(self.root, "panoptic", self.split, ann["file_name"])) as pan:
-                ids = rgb_to_ids(np.asarray(pan.convert("RGB")))
+            ids = read_segment_ids(os.path.join(self.root, "panoptic", self.split, ann["file_name"]))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read sample {index} of {self.json_path}: {exc}") from None
         return image, ids, ann
