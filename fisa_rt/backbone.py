@@ -45,7 +45,7 @@ def _seve_adapters(cfg: FisaConfig, num_layers: int, widths: List[int], text_dim
     if bad:
         raise ValueError(f"seve.layers {bad} out of range: the visual encoder has {num_layers} layers")
     return nn.ModuleDict(
-        {str(i): SeveAdapter(widths[i], text_dim, cfg.seve.num_heads, cfg.seve.gate_init) for i in cfg.seve.layers}
+        {str(i): SeveAdapter(widths[i], text_dim, cfg.seve.num_heads, cfg.seve.gate_init, cfg.kernels) for i in cfg.seve.layers}
     )
 
 

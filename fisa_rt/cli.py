@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         stage=args.stage, data=args.data, out=args.out, model=args.model, init=args.init, trainable=args.trainable,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        seed=args.seed, save_every=args.save_every, amp=args.amp, overwrite=args.overwrite, progress=args.progress,
+        seed=args.seed, region_captions=args.region_captions, save_every=args.save_every, amp=args.amp, overwrite=args.overwrite, progress=args.progress,
     )
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     tr.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     tr.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    tr.add_argument("--region-captions", type=float, default=0.0,
+                    help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
     tr.add_argument("--save-every", type=int, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple
 
+from fisa_rt.kernels.backend import BACKENDS as KERNEL_BACKENDS
+
 from .errors import ConfigError
 
 # OpenAI CLIP's normalisation, which every open_clip model named here was trained with.
@@ -125,8 +127,13 @@ class FisaConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     image_mean: Tuple[float, float, float] = OPENAI_MEAN
     image_std: Tuple[float, float, float] = OPENAI_STD
+    # Which implementation of the fused ops runs (fisa_rt.kernels.backend): "auto" = Triton kernels on
+    # CUDA, PyTorch references elsewhere; "triton" or "reference" forces one.
+    kernels: str = "auto"
 
     def __post_init__(self):
+        if self.kernels not in KERNEL_BACKENDS:
+            raise ConfigError(f"kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
         if self.classifier.head not in CLASSIFIER_HEADS:
             raise ConfigError(f"classifier.head must be one of {CLASSIFIER_HEADS}, got {self.classifier.head!r}")
         if self.classifier.mask_weighting not in MASK_WEIGHTINGS:

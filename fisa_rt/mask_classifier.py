@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fisa_rt.kernels import mask_attention_reference, mask_average_logits_reference
+from fisa_rt.kernels import mask_attention, mask_average_logits
 
 from .backbone import BackboneOutput
 from .config import ClassifierConfig
@@ -45,8 +45,9 @@ def cosine_logits(embeds: torch.Tensor, text: torch.Tensor, logit_scale: torch.T
 
 
 class MaskAttentionHead(nn.Module):
-    def __init__(self, visual: nn.Module, cfg: ClassifierConfig, embed_dim: int, clip_logit_scale: torch.Tensor):
+    def __init__(self, visual: nn.Module, cfg: ClassifierConfig, embed_dim: int, clip_logit_scale: torch.Tensor, kernels: str = "auto"):
         super().__init__()
+        self.kernels = kernels
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - cfg.num_mask_layers:]
         self.mask_q_proj = nn.ModuleList()
         for block in blocks:
@@ -77,8 +78,9 @@ class MaskAttentionHead(nn.Module):
         def heads(t):
             return t.reshape(B, t.shape[1], H, W // H).transpose(1, 2)
 
-        out = mask_attention_reference(
-            heads(q_proj(normed)), heads(k_img), heads(v_img), heads(k_self), heads(v_self), mask_logits, grid, self.threshold
+        out = mask_attention(
+            heads(q_proj(normed)), heads(k_img), heads(v_img), heads(k_self), heads(v_self), mask_logits, grid, self.threshold,
+            backend=self.kernels,
         )
         tokens = tokens + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(B, Q, W)))
         return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
@@ -97,16 +99,18 @@ class MaskAttentionHead(nn.Module):
 
 
 class MaskAverageHead(nn.Module):
-    def __init__(self, cfg: ClassifierConfig):
+    def __init__(self, cfg: ClassifierConfig, kernels: str = "auto"):
         super().__init__()
         self.cfg = cfg
+        self.kernels = kernels
 
     def forward(self, backbone: nn.Module, features: BackboneOutput, generator: MaskGeneratorOutput, text, logit_scale, seen: Optional[torch.Tensor] = None):
         """``seen`` (K,) bool marks classes the mask generator was trained on (FC-CLIP's category
         overlap); None treats every class as unseen."""
         cfg = self.cfg
-        out_vocab = mask_average_logits_reference(
-            generator.mask_logits, features.dense_embeds, text, logit_scale, cfg.mask_weighting, cfg.mask_threshold
+        out_vocab = mask_average_logits(
+            generator.mask_logits, features.dense_embeds, text, logit_scale, cfg.mask_weighting, cfg.mask_threshold,
+            backend=self.kernels,
         )
         void = generator.void_embedding[None].to(text.dtype)
         in_vocab = cosine_logits(generator.class_embeds, torch.cat([text, void], dim=0), logit_scale)

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -57,9 +59,19 @@ class FisaModel(nn.Module):
             cfg.mask_generator, self.backbone.feature_channels, self.backbone.feature_strides, self.embed_dim
         )
         if cfg.classifier.head == "mask-attention":
-            self.classifier = MaskAttentionHead(self.backbone.visual, cfg.classifier, self.embed_dim, self.text.clip.logit_scale)
+            self.classifier = MaskAttentionHead(
+                self.backbone.visual, cfg.classifier, self.embed_dim, self.text.clip.logit_scale, cfg.kernels
+            )
         else:
-            self.classifier = MaskAverageHead(cfg.classifier)
+            self.classifier = MaskAverageHead(cfg.classifier, cfg.kernels)
+
+    def set_kernels(self, backend: str) -> None:
+        """Switch every fused op between the Triton kernels and the PyTorch references (see
+        :data:`fisa_rt.config.KERNEL_BACKENDS`), e.g. to compare them on one loaded checkpoint."""
+        self.cfg = dataclasses.replace(self.cfg, kernels=backend)
+        for module in self.modules():
+            if hasattr(module, "kernels") and module is not self:
+                module.kernels = backend
 
     @property
     def logit_scale(self) -> torch.Tensor:

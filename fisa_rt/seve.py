@@ -13,14 +13,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fisa_rt.kernels import adapter_attention_reference
+from fisa_rt.kernels import adapter_attention
 
 
 class SeveAdapter(nn.Module):
     """Gated cross-attention from visual tokens (width ``width``) to text embeddings (``text_dim``)."""
 
-    def __init__(self, width: int, text_dim: int, num_heads: int, gate_init: float = 0.0):
+    def __init__(self, width: int, text_dim: int, num_heads: int, gate_init: float = 0.0, kernels: str = "auto"):
         super().__init__()
+        self.kernels = kernels
         if width % num_heads:
             raise ValueError(f"visual width {width} is not divisible by {num_heads} SEVE heads")
         self.num_heads = num_heads
@@ -40,6 +41,6 @@ class SeveAdapter(nn.Module):
         H = self.num_heads
         q = self.q_proj(self.norm(x)).view(B, N, H, W // H).transpose(1, 2)
         k, v = self.kv_proj(text.to(x.dtype)).view(text.shape[0], text.shape[1], 2, H, W // H).permute(2, 0, 3, 1, 4)
-        attended = adapter_attention_reference(q, k, v, text_valid)
+        attended = adapter_attention(q, k, v, text_valid, backend=self.kernels)
         update = self.out_proj(attended.transpose(1, 2).reshape(B, N, W))
         return x + torch.tanh(self.gate).to(x.dtype) * update

@@ -1,16 +1,24 @@
 """Fused ops of FISA's hot spots, installed as ``fisa_rt.kernels``.
 
-One module per op, each holding ``<op>_reference`` — the PyTorch function whose tensor contract the
-fused kernel must match and which the model calls wherever the kernel does not run.
+One module per op, each holding ``<op>_reference`` (the PyTorch function whose tensor contract the fused
+kernel must match) and ``<op>`` (what the model calls: the Triton kernel of ``<op>_triton.py`` on CUDA,
+the reference elsewhere; see ``backend.py``). Triton is imported only when a kernel runs.
 """
 
-from .adapter_attention import adapter_attention_reference
-from .mask_attention import mask_attention_reference, mask_inside_grid
-from .mask_pooling import mask_average_logits_reference
+from .adapter_attention import adapter_attention, adapter_attention_reference
+from .backend import BACKENDS, KernelUnavailableError, use_triton
+from .mask_attention import mask_attention, mask_attention_reference, mask_inside_grid
+from .mask_pooling import mask_average_logits, mask_average_logits_reference
 
 __all__ = [
+    "BACKENDS",
+    "KernelUnavailableError",
+    "adapter_attention",
     "adapter_attention_reference",
+    "mask_attention",
     "mask_attention_reference",
+    "mask_average_logits",
     "mask_average_logits_reference",
     "mask_inside_grid",
+    "use_triton",
 ]

@@ -8,7 +8,8 @@ Contract (shared by the PyTorch reference below and the fused kernel that replac
     returns    (B, H, N, Dh)   softmax(q kᵀ / sqrt(Dh)) v over the valid classes; a row with no valid
                                class returns zeros (there is nothing to attend to)
 
-q, k and v share one floating dtype; the softmax runs in that dtype in the reference.
+q, k and v share one floating dtype; the softmax runs in that dtype in the reference, in fp32 in the kernel
+(``adapter_attention_triton.py``). ``adapter_attention`` picks between them (see ``backend.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from .backend import use_triton
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]) -> None:
@@ -43,3 +46,15 @@ def adapter_attention_reference(
     # A row whose classes are all padding is NaN after the softmax; zero is its defined output.
     probs = probs.masked_fill(~valid.any(-1, keepdim=True), 0.0)
     return torch.matmul(probs, v)
+
+
+def adapter_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, backend: str = "auto"
+) -> torch.Tensor:
+    """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
+    if not use_triton(backend, q, k, v):
+        return adapter_attention_reference(q, k, v, key_valid)
+    _check(q, k, v, key_valid)
+    from .adapter_attention_triton import adapter_attention_triton
+
+    return adapter_attention_triton(q, k, v, key_valid)

@@ -13,7 +13,9 @@ Contract (shared by the PyTorch reference below and the fused kernel that replac
     returns        (B, H, Q, Dh)
 
 The token always sees itself, so an empty mask returns the token's own value (no NaN); image tokens
-outside the mask get exactly zero weight, so their content cannot reach the token.
+outside the mask get exactly zero weight, so their content cannot reach the token. The mask logits get
+no gradient (thresholding has none). ``mask_attention`` picks the reference or the fused kernel
+(``mask_attention_triton.py``; see ``backend.py``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,24 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .backend import use_triton
+
 
 def mask_inside_grid(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float) -> torch.Tensor:
     """(B, Q, h*w) bool: which grid cells each mask covers, as the mask-attention op sees them."""
     resized = F.interpolate(mask_logits, size=tuple(grid), mode="bilinear", align_corners=False)
     return (resized > threshold).flatten(2)
+
+
+def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid) -> None:
+    B, H, Q, Dh = q.shape
+    N = grid[0] * grid[1]
+    if k_img.shape != (B, H, N, Dh) or v_img.shape != k_img.shape:
+        raise ValueError(f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
+    if k_self.shape != q.shape or v_self.shape != q.shape:
+        raise ValueError(f"k_self/v_self must match q {tuple(q.shape)}; got {tuple(k_self.shape)}, {tuple(v_self.shape)}")
+    if mask_logits.dim() != 4 or mask_logits.shape[:2] != (B, Q):
+        raise ValueError(f"mask_logits must be (B={B}, Q={Q}, Hm, Wm); got {tuple(mask_logits.shape)}")
 
 
 def mask_attention_reference(
@@ -40,18 +55,32 @@ def mask_attention_reference(
     grid: Tuple[int, int],
     threshold: float = 0.0,
 ) -> torch.Tensor:
-    B, H, Q, Dh = q.shape
-    N = grid[0] * grid[1]
-    if k_img.shape != (B, H, N, Dh) or v_img.shape != k_img.shape:
-        raise ValueError(f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
-    if k_self.shape != q.shape or v_self.shape != q.shape:
-        raise ValueError(f"k_self/v_self must match q {tuple(q.shape)}; got {tuple(k_self.shape)}, {tuple(v_self.shape)}")
-    if mask_logits.dim() != 4 or mask_logits.shape[:2] != (B, Q):
-        raise ValueError(f"mask_logits must be (B={B}, Q={Q}, Hm, Wm); got {tuple(mask_logits.shape)}")
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
+    Dh = q.shape[-1]
     scale = Dh ** -0.5
     inside = mask_inside_grid(mask_logits, grid, threshold)[:, None]  # (B, 1, Q, N)
     s_img = torch.matmul(q, k_img.transpose(-1, -2)) * scale
     s_img = s_img.masked_fill(~inside, float("-inf"))
     s_self = (q * k_self).sum(-1, keepdim=True) * scale
     probs = torch.cat([s_img, s_self], dim=-1).softmax(-1)
-    return torch.matmul(probs[..., :N], v_img) + probs[..., N:] * v_self
+    return torch.matmul(probs[..., :-1], v_img) + probs[..., -1:] * v_self
+
+
+def mask_attention(
+    q: torch.Tensor,
+    k_img: torch.Tensor,
+    v_img: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    mask_logits: torch.Tensor,
+    grid: Tuple[int, int],
+    threshold: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
+    if not use_triton(backend, q, k_img, v_img, k_self, v_self, mask_logits):
+        return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
+    from .mask_attention_triton import mask_attention_triton
+
+    return mask_attention_triton(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)

@@ -12,7 +12,9 @@ Contract (shared by the PyTorch reference below and the fused kernel that replac
 
 Masks are resized to (Hf, Wf) bilinearly (align_corners=False). Pooling divides by the mask's area
 (+1e-8, FC-CLIP's epsilon), so an empty mask pools to zero and scores 0 against every class. The
-mask weights carry no gradient (FC-CLIP detaches them); dense and text do.
+mask weights carry no gradient (FC-CLIP detaches them); dense, text and a tensor logit_scale do.
+``mask_average_logits`` picks the reference or the fused kernels (``mask_pooling_triton.py``; see
+``backend.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .backend import use_triton
+
 WEIGHTINGS = ("binary", "sigmoid")
+
+
+def _check(mask_logits, dense, text, weighting) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
+    if mask_logits.dim() != 4 or dense.dim() != 4 or mask_logits.shape[0] != dense.shape[0]:
+        raise ValueError(f"need mask_logits (B, Q, Hm, Wm) and dense (B, C, Hf, Wf); got {tuple(mask_logits.shape)}, {tuple(dense.shape)}")
+    if text.dim() != 2 or text.shape[1] != dense.shape[1]:
+        raise ValueError(f"text must be (K, C={dense.shape[1]}); got {tuple(text.shape)}")
 
 
 def mask_average_logits_reference(
@@ -31,15 +44,28 @@ def mask_average_logits_reference(
     weighting: str = "binary",
     threshold: float = 0.0,
 ) -> torch.Tensor:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
-    if mask_logits.dim() != 4 or dense.dim() != 4 or mask_logits.shape[0] != dense.shape[0]:
-        raise ValueError(f"need mask_logits (B, Q, Hm, Wm) and dense (B, C, Hf, Wf); got {tuple(mask_logits.shape)}, {tuple(dense.shape)}")
-    if text.dim() != 2 or text.shape[1] != dense.shape[1]:
-        raise ValueError(f"text must be (K, C={dense.shape[1]}); got {tuple(text.shape)}")
+    _check(mask_logits, dense, text, weighting)
     with torch.no_grad():
         resized = F.interpolate(mask_logits.detach(), size=dense.shape[-2:], mode="bilinear", align_corners=False)
         weights = (resized > threshold).to(dense.dtype) if weighting == "binary" else resized.sigmoid().to(dense.dtype)
         weights = weights / (weights.sum(dim=(-1, -2), keepdim=True) + 1e-8)
     pooled = torch.einsum("bchw,bqhw->bqc", dense, weights)
     return logit_scale * torch.matmul(F.normalize(pooled, dim=-1), F.normalize(text, dim=-1).t())
+
+
+def mask_average_logits(
+    mask_logits: torch.Tensor,
+    dense: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale,
+    weighting: str = "binary",
+    threshold: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The op as the model calls it: the fused kernels where ``backend`` selects them, else the reference."""
+    if not use_triton(backend, mask_logits, dense, text):
+        return mask_average_logits_reference(mask_logits, dense, text, logit_scale, weighting, threshold)
+    _check(mask_logits, dense, text, weighting)
+    from .mask_pooling_triton import mask_average_logits_triton
+
+    return mask_average_logits_triton(mask_logits, dense, text, logit_scale, weighting, threshold)

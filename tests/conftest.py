@@ -1,11 +1,17 @@
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    # Without a GPU, tests that force the Triton kernels run them in Triton's CPU interpreter, which is
+    # chosen when a kernel is defined, so before any fisa_rt.kernels.*_triton module is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from fisa_rt import create_model
+from helpers import open_gates
 
 
 @pytest.fixture(autouse=True)
@@ -13,17 +19,6 @@ def _seed():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-
-
-def random_text(k: int, dim: int) -> torch.Tensor:
-    return F.normalize(torch.randn(k, dim), dim=-1)
-
-
-def open_gates(model, value: float = 1.0) -> None:
-    """Give SEVE adapters a non-zero gate, so tests see their effect."""
-    with torch.no_grad():
-        for adapter in model.backbone.seve.values():
-            adapter.gate.fill_(value)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 from fisa_rt import CheckpointError
 from fisa_rt.checkpoint import load_model, read_checkpoint_info, save_checkpoint
 
-from conftest import random_text
+from helpers import random_text
 
 
 def test_round_trip_restores_config_vocabulary_and_outputs(tmp_path, tiny_model):

@@ -2,7 +2,7 @@ import torch
 
 from fisa_rt.mask_generator import MaskGeneratorOutput
 
-from conftest import random_text
+from helpers import random_text
 
 
 def _classify(model, features, mask_logits, text):

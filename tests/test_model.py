@@ -3,7 +3,7 @@ import torch
 
 from fisa_rt import InputError, create_model
 
-from conftest import random_text
+from helpers import random_text
 
 # Every shipped config at a CPU-friendly input size (large models at small images).
 CONFIG_SIZES = [("fisa-tiny", 128, 2), ("fisa-tiny-convnext", 128, 2), ("fisa-vit-b16", 128, 1), ("fisa-convnext-l", 64, 1)]

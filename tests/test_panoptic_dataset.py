@@ -56,3 +56,15 @@ def test_missing_and_corrupt_files_are_input_errors(synthetic_data, tmp_path):
     (root / "images" / "val" / data["images"][0]["file_name"]).write_bytes(b"not a png")
     with pytest.raises(InputError, match="cannot read sample 0"):
         PanopticDataset(str(root), "val", 64, augment=False)[0]
+
+
+def test_region_captions_crop_one_segment_and_name_its_class(synthetic_data):
+    regions = CaptionDataset(synthetic_data, "train", 64, region_fraction=1.0)
+    names = set(regions.panoptic.class_names)
+    for key in [(0, 0), (1, 0), (2, 3)]:
+        image, caption = regions[key]
+        assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+        assert caption.startswith("a photo of a ") and caption[len("a photo of a "):-1] in names
+    scenes = CaptionDataset(synthetic_data, "train", 64, region_fraction=0.0)
+    assert scenes[(0, 0)][1] == scenes.captions[scenes.panoptic.records[0][1]["image_id"]]
+    assert regions[(1, 0)][1] == regions[(1, 0)][1]  # keyed randomness: reproducible

@@ -4,7 +4,7 @@ import torch
 from fisa_rt import ConfigError, create_model
 from fisa_rt.simo import select_trainable
 
-from conftest import random_text
+from helpers import random_text
 
 
 def test_gradients_reach_only_simo_parameters(tiny_model):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -155,10 +155,17 @@ class PanopticDataset(torch.utils.data.Dataset):
 
 
 class CaptionDataset(torch.utils.data.Dataset):
-    """(image, caption) pairs for contrastive CLIP pre-training, from ``captions_SPLIT.json``."""
+    """(image, caption) pairs for contrastive CLIP pre-training, from ``captions_SPLIT.json``.
 
-    def __init__(self, root: str, split: str, image_size: int, seed: int = 0):
+    With ``region_fraction`` > 0 that fraction of the pairs is a *region* pair instead: the crop of one
+    segment's box and a single-object prompt of its class ("a photo of a red star."). Scene captions alone
+    let a tiny CLIP match by object count and stuff words without binding attribute to object; region
+    pairs teach it the single-object sentences that classification prompts are (RegionCLIP's argument).
+    """
+
+    def __init__(self, root: str, split: str, image_size: int, seed: int = 0, region_fraction: float = 0.0):
         self.panoptic = PanopticDataset(root, split, image_size, augment=True, seed=seed)
+        self.region_fraction = region_fraction
         path = os.path.join(root, "annotations", f"captions_{split}.json")
         if not os.path.isfile(path):
             raise InputError(f"caption file {path} does not exist")
@@ -169,9 +176,28 @@ class CaptionDataset(torch.utils.data.Dataset):
         return len(self.panoptic)
 
     def __getitem__(self, key) -> Tuple[torch.Tensor, str]:
-        sample = self.panoptic[key]
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        sample = self.panoptic[(index, epoch)]
+        rng = np.random.default_rng([self.panoptic.seed, epoch, index, 1])
+        if len(sample.labels) and rng.random() < self.region_fraction:
+            return self.region(sample, rng)
         image_id = self.panoptic.records[sample.index][1]["image_id"]
         return sample.image, self.captions[image_id]
+
+    def region(self, sample: Sample, rng: np.random.Generator, k: Optional[int] = None) -> Tuple[torch.Tensor, str]:
+        k = int(rng.integers(len(sample.labels))) if k is None else k
+        rows, cols = torch.nonzero(sample.masks[k], as_tuple=True)
+        top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        # A square crop with some context, as a detector's box crop would have.
+        side = max(bottom - top, right - left) * 1.2 + 4
+        cy, cx = (top + bottom) / 2, (left + right) / 2
+        S = sample.image.shape[-1]
+        y0, x0 = int(max(0, cy - side / 2)), int(max(0, cx - side / 2))
+        y1, x1 = int(min(S, cy + side / 2)), int(min(S, cx + side / 2))
+        crop = sample.image[None, :, y0:y1, x0:x1].float()
+        image = torch.nn.functional.interpolate(crop, size=(S, S), mode="bilinear", align_corners=False)
+        name = self.panoptic.class_names[int(sample.labels[k])]
+        return image[0].round().clamp(0, 255).to(torch.uint8), f"a photo of a {name}."
 
 
 def caption_collate(items: List[Tuple[torch.Tensor, str]]) -> Tuple[torch.Tensor, List[str]]:

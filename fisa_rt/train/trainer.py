@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: int = 50
     seed: int = 0
+    region_captions: float = 0.0  # clip stage: fraction of pairs that are a segment crop + its class prompt
     save_every: int = 200
     amp: bool = True  # bf16 autocast, on CUDA only
     overwrite: bool = False
@@ -149,7 +150,7 @@ class _Stage:
         if cfg.stage == "clip":
             self.model = create_clip(model_cfg.clip, load_pretrained=False)
             self.tokenizer = create_tokenizer(model_cfg.clip)
-            self.data = CaptionDataset(cfg.data, "train", model_cfg.image_size, seed=cfg.seed)
+            self.data = CaptionDataset(cfg.data, "train", model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions)
             from open_clip.loss import ClipLoss
 
             self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=env.rank, world_size=env.world)

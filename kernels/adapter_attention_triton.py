@@ -1,0 +1,205 @@
+"""Fused adapter attention (SEVE) in Triton: forward, backward and the autograd wrapper.
+
+Forward: one program per (block of visual tokens, batch x head); it walks the classes in blocks with an
+online softmax (FlashAttention), so the N x K score matrix never reaches device memory. Padded classes
+get -inf; a row with no valid class ends with an empty softmax and is written as zeros.
+
+Backward: the same programs recompute the probabilities from the saved log-sum-exp, write dQ, and add
+their share of dK and dV into fp32 buffers atomically. Atomics rather than FlashAttention-2's separate
+dK/dV pass because K is short (often one block) and, with a vocabulary shared by the batch, dK/dV sum
+over every image: a K-parallel pass would run on a handful of programs.
+
+Why the gate and the residual add are not folded into the epilogue: SEVE's output projection sits
+between the attention and the gate, so the epilogue would have to own a width x width GEMM; cuBLAS does
+that GEMM better, and the gated add is one elementwise op that PyTorch fuses under torch.compile.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .tuning import launch
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def adapter_attention_fwd_kernel(
+    Q, K, V, VALID, O, LSE,
+    sqb, sqh, sqn, sqd,
+    skb, skh, skk, skd,
+    svb, svh, svk, svd,
+    sob, soh, son, sod,
+    s_valid_b, s_valid_k,
+    H, N, KN, D, qk_scale,
+    HAS_VALID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < N
+    d_ok = offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_N,), tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    for start in range(0, KN, BLOCK_K):
+        offs_k = start + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < KN
+        kt = tl.load(k_base + offs_k[None, :] * skk + offs_d[:, None] * skd, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(v_base + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_VALID:
+            k_ok = k_ok & (tl.load(VALID + b * s_valid_b + offs_k * s_valid_k, mask=k_ok, other=0) != 0)
+        # scores in log2 units: exp2 is the native instruction
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # Rows with nothing valid yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    has_any = l_i > 0
+    out = acc / tl.where(has_any, l_i, 1.0)[:, None]
+    tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    # log2-sum-exp2; +inf for empty rows makes every recomputed probability 0 in the backward pass
+    lse = tl.where(has_any, m_i + tl.math.log2(tl.where(has_any, l_i, 1.0)), float("inf"))
+    tl.store(LSE + pid_bh * N + offs_n, lse, mask=n_ok)
+
+
+@triton.jit
+def adapter_attention_bwd_kernel(
+    Q, K, V, VALID, DO, LSE, DELTA, DQ, DK, DV,
+    sqb, sqh, sqn, sqd,
+    skb, skh, skk, skd,
+    svb, svh, svk, svd,
+    s_valid_b, s_valid_k,
+    H, N, KN, D, qk_scale, sm_scale,
+    HAS_VALID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # DO and DQ are contiguous like Q (B, H, N, D); DK and DV are fp32 (Bt, H, KN, D), contiguous.
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < N
+    d_ok = offs_d < D
+    nd_ok = n_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd, mask=nd_ok, other=0.0)
+    row = pid_bh * N * D + offs_n[:, None] * D + offs_d[None, :]
+    do = tl.load(DO + row, mask=nd_ok, other=0.0)
+    lse = tl.load(LSE + pid_bh * N + offs_n, mask=n_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * N + offs_n, mask=n_ok, other=0.0)
+    dq = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    # the text's batch index: 0 when one vocabulary is shared by the batch (stride 0)
+    kv_row = (b * (skb != 0)) * H + h
+    for start in range(0, KN, BLOCK_K):
+        offs_k = start + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < KN
+        kd_ok = k_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + offs_k[:, None] * skk + offs_d[None, :] * skd, mask=kd_ok, other=0.0)
+        v = tl.load(v_base + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=kd_ok, other=0.0)
+        if HAS_VALID:
+            k_ok = k_ok & (tl.load(VALID + b * s_valid_b + offs_k * s_valid_k, mask=k_ok, other=0) != 0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        p = tl.where(k_ok[None, :] & n_ok[:, None], tl.math.exp2(s - lse[:, None]), 0.0)
+        dv = tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dk = tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
+        kv = kv_row * KN * D + offs_k[:, None] * D + offs_d[None, :]
+        tl.atomic_add(DV + kv, dv, mask=kd_ok)
+        tl.atomic_add(DK + kv, dk * sm_scale, mask=kd_ok)
+    tl.store(DQ + row, (dq * sm_scale).to(DQ.dtype.element_ty), mask=nd_ok)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs keep fp32 products (the reference's accuracy); TF32 would cost ~1e-3 relative error.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _valid_args(key_valid: Optional[torch.Tensor], q: torch.Tensor):
+    if key_valid is None:
+        return q, 0, 0, False  # any pointer: never read
+    valid = key_valid.to(torch.int8)
+    return valid, valid.stride(0) if valid.shape[0] > 1 else 0, valid.stride(1), True
+
+
+def _kv_stride(t: torch.Tensor):
+    return (t.stride(0) if t.shape[0] > 1 else 0, t.stride(1), t.stride(2), t.stride(3))
+
+
+def forward(q, k, v, key_valid):
+    B, H, N, D = q.shape
+    KN = k.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    valid, svb, svk, has_valid = _valid_args(key_valid, q)
+    args = (
+        q, k, v, valid, out, lse, *q.stride(), *_kv_stride(k), *_kv_stride(v), *out.stride(), svb, svk,
+        H, N, KN, D, D ** -0.5 * LOG2E,
+    )
+    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=_precision(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    launch(
+        "adapter_attention_fwd", adapter_attention_fwd_kernel, lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H),
+        args, meta, q.device, key=("N", "KN", "D"),
+    )
+    return out, lse
+
+
+def backward(q, k, v, key_valid, out, lse, grad_out):
+    B, H, N, D = q.shape
+    KN = k.shape[2]
+    grad_out = grad_out.contiguous()
+    delta = (grad_out.float() * out.float()).sum(-1)
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
+    dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
+    valid, svb, svk, has_valid = _valid_args(key_valid, q)
+    args = (
+        q, k, v, valid, grad_out, lse, delta, dq, dk, dv, *q.stride(), *_kv_stride(k), *_kv_stride(v), svb, svk,
+        H, N, KN, D, D ** -0.5 * LOG2E, D ** -0.5,
+    )
+    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=_precision(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    launch(
+        "adapter_attention_bwd", adapter_attention_bwd_kernel, lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H),
+        args, meta, q.device, key=("N", "KN", "D"), reset=("DK", "DV"),
+    )
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+class AdapterAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_valid):
+        out, lse = forward(q, k, v, key_valid)
+        ctx.save_for_backward(q, k, v, key_valid, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, key_valid, out, lse = ctx.saved_tensors
+        dq, dk, dv = backward(q, k, v, key_valid, out, lse, grad_out)
+        return dq, dk, dv, None
+
+
+def adapter_attention_triton(q, k, v, key_valid=None):
+    return AdapterAttention.apply(q, k, v, key_valid)
+

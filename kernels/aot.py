@@ -1,0 +1,140 @@
+"""Ahead-of-time compilation of the Triton kernels to PTX for a given GPU, on any machine.
+
+TensorRT's AOT plugins (``tensorrt.plugin.aot_impl``) embed PTX in the engine, so a Jetson (sm_87) or an
+H100 (sm_90) engine can be built and validated where no such GPU exists. ``triton.compile`` needs only
+the CUDA backend that ships with the triton wheel (LLVM + ptxas), not a GPU.
+
+    python -m fisa_rt.kernels.aot --arch 87 --dtype fp16 --out ptx/   # writes <kernel>.sm_87.fp16.ptx + index.json
+
+Must run without ``TRITON_INTERPRET``: the interpreter replaces kernels by Python functions that have
+no compiler path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+# kernel name -> (module, function) in fisa_rt.kernels
+KERNELS: Dict[str, tuple] = {
+    "adapter_attention_fwd": ("adapter_attention_triton", "adapter_attention_fwd_kernel"),
+    "adapter_attention_bwd": ("adapter_attention_triton", "adapter_attention_bwd_kernel"),
+    "mask_attention_fwd": ("mask_attention_triton", "mask_attention_fwd_kernel"),
+    "mask_attention_bwd": ("mask_attention_triton", "mask_attention_bwd_kernel"),
+    "mask_pool_fwd": ("mask_pooling_triton", "mask_pool_fwd_kernel"),
+    "mask_pool_bwd": ("mask_pooling_triton", "mask_pool_bwd_kernel"),
+    "cosine_logits": ("mask_pooling_triton", "cosine_logits_kernel"),
+}
+# Every kernel takes its pointers first (upper-case names), then strides and sizes (i32) and float scalars.
+# Pointer arguments that are not in the data dtype; the other pointers are data tensors.
+FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M"}
+INT8_POINTERS = {"VALID"}
+FLOAT_SCALARS = {"qk_scale", "sm_scale", "scale_y", "scale_x", "threshold", "scale"}
+DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+@dataclass
+class CompiledKernel:
+    kernel: str
+    entry: str  # the PTX .entry name
+    arch: int
+    dtype: str
+    constants: Dict[str, object]
+    num_warps: int
+    shared_bytes: int
+    ptx: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.ptx.encode()).hexdigest()
+
+
+def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) -> Dict[str, object]:
+    """The first tuned block config of ``arch`` plus the kernel's compile-time switches."""
+    from .tuning import configs_for
+
+    gen = max(g for g in (80, 87, 90) if g <= arch) if arch < 100 else 90
+    config = configs_for(kernel, gen)[0]
+    constants: Dict[str, object] = dict(config.kwargs)
+    if kernel.startswith(("adapter", "mask_attention")):
+        constants["BLOCK_D"] = max(16, 1 << (head_dim - 1).bit_length())
+    if kernel.startswith("adapter"):
+        constants["HAS_VALID"] = True
+    if kernel.startswith("mask_pool"):
+        constants["SIGMOID"] = False
+    precision = "ieee" if dtype == "fp32" else "tf32"
+    constants["DOT_PRECISION"] = "ieee" if kernel == "cosine_logits" else precision
+    return {**constants, "_num_warps": config.num_warps, "_num_stages": config.num_stages}
+
+
+def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optional[Dict[str, object]] = None) -> CompiledKernel:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
+    module, name = KERNELS[kernel]
+    fn = getattr(importlib.import_module(f"fisa_rt.kernels.{module}"), name)
+    if not isinstance(fn, triton.runtime.JITFunction):
+        raise RuntimeError("AOT compilation needs real Triton kernels: unset TRITON_INTERPRET and run again")
+    constants = dict(default_constants(kernel, arch, dtype) if constants is None else constants)
+    num_warps = int(constants.pop("_num_warps", 4))
+    num_stages = int(constants.pop("_num_stages", 3))
+    signature = {}
+    leading_pointers = True
+    for param in fn.params:
+        arg = param.name
+        leading_pointers = leading_pointers and arg.upper() == arg
+        if param.is_constexpr:
+            signature[arg] = "constexpr"
+        elif leading_pointers:
+            signature[arg] = "*" + ("fp32" if arg in FP32_POINTERS else "i8" if arg in INT8_POINTERS else DTYPES[dtype])
+        else:
+            signature[arg] = "fp32" if arg in FLOAT_SCALARS else "i32"
+    if kernel == "cosine_logits":
+        signature["P"] = "*fp32"
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    return CompiledKernel(
+        kernel=kernel,
+        entry=compiled.metadata.name,
+        arch=arch,
+        dtype=dtype,
+        constants=constants,
+        num_warps=num_warps,
+        shared_bytes=int(compiled.metadata.shared),
+        ptx=compiled.asm["ptx"],
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Compile fisa-rt's Triton kernels to PTX without a GPU.")
+    parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (87 = Orin, 90 = H100); repeatable")
+    parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
+    parser.add_argument("--kernel", action="append", choices=list(KERNELS), help="default: all")
+    parser.add_argument("--out", required=True, help="folder for <kernel>.sm_<arch>.<dtype>.ptx and index.json")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    index = []
+    for arch in args.arch or [87, 90]:
+        for kernel in args.kernel or list(KERNELS):
+            compiled = compile_kernel(kernel, arch, args.dtype)
+            path = os.path.join(args.out, f"{kernel}.sm_{arch}.{args.dtype}.ptx")
+            with open(path, "w") as f:
+                f.write(compiled.ptx)
+            record = {k: v for k, v in asdict(compiled).items() if k != "ptx"}
+            index.append({**record, "file": os.path.basename(path), "sha256": compiled.sha256})
+            print(f"{path}: entry {compiled.entry}, {compiled.num_warps} warps, {compiled.shared_bytes} B shared")
+    with open(os.path.join(args.out, "index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

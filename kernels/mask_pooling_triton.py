@@ -1,0 +1,220 @@
+"""Fused mask-average pooling -> cosine logits in Triton: forward, backward and the autograd wrapper.
+
+Forward, two kernels:
+1. ``mask_pool_fwd_kernel``: one program per (block of masks, block of channels, image) walks the
+   feature map; each step samples the mask logits at the feature cells (bilinear, in registers), turns
+   them into weights (binary or sigmoid), accumulates weights @ features on tensor cores and the mask
+   area beside it. Writes only the (B, Q, C) pooled embeddings: the eager chain's resized masks, weights
+   and normalised weights (each B x Q x Hf x Wf) never exist.
+2. ``cosine_logits_kernel``: one program per (block of pooled rows, block of classes) walks the
+   channels, accumulating the dot products and both squared norms, so L2 normalisation of masks and
+   texts and the scale are an epilogue.
+
+Backward: the logits/normalisation part is (B, Q, C)- and (K, C)-sized, done in PyTorch; the feature
+gradient (the size of the feature map) is ``mask_pool_bwd_kernel``, which resamples the weights instead
+of reading saved ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .adapter_attention_triton import _precision
+from .mask_grid_triton import mask_logits_tile
+from .tuning import launch
+
+AREA_EPS = 1e-8  # FC-CLIP's
+NORM_EPS = 1e-12  # F.normalize's
+
+
+@triton.jit
+def _weights(logits, threshold, SIGMOID: tl.constexpr):
+    if SIGMOID:
+        return tl.sigmoid(logits)
+    return (logits > threshold).to(tl.float32)
+
+
+@triton.jit
+def mask_pool_fwd_kernel(
+    M, F_, P, AREA,
+    smb, smq, smy, smx,
+    sfb, sfc, sfy, sfx,
+    NQ, C, HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
+    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):
+    # P (B, Q, C) fp32 pooled, already divided by the area; AREA (B, Q) fp32. Both contiguous.
+    pid_q = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    q_ok = offs_q < NQ
+    c_ok = offs_c < C
+    acc = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
+    area = tl.zeros((BLOCK_Q,), tl.float32)
+    for start in range(0, HW, BLOCK_HW):
+        offs_hw = start + tl.arange(0, BLOCK_HW)
+        hw_ok = offs_hw < HW
+        logits = mask_logits_tile(M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
+        w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, threshold, SIGMOID), 0.0)
+        fy = offs_hw // grid_w
+        fx = offs_hw % grid_w
+        f = tl.load(F_ + b * sfb + offs_c[None, :] * sfc + (fy * sfy + fx * sfx)[:, None], mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.dot(w.to(f.dtype), f, input_precision=DOT_PRECISION)
+        area += tl.sum(w, 1)
+    pooled = acc / (area + 1e-8)[:, None]
+    tl.store(P + (b * NQ + offs_q[:, None]) * C + offs_c[None, :], pooled, mask=q_ok[:, None] & c_ok[None, :])
+    if pid_c == 0:
+        tl.store(AREA + b * NQ + offs_q, area, mask=q_ok)
+
+
+@triton.jit
+def cosine_logits_kernel(
+    P, T, OUT, st_k, st_c, ML, KN, C, scale,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # P (ML, C) fp32 contiguous; OUT (ML, KN) contiguous; scale * cos(P rows, T rows).
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_ok = offs_m < ML
+    k_ok = offs_k < KN
+    dots = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+    p_sq = tl.zeros((BLOCK_M,), tl.float32)
+    t_sq = tl.zeros((BLOCK_K,), tl.float32)
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C
+        p = tl.load(P + offs_m[:, None] * C + offs_c[None, :], mask=m_ok[:, None] & c_ok[None, :], other=0.0)
+        t = tl.load(T + offs_k[None, :] * st_k + offs_c[:, None] * st_c, mask=k_ok[None, :] & c_ok[:, None], other=0.0).to(tl.float32)
+        dots += tl.dot(p, t, input_precision=DOT_PRECISION)
+        p_sq += tl.sum(p * p, 1)
+        t_sq += tl.sum(t * t, 0)
+    p_norm = tl.maximum(tl.sqrt(p_sq), 1e-12)
+    t_norm = tl.maximum(tl.sqrt(t_sq), 1e-12)
+    out = scale * dots / p_norm[:, None] / t_norm[None, :]
+    tl.store(OUT + offs_m[:, None] * KN + offs_k[None, :], out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def mask_pool_bwd_kernel(
+    M, G, AREA, DF,
+    smb, smq, smy, smx,
+    sdb, sdc, sdy, sdx,
+    NQ, C, HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
+    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    # G (B, Q, C) fp32 gradient of the pooled embeddings; DF[b, c, hw] = sum_q G[b,q,c] w[b,q,hw] / area[b,q]
+    pid_c = tl.program_id(0)
+    pid_hw = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c_ok = offs_c < C
+    hw_ok = offs_hw < HW
+    acc = tl.zeros((BLOCK_C, BLOCK_HW), tl.float32)
+    for start in range(0, NQ, BLOCK_Q):
+        offs_q = start + tl.arange(0, BLOCK_Q)
+        q_ok = offs_q < NQ
+        logits = mask_logits_tile(M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
+        area = tl.load(AREA + b * NQ + offs_q, mask=q_ok, other=1.0)
+        w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, threshold, SIGMOID), 0.0) / (area + 1e-8)[:, None]
+        gt = tl.load(G + (b * NQ + offs_q[None, :]) * C + offs_c[:, None], mask=q_ok[None, :] & c_ok[:, None], other=0.0)
+        acc += tl.dot(gt, w, input_precision=DOT_PRECISION)
+    fy = offs_hw // grid_w
+    fx = offs_hw % grid_w
+    tl.store(DF + b * sdb + offs_c[:, None] * sdc + (fy * sdy + fx * sdx)[None, :], acc.to(DF.dtype.element_ty), mask=c_ok[:, None] & hw_ok[None, :])
+
+
+def _sampling(mask_logits: torch.Tensor, dense: torch.Tensor):
+    Hm, Wm = mask_logits.shape[-2:]
+    Hf, Wf = dense.shape[-2:]
+    return (Hf * Wf, Wf, Hm, Wm, Hm / Hf, Wm / Wf)
+
+
+def pool(mask_logits, dense, weighting, threshold):
+    """(B, Q, C) fp32 area-normalised pooled embeddings and (B, Q) fp32 areas."""
+    B, Q = mask_logits.shape[:2]
+    C = dense.shape[1]
+    pooled = torch.empty(B, Q, C, device=dense.device, dtype=torch.float32)
+    area = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
+    args = (mask_logits, dense, pooled, area, *mask_logits.stride(), *dense.stride(), Q, C, *_sampling(mask_logits, dense), float(threshold))
+    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=_precision(dense.dtype))
+    launch(
+        "mask_pool_fwd", mask_pool_fwd_kernel, lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
+        args, meta, dense.device, key=("NQ", "C", "HW"),
+    )
+    return pooled, area
+
+
+def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dtype: torch.dtype) -> torch.Tensor:
+    B, Q, C = pooled.shape
+    K = text.shape[0]
+    out = torch.empty(B, Q, K, device=pooled.device, dtype=out_dtype)
+    args = (pooled, text, out, text.stride(0), text.stride(1), B * Q, K, C, float(scale))
+    meta = dict(DOT_PRECISION=_precision(torch.float32))
+    launch(
+        "cosine_logits", cosine_logits_kernel, lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
+        args, meta, pooled.device, key=("ML", "KN", "C"),
+    )
+    return out
+
+
+def pool_backward(mask_logits, dense, grad_pooled, area, weighting, threshold):
+    B, Q = mask_logits.shape[:2]
+    C = dense.shape[1]
+    grad_dense = torch.empty_like(dense)
+    args = (mask_logits, grad_pooled.contiguous(), area, grad_dense, *mask_logits.stride(), *grad_dense.stride(), Q, C,
+            *_sampling(mask_logits, dense), float(threshold))
+    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=_precision(torch.float32))
+    HW = dense.shape[-2] * dense.shape[-1]
+    launch(
+        "mask_pool_bwd", mask_pool_bwd_kernel, lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
+        args, meta, dense.device, key=("NQ", "C", "HW"),
+    )
+    return grad_dense
+
+
+def _normalize_backward(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    """Gradient of F.normalize(x, dim=-1) (eps 1e-12) at x, given the output's gradient."""
+    norm = x.norm(dim=-1, keepdim=True)
+    y = x / norm.clamp_min(NORM_EPS)
+    projected = grad_y - y * (y * grad_y).sum(-1, keepdim=True)
+    return torch.where(norm > NORM_EPS, projected / norm.clamp_min(NORM_EPS), grad_y / NORM_EPS)
+
+
+class MaskAverageLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mask_logits, dense, text, logit_scale, weighting, threshold):
+        scale = float(logit_scale)
+        pooled, area = pool(mask_logits, dense, weighting, threshold)
+        logits = cosine_logits(pooled, text, scale, dense.dtype)
+        ctx.save_for_backward(mask_logits, dense, text, pooled, area, logits)
+        ctx.scale, ctx.weighting, ctx.threshold = scale, weighting, threshold
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        mask_logits, dense, text, pooled, area, logits = ctx.saved_tensors
+        g = grad_logits.float()
+        pn = F.normalize(pooled, dim=-1)
+        tn = F.normalize(text.float(), dim=-1)
+        grad_dense = grad_text = grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_pooled = _normalize_backward(pooled, ctx.scale * g @ tn)
+            grad_dense = pool_backward(mask_logits, dense, grad_pooled, area, ctx.weighting, ctx.threshold)
+        if ctx.needs_input_grad[2]:
+            grad_text = _normalize_backward(text.float(), ctx.scale * torch.einsum("bqk,bqc->kc", g, pn)).to(text.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_scale = (g * logits.float()).sum() / ctx.scale
+        return None, grad_dense, grad_text, grad_scale, None, None
+
+
+def mask_average_logits_triton(mask_logits, dense, text, logit_scale, weighting="binary", threshold=0.0):
+    return MaskAverageLogits.apply(mask_logits.detach(), dense, text, logit_scale, weighting, float(threshold))

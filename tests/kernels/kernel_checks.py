@@ -1,0 +1,45 @@
+"""Helpers of the kernel tests: device, dtypes, per-dtype tolerances, comparisons, mask logits."""
+
+import torch
+import torch.nn.functional as F
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# bfloat16 needs a GPU: Triton's interpreter runs kernels in NumPy, which has no bfloat16.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+# Max error relative to the largest reference magnitude (forward, backward). fp32: accumulation-order
+# noise only; fp16/bf16: the kernels round probabilities and products to the input dtype before the tensor
+# cores, as FlashAttention does, so the error is a few units in the last place of that dtype.
+TOLERANCE = {
+    torch.float32: (2e-5, 1e-4),
+    torch.float16: (4e-3, 1e-2),
+    torch.bfloat16: (3e-2, 6e-2),
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "output") -> None:
+    """max |actual - expected| <= rtol * max(max |expected|, 1), and no NaN anywhere. The floor of 1 (the
+    scale of the unit-normal inputs) keeps gradients that are zero in exact arithmetic, such as dq with
+    one class, from turning rounding noise into an infinite relative error."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual = actual.double()
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values (unwritten or overflowed elements)"
+    scale = expected.abs().max().clamp_min(1.0)
+    error = (actual - expected).abs().max() / scale
+    assert error <= rtol, f"{what}: max error {error:.3g} of max(|ref|, 1) exceeds {rtol:g}"
+
+
+def random_mask_logits(shape, sizes, dtype=torch.float32, empty=True):
+    """Random mask logits (mask 0 of every image empty when ``empty``) and a threshold near 0 that no bilinear resize of
+    them to any of ``sizes`` comes within 1e-5 of, so the kernel (fp32 interpolation) and the float64
+    reference make the same inside/outside call everywhere."""
+    logits = torch.randn(*shape, dtype=torch.float64)
+    if empty:
+        logits[:, :1] = -50.0
+    values = torch.cat([F.interpolate(logits, size=s, mode="bilinear", align_corners=False).flatten() for s in sizes])
+    values = torch.cat([values, torch.tensor([-0.5, 0.5], dtype=torch.float64)]).unique().sort().values
+    values = values[(values >= -0.5) & (values <= 0.5)]
+    gaps = values[1:] - values[:-1]
+    best = int(torch.argmax(torch.where(gaps > 2e-5, -(values[1:] + values[:-1]).abs(), torch.tensor(-1e9, dtype=torch.float64))))
+    threshold = float((values[best] + values[best + 1]) / 2)
+    return logits.to(dtype), threshold

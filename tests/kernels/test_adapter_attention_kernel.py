@@ -1,0 +1,75 @@
+"""The fused adapter-attention kernel against its float64 reference (CPU: Triton interpreter; GPU: the
+full shape grid of the kernels issue)."""
+
+import pytest
+import torch
+
+from fisa_rt.kernels import adapter_attention, adapter_attention_reference
+
+from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close
+
+# (B, Bt, H, N, K, Dh, padded): text per image or shared (Bt = 1); K = 1, K not a multiple of any block,
+# padded classes, and one image whose classes are all padding.
+CPU_SHAPES = [
+    (2, 2, 2, 37, 5, 16, True),
+    (3, 1, 2, 20, 1, 32, False),
+    (1, 1, 1, 50, 40, 16, True),
+    (2, 1, 3, 16, 17, 8, False),
+]
+GPU_SHAPES = [
+    (2, 1, 8, 1024, 133, 64, False),
+    (2, 2, 8, 4096, 150, 32, True),
+    (1, 1, 12, 16384, 1203, 64, True),
+    (4, 1, 4, 1600, 1, 128, False),
+    (1, 1, 8, 1000, 2000, 96, True),
+]
+SHAPES = CPU_SHAPES + (GPU_SHAPES if DEVICE == "cuda" else [])
+
+
+def _inputs(B, Bt, H, N, K, Dh, padded, dtype):
+    q = torch.randn(B, H, N, Dh, device=DEVICE, dtype=dtype, requires_grad=True)
+    k = torch.randn(Bt, H, K, Dh, device=DEVICE, dtype=dtype, requires_grad=True)
+    v = torch.randn(Bt, H, K, Dh, device=DEVICE, dtype=dtype, requires_grad=True)
+    valid = None
+    if padded:
+        valid = torch.rand(Bt, K, device=DEVICE) > 0.3
+        valid[:, 0] = True
+        if Bt > 1:
+            valid[-1] = False  # nothing to attend to: zeros
+    return q, k, v, valid
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_and_backward_match_reference(shape, dtype, poisoned):
+    q, k, v, valid = _inputs(*shape, dtype)
+    out = adapter_attention(q, k, v, valid, backend="triton")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected = adapter_attention_reference(*ref_inputs, valid)
+    expected.backward(grad.double())
+    fwd_tol, bwd_tol = TOLERANCE[dtype]
+    assert out.dtype == dtype
+    assert_close(out, expected, fwd_tol)
+    for name, t, r in zip("qkv", (q, k, v), ref_inputs):
+        assert_close(t.grad, r.grad, bwd_tol, what=f"d{name}")
+    if valid is not None and not valid[-1].any():
+        assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+
+
+def test_strided_views_as_the_adapter_makes_them(poisoned):
+    # SEVE hands the kernel permuted views of one projection, not contiguous tensors.
+    B, N, H, Dh, K = 2, 24, 2, 16, 7
+    q = torch.randn(B, N, H, Dh, device=DEVICE).transpose(1, 2)
+    kv = torch.randn(1, K, 2, H, Dh, device=DEVICE).permute(2, 0, 3, 1, 4)
+    out = adapter_attention(q, kv[0], kv[1], backend="triton")
+    assert_close(out, adapter_attention_reference(q.double(), kv[0].double(), kv[1].double()), TOLERANCE[torch.float32][0])
+
+
+def test_auto_uses_the_reference_on_cpu_and_rejects_unknown_backends():
+    q, k, v, _ = _inputs(1, 1, 1, 4, 3, 8, False, torch.float32)
+    if DEVICE == "cpu":
+        assert torch.equal(adapter_attention(q, k, v), adapter_attention_reference(q, k, v))
+    with pytest.raises(ValueError, match="backend"):
+        adapter_attention(q, k, v, backend="cuda")
