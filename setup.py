@@ -7,11 +7,12 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.kernels"],
-    # `kernels/` sits at the top of the repository beside the model, but is installed as
-    # fisa_rt.kernels so its import name cannot clash with other packages called `kernels`.
-    package_dir={"fisa_rt": "fisa_rt", "fisa_rt.kernels": "kernels"},
-    package_data={"fisa_rt": ["model_configs/*.json", "assets/*.safetensors", "assets/samples/*.png"]},
+    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.runtime", "fisa_rt.kernels", "fisa_rt.export"],
+    # `kernels/` and `export/` sit at the top of the repository beside the model (the folders show the
+    # pipeline), but install as fisa_rt.kernels / fisa_rt.export so their names cannot clash with
+    # other packages.
+    package_dir={"fisa_rt": "fisa_rt", "fisa_rt.kernels": "kernels", "fisa_rt.export": "export"},
+    package_data={"fisa_rt": ["model_configs/*.json", "vocabularies/*.json", "assets/*.safetensors", "assets/samples/*.png"]},
     install_requires=[
         # torch/torchvision are pinned by the README's install line (local wheels on the project machines).
         "torch>=2.4",
@@ -23,8 +24,11 @@ setup(
         "pillow",
         "scipy",  # Hungarian matching in training
         "tqdm",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "onnxscript",  # torch.onnx needs it
     ],
     # cityscapesscripts ships panopticapi's PQ code: the independent reference our PQ is tested against.
-    extras_require={"test": ["pytest>=8", "cityscapesscripts"]},
+    extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image"]},
     entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
 )

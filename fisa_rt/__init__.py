@@ -1,21 +1,31 @@
-"""fisa-rt: FISA open-vocabulary segmentation, from PyTorch training to TensorRT inference."""
+"""fisa-rt: FISA open-vocabulary segmentation, from PyTorch training to TensorRT inference.
 
-from .config import FisaConfig, get_model_config, list_models
-from .errors import CheckpointError, ConfigError, FisaError, InputError, MissingDependencyError
-from .model import FisaModel, FisaOutput, create_model
+The names below load on first use (PEP 562), so that ``fisa_rt.runtime`` — tokenizer, vocabulary
+encoding and the ONNX Runtime / TensorRT backends — imports on a device that has no PyTorch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "FisaConfig",
-    "FisaError",
-    "FisaModel",
-    "FisaOutput",
-    "InputError",
-    "MissingDependencyError",
-    "create_model",
-    "get_model_config",
-    "list_models",
-]
+_EXPORTS = {
+    "CheckpointError": ".errors",
+    "ConfigError": ".errors",
+    "FisaError": ".errors",
+    "InputError": ".errors",
+    "MissingDependencyError": ".errors",
+    "FisaConfig": ".config",
+    "get_model_config": ".config",
+    "list_models": ".config",
+    "FisaModel": ".model",
+    "FisaOutput": ".model",
+    "create_model": ".model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'fisa_rt' has no attribute {name!r}")

@@ -23,7 +23,19 @@ EXAMPLES = {
         "  fisa-rt train adapt --data data/synthetic --init runs/generator.safetensors --out runs/fisa.safetensors\n"
         "  torchrun --nproc_per_node 2 -m fisa_rt.cli train adapt ...   # DDP, same result as one process"
     ),
-    "eval": "fisa-rt eval --engine runs/fisa.safetensors --data runs/data --split val",
+    "eval": (
+        "fisa-rt eval --engine runs/fisa.safetensors --data runs/data --split val\n"
+        "  fisa-rt eval --engine build/fisa-tiny-synthetic.portable.onnx --data runs/data --limit 50"
+    ),
+    "infer": (
+        "fisa-rt infer --engine build/fisa-tiny-synthetic.portable.ort.onnx --vocab synthetic --out out/\n"
+        "  fisa-rt infer --engine model.engine --input photos/ --vocab coco-panoptic --task panoptic --out out/\n"
+        "  fisa-rt infer --engine model.onnx --input 'shots/*.jpg' --classes 'cat, dog, grass' --task semantic --out out/\n"
+        "  fisa-rt infer --engine model.engine --input street.mp4 --embeddings coco.npz --batch 4 --out out/"
+    ),
+    "encode-vocab": "fisa-rt encode-vocab --engine build/fisa-tiny-synthetic.portable.onnx --vocab ade20k-150 --out ade.npz",
+    "bench": "fisa-rt bench --engine build/fisa-tiny-synthetic.portable.onnx --batch 1 --classes 150 --iterations 50",
+    "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
     "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
 }
 
@@ -74,13 +86,22 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model
     from .data.panoptic import PanopticDataset
-    from .evaluation import evaluate, format_report
+    from .evaluation import evaluate, evaluate_segmenter, format_report
+    from .runtime.backends import backend_for
 
-    model, _ = load_model(args.engine)
-    dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
-    results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
+    if backend_for(args.engine, args.backend) == "torch":
+        from .checkpoint import load_model
+
+        model, _ = load_model(args.engine)
+        dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
+        results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
+    else:
+        from .runtime.segmenter import Segmenter
+
+        segmenter = Segmenter.from_engine(args.engine, args.backend)
+        dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False)
+        results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
     print(format_report(results))
     if args.json:
         _refuse_overwrite(args.json, args.overwrite)
@@ -88,11 +109,97 @@ def _eval(args: argparse.Namespace) -> None:
             json.dump(results, f, indent=2)
 
 
-def _refuse_overwrite(path: str, overwrite: bool) -> None:
+def _output_folder(path: str) -> None:
     from .errors import InputError
 
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path} exists; pass --overwrite to replace it")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"output folder {path} is not writable")
+
+
+def _set_vocabulary(segmenter, args: argparse.Namespace) -> None:
+    from .errors import InputError
+    from .runtime import vocabulary as vocab
+
+    if args.embeddings:
+        if args.classes or args.vocab:
+            raise InputError("--embeddings already holds the vocabulary: drop --classes/--vocab")
+        embeddings, vocabulary, sha = vocab.load_embeddings(args.embeddings)
+        if sha != segmenter.text_encoder.sha256:
+            raise InputError(
+                f"{args.embeddings} was encoded by another text encoder than {args.engine}'s; "
+                f"run `fisa-rt encode-vocab --engine {args.engine} ...` again"
+            )
+        segmenter.set_vocabulary(vocabulary, embeddings)
+    else:
+        segmenter.set_vocabulary(vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary))
+
+
+def _infer(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .predictor import sample_images
+    from .runtime.inputs import Source
+    from .runtime.segmenter import Segmenter
+
+    source = Source(args.input or os.path.dirname(sample_images()[0]))
+    _output_folder(args.out)
+    segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None)
+    _set_vocabulary(segmenter, args)
+    total = len(source)
+    bar = tqdm(total=total or None, unit="img", disable=not args.progress or total == 1, desc="infer")
+    batch = []
+
+    def flush():
+        for (name, _), result in zip(batch, segmenter.segment_batch([frame for _, frame in batch], args.task)):
+            result.save(args.out, name, overwrite=args.overwrite)
+            if total == 1 or not args.progress:
+                found = ", ".join(f"{s['class']} ({s['score']:.2f})" if "score" in s else s["class"] for s in result.segments()) or "nothing"
+                print(f"{os.path.join(args.out, name)}_overlay.png: {found}")
+        bar.update(len(batch))
+        batch.clear()
+
+    for item in source:
+        batch.append(item)
+        if len(batch) == args.batch:
+            flush()
+    if batch:
+        flush()
+    bar.close()
+    print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
+
+
+def _encode_vocab(args: argparse.Namespace) -> None:
+    from .runtime import vocabulary as vocab
+    from .runtime.segmenter import Segmenter
+
+    segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="")
+    vocabulary = vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary)
+    embeddings = segmenter.text_encoder.encode(vocabulary, cache_dir="")
+    _refuse_overwrite(args.out, args.overwrite)
+    vocab.save_embeddings(args.out, embeddings, vocabulary, segmenter.text_encoder.sha256, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {embeddings.shape[0]} classes x {embeddings.shape[1]} dims")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .runtime.bench import benchmark
+
+    report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations)
+    print(report.format())
+    if args.json:
+        _refuse_overwrite(args.json, args.overwrite)
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .runtime.inspect import describe
+
+    for line in describe(args.path):
+        print(line)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -173,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
 
-    ev = verb("eval", "PQ / SQ / RQ and mIoU of a model on a COCO-panoptic split, seen and held-out classes", _eval)
-    ev.add_argument("--engine", required=True, help="FISA checkpoint (.safetensors)")
+    ev = verb("eval", "PQ/SQ/RQ and mIoU (seen / held-out) of any engine on a COCO-panoptic split", _eval)
+    ev.add_argument("--engine", required=True, help="checkpoint (.safetensors), ONNX (.onnx) or TensorRT engine (.engine/.plan)")
+    ev.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
     ev.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout")
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
     ev.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -182,6 +290,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", help="also write COCO-panoptic predictions (PNG + predictions.json) to this folder")
     ev.add_argument("--json", help="write the results table as JSON to this file")
     ev.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file")
+
+    def vocabulary_options(sub):
+        sub.add_argument("--classes", help='comma-separated class names, e.g. "cat, dog, grass"')
+        sub.add_argument("--vocab", help="a shipped vocabulary (coco-panoptic, ade20k-150, synthetic) or a .txt/.json file")
+
+    inf = verb("infer", "segment images, folders, globs, videos or a camera with any engine", _infer)
+    inf.add_argument("--engine", required=True, help=".engine/.plan (TensorRT), .onnx (ONNX Runtime) or .safetensors (PyTorch)")
+    inf.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
+    inf.add_argument("--input", help="image, folder, glob, video file or camera index (default: the bundled sample scenes)")
+    vocabulary_options(inf)
+    inf.add_argument("--embeddings", help="precomputed vocabulary embeddings from `fisa-rt encode-vocab`")
+    inf.add_argument("--task", choices=["semantic", "panoptic", "instance"], default="panoptic", help="what to segment (default: panoptic)")
+    inf.add_argument("--out", required=True, help="output folder: overlay PNG, label PNG, COCO panoptic PNG+JSON or instance RLE JSON")
+    inf.add_argument("--batch", type=int, default=1, help="images per engine call")
+    inf.add_argument("--no-cache", action="store_true", help="do not read or write the vocabulary embedding cache")
+    inf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar for folders and videos")
+    inf.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing outputs")
+
+    enc = verb("encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab)
+    enc.add_argument("--engine", required=True, help="the artefact whose text encoder to use (any backend)")
+    enc.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
+    vocabulary_options(enc)
+    enc.add_argument("--out", required=True, help="embeddings file to write (.npz)")
+    enc.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing file")
+
+    be = verb("bench", "latency percentiles and throughput of an engine (model and host<->device copies apart)", _bench)
+    be.add_argument("--engine", required=True, help="any engine")
+    be.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
+    be.add_argument("--batch", type=int, default=1, help="images per call")
+    be.add_argument("--classes", type=int, default=150, help="vocabulary size K (random unit embeddings)")
+    be.add_argument("--warmup", type=int, default=5, help="untimed calls first")
+    be.add_argument("--iterations", type=int, default=30, help="timed calls")
+    be.add_argument("--json", help="also write the report as JSON")
+    be.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file")
+
+    ins = verb("inspect", "show an artefact's manifest, inputs/outputs and precision; warn on TensorRT or GPU mismatch", _inspect)
+    ins.add_argument("path", help="engine, ONNX or checkpoint")
 
     demo = verb("demo", "segment the bundled sample scenes (or your images) and write overlay PNGs", _demo)
     demo.add_argument("--engine", help="FISA checkpoint (default: the embedded fisa-tiny model)")

@@ -152,31 +152,57 @@ def evaluate(
     predictions_dir: Optional[str] = None,
     device: str = "cpu",
 ) -> Dict[str, Dict[str, float]]:
-    """Run ``model`` on ``dataset`` with the dataset's whole vocabulary; PQ/SQ/RQ and mIoU per group.
-
-    ``predictions_dir`` also writes COCO-panoptic prediction PNGs + JSON there, for other evaluators."""
+    """Run a PyTorch ``model`` on ``dataset`` with the dataset's whole vocabulary; PQ/SQ/RQ and mIoU per
+    group. ``predictions_dir`` also writes COCO-panoptic prediction PNGs + JSON there, for other evaluators."""
     model = model.eval().to(device)
     text = model.encode_vocabulary(dataset.class_names).to(device)
     seen = torch.tensor([not h for h in dataset.held_out], device=device)  # used by the mask-average head
+
+    def predict(images: torch.Tensor):
+        out = model(normalize_images(images.to(device), model.cfg.image_mean, model.cfg.image_std), text, seen=seen)
+        return out.class_logits, out.mask_logits
+
+    return evaluate_predictions(predict, dataset, model.cfg.postprocess, batch_size, limit, predictions_dir)
+
+
+def evaluate_segmenter(segmenter, dataset: PanopticDataset, batch_size: int = 8, limit: Optional[int] = None, predictions_dir: Optional[str] = None):
+    """The same evaluation through any runtime backend (ONNX Runtime, TensorRT, PyTorch) of
+    :class:`fisa_rt.runtime.segmenter.Segmenter`, on the dataset's vocabulary."""
+    from .runtime.vocabulary import Vocabulary
+
+    if dataset.image_size != segmenter.backend.image_size:
+        raise ValueError("the dataset must be read at the engine's image size")
+    segmenter.set_vocabulary(Vocabulary(dataset.class_names, dataset.is_thing))
+
+    def predict(images: torch.Tensor):
+        raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text)
+        return raw.class_scores.float().clamp_min(1e-12).log(), raw.mask_logits.float()
+
+    return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir)
+
+
+def evaluate_predictions(predict, dataset: PanopticDataset, postprocess, batch_size: int, limit: Optional[int], predictions_dir: Optional[str]):
+    """``predict(uint8 images (B, 3, S, S))`` -> (class logits (B, Q, K+1), mask logits (B, Q, h, w)) on
+    the padded canvas; post-processing and scoring are shared by every backend."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
     if predictions_dir:
         os.makedirs(predictions_dir, exist_ok=True)
-    for start in range(0, count, batch_size):
-        samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
-        images = normalize_images(torch.stack([s.image for s in samples]).to(device), model.cfg.image_mean, model.cfg.image_std)
-        out = model(images, text, seen=seen)
-        for b, sample in enumerate(samples):
-            gt_ids, gt_segments, gt_semantic = _ground_truth(dataset, sample.index)
-            logits = restore_mask_logits(out.mask_logits[b], images.shape[-2:], sample.size, gt_ids.shape)
-            panoptic = panoptic_inference(out.class_logits[b], logits, dataset.is_thing, model.cfg.postprocess)
-            semantic = semantic_inference(out.class_logits[b], logits)
-            pred_ids = panoptic.segment_map.cpu().numpy()
-            pq.add(gt_ids, gt_segments, pred_ids, {s.id: s.category_id for s in panoptic.segments})
-            miou.add(gt_semantic, semantic.label_map.cpu().numpy())
-            if predictions_dir:
-                annotations.append(_write_prediction(predictions_dir, dataset, sample.index, panoptic))
+    with torch.no_grad():
+        for start in range(0, count, batch_size):
+            samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
+            images = torch.stack([s.image for s in samples])
+            class_logits, mask_logits = predict(images)
+            for b, sample in enumerate(samples):
+                gt_ids, gt_segments, gt_semantic = _ground_truth(dataset, sample.index)
+                logits = restore_mask_logits(mask_logits[b], images.shape[-2:], sample.size, gt_ids.shape)
+                panoptic = panoptic_inference(class_logits[b], logits, dataset.is_thing, postprocess)
+                semantic = semantic_inference(class_logits[b], logits)
+                pq.add(gt_ids, gt_segments, panoptic.segment_map.cpu().numpy(), {s.id: s.category_id for s in panoptic.segments})
+                miou.add(gt_semantic, semantic.label_map.cpu().numpy())
+                if predictions_dir:
+                    annotations.append(_write_prediction(predictions_dir, dataset, sample.index, panoptic))
     if predictions_dir:
         with open(os.path.join(predictions_dir, "predictions.json"), "w") as f:
             json.dump({"annotations": annotations, "categories": dataset.categories}, f)

@@ -17,35 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError, InputError
-
-PROMPT_TEMPLATES = {
-    "single": ("a photo of a {}.",),
-    # ViLD's templates, which FC-CLIP uses for open-vocabulary segmentation.
-    "vild": (
-        "a photo of a {}.",
-        "This is a photo of a {}",
-        "There is a {} in the scene",
-        "There is the {} in the scene",
-        "a photo of a {} in the scene",
-        "a photo of a small {}.",
-        "a photo of a medium {}.",
-        "a photo of a large {}.",
-        "This is a photo of a small {}.",
-        "This is a photo of a medium {}.",
-        "This is a photo of a large {}.",
-        "There is a small {} in the scene.",
-        "There is a medium {} in the scene.",
-        "There is a large {} in the scene.",
-    ),
-}
-
-
-def prompt_templates(name: str) -> Sequence[str]:
-    if name not in PROMPT_TEMPLATES:
-        raise ConfigError(f"unknown prompt templates {name!r}; available: {', '.join(sorted(PROMPT_TEMPLATES))}")
-    return PROMPT_TEMPLATES[name]
-
+from .prompts import PROMPT_TEMPLATES, expand_prompts, prompt_templates, validate_vocabulary  # noqa: F401
 
 class TextTower(nn.Module):
     """CLIP's text encoder and logit scale (the open_clip model with its visual tower removed; the
@@ -73,25 +45,6 @@ class TextTower(nn.Module):
         return digest.hexdigest()
 
 
-def _synonyms(name: str) -> List[str]:
-    synonyms = [s.strip() for s in name.split(",") if s.strip()]
-    if not synonyms:
-        raise InputError(f"class name {name!r} is empty")
-    return synonyms
-
-
-def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
-    names = list(class_names)
-    if not names:
-        raise InputError("the vocabulary is empty: give at least one class name")
-    bad = [n for n in names if not isinstance(n, str)]
-    if bad:
-        raise InputError(f"class names must be strings; got {bad[:3]}")
-    for name in names:
-        _synonyms(name)
-    return names
-
-
 @torch.no_grad()
 def encode_vocabulary(
     tower: TextTower,
@@ -102,12 +55,7 @@ def encode_vocabulary(
 ) -> torch.Tensor:
     """(K, D) float32 normalised class embeddings for ``class_names``."""
     names = validate_vocabulary(class_names)
-    prompts, owner = [], []
-    for k, name in enumerate(names):
-        for synonym in _synonyms(name):
-            for template in templates:
-                prompts.append(template.format(synonym))
-                owner.append(k)
+    prompts, owner = expand_prompts(names, templates)
     device = next(tower.parameters()).device
     chunks = [tower(tokenizer(prompts[i : i + batch_size]).to(device)).float() for i in range(0, len(prompts), batch_size)]
     per_prompt = torch.cat(chunks)

@@ -52,6 +52,10 @@ def adapter_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> torch.Tensor:
     """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
+    if backend == "onnx":
+        from .onnx_ops import adapter_attention_node
+
+        return adapter_attention_node(q, k, v, key_valid)
     if not use_triton(backend, q, k, v):
         return adapter_attention_reference(q, k, v, key_valid)
     _check(q, k, v, key_valid)

@@ -2,7 +2,8 @@
 
 ``backend`` is one of BACKENDS and comes from the model config (``FisaConfig.kernels``), never from a
 global: "auto" takes the Triton kernel for CUDA tensors when Triton is importable and the reference
-everywhere else; "triton" and "reference" force one path. Forcing "triton" on CPU tensors works only
+everywhere else; "triton" and "reference" force one path; "onnx" runs the reference but exports each op as
+one custom node for TensorRT plugins (``onnx_ops.py``). Forcing "triton" on CPU tensors works only
 under Triton's interpreter (``TRITON_INTERPRET=1``, set before Triton is imported), which is how CI runs
 the kernels on a machine without a GPU.
 """
@@ -14,7 +15,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "reference", "onnx")
 
 
 class KernelUnavailableError(RuntimeError):
@@ -32,7 +33,7 @@ def interpreting() -> bool:
 def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}; got {backend!r}")
-    if backend == "reference":
+    if backend in ("reference", "onnx"):
         return False
     on_cuda = all(t.is_cuda for t in tensors)
     if backend == "auto":

@@ -78,6 +78,10 @@ def mask_attention(
     backend: str = "auto",
 ) -> torch.Tensor:
     """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
+    if backend == "onnx":
+        from .onnx_ops import mask_attention_node
+
+        return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
     if not use_triton(backend, q, k_img, v_img, k_self, v_self, mask_logits):
         return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
     _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)

@@ -63,6 +63,10 @@ def mask_average_logits(
     backend: str = "auto",
 ) -> torch.Tensor:
     """The op as the model calls it: the fused kernels where ``backend`` selects them, else the reference."""
+    if backend == "onnx":
+        from .onnx_ops import mask_average_logits_node
+
+        return mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold)
     if not use_triton(backend, mask_logits, dense, text):
         return mask_average_logits_reference(mask_logits, dense, text, logit_scale, weighting, threshold)
     _check(mask_logits, dense, text, weighting)

@@ -1,0 +1,170 @@
+"""FISA checkpoint -> deployable artefacts: ONNX (portable + fused image model, text encoder), a TensorRT
+engine where TensorRT exists, else an ONNX Runtime-optimised model; a manifest beside each.
+
+    python export/build_engine.py                       # the embedded default model -> build/
+    python export/build_engine.py --checkpoint my.safetensors --precision fp16 --classes 1,150,1203 --out engines/
+
+Without TensorRT the script still writes every ONNX file, prints the trtexec command that builds the
+engine on the target, and writes <name>.portable.ort.onnx so `fisa-rt infer --engine` runs here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Dict, List, Optional
+
+from fisa_rt.errors import FisaError, MissingDependencyError
+
+ARTEFACTS = ("portable", "fused", "text", "ort", "engine")
+
+
+def _profile(text: str, what: str):
+    from fisa_rt.export.tensorrt_builder import Profile
+    from fisa_rt.errors import InputError
+
+    try:
+        lo, opt, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--{what} takes MIN,OPT,MAX (e.g. 1,150,1203); got {text!r}") from None
+    return Profile(lo, opt, hi)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="build_engine.py", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", help="FISA checkpoint (.safetensors); default: the embedded fisa-tiny model")
+    parser.add_argument("--out", default="build", help="output folder (default: build/)")
+    parser.add_argument("--name", help="file name stem (default: the checkpoint's)")
+    parser.add_argument("--flavour", choices=["portable", "fused"], default="portable",
+                        help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, TensorRT >= 10.9); both ONNX files are always written")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"], default="fp16", help="engine precision (int8/fp8 need NVIDIA ModelOpt)")
+    parser.add_argument("--batch", default="1,1,8", help="batch profile MIN,OPT,MAX (default 1,1,8)")
+    parser.add_argument("--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)")
+    parser.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="image input type (normalisation is in the graph)")
+    parser.add_argument("--no-semantic", action="store_true", help="leave the in-graph semantic label map out")
+    parser.add_argument("--no-simplify", action="store_true", help="skip constant folding of the ONNX")
+    parser.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB")
+    parser.add_argument("--timing-cache", help="persistent TensorRT timing cache file (default: OUT/timing.cache)")
+    parser.add_argument("--version-compatible", action="store_true", help="build a version-compatible engine")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing artefacts")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> Dict[str, str]:
+    """Writes the artefacts; returns kind -> path of what was written."""
+    from fisa_rt.checkpoint import load_model, read_checkpoint_info
+    from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
+    from fisa_rt.export.manifest import sha256_file, write_manifest
+    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.tokenizer import VOCAB_FILE, find_vocab_file
+
+    checkpoint = args.checkpoint or default_checkpoint()
+    info = read_checkpoint_info(checkpoint)
+    model, _ = load_model(checkpoint)
+    name = args.name or os.path.splitext(os.path.basename(checkpoint))[0]
+    options = tensorrt_builder.EngineOptions(
+        precision=args.precision, batch=_profile(args.batch, "batch"), classes=_profile(args.classes, "classes"),
+        workspace_gib=args.workspace, timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
+        version_compatible=args.version_compatible,
+    )
+    paths = {
+        "portable": os.path.join(args.out, f"{name}.portable.onnx"),
+        "fused": os.path.join(args.out, f"{name}.fused.onnx"),
+        "text": os.path.join(args.out, f"{name}.text.onnx"),
+        "ort": os.path.join(args.out, f"{name}.portable.ort.onnx"),
+        "engine": os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.engine"),
+    }
+    for path in paths.values():
+        onnx_export.refuse_overwrite(path, args.overwrite)
+    os.makedirs(args.out, exist_ok=True)
+    written: Dict[str, str] = {}
+
+    text_path = onnx_export.export_text_encoder(model, paths["text"], overwrite=args.overwrite)
+    onnx_checks.check_graph(text_path, "portable")
+    shutil.copyfile(find_vocab_file(), os.path.join(args.out, VOCAB_FILE))
+    cfg = model.cfg
+    common = {
+        "model": cfg.name,
+        "checkpoint": {"file": os.path.basename(checkpoint), "sha256": sha256_file(checkpoint)},
+        "config": cfg.to_dict(),
+        "training_vocabulary": {"names": info.vocabulary, "is_thing": info.is_thing},
+        "embed_dim": model.embed_dim,
+        "templates": cfg.text.templates,
+        "context_length": onnx_export.context_length(model),
+    }
+    write_manifest(text_path, {**common, "kind": "text-encoder", "tokenizer": VOCAB_FILE, "opset": onnx_export.OPSET})
+    written["text"] = text_path
+    text_sha = sha256_file(text_path)
+    for flavour in ("portable", "fused"):
+        exported = onnx_export.export_image_model(
+            model, paths[flavour], flavour, args.input_dtype, semantic=not args.no_semantic, overwrite=args.overwrite
+        )
+        if not args.no_simplify:
+            onnx_checks.simplify(exported.path)
+        graph = onnx_checks.check_graph(exported.path, flavour)
+        write_manifest(exported.path, {
+            **common, "kind": "image-model", "backend": "onnx", "flavour": flavour, "image_size": exported.image_size,
+            "input_dtype": exported.input_dtype, "semantic": exported.semantic, "num_queries": exported.num_queries,
+            "opset": onnx_export.OPSET, "ops": onnx_checks.op_counts(graph),
+            "text_encoder": {"file": os.path.basename(text_path), "sha256": text_sha},
+        })
+        written[flavour] = exported.path
+        print(f"wrote {exported.path}")
+    print(f"wrote {text_path}")
+
+    source = written[args.flavour]
+    command = tensorrt_builder.trtexec_command(source, paths["engine"], cfg.image_size, model.embed_dim, options, plugins=args.flavour == "fused")
+    print(f"TensorRT (trtexec) equivalent:\n  {command}")
+    source_manifest = {"source_onnx": {"file": os.path.basename(source), "sha256": sha256_file(source)}}
+    image_fields = {
+        **common, "kind": "image-model", "flavour": args.flavour, "image_size": cfg.image_size, "input_dtype": args.input_dtype,
+        "semantic": not args.no_semantic, "num_queries": cfg.mask_generator.num_queries,
+        "text_encoder": {"file": os.path.basename(text_path), "sha256": text_sha}, **source_manifest,
+    }
+    try:
+        trt_fields = tensorrt_builder.build_engine(source, paths["engine"], cfg.image_size, model.embed_dim, options, fused=args.flavour == "fused")
+        write_manifest(paths["engine"], {**image_fields, "backend": "tensorrt", **trt_fields})
+        written["engine"] = paths["engine"]
+        print(f"wrote {paths['engine']}")
+    except MissingDependencyError as exc:
+        print(f"no TensorRT engine: {exc}")
+        written["ort"] = ort_optimised(written["portable"], paths["ort"])
+        write_manifest(written["ort"], {**image_fields, "backend": "onnxruntime", "flavour": "portable",
+                                        "source_onnx": {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}})
+        print(f"wrote {written['ort']} (ONNX Runtime-optimised fallback)")
+    return written
+
+
+def ort_optimised(onnx_path: str, out_path: str) -> str:
+    """ONNX Runtime's extended graph optimisations (fusions for attention, LayerNorm, GELU), saved so
+    they are not redone at every session start. Extended, not all: layout optimisations are specific to
+    the machine that ran them."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = out_path
+    ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    return out_path
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        build(args)
+    except FisaError as exc:
+        if args.debug:
+            raise
+        print(f"build_engine.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The manifest beside every artefact (``<artefact>.manifest.json``): what it is, what built it, and what
+a runtime must check before trusting it (TensorRT and CUDA versions, GPU compute capability)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional
+
+from fisa_rt.errors import CheckpointError
+
+FORMAT = "fisa-rt-artefact/1"
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path(artefact: str) -> str:
+    return artefact + ".manifest.json"
+
+
+def write_manifest(artefact: str, fields: Dict[str, Any]) -> str:
+    manifest = {
+        "format": FORMAT,
+        "file": os.path.basename(artefact),
+        "sha256": sha256_file(artefact),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+    }
+    path = manifest_path(artefact)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, Any]]:
+    path = manifest_path(artefact)
+    if not os.path.isfile(path):
+        if required:
+            raise CheckpointError(f"{artefact} has no manifest ({path}); rebuild it with `python export/build_engine.py`")
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read manifest {path}: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    return manifest

@@ -1,0 +1,198 @@
+"""ONNX -> TensorRT engine through TensorRT's Python API (>= 10.0), kept apart so nothing else imports
+TensorRT. Without TensorRT, ``build_engine`` raises one MissingDependencyError that says what to install;
+``trtexec_command`` prints the equivalent command for a machine that has TensorRT but not this package.
+
+Precision: fp32 builds a strongly typed network (the ONNX types are the engine's types). fp16 sets the
+FP16 builder flag and pins LayerNorm, Softmax and the reductions feeding normalisation to fp32 with
+OBEY_PRECISION_CONSTRAINTS (TensorRT's FP16 LayerNorm/Softmax overflow on CLIP's activations). int8/fp8
+take a ModelOpt-quantised ONNX (explicit Q/DQ; ``quantize_onnx``) and build it strongly typed, so the
+Q/DQ placement — not TensorRT's heuristics — decides what runs in low precision.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from fisa_rt.errors import InputError, MissingDependencyError
+
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+PLUGIN_MIN_VERSION = (10, 9)  # tensorrt.plugin AOT implementations
+
+INSTALL_HINT = (
+    "TensorRT is not installed. Desktop GPU: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
+    "(TensorRT >= 10.9 for the fused Triton plugins). Jetson: TensorRT comes with JetPack 6 "
+    "(sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
+    "The ONNX files were written; build on the target with the trtexec command printed above, or run them with ONNX Runtime."
+)
+
+
+@dataclass
+class Profile:
+    """min / opt / max of one dynamic dimension."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self):
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise InputError(f"profile must satisfy 1 <= min <= opt <= max; got {self.min}/{self.opt}/{self.max}")
+
+
+@dataclass
+class EngineOptions:
+    precision: str = "fp16"
+    batch: Profile = field(default_factory=lambda: Profile(1, 1, 8))
+    classes: Profile = field(default_factory=lambda: Profile(1, 150, 1203))
+    workspace_gib: float = 4.0
+    timing_cache: Optional[str] = None
+    version_compatible: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError(INSTALL_HINT) from None
+    return tensorrt
+
+
+def tensorrt_version(trt) -> Tuple[int, ...]:
+    return tuple(int(p) for p in trt.__version__.split(".")[:3] if p.isdigit())
+
+
+def input_shapes(image_size: int, embed_dim: int, options: EngineOptions) -> Dict[str, Tuple[tuple, tuple, tuple]]:
+    """Optimization-profile shapes of the image model's two inputs."""
+    S, b, k = image_size, options.batch, options.classes
+    return {
+        "image": ((b.min, 3, S, S), (b.opt, 3, S, S), (b.max, 3, S, S)),
+        "text": ((k.min, embed_dim), (k.opt, embed_dim), (k.max, embed_dim)),
+    }
+
+
+def trtexec_command(onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, plugins: bool) -> str:
+    shapes = input_shapes(image_size, embed_dim, options)
+
+    def spec(i):
+        return ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in shapes.items())
+
+    parts = [
+        "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
+        f"--minShapes={spec(0)}", f"--optShapes={spec(1)}", f"--maxShapes={spec(2)}",
+        f"--memPoolSize=workspace:{int(options.workspace_gib * 1024)}M",
+    ]
+    if options.precision == "fp16":
+        # trtexec cannot pin layers by type; the Python builder keeps LayerNorm/Softmax in fp32
+        parts += ["--fp16"]
+    else:
+        parts += ["--stronglyTyped"]  # fp32, or ModelOpt's Q/DQ nodes decide int8/fp8
+    if options.timing_cache:
+        parts.append(f"--timingCacheFile={options.timing_cache}")
+    if options.version_compatible:
+        parts.append("--versionCompatible")
+    if plugins:
+        parts.append("# the fused ONNX needs the fisa_rt plugins: build it from Python (export/build_engine.py), trtexec cannot register tensorrt.plugin plugins")
+    return " ".join(parts)
+
+
+def _keep_fp32(trt, network) -> List[str]:
+    """Layers pinned to fp32 in an fp16 build: normalisations and softmaxes (and what feeds them)."""
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned.append(layer.name)
+    return pinned
+
+
+def build_engine(onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, fused: bool) -> Dict:
+    """Build and write the engine; returns the TensorRT part of its manifest."""
+    trt = import_tensorrt()
+    version = tensorrt_version(trt)
+    plugin_records = []
+    if fused:
+        if version < PLUGIN_MIN_VERSION:
+            raise MissingDependencyError(
+                f"the fused ONNX needs TensorRT >= {'.'.join(map(str, PLUGIN_MIN_VERSION))} (tensorrt.plugin AOT plugins); "
+                f"this is {trt.__version__}: build the portable ONNX instead (--flavour portable)"
+            )
+        from .plugins import register_plugins
+
+        plugin_records = register_plugins()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = options.precision != "fp16"
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(onnx_path):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InputError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    pinned = []
+    if options.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        pinned = _keep_fp32(trt, network)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in input_shapes(image_size, embed_dim, options).items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache_bytes = b""
+    if options.timing_cache and os.path.isfile(options.timing_cache):
+        with open(options.timing_cache, "rb") as f:
+            cache_bytes = f.read()
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise InputError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    tmp = f"{engine_path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(serialized)
+    os.replace(tmp, engine_path)
+    if options.timing_cache:
+        with open(options.timing_cache, "wb") as f:
+            f.write(config.get_timing_cache().serialize())
+    import torch
+
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return {
+        "tensorrt": {
+            "version": trt.__version__,
+            "cuda": torch.version.cuda,
+            "compute_capability": list(capability) if capability else None,
+            "precision": options.precision,
+            "strongly_typed": strongly_typed,
+            "fp32_layers": pinned,
+            "profiles": {k: asdict(v) for k, v in (("batch", options.batch), ("classes", options.classes))},
+            "version_compatible": options.version_compatible,
+            "plugins": plugin_records,
+        }
+    }
+
+
+def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: "object") -> str:
+    """ModelOpt explicit quantization (Q/DQ) for int8/fp8, keeping LayerNorm, Softmax and the residual
+    adds in higher precision (the ops whose ranges CLIP's outliers make unsafe to quantise)."""
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError:
+        raise MissingDependencyError(f"{precision} engines need NVIDIA ModelOpt: pip install nvidia-modelopt[onnx]") from None
+    quantize(
+        onnx_path=onnx_path, output_path=out_path, quantize_mode=precision, calibration_data=calibration,
+        op_types_to_exclude=["LayerNormalization", "Softmax", "Add"],
+    )
+    return out_path

@@ -1,0 +1,223 @@
+"""One interface over every artefact: ``run(images, text) -> RawOutput``.
+
+``images`` (B, 3, S, S) uint8 on the backend's device (a torch tensor), ``text`` (K, D) float32; the
+outputs are the exported graph's: mask logits (B, Q, S/4, S/4) and class scores (B, Q, K+1) with void
+last, as torch tensors on the backend's device, so post-processing runs where the model ran.
+
+* ``.onnx``           -> ONNX Runtime (TensorRT EP, CUDA EP where present, else CPU)
+* ``.engine``/``.plan`` -> TensorRT (checks the engine's TensorRT version and GPU against its manifest)
+* ``.safetensors``    -> PyTorch, Triton kernels on CUDA (the export wrapper itself, so its outputs are
+  the graph's by construction)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError, MissingDependencyError
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+@dataclass
+class RawOutput:
+    mask_logits: torch.Tensor
+    class_scores: torch.Tensor
+
+
+def backend_for(path: str, backend: Optional[str] = None) -> str:
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise InputError(f"--backend must be one of {BACKENDS}; got {backend!r}")
+        return backend
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"cannot tell the backend of {path}: expected {', '.join(SUFFIXES)} (or pass --backend)")
+    return SUFFIXES[suffix]
+
+
+class Backend:
+    name: str
+    device: torch.device
+    manifest: Dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def max_classes(self) -> Optional[int]:
+        profile = (self.manifest.get("tensorrt") or {}).get("profiles", {}).get("classes")
+        return None if profile is None else int(profile["max"])
+
+    def check_text(self, text: np.ndarray) -> None:
+        if text.ndim != 2 or text.shape[0] == 0:
+            raise InputError(f"text embeddings must be (K >= 1, D); got {text.shape}")
+        if text.shape[1] != self.embed_dim:
+            raise InputError(f"text embeddings have dimension {text.shape[1]}, but this engine takes {self.embed_dim}")
+        if self.max_classes is not None and text.shape[0] > self.max_classes:
+            raise InputError(
+                f"{text.shape[0]} classes exceed this engine's profile (at most {self.max_classes}); rebuild with "
+                f"`python export/build_engine.py --classes 1,OPT,{text.shape[0]}`"
+            )
+
+    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, path: str, device: Optional[str] = None):
+        from fisa_rt.export.onnx_export import ImageModelForExport
+
+        from ..checkpoint import load_model, read_checkpoint_info
+
+        info = read_checkpoint_info(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, _ = load_model(path)
+        self.model = model.float().eval().to(self.device)
+        self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
+        cfg = model.cfg
+        self.manifest = {
+            "model": cfg.name, "config": cfg.to_dict(), "image_size": cfg.image_size, "embed_dim": model.embed_dim,
+            "templates": cfg.text.templates, "training_vocabulary": {"names": info.vocabulary, "is_thing": info.is_thing},
+            "num_queries": cfg.mask_generator.num_queries, "backend": "torch", "input_dtype": "uint8",
+        }
+
+    @torch.no_grad()
+    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+        self.check_text(text)
+        mask_logits, scores = self.wrapper(images.to(self.device), torch.from_numpy(text).to(self.device))
+        return RawOutput(mask_logits, scores)
+
+    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.model.text(torch.from_numpy(tokens).to(self.device)).float().cpu().numpy()
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+def onnx_providers(ort) -> List[str]:
+    """TensorRT EP first where present (it builds engines of its own), then CUDA, then CPU."""
+    available = ort.get_available_providers()
+    order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in order if p in available]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: str, providers: Optional[List[str]] = None):
+        from fisa_rt.export.manifest import read_manifest
+
+        ort = _onnxruntime()
+        if not os.path.isfile(path):
+            raise InputError(f"engine {path} does not exist")
+        self.manifest = read_manifest(path)
+        if self.manifest.get("kind") != "image-model":
+            raise InputError(f"{path} is a {self.manifest.get('kind')}, not an image model")
+        if self.manifest.get("flavour") == "fused":
+            raise InputError(f"{path} is the fused ONNX (custom fisa_rt ops for TensorRT plugins); run the portable one in ONNX Runtime")
+        try:
+            self.session = ort.InferenceSession(path, providers=providers or onnx_providers(ort))
+        except Exception as exc:  # ORT raises its own exception types for corrupt files
+            raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
+        self.device = torch.device("cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu")
+        self.outputs = [o.name for o in self.session.get_outputs()][:2]
+
+    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+        self.check_text(text)
+        feed = {"image": images.cpu().numpy(), "text": np.ascontiguousarray(text, dtype=np.float32)}
+        if self.manifest.get("input_dtype") == "float32":
+            feed["image"] = feed["image"].astype(np.float32)
+        mask_logits, scores = self.session.run(self.outputs, feed)
+        return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path: str):
+        from fisa_rt.export.manifest import read_manifest
+        from fisa_rt.export.tensorrt_builder import import_tensorrt
+
+        if not os.path.isfile(path):
+            raise InputError(f"engine {path} does not exist")
+        self.manifest = read_manifest(path)
+        trt = import_tensorrt()
+        check_engine_compatibility(self.manifest, trt.__version__, torch.cuda.get_device_capability() if torch.cuda.is_available() else None, path)
+        if self.manifest["tensorrt"].get("plugins"):
+            from fisa_rt.export.plugins import register_plugins
+
+            register_plugins()
+        logger = trt.Logger(trt.Logger.WARNING)
+        with open(path, "rb") as f:
+            self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise CheckpointError(f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`")
+        self.context = self.engine.create_execution_context()
+        self.device = torch.device("cuda")
+        self.stream = torch.cuda.Stream()
+
+    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+        self.check_text(text)
+        B, K = images.shape[0], text.shape[0]
+        inputs = {"image": images.to(self.device).contiguous(), "text": torch.from_numpy(text).to(self.device).contiguous()}
+        for name, tensor in inputs.items():
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        S, Q = self.image_size, int(self.manifest["num_queries"])
+        outputs = {
+            "mask_logits": torch.empty(B, Q, S // 4, S // 4, device=self.device),
+            "class_scores": torch.empty(B, Q, K + 1, device=self.device),
+        }
+        if self.manifest.get("semantic"):
+            outputs["semantic"] = torch.empty(B, S, S, dtype=torch.int32, device=self.device)
+        for name, tensor in outputs.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise InputError("TensorRT failed to execute the engine")
+        self.stream.synchronize()
+        return RawOutput(outputs["mask_logits"], outputs["class_scores"])
+
+
+def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capability, path: str) -> None:
+    """A serialized engine runs only on the TensorRT version and GPU it was built for (unless built
+    version-compatible): refuse early with the command that fixes it."""
+    built = manifest.get("tensorrt") or {}
+    rebuild = f"rebuild it here with `python export/build_engine.py --checkpoint <checkpoint> --precision {built.get('precision', 'fp16')}`"
+    if not built.get("version_compatible") and built.get("version") != trt_version:
+        raise CheckpointError(f"{path} was built with TensorRT {built.get('version')}, this is TensorRT {trt_version}: {rebuild}")
+    wanted = built.get("compute_capability")
+    if capability is None:
+        raise MissingDependencyError(f"{path} is a TensorRT engine and needs an NVIDIA GPU; none is visible")
+    if wanted is not None and list(wanted) != list(capability):
+        raise CheckpointError(f"{path} was built for compute capability {tuple(wanted)}, this GPU is {tuple(capability)}: {rebuild}")
+
+
+def open_backend(path: str, backend: Optional[str] = None, device: Optional[str] = None) -> Backend:
+    kind = backend_for(path, backend)
+    if not os.path.isfile(path):
+        raise InputError(f"engine {path} does not exist")
+    if kind == "torch":
+        return TorchBackend(path, device)
+    if kind == "onnxruntime":
+        return OnnxRuntimeBackend(path)
+    return TensorRTBackend(path)

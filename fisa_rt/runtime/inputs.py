@@ -1,0 +1,85 @@
+"""What ``infer --input`` accepts: an image file, a folder, a glob, a video file or a camera index —
+all turned into one stream of (name, RGB uint8 frame)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterator, List, Tuple
+
+import numpy as np
+
+from ..errors import InputError, MissingDependencyError
+from ..predictor import load_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise MissingDependencyError("video and camera input need OpenCV: pip install opencv-python-headless") from None
+    return cv2
+
+
+class Source:
+    """``len()`` is the number of frames when known (files, folders, videos), else 0 (cameras)."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.kind, self.items = self._resolve(spec)
+
+    @staticmethod
+    def _resolve(spec: str) -> Tuple[str, List[str]]:
+        if spec.isdigit() and not os.path.exists(spec):
+            return "camera", [spec]
+        if os.path.isdir(spec):
+            files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))
+            if not files:
+                raise InputError(f"folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            return "images", files
+        if os.path.isfile(spec):
+            if spec.lower().endswith(VIDEO_SUFFIXES):
+                return "video", [spec]
+            return "images", [spec]
+        matches = sorted(f for f in glob.glob(spec) if f.lower().endswith(IMAGE_SUFFIXES))
+        if any(c in spec for c in "*?[") and matches:
+            return "images", matches
+        raise InputError(f"input {spec} is not an image, folder, glob with matches, video file or camera index")
+
+    def __len__(self) -> int:
+        if self.kind == "images":
+            return len(self.items)
+        if self.kind == "video":
+            cv2 = _cv2()
+            capture = cv2.VideoCapture(self.items[0])
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            capture.release()
+            return max(count, 0)
+        return 0
+
+    def __iter__(self) -> Iterator[Tuple[str, np.ndarray]]:
+        if self.kind == "images":
+            for path in self.items:
+                yield os.path.splitext(os.path.basename(path))[0], load_image(path)
+            return
+        cv2 = _cv2()
+        target = int(self.items[0]) if self.kind == "camera" else self.items[0]
+        capture = cv2.VideoCapture(target)
+        if not capture.isOpened():
+            raise InputError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.items[0]}")
+        stem = "camera" + self.items[0] if self.kind == "camera" else os.path.splitext(os.path.basename(self.items[0]))[0]
+        index = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    if index == 0:
+                        raise InputError(f"{self.items[0]} yields no frames (corrupt or unsupported video)")
+                    return
+                yield f"{stem}_{index:06d}", np.ascontiguousarray(frame[:, :, ::-1])
+                index += 1
+        finally:
+            capture.release()

@@ -1,0 +1,83 @@
+"""``fisa-rt inspect``: what an artefact is, what it takes and gives, and whether it can run here."""
+
+from __future__ import annotations
+
+import os
+from typing import List
+
+from ..errors import InputError
+from .backends import backend_for, check_engine_compatibility
+
+
+def _onnx_io(path: str) -> List[str]:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+
+    def shape(value):
+        dims = value.type.tensor_type.shape.dim
+        return "x".join(d.dim_param or str(d.dim_value) for d in dims)
+
+    def dtype(value):
+        return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
+
+    lines = [f"  input  {v.name}: {dtype(v)} [{shape(v)}]" for v in graph.input if v.name not in {i.name for i in graph.initializer}]
+    return lines + [f"  output {v.name}: {dtype(v)} [{shape(v)}]" for v in graph.output]
+
+
+def describe(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise InputError(f"{path} does not exist")
+    kind = backend_for(path)
+    if kind == "torch":
+        from ..checkpoint import read_checkpoint_info
+
+        info = read_checkpoint_info(path)
+        cfg = info.config
+        return [
+            f"{path}: fisa-rt checkpoint (PyTorch backend; Triton kernels on CUDA)",
+            f"  model {cfg.name}: CLIP {cfg.clip.model_name}, head {cfg.classifier.head}, image {cfg.image_size}, "
+            f"{cfg.mask_generator.num_queries} queries, templates {cfg.text.templates}",
+            f"  trained vocabulary: {len(info.vocabulary)} classes",
+        ]
+    from fisa_rt.export.manifest import read_manifest
+
+    m = read_manifest(path)
+    lines = [
+        f"{path}: {m.get('kind')} for {m.get('backend')} ({m.get('flavour', '-')} graph), model {m.get('model')}",
+        f"  image {m.get('image_size')}x{m.get('image_size')} {m.get('input_dtype')}, text dim {m.get('embed_dim')}, "
+        f"{m.get('num_queries')} queries, templates {m.get('templates')}, in-graph semantic map: {m.get('semantic')}",
+        f"  built {m.get('created')} from {m.get('checkpoint', {}).get('file')}; sha256 {m.get('sha256', '')[:16]}",
+    ]
+    if kind == "onnxruntime":
+        lines += _onnx_io(path)
+        ops = m.get("ops") or {}
+        custom = {k: v for k, v in ops.items() if "::" in k}
+        if custom:
+            lines.append(f"  custom ops (TensorRT plugins): {custom}")
+        return lines
+    trt = m.get("tensorrt") or {}
+    lines.append(
+        f"  TensorRT {trt.get('version')}, CUDA {trt.get('cuda')}, compute capability {trt.get('compute_capability')}, "
+        f"precision {trt.get('precision')}, profiles {trt.get('profiles')}, plugins {len(trt.get('plugins') or [])}"
+    )
+    try:
+        import tensorrt
+
+        installed = tensorrt.__version__
+    except ImportError:
+        installed = None
+    try:
+        import torch
+
+        capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    except ImportError:
+        capability = None
+    if installed is None:
+        lines.append("  warning: TensorRT is not installed here; this engine cannot run on this machine")
+    else:
+        try:
+            check_engine_compatibility(m, installed, capability, path)
+        except Exception as exc:  # noqa: BLE001 -- reported as a warning, not raised: inspect must always describe
+            lines.append(f"  warning: {exc}")
+    return lines

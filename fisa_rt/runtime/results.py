@@ -1,0 +1,107 @@
+"""One image's segmentation, whatever backend made it: views (semantic labels, panoptic segments,
+instances), the overlay picture, and the files ``infer --out`` writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..data.synthetic import ids_to_rgb
+from ..errors import InputError
+from ..postprocess import InstanceResult, PanopticResult
+from ..visualize import overlay
+
+
+def rle_encode(mask: np.ndarray) -> Dict[str, object]:
+    """COCO's uncompressed RLE of a binary (H, W) mask: column-major run lengths, starting with a run of
+    zeros (possibly empty). pycocotools' ``frPyObjects`` reads it."""
+    flat = mask.ravel(order="F").astype(np.uint8)
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def rle_decode(rle: Dict[str, object]) -> np.ndarray:
+    H, W = rle["size"]
+    values = np.arange(len(rle["counts"])) % 2
+    return np.repeat(values, rle["counts"]).astype(bool).reshape((H, W), order="F")
+
+
+@dataclass
+class SegmentationResult:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    class_names: List[str]
+    is_thing: List[bool]
+    semantic: np.ndarray  # (H, W) int64 class index per pixel
+    panoptic: Optional[PanopticResult] = None
+    instances: Optional[InstanceResult] = None
+
+    def segments(self) -> List[Dict[str, object]]:
+        """Per segment: id, class, score, area (panoptic), or per instance (instance task)."""
+        if self.panoptic is not None:
+            return [{"id": s.id, "class": self.class_names[s.category_id], "category_id": s.category_id, "score": round(s.score, 4),
+                     "isthing": s.is_thing, "area": s.area} for s in self.panoptic.segments]
+        if self.instances is not None:
+            return [{"id": i + 1, "class": self.class_names[int(label)], "category_id": int(label), "score": round(float(score), 4)}
+                    for i, (label, score) in enumerate(zip(self.instances.labels, self.instances.scores))]
+        classes, areas = np.unique(self.semantic, return_counts=True)
+        return [{"id": int(c) + 1, "class": self.class_names[int(c)], "category_id": int(c), "area": int(a)} for c, a in zip(classes, areas)]
+
+    def _segment_map(self):
+        if self.panoptic is not None:
+            ids = self.panoptic.segment_map.cpu().numpy()
+            return ids, {s.id: s.category_id for s in self.panoptic.segments}
+        if self.instances is not None:
+            ids = np.zeros(self.semantic.shape, np.int32)
+            masks = self.instances.masks.cpu().numpy()
+            for i in range(len(masks) - 1, -1, -1):  # best-scoring instance on top
+                ids[masks[i]] = i + 1
+            return ids, {i + 1: int(label) for i, label in enumerate(self.instances.labels)}
+        return self.semantic.astype(np.int32) + 1, {int(c) + 1: int(c) for c in np.unique(self.semantic)}
+
+    def overlay(self) -> Image.Image:
+        ids, classes = self._segment_map()
+        return overlay(self.image, ids, classes, self.class_names)
+
+    def save(self, folder: str, stem: str, overwrite: bool = False, formats: Sequence[str] = ("overlay", "labels", "panoptic", "instances")) -> List[str]:
+        """Writes <stem>_overlay.png, <stem>_labels.png (16-bit class index per pixel) and, when the task
+        produced them, <stem>_panoptic.png + .json (COCO panoptic) and <stem>_instances.json (COCO RLE).
+        Refuses to replace existing files unless ``overwrite``."""
+        files = {"overlay": f"{stem}_overlay.png", "labels": f"{stem}_labels.png"}
+        if self.panoptic is not None:
+            files["panoptic"] = f"{stem}_panoptic.png"
+        if self.instances is not None:
+            files["instances"] = f"{stem}_instances.json"
+        targets = {k: os.path.join(folder, v) for k, v in files.items() if k in formats}
+        if self.panoptic is not None and "panoptic" in formats:
+            targets["panoptic_json"] = os.path.join(folder, f"{stem}_panoptic.json")
+        os.makedirs(folder, exist_ok=True)
+        existing = [t for t in targets.values() if os.path.exists(t)]
+        if existing and not overwrite:
+            raise InputError(f"{existing[0]} exists; pass --overwrite to replace outputs")
+        for kind, path in targets.items():
+            if kind == "overlay":
+                self.overlay().save(path)
+            elif kind == "labels":
+                Image.fromarray(self.semantic.astype(np.uint16)).save(path)
+            elif kind == "panoptic":
+                Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy().astype(np.int64))).save(path)
+            elif kind == "panoptic_json":
+                self._dump(path, {"file_name": files["panoptic"], "segments_info": self.segments(),
+                                  "categories": [{"id": k, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))]})
+            elif kind == "instances":
+                masks = self.instances.masks.cpu().numpy()
+                self._dump(path, [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())])
+        return list(targets.values())
+
+    @staticmethod
+    def _dump(path: str, data) -> None:
+        with open(path, "w") as f:
+            json.dump(data, f)

@@ -1,0 +1,141 @@
+"""The Python API: ``Segmenter.from_engine(path)`` -> ``set_vocabulary(...)`` -> ``segment(image)``.
+
+    seg = Segmenter.from_engine("build/fisa-tiny-synthetic.portable.ort.onnx")
+    seg.set_vocabulary(["red star", "wavy wall"])        # or a Vocabulary, or precomputed embeddings
+    result = seg.segment("scene.png")                   # path or (H, W, 3) uint8 RGB
+    result.overlay().save("overlay.png"); result.save("out/", "scene")
+
+Pre-processing (resize the longer side to the engine's size, pad to its square canvas) and
+post-processing (crop, resize back, Mask2Former's semantic/panoptic/instance inference) are the same for
+every backend and run on the backend's device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import PostprocessConfig
+from ..errors import InputError
+from ..postprocess import instance_inference, panoptic_inference, restore_mask_logits, semantic_inference
+from ..predictor import load_image
+from . import vocabulary as vocab
+from .backends import Backend, open_backend
+from .results import SegmentationResult
+from .text_encoder import TextEncoder
+
+TASKS = ("semantic", "panoptic", "instance")
+
+
+@dataclass
+class Timings:
+    """Accumulated seconds per stage and images seen."""
+
+    preprocess: float = 0.0
+    model: float = 0.0
+    postprocess: float = 0.0
+    images: int = 0
+    per_image: List[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        n = max(self.images, 1)
+        total = self.preprocess + self.model + self.postprocess
+        return (
+            f"{self.images} images: pre-process {1000 * self.preprocess / n:.1f} ms, model {1000 * self.model / n:.1f} ms, "
+            f"post-process {1000 * self.postprocess / n:.1f} ms per image; {self.images / total if total else 0:.1f} FPS end to end"
+        )
+
+
+class Segmenter:
+    def __init__(self, backend: Backend, artefact: str, cache_dir: Optional[str] = None):
+        self.backend = backend
+        self.text_encoder = TextEncoder(backend, artefact)
+        self.cache_dir = cache_dir
+        post = (backend.manifest.get("config") or {}).get("postprocess") or {}
+        self.postprocess = PostprocessConfig(**post)
+        trained = backend.manifest.get("training_vocabulary") or {}
+        self.default_vocabulary = vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
+        self.vocabulary: Optional[vocab.Vocabulary] = None
+        self.text: Optional[np.ndarray] = None
+        self.timings = Timings()
+
+    @classmethod
+    def from_engine(cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None) -> "Segmenter":
+        return cls(open_backend(path, backend, device), path, cache_dir)
+
+    def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None) -> None:
+        vocabulary = classes if isinstance(classes, vocab.Vocabulary) else vocab.Vocabulary(list(classes))
+        if embeddings is None:
+            embeddings = self.text_encoder.encode(vocabulary, self.cache_dir)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary.names):
+            raise InputError(f"embeddings {embeddings.shape} do not match {len(vocabulary.names)} classes")
+        self.backend.check_text(embeddings)
+        self.vocabulary, self.text = vocabulary, embeddings
+
+    def _canvas(self, image: np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"image must be (H, W, 3) uint8 RGB; got {image.shape} {image.dtype}")
+        S = self.backend.image_size
+        H, W = image.shape[:2]
+        scale = S / max(H, W)
+        h, w = max(1, round(H * scale)), max(1, round(W * scale))
+        pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
+        tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None].float()
+        resized = F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        canvas = torch.zeros(1, 3, S, S, dtype=torch.uint8, device=self.backend.device)
+        canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
+        return canvas, (h, w)
+
+    def segment(self, image: Union[str, np.ndarray], task: str = "panoptic") -> SegmentationResult:
+        return self.segment_batch([image], task)[0]
+
+    def segment_batch(self, images: Sequence[Union[str, np.ndarray]], task: str = "panoptic") -> List[SegmentationResult]:
+        if task not in TASKS:
+            raise InputError(f"task must be one of {TASKS}; got {task!r}")
+        if self.text is None:
+            if self.default_vocabulary is None:
+                raise InputError("no vocabulary set: call set_vocabulary([...]) first")
+            self.set_vocabulary(self.default_vocabulary)
+        sync = torch.cuda.synchronize if self.backend.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        pictures = [load_image(i) if isinstance(i, str) else i for i in images]
+        canvases, contents = zip(*(self._canvas(p) for p in pictures))
+        batch = torch.cat(canvases)
+        sync()
+        t1 = time.perf_counter()
+        raw = self.backend.run(batch, self.text)
+        sync()
+        t2 = time.perf_counter()
+        results = []
+        S = self.backend.image_size
+        for b, (picture, content) in enumerate(zip(pictures, contents)):
+            class_logits = raw.class_scores[b].float().clamp_min(1e-12).log()  # scores are probabilities
+            logits = restore_mask_logits(raw.mask_logits[b].float(), (S, S), content, picture.shape[:2])
+            results.append(self._postprocess(picture, class_logits, logits, task))
+        sync()
+        t3 = time.perf_counter()
+        self.timings.preprocess += t1 - t0
+        self.timings.model += t2 - t1
+        self.timings.postprocess += t3 - t2
+        self.timings.images += len(pictures)
+        self.timings.per_image.extend([(t3 - t0) / len(pictures)] * len(pictures))
+        return results
+
+    def _postprocess(self, picture, class_logits, logits, task) -> SegmentationResult:
+        names, things = self.vocabulary.names, self.vocabulary.is_thing
+        semantic = semantic_inference(class_logits, logits).label_map.cpu().numpy()
+        panoptic = instances = None
+        if task == "panoptic":
+            panoptic = panoptic_inference(class_logits, logits, things, self.postprocess)
+        if task == "instance":
+            instances = instance_inference(class_logits, logits, things, self.postprocess)
+        return SegmentationResult(picture, names, things, semantic, panoptic, instances)
+
+    def info(self) -> Dict[str, object]:
+        return {"backend": self.backend.name, "device": str(self.backend.device), "image_size": self.backend.image_size}

@@ -1,0 +1,62 @@
+"""Vocabulary -> (K, D) embeddings for a backend: the exported text encoder in ONNX Runtime (plain-Python
+tokenizer, no PyTorch needed) for ONNX/TensorRT artefacts, the checkpoint's own text tower for PyTorch.
+Embeddings are cached on disk by (text encoder hash, templates, class names)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from ..errors import CheckpointError, InputError
+from . import vocabulary as vocab
+from .tokenizer import Tokenizer, find_vocab_file
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt", "vocab")
+
+
+class TextEncoder:
+    def __init__(self, backend, artefact: str):
+        from fisa_rt.export.manifest import sha256_file
+
+        self.templates = backend.manifest["templates"]
+        if backend.name == "torch":
+            self.tokenizer = backend.model.tokenizer
+            self._encode = backend.encode_tokens
+            self.sha256 = sha256_file(artefact)
+            return
+        folder = os.path.dirname(os.path.abspath(artefact))
+        record = backend.manifest.get("text_encoder")
+        if not record:
+            raise CheckpointError(f"the manifest of {artefact} names no text encoder; rebuild with `python export/build_engine.py`")
+        path = os.path.join(folder, record["file"])
+        if not os.path.isfile(path):
+            raise CheckpointError(f"text encoder {path} (named by {artefact}'s manifest) is missing; copy it beside the engine")
+        self.sha256 = sha256_file(path)
+        if self.sha256 != record["sha256"]:
+            raise CheckpointError(f"{path} is not the text encoder {artefact} was exported with (sha256 differs); rebuild both")
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer(find_vocab_file(folder), int(backend.manifest["context_length"]))
+        self._encode = lambda tokens: self.session.run(None, {"tokens": tokens})[0]
+
+    def tokenize(self, prompts):
+        return np.asarray(self.tokenizer(prompts), dtype=np.int64)
+
+    def encode(self, vocabulary: vocab.Vocabulary, cache_dir: Optional[str] = None) -> np.ndarray:
+        cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        path = os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary) + ".npz") if cache_dir else None
+        if path and os.path.isfile(path):
+            try:
+                return vocab.load_embeddings(path)[0]
+            except InputError:
+                pass  # a damaged cache entry is re-encoded and replaced
+        embeddings = vocab.encode(vocabulary, self.templates, self.tokenize, self._encode)
+        if path:
+            os.makedirs(cache_dir, exist_ok=True)
+            vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
+        return embeddings

@@ -1,0 +1,148 @@
+"""Vocabularies for inference: where class names come from, and turning them into the (K, D) text
+embeddings every backend takes — with NumPy and a text-encoder callable only, no PyTorch required.
+
+Sources: ``--classes "a, b"`` (one class per comma), a file (``.txt``: one class per line, synonyms
+comma-separated, optional ``:stuff`` suffix; ``.json``: this package's vocabulary format), or a shipped
+name (``coco-panoptic`` 133, ``ade20k-150``, ``synthetic`` 32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..prompts import expand_prompts, prompt_templates, validate_vocabulary
+
+SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
+
+
+@dataclass
+class Vocabulary:
+    names: List[str]
+    is_thing: List[bool] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.names = validate_vocabulary(self.names)
+        if not self.is_thing:
+            self.is_thing = [True] * len(self.names)
+        if len(self.is_thing) != len(self.names):
+            raise InputError(f"vocabulary has {len(self.names)} names but {len(self.is_thing)} thing/stuff flags")
+
+
+def from_classes(text: str) -> Vocabulary:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError("--classes holds no class name (give e.g. --classes \"cat, dog, grass\")")
+    return Vocabulary(names)
+
+
+def _from_json(data: dict, where: str) -> Vocabulary:
+    try:
+        classes = data["classes"]
+        return Vocabulary([c["name"] for c in classes], [bool(c.get("isthing", True)) for c in classes])
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{where} is not a vocabulary file: missing {exc}") from None
+
+
+def named(name: str) -> Vocabulary:
+    if name == "synthetic":
+        from ..data.synthetic import categories
+
+        cats = categories()
+        return Vocabulary([c.name for c in cats], [c.isthing for c in cats])
+    if name not in SHIPPED:
+        raise InputError(f"unknown vocabulary {name!r}; shipped: {', '.join(SHIPPED)} (or give a file or --classes)")
+    text = (resources.files("fisa_rt") / "vocabularies" / f"{name}.json").read_text()
+    return _from_json(json.loads(text), name)
+
+
+def from_file(path: str) -> Vocabulary:
+    if not os.path.isfile(path):
+        raise InputError(f"vocabulary file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read vocabulary file {path}: {exc}") from None
+    if path.endswith(".json"):
+        try:
+            return _from_json(json.loads(text), path)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} is not valid JSON: {exc}") from None
+    names, things = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, kind = line.rpartition(":") if line.endswith((":stuff", ":thing")) else (line, "", "thing")
+        names.append(name.strip())
+        things.append(kind != "stuff")
+    return Vocabulary(names, things)
+
+
+def resolve(classes: Optional[str] = None, vocab: Optional[str] = None, default: Optional[Vocabulary] = None) -> Vocabulary:
+    """--classes, else --vocab (a shipped name or a file), else the artefact's default."""
+    if classes is not None and vocab is not None:
+        raise InputError("give either --classes or --vocab, not both")
+    if classes is not None:
+        return from_classes(classes)
+    if vocab is not None:
+        return named(vocab) if vocab in SHIPPED else from_file(vocab)
+    if default is None:
+        raise InputError("no vocabulary: give --classes \"a, b\" or --vocab coco-panoptic|ade20k-150|FILE")
+    return default
+
+
+def average_prompts(per_prompt: np.ndarray, owner: List[int], num_classes: int) -> np.ndarray:
+    """(K, D) float32: the normalised mean of each class's (already normalised) prompt embeddings."""
+    sums = np.zeros((num_classes, per_prompt.shape[1]), np.float64)
+    np.add.at(sums, np.asarray(owner), per_prompt.astype(np.float64))
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+
+def encode(
+    vocabulary: Vocabulary, templates: str, tokenize: Callable[[List[str]], np.ndarray], encode_tokens: Callable[[np.ndarray], np.ndarray], batch_size: int = 256
+) -> np.ndarray:
+    """Prompts with the *model's* templates (those it was trained with), encoded and averaged per class."""
+    prompts, owner = expand_prompts(vocabulary.names, prompt_templates(templates))
+    chunks = [encode_tokens(tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
+    return average_prompts(np.concatenate(chunks), owner, len(vocabulary.names))
+
+
+def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary) -> str:
+    payload = json.dumps([text_encoder_sha256, templates, vocabulary.names])
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def save_embeddings(path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False) -> str:
+    """An embeddings file (``.npz``) every backend accepts via ``--embeddings``."""
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite to replace it")
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
+             text_encoder=np.array(text_encoder_sha256))
+    os.replace(tmp, path)
+    return path
+
+
+def load_embeddings(path: str):
+    """(embeddings (K, D) float32, Vocabulary, text-encoder sha256) from an ``encode-vocab`` file."""
+    if not os.path.isfile(path):
+        raise InputError(f"embeddings file {path} does not exist")
+    try:
+        with np.load(path) as data:
+            embeddings = data["embeddings"].astype(np.float32)
+            vocabulary = Vocabulary([str(n) for n in data["names"]], [bool(t) for t in data["is_thing"]])
+            sha = str(data["text_encoder"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path} is not an embeddings file written by `fisa-rt encode-vocab`: {exc}") from None
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary.names):
+        raise InputError(f"{path}: embeddings {embeddings.shape} do not match its {len(vocabulary.names)} class names")
+    return embeddings, vocabulary, sha
