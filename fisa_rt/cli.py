@@ -28,7 +28,7 @@ EXAMPLES = {
         "  fisa-rt eval --engine build/fisa-tiny-synthetic.portable.onnx --data runs/data --limit 50"
     ),
     "infer": (
-        "fisa-rt infer --engine build/fisa-tiny-synthetic.portable.ort.onnx --vocab synthetic --out out/\n"
+        "fisa-rt infer --engine build --vocab synthetic --out out/   # build/ from `python export/build_engine.py`\n"
         "  fisa-rt infer --engine model.engine --input photos/ --vocab coco-panoptic --task panoptic --out out/\n"
         "  fisa-rt infer --engine model.onnx --input 'shots/*.jpg' --classes 'cat, dog, grass' --task semantic --out out/\n"
         "  fisa-rt infer --engine model.engine --input street.mp4 --embeddings coco.npz --batch 4 --out out/"
@@ -88,8 +88,9 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .data.panoptic import PanopticDataset
     from .evaluation import evaluate, evaluate_segmenter, format_report
-    from .runtime.backends import backend_for
+    from .runtime.backends import backend_for, resolve_artefact
 
+    args.engine = resolve_artefact(args.engine)
     if backend_for(args.engine, args.backend) == "torch":
         from .checkpoint import load_model
 
@@ -107,6 +108,13 @@ def _eval(args: argparse.Namespace) -> None:
         _refuse_overwrite(args.json, args.overwrite)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def _refuse_overwrite(path: str, overwrite: bool) -> None:
+    from .errors import InputError
+
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite to replace it")
 
 
 def _output_folder(path: str) -> None:
@@ -176,10 +184,10 @@ def _encode_vocab(args: argparse.Namespace) -> None:
     from .runtime import vocabulary as vocab
     from .runtime.segmenter import Segmenter
 
+    _refuse_overwrite(args.out, args.overwrite)
     segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="")
     vocabulary = vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary)
     embeddings = segmenter.text_encoder.encode(vocabulary, cache_dir="")
-    _refuse_overwrite(args.out, args.overwrite)
     vocab.save_embeddings(args.out, embeddings, vocabulary, segmenter.text_encoder.sha256, overwrite=args.overwrite)
     print(f"wrote {args.out}: {embeddings.shape[0]} classes x {embeddings.shape[1]} dims")
 
@@ -296,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--vocab", help="a shipped vocabulary (coco-panoptic, ade20k-150, synthetic) or a .txt/.json file")
 
     inf = verb("infer", "segment images, folders, globs, videos or a camera with any engine", _infer)
-    inf.add_argument("--engine", required=True, help=".engine/.plan (TensorRT), .onnx (ONNX Runtime) or .safetensors (PyTorch)")
+    inf.add_argument("--engine", required=True,
+                     help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), or a build_engine.py folder (its best artefact here)")
     inf.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
     inf.add_argument("--input", help="image, folder, glob, video file or camera index (default: the bundled sample scenes)")
     vocabulary_options(inf)

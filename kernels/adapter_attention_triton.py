@@ -36,7 +36,7 @@ def adapter_attention_fwd_kernel(
     sob, soh, son, sod,
     s_valid_b, s_valid_k,
     H, N, KN, D, qk_scale,
-    HAS_VALID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_VALID: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_LSE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -76,7 +76,8 @@ def adapter_attention_fwd_kernel(
     tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
     # log2-sum-exp2; +inf for empty rows makes every recomputed probability 0 in the backward pass
     lse = tl.where(has_any, m_i + tl.math.log2(tl.where(has_any, l_i, 1.0)), float("inf"))
-    tl.store(LSE + pid_bh * N + offs_n, lse, mask=n_ok)
+    if STORE_LSE:  # for the backward pass; inference (the TensorRT plugin) skips it
+        tl.store(LSE + pid_bh * N + offs_n, lse, mask=n_ok)
 
 
 @triton.jit
@@ -157,7 +158,7 @@ def forward(q, k, v, key_valid):
         q, k, v, valid, out, lse, *q.stride(), *_kv_stride(k), *_kv_stride(v), *out.stride(), svb, svk,
         H, N, KN, D, D ** -0.5 * LOG2E,
     )
-    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=_precision(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=_precision(q.dtype), STORE_LSE=True, BLOCK_D=max(16, triton.next_power_of_2(D)))
     launch(
         "adapter_attention_fwd", adapter_attention_fwd_kernel, lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H),
         args, meta, q.device, key=("N", "KN", "D"),

@@ -29,7 +29,13 @@ KERNELS: Dict[str, tuple] = {
     "mask_pool_fwd": ("mask_pooling_triton", "mask_pool_fwd_kernel"),
     "mask_pool_bwd": ("mask_pooling_triton", "mask_pool_bwd_kernel"),
     "cosine_logits": ("mask_pooling_triton", "cosine_logits_kernel"),
+    # TensorRT AOT-plugin entry points (export/plugins.py gives their constants)
+    "adapter_attention_plugin": ("plugin_kernels_triton", "adapter_attention_plugin_kernel"),
+    "mask_attention_plugin": ("plugin_kernels_triton", "mask_attention_plugin_kernel"),
+    "mask_average_logits_plugin": ("plugin_kernels_triton", "mask_average_logits_plugin_kernel"),
 }
+# The plugin kernels' int scalars (TensorRT's calling convention puts them between inputs and outputs).
+PLUGIN_INTS = {"N", "KN", "B"}
 # Every kernel takes its pointers first (upper-case names), then strides and sizes (i32) and float scalars.
 # Pointer arguments that are not in the data dtype; the other pointers are data tensors.
 FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M"}
@@ -65,6 +71,8 @@ def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) ->
         constants["BLOCK_D"] = max(16, 1 << (head_dim - 1).bit_length())
     if kernel.startswith("adapter"):
         constants["HAS_VALID"] = True
+    if kernel.endswith("_fwd") and kernel.startswith(("adapter", "mask_attention")):
+        constants["STORE_LSE"] = True
     if kernel.startswith("mask_pool"):
         constants["SIGMOID"] = False
     precision = "ieee" if dtype == "fp32" else "tf32"
@@ -89,13 +97,17 @@ def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optio
     num_stages = int(constants.pop("_num_stages", 3))
     signature = {}
     leading_pointers = True
+    plugin = kernel.endswith("_plugin")
     for param in fn.params:
         arg = param.name
         leading_pointers = leading_pointers and arg.upper() == arg
+        pointer = arg.upper() == arg and arg not in PLUGIN_INTS if plugin else leading_pointers
         if param.is_constexpr:
             signature[arg] = "constexpr"
-        elif leading_pointers:
-            signature[arg] = "*" + ("fp32" if arg in FP32_POINTERS else "i8" if arg in INT8_POINTERS else DTYPES[dtype])
+        elif pointer:
+            # plugin kernels take every tensor in the engine's precision
+            wide = arg in FP32_POINTERS and not plugin
+            signature[arg] = "*" + ("fp32" if wide else "i8" if arg in INT8_POINTERS else DTYPES[dtype])
         else:
             signature[arg] = "fp32" if arg in FLOAT_SCALARS else "i32"
     if kernel == "cosine_logits":
@@ -124,7 +136,8 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     index = []
     for arch in args.arch or [87, 90]:
-        for kernel in args.kernel or list(KERNELS):
+        # the plugin kernels' constants depend on the model: export/build_engine.py compiles those
+        for kernel in args.kernel or [k for k in KERNELS if not k.endswith("_plugin")]:
             compiled = compile_kernel(kernel, arch, args.dtype)
             path = os.path.join(args.out, f"{kernel}.sm_{arch}.{args.dtype}.ptx")
             with open(path, "w") as f:

@@ -31,7 +31,7 @@ def mask_attention_fwd_kernel(
     smb, smq, smy, smx,
     sob, soh, soq, sod,
     H, NQ, N, D, grid_w, in_h, in_w, scale_y, scale_x, threshold, qk_scale,
-    DOT_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -67,7 +67,8 @@ def mask_attention_fwd_kernel(
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok)
-    tl.store(LSE + pid_bh * NQ + offs_q, m_i + tl.math.log2(l_i), mask=q_ok)
+    if STORE_LSE:  # for the backward pass; inference (the TensorRT plugin) skips it
+        tl.store(LSE + pid_bh * NQ + offs_q, m_i + tl.math.log2(l_i), mask=q_ok)
 
 
 @triton.jit
@@ -144,7 +145,7 @@ def forward(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold):
         *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(), *mask_logits.stride(), *out.stride(),
         H, NQ, N, D, *_grid_args(mask_logits, grid), float(threshold), D ** -0.5 * LOG2E,
     )
-    meta = dict(DOT_PRECISION=_precision(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    meta = dict(DOT_PRECISION=_precision(q.dtype), STORE_LSE=True, BLOCK_D=max(16, triton.next_power_of_2(D)))
     launch(
         "mask_attention_fwd", mask_attention_fwd_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
         args, meta, q.device, key=("NQ", "N", "D"),

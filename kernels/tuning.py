@@ -59,6 +59,12 @@ TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
         87: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64,), (64,)), (4,), (2,)),
         90: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64, 128), (64, 128)), (4, 8), (2, 3)),
     },
+    # TensorRT plugin: mask blocks x class blocks, pooling recomputed per class block.
+    "mask_average_logits_plugin": {
+        80: _configs(_row_col("BLOCK_Q", "BLOCK_K", (32, 64), (64,)), (4,), (2,)),
+        87: _configs(_row_col("BLOCK_Q", "BLOCK_K", (32,), (64,)), (4,), (2,)),
+        90: _configs(_row_col("BLOCK_Q", "BLOCK_K", (64,), (64, 128)), (4, 8), (2, 3)),
+    },
     # Pooled rows x class blocks, looping over channels.
     "cosine_logits": {
         80: _configs(_row_col("BLOCK_M", "BLOCK_K", (32, 64), (64, 128)), (4,), (2, 3)),
@@ -76,12 +82,14 @@ INTERPRETER: Dict[str, Dict[str, int]] = {
     "mask_pool_fwd": {"BLOCK_Q": 16, "BLOCK_C": 16},
     "mask_pool_bwd": {"BLOCK_C": 16, "BLOCK_HW": 16},
     "cosine_logits": {"BLOCK_M": 16, "BLOCK_K": 16},
+    "mask_average_logits_plugin": {"BLOCK_Q": 16, "BLOCK_K": 16},
 }
 # Inner-loop block sizes that are not tuned (set for every config of the kernel).
 FIXED: Dict[str, Dict[str, int]] = {
     "mask_pool_fwd": {"BLOCK_HW": 32},
     "mask_pool_bwd": {"BLOCK_Q": 32},
     "cosine_logits": {"BLOCK_C": 32},
+    "mask_average_logits_plugin": {"BLOCK_C": 32, "BLOCK_HW": 32},
 }
 
 

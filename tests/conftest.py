@@ -71,3 +71,19 @@ def generator_checkpoint(synthetic_data, clip_weights, tmp_path_factory):
     generator = str(tmp_path_factory.mktemp("generator") / "generator.safetensors")
     train(TrainConfig(stage="generator", data=synthetic_data, out=generator, init=clip_weights, steps=2, batch_size=4, progress=False))
     return generator
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory):
+    """`python export/build_engine.py` on the embedded default model, once per session (no TensorRT here:
+    ONNX files, the ONNX Runtime fallback and the manifests)."""
+    import contextlib
+    import io
+
+    from fisa_rt.export.build_engine import build, parse_args
+
+    out = str(tmp_path_factory.mktemp("build"))
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        written = build(parse_args(["--out", out]))
+    return {"out": out, "log": log.getvalue(), **written}

@@ -212,6 +212,28 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
         raise CheckpointError(f"{path} was built for compute capability {tuple(wanted)}, this GPU is {tuple(capability)}: {rebuild}")
 
 
+def resolve_artefact(path: str) -> str:
+    """A folder written by ``build_engine.py`` -> its best artefact for this machine: a TensorRT engine
+    when TensorRT is importable, else the ONNX Runtime-optimised model, else the portable ONNX."""
+    if not os.path.isdir(path):
+        return path
+    files = sorted(os.listdir(path))
+    engines = [f for f in files if f.endswith((".engine", ".plan"))]
+    try:
+        import tensorrt  # noqa: F401
+
+        has_tensorrt = True
+    except ImportError:
+        has_tensorrt = False
+    for candidates in ([engines] if has_tensorrt else []) + [
+        [f for f in files if f.endswith(".portable.ort.onnx")],
+        [f for f in files if f.endswith(".portable.onnx")],
+    ]:
+        if candidates:
+            return os.path.join(path, candidates[0])
+    raise InputError(f"folder {path} holds no engine or portable ONNX; build one with `python export/build_engine.py --out {path}`")
+
+
 def open_backend(path: str, backend: Optional[str] = None, device: Optional[str] = None) -> Backend:
     kind = backend_for(path, backend)
     if not os.path.isfile(path):

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .backends import open_backend
+from .backends import open_backend, resolve_artefact
 
 
 @dataclass
@@ -45,7 +45,7 @@ def percentiles(samples: List[float]) -> Dict[str, float]:
 
 
 def benchmark(path: str, backend: Optional[str], batch: int, classes: int, warmup: int, iterations: int) -> BenchReport:
-    engine = open_backend(path, backend)
+    engine = open_backend(resolve_artefact(path), backend)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     S = engine.image_size
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import os
 from typing import List
 
 from ..errors import InputError
-from .backends import backend_for, check_engine_compatibility
+from .backends import backend_for, check_engine_compatibility, resolve_artefact
 
 
 def _onnx_io(path: str) -> List[str]:
@@ -26,6 +26,7 @@ def _onnx_io(path: str) -> List[str]:
 
 
 def describe(path: str) -> List[str]:
+    path = resolve_artefact(path)
     if not os.path.isfile(path):
         raise InputError(f"{path} does not exist")
     kind = backend_for(path)

@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..postprocess import instance_inference, panoptic_inference, restore_mask_logits, semantic_inference
 from ..predictor import load_image
 from . import vocabulary as vocab
-from .backends import Backend, open_backend
+from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
 
@@ -66,6 +66,7 @@ class Segmenter:
 
     @classmethod
     def from_engine(cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None) -> "Segmenter":
+        path = resolve_artefact(path)
         return cls(open_backend(path, backend, device), path, cache_dir)
 
     def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None) -> None:

@@ -19,7 +19,7 @@ def test_all_kernels_compile_to_ptx_for_orin_and_hopper(tmp_path):
         check=True, env=env, capture_output=True, text=True,
     )
     index = json.loads((out / "index.json").read_text())
-    assert sorted((r["kernel"], r["arch"]) for r in index) == sorted((k, a) for k in KERNELS for a in (87, 90))
+    assert sorted((r["kernel"], r["arch"]) for r in index) == sorted((k, a) for k in KERNELS if not k.endswith("_plugin") for a in (87, 90))
     for record in index:
         ptx = (out / record["file"]).read_text()
         target = "sm_90a" if record["arch"] == 90 else "sm_87"

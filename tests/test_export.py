@@ -1,0 +1,154 @@
+"""Export (issue 5): the ONNX files, their hygiene for TensorRT, parity with PyTorch, the TensorRT builder
+without TensorRT, manifests."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from fisa_rt import CheckpointError, InputError, MissingDependencyError
+from fisa_rt.checkpoint import load_model
+from fisa_rt.export import onnx_checks, tensorrt_builder
+from fisa_rt.export.build_engine import build, main, parse_args
+from fisa_rt.export.manifest import read_manifest, sha256_file
+from fisa_rt.export.onnx_export import ImageModelForExport
+from fisa_rt.kernels.onnx_ops import NODES
+from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.segmenter import Segmenter
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model, info = load_model(default_checkpoint())
+    model = model.float().eval()
+    model.set_kernels("reference")
+    return model, info
+
+
+def _photos(size: int):
+    """Real photographs shipped with scikit-image plus the bundled synthetic scenes, as (B, 3, S, S) uint8."""
+    import skimage.data
+    from PIL import Image
+
+    pictures = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()] + [load_image(p) for p in sample_images()]
+    resized = [np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in pictures]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_build_writes_every_artefact_with_a_manifest(artefacts):
+    for kind in ("portable", "fused", "text", "ort"):
+        path = artefacts[kind]
+        manifest = read_manifest(path)
+        assert manifest["sha256"] == sha256_file(path)
+    assert "engine" not in artefacts  # no TensorRT on this machine
+    image = read_manifest(artefacts["portable"])
+    assert image["kind"] == "image-model" and image["flavour"] == "portable" and image["image_size"] == 128
+    assert image["text_encoder"]["sha256"] == sha256_file(artefacts["text"])
+    assert image["checkpoint"]["sha256"] == sha256_file(default_checkpoint())
+    fallback = read_manifest(artefacts["ort"])
+    assert fallback["backend"] == "onnxruntime" and fallback["source_onnx"]["sha256"] == sha256_file(artefacts["portable"])
+    assert os.path.isfile(os.path.join(artefacts["out"], "bpe_simple_vocab_16e6.txt.gz"))
+
+
+def test_without_tensorrt_the_build_says_what_to_install_and_prints_trtexec(artefacts):
+    log = artefacts["log"]
+    assert log.count("TensorRT is not installed") == 1 and "pip install tensorrt" in log and "JetPack" in log
+    assert "trtexec --onnx=" in log and "--minShapes=image:1x3x128x128,text:1x64" in log and "--maxShapes=image:8x3x128x128,text:1203x64" in log
+    assert "Traceback" not in log
+
+
+def test_builder_imports_without_tensorrt_and_refuses_with_one_message():
+    with pytest.raises(MissingDependencyError, match="pip install tensorrt"):
+        tensorrt_builder.build_engine("x.onnx", "x.engine", 128, 64, tensorrt_builder.EngineOptions(), fused=False)
+    with pytest.raises(InputError, match="min <= opt <= max"):
+        tensorrt_builder.Profile(4, 2, 8)
+    with pytest.raises(InputError, match="precision"):
+        tensorrt_builder.EngineOptions(precision="int4")
+
+
+def test_graphs_are_clean_and_use_only_tensorrt_parser_ops(artefacts):
+    for kind in ("portable", "text"):
+        onnx_checks.check_graph(artefacts[kind], "portable")
+        model = onnx.load(artefacts[kind])
+        assert model.opset_import[0].version >= 17
+        assert onnx_checks.unsupported_ops(model, allow_plugins=False) == set()
+    counts = onnx_checks.op_counts(onnx.load(artefacts["portable"]))
+    assert counts.get("LayerNormalization", 0) > 0  # opset 17: one node, not a decomposition
+
+
+def test_fused_graph_has_one_custom_node_per_op_with_plugin_attributes(artefacts):
+    model = onnx.load(artefacts["fused"])
+    custom = [n for n in model.graph.node if n.domain == "fisa_rt"]
+    assert {n.op_type for n in custom} == {"AdapterAttention", "MaskAttention"} and set(NODES) >= {n.op_type for n in custom}
+    cfg = read_manifest(artefacts["fused"])["config"]
+    assert sum(n.op_type == "AdapterAttention" for n in custom) == len(cfg["seve"]["layers"])
+    assert sum(n.op_type == "MaskAttention" for n in custom) == cfg["classifier"]["num_mask_layers"]
+    for node in custom:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["plugin_namespace"] == b"fisa_rt" and attributes["plugin_version"] == b"1"
+        if node.op_type == "MaskAttention":
+            grid = cfg["image_size"] // cfg["clip"]["custom_config"]["vision_cfg"]["patch_size"]
+            assert (attributes["grid_h"], attributes["grid_w"]) == (grid, grid) and attributes["threshold"] == cfg["classifier"]["mask_threshold"]
+            assert len(node.input) == 6
+    # without the plugins, exactly the custom nodes are what TensorRT could not parse
+    assert onnx_checks.unsupported_ops(model, allow_plugins=False) == {f"fisa_rt::{n.op_type}" for n in custom}
+    onnx_checks.check_graph(artefacts["fused"], "fused")
+
+
+def test_onnxruntime_matches_pytorch_on_photographs_and_scenes(artefacts, reference):
+    model, info = reference
+    images = _photos(model.cfg.image_size)
+    text = model.encode_vocabulary(info.vocabulary)
+    with torch.no_grad():
+        masks, scores, labels = ImageModelForExport(model)(images, text)
+    for kind in ("portable", "ort"):
+        session = ort.InferenceSession(artefacts[kind], providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": images.numpy(), "text": text.numpy()})
+        assert np.abs(got[0] - masks.numpy()).max() < 1e-4, kind  # mask logits, fp32
+        assert np.abs(got[1] - scores.numpy()).max() < 1e-5, kind  # class probabilities
+        assert (got[2] == labels.numpy()).mean() >= 0.999, kind  # in-graph semantic label map
+
+
+def test_validation_slice_scores_identically_on_onnxruntime_and_pytorch(artefacts, synthetic_data):
+    from fisa_rt.data.panoptic import PanopticDataset
+    from fisa_rt.evaluation import evaluate, evaluate_segmenter
+
+    model, _ = load_model(default_checkpoint())
+    dataset = PanopticDataset(synthetic_data, "val", 128, augment=False)
+    torch_results = evaluate(model.float(), dataset, batch_size=4)
+    ort_results = evaluate_segmenter(Segmenter.from_engine(artefacts["portable"], cache_dir=""), dataset, batch_size=4)
+    for group in torch_results:
+        for metric in ("pq", "miou"):
+            assert ort_results[group][metric] == pytest.approx(torch_results[group][metric], abs=1e-6), (group, metric)
+
+
+def test_text_encoder_onnx_with_plain_python_tokenizer_matches_pytorch(artefacts, reference):
+    model, _ = reference
+    segmenter = Segmenter.from_engine(artefacts["portable"], cache_dir="")
+    from fisa_rt.runtime.vocabulary import named
+
+    vocabulary = named("ade20k-150")
+    onnx_embeddings = segmenter.text_encoder.encode(vocabulary, cache_dir="")
+    torch_embeddings = model.encode_vocabulary(vocabulary.names).numpy()
+    assert onnx_embeddings.shape == (150, model.embed_dim)
+    assert np.abs(onnx_embeddings - torch_embeddings).max() < 1e-5
+
+
+def test_build_refuses_to_overwrite_and_the_script_exits_with_one_line(artefacts, capsys):
+    with pytest.raises(CheckpointError, match="exists"):
+        build(parse_args(["--out", artefacts["out"]]))
+    assert main(["--out", artefacts["out"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists" in err and "Traceback" not in err
+
+
+def test_manifest_checks(tmp_path):
+    with pytest.raises(CheckpointError, match="no manifest"):
+        read_manifest(str(tmp_path / "x.onnx"))
+    (tmp_path / "y.onnx.manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CheckpointError, match="not a fisa-rt manifest"):
+        read_manifest(str(tmp_path / "y.onnx"))
