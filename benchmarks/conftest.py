@@ -53,6 +53,49 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     }
 
 
+_SKIPPED = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and report.when in ("setup", "call"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append({"test": report.nodeid, "reason": reason.removeprefix("Skipped: ")})
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Skipped backends go into the JSON too, so the report says what was not measured and why."""
+    output_json["skipped"] = list(_SKIPPED)
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory):
+    """The embedded default model built as README says (ONNX, ORT fallback, engine where TensorRT
+    exists); FISA_BENCH_BUILD=<folder> reuses a folder built elsewhere (e.g. engines built on a Jetson)."""
+    import contextlib
+    import io
+    import os
+
+    from fisa_rt.export.build_engine import build, parse_args
+
+    folder = os.environ.get("FISA_BENCH_BUILD")
+    if folder:
+        return folder
+    folder = str(tmp_path_factory.mktemp("build"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        build(parse_args(["--out", folder]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def validation_slice(tmp_path_factory):
+    """A fixed slice of the synthetic validation set (seed 0, as docs/training.md uses)."""
+    from fisa_rt.data.synthetic import generate
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    generate(root, "val", 24, seed=0)
+    return root
+
+
 @pytest.fixture
 def cuda_only():
     if DEVICE != "cuda":

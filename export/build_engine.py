@@ -16,9 +16,7 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
-from fisa_rt.errors import FisaError, MissingDependencyError
-
-ARTEFACTS = ("portable", "fused", "text", "ort", "engine")
+from fisa_rt.errors import MissingDependencyError, run_reporting_errors
 
 
 def _profile(text: str, what: str):
@@ -156,14 +154,7 @@ def ort_optimised(onnx_path: str, out_path: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        build(args)
-    except FisaError as exc:
-        if args.debug:
-            raise
-        print(f"build_engine.py: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(lambda: build(args), args.debug, "build_engine.py")
 
 
 if __name__ == "__main__":

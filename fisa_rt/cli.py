@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import FisaError
+from .errors import run_reporting_errors
 
 EXAMPLES = {
     "models": "fisa-rt models\n  fisa-rt models --simo",
@@ -348,14 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except FisaError as exc:
-        if args.debug:
-            raise
-        print(f"fisa-rt: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(lambda: args.func(args), args.debug, "fisa-rt")
 
 
 if __name__ == "__main__":

@@ -24,3 +24,18 @@ class CheckpointError(FisaError):
 
 class MissingDependencyError(FisaError, ImportError):
     """An optional dependency is needed for the requested feature."""
+
+
+def run_reporting_errors(job, debug: bool, prog: str) -> int:
+    """Run ``job()``; a FisaError becomes one ``prog: error: ...`` line on stderr and exit code 2
+    (the traceback only with ``debug``). Shared by every command-line entry point."""
+    import sys
+
+    try:
+        job()
+    except FisaError as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
