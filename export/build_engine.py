@@ -44,7 +44,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch", default="1,1,8", help="batch profile MIN,OPT,MAX (default 1,1,8)")
     parser.add_argument("--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)")
     parser.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="image input type (normalisation is in the graph)")
-    parser.add_argument("--no-semantic", action="store_true", help="leave the in-graph semantic label map out")
+    parser.add_argument("--semantic", action="store_true",
+                        help="add the semantic label map as a graph output (costs K x S x S work per image; fisa-rt computes it on the host)")
     parser.add_argument("--no-simplify", action="store_true", help="skip constant folding of the ONNX")
     parser.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB")
     parser.add_argument("--timing-cache", help="persistent TensorRT timing cache file (default: OUT/timing.cache)")
@@ -101,7 +102,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     text_sha = sha256_file(text_path)
     for flavour in ("portable", "fused"):
         exported = onnx_export.export_image_model(
-            model, paths[flavour], flavour, args.input_dtype, semantic=not args.no_semantic, overwrite=args.overwrite
+            model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic, overwrite=args.overwrite
         )
         if not args.no_simplify:
             onnx_checks.simplify(exported.path)
@@ -122,7 +123,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     source_manifest = {"source_onnx": {"file": os.path.basename(source), "sha256": sha256_file(source)}}
     image_fields = {
         **common, "kind": "image-model", "flavour": args.flavour, "image_size": cfg.image_size, "input_dtype": args.input_dtype,
-        "semantic": not args.no_semantic, "num_queries": cfg.mask_generator.num_queries,
+        "semantic": args.semantic, "num_queries": cfg.mask_generator.num_queries,
         "text_encoder": {"file": os.path.basename(text_path), "sha256": text_sha}, **source_manifest,
     }
     try:

@@ -15,7 +15,7 @@ from fisa_rt.checkpoint import load_model
 from fisa_rt.export import onnx_checks, tensorrt_builder
 from fisa_rt.export.build_engine import build, main, parse_args
 from fisa_rt.export.manifest import read_manifest, sha256_file
-from fisa_rt.export.onnx_export import ImageModelForExport
+from fisa_rt.export.onnx_export import ImageModelForExport, export_image_model
 from fisa_rt.kernels.onnx_ops import NODES
 from fisa_rt.predictor import default_checkpoint, load_image, sample_images
 from fisa_rt.runtime.segmenter import Segmenter
@@ -99,18 +99,20 @@ def test_fused_graph_has_one_custom_node_per_op_with_plugin_attributes(artefacts
     onnx_checks.check_graph(artefacts["fused"], "fused")
 
 
-def test_onnxruntime_matches_pytorch_on_photographs_and_scenes(artefacts, reference):
+def test_onnxruntime_matches_pytorch_on_photographs_and_scenes(artefacts, reference, tmp_path):
     model, info = reference
     images = _photos(model.cfg.image_size)
     text = model.encode_vocabulary(info.vocabulary)
     with torch.no_grad():
-        masks, scores, labels = ImageModelForExport(model)(images, text)
-    for kind in ("portable", "ort"):
-        session = ort.InferenceSession(artefacts[kind], providers=["CPUExecutionProvider"])
+        masks, scores, labels = ImageModelForExport(model, semantic=True)(images, text)
+    semantic = export_image_model(model, str(tmp_path / "semantic.onnx"), "portable", semantic=True).path
+    for path in (artefacts["portable"], artefacts["ort"], semantic):
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": images.numpy(), "text": text.numpy()})
-        assert np.abs(got[0] - masks.numpy()).max() < 1e-4, kind  # mask logits, fp32
-        assert np.abs(got[1] - scores.numpy()).max() < 1e-5, kind  # class probabilities
-        assert (got[2] == labels.numpy()).mean() >= 0.999, kind  # in-graph semantic label map
+        assert np.abs(got[0] - masks.numpy()).max() < 1e-4, path  # mask logits, fp32
+        assert np.abs(got[1] - scores.numpy()).max() < 1e-5, path  # class probabilities
+        if path == semantic:
+            assert (got[2] == labels.numpy()).mean() >= 0.999  # in-graph semantic label map
 
 
 def test_validation_slice_scores_identically_on_onnxruntime_and_pytorch(artefacts, synthetic_data):
