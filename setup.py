@@ -29,6 +29,11 @@ setup(
         "onnxscript",  # torch.onnx needs it
     ],
     # cityscapesscripts ships panopticapi's PQ code: the independent reference our PQ is tested against.
-    extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image"]},
+    extras_require={
+        # video files and cameras for `fisa-rt infer --input`
+        "video": ["opencv-python-headless"],
+        # scikit-image ships the real photographs the parity tests use; pytest-benchmark runs benchmarks/
+        "test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image", "opencv-python-headless"],
+    },
     entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
 )
