@@ -158,16 +158,19 @@ def _infer(args: argparse.Namespace) -> None:
     segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None)
     _set_vocabulary(segmenter, args)
     total = len(source)
-    bar = tqdm(total=total or None, unit="img", disable=not args.progress or total == 1, desc="infer")
+    # Made at the first result, so an input that fails to open prints its error line and nothing else.
+    bars = []
     batch = []
 
     def flush():
+        if not bars:
+            bars.append(tqdm(total=total or None, unit="img", disable=not args.progress or total <= 1, desc="infer"))
         for (name, _), result in zip(batch, segmenter.segment_batch([frame for _, frame in batch], args.task)):
             result.save(args.out, name, overwrite=args.overwrite)
             if total == 1 or not args.progress:
                 found = ", ".join(f"{s['class']} ({s['score']:.2f})" if "score" in s else s["class"] for s in result.segments()) or "nothing"
                 print(f"{os.path.join(args.out, name)}_overlay.png: {found}")
-        bar.update(len(batch))
+        bars[0].update(len(batch))
         batch.clear()
 
     for item in source:
@@ -176,7 +179,8 @@ def _infer(args: argparse.Namespace) -> None:
             flush()
     if batch:
         flush()
-    bar.close()
+    if bars:
+        bars[0].close()
     print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
 
 
@@ -211,31 +215,21 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model
-    from .data.synthetic import categories
-    from .errors import InputError
-    from .predictor import Predictor, default_checkpoint, load_image, sample_images
-    from .visualize import overlay
+    """The checkpoint path of `infer`, with the synthetic set's 32 classes as the default vocabulary."""
+    from .predictor import default_checkpoint, load_image, sample_images
+    from .runtime import vocabulary as vocab
+    from .runtime.segmenter import Segmenter
 
-    model, _ = load_model(args.engine or default_checkpoint())
-    if args.classes:
-        names = [n.strip() for n in args.classes.split(",") if n.strip()]
-        if not names:
-            raise InputError("--classes holds no class name")
-        predictor = Predictor(model, names)
-    else:
-        cats = categories()
-        predictor = Predictor(model, [c.name for c in cats], [c.isthing for c in cats])
-    inputs = args.input or sample_images()
-    os.makedirs(args.out, exist_ok=True)
-    for path in inputs:
-        target = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + "_overlay.png")
+    segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
+    segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))
+    _output_folder(args.out)
+    for path in args.input or sample_images():
+        stem = os.path.splitext(os.path.basename(path))[0]
+        target = os.path.join(args.out, stem + "_overlay.png")
         _refuse_overwrite(target, args.overwrite)
-        image = load_image(path)
-        panoptic = predictor(image).panoptic
-        picture = overlay(image, panoptic.segment_map.cpu().numpy(), {s.id: s.category_id for s in panoptic.segments}, predictor.class_names)
-        picture.save(target)
-        found = ", ".join(f"{predictor.class_names[s.category_id]} ({s.score:.2f})" for s in panoptic.segments) or "nothing"
+        result = segmenter.segment(load_image(path))
+        result.overlay().save(target)
+        found = ", ".join(f"{s['class']} ({s['score']:.2f})" for s in result.segments()) or "nothing"
         print(f"{target}: {found}")
 
 

@@ -102,6 +102,8 @@ def test_eval_bench_and_inspect(artefacts, synthetic_data, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["model_ms"]["p50"] > 0 and report["iterations"] == 5 and "p99" in result.stdout
+    result = run("bench", "--engine", default_checkpoint(), "--iterations", 3, "--warmup", 1, "--classes", 5)
+    assert result.returncode == 0 and "torch on" in result.stdout, result.stderr
     result = run("inspect", artefacts["fused"])
     assert result.returncode == 0 and "fisa_rt::MaskAttention" in result.stdout and "input  text: float [classesx64]" in result.stdout
     result = run("inspect", default_checkpoint())
@@ -121,6 +123,8 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     one_line_error(run("infer", "--engine", engine, "--input", tmp_path / "none.png", "--vocab", "synthetic", "--out", tmp_path / "o"), "is not an image")
     one_line_error(run("infer", "--engine", engine, "--input", corrupt, "--vocab", "synthetic", "--out", tmp_path / "o"), "cannot read image")
     one_line_error(run("infer", "--engine", engine, "--classes", " , ", "--out", tmp_path / "o"), "no class name")
+    if __import__("importlib").util.find_spec("cv2"):
+        one_line_error(run("infer", "--engine", engine, "--input", "7", "--vocab", "synthetic", "--out", tmp_path / "o"), "cannot open camera 7")
     one_line_error(run("infer", "--engine", tmp_path / "model.xyz", "--out", tmp_path / "o"), "cannot tell the backend")
     one_line_error(run("infer", "--engine", tmp_path / "missing.onnx", "--out", tmp_path / "o"), "does not exist")
     one_line_error(run("infer", "--engine", engine, "--backend", "tensorrt", "--out", tmp_path / "o"), "TensorRT is not installed")
