@@ -189,9 +189,10 @@ def _encode_vocab(args: argparse.Namespace) -> None:
     from .runtime.segmenter import Segmenter
 
     _refuse_overwrite(args.out, args.overwrite)
-    segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="")
+    segmenter = Segmenter.from_engine(args.engine, args.backend)
     vocabulary = vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary)
-    embeddings = segmenter.text_encoder.encode(vocabulary, cache_dir="")
+    # through the on-disk cache, so a later `infer` with the same classes reuses these embeddings
+    embeddings = segmenter.text_encoder.encode(vocabulary)
     vocab.save_embeddings(args.out, embeddings, vocabulary, segmenter.text_encoder.sha256, overwrite=args.overwrite)
     print(f"wrote {args.out}: {embeddings.shape[0]} classes x {embeddings.shape[1]} dims")
 

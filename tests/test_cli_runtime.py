@@ -82,9 +82,11 @@ def test_folder_glob_and_video_inputs(artefacts, tmp_path):
 
 def test_encode_vocab_then_infer_with_embeddings(artefacts, tmp_path):
     embeddings = tmp_path / "ade.npz"
-    result = run("encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings)
+    result = run("encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings, cache=tmp_path)
     assert result.returncode == 0, result.stderr
     assert np.load(embeddings)["embeddings"].shape == (150, 64)
+    cached = list((tmp_path / "fisa-rt" / "vocab").glob("*.npz"))
+    assert len(cached) == 1 and np.array_equal(np.load(cached[0])["embeddings"], np.load(embeddings)["embeddings"])
     result = run("infer", "--engine", artefacts["ort"], "--input", sample_images()[0], "--embeddings", embeddings, "--out", tmp_path / "o")
     assert result.returncode == 0, result.stderr
     one_line_error(run("encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings), "exists")

@@ -173,25 +173,27 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise CheckpointError(f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`")
         self.context = self.engine.create_execution_context()
+        self.trt = trt
         self.device = torch.device("cuda")
         self.stream = torch.cuda.Stream()
 
     def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
         self.check_text(text)
-        B, K = images.shape[0], text.shape[0]
+        trt = self.trt
         inputs = {"image": images.to(self.device).contiguous(), "text": torch.from_numpy(text).to(self.device).contiguous()}
         for name, tensor in inputs.items():
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
-        S, Q = self.image_size, int(self.manifest["num_queries"])
-        outputs = {
-            "mask_logits": torch.empty(B, Q, S // 4, S // 4, device=self.device),
-            "class_scores": torch.empty(B, Q, K + 1, device=self.device),
-        }
-        if self.manifest.get("semantic"):
-            outputs["semantic"] = torch.empty(B, S, S, dtype=torch.int32, device=self.device)
-        for name, tensor in outputs.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
+        outputs = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            if self.engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
+                continue
+            # shapes as the engine resolves them for these input shapes (B and K are dynamic)
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}[self.engine.get_tensor_dtype(name)]
+            outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise InputError("TensorRT failed to execute the engine")
         self.stream.synchronize()
