@@ -6,6 +6,7 @@ User errors (fisa_rt.errors.FisaError) print one line and exit 2; --debug shows 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -95,12 +96,16 @@ def _eval(args: argparse.Namespace) -> None:
         from .checkpoint import load_model
 
         model, _ = load_model(args.engine)
+        if args.object_threshold is not None:
+            model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=args.object_threshold)
         dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
         results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
     else:
         from .runtime.segmenter import Segmenter
 
         segmenter = Segmenter.from_engine(args.engine, args.backend)
+        if args.object_threshold is not None:
+            segmenter.postprocess = dataclasses.replace(segmenter.postprocess, object_mask_threshold=args.object_threshold)
         dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False)
         results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
     print(format_report(results))
@@ -290,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
     ev.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     ev.add_argument("--limit", type=int, help="evaluate only the first N images")
+    ev.add_argument("--object-threshold", type=float,
+                    help="panoptic: keep proposals whose class probability exceeds this (default: the model's; calibrate it on training images)")
     ev.add_argument("--predictions", help="also write COCO-panoptic predictions (PNG + predictions.json) to this folder")
     ev.add_argument("--json", help="write the results table as JSON to this file")
     ev.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file")

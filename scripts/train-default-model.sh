@@ -14,12 +14,21 @@ fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --ou
 fisa-rt train adapt --trainable simo --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
 fisa-rt train adapt --trainable frozen --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
 fisa-rt train adapt --trainable full --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/full-finetune.safetensors" --steps 600 --batch-size 16 --lr 2e-4
-# 4. ship FISA in fp16 as the embedded default
-python3 - "$RUNS/fisa.safetensors" <<'PY'
+# 4. calibrate the panoptic object threshold on training images (seen classes; val stays untouched)
+for t in 0.1 0.2 0.3 0.4 0.8; do
+  fisa-rt eval --engine "$RUNS/fisa.safetensors" --data "$RUNS/data" --split train --limit 300 \
+    --object-threshold "$t" --json "$RUNS/calibrate-$t.json" --overwrite > /dev/null
+done
+THRESHOLD=$(python3 -c "import json,sys; r={t: json.load(open(f'$RUNS/calibrate-{t}.json'))['all']['pq'] for t in sys.argv[1:]}; print(max(r, key=r.get))" 0.1 0.2 0.3 0.4 0.8)
+echo "object threshold: $THRESHOLD"
+# 5. ship FISA in fp16, with the calibrated threshold, as the embedded default
+python3 - "$RUNS/fisa.safetensors" "$THRESHOLD" <<'PY'
+import dataclasses
 import sys
 import torch
 from fisa_rt.checkpoint import load_model, save_checkpoint
 model, info = load_model(sys.argv[1])
+model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=float(sys.argv[2]))
 save_checkpoint("fisa_rt/assets/fisa-tiny-synthetic.safetensors", model, info.vocabulary, info.is_thing,
                 dtype=torch.float16, extra=info.extra, overwrite=True)
 PY

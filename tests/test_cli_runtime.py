@@ -100,6 +100,11 @@ def test_eval_bench_and_inspect(artefacts, synthetic_data, tmp_path):
     result = run("eval", "--engine", artefacts["portable"], "--data", synthetic_data, "--limit", 4, "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     assert {"all", "seen", "held_out"} <= set(json.loads((tmp_path / "r.json").read_text()))
+    # a threshold above every probability keeps no proposal: PQ 0, mIoU unchanged
+    result = run("eval", "--engine", artefacts["portable"], "--data", synthetic_data, "--limit", 4, "--object-threshold", 1.0, "--json", tmp_path / "t.json")
+    assert result.returncode == 0, result.stderr
+    strict, default = json.loads((tmp_path / "t.json").read_text()), json.loads((tmp_path / "r.json").read_text())
+    assert strict["all"]["pq"] == 0.0 and strict["all"]["miou"] == default["all"]["miou"]
     result = run("bench", "--engine", artefacts["ort"], "--iterations", 5, "--warmup", 1, "--classes", 10, "--json", tmp_path / "b.json")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "b.json").read_text())
