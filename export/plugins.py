@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any, Dict, List, Sequence, Tuple
 
 from fisa_rt.kernels.aot import CompiledKernel, compile_kernel
-from fisa_rt.kernels.tuning import configs_for
+from fisa_rt.kernels.tuning import block_d, configs_for, dot_precision, generation_of
 
 LOG2E = 1.4426950408889634
 PLUGINS = ("AdapterAttention", "MaskAttention", "MaskAverageLogits")
@@ -36,17 +36,13 @@ def cdiv(a, b: int):
     return (a + (b - 1)) // b
 
 
-def _generation(arch: int) -> int:
-    return max(g for g in (80, 87, 90) if g <= arch) if arch < 100 else 90
-
-
 @lru_cache(maxsize=None)
 def _compile(kernel: str, arch: int, dtype: str, constants: Tuple[Tuple[str, Any], ...]) -> CompiledKernel:
     return compile_kernel(kernel, arch, dtype, dict(constants))
 
 
 def _launch(kernel: str, tuned: str, arch: int, dtype: str, constants: Dict[str, Any]) -> Tuple[CompiledKernel, Dict[str, Any]]:
-    config = configs_for(tuned, _generation(arch))[0]
+    config = configs_for(tuned, generation_of(arch))[0]
     meta = {**config.kwargs, **constants, "_num_warps": config.num_warps, "_num_stages": config.num_stages}
     return _compile(kernel, arch, dtype, tuple(sorted(meta.items()))), meta
 
@@ -63,9 +59,8 @@ def adapter_attention_launch(q_shape: Sequence, k_shape: Sequence, dtype: str, a
     B, H, N, D = q_shape
     KN = k_shape[2]
     H, D = _static(H, "heads"), _static(D, "head dim")
-    precision = "ieee" if dtype == "fp32" else "tf32"
     compiled, meta = _launch("adapter_attention_plugin", "adapter_attention_fwd", arch, dtype, {
-        "H": H, "D": D, "QK_SCALE": D ** -0.5 * LOG2E, "DOT_PRECISION": precision, "BLOCK_D": max(16, 1 << (D - 1).bit_length()),
+        "H": H, "D": D, "QK_SCALE": D ** -0.5 * LOG2E, "DOT_PRECISION": dot_precision(dtype), "BLOCK_D": block_d(D),
     })
     return PluginLaunch(compiled, (cdiv(N, meta["BLOCK_N"]), B * H, 1), 32 * meta["_num_warps"], [N, KN])
 
@@ -76,10 +71,9 @@ def mask_attention_launch(q_shape: Sequence, k_shape: Sequence, mask_shape: Sequ
     HM, WM = _static(mask_shape[2], "mask height"), _static(mask_shape[3], "mask width")
     if _static(k_shape[2], "image tokens") != grid[0] * grid[1]:
         raise ValueError(f"k_img has {k_shape[2]} tokens, the grid {grid} has {grid[0] * grid[1]}")
-    precision = "ieee" if dtype == "fp32" else "tf32"
     compiled, meta = _launch("mask_attention_plugin", "mask_attention_fwd", arch, dtype, {
         "H": H, "NQ": NQ, "GH": int(grid[0]), "GW": int(grid[1]), "D": D, "HM": HM, "WM": WM, "THRESHOLD": float(threshold),
-        "QK_SCALE": D ** -0.5 * LOG2E, "DOT_PRECISION": precision, "BLOCK_D": max(16, 1 << (D - 1).bit_length()),
+        "QK_SCALE": D ** -0.5 * LOG2E, "DOT_PRECISION": dot_precision(dtype), "BLOCK_D": block_d(D),
     })
     return PluginLaunch(compiled, (cdiv(NQ, meta["BLOCK_Q"]), B * H, 1), 32 * meta["_num_warps"], [B])
 
@@ -90,10 +84,9 @@ def mask_average_logits_launch(mask_shape: Sequence, dense_shape: Sequence, text
     C, HF, WF = (_static(d, "feature size") for d in dense_shape[1:])
     NQ, HM, WM = _static(NQ, "queries"), _static(HM, "mask height"), _static(WM, "mask width")
     KN = text_shape[0]
-    precision = "ieee" if dtype == "fp32" else "tf32"
     compiled, meta = _launch("mask_average_logits_plugin", "mask_average_logits_plugin", arch, dtype, {
         "NQ": NQ, "C": C, "HF": HF, "WF": WF, "HM": HM, "WM": WM, "THRESHOLD": float(threshold), "SIGMOID": bool(sigmoid),
-        "SCALE": float(logit_scale), "DOT_PRECISION": precision,
+        "SCALE": float(logit_scale), "DOT_PRECISION": dot_precision(dtype),
     })
     return PluginLaunch(compiled, (cdiv(NQ, meta["BLOCK_Q"]), cdiv(KN, meta["BLOCK_K"]), B), 32 * meta["_num_warps"], [KN])
 

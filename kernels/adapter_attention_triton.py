@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import launch
+from .tuning import block_d, dot_precision, launch
 
 LOG2E = 1.4426950408889634
 
@@ -132,11 +132,6 @@ def adapter_attention_bwd_kernel(
     tl.store(DQ + row, (dq * sm_scale).to(DQ.dtype.element_ty), mask=nd_ok)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs keep fp32 products (the reference's accuracy); TF32 would cost ~1e-3 relative error.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _valid_args(key_valid: Optional[torch.Tensor], q: torch.Tensor):
     if key_valid is None:
         return q, 0, 0, False  # any pointer: never read
@@ -158,7 +153,7 @@ def forward(q, k, v, key_valid):
         q, k, v, valid, out, lse, *q.stride(), *_kv_stride(k), *_kv_stride(v), *out.stride(), svb, svk,
         H, N, KN, D, D ** -0.5 * LOG2E,
     )
-    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=_precision(q.dtype), STORE_LSE=True, BLOCK_D=max(16, triton.next_power_of_2(D)))
+    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=dot_precision(q.dtype), STORE_LSE=True, BLOCK_D=block_d(D))
     launch(
         "adapter_attention_fwd", adapter_attention_fwd_kernel, lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H),
         args, meta, q.device, key=("N", "KN", "D"),
@@ -179,7 +174,7 @@ def backward(q, k, v, key_valid, out, lse, grad_out):
         q, k, v, valid, grad_out, lse, delta, dq, dk, dv, *q.stride(), *_kv_stride(k), *_kv_stride(v), svb, svk,
         H, N, KN, D, D ** -0.5 * LOG2E, D ** -0.5,
     )
-    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=_precision(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    meta = dict(HAS_VALID=has_valid, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=block_d(D))
     launch(
         "adapter_attention_bwd", adapter_attention_bwd_kernel, lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H),
         args, meta, q.device, key=("N", "KN", "D"), reset=("DK", "DV"),

@@ -62,21 +62,19 @@ class CompiledKernel:
 
 def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) -> Dict[str, object]:
     """The first tuned block config of ``arch`` plus the kernel's compile-time switches."""
-    from .tuning import configs_for
+    from .tuning import block_d, configs_for, dot_precision, generation_of
 
-    gen = max(g for g in (80, 87, 90) if g <= arch) if arch < 100 else 90
-    config = configs_for(kernel, gen)[0]
+    config = configs_for(kernel, generation_of(arch))[0]
     constants: Dict[str, object] = dict(config.kwargs)
     if kernel.startswith(("adapter", "mask_attention")):
-        constants["BLOCK_D"] = max(16, 1 << (head_dim - 1).bit_length())
+        constants["BLOCK_D"] = block_d(head_dim)
     if kernel.startswith("adapter"):
         constants["HAS_VALID"] = True
     if kernel.endswith("_fwd") and kernel.startswith(("adapter", "mask_attention")):
         constants["STORE_LSE"] = True
     if kernel.startswith("mask_pool"):
         constants["SIGMOID"] = False
-    precision = "ieee" if dtype == "fp32" else "tf32"
-    constants["DOT_PRECISION"] = "ieee" if kernel == "cosine_logits" else precision
+    constants["DOT_PRECISION"] = dot_precision("fp32" if kernel == "cosine_logits" else dtype)
     return {**constants, "_num_warps": config.num_warps, "_num_stages": config.num_stages}
 
 

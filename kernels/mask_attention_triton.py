@@ -15,9 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .adapter_attention_triton import LOG2E, _precision
+from .adapter_attention_triton import LOG2E
 from .mask_grid_triton import mask_logits_tile
-from .tuning import launch
+from .tuning import block_d, dot_precision, launch
 
 
 @triton.jit
@@ -145,7 +145,7 @@ def forward(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold):
         *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(), *mask_logits.stride(), *out.stride(),
         H, NQ, N, D, *_grid_args(mask_logits, grid), float(threshold), D ** -0.5 * LOG2E,
     )
-    meta = dict(DOT_PRECISION=_precision(q.dtype), STORE_LSE=True, BLOCK_D=max(16, triton.next_power_of_2(D)))
+    meta = dict(DOT_PRECISION=dot_precision(q.dtype), STORE_LSE=True, BLOCK_D=block_d(D))
     launch(
         "mask_attention_fwd", mask_attention_fwd_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
         args, meta, q.device, key=("NQ", "N", "D"),
@@ -166,7 +166,7 @@ def backward(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, out,
         *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(), *mask_logits.stride(),
         H, NQ, N, D, *_grid_args(mask_logits, grid), float(threshold), D ** -0.5 * LOG2E, D ** -0.5,
     )
-    meta = dict(DOT_PRECISION=_precision(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    meta = dict(DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=block_d(D))
     launch(
         "mask_attention_bwd", mask_attention_bwd_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
         args, meta, q.device, key=("NQ", "N", "D"), reset=("DKI", "DVI"),

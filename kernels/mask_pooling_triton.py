@@ -22,11 +22,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .adapter_attention_triton import _precision
 from .mask_grid_triton import mask_logits_tile
-from .tuning import launch
+from .tuning import dot_precision, launch
 
-AREA_EPS = 1e-8  # FC-CLIP's
 NORM_EPS = 1e-12  # F.normalize's
 
 
@@ -35,6 +33,29 @@ def _weights(logits, threshold, SIGMOID: tl.constexpr):
     if SIGMOID:
         return tl.sigmoid(logits)
     return (logits > threshold).to(tl.float32)
+
+
+@triton.jit
+def mask_pool_tile(
+    mask_base, smq, smy, smx, feat_base, sfc, sfy, sfx, offs_q, offs_c, q_ok, c_ok,
+    HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
+    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):
+    """(mask weights @ features, mask areas) of one block of masks and channels of one image, over all
+    HW cells: the weights are sampled from the logits in registers, never stored."""
+    acc = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
+    area = tl.zeros((BLOCK_Q,), tl.float32)
+    for start in range(0, HW, BLOCK_HW):
+        offs_hw = start + tl.arange(0, BLOCK_HW)
+        hw_ok = offs_hw < HW
+        logits = mask_logits_tile(mask_base, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
+        w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, threshold, SIGMOID), 0.0)
+        fy = offs_hw // grid_w
+        fx = offs_hw % grid_w
+        f = tl.load(feat_base + offs_c[None, :] * sfc + (fy * sfy + fx * sfx)[:, None], mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.dot(w.to(f.dtype), f, input_precision=DOT_PRECISION)
+        area += tl.sum(w, 1)
+    return acc, area
 
 
 @triton.jit
@@ -54,19 +75,11 @@ def mask_pool_fwd_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = offs_q < NQ
     c_ok = offs_c < C
-    acc = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
-    area = tl.zeros((BLOCK_Q,), tl.float32)
-    for start in range(0, HW, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        hw_ok = offs_hw < HW
-        logits = mask_logits_tile(M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
-        w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, threshold, SIGMOID), 0.0)
-        fy = offs_hw // grid_w
-        fx = offs_hw % grid_w
-        f = tl.load(F_ + b * sfb + offs_c[None, :] * sfc + (fy * sfy + fx * sfx)[:, None], mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
-        acc += tl.dot(w.to(f.dtype), f, input_precision=DOT_PRECISION)
-        area += tl.sum(w, 1)
-    pooled = acc / (area + 1e-8)[:, None]
+    acc, area = mask_pool_tile(
+        M + b * smb, smq, smy, smx, F_ + b * sfb, sfc, sfy, sfx, offs_q, offs_c, q_ok, c_ok,
+        HW, grid_w, in_h, in_w, scale_y, scale_x, threshold, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,
+    )
+    pooled = acc / (area + 1e-8)[:, None]  # FC-CLIP's epsilon
     tl.store(P + (b * NQ + offs_q[:, None]) * C + offs_c[None, :], pooled, mask=q_ok[:, None] & c_ok[None, :])
     if pid_c == 0:
         tl.store(AREA + b * NQ + offs_q, area, mask=q_ok)
@@ -145,7 +158,7 @@ def pool(mask_logits, dense, weighting, threshold):
     pooled = torch.empty(B, Q, C, device=dense.device, dtype=torch.float32)
     area = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
     args = (mask_logits, dense, pooled, area, *mask_logits.stride(), *dense.stride(), Q, C, *_sampling(mask_logits, dense), float(threshold))
-    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=_precision(dense.dtype))
+    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=dot_precision(dense.dtype))
     launch(
         "mask_pool_fwd", mask_pool_fwd_kernel, lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
         args, meta, dense.device, key=("NQ", "C", "HW"),
@@ -158,7 +171,7 @@ def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dt
     K = text.shape[0]
     out = torch.empty(B, Q, K, device=pooled.device, dtype=out_dtype)
     args = (pooled, text, out, text.stride(0), text.stride(1), B * Q, K, C, float(scale))
-    meta = dict(DOT_PRECISION=_precision(torch.float32))
+    meta = dict(DOT_PRECISION=dot_precision(torch.float32))
     launch(
         "cosine_logits", cosine_logits_kernel, lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
         args, meta, pooled.device, key=("ML", "KN", "C"),
@@ -172,7 +185,7 @@ def pool_backward(mask_logits, dense, grad_pooled, area, weighting, threshold):
     grad_dense = torch.empty_like(dense)
     args = (mask_logits, grad_pooled.contiguous(), area, grad_dense, *mask_logits.stride(), *grad_dense.stride(), Q, C,
             *_sampling(mask_logits, dense), float(threshold))
-    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=_precision(torch.float32))
+    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=dot_precision(torch.float32))
     HW = dense.shape[-2] * dense.shape[-1]
     launch(
         "mask_pool_bwd", mask_pool_bwd_kernel, lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),

@@ -13,8 +13,7 @@ import triton.language as tl
 
 from .adapter_attention_triton import adapter_attention_fwd_kernel
 from .mask_attention_triton import mask_attention_fwd_kernel
-from .mask_grid_triton import mask_logits_tile
-from .mask_pooling_triton import _weights
+from .mask_pooling_triton import mask_pool_tile
 
 
 @triton.jit
@@ -80,14 +79,10 @@ def mask_average_logits_plugin_kernel(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
-        pooled = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
-        for hw0 in range(0, HF * WF, BLOCK_HW):
-            offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-            hw_ok = offs_hw < HF * WF
-            logits = mask_logits_tile(M + b * NQ * HM * WM, HM * WM, WM, 1, offs_q, offs_hw, q_ok, hw_ok, WF, HM, WM, HM / HF, WM / WF)
-            w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, THRESHOLD, SIGMOID), 0.0)
-            f = tl.load(F_ + b * C * HF * WF + offs_c[None, :] * HF * WF + offs_hw[:, None], mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
-            pooled += tl.dot(w.to(f.dtype), f, input_precision=DOT_PRECISION)
+        pooled, _ = mask_pool_tile(
+            M + b * NQ * HM * WM, HM * WM, WM, 1, F_ + b * C * HF * WF, HF * WF, WF, 1, offs_q, offs_c, q_ok, c_ok,
+            HF * WF, WF, HM, WM, HM / HF, WM / WF, THRESHOLD, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,
+        )
         t = tl.load(T + offs_k[None, :] * C + offs_c[:, None], mask=k_ok[None, :] & c_ok[:, None], other=0.0).to(tl.float32)
         dots += tl.dot(pooled, t, input_precision="ieee")
         p_sq += tl.sum(pooled * pooled, 1)

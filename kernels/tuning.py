@@ -93,10 +93,25 @@ FIXED: Dict[str, Dict[str, int]] = {
 }
 
 
+def generation_of(cc: int) -> int:
+    """Compute capability x10 (87 for Orin) -> the listed generation whose configs it uses."""
+    return max((g for g in (80, 87, 90) if g <= cc), default=80) if cc < 100 else 90
+
+
 def generation(device: torch.device) -> int:
     major, minor = torch.cuda.get_device_capability(device)
-    cc = 10 * major + minor
-    return max((g for g in (80, 87, 90) if g <= cc), default=80) if cc < 100 else 90
+    return generation_of(10 * major + minor)
+
+
+def block_d(head_dim: int) -> int:
+    """The head dimension padded to a power of two, and to 16 at least (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def dot_precision(dtype) -> str:
+    """tl.dot's input precision for a torch dtype or a name ("fp32", "fp16", "bf16"): fp32 operands keep
+    fp32 products (the reference's accuracy; TF32 would cost ~1e-3 relative error); 16-bit ones ignore it."""
+    return "ieee" if dtype in (torch.float32, "fp32") else "tf32"
 
 
 def configs_for(name: str, gen: int) -> List[triton.Config]:
