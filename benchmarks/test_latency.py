@@ -52,7 +52,7 @@ def test_stage_latency(benchmark, segmenter, stage):
         from fisa_rt.postprocess import restore_mask_logits
 
         logits = restore_mask_logits(raw.mask_logits[0].float(), (S, S), content, photo.shape[:2])
-        return segmenter._postprocess(photo, raw.class_scores[0].float().clamp_min(1e-12).log(), logits, "panoptic")
+        return segmenter._postprocess(photo, raw.class_logits()[0], logits, "panoptic")
 
     fn = {
         "preprocess": lambda: segmenter._canvas(photo),

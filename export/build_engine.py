@@ -16,7 +16,7 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
-from fisa_rt.errors import MissingDependencyError, run_reporting_errors
+from fisa_rt.errors import CheckpointError, MissingDependencyError, refuse_overwrite, run_reporting_errors
 
 
 def _profile(text: str, what: str):
@@ -80,7 +80,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         "engine": os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.engine"),
     }
     for path in paths.values():
-        onnx_export.refuse_overwrite(path, args.overwrite)
+        refuse_overwrite(path, args.overwrite, CheckpointError)
     os.makedirs(args.out, exist_ok=True)
     written: Dict[str, str] = {}
 
@@ -99,33 +99,27 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     }
     write_manifest(text_path, {**common, "kind": "text-encoder", "tokenizer": VOCAB_FILE, "opset": onnx_export.OPSET})
     written["text"] = text_path
-    text_sha = sha256_file(text_path)
+    image = {
+        **common, "kind": "image-model", "image_size": cfg.image_size, "input_dtype": args.input_dtype, "semantic": args.semantic,
+        "num_queries": cfg.mask_generator.num_queries, "text_encoder": {"file": os.path.basename(text_path), "sha256": sha256_file(text_path)},
+    }
+
+    def source_of(path: str) -> Dict:
+        return {"source_onnx": {"file": os.path.basename(path), "sha256": sha256_file(path)}}
+
     for flavour in ("portable", "fused"):
-        exported = onnx_export.export_image_model(
-            model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic, overwrite=args.overwrite
-        )
+        onnx_export.export_image_model(model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic, overwrite=args.overwrite)
         if not args.no_simplify:
-            onnx_checks.simplify(exported.path)
-        graph = onnx_checks.check_graph(exported.path, flavour)
-        write_manifest(exported.path, {
-            **common, "kind": "image-model", "backend": "onnx", "flavour": flavour, "image_size": exported.image_size,
-            "input_dtype": exported.input_dtype, "semantic": exported.semantic, "num_queries": exported.num_queries,
-            "opset": onnx_export.OPSET, "ops": onnx_checks.op_counts(graph),
-            "text_encoder": {"file": os.path.basename(text_path), "sha256": text_sha},
-        })
-        written[flavour] = exported.path
-        print(f"wrote {exported.path}")
+            onnx_checks.simplify(paths[flavour])
+        graph = onnx_checks.check_graph(paths[flavour], flavour)
+        write_manifest(paths[flavour], {**image, "backend": "onnx", "flavour": flavour, "opset": onnx_export.OPSET, "ops": onnx_checks.op_counts(graph)})
+        written[flavour] = paths[flavour]
+        print(f"wrote {paths[flavour]}")
     print(f"wrote {text_path}")
 
     source = written[args.flavour]
     command = tensorrt_builder.trtexec_command(source, paths["engine"], cfg.image_size, model.embed_dim, options, plugins=args.flavour == "fused")
     print(f"TensorRT (trtexec) equivalent:\n  {command}")
-    source_manifest = {"source_onnx": {"file": os.path.basename(source), "sha256": sha256_file(source)}}
-    image_fields = {
-        **common, "kind": "image-model", "flavour": args.flavour, "image_size": cfg.image_size, "input_dtype": args.input_dtype,
-        "semantic": args.semantic, "num_queries": cfg.mask_generator.num_queries,
-        "text_encoder": {"file": os.path.basename(text_path), "sha256": text_sha}, **source_manifest,
-    }
     try:
         if args.precision in ("int8", "fp8"):
             tensorrt_builder.import_tensorrt()  # say what is missing before spending time on calibration
@@ -133,14 +127,13 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             source = tensorrt_builder.quantize_onnx(source, quantized, args.precision, calibration_inputs(model, info))
             print(f"wrote {quantized} (ModelOpt {args.precision} Q/DQ)")
         trt_fields = tensorrt_builder.build_engine(source, paths["engine"], cfg.image_size, model.embed_dim, options, fused=args.flavour == "fused")
-        write_manifest(paths["engine"], {**image_fields, "backend": "tensorrt", **trt_fields})
+        write_manifest(paths["engine"], {**image, "backend": "tensorrt", "flavour": args.flavour, **source_of(source), **trt_fields})
         written["engine"] = paths["engine"]
         print(f"wrote {paths['engine']}")
     except MissingDependencyError as exc:
         print(f"no TensorRT engine: {exc}")
         written["ort"] = ort_optimised(written["portable"], paths["ort"])
-        write_manifest(written["ort"], {**image_fields, "backend": "onnxruntime", "flavour": "portable",
-                                        "source_onnx": {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}})
+        write_manifest(written["ort"], {**image, "backend": "onnxruntime", "flavour": "portable", **source_of(written["portable"])})
         print(f"wrote {written['ort']} (ONNX Runtime-optimised fallback)")
     return written
 

@@ -26,14 +26,12 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fisa_rt.errors import CheckpointError, InputError
+from fisa_rt.errors import CheckpointError, InputError, refuse_overwrite
 
 FLAVOURS = ("portable", "fused")
 OPSET = 17
@@ -70,17 +68,6 @@ class TextEncoderForExport(nn.Module):
         return self.text(tokens)
 
 
-@dataclass
-class ExportedImageModel:
-    path: str
-    flavour: str
-    image_size: int
-    input_dtype: str
-    semantic: bool
-    embed_dim: int
-    num_queries: int
-
-
 @contextlib.contextmanager
 def _exporting(model, backend: str):
     """Kernel backend for the flavour, and no nn.MultiheadAttention fast path: its fused
@@ -97,11 +84,6 @@ def _exporting(model, backend: str):
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def refuse_overwrite(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise CheckpointError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-
-
 def export_image_model(
     model,
     path: str,
@@ -109,12 +91,12 @@ def export_image_model(
     input_dtype: str = "uint8",
     semantic: bool = False,
     overwrite: bool = False,
-) -> ExportedImageModel:
+) -> str:
     if flavour not in FLAVOURS:
         raise InputError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
     if input_dtype not in ("uint8", "float32"):
         raise InputError(f"input dtype must be uint8 or float32; got {input_dtype!r}")
-    refuse_overwrite(path, overwrite)
+    refuse_overwrite(path, overwrite, CheckpointError)
     model = model.float().eval().cpu()
     S = model.cfg.image_size
     wrapper = ImageModelForExport(model, semantic).eval()
@@ -134,11 +116,11 @@ def export_image_model(
             custom_opsets={"fisa_rt": 1} if flavour == "fused" else None,
         )
     os.replace(tmp, path)
-    return ExportedImageModel(path, flavour, S, input_dtype, semantic, model.embed_dim, model.cfg.mask_generator.num_queries)
+    return path
 
 
 def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
-    refuse_overwrite(path, overwrite)
+    refuse_overwrite(path, overwrite, CheckpointError)
     model = model.float().eval().cpu()
     tokens = torch.as_tensor(model.tokenizer(["a photo of a cat.", "a wall."]))
     tmp = f"{path}.tmp{os.getpid()}"
@@ -153,7 +135,3 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
 
 def context_length(model) -> int:
     return int(torch.as_tensor(model.tokenizer(["x"])).shape[1])
-
-
-def default_name(model, flavour: str, suffix: Optional[str] = None) -> str:
-    return f"{model.cfg.name}.{flavour}{'.' + suffix if suffix else ''}.onnx"

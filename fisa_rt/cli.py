@@ -12,7 +12,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import run_reporting_errors
+from .errors import refuse_overwrite, run_reporting_errors
 
 EXAMPLES = {
     "models": "fisa-rt models\n  fisa-rt models --simo",
@@ -110,16 +110,9 @@ def _eval(args: argparse.Namespace) -> None:
         results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
     print(format_report(results))
     if args.json:
-        _refuse_overwrite(args.json, args.overwrite)
+        refuse_overwrite(args.json, args.overwrite)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-
-
-def _refuse_overwrite(path: str, overwrite: bool) -> None:
-    from .errors import InputError
-
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path} exists; pass --overwrite to replace it")
 
 
 def _output_folder(path: str) -> None:
@@ -173,8 +166,7 @@ def _infer(args: argparse.Namespace) -> None:
         for (name, _), result in zip(batch, segmenter.segment_batch([frame for _, frame in batch], args.task)):
             result.save(args.out, name, overwrite=args.overwrite)
             if total == 1 or not args.progress:
-                found = ", ".join(f"{s['class']} ({s['score']:.2f})" if "score" in s else s["class"] for s in result.segments()) or "nothing"
-                print(f"{os.path.join(args.out, name)}_overlay.png: {found}")
+                print(f"{os.path.join(args.out, name)}_overlay.png: {result.summary()}")
         bars[0].update(len(batch))
         batch.clear()
 
@@ -193,7 +185,7 @@ def _encode_vocab(args: argparse.Namespace) -> None:
     from .runtime import vocabulary as vocab
     from .runtime.segmenter import Segmenter
 
-    _refuse_overwrite(args.out, args.overwrite)
+    refuse_overwrite(args.out, args.overwrite)
     segmenter = Segmenter.from_engine(args.engine, args.backend)
     vocabulary = vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary)
     # through the on-disk cache, so a later `infer` with the same classes reuses these embeddings
@@ -208,7 +200,7 @@ def _bench(args: argparse.Namespace) -> None:
     report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations)
     print(report.format())
     if args.json:
-        _refuse_overwrite(args.json, args.overwrite)
+        refuse_overwrite(args.json, args.overwrite)
         with open(args.json, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
 
@@ -232,11 +224,10 @@ def _demo(args: argparse.Namespace) -> None:
     for path in args.input or sample_images():
         stem = os.path.splitext(os.path.basename(path))[0]
         target = os.path.join(args.out, stem + "_overlay.png")
-        _refuse_overwrite(target, args.overwrite)
+        refuse_overwrite(target, args.overwrite)
         result = segmenter.segment(load_image(path))
         result.overlay().save(target)
-        found = ", ".join(f"{s['class']} ({s['score']:.2f})" for s in result.segments()) or "nothing"
-        print(f"{target}: {found}")
+        print(f"{target}: {result.summary()}")
 
 
 def build_parser() -> argparse.ArgumentParser:

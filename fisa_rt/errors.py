@@ -26,6 +26,14 @@ class MissingDependencyError(FisaError, ImportError):
     """An optional dependency is needed for the requested feature."""
 
 
+def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> None:
+    """Nothing is replaced silently: an existing ``path`` is an error unless ``overwrite``."""
+    import os
+
+    if os.path.exists(path) and not overwrite:
+        raise error(f"{path} exists; pass --overwrite to replace it")
+
+
 def run_reporting_errors(job, debug: bool, prog: str) -> int:
     """Run ``job()``; a FisaError becomes one ``prog: error: ...`` line on stderr and exit code 2
     (the traceback only with ``debug``). Shared by every command-line entry point."""

@@ -176,7 +176,7 @@ def evaluate_segmenter(segmenter, dataset: PanopticDataset, batch_size: int = 8,
 
     def predict(images: torch.Tensor):
         raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text)
-        return raw.class_scores.float().clamp_min(1e-12).log(), raw.mask_logits.float()
+        return raw.class_logits(), raw.mask_logits.float()
 
     return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir)
 

@@ -13,11 +13,13 @@ import json
 import os
 from typing import Callable, List, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .prompts import PROMPT_TEMPLATES, expand_prompts, prompt_templates, validate_vocabulary  # noqa: F401
+from .prompts import PROMPT_TEMPLATES, prompt_templates, validate_vocabulary  # noqa: F401
+from .runtime.vocabulary import Vocabulary, encode
 
 class TextTower(nn.Module):
     """CLIP's text encoder and logit scale (the open_clip model with its visual tower removed; the
@@ -54,14 +56,12 @@ def encode_vocabulary(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """(K, D) float32 normalised class embeddings for ``class_names``."""
-    names = validate_vocabulary(class_names)
-    prompts, owner = expand_prompts(names, templates)
     device = next(tower.parameters()).device
-    chunks = [tower(tokenizer(prompts[i : i + batch_size]).to(device)).float() for i in range(0, len(prompts), batch_size)]
-    per_prompt = torch.cat(chunks)
-    owner_t = torch.tensor(owner, device=per_prompt.device)
-    sums = torch.zeros(len(names), per_prompt.shape[1], device=per_prompt.device).index_add_(0, owner_t, per_prompt)
-    return torch.nn.functional.normalize(sums, dim=-1).cpu()
+
+    def encode_tokens(tokens) -> np.ndarray:
+        return tower(torch.as_tensor(tokens).to(device)).float().cpu().numpy()
+
+    return torch.from_numpy(encode(Vocabulary(list(class_names)), templates, tokenizer, encode_tokens, batch_size))
 
 
 class EmbeddingCache:

@@ -28,7 +28,11 @@ SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorr
 @dataclass
 class RawOutput:
     mask_logits: torch.Tensor
-    class_scores: torch.Tensor
+    class_scores: torch.Tensor  # probabilities, void last
+
+    def class_logits(self) -> torch.Tensor:
+        """Log-probabilities in fp32: what the post-processing (which applies softmax) takes."""
+        return self.class_scores.float().clamp_min(1e-12).log()
 
 
 def backend_for(path: str, backend: Optional[str] = None) -> str:

@@ -54,6 +54,11 @@ class SegmentationResult:
         classes, areas = np.unique(self.semantic, return_counts=True)
         return [{"id": int(c) + 1, "class": self.class_names[int(c)], "category_id": int(c), "area": int(a)} for c, a in zip(classes, areas)]
 
+    def summary(self) -> str:
+        """One line naming what was found: "red star (0.91), wavy wall (0.77)" or "nothing"."""
+        parts = [f"{s['class']} ({s['score']:.2f})" if "score" in s else s["class"] for s in self.segments()]
+        return ", ".join(parts) or "nothing"
+
     def _segment_map(self):
         if self.panoptic is not None:
             ids = self.panoptic.segment_map.cpu().numpy()

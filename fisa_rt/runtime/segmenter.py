@@ -13,7 +13,7 @@ every backend and run on the backend's device.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -40,7 +40,6 @@ class Timings:
     model: float = 0.0
     postprocess: float = 0.0
     images: int = 0
-    per_image: List[float] = field(default_factory=list)
 
     def summary(self) -> str:
         n = max(self.images, 1)
@@ -115,17 +114,16 @@ class Segmenter:
         t2 = time.perf_counter()
         results = []
         S = self.backend.image_size
+        class_logits = raw.class_logits()
         for b, (picture, content) in enumerate(zip(pictures, contents)):
-            class_logits = raw.class_scores[b].float().clamp_min(1e-12).log()  # scores are probabilities
             logits = restore_mask_logits(raw.mask_logits[b].float(), (S, S), content, picture.shape[:2])
-            results.append(self._postprocess(picture, class_logits, logits, task))
+            results.append(self._postprocess(picture, class_logits[b], logits, task))
         sync()
         t3 = time.perf_counter()
         self.timings.preprocess += t1 - t0
         self.timings.model += t2 - t1
         self.timings.postprocess += t3 - t2
         self.timings.images += len(pictures)
-        self.timings.per_image.extend([(t3 - t0) / len(pictures)] * len(pictures))
         return results
 
     def _postprocess(self, picture, class_logits, logits, task) -> SegmentationResult:

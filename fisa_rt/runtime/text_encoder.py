@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CheckpointError, InputError
+from ..prompts import prompt_templates
 from . import vocabulary as vocab
 from .tokenizer import Tokenizer, find_vocab_file
 
@@ -55,7 +56,7 @@ class TextEncoder:
                 return vocab.load_embeddings(path)[0]
             except InputError:
                 pass  # a damaged cache entry is re-encoded and replaced
-        embeddings = vocab.encode(vocabulary, self.templates, self.tokenize, self._encode)
+        embeddings = vocab.encode(vocabulary, prompt_templates(self.templates), self.tokenize, self._encode)
         if path:
             os.makedirs(cache_dir, exist_ok=True)
             vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)

@@ -13,12 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..prompts import expand_prompts, prompt_templates, validate_vocabulary
+from ..errors import InputError, refuse_overwrite
+from ..prompts import expand_prompts, validate_vocabulary
 
 SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
 
@@ -108,10 +108,11 @@ def average_prompts(per_prompt: np.ndarray, owner: List[int], num_classes: int) 
 
 
 def encode(
-    vocabulary: Vocabulary, templates: str, tokenize: Callable[[List[str]], np.ndarray], encode_tokens: Callable[[np.ndarray], np.ndarray], batch_size: int = 256
+    vocabulary: Vocabulary, templates: Sequence[str], tokenize: Callable[[List[str]], Any], encode_tokens: Callable[[Any], np.ndarray], batch_size: int = 256
 ) -> np.ndarray:
-    """Prompts with the *model's* templates (those it was trained with), encoded and averaged per class."""
-    prompts, owner = expand_prompts(vocabulary.names, prompt_templates(templates))
+    """(K, D) float32: every (synonym, template) prompt encoded, then averaged per class. The one path
+    from class names to embeddings, for training (PyTorch text tower) and for every runtime backend."""
+    prompts, owner = expand_prompts(vocabulary.names, templates)
     chunks = [encode_tokens(tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
     return average_prompts(np.concatenate(chunks), owner, len(vocabulary.names))
 
@@ -123,8 +124,7 @@ def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary) 
 
 def save_embeddings(path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False) -> str:
     """An embeddings file (``.npz``) every backend accepts via ``--embeddings``."""
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path} exists; pass --overwrite to replace it")
+    refuse_overwrite(path, overwrite)
     tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez(tmp, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
              text_encoder=np.array(text_encoder_sha256))
