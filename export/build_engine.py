@@ -4,6 +4,8 @@ engine where TensorRT exists, else an ONNX Runtime-optimised model; a manifest b
     python export/build_engine.py                       # the embedded default model -> build/
     python export/build_engine.py --checkpoint my.safetensors --precision fp16 --classes 1,150,1203 --out engines/
 
+Engines are strongly typed (TensorRT 10.3 - 11.x): for fp16 the script writes <name>.portable.fp16.onnx
+with ModelOpt AutoCast (LayerNorm, Softmax and normalisation reductions kept fp32) and builds from it.
 Without TensorRT the script still writes every ONNX file, prints the trtexec command that builds the
 engine on the target, and writes <name>.portable.ort.onnx so `fisa-rt infer --engine` runs here.
 """
@@ -16,7 +18,7 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
-from fisa_rt.errors import CheckpointError, MissingDependencyError, refuse_overwrite, run_reporting_errors
+from fisa_rt.errors import CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors
 
 
 def _profile(text: str, what: str):
@@ -40,7 +42,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--name", help="file name stem (default: the checkpoint's)")
     parser.add_argument("--flavour", choices=["portable", "fused"], default="portable",
                         help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, TensorRT >= 10.9); both ONNX files are always written")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"], default="fp16", help="engine precision (int8/fp8 need NVIDIA ModelOpt)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"],
+                        help="engine precision (default: fp16 for portable, fp32 for fused; fp16/int8/fp8 need NVIDIA ModelOpt)")
     parser.add_argument("--batch", default="1,1,8", help="batch profile MIN,OPT,MAX (default 1,1,8)")
     parser.add_argument("--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)")
     parser.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="image input type (normalisation is in the graph)")
@@ -63,6 +66,13 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     from fisa_rt.predictor import default_checkpoint
     from fisa_rt.runtime.tokenizer import VOCAB_FILE, find_vocab_file
 
+    if args.precision is None:
+        args.precision = "fp32" if args.flavour == "fused" else "fp16"
+    if args.flavour == "fused" and args.precision == "fp16":
+        raise InputError(
+            "--precision fp16 needs the portable flavour: ModelOpt AutoCast decides fp16 by running the graph on ONNX "
+            "Runtime, which cannot run the fused graph's TensorRT plugins; use --flavour portable, or --precision fp32"
+        )
     checkpoint = args.checkpoint or default_checkpoint()
     info = read_checkpoint_info(checkpoint)
     model, _ = load_model(checkpoint)
@@ -77,6 +87,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         "fused": os.path.join(args.out, f"{name}.fused.onnx"),
         "text": os.path.join(args.out, f"{name}.text.onnx"),
         "ort": os.path.join(args.out, f"{name}.portable.ort.onnx"),
+        "fp16": os.path.join(args.out, f"{name}.portable.fp16.onnx"),
         "engine": os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.engine"),
     }
     for path in paths.values():
@@ -118,6 +129,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     print(f"wrote {text_path}")
 
     source = written[args.flavour]
+    if args.precision == "fp16":
+        source = fp16_onnx(written, paths["fp16"], model, info, image)
     command = tensorrt_builder.trtexec_command(source, paths["engine"], cfg.image_size, model.embed_dim, options, plugins=args.flavour == "fused")
     print(f"TensorRT (trtexec) equivalent:\n  {command}")
     try:
@@ -136,6 +149,31 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         write_manifest(written["ort"], {**image, "backend": "onnxruntime", "flavour": "portable", **source_of(written["portable"])})
         print(f"wrote {written['ort']} (ONNX Runtime-optimised fallback)")
     return written
+
+
+def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> str:
+    """The fp16 ONNX a strongly typed fp16 engine is built from (the fp32 one where ModelOpt is missing,
+    with one line saying how to get it: the ONNX files and the fallback are written either way)."""
+    from fisa_rt.export.manifest import sha256_file, write_manifest
+    from fisa_rt.export.mixed_precision import convert_fp16
+
+    try:
+        record = convert_fp16(written["portable"], path, calibration_inputs(model, info))
+    except MissingDependencyError as exc:
+        print(f"no fp16 ONNX: {exc}")
+        return written["portable"]
+    source = {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}
+    write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": "fp16", "opset": _opset(path),
+                          "source_onnx": source, "mixed_precision": record})
+    written["fp16"] = path
+    print(f"wrote {path} (ModelOpt AutoCast fp16; {len(record['fp32_nodes'])} of {record['nodes']} nodes kept fp32)")
+    return path
+
+
+def _opset(path: str) -> int:
+    import onnx
+
+    return next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
 
 
 def calibration_inputs(model, info) -> Dict[str, "object"]:

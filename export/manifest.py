@@ -56,3 +56,16 @@ def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, An
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
     return manifest
+
+
+def read_checked_manifest(artefact: str) -> Dict[str, Any]:
+    """The manifest of ``artefact``, refused unless it describes this very file (its sha256): a manifest
+    copied beside another build, or left behind when the model file was replaced, would otherwise make a
+    runtime trust sizes, vocabulary and precision that are not the file's."""
+    manifest = read_manifest(artefact)
+    if manifest.get("sha256") != sha256_file(artefact):
+        raise CheckpointError(
+            f"{artefact} does not match its manifest {manifest_path(artefact)} (the sha256 differs: a copied or stale "
+            "manifest); rebuild both with `python export/build_engine.py`"
+        )
+    return manifest

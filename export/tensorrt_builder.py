@@ -1,12 +1,13 @@
-"""ONNX -> TensorRT engine through TensorRT's Python API (>= 10.0), kept apart so nothing else imports
+"""ONNX -> TensorRT engine through TensorRT's Python API (>= 10.3), kept apart so nothing else imports
 TensorRT. Without TensorRT, ``build_engine`` raises one MissingDependencyError that says what to install;
 ``trtexec_command`` prints the equivalent command for a machine that has TensorRT but not this package.
 
-Precision: fp32 builds a strongly typed network (the ONNX types are the engine's types). fp16 sets the
-FP16 builder flag and pins LayerNorm, Softmax and the reductions feeding normalisation to fp32 with
-OBEY_PRECISION_CONSTRAINTS (TensorRT's FP16 LayerNorm/Softmax overflow on CLIP's activations). int8/fp8
-take a ModelOpt-quantised ONNX (explicit Q/DQ; ``quantize_onnx``) and build it strongly typed, so the
-Q/DQ placement — not TensorRT's heuristics — decides what runs in low precision.
+Precision: the network is always strongly typed, so the ONNX's types are the engine's types and one
+recipe serves TensorRT 10.3 (JetPack 6) to 11.x. TensorRT 11 removed every weak-typing API (the FP16,
+INT8, BF16 and FP8 builder flags, OBEY_PRECISION_CONSTRAINTS, the int8 calibrator; docs/design.md,
+"TensorRT 10.3 - 11.x"). fp16 builds the fp16 ONNX that ``mixed_precision.convert_fp16`` writes with
+ModelOpt AutoCast (LayerNorm, Softmax and the normalisation reductions stay fp32 in the graph itself);
+int8/fp8 build a ModelOpt-quantised ONNX (explicit Q/DQ; ``quantize_onnx``).
 """
 
 from __future__ import annotations
@@ -87,11 +88,7 @@ def trtexec_command(onnx_path: str, engine_path: str, image_size: int, embed_dim
         f"--minShapes={spec(0)}", f"--optShapes={spec(1)}", f"--maxShapes={spec(2)}",
         f"--memPoolSize=workspace:{int(options.workspace_gib * 1024)}M",
     ]
-    if options.precision == "fp16":
-        # trtexec cannot pin layers by type; the Python builder keeps LayerNorm/Softmax in fp32
-        parts += ["--fp16"]
-    else:
-        parts += ["--stronglyTyped"]  # fp32, or ModelOpt's Q/DQ nodes decide int8/fp8
+    parts.append("--stronglyTyped")  # the ONNX's types decide: fp16 ONNX from AutoCast, Q/DQ for int8/fp8
     if options.timing_cache:
         parts.append(f"--timingCacheFile={options.timing_cache}")
     if options.version_compatible:
@@ -101,17 +98,15 @@ def trtexec_command(onnx_path: str, engine_path: str, image_size: int, embed_dim
     return " ".join(parts)
 
 
-def _keep_fp32(trt, network) -> List[str]:
-    """Layers pinned to fp32 in an fp16 build: normalisations and softmaxes (and what feeds them)."""
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE):
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned.append(layer.name)
-    return pinned
+def network_flags(trt, fused: bool) -> int:
+    """Strongly typed always. The fused graph's plugins have an AOT (PTX in the engine) and a JIT
+    (Python + torch) implementation; tensorrt.plugin refuses to choose between the two unless the
+    network states a preference (tensorrt/plugin/_lib.py, _TemplatePluginCreator.create_plugin), and the
+    AOT one is what runs without Python on the device."""
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if fused:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
+    return flags
 
 
 def build_engine(onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, fused: bool) -> Dict:
@@ -130,20 +125,13 @@ def build_engine(onnx_path: str, engine_path: str, image_size: int, embed_dim: i
         plugin_records = register_plugins()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = options.precision != "fp16"
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, fused))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(onnx_path):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise InputError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
-    pinned = []
-    if options.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _keep_fp32(trt, network)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     profile = builder.create_optimization_profile()
@@ -175,8 +163,7 @@ def build_engine(onnx_path: str, engine_path: str, image_size: int, embed_dim: i
             "cuda": torch.version.cuda,
             "compute_capability": list(capability) if capability else None,
             "precision": options.precision,
-            "strongly_typed": strongly_typed,
-            "fp32_layers": pinned,
+            "strongly_typed": True,
             "profiles": {k: asdict(v) for k, v in (("batch", options.batch), ("classes", options.classes))},
             "version_compatible": options.version_compatible,
             "plugins": plugin_records,
@@ -190,7 +177,9 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: "o
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError:
-        raise MissingDependencyError(f"{precision} engines need NVIDIA ModelOpt: pip install nvidia-modelopt[onnx]") from None
+        from .mixed_precision import MODELOPT_HINT
+
+        raise MissingDependencyError(f"{precision} engines need Q/DQ from ModelOpt. {MODELOPT_HINT}") from None
     quantize(
         onnx_path=onnx_path, output_path=out_path, quantize_mode=precision, calibration_data=calibration,
         op_types_to_exclude=["LayerNormalization", "Softmax", "Add"],

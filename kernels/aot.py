@@ -17,8 +17,10 @@ import hashlib
 import importlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Tuple
 
 # kernel name -> (module, function) in fisa_rt.kernels
 KERNELS: Dict[str, tuple] = {
@@ -32,7 +34,7 @@ KERNELS: Dict[str, tuple] = {
     # TensorRT AOT-plugin entry points (export/plugins.py gives their constants)
     "adapter_attention_plugin": ("plugin_kernels_triton", "adapter_attention_plugin_kernel"),
     "mask_attention_plugin": ("plugin_kernels_triton", "mask_attention_plugin_kernel"),
-    "mask_average_logits_plugin": ("plugin_kernels_triton", "mask_average_logits_plugin_kernel"),
+    "mask_pool_plugin": ("plugin_kernels_triton", "mask_pool_plugin_kernel"),
 }
 # The plugin kernels' int scalars (TensorRT's calling convention puts them between inputs and outputs).
 PLUGIN_INTS = {"N", "KN", "B"}
@@ -42,6 +44,46 @@ FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M"
 INT8_POINTERS = {"VALID"}
 FLOAT_SCALARS = {"qk_scale", "sm_scale", "scale_y", "scale_x", "threshold", "scale"}
 DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+# Plugin kernels are compiled with every pointer specialised as 16-byte aligned (Triton's "tt.divisibility"
+# hint, what its launcher gives a 16-byte-aligned torch tensor). TensorRT's plugin buffers are 256-byte
+# aligned; the JIT and ONNX Runtime launchers check it (``check_alignment``).
+PLUGIN_POINTER_ALIGNMENT = 16
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Everything one PTX is specialised for: the registry that ``compile_spec`` compiles, that the engine
+    build and the ptxas gate iterate (``default_spec`` for the PyTorch-path kernels,
+    ``fisa_rt.export.plugins.example_launches`` for the plugin kernels)."""
+
+    kernel: str  # a KERNELS key
+    arch: int  # compute capability x10
+    dtype: str  # data dtype: fp32 / fp16 / bf16
+    constants: Tuple[Tuple[str, Any], ...]  # constexpr name -> value, sorted
+    num_warps: int
+    num_stages: int
+    # plugin kernels: pointers hinted PLUGIN_POINTER_ALIGNMENT-aligned, and the number of .entry
+    # parameters TensorRT passes (inputs + extra_args + outputs); None for PyTorch-path kernels
+    params: Optional[int] = None
+
+    @property
+    def aligned_pointers(self) -> bool:
+        return self.params is not None
+
+    def constant(self, name: str) -> Any:
+        return dict(self.constants)[name]
+
+
+def make_spec(kernel: str, arch: int, dtype: str, constants: Dict[str, Any], params: Optional[int] = None) -> KernelSpec:
+    """A spec from a constants dict that may carry "_num_warps"/"_num_stages" (tuning.configs_for's)."""
+    constants = dict(constants)
+    num_warps = int(constants.pop("_num_warps", 4))
+    num_stages = int(constants.pop("_num_stages", 3))
+    return KernelSpec(kernel, arch, dtype, tuple(sorted(constants.items())), num_warps, num_stages, params)
+
+
+def default_spec(kernel: str, arch: int, dtype: str = "fp16") -> KernelSpec:
+    return make_spec(kernel, arch, dtype, default_constants(kernel, arch, dtype))
 
 
 @dataclass
@@ -79,23 +121,16 @@ def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) ->
 
 
 def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optional[Dict[str, object]] = None) -> CompiledKernel:
-    import triton
-    from triton.backends.compiler import GPUTarget
-
+    """Compile one PyTorch-path kernel (its tuned defaults unless ``constants`` are given)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
-    module, name = KERNELS[kernel]
-    fn = getattr(importlib.import_module(f"fisa_rt.kernels.{module}"), name)
-    if not isinstance(fn, triton.runtime.JITFunction):
-        raise RuntimeError("AOT compilation needs real Triton kernels: unset TRITON_INTERPRET and run again")
-    constants = dict(default_constants(kernel, arch, dtype) if constants is None else constants)
-    num_warps = int(constants.pop("_num_warps", 4))
-    num_stages = int(constants.pop("_num_stages", 3))
+    return compile_spec(make_spec(kernel, arch, dtype, default_constants(kernel, arch, dtype) if constants is None else constants))
+
+
+def _signature(fn, spec: KernelSpec) -> Dict[str, str]:
     signature = {}
     leading_pointers = True
-    plugin = kernel.endswith("_plugin")
+    plugin = spec.kernel.endswith("_plugin")
     for param in fn.params:
         arg = param.name
         leading_pointers = leading_pointers and arg.upper() == arg
@@ -105,23 +140,80 @@ def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optio
         elif pointer:
             # plugin kernels take every tensor in the engine's precision
             wide = arg in FP32_POINTERS and not plugin
-            signature[arg] = "*" + ("fp32" if wide else "i8" if arg in INT8_POINTERS else DTYPES[dtype])
+            signature[arg] = "*" + ("fp32" if wide else "i8" if arg in INT8_POINTERS else DTYPES[spec.dtype])
         else:
             signature[arg] = "fp32" if arg in FLOAT_SCALARS else "i32"
-    if kernel == "cosine_logits":
+    if spec.kernel == "cosine_logits":
         signature["P"] = "*fp32"
-    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    return signature
+
+
+@lru_cache(maxsize=None)
+def compile_spec(spec: KernelSpec) -> CompiledKernel:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    if spec.kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {spec.kernel!r}; known: {', '.join(KERNELS)}")
+    if spec.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}; got {spec.dtype!r}")
+    module, name = KERNELS[spec.kernel]
+    fn = getattr(importlib.import_module(f"fisa_rt.kernels.{module}"), name)
+    if not isinstance(fn, triton.runtime.JITFunction):
+        raise RuntimeError("AOT compilation needs real Triton kernels: unset TRITON_INTERPRET and run again")
+    signature = _signature(fn, spec)
+    attrs = {}
+    if spec.aligned_pointers:
+        attrs = {(i,): [["tt.divisibility", PLUGIN_POINTER_ALIGNMENT]] for i, t in enumerate(signature.values()) if t.startswith("*")}
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constants), attrs=attrs)
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", spec.arch, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    if spec.params is not None:
+        scratch = (getattr(compiled.metadata, "global_scratch_size", 0), getattr(compiled.metadata, "profile_scratch_size", 0))
+        ptx = exact_entry(ptx, compiled.metadata.name, spec.params, scratch)
     return CompiledKernel(
-        kernel=kernel,
+        kernel=spec.kernel,
         entry=compiled.metadata.name,
-        arch=arch,
-        dtype=dtype,
-        constants=constants,
-        num_warps=num_warps,
+        arch=spec.arch,
+        dtype=spec.dtype,
+        constants=dict(spec.constants),
+        num_warps=spec.num_warps,
         shared_bytes=int(compiled.metadata.shared),
-        ptx=compiled.asm["ptx"],
+        ptx=ptx,
     )
+
+
+def entry_params(ptx: str, entry: str) -> List[str]:
+    """The ``.param`` declarations of ``entry``'s ``.entry`` directive, in order."""
+    match = re.search(rf"\.entry {re.escape(entry)}\((.*?)\)", ptx, re.S)
+    if match is None:
+        raise ValueError(f"no .entry {entry} in the PTX")
+    return [p.strip() for p in match.group(1).split(",") if p.strip()]
+
+
+def exact_entry(ptx: str, entry: str, params: int, scratch_sizes: Tuple[int, int]) -> str:
+    """The PTX with ``entry`` taking exactly its first ``params`` parameters.
+
+    Triton >= 3.3 appends two pointers to every kernel (global and profile scratch). TensorRT launches an
+    AOT plugin kernel with its inputs, extra_args and outputs only, so the trailing two would be read
+    from beyond the parameter buffer it passes. They are dropped when the kernel provably never uses them:
+    Triton reports no scratch (its own AOT tool, triton/tools/compile.py, refuses kernels that need any and
+    passes null pointers otherwise) and the PTX never loads those parameters.
+    """
+    declared = entry_params(ptx, entry)
+    extra = declared[params:]
+    if not extra:
+        return ptx
+    if any(scratch_sizes):
+        raise RuntimeError(f"{entry} needs Triton scratch memory {scratch_sizes}; TensorRT passes no scratch pointers")
+    if len(extra) != 2 or not all(".ptr" in p for p in extra):
+        raise RuntimeError(f"{entry} takes {len(declared)} parameters, TensorRT passes {params}: {extra}")
+    for index in range(params, len(declared)):
+        if re.search(rf"\[{re.escape(entry)}_param_{index}\]", ptx):
+            raise RuntimeError(f"{entry} reads its scratch parameter {index}; TensorRT would not pass it")
+    body = ",\n\t".join(declared[:params])
+    return re.sub(rf"(\.entry {re.escape(entry)}\()(.*?)(\))", lambda m: f"{m.group(1)}\n\t{body}\n{m.group(3)}", ptx, count=1, flags=re.S)
 
 
 def main(argv=None) -> None:

@@ -45,11 +45,20 @@ def mask_average_logits_reference(
     threshold: float = 0.0,
 ) -> torch.Tensor:
     _check(mask_logits, dense, text, weighting)
+    return cosine_logits_reference(mask_pool_reference(mask_logits, dense, weighting, threshold), text, logit_scale)
+
+
+def mask_pool_reference(mask_logits: torch.Tensor, dense: torch.Tensor, weighting: str = "binary", threshold: float = 0.0) -> torch.Tensor:
+    """(B, Q, C) mask-average pooled embeddings: the pooling half of the op (TensorRT's MaskPool plugin)."""
     with torch.no_grad():
         resized = F.interpolate(mask_logits.detach(), size=dense.shape[-2:], mode="bilinear", align_corners=False)
         weights = (resized > threshold).to(dense.dtype) if weighting == "binary" else resized.sigmoid().to(dense.dtype)
         weights = weights / (weights.sum(dim=(-1, -2), keepdim=True) + 1e-8)
-    pooled = torch.einsum("bchw,bqhw->bqc", dense, weights)
+    return torch.einsum("bchw,bqhw->bqc", dense, weights)
+
+
+def cosine_logits_reference(pooled: torch.Tensor, text: torch.Tensor, logit_scale) -> torch.Tensor:
+    """(B, Q, K) = logit_scale * cos(pooled rows, text rows): the half the fused graph keeps as ONNX ops."""
     return logit_scale * torch.matmul(F.normalize(pooled, dim=-1), F.normalize(text, dim=-1).t())
 
 

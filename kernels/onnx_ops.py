@@ -13,11 +13,11 @@ import torch
 
 from .adapter_attention import adapter_attention_reference
 from .mask_attention import mask_attention_reference
-from .mask_pooling import mask_average_logits_reference
+from .mask_pooling import cosine_logits_reference, mask_pool_reference
 
 DOMAIN = "fisa_rt"
 VERSION = "1"
-NODES = ("AdapterAttention", "MaskAttention", "MaskAverageLogits")
+NODES = ("AdapterAttention", "MaskAttention", "MaskPool")
 
 
 def _node(g, name: str, *inputs, **attributes):
@@ -45,17 +45,14 @@ class MaskAttentionNode(torch.autograd.Function):
         return out.setType(q.type())
 
 
-class MaskAverageLogitsNode(torch.autograd.Function):
+class MaskPoolNode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mask_logits, dense, text, logit_scale, sigmoid, threshold):
-        weighting = "sigmoid" if sigmoid else "binary"
-        return mask_average_logits_reference(mask_logits, dense, text, logit_scale, weighting, threshold)
+    def forward(ctx, mask_logits, dense, sigmoid, threshold):
+        return mask_pool_reference(mask_logits, dense, "sigmoid" if sigmoid else "binary", threshold)
 
     @staticmethod
-    def symbolic(g, mask_logits, dense, text, logit_scale, sigmoid, threshold):
-        return _node(
-            g, "MaskAverageLogits", mask_logits, dense, text, logit_scale_f=logit_scale, sigmoid_i=int(sigmoid), threshold_f=threshold
-        )
+    def symbolic(g, mask_logits, dense, sigmoid, threshold):
+        return _node(g, "MaskPool", mask_logits, dense, sigmoid_i=int(sigmoid), threshold_f=threshold)
 
 
 def adapter_attention_node(q, k, v, key_valid=None):
@@ -69,5 +66,7 @@ def mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, thre
 
 
 def mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold):
-    # The scale is a learned constant at export time: an attribute, not an input.
-    return MaskAverageLogitsNode.apply(mask_logits, dense, text, float(logit_scale), weighting == "sigmoid", float(threshold))
+    # Pooling is the plugin; normalisation and the (Q, C) x (C, K) product stay standard ops, which
+    # TensorRT runs with its own GEMMs. The scale is a learned constant at export time.
+    pooled = MaskPoolNode.apply(mask_logits, dense, weighting == "sigmoid", float(threshold))
+    return cosine_logits_reference(pooled, text, float(logit_scale))

@@ -2,10 +2,12 @@
 ``kernel(input pointers..., int scalars..., output pointers...)``, every other size a compile-time
 constant (a TensorRT engine fixes the image size, so only the batch and the vocabulary size vary).
 
-They call the same kernel bodies as the PyTorch path (Triton inlines ``@triton.jit`` callees), except the
-mask-average plugin, which fuses pooling and cosine logits into one launch because a plugin launches one
-kernel: each program recomputes its masks' pooled channels per class block (a few blocks at K <= 2000)
-and skips the area division, which cosine similarity cancels.
+They call the same kernel bodies as the PyTorch path (Triton inlines ``@triton.jit`` callees). The mask
+pooling plugin is pool-only: L2 normalisation and the (Q, C) x (C, K) product stay in the graph, where
+TensorRT runs them with its own GEMMs.
+
+Every pointer is compiled as 16-byte aligned (``tt.divisibility``, ``aot.PLUGIN_POINTER_ALIGNMENT``):
+TensorRT hands plugins 256-byte aligned buffers, and the hint lets Triton vectorise the loads.
 """
 
 import triton
@@ -59,33 +61,25 @@ def mask_attention_plugin_kernel(
 
 
 @triton.jit
-def mask_average_logits_plugin_kernel(
-    M, F_, T, KN, OUT,
+def mask_pool_plugin_kernel(
+    M, F_, OUT,
     NQ: tl.constexpr, C: tl.constexpr, HF: tl.constexpr, WF: tl.constexpr, HM: tl.constexpr, WM: tl.constexpr,
-    THRESHOLD: tl.constexpr, SIGMOID: tl.constexpr, SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    THRESHOLD: tl.constexpr, SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
-    # mask logits (B, NQ, HM, WM), features (B, C, HF, WF), text (KN, C), out (B, NQ, KN): contiguous
+    # mask logits (B, NQ, HM, WM), features (B, C, HF, WF), out (B, NQ, C) area-normalised: contiguous.
+    # One program per (block of masks, wide block of channels, image): each mask tile is sampled once per
+    # BLOCK_C channels (64-128: 6-12 times at C = 768), sums and areas accumulate in fp32.
     pid_q = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_c = tl.program_id(1)
     b = tl.program_id(2)
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = offs_q < NQ
-    k_ok = offs_k < KN
-    dots = tl.zeros((BLOCK_Q, BLOCK_K), tl.float32)
-    p_sq = tl.zeros((BLOCK_Q,), tl.float32)
-    t_sq = tl.zeros((BLOCK_K,), tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = offs_c < C
-        pooled, _ = mask_pool_tile(
-            M + b * NQ * HM * WM, HM * WM, WM, 1, F_ + b * C * HF * WF, HF * WF, WF, 1, offs_q, offs_c, q_ok, c_ok,
-            HF * WF, WF, HM, WM, HM / HF, WM / WF, THRESHOLD, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,
-        )
-        t = tl.load(T + offs_k[None, :] * C + offs_c[:, None], mask=k_ok[None, :] & c_ok[:, None], other=0.0).to(tl.float32)
-        dots += tl.dot(pooled, t, input_precision="ieee")
-        p_sq += tl.sum(pooled * pooled, 1)
-        t_sq += tl.sum(t * t, 0)
-    out = SCALE * dots / tl.maximum(tl.sqrt(p_sq), 1e-12)[:, None] / tl.maximum(tl.sqrt(t_sq), 1e-12)[None, :]
-    tl.store(OUT + (b * NQ + offs_q[:, None]) * KN + offs_k[None, :], out.to(OUT.dtype.element_ty), mask=q_ok[:, None] & k_ok[None, :])
+    c_ok = offs_c < C
+    acc, area = mask_pool_tile(
+        M + b * NQ * HM * WM, HM * WM, WM, 1, F_ + b * C * HF * WF, HF * WF, WF, 1, offs_q, offs_c, q_ok, c_ok,
+        HF * WF, WF, HM, WM, HM / HF, WM / WF, THRESHOLD, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,
+    )
+    pooled = acc / (area + 1e-8)[:, None]  # FC-CLIP's epsilon, as the reference
+    tl.store(OUT + (b * NQ + offs_q[:, None]) * C + offs_c[None, :], pooled.to(OUT.dtype.element_ty), mask=q_ok[:, None] & c_ok[None, :])

@@ -129,12 +129,12 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str, providers: Optional[List[str]] = None):
-        from fisa_rt.export.manifest import read_manifest
+        from fisa_rt.export.manifest import read_checked_manifest
 
         ort = _onnxruntime()
         if not os.path.isfile(path):
             raise InputError(f"engine {path} does not exist")
-        self.manifest = read_manifest(path)
+        self.manifest = read_checked_manifest(path)
         if self.manifest.get("kind") != "image-model":
             raise InputError(f"{path} is a {self.manifest.get('kind')}, not an image model")
         if self.manifest.get("flavour") == "fused":
@@ -159,12 +159,12 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: str):
-        from fisa_rt.export.manifest import read_manifest
+        from fisa_rt.export.manifest import read_checked_manifest
         from fisa_rt.export.tensorrt_builder import import_tensorrt
 
         if not os.path.isfile(path):
             raise InputError(f"engine {path} does not exist")
-        self.manifest = read_manifest(path)
+        self.manifest = read_checked_manifest(path)
         trt = import_tensorrt()
         check_engine_compatibility(self.manifest, trt.__version__, torch.cuda.get_device_capability() if torch.cuda.is_available() else None, path)
         if self.manifest["tensorrt"].get("plugins"):

@@ -1,0 +1,232 @@
+"""The project's TensorRT code against NVIDIA's real Python bindings, without TensorRT's libraries.
+
+The bindings wheel (``tensorrt-cu12-bindings``, the test extra) installs ``tensorrt_bindings/``: the
+compiled module ``tensorrt.so`` (importing it needs libnvinfer, which is not here) and the pure-Python
+``tensorrt.plugin`` package. From it:
+
+* the compiled module's names: pybind11 registers every class, enum member and method under a
+  null-terminated string in the .so. The linker merges a string into the tail of a longer one
+  (``float16`` into ``bfloat16``, ``IPluginV3`` into ``nvinfer1::IPluginV3``), so a name is present if
+  the trailing identifier of some string equals or ends with it. A few names are thereby over-accepted
+  (``INT8`` is the tail of ``UINT8``); none is missed.
+* ``tensorrt.plugin`` runs for real, over a stand-in for the compiled module that has exactly those
+  names (any other attribute raises AttributeError), so ``register_plugins`` goes through the package's
+  own ``register``/``impl``/``aot_impl``/``autotune`` decorators and their validation (``_validate.py``).
+
+``FISA_TRT_BINDINGS_WHEELS=a.whl:b.whl`` adds downloaded wheels (e.g. the newest 10.x for JetPack-era
+desktops, 10.3 for JetPack 6) to the installed one; docs/design.md records the versions checked.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAILING_IDENTIFIER = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*$")
+# The fused flavour (and so these names) needs tensorrt.plugin's AOT plugins: TensorRT >= 10.9.
+PLUGIN_ONLY = {"PREFER_AOT_PYTHON_PLUGINS"}
+# Names bound to TensorRT objects in the builder and the backend, whose attributes must exist.
+TRT_OBJECTS = {"trt", "builder", "network", "parser", "config", "profile", "cache", "logger", "engine", "context"}
+
+
+def _installed():
+    spec = importlib.util.find_spec("tensorrt_bindings")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = list(spec.submodule_search_locations)[0]
+    files = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith((".py", ".so")):
+                path = os.path.join(base, name)
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, folder).replace(os.sep, "/")] = f.read()
+    return [("installed", files)]
+
+
+def _wheels():
+    found = []
+    for path in filter(None, os.environ.get("FISA_TRT_BINDINGS_WHEELS", "").split(os.pathsep)):
+        with zipfile.ZipFile(path) as wheel:
+            prefix = "tensorrt_bindings/"
+            files = {n[len(prefix):]: wheel.read(n) for n in wheel.namelist() if n.startswith(prefix) and n.endswith((".py", ".so"))}
+        found.append((os.path.basename(path), files))
+    return found
+
+
+BINDINGS = _installed() + _wheels()
+pytestmark = pytest.mark.skipif(not BINDINGS, reason="the TensorRT bindings wheel is not installed: pip install -e '.[test]'")
+
+
+class Bindings:
+    def __init__(self, files):
+        self.files = files
+        so = next(v for k, v in files.items() if re.fullmatch(r"tensorrt[^/]*\.so", k))
+        tails = (TRAILING_IDENTIFIER.search(s) for s in so.split(b"\0"))
+        self.identifiers = {m.group(0).decode() for m in tails if m}
+        self.version = tuple(int(p) for p in re.search(rb'__version__ = "([\d.]+)', files["__init__.py"]).group(1).split(b".")[:2])
+        self.plugin_files = {k[len("plugin/"):]: v for k, v in files.items() if k.startswith("plugin/")}
+
+    def has(self, name: str) -> bool:
+        return name in self.identifiers or any(s.endswith(name) for s in self.identifiers)
+
+
+@pytest.fixture(scope="module", params=BINDINGS, ids=[name for name, _ in BINDINGS])
+def bindings(request):
+    return Bindings(request.param[1])
+
+
+def _attributes(path: str):
+    """Attribute names the file reads from TensorRT objects (see TRT_OBJECTS), with their lines."""
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    used = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chain, base = [], node.value
+        while isinstance(base, ast.Attribute) and not (isinstance(base.value, ast.Name) and base.value.id == "self"):
+            chain.append(base.attr)
+            base = base.value
+        root = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
+        if root in TRT_OBJECTS and "__version__" not in chain + [node.attr]:  # a str, not TensorRT's
+            used.setdefault(node.attr, node.lineno)
+    return used
+
+
+def test_builder_and_backend_use_only_names_the_compiled_module_has(bindings):
+    missing = {}
+    for path in ("export/tensorrt_builder.py", "fisa_rt/runtime/backends.py"):
+        for name, line in _attributes(path).items():
+            if bindings.version < (10, 9) and name in PLUGIN_ONLY:
+                continue
+            if not bindings.has(name):
+                missing[name] = f"{path}:{line}"
+    assert not missing, f"TensorRT {bindings.version} has no {missing}"
+
+
+def test_the_scan_sees_the_weakly_typed_api_tensorrt_11_removed(bindings):
+    # The check can fail: TensorRT 11 dropped the FP16 builder flag and OBEY_PRECISION_CONSTRAINTS
+    # (10.x has both), which the builder used before it went strongly typed.
+    assert bindings.has("STRONGLY_TYPED") and bindings.has("execute_async_v3")
+    assert bindings.has("FP16") == bindings.has("OBEY_PRECISION_CONSTRAINTS") == (bindings.version < (11, 0))
+    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"}.isdisjoint(_attributes("export/tensorrt_builder.py"))
+
+
+STAND_IN = r'''
+"""tensorrt stand-in: exactly the compiled module's names, each a class whose attributes are checked too."""
+import json, os, sys
+NAMES = set(json.load(open(os.environ["FISA_TRT_NAMES"])))
+__version__ = os.environ["FISA_TRT_VERSION"]
+_classes = {}
+
+def _has(name):
+    return name in NAMES or any(s.endswith(name) for s in NAMES)
+
+def _get(name):
+    if name.startswith("__") or not _has(name):
+        raise AttributeError(f"tensorrt has no attribute {name!r}")
+    if name not in _classes:
+        _classes[name] = _Meta(name, (_Stub,), {})
+    return _classes[name]
+
+class _Meta(type):
+    def __getattr__(cls, name):
+        return _get(name)
+
+class _Stub(metaclass=_Meta):
+    def __init__(self, *args, **kwargs):
+        pass
+    def __getattr__(self, name):
+        return _get(name)
+    def __call__(self, *args, **kwargs):
+        return self
+
+def __getattr__(name):
+    return _get(name)
+'''
+
+REGISTER = r'''
+import json, sys
+import tensorrt.plugin as trtp
+from tensorrt.plugin import _lib
+from fisa_rt.export.plugins import PLUGINS, register_plugins
+register_plugins(arch=90)
+defs = {k: v for k, v in _lib.QDP_REGISTRY.items()}
+json.dump({
+    "public": sorted(trtp.__all__),
+    "plugins": {k: {"tensors": d.input_tensor_names, "attrs": list(d.input_attrs), "outputs": d.num_outputs,
+                    "aot": d.aot_impl_func is not None, "jit": d.impl_func is not None, "tune": d.autotune_func is not None,
+                    "aot_attrs": d.aot_impl_attr_names, "jit_attrs": d.impl_attr_names}
+                for k, d in defs.items()},
+}, sys.stdout)
+'''
+
+
+def _run_plugin_package(bindings, tmp_path, script):
+    package = tmp_path / "tensorrt"
+    (package / "plugin").mkdir(parents=True)
+    (package / "__init__.py").write_text(STAND_IN)
+    for name, data in bindings.plugin_files.items():
+        (package / "plugin" / name).write_bytes(data)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(sorted(bindings.identifiers)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "FISA_TRT_NAMES": str(names), "FISA_TRT_VERSION": ".".join(map(str, bindings.version))}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+
+
+def test_plugins_register_through_tensorrt_plugins_own_validation(bindings, tmp_path):
+    if not bindings.plugin_files:
+        pytest.skip(f"TensorRT {bindings.version} has no tensorrt.plugin (the fused flavour needs >= 10.9)")
+    result = _run_plugin_package(bindings, tmp_path, REGISTER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    from fisa_rt.export.plugins import PLUGINS
+
+    assert set(report["plugins"]) == {f"fisa_rt::{p}" for p in PLUGINS}
+    for plugin in report["plugins"].values():
+        assert plugin["aot"] and plugin["jit"] and plugin["tune"] and plugin["outputs"] == 1
+    attention = report["plugins"]["fisa_rt::MaskAttention"]
+    assert attention["tensors"] == ["q", "k_img", "v_img", "k_self", "v_self", "mask_logits"]
+    assert attention["attrs"] == attention["aot_attrs"] == attention["jit_attrs"] == ["grid_h", "grid_w", "threshold"]
+    # every tensorrt.plugin name the plugin code reads is public API
+    used = {n.attr for n in ast.walk(ast.parse(open(os.path.join(ROOT, "export/plugins.py")).read()))
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "trtp"}
+    assert used and used <= set(report["public"]), used - set(report["public"])
+
+
+def test_the_validation_rejects_what_the_old_plugin_code_did(bindings, tmp_path):
+    """Postponed annotations (strings) and an aot_impl without a return annotation both fail the
+    package's checks: the conformance run above would catch either."""
+    if not bindings.plugin_files:
+        pytest.skip(f"TensorRT {bindings.version} has no tensorrt.plugin")
+    script = r'''
+from typing import Tuple
+import tensorrt.plugin as trtp
+@trtp.register("fisa_check::Op")
+def desc(x: trtp.TensorDesc, alpha: float) -> trtp.TensorDesc:
+    return x.like()
+try:
+    @trtp.aot_impl("fisa_check::Op")
+    def aot(x: trtp.TensorDesc, alpha: float, outputs: Tuple[trtp.TensorDesc], tactic: int):
+        pass
+except ValueError as exc:
+    print("aot:", exc)
+try:
+    @trtp.register("fisa_check::Strings")
+    def strings(x: "trtp.TensorDesc") -> "trtp.TensorDesc":
+        return x
+except (ValueError, TypeError) as exc:  # 10.x's check raises TypeError from issubclass
+    print("strings:", exc)
+'''
+    result = _run_plugin_package(bindings, tmp_path, script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "aot: No return annotation found for aot_impl" in result.stdout
+    assert "strings: " in result.stdout
