@@ -1,5 +1,5 @@
 """TensorRT plugins, up to the point TensorRT takes over: the launch each plugin's aot_impl returns (PTX
-entry, parameter order of TensorRT's calling convention, grid, scalars) and the plugin kernels' results."""
+entry with exactly TensorRT's parameters, grid, scalars) and the plugin kernels' results."""
 
 import json
 import math
@@ -12,53 +12,80 @@ import pytest
 import torch
 import triton
 
-from fisa_rt.kernels import adapter_attention_reference, mask_attention_reference, mask_average_logits_reference
+from fisa_rt.kernels import adapter_attention_reference, mask_attention_reference
 
 LAUNCHES = r"""
-import json, re, sys
-from fisa_rt.export.plugins import adapter_attention_launch, mask_attention_launch, mask_average_logits_launch
+import json, sys
+from fisa_rt.export.plugins import example_launches
 out = []
 for arch in (87, 90):
-    for name, launch in (
-        ("adapter", adapter_attention_launch((2, 12, 1600, 64), (1, 12, 133, 64), "fp16", arch)),
-        ("mask", mask_attention_launch((2, 12, 100, 64), (2, 12, 1600, 64), (2, 100, 160, 160), (40, 40), 0.0, "fp16", arch)),
-        ("pool", mask_average_logits_launch((2, 250, 256, 256), (2, 768, 32, 32), (1203, 768), 50.0, False, 0.0, "fp16", arch)),
-    ):
-        k = launch.kernel
-        out.append({"name": name, "arch": arch, "entry": k.entry, "ptx": k.ptx, "grid": list(launch.grid),
-                    "threads": launch.threads, "extra": launch.extra_args, "shared": k.shared_bytes})
+    for name, launch in example_launches(arch, "fp16").items():
+        k = launch.compile()
+        out.append({"name": name, "arch": arch, "entry": k.entry, "ptx": k.ptx, "grid": [int(g) for g in launch.grid],
+                    "threads": launch.threads, "extra": launch.extra_args, "shared": k.shared_bytes,
+                    "inputs": launch.inputs, "outputs": launch.outputs, "block_c": dict(launch.spec.constants).get("BLOCK_C")})
 json.dump(out, sys.stdout)
 """
 # (inputs, scalars, outputs) of each plugin kernel in TensorRT's order
-LAYOUT = {"adapter": (3, 2, 1), "mask": (6, 1, 1), "pool": (3, 1, 1)}
+LAYOUT = {"AdapterAttention": (3, 2, 1), "MaskAttention": (6, 1, 1), "MaskPool": (2, 0, 1)}
 
 
-def _params(ptx: str, entry: str):
-    body = re.search(rf"\.entry {entry}\((.*?)\)", ptx, re.S).group(1)
-    return [p.strip() for p in body.split(",")]
-
-
-def test_plugin_launches_follow_tensorrts_calling_convention():
+@pytest.fixture(scope="module")
+def launches():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", LAUNCHES], capture_output=True, text=True, env=env, check=True)
-    launches = json.loads(result.stdout)
+    result = subprocess.run([sys.executable, "-c", LAUNCHES], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_plugin_ptx_entries_take_exactly_tensorrts_parameters(launches):
+    from fisa_rt.kernels.aot import entry_params
+
     assert len(launches) == 6
     for launch in launches:
         inputs, scalars, outputs = LAYOUT[launch["name"]]
-        params = _params(launch["ptx"], launch["entry"])
+        params = entry_params(launch["ptx"], launch["entry"])
+        # TensorRT passes inputs, extra_args and outputs, nothing else: Triton's two scratch pointers are gone
+        assert len(params) == inputs + scalars + outputs, (launch["name"], params)
         expected = ["u64 .ptr"] * inputs + [".u32"] * scalars + ["u64 .ptr"] * outputs
         for param, kind in zip(params, expected):
             assert kind in param, (launch["name"], params)
-        # Triton appends its scratch pointers; the kernels must never read them, since TensorRT passes
-        # only inputs, scalars and outputs.
-        for index in range(len(expected), len(params)):
-            assert "ptr" in params[index] and f"{launch['entry']}_param_{index}]" not in launch["ptx"]
-        assert len(launch["extra"]) == scalars and launch["threads"] % 32 == 0
+        assert (launch["inputs"], len(launch["extra"]), launch["outputs"]) == (inputs, scalars, outputs)
+        assert launch["threads"] % 32 == 0
         assert 0 < launch["shared"] <= (164 if launch["arch"] == 87 else 227) * 1024
         assert f".target sm_{launch['arch']}" in launch["ptx"]
-    adapter = next(x for x in launches if x["name"] == "adapter")
+    adapter = next(x for x in launches if x["name"] == "AdapterAttention")
     # one program per block of 64 or 128 visual tokens (the tuned sizes), one per (image, head)
-    assert adapter["extra"] == [1600, 133] and adapter["grid"][1] == 24 and adapter["grid"][0] in (13, 25)
+    assert adapter["extra"] == [1600, 1203] and adapter["grid"][1] == 24 and adapter["grid"][0] in (13, 25)
+    pool = next(x for x in launches if x["name"] == "MaskPool")
+    # pool-only: one program per (block of masks, 64-128 channels, image); no class dimension
+    assert pool["block_c"] >= 64 and pool["grid"][1] == 768 // pool["block_c"] and pool["grid"][2] == 2
+
+
+def test_plugin_ptx_assembles_with_ptxas(launches, tmp_path):
+    """The entry rewrite leaves valid PTX: ptxas (shipped in the triton wheel) assembles it."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(90).path
+    for launch in launches:
+        if launch["arch"] != 90:
+            continue
+        path = tmp_path / f"{launch['name']}.ptx"
+        path.write_text(launch["ptx"])
+        result = subprocess.run([ptxas, "-arch=sm_90a", str(path), "-o", str(tmp_path / "out.cubin")], capture_output=True, text=True)
+        assert result.returncode == 0, (launch["name"], result.stderr[-2000:])
+
+
+def test_exact_entry_refuses_kernels_that_use_scratch():
+    from fisa_rt.kernels.aot import exact_entry
+
+    ptx = ".visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n\t.param .u64 .ptr .global .align 1 k_param_1,\n\t" \
+          ".param .u64 .ptr .global .align 1 k_param_2\n)\n{\n\tld.param.b64 %rd1, [k_param_0];\n}"
+    assert "k_param_1" not in exact_entry(ptx, "k", 1, (0, 0)).split("{")[0]
+    with pytest.raises(RuntimeError, match="scratch memory"):
+        exact_entry(ptx, "k", 1, (64, 0))
+    with pytest.raises(RuntimeError, match="reads its scratch"):
+        exact_entry(ptx.replace("k_param_0]", "k_param_2]"), "k", 1, (0, 0))
 
 
 def test_launch_needs_static_head_and_image_sizes():
@@ -106,14 +133,19 @@ def test_mask_attention_plugin_kernel_matches_reference(plugin_kernels):
     torch.testing.assert_close(out, mask_attention_reference(q, k, v, ks, vs, masks, grid, 0.0), rtol=1e-4, atol=1e-5)
 
 
-def test_mask_average_plugin_kernel_matches_reference(plugin_kernels):
-    B, Q, C, K = 2, 6, 40, 7
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_mask_pool_plugin_kernel_matches_reference(plugin_kernels, sigmoid):
+    from fisa_rt.kernels.mask_pooling import mask_pool_reference
+
+    B, Q, C = 2, 6, 40
     masks = torch.randn(B, Q, 10, 10) + 0.2
-    masks[:, 0] = -5.0  # an empty mask scores 0
-    dense, text = torch.randn(B, C, 5, 5), torch.randn(K, C)
-    out = torch.full((B, Q, K), float("nan"))
-    plugin_kernels.mask_average_logits_plugin_kernel[(1, 1, B)](
-        masks, dense, text, K, out, NQ=Q, C=C, HF=5, WF=5, HM=10, WM=10, THRESHOLD=0.0, SIGMOID=False, SCALE=20.0,
-        DOT_PRECISION="ieee", BLOCK_Q=16, BLOCK_K=16, BLOCK_C=32, BLOCK_HW=32,
+    masks[:, 0] = -5.0  # an empty mask pools to zero
+    dense = torch.randn(B, C, 5, 5)
+    out = torch.full((B, Q, C), float("nan"))
+    # BLOCK_C = 32 < C: two channel tiles, each sampling the masks once
+    plugin_kernels.mask_pool_plugin_kernel[(1, 2, B)](
+        masks, dense, out, NQ=Q, C=C, HF=5, WF=5, HM=10, WM=10, THRESHOLD=0.0, SIGMOID=sigmoid,
+        DOT_PRECISION="ieee", BLOCK_Q=16, BLOCK_C=32, BLOCK_HW=32,
     )
-    torch.testing.assert_close(out, mask_average_logits_reference(masks, dense, text, 20.0), rtol=1e-4, atol=1e-4)
+    expected = mask_pool_reference(masks, dense, "sigmoid" if sigmoid else "binary", 0.0)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
