@@ -1,5 +1,7 @@
 from setuptools import setup
 
+MODELOPT = ["nvidia-modelopt>=0.40", "onnx-graphsurgeon>=0.6.1", "ml_dtypes", "onnxslim>=0.1.76", "polygraphy>=0.53.4", "lief"]
+
 setup(
     name="fisa-rt",
     version="0.1.0",
@@ -32,8 +34,14 @@ setup(
     extras_require={
         # video files and cameras for `fisa-rt infer --input`
         "video": ["opencv-python-headless"],
-        # scikit-image ships the real photographs the parity tests use; pytest-benchmark runs benchmarks/
-        "test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image", "opencv-python-headless"],
+        # build_engine.py's fp16 ONNX (AutoCast) and int8/fp8 Q/DQ: NVIDIA ModelOpt without its [onnx] extra,
+        # which pins onnx~=1.21 and onnxruntime-gpu (clashing with onnxruntime); only what AutoCast imports.
+        "tensorrt": MODELOPT,
+        # scikit-image ships the real photographs the parity tests use; pytest-benchmark runs benchmarks/;
+        # the TensorRT bindings wheel installs without TensorRT's libraries (tests/test_tensorrt_conformance.py
+        # reads it, nothing imports it); onnxruntime-extensions runs the fused ONNX's plugin kernels on CPU.
+        "test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image", "opencv-python-headless",
+                 "tensorrt-cu12-bindings>=11,<12", "onnxruntime-extensions>=0.13", *MODELOPT],
     },
     entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
 )

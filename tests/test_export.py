@@ -148,6 +148,23 @@ def test_build_refuses_to_overwrite_and_the_script_exits_with_one_line(artefacts
     assert err.count("\n") == 1 and "exists" in err and "Traceback" not in err
 
 
+def test_an_artefact_with_a_copied_or_stale_manifest_is_refused_at_open(artefacts, tmp_path):
+    import shutil
+
+    from fisa_rt.runtime.backends import open_backend
+
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(artefacts["portable"], copy)
+    shutil.copyfile(artefacts["portable"] + ".manifest.json", str(copy) + ".manifest.json")
+    open_backend(str(copy))  # an exact copy with its manifest opens
+    shutil.copyfile(artefacts["fused"] + ".manifest.json", str(copy) + ".manifest.json")  # another file's manifest
+    with pytest.raises(CheckpointError, match=r"does not match its manifest .*rebuild both with `python export/build_engine.py`"):
+        open_backend(str(copy))
+    with pytest.raises(CheckpointError) as error:
+        Segmenter.from_engine(str(copy))
+    assert str(error.value).count("\n") == 0
+
+
 def test_manifest_checks(tmp_path):
     with pytest.raises(CheckpointError, match="no manifest"):
         read_manifest(str(tmp_path / "x.onnx"))

@@ -1,0 +1,108 @@
+"""The fp16 ONNX (ModelOpt AutoCast, what a strongly typed fp16 engine is built from) against the fp32
+reference, on ONNX Runtime CPU.
+
+Thresholds, and why: fp16 keeps 11 significant bits (relative spacing 2^-11 = 4.9e-4), and the fp16
+graph rounds every activation it keeps in fp16, ~1.8k nodes deep, while LayerNorm, Softmax and the
+cosine-logit norms stay fp32 (``mixed_precision.FP32_OP_TYPES``). Errors therefore do not cancel as in
+fp32's summation-order differences (tests/test_export.py: 1e-4), but stay at the percent level:
+* mask logits: cosine similarity >= 0.999; max |delta| <= 1 % of the largest |logit| (some 40 layers
+  deep, each rounding at 2^-11 relative); the mask decision (logit > 0) flips on <= 0.1 % of the logits;
+* class probabilities: max |delta| <= 0.01;
+* per-pixel label agreement of the semantic maps >= 99 % (pixels where two classes tie flip);
+* PQ and mIoU on the validation slice within 1.0 point.
+Measured on the embedded model, 4 scenes + 3 photographs (docs/design.md): cosine 0.999998, max |delta
+logit| 0.32 = 0.43 % of 74.6, flips 0.0035 %, max |delta prob| 0.0016, agreement 99.9 % (worst image 99.3 %).
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from fisa_rt import MissingDependencyError
+from fisa_rt.export.manifest import read_manifest, sha256_file
+from fisa_rt.export.mixed_precision import FP32_OP_TYPES
+from fisa_rt.postprocess import semantic_inference
+from fisa_rt.runtime.segmenter import Segmenter
+
+from test_export import _photos
+
+pytest.importorskip("modelopt", reason="ModelOpt is in the test extra: pip install -e '.[test]'")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from fisa_rt.checkpoint import load_model
+    from fisa_rt.predictor import default_checkpoint
+
+    model, info = load_model(default_checkpoint())
+    return model.float().eval(), info
+
+
+@pytest.fixture(scope="module")
+def fp16(artefacts):
+    assert "fp16" in artefacts, artefacts.get("log", "")[-2000:]
+    return artefacts["fp16"]
+
+
+def test_build_writes_the_fp16_onnx_with_what_stayed_fp32(fp16, artefacts):
+    manifest = read_manifest(fp16)
+    assert manifest["precision"] == "fp16" and manifest["source_onnx"]["sha256"] == sha256_file(artefacts["portable"])
+    record = manifest["mixed_precision"]
+    assert record["fp32_op_types"] == list(FP32_OP_TYPES) and 0 < len(record["fp32_nodes"]) < record["nodes"] / 2
+    model = onnx.load(fp16)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
+    kept = [n for n in model.graph.node if n.op_type in FP32_OP_TYPES]
+    assert kept and all(types.get(n.output[0]) == onnx.TensorProto.FLOAT for n in kept)
+    assert {n.name for n in kept} <= set(record["fp32_nodes"])
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert sum(types.get(n.output[0]) == onnx.TensorProto.FLOAT16 for n in matmuls) > len(matmuls) / 2
+    # the graph's interface is unchanged: uint8 image, fp32 text in; fp32 outputs
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT]
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert "--stronglyTyped" in artefacts["log"] and "--fp16" not in artefacts["log"]
+    assert f"--onnx={fp16}" in artefacts["log"]
+
+
+def test_fp16_onnx_meets_its_parity_thresholds_against_fp32(fp16, artefacts, reference):
+    model, info = reference
+    images = _photos(model.cfg.image_size)
+    text = model.encode_vocabulary(info.vocabulary).numpy()
+    feed = {"image": images.numpy(), "text": text}
+    ref_masks, ref_probs = ort.InferenceSession(artefacts["portable"], providers=["CPUExecutionProvider"]).run(None, feed)
+    masks, probs = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(None, feed)
+    cosine = float(np.dot(masks.ravel(), ref_masks.ravel()) / np.linalg.norm(masks) / np.linalg.norm(ref_masks))
+    assert cosine >= 0.999
+    assert np.abs(masks - ref_masks).max() <= 0.01 * np.abs(ref_masks).max()
+    assert np.mean((masks > 0) != (ref_masks > 0)) <= 1e-3
+    assert np.abs(probs - ref_probs).max() <= 0.01
+    agreement = []
+    for b in range(len(images)):
+        labels = [semantic_inference(torch.from_numpy(np.log(np.clip(p[b], 1e-12, None))), torch.from_numpy(m[b])).label_map
+                  for p, m in ((probs, masks), (ref_probs, ref_masks))]
+        agreement.append(float((labels[0] == labels[1]).float().mean()))
+    assert np.mean(agreement) >= 0.99, agreement
+
+
+def test_fp16_onnx_scores_the_validation_slice_like_fp32(fp16, artefacts, synthetic_data):
+    from fisa_rt.data.panoptic import PanopticDataset
+    from fisa_rt.evaluation import evaluate_segmenter
+
+    dataset = PanopticDataset(synthetic_data, "val", 128, augment=False)
+    scores = {path: evaluate_segmenter(Segmenter.from_engine(path, cache_dir=""), dataset, batch_size=4)
+              for path in (artefacts["portable"], fp16)}
+    ref, got = scores[artefacts["portable"]], scores[fp16]
+    for group in ref:
+        for metric in ("pq", "miou"):
+            assert abs(got[group][metric] - ref[group][metric]) <= 1.0, (group, metric, got[group][metric], ref[group][metric])
+
+
+def test_without_modelopt_the_conversion_says_how_to_get_it(monkeypatch, tmp_path):
+    import sys
+
+    from fisa_rt.export.mixed_precision import convert_fp16
+
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.autocast", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'fisa-rt\[tensorrt\]'"):
+        convert_fp16("x.onnx", str(tmp_path / "y.onnx"), {})
