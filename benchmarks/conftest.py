@@ -9,12 +9,16 @@ Everything a backend needs that this machine lacks is a skip with the reason, an
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 
 import pytest
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    # the fused ONNX's plugin kernels run in Triton's interpreter here (as in tests/conftest.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def synchronize() -> None:

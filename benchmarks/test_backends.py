@@ -6,8 +6,12 @@ reference on the same images and vocabulary, so a fast wrong backend fails. Thre
 
 * fp32 (PyTorch + Triton, ONNX Runtime, TensorRT fp32): max |Δ mask logit| <= 1e-3, max |Δ class prob|
   <= 1e-4, label agreement >= 99.9 %, |Δ PQ|, |Δ mIoU| <= 0.1 — only summation order differs.
-* fp16 (TensorRT fp16, LayerNorm/Softmax kept fp32): logits cosine >= 0.999, label agreement >= 99 %,
-  |Δ PQ|, |Δ mIoU| <= 1.0 — fp16 has 11 mantissa bits; pixels where two classes tie flip.
+* fp16 (the AutoCast fp16 ONNX on ONNX Runtime, and TensorRT engines built from it; LayerNorm/Softmax/
+  ReduceL2 kept fp32): max |Δ mask logit| <= 1.0 (~1.3 % of the largest |logit|, ~75; measured 0.32 on
+  ONNX Runtime), max |Δ class prob| <= 0.01 (measured 0.0016), logits cosine >= 0.999, label agreement
+  >= 99 %, |Δ PQ|, |Δ mIoU| <= 1.0 — fp16 has 11 mantissa bits; pixels where two classes tie flip.
+* The fused ONNX with the plugin kernels (``test_fused_onnx_with_plugin_kernels``, ONNX Runtime + Triton's
+  interpreter on CPU): fp32 thresholds; its latency is the interpreter's and means nothing.
 * int8/fp8 (ModelOpt Q/DQ): cosine >= 0.99, agreement >= 97 %, |Δ mIoU| <= 2.0 — calibration error.
 """
 
@@ -41,7 +45,7 @@ class Threshold:
 
 THRESHOLDS = {
     "fp32": Threshold(1e-3, 1e-4, 0.99999, 0.999, 0.1),
-    "fp16": Threshold(float("inf"), float("inf"), 0.999, 0.99, 1.0),
+    "fp16": Threshold(1.0, 0.01, 0.999, 0.99, 1.0),
     "int8": Threshold(float("inf"), float("inf"), 0.99, 0.97, 2.0),
     "fp8": Threshold(float("inf"), float("inf"), 0.99, 0.97, 2.0),
 }
@@ -69,7 +73,7 @@ def reference(validation_slice):
     return segmenter, images, raw, metrics, dataset
 
 
-CANDIDATES = ["torch-triton", "onnxruntime-portable", "onnxruntime-portable.ort"] + [
+CANDIDATES = ["torch-triton", "onnxruntime-portable", "onnxruntime-portable.ort", "onnxruntime-portable.fp16"] + [
     f"tensorrt-{flavour}-{precision}" for flavour in ("portable", "fused") for precision in ("fp32", "fp16", "int8")
 ]
 
@@ -91,8 +95,8 @@ def _artefact(candidate: str, folder: str):
     if candidate.startswith("onnxruntime-"):
         path = os.path.join(folder, f"fisa-tiny-synthetic.{candidate.split('-', 1)[1]}.onnx")
         if not os.path.isfile(path):
-            pytest.skip(f"{path} was not built (TensorRT machines build an engine instead of the ORT fallback)")
-        return path, "onnxruntime", "fp32"
+            pytest.skip(f"{path} was not built (the ORT fallback only without TensorRT; fp16 only with ModelOpt)")
+        return path, "onnxruntime", "fp16" if candidate.endswith(".fp16") else "fp32"
     _, flavour, precision = candidate.split("-")
     reason = _tensorrt_missing()
     if reason:
@@ -139,3 +143,26 @@ def test_reference_latency(benchmark, reference):
     segmenter, images, *_ = reference
     timed(benchmark, lambda: segmenter.backend.run(images, segmenter.text), rounds=5, warmup=1)
     benchmark.extra_info.update({"backend": "torch-eager", "precision": "fp32", "device": str(segmenter.backend.device), "batch": len(images)})
+
+
+def test_fused_onnx_with_plugin_kernels(benchmark, artefacts, reference):
+    """The fused ONNX on ONNX Runtime, each fisa_rt:: node running its TensorRT plugin kernel (TensorRT's
+    parameters) in Triton's interpreter: fp32 parity with the reference on the scenes and photographs."""
+    if DEVICE == "cuda":
+        pytest.skip("runs the plugin kernels in Triton's CPU interpreter; on a GPU, benchmark the fused engine")
+    pytest.importorskip("onnxruntime_extensions", reason="pip install -e '.[test]'")
+    from fisa_rt.export.fused_onnxruntime import fused_session
+
+    path = os.path.join(artefacts, "fisa-tiny-synthetic.fused.onnx")
+    ref_segmenter, images, ref, *_ = reference
+    session = fused_session(path)
+    feed = {"image": images.numpy(), "text": ref_segmenter.text}
+    mask, prob = (torch.from_numpy(x) for x in timed(benchmark, lambda: session.run(None, feed), rounds=1, warmup=0))
+    limits = THRESHOLDS["fp32"]
+    max_mask = float((mask - ref.mask_logits.float()).abs().max())
+    max_prob = float((prob - ref.class_scores.float()).abs().max())
+    benchmark.extra_info.update({
+        "backend": "onnxruntime-fused-plugin-kernels", "precision": "fp32", "device": "cpu (interpreter)",
+        "batch": len(images), "max_abs_mask_logit": max_mask, "max_abs_class_prob": max_prob,
+    })
+    assert max_mask <= limits.max_mask and max_prob <= limits.max_prob, (max_mask, max_prob)

@@ -43,7 +43,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--flavour", choices=["portable", "fused"], default="portable",
                         help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, TensorRT >= 10.9); both ONNX files are always written")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"],
-                        help="engine precision (default: fp16 for portable, fp32 for fused; fp16/int8/fp8 need NVIDIA ModelOpt)")
+                        help="engine precision (default: fp16 for portable, fp32 for fused; "
+                             "fp16/int8/fp8 need NVIDIA ModelOpt)")
     parser.add_argument("--batch", default="1,1,8", help="batch profile MIN,OPT,MAX (default 1,1,8)")
     parser.add_argument("--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)")
     parser.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="image input type (normalisation is in the graph)")
@@ -173,7 +174,8 @@ def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> s
 def _opset(path: str) -> int:
     import onnx
 
-    return next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    opsets = onnx.load(path, load_external_data=False).opset_import
+    return next(o.version for o in opsets if o.domain in ("", "ai.onnx"))
 
 
 def calibration_inputs(model, info) -> Dict[str, "object"]:

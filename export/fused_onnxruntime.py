@@ -43,7 +43,8 @@ def _adapter_attention(q, k, v, **attributes):
 
 
 def _mask_attention(q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold, **attributes):
-    launch = plugins.mask_attention_launch(q.shape, k_img.shape, mask_logits.shape, (grid_h, grid_w), threshold, "fp32", ARCH)
+    shapes = (q.shape, k_img.shape, mask_logits.shape)
+    launch = plugins.mask_attention_launch(*shapes, (grid_h, grid_w), threshold, "fp32", ARCH)
     return _run(launch, (q, k_img, v_img, k_self, v_self, mask_logits), q.shape)
 
 

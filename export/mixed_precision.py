@@ -86,4 +86,5 @@ def fp32_compute_nodes(model) -> List[str]:
 
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
     fp32 = onnx.TensorProto.FLOAT
-    return sorted(n.name for n in model.graph.node if n.op_type != "Cast" and any(types.get(o) == fp32 for o in n.output))
+    nodes = (n for n in model.graph.node if n.op_type != "Cast")
+    return sorted(n.name for n in nodes if any(types.get(o) == fp32 for o in n.output))

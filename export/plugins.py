@@ -76,8 +76,8 @@ def adapter_attention_launch(q_shape: Sequence, k_shape: Sequence, dtype: str, a
     return PluginLaunch(spec, grid, 32 * spec.num_warps, [N, KN], inputs=3, outputs=1)
 
 
-def mask_attention_launch(q_shape: Sequence, k_shape: Sequence, mask_shape: Sequence, grid: Tuple[int, int], threshold: float,
-                          dtype: str, arch: int) -> PluginLaunch:
+def mask_attention_launch(q_shape: Sequence, k_shape: Sequence, mask_shape: Sequence, grid: Tuple[int, int],
+                          threshold: float, dtype: str, arch: int) -> PluginLaunch:
     B, H, NQ, D = q_shape
     H, NQ, D = _static(H, "heads"), _static(NQ, "queries"), _static(D, "head dim")
     HM, WM = _static(mask_shape[2], "mask height"), _static(mask_shape[3], "mask width")
@@ -88,7 +88,8 @@ def mask_attention_launch(q_shape: Sequence, k_shape: Sequence, mask_shape: Sequ
         "THRESHOLD": float(threshold), "QK_SCALE": D ** -0.5 * LOG2E, "DOT_PRECISION": dot_precision(dtype),
         "BLOCK_D": block_d(D),
     }, params=6 + 1 + 1)
-    return PluginLaunch(spec, (cdiv(NQ, spec.constant("BLOCK_Q")), B * H, 1), 32 * spec.num_warps, [B], inputs=6, outputs=1)
+    grid = (cdiv(NQ, spec.constant("BLOCK_Q")), B * H, 1)
+    return PluginLaunch(spec, grid, 32 * spec.num_warps, [B], inputs=6, outputs=1)
 
 
 def mask_pool_launch(mask_shape: Sequence, dense_shape: Sequence, sigmoid: bool, threshold: float, dtype: str,
@@ -109,7 +110,9 @@ def example_launches(arch: int, dtype: str = "fp16") -> Dict[str, PluginLaunch]:
     classes) and of FC-CLIP's ConvNeXt-L head: what the ptxas gate and tests compile."""
     return {
         "AdapterAttention": adapter_attention_launch((2, 12, 1600, 64), (1, 12, 1203, 64), dtype, arch),
-        "MaskAttention": mask_attention_launch((2, 12, 100, 64), (2, 12, 1600, 64), (2, 100, 160, 160), (40, 40), 0.0, dtype, arch),
+        "MaskAttention": mask_attention_launch(
+            (2, 12, 100, 64), (2, 12, 1600, 64), (2, 100, 160, 160), (40, 40), 0.0, dtype, arch
+        ),
         "MaskPool": mask_pool_launch((2, 250, 256, 256), (2, 768, 32, 32), False, 0.0, dtype, arch),
     }
 
@@ -161,6 +164,9 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     # descriptors carry a tensorrt.DataType (tensorrt/plugin/_tensor.py, TensorDesc.dtype)
     dtypes = {trt.float32: "fp32", trt.float16: "fp16", trt.bfloat16: "bf16"}
     AOT = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
+    # the classes tensorrt.plugin validates annotations against (short names keep the signatures readable)
+    Desc, Tensor = trtp.TensorDesc, trtp.Tensor
+    Descs, Tensors = Tuple[Desc], Tuple[Tensor]
 
     def aot(plugin: str, launch: PluginLaunch) -> AOT:
         compiled = launch.compile()
@@ -188,69 +194,64 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     io = "FP32|FP16"
 
     @trtp.register("fisa_rt::AdapterAttention")
-    def adapter_attention_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc) -> trtp.TensorDesc:
+    def adapter_attention_desc(q: Desc, k: Desc, v: Desc) -> Desc:
         return q.like()
 
     @trtp.autotune("fisa_rt::AdapterAttention")
-    def adapter_attention_tune(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
-                               outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
+    def adapter_attention_tune(q: Desc, k: Desc, v: Desc, outputs: Descs) -> List[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(", ".join([io] * 4), "LINEAR")]
 
     @trtp.aot_impl("fisa_rt::AdapterAttention")
-    def adapter_attention_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc],
-                              tactic: int) -> AOT:
+    def adapter_attention_aot(q: Desc, k: Desc, v: Desc, outputs: Descs, tactic: int) -> AOT:
         return aot("AdapterAttention", adapter_attention_launch(q.shape_expr, k.shape_expr, dtypes[q.dtype], arch))
 
     @trtp.impl("fisa_rt::AdapterAttention")
-    def adapter_attention_jit(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+    def adapter_attention_jit(q: Tensor, k: Tensor, v: Tensor, outputs: Tensors, stream: int) -> None:
         jit(adapter_attention_launch(shape(q), shape(k), dtypes[q.dtype], arch), (q, k, v), outputs, stream)
 
     @trtp.register("fisa_rt::MaskAttention")
-    def mask_attention_desc(q: trtp.TensorDesc, k_img: trtp.TensorDesc, v_img: trtp.TensorDesc, k_self: trtp.TensorDesc,
-                            v_self: trtp.TensorDesc, mask_logits: trtp.TensorDesc, grid_h: int, grid_w: int,
-                            threshold: float) -> trtp.TensorDesc:
+    def mask_attention_desc(q: Desc, k_img: Desc, v_img: Desc, k_self: Desc, v_self: Desc, mask_logits: Desc,
+                            grid_h: int, grid_w: int, threshold: float) -> Desc:
         return q.like()
 
     @trtp.autotune("fisa_rt::MaskAttention")
-    def mask_attention_tune(q: trtp.TensorDesc, k_img: trtp.TensorDesc, v_img: trtp.TensorDesc, k_self: trtp.TensorDesc,
-                            v_self: trtp.TensorDesc, mask_logits: trtp.TensorDesc,
-                            outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
+    def mask_attention_tune(q: Desc, k_img: Desc, v_img: Desc, k_self: Desc, v_self: Desc, mask_logits: Desc,
+                            outputs: Descs) -> List[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(", ".join([io] * 7), "LINEAR")]
 
     @trtp.aot_impl("fisa_rt::MaskAttention")
-    def mask_attention_aot(q: trtp.TensorDesc, k_img: trtp.TensorDesc, v_img: trtp.TensorDesc, k_self: trtp.TensorDesc,
-                           v_self: trtp.TensorDesc, mask_logits: trtp.TensorDesc, grid_h: int, grid_w: int, threshold: float,
-                           outputs: Tuple[trtp.TensorDesc], tactic: int) -> AOT:
-        launch = mask_attention_launch(q.shape_expr, k_img.shape_expr, mask_logits.shape_expr, (grid_h, grid_w), threshold,
-                                       dtypes[q.dtype], arch)
+    def mask_attention_aot(q: Desc, k_img: Desc, v_img: Desc, k_self: Desc, v_self: Desc, mask_logits: Desc,
+                           grid_h: int, grid_w: int, threshold: float, outputs: Descs, tactic: int) -> AOT:
+        shapes = (q.shape_expr, k_img.shape_expr, mask_logits.shape_expr)
+        launch = mask_attention_launch(*shapes, (grid_h, grid_w), threshold, dtypes[q.dtype], arch)
         return aot("MaskAttention", launch)
 
     @trtp.impl("fisa_rt::MaskAttention")
-    def mask_attention_jit(q: trtp.Tensor, k_img: trtp.Tensor, v_img: trtp.Tensor, k_self: trtp.Tensor, v_self: trtp.Tensor,
-                           mask_logits: trtp.Tensor, grid_h: int, grid_w: int, threshold: float, outputs: Tuple[trtp.Tensor],
-                           stream: int) -> None:
-        launch = mask_attention_launch(shape(q), shape(k_img), shape(mask_logits), (grid_h, grid_w), threshold, dtypes[q.dtype], arch)
+    def mask_attention_jit(q: Tensor, k_img: Tensor, v_img: Tensor, k_self: Tensor, v_self: Tensor, mask_logits: Tensor,
+                           grid_h: int, grid_w: int, threshold: float, outputs: Tensors, stream: int) -> None:
+        shapes = (shape(q), shape(k_img), shape(mask_logits))
+        launch = mask_attention_launch(*shapes, (grid_h, grid_w), threshold, dtypes[q.dtype], arch)
         jit(launch, (q, k_img, v_img, k_self, v_self, mask_logits), outputs, stream)
 
     @trtp.register("fisa_rt::MaskPool")
-    def mask_pool_desc(mask_logits: trtp.TensorDesc, dense: trtp.TensorDesc, sigmoid: int, threshold: float) -> trtp.TensorDesc:
+    def mask_pool_desc(mask_logits: Desc, dense: Desc, sigmoid: int, threshold: float) -> Desc:
         out = dense.like()
         out.shape_expr = [mask_logits.shape_expr[0], mask_logits.shape_expr[1], dense.shape_expr[1]]
         return out
 
     @trtp.autotune("fisa_rt::MaskPool")
-    def mask_pool_tune(mask_logits: trtp.TensorDesc, dense: trtp.TensorDesc,
-                       outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
+    def mask_pool_tune(mask_logits: Desc, dense: Desc, outputs: Descs) -> List[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(", ".join([io] * 3), "LINEAR")]
 
     @trtp.aot_impl("fisa_rt::MaskPool")
-    def mask_pool_aot(mask_logits: trtp.TensorDesc, dense: trtp.TensorDesc, sigmoid: int, threshold: float,
-                      outputs: Tuple[trtp.TensorDesc], tactic: int) -> AOT:
-        launch = mask_pool_launch(mask_logits.shape_expr, dense.shape_expr, bool(sigmoid), threshold, dtypes[dense.dtype], arch)
+    def mask_pool_aot(mask_logits: Desc, dense: Desc, sigmoid: int, threshold: float, outputs: Descs,
+                      tactic: int) -> AOT:
+        dtype = dtypes[dense.dtype]
+        launch = mask_pool_launch(mask_logits.shape_expr, dense.shape_expr, bool(sigmoid), threshold, dtype, arch)
         return aot("MaskPool", launch)
 
     @trtp.impl("fisa_rt::MaskPool")
-    def mask_pool_jit(mask_logits: trtp.Tensor, dense: trtp.Tensor, sigmoid: int, threshold: float, outputs: Tuple[trtp.Tensor],
+    def mask_pool_jit(mask_logits: Tensor, dense: Tensor, sigmoid: int, threshold: float, outputs: Tensors,
                       stream: int) -> None:
         launch = mask_pool_launch(shape(mask_logits), shape(dense), bool(sigmoid), threshold, dtypes[dense.dtype], arch)
         jit(launch, (mask_logits, dense), outputs, stream)
@@ -259,4 +260,5 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     return _REGISTERED
 
 
-__all__ = ["PLUGINS", "PluginLaunch", "adapter_attention_launch", "mask_attention_launch", "mask_pool_launch", "register_plugins"]
+__all__ = ["PLUGINS", "PluginLaunch", "adapter_attention_launch", "mask_attention_launch", "mask_pool_launch",
+           "register_plugins"]

@@ -74,7 +74,8 @@ class KernelSpec:
         return dict(self.constants)[name]
 
 
-def make_spec(kernel: str, arch: int, dtype: str, constants: Dict[str, Any], params: Optional[int] = None) -> KernelSpec:
+def make_spec(kernel: str, arch: int, dtype: str, constants: Dict[str, Any],
+              params: Optional[int] = None) -> KernelSpec:
     """A spec from a constants dict that may carry "_num_warps"/"_num_stages" (tuning.configs_for's)."""
     constants = dict(constants)
     num_warps = int(constants.pop("_num_warps", 4))
@@ -124,7 +125,9 @@ def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optio
     """Compile one PyTorch-path kernel (its tuned defaults unless ``constants`` are given)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
-    return compile_spec(make_spec(kernel, arch, dtype, default_constants(kernel, arch, dtype) if constants is None else constants))
+    if constants is None:
+        constants = default_constants(kernel, arch, dtype)
+    return compile_spec(make_spec(kernel, arch, dtype, constants))
 
 
 def _signature(fn, spec: KernelSpec) -> Dict[str, str]:
@@ -164,13 +167,15 @@ def compile_spec(spec: KernelSpec) -> CompiledKernel:
     signature = _signature(fn, spec)
     attrs = {}
     if spec.aligned_pointers:
-        attrs = {(i,): [["tt.divisibility", PLUGIN_POINTER_ALIGNMENT]] for i, t in enumerate(signature.values()) if t.startswith("*")}
+        hint = [["tt.divisibility", PLUGIN_POINTER_ALIGNMENT]]
+        attrs = {(i,): hint for i, t in enumerate(signature.values()) if t.startswith("*")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constants), attrs=attrs)
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
     compiled = triton.compile(source, target=GPUTarget("cuda", spec.arch, 32), options=options)
     ptx = compiled.asm["ptx"]
     if spec.params is not None:
-        scratch = (getattr(compiled.metadata, "global_scratch_size", 0), getattr(compiled.metadata, "profile_scratch_size", 0))
+        metadata = compiled.metadata
+        scratch = (getattr(metadata, "global_scratch_size", 0), getattr(metadata, "profile_scratch_size", 0))
         ptx = exact_entry(ptx, compiled.metadata.name, spec.params, scratch)
     return CompiledKernel(
         kernel=spec.kernel,
@@ -213,7 +218,8 @@ def exact_entry(ptx: str, entry: str, params: int, scratch_sizes: Tuple[int, int
         if re.search(rf"\[{re.escape(entry)}_param_{index}\]", ptx):
             raise RuntimeError(f"{entry} reads its scratch parameter {index}; TensorRT would not pass it")
     body = ",\n\t".join(declared[:params])
-    return re.sub(rf"(\.entry {re.escape(entry)}\()(.*?)(\))", lambda m: f"{m.group(1)}\n\t{body}\n{m.group(3)}", ptx, count=1, flags=re.S)
+    pattern = rf"(\.entry {re.escape(entry)}\()(.*?)(\))"
+    return re.sub(pattern, lambda m: f"{m.group(1)}\n\t{body}\n{m.group(3)}", ptx, count=1, flags=re.S)
 
 
 def main(argv=None) -> None:

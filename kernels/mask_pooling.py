@@ -48,7 +48,9 @@ def mask_average_logits_reference(
     return cosine_logits_reference(mask_pool_reference(mask_logits, dense, weighting, threshold), text, logit_scale)
 
 
-def mask_pool_reference(mask_logits: torch.Tensor, dense: torch.Tensor, weighting: str = "binary", threshold: float = 0.0) -> torch.Tensor:
+def mask_pool_reference(
+    mask_logits: torch.Tensor, dense: torch.Tensor, weighting: str = "binary", threshold: float = 0.0
+) -> torch.Tensor:
     """(B, Q, C) mask-average pooled embeddings: the pooling half of the op (TensorRT's MaskPool plugin)."""
     with torch.no_grad():
         resized = F.interpolate(mask_logits.detach(), size=dense.shape[-2:], mode="bilinear", align_corners=False)

@@ -82,4 +82,5 @@ def mask_pool_plugin_kernel(
         HF * WF, WF, HM, WM, HM / HF, WM / WF, THRESHOLD, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,
     )
     pooled = acc / (area + 1e-8)[:, None]  # FC-CLIP's epsilon, as the reference
-    tl.store(OUT + (b * NQ + offs_q[:, None]) * C + offs_c[None, :], pooled.to(OUT.dtype.element_ty), mask=q_ok[:, None] & c_ok[None, :])
+    out = OUT + (b * NQ + offs_q[:, None]) * C + offs_c[None, :]
+    tl.store(out, pooled.to(OUT.dtype.element_ty), mask=q_ok[:, None] & c_ok[None, :])

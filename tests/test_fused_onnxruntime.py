@@ -18,7 +18,7 @@ from fisa_rt.kernels.onnx_ops import DOMAIN
 
 from test_export import _photos
 
-pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is in the test extra: pip install -e '.[test]'")
+pytest.importorskip("onnxruntime_extensions", reason="in the test extra: pip install -e '.[test]'")
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,8 @@ def _compare(fused_path, portable_path, feed, launches):
     fused = fused_session(fused_path).run(None, feed)
     portable = ort.InferenceSession(portable_path, providers=["CPUExecutionProvider"]).run(None, feed)
     nodes = [n.op_type for n in onnx.load(fused_path).graph.node if n.domain == DOMAIN]
-    kernels = {"AdapterAttention": "adapter_attention_plugin", "MaskAttention": "mask_attention_plugin", "MaskPool": "mask_pool_plugin"}
+    kernels = {"AdapterAttention": "adapter_attention_plugin", "MaskAttention": "mask_attention_plugin",
+               "MaskPool": "mask_pool_plugin"}
     assert launches == {kernels[n]: nodes.count(n) for n in set(nodes)}  # one launch per node, none skipped
     assert np.isfinite(fused[0]).all() and np.isfinite(fused[1]).all()  # outputs start poisoned (NaN)
     assert np.abs(fused[0] - portable[0]).max() <= 1e-4

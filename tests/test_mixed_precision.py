@@ -70,7 +70,8 @@ def test_fp16_onnx_meets_its_parity_thresholds_against_fp32(fp16, artefacts, ref
     images = _photos(model.cfg.image_size)
     text = model.encode_vocabulary(info.vocabulary).numpy()
     feed = {"image": images.numpy(), "text": text}
-    ref_masks, ref_probs = ort.InferenceSession(artefacts["portable"], providers=["CPUExecutionProvider"]).run(None, feed)
+    providers = ["CPUExecutionProvider"]
+    ref_masks, ref_probs = ort.InferenceSession(artefacts["portable"], providers=providers).run(None, feed)
     masks, probs = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(None, feed)
     cosine = float(np.dot(masks.ravel(), ref_masks.ravel()) / np.linalg.norm(masks) / np.linalg.norm(ref_masks))
     assert cosine >= 0.999
@@ -79,8 +80,8 @@ def test_fp16_onnx_meets_its_parity_thresholds_against_fp32(fp16, artefacts, ref
     assert np.abs(probs - ref_probs).max() <= 0.01
     agreement = []
     for b in range(len(images)):
-        labels = [semantic_inference(torch.from_numpy(np.log(np.clip(p[b], 1e-12, None))), torch.from_numpy(m[b])).label_map
-                  for p, m in ((probs, masks), (ref_probs, ref_masks))]
+        labels = [semantic_inference(torch.from_numpy(np.log(np.clip(p[b], 1e-12, None))), torch.from_numpy(m[b]))
+                  .label_map for p, m in ((probs, masks), (ref_probs, ref_masks))]
         agreement.append(float((labels[0] == labels[1]).float().mean()))
     assert np.mean(agreement) >= 0.99, agreement
 
@@ -95,7 +96,7 @@ def test_fp16_onnx_scores_the_validation_slice_like_fp32(fp16, artefacts, synthe
     ref, got = scores[artefacts["portable"]], scores[fp16]
     for group in ref:
         for metric in ("pq", "miou"):
-            assert abs(got[group][metric] - ref[group][metric]) <= 1.0, (group, metric, got[group][metric], ref[group][metric])
+            assert abs(got[group][metric] - ref[group][metric]) <= 1.0, (group, metric, got[group], ref[group])
 
 
 def test_without_modelopt_the_conversion_says_how_to_get_it(monkeypatch, tmp_path):

@@ -23,7 +23,8 @@ for arch in (87, 90):
         k = launch.compile()
         out.append({"name": name, "arch": arch, "entry": k.entry, "ptx": k.ptx, "grid": [int(g) for g in launch.grid],
                     "threads": launch.threads, "extra": launch.extra_args, "shared": k.shared_bytes,
-                    "inputs": launch.inputs, "outputs": launch.outputs, "block_c": dict(launch.spec.constants).get("BLOCK_C")})
+                    "inputs": launch.inputs, "outputs": launch.outputs,
+                    "block_c": dict(launch.spec.constants).get("BLOCK_C")})
 json.dump(out, sys.stdout)
 """
 # (inputs, scalars, outputs) of each plugin kernel in TensorRT's order
@@ -72,15 +73,16 @@ def test_plugin_ptx_assembles_with_ptxas(launches, tmp_path):
             continue
         path = tmp_path / f"{launch['name']}.ptx"
         path.write_text(launch["ptx"])
-        result = subprocess.run([ptxas, "-arch=sm_90a", str(path), "-o", str(tmp_path / "out.cubin")], capture_output=True, text=True)
+        command = [ptxas, "-arch=sm_90a", str(path), "-o", str(tmp_path / "out.cubin")]
+        result = subprocess.run(command, capture_output=True, text=True)
         assert result.returncode == 0, (launch["name"], result.stderr[-2000:])
 
 
 def test_exact_entry_refuses_kernels_that_use_scratch():
     from fisa_rt.kernels.aot import exact_entry
 
-    ptx = ".visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n\t.param .u64 .ptr .global .align 1 k_param_1,\n\t" \
-          ".param .u64 .ptr .global .align 1 k_param_2\n)\n{\n\tld.param.b64 %rd1, [k_param_0];\n}"
+    params = ",\n\t".join(f".param .u64 .ptr .global .align 1 k_param_{i}" for i in range(3))
+    ptx = f".visible .entry k(\n\t{params}\n)\n{{\n\tld.param.b64 %rd1, [k_param_0];\n}}"
     assert "k_param_1" not in exact_entry(ptx, "k", 1, (0, 0)).split("{")[0]
     with pytest.raises(RuntimeError, match="scratch memory"):
         exact_entry(ptx, "k", 1, (64, 0))

@@ -56,13 +56,14 @@ def _wheels():
     for path in filter(None, os.environ.get("FISA_TRT_BINDINGS_WHEELS", "").split(os.pathsep)):
         with zipfile.ZipFile(path) as wheel:
             prefix = "tensorrt_bindings/"
-            files = {n[len(prefix):]: wheel.read(n) for n in wheel.namelist() if n.startswith(prefix) and n.endswith((".py", ".so"))}
+            names = [n for n in wheel.namelist() if n.startswith(prefix) and n.endswith((".py", ".so"))]
+            files = {n[len(prefix):]: wheel.read(n) for n in names}
         found.append((os.path.basename(path), files))
     return found
 
 
 BINDINGS = _installed() + _wheels()
-pytestmark = pytest.mark.skipif(not BINDINGS, reason="the TensorRT bindings wheel is not installed: pip install -e '.[test]'")
+pytestmark = pytest.mark.skipif(not BINDINGS, reason="no TensorRT bindings wheel: pip install -e '.[test]'")
 
 
 class Bindings:
@@ -71,7 +72,8 @@ class Bindings:
         so = next(v for k, v in files.items() if re.fullmatch(r"tensorrt[^/]*\.so", k))
         tails = (TRAILING_IDENTIFIER.search(s) for s in so.split(b"\0"))
         self.identifiers = {m.group(0).decode() for m in tails if m}
-        self.version = tuple(int(p) for p in re.search(rb'__version__ = "([\d.]+)', files["__init__.py"]).group(1).split(b".")[:2])
+        version = re.search(rb'__version__ = "([\d.]+)', files["__init__.py"]).group(1)
+        self.version = tuple(int(p) for p in version.split(b".")[:2])
         self.plugin_files = {k[len("plugin/"):]: v for k, v in files.items() if k.startswith("plugin/")}
 
     def has(self, name: str) -> bool:
@@ -162,7 +164,8 @@ defs = {k: v for k, v in _lib.QDP_REGISTRY.items()}
 json.dump({
     "public": sorted(trtp.__all__),
     "plugins": {k: {"tensors": d.input_tensor_names, "attrs": list(d.input_attrs), "outputs": d.num_outputs,
-                    "aot": d.aot_impl_func is not None, "jit": d.impl_func is not None, "tune": d.autotune_func is not None,
+                    "aot": d.aot_impl_func is not None, "jit": d.impl_func is not None,
+                    "tune": d.autotune_func is not None,
                     "aot_attrs": d.aot_impl_attr_names, "jit_attrs": d.impl_attr_names}
                 for k, d in defs.items()},
 }, sys.stdout)
