@@ -51,8 +51,14 @@ def cdiv(a, b: int):
     return (a + (b - 1)) // b
 
 
-def _spec(kernel: str, tuned: str, arch: int, dtype: str, constants: Dict[str, Any], params: int) -> KernelSpec:
-    config = configs_for(tuned, generation_of(arch))[0]
+def _spec(kernel: str, tuned: str, arch: int, dtype: str, constants: Dict[str, Any], params: int,
+          widest: str = "") -> KernelSpec:
+    """The first tuned config of ``arch``'s generation (or, with ``widest``, the first of those with the
+    largest such block): an engine embeds one kernel, so there is no autotuning at run time."""
+    configs = configs_for(tuned, generation_of(arch))
+    if widest:
+        configs = [c for c in configs if c.kwargs[widest] == max(c.kwargs[widest] for c in configs)]
+    config = configs[0]
     meta = {**config.kwargs, **constants, "_num_warps": config.num_warps, "_num_stages": config.num_stages}
     return make_spec(kernel, arch, dtype, meta, params)
 
@@ -100,7 +106,7 @@ def mask_pool_launch(mask_shape: Sequence, dense_shape: Sequence, sigmoid: bool,
     spec = _spec("mask_pool_plugin", "mask_pool_fwd", arch, dtype, {
         "NQ": NQ, "C": C, "HF": HF, "WF": WF, "HM": HM, "WM": WM, "THRESHOLD": float(threshold),
         "SIGMOID": bool(sigmoid), "DOT_PRECISION": dot_precision(dtype),
-    }, params=2 + 0 + 1)
+    }, params=2 + 0 + 1, widest="BLOCK_C")  # fewest channel tiles: each samples every mask tile once
     grid = (cdiv(NQ, spec.constant("BLOCK_Q")), cdiv(C, spec.constant("BLOCK_C")), B)
     return PluginLaunch(spec, grid, 32 * spec.num_warps, [], inputs=2, outputs=1)
 
