@@ -129,12 +129,21 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         print(f"wrote {paths[flavour]}")
     print(f"wrote {text_path}")
 
-    source = written[args.flavour]
+    source, engine, no_fp16 = written[args.flavour], paths["engine"], None
     if args.precision == "fp16":
-        source = fp16_onnx(written, paths["fp16"], model, info, image)
-    command = tensorrt_builder.trtexec_command(source, paths["engine"], cfg.image_size, model.embed_dim, options, plugins=args.flavour == "fused")
-    print(f"TensorRT (trtexec) equivalent:\n  {command}")
+        try:
+            source = fp16_onnx(written, paths["fp16"], model, info, image)
+        except MissingDependencyError as exc:
+            no_fp16 = exc  # no engine either: from the fp32 ONNX it would be fp32, whatever its name says
+            print(f"no fp16 ONNX: {exc}")
+            engine = engine.replace(".fp16.engine", ".fp32.engine")
+    fused = args.flavour == "fused"
+    command = tensorrt_builder.trtexec_command(source, engine, cfg.image_size, model.embed_dim, options, plugins=fused)
+    print(f"TensorRT (trtexec) equivalent{' (fp32: fp16 needs the fp16 ONNX)' if no_fp16 else ''}:\n  {command}")
     try:
+        if no_fp16:
+            tensorrt_builder.import_tensorrt()  # TensorRT missing is the first thing to say
+            raise no_fp16
         if args.precision in ("int8", "fp8"):
             tensorrt_builder.import_tensorrt()  # say what is missing before spending time on calibration
             quantized = os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.qdq.onnx")
@@ -153,16 +162,12 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> str:
-    """The fp16 ONNX a strongly typed fp16 engine is built from (the fp32 one where ModelOpt is missing,
-    with one line saying how to get it: the ONNX files and the fallback are written either way)."""
+    """The fp16 ONNX a strongly typed fp16 engine is built from; MissingDependencyError (one line saying
+    how to get ModelOpt) where ModelOpt is missing: the other ONNX files and the fallback are written anyway."""
     from fisa_rt.export.manifest import sha256_file, write_manifest
     from fisa_rt.export.mixed_precision import convert_fp16
 
-    try:
-        record = convert_fp16(written["portable"], path, calibration_inputs(model, info))
-    except MissingDependencyError as exc:
-        print(f"no fp16 ONNX: {exc}")
-        return written["portable"]
+    record = convert_fp16(written["portable"], path, calibration_inputs(model, info))
     source = {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}
     write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": "fp16", "opset": _opset(path),
                           "source_onnx": source, "mixed_precision": record})

@@ -151,3 +151,19 @@ def test_mask_pool_plugin_kernel_matches_reference(plugin_kernels, sigmoid):
     )
     expected = mask_pool_reference(masks, dense, "sigmoid" if sigmoid else "binary", 0.0)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jit_launch_refuses_buffers_the_aligned_ptx_cannot_take(plugin_kernels):
+    """The plugin kernels are compiled for 16-byte aligned pointers; the JIT/ONNX Runtime launcher checks."""
+    from fisa_rt.export.plugins import launch_jit, mask_pool_launch
+
+    launch = mask_pool_launch((1, 4, 8, 8), (1, 16, 4, 4), False, 0.0, "fp32", 90)
+    masks, dense = torch.randn(1, 4, 8, 8), torch.randn(1, 16, 4, 4)
+    shifted = torch.empty(1 + 4 * 16)[1:].view(1, 4, 16)  # 4 bytes past an aligned allocation
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        launch_jit(launch, [masks, dense], [shifted])
+    out = torch.full((1, 4, 16), float("nan"))
+    launch_jit(launch, [masks, dense], [out])
+    from fisa_rt.kernels.mask_pooling import mask_pool_reference
+
+    torch.testing.assert_close(out, mask_pool_reference(masks, dense), rtol=1e-5, atol=1e-5)
