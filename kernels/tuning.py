@@ -16,98 +16,75 @@ import triton
 from .backend import interpreting
 
 
-def _configs(blocks: Sequence[Dict[str, int]], warps: Sequence[int], stages: Sequence[int]) -> List[triton.Config]:
-    return [triton.Config(dict(b), num_warps=w, num_stages=s) for b in blocks for w in warps for s in stages]
-
-
-def _row_col(rows: str, cols: str, row_sizes, col_sizes):
-    return [{rows: r, cols: c} for r in row_sizes for c in col_sizes]
-
-
 # kernel name -> generation (compute capability major*10+minor, rounded down to a listed one) -> configs.
-# Every config here passes the static gate (tests/kernels/test_static_gate.py: fits the generation's shared
-# memory, no register spills, vector loads where memory-bound) on sm_87 and sm_90; configs that failed it
-# were removed. The generation-80 lists serve sm_80/86/89.
-TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
+# Every config here passes the static gate (``python -m fisa_rt.kernels.gate``, run by
+# tests/kernels/test_static_gate.py: fits the shared memory, no register spills, vector loads or cp.async
+# where memory-bound) on sm_87 and sm_90; the configs that failed it were removed (docs/design.md lists
+# them). Generation 80 (sm_80/86/89) runs Orin's lists: they were gated on sm_87 against 99 KB, the
+# smallest per-block limit of the three.
+def _cfg(warps: int, stages: int, **blocks: int) -> triton.Config:
+    return triton.Config(blocks, num_warps=warps, num_stages=stages)
+
+
+_ORIN: Dict[str, List[triton.Config]] = {
+    "adapter_attention_fwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=32), _cfg(4, 2, BLOCK_N=128, BLOCK_K=32)],
+    "adapter_attention_bwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=32)],
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=32)],
+    "mask_attention_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
+    # (64, 32) tiles: on sm_87 the backward spills at (64, 64) (84-132 B, 4 or 8 warps) and at (32, 64)
+    "mask_attention_sparse_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=32)],
+    "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
+    "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=32)],
+    "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
+    "mask_pool_fwd": [_cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128)],
+    "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
+    "mask_average_logits_plugin": [_cfg(4, 2, BLOCK_Q=32, BLOCK_K=64)],
+    "cosine_logits": [_cfg(4, 3, BLOCK_M=64, BLOCK_K=64)],
+}
+_HOPPER: Dict[str, List[triton.Config]] = {
     # Flash-style row blocks of visual tokens x column blocks of classes.
-    "adapter_attention_fwd": {
-        80: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (32, 64)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (32,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (64, 128)), (4, 8), (3,)),
-    },
+    "adapter_attention_fwd": [
+        _cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(8, 3, BLOCK_N=128, BLOCK_K=64),
+        _cfg(4, 3, BLOCK_N=64, BLOCK_K=128), _cfg(8, 3, BLOCK_N=128, BLOCK_K=128),
+    ],
     # dQ pass: row blocks of visual tokens walking the classes.
-    "adapter_attention_bwd": {
-        80: _configs(_row_col("BLOCK_N", "BLOCK_K", (64,), (32, 64)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_N", "BLOCK_K", (64,), (32,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (64,)), (4, 8), (2,)),
-    },
+    "adapter_attention_bwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64), _cfg(8, 2, BLOCK_N=128, BLOCK_K=64)],
     # dK/dV pass: column blocks of classes walking every visual token (deterministic: no atomics).
-    "adapter_attention_bwd_kv": {
-        80: _configs(_row_col("BLOCK_N", "BLOCK_K", (64,), (32, 64)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_N", "BLOCK_K", (64,), (32,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (64,)), (4, 8), (2,)),
-    },
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64), _cfg(8, 2, BLOCK_N=64, BLOCK_K=64)],
     # TensorRT plugin's single-launch masked attention: row blocks of mask tokens x image-token blocks.
-    "mask_attention_fwd": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_N", (64,), (64,)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_N", (64,), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_N", (64,), (64,)), (4,), (2,)),
-    },
+    "mask_attention_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
     # Block-sparse masked attention: the tiles (BLOCK_Q, BLOCK_N) are the MaskLayout's, so they are fixed
     # per generation (mask_tiles) and only warps and stages are tuned.
-    "mask_attention_sparse_fwd": {
-        80: _configs([{"BLOCK_Q": 64, "BLOCK_N": 64}], (4,), (2, 3)),
-        87: _configs([{"BLOCK_Q": 64, "BLOCK_N": 64}], (4,), (2,)),
-        90: _configs([{"BLOCK_Q": 64, "BLOCK_N": 64}], (4, 8), (2, 3)),
-    },
+    "mask_attention_sparse_fwd": [
+        _cfg(4, 2, BLOCK_Q=64, BLOCK_N=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_N=64), _cfg(8, 2, BLOCK_Q=64, BLOCK_N=64),
+    ],
     # Merge of the split-K partial outputs: a few KB per program, so small blocks spread it over the SMs.
-    "mask_attention_combine": {
-        80: _configs([{"BLOCK_Q": 16}], (4,), (1,)),
-        87: _configs([{"BLOCK_Q": 16}], (4,), (1,)),
-        90: _configs([{"BLOCK_Q": 16}], (4,), (1,)),
-    },
-    "mask_attention_sparse_bwd": {
-        80: _configs([{"BLOCK_Q": 64, "BLOCK_N": 64}], (4,), (2,)),
-        87: _configs([{"BLOCK_Q": 64, "BLOCK_N": 64}], (4,), (2,)),
-        90: _configs([{"BLOCK_Q": 64, "BLOCK_N": 64}], (4, 8), (2,)),
-    },
+    "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
+    "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64), _cfg(8, 2, BLOCK_Q=64, BLOCK_N=64)],
     # Mask weights sampled once: blocks of masks x blocks of feature cells.
-    "mask_weights": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_HW", (16,), (128,)), (4,), (1,)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_HW", (16,), (128,)), (4,), (1,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_HW", (16,), (128,)), (4,), (1,)),
-    },
+    "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
     # Pooling GEMM: mask blocks x channel blocks, looping over feature cells.
-    "mask_pool_fwd": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_C", (64, 128), (64, 128)), (4,), (3,)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_C", (64,), (64, 128)), (4,), (3,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_C", (64, 128), (64, 128)), (4, 8), (3,)),
-    },
-    # Feature gradient: channel blocks x cell blocks, looping over masks.
-    "mask_pool_bwd": {
-        80: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64,), (64, 128)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64,), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64, 128), (64, 128)), (4, 8), (2,)),
-    },
-    # TensorRT plugin: mask blocks x class blocks, pooling recomputed per class block.
-    "mask_average_logits_plugin": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_K", (32, 64), (64,)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_K", (32,), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_K", (64,), (64, 128)), (4, 8), (2,)),
-    },
+    "mask_pool_fwd": [
+        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128),
+        _cfg(8, 3, BLOCK_Q=128, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=128, BLOCK_C=128),
+    ],
+    # Feature gradient: channel blocks x cell blocks, looping over masks (fp32 products: 8 warps, or it spills).
+    "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
+    # TensorRT plugin: mask blocks x class blocks.
+    "mask_average_logits_plugin": [_cfg(4, 2, BLOCK_Q=64, BLOCK_K=64), _cfg(4, 2, BLOCK_Q=64, BLOCK_K=128)],
     # Pooled rows x class blocks, looping over channels.
-    "cosine_logits": {
-        80: _configs(_row_col("BLOCK_M", "BLOCK_K", (64,), (64, 128)), (4,), (3,)),
-        87: _configs(_row_col("BLOCK_M", "BLOCK_K", (64,), (64,)), (4,), (3,)),
-        90: _configs(_row_col("BLOCK_M", "BLOCK_K", (64, 128), (64, 128)), (4, 8), (3,)),
-    },
+    "cosine_logits": [
+        _cfg(4, 3, BLOCK_M=64, BLOCK_K=64), _cfg(8, 3, BLOCK_M=64, BLOCK_K=128),
+        _cfg(8, 3, BLOCK_M=128, BLOCK_K=64), _cfg(8, 3, BLOCK_M=128, BLOCK_K=128),
+    ],
 }
+TUNING: Dict[str, Dict[int, List[triton.Config]]] = {name: {80: _ORIN[name], 87: _ORIN[name], 90: _HOPPER[name]} for name in _HOPPER}
 
 # What the interpreter runs: few programs (each costs the interpreter a fixed overhead), so CPU tests stay fast.
 INTERPRETER: Dict[str, Dict[str, int]] = {
-    "adapter_attention_fwd": {"BLOCK_N": 16, "BLOCK_K": 16},
-    "adapter_attention_bwd": {"BLOCK_N": 16, "BLOCK_K": 16},
-    "adapter_attention_bwd_kv": {"BLOCK_N": 16, "BLOCK_K": 16},
+    "adapter_attention_fwd": {"BLOCK_N": 64, "BLOCK_K": 16},
+    "adapter_attention_bwd": {"BLOCK_N": 64, "BLOCK_K": 16},
+    "adapter_attention_bwd_kv": {"BLOCK_N": 128, "BLOCK_K": 16},
     "mask_attention_fwd": {"BLOCK_Q": 16, "BLOCK_N": 16},
     # realistic-size CPU tests (N >= 1024, Q >= 100) walk fewer, larger tiles
     "mask_attention_sparse_fwd": {"BLOCK_Q": 32, "BLOCK_N": 64},
