@@ -42,7 +42,7 @@ KERNELS: Dict[str, tuple] = {
 PLUGIN_INTS = {"N", "KN", "B"}
 # Every kernel takes its pointers first (upper-case names), then strides and sizes (i32) and float scalars.
 # Pointer arguments that are not in the data dtype; the other pointers are data tensors.
-FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M", "OP", "LP"}
+FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M", "LP"}
 INT8_POINTERS = {"VALID", "INSIDE"}
 INT32_POINTERS = {"COUNTS", "INDICES"}
 # What Triton's JIT specialises at the shapes the PyTorch path runs (head dim 64, N = 1600 or 16384 tokens,
@@ -146,8 +146,6 @@ def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optio
                 attrs[(index,)] = [["tt.divisibility", 16]]
     if kernel == "cosine_logits":
         signature["P"] = "*fp32"
-    if kernel == "mask_attention_sparse_fwd" and constants.get("PARTIAL"):
-        signature["O"] = "*fp32"
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     return CompiledKernel(

@@ -57,19 +57,19 @@ class MaskLayout:
 
 def build_mask_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float, tiles: Optional[Tuple[int, int]] = None) -> MaskLayout:
     """The layout of ``mask_logits`` over ``grid``, with block lists for ``tiles`` = (block_q, block_n)."""
-    inside = mask_inside_grid(mask_logits.detach(), grid, threshold)
+    inside = mask_inside_grid(mask_logits.detach(), grid, threshold).contiguous()
     if tiles is None:
-        return MaskLayout(inside.to(torch.int8))
+        return MaskLayout(inside.view(torch.int8))
     block_q, block_n = tiles
     B, Q, N = inside.shape
     QB, NB = -(-Q // block_q), -(-N // block_n)
-    padded = F.pad(inside, (0, NB * block_n - N, 0, QB * block_q - Q))
-    occupied = padded.view(B, QB, block_q, NB, block_n).any(4).any(2)
+    # token blocks first (one pass over the mask), then the small (B, Q, NB) summary over mask blocks
+    per_mask = F.pad(inside, (0, NB * block_n - N)).view(B, Q, NB, block_n).any(3)
+    occupied = F.pad(per_mask, (0, 0, 0, QB * block_q - Q)).view(B, QB, block_q, NB).any(2)
     # a stable sort of "empty" puts the occupied blocks first, in ascending order
     order = torch.sort(~occupied, dim=-1, stable=True).indices
-    return MaskLayout(
-        inside.to(torch.int8).contiguous(), occupied.sum(-1, dtype=torch.int32), order.to(torch.int32).contiguous(), block_q, block_n
-    )
+    # bool and int8 share a layout: the view costs no pass
+    return MaskLayout(inside.view(torch.int8), occupied.sum(-1, dtype=torch.int32), order.to(torch.int32).contiguous(), block_q, block_n)
 
 
 def mask_attention_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, backend: str = "auto") -> MaskLayout:

@@ -9,7 +9,8 @@ The PyTorch path is block-sparse (FlexAttention's block masks, FlashMask):
    online softmax starts from each token's own key/value (split 0 only) and visits only the listed token
    blocks; blocks wholly outside every mask of the block are never loaded. The block list is split across
    ``splits`` programs (flash-decoding), so batch 1 with 100 masks fills a 132-SM GPU; each split writes
-   its normalised partial output and log-sum-exp, and ``mask_attention_combine_kernel`` merges them.
+   its normalised partial output (q's dtype) and log-sum-exp (fp32), and ``mask_attention_combine_kernel``
+   merges them.
 3. ``mask_attention_sparse_bwd_kernel`` walks the same lists, writes dQ, dK_self, dV_self and adds each
    visited block's dK_img / dV_img into fp32 buffers atomically (Q/BLOCK_Q <= 4 programs contend).
 
@@ -97,7 +98,7 @@ def mask_attention_sparse_fwd_kernel(
     PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # INSIDE (B, NQ, N) int8, COUNTS (B, QB) int32, INDICES (B, QB, NB) int32: contiguous (MaskLayout).
-    # PARTIAL: O is fp32 (splits, B*H, NQ, D) and LSE (splits, B*H, NQ), both contiguous, for the combine.
+    # PARTIAL: O (splits, B*H, NQ, D) in q's dtype and LSE (splits, B*H, NQ) fp32, contiguous, for the combine.
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -140,7 +141,7 @@ def mask_attention_sparse_fwd_kernel(
         seen = l_i > 0
         l_safe = tl.where(seen, l_i, 1.0)
         part = (pid_s * tl.num_programs(2) + pid_bh) * NQ + offs_q
-        tl.store(O + part[:, None] * D + offs_d[None, :], acc / l_safe[:, None], mask=qd_ok)
+        tl.store(O + part[:, None] * D + offs_d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=qd_ok)
         tl.store(LSE + part, tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf")), mask=q_ok)
     else:
         out = acc / l_i[:, None]
@@ -173,7 +174,7 @@ def mask_attention_combine_kernel(
         part = (s * BH + pid_bh) * NQ + offs_q
         w = tl.math.exp2(tl.load(LP + part, mask=q_ok, other=0.0) - m)
         l += w
-        acc += w[:, None] * tl.load(OP + part[:, None] * D + offs_d[None, :], mask=qd_ok, other=0.0)
+        acc += w[:, None] * tl.load(OP + part[:, None] * D + offs_d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
     b = pid_bh // H
     h = pid_bh % H
     tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, (acc / l[:, None]).to(O.dtype.element_ty), mask=qd_ok)
@@ -243,12 +244,14 @@ def layout_tiles(device: torch.device) -> Tuple[int, int]:
 
 
 def num_splits(programs: int, blocks: int, device: torch.device) -> int:
-    """How many programs share one block list: enough to give every SM two programs, never more than
-    there are blocks to visit (the interpreter always splits in two, so CPU tests cover the combine)."""
+    """How many programs share one block list: enough for one program per SM, never more than there are
+    blocks to visit. Not more: every split writes and the combine reads back a (B, H, Q, D) partial, which
+    costs 1/16 of the k/v traffic per split at Q = 100, N = 1600 (kernels/traffic.py). The interpreter
+    always splits in two, so CPU tests cover the combine."""
     if interpreting():
         return min(2, blocks)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(blocks, triton.cdiv(2 * sms, programs)))
+    return max(1, min(blocks, triton.cdiv(sms, programs)))
 
 
 def forward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optional[int] = None):
@@ -260,7 +263,7 @@ def forward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optiona
     out = torch.empty_like(q)
     lse = torch.empty(B, H, NQ, device=q.device, dtype=torch.float32)
     if splits > 1:
-        part_out = torch.empty(splits, B * H, NQ, D, device=q.device, dtype=torch.float32)
+        part_out = torch.empty(splits, B * H, NQ, D, device=q.device, dtype=q.dtype)
         part_lse = torch.empty(splits, B * H, NQ, device=q.device, dtype=torch.float32)
     else:
         part_out, part_lse = out, lse
