@@ -31,6 +31,20 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION: tl.constexpr):
+    """One block of FlashAttention's online softmax: scores ``s`` (rows x block, log2 units, -inf where
+    masked) and values ``v`` (block x D) folded into the running max ``m_i``, sum ``l_i`` and output ``acc``.
+    Rows with nothing seen yet keep m = -inf; they are shifted by 0 so exp2 gives 0, not NaN."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_shift[:, None])
+    alpha = tl.math.exp2(m_i - m_shift)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def adapter_attention_fwd_kernel(
     Q, K, V, VALID, O, LSE,
     sqb, sqh, sqn, sqd,
@@ -66,14 +80,7 @@ def adapter_attention_fwd_kernel(
         # scores in log2 units: exp2 is the native instruction
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(k_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # Rows with nothing valid yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     has_any = l_i > 0
     out = acc / tl.where(has_any, l_i, 1.0)[:, None]
     tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])

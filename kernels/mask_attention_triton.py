@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .adapter_attention_triton import LOG2E
+from .adapter_attention_triton import LOG2E, online_softmax_step
 from .backend import interpreting
 from .mask_attention import MaskLayout
 from .mask_grid_triton import mask_logits_tile
@@ -73,12 +73,7 @@ def mask_attention_fwd_kernel(
         v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(inside, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     out = acc / l_i[:, None]
     tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok)
     if STORE_LSE:  # for the backward pass; inference (the TensorRT plugin) skips it
@@ -129,14 +124,7 @@ def mask_attention_sparse_fwd_kernel(
         kt = tl.load(KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.where(inside != 0, tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # rows with nothing seen yet (splits > 0) keep m = -inf; shift them by 0 so exp2 gives 0, not NaN
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     if PARTIAL:
         seen = l_i > 0
         l_safe = tl.where(seen, l_i, 1.0)
