@@ -42,7 +42,8 @@ def mask_inside_grid(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold
 class MaskLayout:
     """Which image tokens each mask covers, decided once and shared by every head and layer.
 
-    inside         (B, Q, N) int8, contiguous: 1 where the token lies inside the mask
+    inside         (B, Q, N): True / 1 where the token lies inside the mask; bool for the reference,
+                   an int8 view of it (contiguous, no copy) when block lists are built for the kernels
     block_counts   (B, ceil(Q / block_q)) int32: per block of mask tokens, how many blocks of block_n
                    image tokens hold at least one inside token (None: no block lists, reference only)
     block_indices  (B, ceil(Q / block_q), ceil(N / block_n)) int32: those blocks' indices first, ascending
@@ -59,7 +60,7 @@ def build_mask_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshol
     """The layout of ``mask_logits`` over ``grid``, with block lists for ``tiles`` = (block_q, block_n)."""
     inside = mask_inside_grid(mask_logits.detach(), grid, threshold).contiguous()
     if tiles is None:
-        return MaskLayout(inside.view(torch.int8))
+        return MaskLayout(inside)
     block_q, block_n = tiles
     B, Q, N = inside.shape
     QB, NB = -(-Q // block_q), -(-N // block_n)
@@ -106,7 +107,8 @@ def mask_attention_reference(
     _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
     Dh = q.shape[-1]
     scale = Dh ** -0.5
-    inside = (mask_inside_grid(mask_logits, grid, threshold) if layout is None else layout.inside.bool())[:, None]  # (B, 1, Q, N)
+    inside = mask_inside_grid(mask_logits, grid, threshold) if layout is None else layout.inside.bool()
+    inside = inside[:, None]  # (B, 1, Q, N)
     s_img = torch.matmul(q, k_img.transpose(-1, -2)) * scale
     s_img = s_img.masked_fill(~inside, float("-inf"))
     s_self = (q * k_self).sum(-1, keepdim=True) * scale
