@@ -146,37 +146,42 @@ def _speedups(rows: List[Dict[str, object]]) -> Dict[tuple, Dict[str, float]]:
     return by_case
 
 
-def render(info: Dict[str, object], peaks: Dict[str, float], tests: Optional[Dict[str, int]], kernels: List[Dict[str, object]],
-           e2e: List[Dict[str, object]], date: str, minutes: Optional[float] = None) -> str:
+def render(info: Dict[str, object], peaks: Dict[str, float], tests: Optional[Dict[str, int]],
+           kernels: List[Dict[str, object]], e2e: List[Dict[str, object]], date: str, minutes: Optional[float] = None) -> str:
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
     lines = [
         f"# fisa-rt GPU check — {info['name']} ({date})",
         "",
-        f"- device: {info['name']}, compute capability {info['capability']}, {info['sms']} SMs, {info['memory_gib']} GiB",
+        f"- device: {info['name']}, compute capability {info['capability']}, {info['sms']} SMs, "
+        f"{info['memory_gib']} GiB",
         f"- driver {info['driver']}, CUDA {info['cuda']}; {versions_line}",
-        f"- peaks measured on this card: DRAM {peaks['dram_bytes_per_s'] / 1e12:.2f} TB/s (copy of {peaks['copy_bytes'] / 2 ** 30:.0f} GiB), "
+        f"- peaks measured on this card: DRAM {peaks['dram_bytes_per_s'] / 1e12:.2f} TB/s "
+        f"(copy of {peaks['copy_bytes'] / 2 ** 30:.0f} GiB), "
         f"fp16 tensor {peaks['tensor_flops_per_s'] / 1e12:.0f} TFLOP/s ({peaks['gemm_n']}³ GEMM)",
         "- command: `scripts/gpu-check.sh`" + (f" ({minutes:.1f} min)" if minutes is not None else ""),
         "",
     ]
     if tests is not None:
         lines += ["## Kernel tests (`pytest tests/kernels`, bf16 included)", "",
-                  f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, {tests['skipped']} skipped", ""]
+                  f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
+                  f"{tests['skipped']} skipped", ""]
     if kernels:
         lines += ["## Kernel micro-benchmarks (median of do_bench, ms)", "",
-                  "| op | case | impl | ms | TFLOP/s | GB/s | of DRAM peak | vs eager |", "|---|---|---|---|---|---|---|---|"]
+                  "| op | case | impl | ms | TFLOP/s | GB/s | of DRAM peak | vs eager |",
+                  "|---|---|---|---|---|---|---|---|"]
         cases = _speedups(kernels)
         for r in kernels:
             ms, gbps = float(r["ms"]), r.get("gbps")
             eager = cases[(r["op"], r.get("shape", r["case"]))].get("eager")
             fraction = f"{gbps * 1e9 / peaks['dram_bytes_per_s']:.0%}" if gbps else ""
             speedup = f"{eager / ms:.2f}x" if eager else ""
-            lines.append(f"| {r['op']} | {r.get('shape', r['case'])} | {r.get('impl', '')} | {ms:.4f} | {r.get('tflops', 0):.1f} | "
-                         f"{gbps or 0:.0f} | {fraction} | {speedup} |")
+            lines.append(f"| {r['op']} | {r.get('shape', r['case'])} | {r.get('impl', '')} | {ms:.4f} | "
+                         f"{r.get('tflops', 0):.1f} | {gbps or 0:.0f} | {fraction} | {speedup} |")
         lines.append("")
     if e2e:
         reference = next((r["ms"] for r in e2e if r["backend"] == "reference"), None)
-        lines += ["## End to end (fp16, batch 1)", "", "| model | image | classes | backend | ms | vs eager |", "|---|---|---|---|---|---|"]
+        lines += ["## End to end (fp16, batch 1)", "", "| model | image | classes | backend | ms | vs eager |",
+                  "|---|---|---|---|---|---|"]
         for r in e2e:
             ratio = f"{reference / r['ms']:.2f}x" if reference else ""
             lines.append(f"| {r['model']} | {r['image']} | {r['classes']} | {r['backend']} | {r['ms']:.2f} | {ratio} |")
@@ -222,8 +227,9 @@ def main(argv=None) -> int:
                 raise FileNotFoundError(f"no peaks file at {args.peaks}: run `gpu_report.py peaks` first")
             date = datetime.date.today().isoformat()
             bench = _load(args.bench)
-            text = render(measured["device"], measured["peaks"], summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None,
-                          kernel_rows(bench) if bench else [], _load(args.e2e) or [], date, args.minutes)
+            tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
+            text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
+                          _load(args.e2e) or [], date, args.minutes)
             path = report_path(args.out_dir, measured["device"]["name"], date)
             if os.path.exists(path):
                 raise FileExistsError(f"{path} exists; move it away to write a new report")

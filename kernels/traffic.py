@@ -60,7 +60,8 @@ class Traffic:
 
     def scaled(self, factor: float) -> "Traffic":
         """This traffic shared by ``1 / factor`` calls (a per-forward cost amortised over layers)."""
-        return Traffic(self.read * factor, self.write * factor, self.flops * factor, self.launches, self.l2_bytes * factor, self.parts)
+        return Traffic(self.read * factor, self.write * factor, self.flops * factor, self.launches,
+                       self.l2_bytes * factor, self.parts)
 
     def seconds(self, peaks: Peaks) -> float:
         return max(self.dram_bytes / peaks.dram_bytes_per_s, self.flops / peaks.tensor_flops_per_s)
@@ -80,7 +81,8 @@ def bilinear_tap_bytes(masks: int, out_hw: Tuple[int, int], in_hw: Tuple[int, in
 # ---- adapter attention: q (B, H, N, D), k/v (1, H, K, D) shared by the batch --------------------------------
 
 def adapter_floor(B, H, N, K, D, e) -> Traffic:
-    return op("floor", read=B * H * N * D * e + 2 * H * K * D * e, write=B * H * N * D * e, flops=4.0 * B * H * N * K * D)
+    return op("floor", read=B * H * N * D * e + 2 * H * K * D * e, write=B * H * N * D * e,
+              flops=4.0 * B * H * N * K * D)
 
 
 def adapter_fused(B, H, N, K, D, e, block_n=128) -> Traffic:
@@ -109,7 +111,8 @@ class MaskStats:
     blocks_visited: float
 
 
-def box_mask_stats(Q: int, grid: Tuple[int, int], tiles: Tuple[int, int], cover=(0.05, 0.3), seed: int = 0) -> MaskStats:
+def box_mask_stats(Q: int, grid: Tuple[int, int], tiles: Tuple[int, int], cover=(0.05, 0.3), seed: int = 0
+                   ) -> MaskStats:
     """MaskStats of Q random boxes covering ``cover`` of the image each (aspect 0.6-1.6), seeded."""
     import torch
 
@@ -122,7 +125,8 @@ def box_mask_stats(Q: int, grid: Tuple[int, int], tiles: Tuple[int, int], cover=
         area = float(torch.empty(1).uniform_(*cover, generator=gen)) * gh * gw
         h = max(1, min(gh, round(math.sqrt(area) * float(torch.empty(1).uniform_(0.6, 1.6, generator=gen)))))
         w = max(1, min(gw, round(area / h)))
-        y, x = int(torch.randint(0, gh - h + 1, (1,), generator=gen)), int(torch.randint(0, gw - w + 1, (1,), generator=gen))
+        y = int(torch.randint(0, gh - h + 1, (1,), generator=gen))
+        x = int(torch.randint(0, gw - w + 1, (1,), generator=gen))
         inside[0, q, y : y + h, x : x + w] = True
     logits = inside.float() * 2 - 1  # +1 inside, -1 outside: threshold 0 at the grid's own resolution
     layout = build_mask_layout(logits, grid, 0.0, tiles)
@@ -147,7 +151,8 @@ def mask_layout_build(B, Q, N, taps, e_mask, tiles: Tuple[int, int]) -> Traffic:
     bq, bn = tiles
     QB, NB = math.ceil(Q / bq), math.ceil(N / bn)
     per_mask, small = B * Q * NB, B * QB * NB
-    return (op("interpolate", read=taps, write=B * Q * N * e_mask) + op("> threshold", read=B * Q * N * e_mask, write=B * Q * N)
+    return (op("interpolate", read=taps, write=B * Q * N * e_mask)
+            + op("> threshold", read=B * Q * N * e_mask, write=B * Q * N)
             + op("any (token block)", read=B * Q * N, write=per_mask) + op("pad", read=per_mask, write=B * QB * bq * NB)
             + op("any (mask block)", read=B * QB * bq * NB, write=small) + op("sort", read=small, write=small * 8)
             + op("count", read=small, write=small * 4) + op("indices to int32", read=small * 8, write=small * 4))
@@ -160,7 +165,8 @@ def mask_attention_splits(B, H, Q, N, tiles: Tuple[int, int], sms: int = H100_SM
     return max(1, min(math.ceil(N / bn), math.ceil(sms / programs)))
 
 
-def mask_attention_fused(B, H, Q, N, D, e, taps, e_mask, stats: MaskStats, layers: int, tiles=(64, 64), splits=None) -> Traffic:
+def mask_attention_fused(B, H, Q, N, D, e, taps, e_mask, stats: MaskStats, layers: int, tiles=(64, 64), splits=None
+                         ) -> Traffic:
     bq, bn = tiles
     QB, NB = math.ceil(Q / bq), math.ceil(N / bn)
     splits = mask_attention_splits(B, H, Q, N, tiles) if splits is None else splits
@@ -182,7 +188,8 @@ def mask_attention_fused(B, H, Q, N, D, e, taps, e_mask, stats: MaskStats, layer
 
 def mask_attention_eager(B, H, Q, N, D, e, taps, e_mask) -> Traffic:
     q, kv, s, s1 = B * H * Q * D * e, B * H * N * D * e, B * H * Q * N * e, B * H * Q * (N + 1) * e
-    return (op("interpolate", read=taps, write=B * Q * N * e_mask) + op("> threshold", read=B * Q * N * e_mask, write=B * Q * N)
+    return (op("interpolate", read=taps, write=B * Q * N * e_mask)
+            + op("> threshold", read=B * Q * N * e_mask, write=B * Q * N)
             + op("matmul q k^T", read=q + kv, write=s, flops=2.0 * B * H * Q * N * D) + op("* scale", read=s, write=s)
             + op("masked_fill", read=s + B * H * Q * N, write=s) + op("q . k_self", read=2 * q, write=B * H * Q * e)
             + op("* scale", read=B * H * Q * e, write=B * H * Q * e) + op("cat", read=s + B * H * Q * e, write=s1)
@@ -207,11 +214,14 @@ def pooling_fused(B, Q, C, HW, K, e, taps, block_q=128, block_m=128) -> Traffic:
 
 def pooling_eager(B, Q, C, HW, K, e, taps, e_mask) -> Traffic:
     m, w, p, t, lg = B * Q * HW * e_mask, B * Q * HW * e, B * Q * C * e, K * C * e, B * Q * K * e
-    return (op("interpolate", read=taps, write=m) + op("> threshold", read=m, write=B * Q * HW) + op("to dtype", read=B * Q * HW, write=w)
-            + op("sum", read=w, write=B * Q * e) + op("+ eps", read=B * Q * e, write=B * Q * e) + op("divide", read=w + B * Q * e, write=w)
+    return (op("interpolate", read=taps, write=m) + op("> threshold", read=m, write=B * Q * HW)
+            + op("to dtype", read=B * Q * HW, write=w) + op("sum", read=w, write=B * Q * e)
+            + op("+ eps", read=B * Q * e, write=B * Q * e) + op("divide", read=w + B * Q * e, write=w)
             + op("einsum (bmm)", read=w + B * C * HW * e, write=p, flops=2.0 * B * Q * C * HW)
-            + op("norm pooled", read=p, write=B * Q * e) + op("clamp", read=B * Q * e, write=B * Q * e) + op("divide", read=p + B * Q * e, write=p)
-            + op("norm text", read=t, write=K * e) + op("clamp", read=K * e, write=K * e) + op("divide", read=t + K * e, write=t)
+            + op("norm pooled", read=p, write=B * Q * e) + op("clamp", read=B * Q * e, write=B * Q * e)
+            + op("divide", read=p + B * Q * e, write=p)
+            + op("norm text", read=t, write=K * e) + op("clamp", read=K * e, write=K * e)
+            + op("divide", read=t + K * e, write=t)
             + op("matmul", read=p + t, write=lg, flops=2.0 * B * Q * C * K) + op("* scale", read=lg, write=lg))
 
 
@@ -245,15 +255,18 @@ def rows() -> List[Row]:
         taps = bilinear_tap_bytes(B * Q, grid, mask, FP16)
         stats = box_mask_stats(Q, grid, (64, 64))
         out.append(Row(
-            "masked attention", f"Q={Q} N={N} C=768 H=12, masks {mask[0]}² covering 5-30 % ({stats.coverage:.0%} mean), "
-            f"layout shared by {MASK_LAYERS} layers", mask_attention_floor(B, H, Q, N, D, FP16, taps, stats, MASK_LAYERS),
+            "masked attention",
+            f"Q={Q} N={N} C=768 H=12, masks {mask[0]}² covering 5-30 % ({stats.coverage:.0%} mean), "
+            f"layout shared by {MASK_LAYERS} layers",
+            mask_attention_floor(B, H, Q, N, D, FP16, taps, stats, MASK_LAYERS),
             mask_attention_fused(B, H, Q, N, D, FP16, taps, FP16, stats, MASK_LAYERS),
             mask_attention_eager(B, H, Q, N, D, FP16, taps, FP16),
         ))
     B, Q, C, grid, mask, K = 1, 250, 768, (40, 40), (256, 256), 133
     HW = grid[0] * grid[1]
     taps = bilinear_tap_bytes(B * Q, grid, mask, FP16)
-    out.append(Row("pooling -> logits", f"Q={Q} masks {mask[0]}², C={C} on {grid[0]}², K={K}", pooling_floor(B, Q, C, HW, K, FP16, taps),
+    out.append(Row("pooling -> logits", f"Q={Q} masks {mask[0]}², C={C} on {grid[0]}², K={K}",
+                   pooling_floor(B, Q, C, HW, K, FP16, taps),
                    pooling_fused(B, Q, C, HW, K, FP16, taps), pooling_eager(B, Q, C, HW, K, FP16, taps, FP16)))
     return out
 
@@ -268,14 +281,16 @@ def markdown(table: Sequence[Row], peaks: Peaks = H100) -> str:
         f"{peaks.tensor_flops_per_s / 1e12:.0f} TFLOP/s), launch latency not included (the eager chains",
         "launch 4-15 kernels, the fused paths 1-3). A GPU run (`scripts/gpu-check.sh`) replaces it with measurements.",
         "",
-        "| op | shape | floor MB | fused MB | eager MB | fused GFLOP | launches fused / eager | floor µs | fused µs | eager µs | fused / floor | eager / fused |",
+        "| op | shape | floor MB | fused MB | eager MB | fused GFLOP | launches fused / eager | floor µs | fused µs "
+        "| eager µs | fused / floor | eager / fused |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         floor_t, fused_t, eager_t = r.times(peaks)
         lines.append(
-            f"| {r.op} | {r.shape} | {r.floor.dram_bytes / 1e6:.2f} | {r.fused.dram_bytes / 1e6:.2f} | {r.eager.dram_bytes / 1e6:.2f} | "
-            f"{r.fused.flops / 1e9:.2f} | {r.fused.launches} / {r.eager.launches} | {floor_t * 1e6:.2f} | {fused_t * 1e6:.2f} | "
+            f"| {r.op} | {r.shape} | {r.floor.dram_bytes / 1e6:.2f} | {r.fused.dram_bytes / 1e6:.2f} | "
+            f"{r.eager.dram_bytes / 1e6:.2f} | {r.fused.flops / 1e9:.2f} | {r.fused.launches} / {r.eager.launches} | "
+            f"{floor_t * 1e6:.2f} | {fused_t * 1e6:.2f} | "
             f"{eager_t * 1e6:.2f} | {fused_t / floor_t:.2f} | {eager_t / fused_t:.1f} |"
         )
     lines += ["", "Target: every fused path within 1.5x of its floor and ahead of the eager chain.", ""]
