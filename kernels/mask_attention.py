@@ -82,9 +82,11 @@ def mask_attention_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], thre
     return build_mask_layout(mask_logits, grid, threshold)
 
 
-def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid) -> None:
+def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout: Optional[MaskLayout] = None) -> None:
     B, H, Q, Dh = q.shape
     N = grid[0] * grid[1]
+    if layout is not None and tuple(layout.inside.shape) != (B, Q, N):
+        raise ValueError(f"layout covers {tuple(layout.inside.shape)} (B, Q, N); these inputs need {(B, Q, N)}")
     if k_img.shape != (B, H, N, Dh) or v_img.shape != k_img.shape:
         raise ValueError(f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
     if k_self.shape != q.shape or v_self.shape != q.shape:
@@ -104,7 +106,7 @@ def mask_attention_reference(
     threshold: float = 0.0,
     layout: Optional[MaskLayout] = None,
 ) -> torch.Tensor:
-    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
     Dh = q.shape[-1]
     scale = Dh ** -0.5
     inside = mask_inside_grid(mask_logits, grid, threshold) if layout is None else layout.inside.bool()
@@ -136,7 +138,7 @@ def mask_attention(
         return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
     if not use_triton(backend, q, k_img, v_img, k_self, v_self, mask_logits):
         return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout)
-    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
     from .mask_attention_triton import layout_tiles, mask_attention_triton
 
     if layout is None or layout.block_indices is None:

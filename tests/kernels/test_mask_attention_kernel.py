@@ -146,3 +146,11 @@ def test_one_layout_serves_every_layer_and_head(poisoned):
         out = mask_attention(q, k, v, ks, vs, masks, grid, threshold, backend="triton", layout=layout)
         expected = mask_attention_reference(q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double(), grid, threshold)
         assert_close(out, expected, TOLERANCE[torch.float32][0])
+
+
+def test_a_layout_of_other_masks_is_rejected():
+    q, k, v, ks, vs = (torch.randn(1, 1, n, 16, device=DEVICE) for n in (4, 16, 16, 4, 4))
+    masks = torch.randn(1, 4, 4, 4, device=DEVICE)
+    layout = mask_attention_layout(torch.randn(1, 5, 4, 4, device=DEVICE), (4, 4), backend="triton")
+    with pytest.raises(ValueError, match="layout covers"):
+        mask_attention(q, k, v, ks, vs, masks, (4, 4), backend="triton", layout=layout)
