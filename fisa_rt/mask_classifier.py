@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fisa_rt.kernels import mask_attention, mask_average_logits
+from fisa_rt.kernels import mask_attention, mask_attention_layout, mask_average_logits
 
 from .backbone import BackboneOutput
 from .config import ClassifierConfig
@@ -63,7 +63,7 @@ class MaskAttentionHead(nn.Module):
         self.logit_scale = nn.Parameter(clip_logit_scale.detach().clone().reshape(()))
         self.threshold = cfg.mask_threshold
 
-    def _block(self, block: nn.Module, q_proj: nn.Linear, image_in: torch.Tensor, tokens: torch.Tensor, mask_logits, grid):
+    def _block(self, block: nn.Module, q_proj: nn.Linear, image_in: torch.Tensor, tokens: torch.Tensor, mask_logits, grid, layout):
         attn = block.attn
         W, H = attn.embed_dim, attn.num_heads
         B, Q, _ = tokens.shape
@@ -80,7 +80,7 @@ class MaskAttentionHead(nn.Module):
 
         out = mask_attention(
             heads(q_proj(normed)), heads(k_img), heads(v_img), heads(k_self), heads(v_self), mask_logits, grid, self.threshold,
-            backend=self.kernels,
+            backend=self.kernels, layout=layout,
         )
         tokens = tokens + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(B, Q, W)))
         return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
@@ -91,8 +91,10 @@ class MaskAttentionHead(nn.Module):
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - len(self.mask_q_proj):]
         Q = generator.mask_logits.shape[1]
         tokens = features.block_inputs[0][:, :1].expand(-1, Q, -1)
+        # every layer attends under the same masks: decide inside/outside once
+        layout = mask_attention_layout(generator.mask_logits, features.grid, self.threshold, backend=self.kernels)
         for block, q_proj, image_in in zip(blocks, self.mask_q_proj, features.block_inputs):
-            tokens = self._block(block, q_proj, image_in, tokens, generator.mask_logits, features.grid)
+            tokens = self._block(block, q_proj, image_in, tokens, generator.mask_logits, features.grid, layout)
         embeds = visual.ln_post(tokens) @ visual.proj
         classes = torch.cat([text, self.void_embedding[None].to(text.dtype)], dim=0)
         return ClassifierOutput(logits=cosine_logits(embeds, classes, self.logit_scale.exp().to(embeds.dtype)))

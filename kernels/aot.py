@@ -24,10 +24,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 # kernel name -> (module, function) in fisa_rt.kernels
 KERNELS: Dict[str, tuple] = {
+    # PyTorch-path kernels (the names are also their keys in tuning.TUNING)
     "adapter_attention_fwd": ("adapter_attention_triton", "adapter_attention_fwd_kernel"),
     "adapter_attention_bwd": ("adapter_attention_triton", "adapter_attention_bwd_kernel"),
-    "mask_attention_fwd": ("mask_attention_triton", "mask_attention_fwd_kernel"),
-    "mask_attention_bwd": ("mask_attention_triton", "mask_attention_bwd_kernel"),
+    "adapter_attention_bwd_kv": ("adapter_attention_triton", "adapter_attention_bwd_kv_kernel"),
+    "mask_attention_sparse_fwd": ("mask_attention_triton", "mask_attention_sparse_fwd_kernel"),
+    "mask_attention_combine": ("mask_attention_triton", "mask_attention_combine_kernel"),
+    "mask_attention_sparse_bwd": ("mask_attention_triton", "mask_attention_sparse_bwd_kernel"),
+    "mask_weights": ("mask_pooling_triton", "mask_weights_kernel"),
     "mask_pool_fwd": ("mask_pooling_triton", "mask_pool_fwd_kernel"),
     "mask_pool_bwd": ("mask_pooling_triton", "mask_pool_bwd_kernel"),
     "cosine_logits": ("mask_pooling_triton", "cosine_logits_kernel"),
@@ -40,8 +44,15 @@ KERNELS: Dict[str, tuple] = {
 PLUGIN_INTS = {"N", "KN", "B"}
 # Every kernel takes its pointers first (upper-case names), then strides and sizes (i32) and float scalars.
 # Pointer arguments that are not in the data dtype; the other pointers are data tensors.
-FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M"}
-INT8_POINTERS = {"VALID"}
+FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M", "LP"}
+INT8_POINTERS = {"VALID", "INSIDE"}
+INT32_POINTERS = {"COUNTS", "INDICES"}
+# What Triton's JIT specialises at the shapes the PyTorch path runs (head dim 64, N = 1600 or 16384 tokens,
+# HW = 1600 cells, C = 768, contiguous inputs from PyTorch's 16-byte-aligned allocator): pointers aligned,
+# innermost strides 1 (compile-time constants), other strides and these sizes multiples of 16. The AOT
+# PTX of the PyTorch-path kernels carries the same hints, so the static gate reads the code the GPU runs.
+UNIT_STRIDES = {"sqd", "skd", "svd", "ssd", "std", "sod", "s_valid_k", "smx", "sf_hw", "sd_hw", "st_c"}
+MULTIPLE_OF_16_SIZES = {"N", "D", "HW", "C"}
 FLOAT_SCALARS = {"qk_scale", "sm_scale", "scale_y", "scale_x", "threshold", "scale"}
 DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 # Plugin kernels are compiled with every pointer specialised as 16-byte aligned (Triton's "tt.divisibility"
@@ -103,22 +114,38 @@ class CompiledKernel:
         return hashlib.sha256(self.ptx.encode()).hexdigest()
 
 
-def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) -> Dict[str, object]:
-    """The first tuned block config of ``arch`` plus the kernel's compile-time switches."""
-    from .tuning import block_d, configs_for, dot_precision, generation_of
+def kernel_constants(kernel: str, config, dtype: str, head_dim: int = 64) -> Dict[str, object]:
+    """A tuned ``triton.Config`` of ``kernel`` plus the kernel's compile-time switches."""
+    from .tuning import block_d, dot_precision
 
-    config = configs_for(kernel, generation_of(arch))[0]
     constants: Dict[str, object] = dict(config.kwargs)
     if kernel.startswith(("adapter", "mask_attention")):
         constants["BLOCK_D"] = block_d(head_dim)
     if kernel.startswith("adapter"):
         constants["HAS_VALID"] = True
-    if kernel.endswith("_fwd") and kernel.startswith(("adapter", "mask_attention")):
+    if kernel == "adapter_attention_fwd":
         constants["STORE_LSE"] = True
-    if kernel.startswith("mask_pool"):
+    if kernel == "mask_attention_sparse_fwd":
+        constants["PARTIAL"] = True  # batch 1 splits its block lists (the case the split exists for)
+    if kernel == "mask_weights":
         constants["SIGMOID"] = False
-    constants["DOT_PRECISION"] = dot_precision("fp32" if kernel == "cosine_logits" else dtype)
+    if kernel != "mask_weights" and kernel != "mask_attention_combine":
+        constants["DOT_PRECISION"] = dot_precision("fp32" if kernel == "mask_pool_bwd" else dtype)
     return {**constants, "_num_warps": config.num_warps, "_num_stages": config.num_stages}
+
+
+def compile_specs(kernel: str, arch: int, dtype: str = "fp16") -> List[Dict[str, object]]:
+    """The constants of every config ``kernel`` may run with on ``arch`` (what the static gate compiles)."""
+    from .tuning import configs_for, generation_of
+
+    return [kernel_constants(kernel, config, dtype) for config in configs_for(kernel, generation_of(arch))]
+
+
+def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) -> Dict[str, object]:
+    """The first tuned block config of ``arch`` plus the kernel's compile-time switches."""
+    from .tuning import configs_for, generation_of
+
+    return kernel_constants(kernel, configs_for(kernel, generation_of(arch))[0], dtype, head_dim)
 
 
 def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optional[Dict[str, object]] = None) -> CompiledKernel:
@@ -130,11 +157,15 @@ def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optio
     return compile_spec(make_spec(kernel, arch, dtype, constants))
 
 
-def _signature(fn, spec: KernelSpec) -> Dict[str, str]:
+def _signature(fn, spec: KernelSpec) -> Tuple[Dict[str, str], Dict[tuple, list], Dict[str, Any]]:
+    """Triton's signature of ``fn`` for ``spec``, the divisibility hints of the PyTorch-path kernels, and the
+    constexprs (the spec's plus unit innermost strides)."""
     signature = {}
+    attrs = {}
+    constants = dict(spec.constants)
     leading_pointers = True
     plugin = spec.kernel.endswith("_plugin")
-    for param in fn.params:
+    for index, param in enumerate(fn.params):
         arg = param.name
         leading_pointers = leading_pointers and arg.upper() == arg
         pointer = arg.upper() == arg and arg not in PLUGIN_INTS if plugin else leading_pointers
@@ -143,12 +174,20 @@ def _signature(fn, spec: KernelSpec) -> Dict[str, str]:
         elif pointer:
             # plugin kernels take every tensor in the engine's precision
             wide = arg in FP32_POINTERS and not plugin
-            signature[arg] = "*" + ("fp32" if wide else "i8" if arg in INT8_POINTERS else DTYPES[spec.dtype])
+            kind = "fp32" if wide else "i8" if arg in INT8_POINTERS else "i32" if arg in INT32_POINTERS else None
+            signature[arg] = "*" + (kind or DTYPES[spec.dtype])
+            if not plugin:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif not plugin and arg in UNIT_STRIDES:
+            signature[arg] = "constexpr"
+            constants[arg] = 1
         else:
             signature[arg] = "fp32" if arg in FLOAT_SCALARS else "i32"
+            if not plugin and arg not in FLOAT_SCALARS and (arg in MULTIPLE_OF_16_SIZES or arg.startswith("s")):
+                attrs[(index,)] = [["tt.divisibility", 16]]
     if spec.kernel == "cosine_logits":
         signature["P"] = "*fp32"
-    return signature
+    return signature, attrs, constants
 
 
 @lru_cache(maxsize=None)
@@ -164,12 +203,11 @@ def compile_spec(spec: KernelSpec) -> CompiledKernel:
     fn = getattr(importlib.import_module(f"fisa_rt.kernels.{module}"), name)
     if not isinstance(fn, triton.runtime.JITFunction):
         raise RuntimeError("AOT compilation needs real Triton kernels: unset TRITON_INTERPRET and run again")
-    signature = _signature(fn, spec)
-    attrs = {}
+    signature, attrs, constants = _signature(fn, spec)
     if spec.aligned_pointers:
         hint = [["tt.divisibility", PLUGIN_POINTER_ALIGNMENT]]
         attrs = {(i,): hint for i, t in enumerate(signature.values()) if t.startswith("*")}
-    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constants), attrs=attrs)
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
     compiled = triton.compile(source, target=GPUTarget("cuda", spec.arch, 32), options=options)
     ptx = compiled.asm["ptx"]

@@ -16,11 +16,15 @@ The token always sees itself, so an empty mask returns the token's own value (no
 outside the mask get exactly zero weight, so their content cannot reach the token. The mask logits get
 no gradient (thresholding has none). ``mask_attention`` picks the reference or the fused kernel
 (``mask_attention_triton.py``; see ``backend.py``).
+
+The inside/outside decisions depend only on the masks, so a model whose layers attend under the same masks
+decides them once (``mask_attention_layout``) and passes the layout to every layer's call.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +38,55 @@ def mask_inside_grid(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold
     return (resized > threshold).flatten(2)
 
 
-def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid) -> None:
+@dataclass(frozen=True)
+class MaskLayout:
+    """Which image tokens each mask covers, decided once and shared by every head and layer.
+
+    inside         (B, Q, N): True / 1 where the token lies inside the mask; bool for the reference,
+                   an int8 view of it (contiguous, no copy) when block lists are built for the kernels
+    block_counts   (B, ceil(Q / block_q)) int32: per block of mask tokens, how many blocks of block_n
+                   image tokens hold at least one inside token (None: no block lists, reference only)
+    block_indices  (B, ceil(Q / block_q), ceil(N / block_n)) int32: those blocks' indices first, ascending
+    """
+
+    inside: torch.Tensor
+    block_counts: Optional[torch.Tensor] = None
+    block_indices: Optional[torch.Tensor] = None
+    block_q: int = 0
+    block_n: int = 0
+
+
+def build_mask_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float, tiles: Optional[Tuple[int, int]] = None) -> MaskLayout:
+    """The layout of ``mask_logits`` over ``grid``, with block lists for ``tiles`` = (block_q, block_n)."""
+    inside = mask_inside_grid(mask_logits.detach(), grid, threshold).contiguous()
+    if tiles is None:
+        return MaskLayout(inside)
+    block_q, block_n = tiles
+    B, Q, N = inside.shape
+    QB, NB = -(-Q // block_q), -(-N // block_n)
+    # token blocks first (one pass over the mask), then the small (B, Q, NB) summary over mask blocks
+    per_mask = F.pad(inside, (0, NB * block_n - N)).view(B, Q, NB, block_n).any(3)
+    occupied = F.pad(per_mask, (0, 0, 0, QB * block_q - Q)).view(B, QB, block_q, NB).any(2)
+    # a stable sort of "empty" puts the occupied blocks first, in ascending order
+    order = torch.sort(~occupied, dim=-1, stable=True).indices
+    # bool and int8 share a layout: the view costs no pass
+    return MaskLayout(inside.view(torch.int8), occupied.sum(-1, dtype=torch.int32), order.to(torch.int32).contiguous(), block_q, block_n)
+
+
+def mask_attention_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, backend: str = "auto") -> MaskLayout:
+    """Decide inside/outside once for every ``mask_attention`` call under these masks (same backend)."""
+    if backend != "onnx" and use_triton(backend, mask_logits):
+        from .mask_attention_triton import layout_tiles
+
+        return build_mask_layout(mask_logits, grid, threshold, layout_tiles(mask_logits.device))
+    return build_mask_layout(mask_logits, grid, threshold)
+
+
+def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout: Optional[MaskLayout] = None) -> None:
     B, H, Q, Dh = q.shape
     N = grid[0] * grid[1]
+    if layout is not None and tuple(layout.inside.shape) != (B, Q, N):
+        raise ValueError(f"layout covers {tuple(layout.inside.shape)} (B, Q, N); these inputs need {(B, Q, N)}")
     if k_img.shape != (B, H, N, Dh) or v_img.shape != k_img.shape:
         raise ValueError(f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
     if k_self.shape != q.shape or v_self.shape != q.shape:
@@ -54,11 +104,13 @@ def mask_attention_reference(
     mask_logits: torch.Tensor,
     grid: Tuple[int, int],
     threshold: float = 0.0,
+    layout: Optional[MaskLayout] = None,
 ) -> torch.Tensor:
-    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
     Dh = q.shape[-1]
     scale = Dh ** -0.5
-    inside = mask_inside_grid(mask_logits, grid, threshold)[:, None]  # (B, 1, Q, N)
+    inside = mask_inside_grid(mask_logits, grid, threshold) if layout is None else layout.inside.bool()
+    inside = inside[:, None]  # (B, 1, Q, N)
     s_img = torch.matmul(q, k_img.transpose(-1, -2)) * scale
     s_img = s_img.masked_fill(~inside, float("-inf"))
     s_self = (q * k_self).sum(-1, keepdim=True) * scale
@@ -76,15 +128,19 @@ def mask_attention(
     grid: Tuple[int, int],
     threshold: float = 0.0,
     backend: str = "auto",
+    layout: Optional[MaskLayout] = None,
 ) -> torch.Tensor:
-    """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
+    """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference.
+    ``layout``: ``mask_attention_layout`` of these mask logits, grid and threshold (built here when None)."""
     if backend == "onnx":
         from .onnx_ops import mask_attention_node
 
         return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
     if not use_triton(backend, q, k_img, v_img, k_self, v_self, mask_logits):
-        return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
-    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid)
-    from .mask_attention_triton import mask_attention_triton
+        return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout)
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
+    from .mask_attention_triton import layout_tiles, mask_attention_triton
 
-    return mask_attention_triton(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
+    if layout is None or layout.block_indices is None:
+        layout = build_mask_layout(mask_logits, grid, threshold, layout_tiles(q.device))
+    return mask_attention_triton(q, k_img, v_img, k_self, v_self, layout)

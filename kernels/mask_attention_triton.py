@@ -1,24 +1,38 @@
 """Fused masked attention of mask tokens in Triton: forward, backward and the autograd wrapper.
 
-One program per (block of mask tokens, batch x head). The online softmax starts from each token's own
-key/value (the token always sees itself, so no row is ever empty) and then walks the image tokens in
-blocks. Whether an image token lies inside a mask is decided in the loop by sampling the mask logits
-bilinearly at the token's cell (``mask_grid_triton``), so neither the Q x N bias nor resized masks are
-written to device memory. The backward pass recomputes the same decisions, writes dQ, dK_self, dV_self
-and adds each block's dK_img / dV_img into fp32 buffers atomically (Q is 100-250: a few programs per
-image token block contend).
+The PyTorch path is block-sparse (FlexAttention's block masks, FlashMask):
+1. Inside/outside is decided once per forward, not per head or per layer: ``MaskLayout`` (built in
+   ``mask_attention.py``) holds an int8 (B, Q, N) mask and, per (image, block of BLOCK_Q mask tokens), the
+   list of BLOCK_N-token blocks that hold any inside token. Every head and every layer that attends under
+   the same masks reads that layout; the kernels never resample mask logits.
+2. ``mask_attention_sparse_fwd_kernel``: one program per (block of mask tokens, split, batch x head). The
+   online softmax starts from each token's own key/value (split 0 only) and visits only the listed token
+   blocks; blocks wholly outside every mask of the block are never loaded. The block list is split across
+   ``splits`` programs (flash-decoding), so batch 1 with 100 masks fills a 132-SM GPU; each split writes
+   its normalised partial output (q's dtype) and log-sum-exp (fp32), and ``mask_attention_combine_kernel``
+   merges them.
+3. ``mask_attention_sparse_bwd_kernel`` walks the same lists, writes dQ, dK_self, dV_self and adds each
+   visited block's dK_img / dV_img into fp32 buffers atomically (Q/BLOCK_Q <= 4 programs contend).
+
+``mask_attention_fwd_kernel`` is the TensorRT plugin's single-launch kernel (a plugin runs one kernel, so
+it samples the mask logits in its loop, ``mask_grid_triton``); the PyTorch path does not use it.
+
+Supported: fp32, fp16, bf16 (GPU); any head dim (padded to a power of two >= 16); any strides of q/k/v.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .adapter_attention_triton import LOG2E
+from .adapter_attention_triton import LOG2E, online_softmax_step
+from .backend import interpreting
+from .mask_attention import MaskLayout
 from .mask_grid_triton import mask_logits_tile
-from .tuning import block_d, dot_precision, launch
-
+from .tuning import block_d, dot_precision, launch, mask_tiles
 
 @triton.jit
 def mask_attention_fwd_kernel(
@@ -59,12 +73,7 @@ def mask_attention_fwd_kernel(
         v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(inside, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     out = acc / l_i[:, None]
     tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok)
     if STORE_LSE:  # for the backward pass; inference (the TensorRT plugin) skips it
@@ -72,18 +81,107 @@ def mask_attention_fwd_kernel(
 
 
 @triton.jit
-def mask_attention_bwd_kernel(
-    Q, KI, VI, KS, VS, M, DO, LSE, DELTA, DQ, DKI, DVI, DKS, DVS,
+def mask_attention_sparse_fwd_kernel(
+    Q, KI, VI, KS, VS, INSIDE, COUNTS, INDICES, O, LSE,
     sqb, sqh, sqq, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     ssb, ssh, ssq, ssd,
     stb, sth, stq, std,
-    smb, smq, smy, smx,
-    H, NQ, N, D, grid_w, in_h, in_w, scale_y, scale_x, threshold, qk_scale, sm_scale,
+    sob, soh, soq, sod,
+    H, NQ, N, D, NB, n_splits, qk_scale,
+    PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # INSIDE (B, NQ, N) int8, COUNTS (B, QB) int32, INDICES (B, QB, NB) int32: contiguous (MaskLayout).
+    # PARTIAL: O (splits, B*H, NQ, D) in q's dtype and LSE (splits, B*H, NQ) fp32, contiguous, for the combine.
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = offs_q < NQ
+    d_ok = offs_d < D
+    qd_ok = q_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_q[:, None] * sqq + offs_d[None, :] * sqd, mask=qd_ok, other=0.0)
+    k_self = tl.load(KS + b * ssb + h * ssh + offs_q[:, None] * ssq + offs_d[None, :] * ssd, mask=qd_ok, other=0.0)
+    v_self = tl.load(VS + b * stb + h * sth + offs_q[:, None] * stq + offs_d[None, :] * std, mask=qd_ok, other=0.0)
+    # split 0 starts the online softmax from the token's own score (log2 units); the others start empty
+    own = pid_s == 0
+    m_i = tl.where(own, tl.sum(q.to(tl.float32) * k_self.to(tl.float32), 1) * qk_scale, float("-inf"))
+    l_i = tl.where(own, 1.0, 0.0) + tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.where(own, v_self.to(tl.float32), 0.0)
+    tile = b * tl.num_programs(0) + pid_q
+    count = tl.load(COUNTS + tile)
+    per_split = tl.cdiv(count, n_splits)
+    first = pid_s * per_split
+    last = tl.minimum(first + per_split, count)
+    for i in range(first, last):
+        offs_n = tl.load(INDICES + tile * NB + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        inside = tl.load(INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0)
+        kt = tl.load(KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.where(inside != 0, tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale, float("-inf"))
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
+    if PARTIAL:
+        seen = l_i > 0
+        l_safe = tl.where(seen, l_i, 1.0)
+        part = (pid_s * tl.num_programs(2) + pid_bh) * NQ + offs_q
+        tl.store(O + part[:, None] * D + offs_d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=qd_ok)
+        tl.store(LSE + part, tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf")), mask=q_ok)
+    else:
+        out = acc / l_i[:, None]
+        tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok)
+        tl.store(LSE + pid_bh * NQ + offs_q, m_i + tl.math.log2(l_i), mask=q_ok)
+
+
+@triton.jit
+def mask_attention_combine_kernel(
+    OP, LP, O, LSE,
+    sob, soh, soq, sod,
+    H, NQ, D, n_splits,
+    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    # out = sum_s 2^(lse_s - lse) out_s with lse = log2 sum_s 2^lse_s; split 0 holds the token's own key,
+    # so lse is finite and no row divides by zero.
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    BH = tl.num_programs(1)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = offs_q < NQ
+    qd_ok = q_ok[:, None] & (offs_d < D)[None, :]
+    m = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    for s in range(0, n_splits):
+        m = tl.maximum(m, tl.load(LP + (s * BH + pid_bh) * NQ + offs_q, mask=q_ok, other=0.0))
+    l = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for s in range(0, n_splits):
+        part = (s * BH + pid_bh) * NQ + offs_q
+        w = tl.math.exp2(tl.load(LP + part, mask=q_ok, other=0.0) - m)
+        l += w
+        acc += w[:, None] * tl.load(OP + part[:, None] * D + offs_d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
+    b = pid_bh // H
+    h = pid_bh % H
+    tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, (acc / l[:, None]).to(O.dtype.element_ty), mask=qd_ok)
+    tl.store(LSE + pid_bh * NQ + offs_q, m + tl.math.log2(l), mask=q_ok)
+
+
+@triton.jit
+def mask_attention_sparse_bwd_kernel(
+    Q, KI, VI, KS, VS, INSIDE, COUNTS, INDICES, DO, LSE, DELTA, DQ, DKI, DVI, DKS, DVS,
+    sqb, sqh, sqq, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    ssb, ssh, ssq, ssd,
+    stb, sth, stq, std,
+    H, NQ, N, D, NB, qk_scale, sm_scale,
     DOT_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # DO, DQ, DKS, DVS are contiguous (B, H, Q, D); DKI, DVI are fp32 contiguous (B, H, N, D).
+    # DO, DQ, DKS, DVS are contiguous (B, H, Q, D); DKI, DVI are fp32 contiguous (B, H, N, D); the layout
+    # (INSIDE, COUNTS, INDICES) is the forward's.
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -107,17 +205,16 @@ def mask_attention_bwd_kernel(
     dq = ds_self[:, None] * k_self.to(tl.float32)
     tl.store(DKS + row, (ds_self[:, None] * q.to(tl.float32) * sm_scale).to(DKS.dtype.element_ty), mask=qd_ok)
     tl.store(DVS + row, (p_self[:, None] * do32).to(DVS.dtype.element_ty), mask=qd_ok)
-    mask_base = M + b * smb
-    for start in range(0, N, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
+    tile = b * tl.num_programs(0) + pid_q
+    for i in range(0, tl.load(COUNTS + tile)):
+        offs_n = tl.load(INDICES + tile * NB + i) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         nd_ok = n_ok[:, None] & d_ok[None, :]
-        logits = mask_logits_tile(mask_base, smq, smy, smx, offs_q, offs_n, q_ok, n_ok, grid_w, in_h, in_w, scale_y, scale_x)
-        inside = (logits > threshold) & n_ok[None, :] & q_ok[:, None]
+        inside = tl.load(INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0)
         k = tl.load(KI + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=nd_ok, other=0.0)
         v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=nd_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
+        p = tl.where(inside != 0, tl.math.exp2(s - lse[:, None]), 0.0)
         dv = tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -129,66 +226,93 @@ def mask_attention_bwd_kernel(
     tl.store(DQ + row, (dq * sm_scale).to(DQ.dtype.element_ty), mask=qd_ok)
 
 
-def _grid_args(mask_logits: torch.Tensor, grid):
-    Hm, Wm = mask_logits.shape[-2:]
-    # PyTorch's bilinear scale for an explicit output size: in / out, in fp32
-    return (grid[1], Hm, Wm, Hm / grid[0], Wm / grid[1])
+def layout_tiles(device: torch.device) -> Tuple[int, int]:
+    """(BLOCK_Q, BLOCK_N) of the block-sparse layout the kernels of ``device`` read."""
+    return mask_tiles(device)
 
 
-def forward(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold):
+def num_splits(programs: int, blocks: int, device: torch.device) -> int:
+    """How many programs share one block list: enough for one program per SM, never more than there are
+    blocks to visit. Not more: every split writes and the combine reads back a (B, H, Q, D) partial, which
+    costs 1/16 of the k/v traffic per split at Q = 100, N = 1600 (kernels/traffic.py). The interpreter
+    always splits in two, so CPU tests cover the combine."""
+    if interpreting():
+        return min(2, blocks)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(blocks, triton.cdiv(sms, programs)))
+
+
+def forward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optional[int] = None):
     B, H, NQ, D = q.shape
     N = k_img.shape[2]
+    QB, NB = layout.block_indices.shape[1:]
+    if splits is None:
+        splits = num_splits(QB * B * H, NB, q.device)
     out = torch.empty_like(q)
     lse = torch.empty(B, H, NQ, device=q.device, dtype=torch.float32)
+    if splits > 1:
+        part_out = torch.empty(splits, B * H, NQ, D, device=q.device, dtype=q.dtype)
+        part_lse = torch.empty(splits, B * H, NQ, device=q.device, dtype=torch.float32)
+    else:
+        part_out, part_lse = out, lse
     args = (
-        q, k_img, v_img, k_self, v_self, mask_logits, out, lse,
-        *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(), *mask_logits.stride(), *out.stride(),
-        H, NQ, N, D, *_grid_args(mask_logits, grid), float(threshold), D ** -0.5 * LOG2E,
+        q, k_img, v_img, k_self, v_self, layout.inside, layout.block_counts, layout.block_indices, part_out, part_lse,
+        *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(), *out.stride(),
+        H, NQ, N, D, NB, splits, D ** -0.5 * LOG2E,
     )
-    meta = dict(DOT_PRECISION=dot_precision(q.dtype), STORE_LSE=True, BLOCK_D=block_d(D))
+    meta = dict(PARTIAL=splits > 1, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=block_d(D))
     launch(
-        "mask_attention_fwd", mask_attention_fwd_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
-        args, meta, q.device, key=("NQ", "N", "D"),
+        "mask_attention_sparse_fwd", mask_attention_sparse_fwd_kernel, lambda m: (QB, splits, B * H),
+        args, meta, q.device, bucket=(NQ, N, D),
     )
+    if splits > 1:
+        launch(
+            "mask_attention_combine", mask_attention_combine_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
+            (part_out, part_lse, out, lse, *out.stride(), H, NQ, D, splits), dict(BLOCK_D=block_d(D)), q.device, bucket=(NQ, D),
+        )
     return out, lse
 
 
-def backward(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, out, lse, grad_out):
+def backward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, out, lse, grad_out):
     B, H, NQ, D = q.shape
     N = k_img.shape[2]
+    QB, NB = layout.block_indices.shape[1:]
     grad_out = grad_out.contiguous()
     delta = (grad_out.float() * out.float()).sum(-1)
     dq, dks, dvs = (torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
     dki = torch.zeros(k_img.shape, device=q.device, dtype=torch.float32)
     dvi = torch.zeros(v_img.shape, device=q.device, dtype=torch.float32)
     args = (
-        q, k_img, v_img, k_self, v_self, mask_logits, grad_out, lse, delta, dq, dki, dvi, dks, dvs,
-        *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(), *mask_logits.stride(),
-        H, NQ, N, D, *_grid_args(mask_logits, grid), float(threshold), D ** -0.5 * LOG2E, D ** -0.5,
+        q, k_img, v_img, k_self, v_self, layout.inside, layout.block_counts, layout.block_indices,
+        grad_out, lse, delta, dq, dki, dvi, dks, dvs,
+        *q.stride(), *k_img.stride(), *v_img.stride(), *k_self.stride(), *v_self.stride(),
+        H, NQ, N, D, NB, D ** -0.5 * LOG2E, D ** -0.5,
     )
     meta = dict(DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=block_d(D))
     launch(
-        "mask_attention_bwd", mask_attention_bwd_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
-        args, meta, q.device, key=("NQ", "N", "D"), reset=("DKI", "DVI"),
+        "mask_attention_sparse_bwd", mask_attention_sparse_bwd_kernel, lambda m: (QB, B * H),
+        args, meta, q.device, bucket=(NQ, N, D), reset=("DKI", "DVI"),
     )
     return dq, dki.to(k_img.dtype), dvi.to(v_img.dtype), dks, dvs
 
 
 class MaskAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold):
-        mask_logits = mask_logits.detach()
-        out, lse = forward(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
-        ctx.save_for_backward(q, k_img, v_img, k_self, v_self, mask_logits, out, lse)
-        ctx.grid, ctx.threshold = grid, threshold
+    def forward(ctx, q, k_img, v_img, k_self, v_self, layout, splits):
+        out, lse = forward(q, k_img, v_img, k_self, v_self, layout, splits)
+        ctx.save_for_backward(q, k_img, v_img, k_self, v_self, out, lse)
+        ctx.layout = layout
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k_img, v_img, k_self, v_self, mask_logits, out, lse = ctx.saved_tensors
-        grads = backward(q, k_img, v_img, k_self, v_self, mask_logits, ctx.grid, ctx.threshold, out, lse, grad_out)
-        return (*grads, None, None, None)
+        q, k_img, v_img, k_self, v_self, out, lse = ctx.saved_tensors
+        grads = backward(q, k_img, v_img, k_self, v_self, ctx.layout, out, lse, grad_out)
+        return (*grads, None, None)
 
 
-def mask_attention_triton(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold=0.0):
-    return MaskAttention.apply(q, k_img, v_img, k_self, v_self, mask_logits, tuple(grid), float(threshold))
+def mask_attention_triton(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optional[int] = None):
+    """``layout`` must carry the block lists of this device's tiles (``mask_attention_layout``)."""
+    if (layout.block_q, layout.block_n) != layout_tiles(q.device):
+        raise ValueError(f"layout tiles {(layout.block_q, layout.block_n)} differ from the kernel's {layout_tiles(q.device)}")
+    return MaskAttention.apply(q, k_img, v_img, k_self, v_self, layout, splits)

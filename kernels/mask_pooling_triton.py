@@ -1,18 +1,20 @@
 """Fused mask-average pooling -> cosine logits in Triton: forward, backward and the autograd wrapper.
 
-Forward, two kernels:
-1. ``mask_pool_fwd_kernel``: one program per (block of masks, block of channels, image) walks the
-   feature map; each step samples the mask logits at the feature cells (bilinear, in registers), turns
-   them into weights (binary or sigmoid), accumulates weights @ features on tensor cores and the mask
-   area beside it. Writes only the (B, Q, C) pooled embeddings: the eager chain's resized masks, weights
-   and normalised weights (each B x Q x Hf x Wf) never exist.
-2. ``cosine_logits_kernel``: one program per (block of pooled rows, block of classes) walks the
-   channels, accumulating the dot products and both squared norms, so L2 normalisation of masks and
-   texts and the scale are an epilogue.
+Forward, three kernels, each input read once:
+1. ``mask_weights_kernel`` samples every mask at the feature cells once (bilinear, as F.interpolate with
+   align_corners=False) and writes the (B, Q, Hf*Wf) weights (binary or sigmoid) in the features' dtype:
+   the one intermediate, ~Q*HW*2 bytes (0.8 MB at Q = 250 on a 40x40 grid), read back from L2.
+2. ``mask_pool_fwd_kernel``: a GEMM per image, (Q, HW) weights @ (HW, C) features on tensor cores, one
+   program per (block of masks, block of channels); the mask areas are summed in fp32 beside it and the
+   (B, Q, C) fp32 pooled embeddings are divided by them in the epilogue. Features are addressed through
+   one flattened cell stride (NCHW and channels-last both have one), so the loads vectorise.
+3. ``cosine_logits_kernel``: (B*Q, C) x (K, C) with both L2 norms accumulated in fp32 beside the product;
+   the product runs on tensor cores in the inputs' 16-bit dtype (fp32 inputs keep exact fp32 products).
 
 Backward: the logits/normalisation part is (B, Q, C)- and (K, C)-sized, done in PyTorch; the feature
-gradient (the size of the feature map) is ``mask_pool_bwd_kernel``, which resamples the weights instead
-of reading saved ones.
+gradient (the size of the feature map) is ``mask_pool_bwd_kernel``, which reads the forward's weights.
+
+``mask_pool_tile`` (weights sampled in the loop) serves the TensorRT plugin, which runs one kernel.
 """
 
 from __future__ import annotations
@@ -59,15 +61,34 @@ def mask_pool_tile(
 
 
 @triton.jit
-def mask_pool_fwd_kernel(
-    M, F_, P, AREA,
+def mask_weights_kernel(
+    M, W,
     smb, smq, smy, smx,
-    sfb, sfc, sfy, sfx,
-    NQ, C, HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
-    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    NQ, HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
+    SIGMOID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
-    # P (B, Q, C) fp32 pooled, already divided by the area; AREA (B, Q) fp32. Both contiguous.
+    # W (B, NQ, HW) contiguous, in the features' dtype
+    pid_q = tl.program_id(0)
+    pid_hw = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    q_ok = offs_q < NQ
+    hw_ok = offs_hw < HW
+    logits = mask_logits_tile(M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
+    w = _weights(logits, threshold, SIGMOID)
+    tl.store(W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], w.to(W.dtype.element_ty), mask=q_ok[:, None] & hw_ok[None, :])
+
+
+@triton.jit
+def mask_pool_fwd_kernel(
+    W, F_, P, AREA,
+    sfb, sfc, sf_hw,
+    NQ, C, HW,
+    DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):
+    # W (B, NQ, HW) contiguous; features F_[b, c, cell] at b*sfb + c*sfc + cell*sf_hw; P (B, NQ, C) fp32
+    # pooled, already divided by the area; AREA (B, NQ) fp32. P and AREA contiguous.
     pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
     b = tl.program_id(2)
@@ -75,10 +96,15 @@ def mask_pool_fwd_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = offs_q < NQ
     c_ok = offs_c < C
-    acc, area = mask_pool_tile(
-        M + b * smb, smq, smy, smx, F_ + b * sfb, sfc, sfy, sfx, offs_q, offs_c, q_ok, c_ok,
-        HW, grid_w, in_h, in_w, scale_y, scale_x, threshold, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,
-    )
+    acc = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
+    area = tl.zeros((BLOCK_Q,), tl.float32)
+    for start in range(0, HW, BLOCK_HW):
+        offs_hw = start + tl.arange(0, BLOCK_HW)
+        hw_ok = offs_hw < HW
+        w = tl.load(W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0)
+        f = tl.load(F_ + b * sfb + offs_c[None, :] * sfc + offs_hw[:, None] * sf_hw, mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.dot(w, f, input_precision=DOT_PRECISION)
+        area += tl.sum(w.to(tl.float32), 1)
     pooled = acc / (area + 1e-8)[:, None]  # FC-CLIP's epsilon
     tl.store(P + (b * NQ + offs_q[:, None]) * C + offs_c[None, :], pooled, mask=q_ok[:, None] & c_ok[None, :])
     if pid_c == 0:
@@ -104,10 +130,12 @@ def cosine_logits_kernel(
         offs_c = start + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
         p = tl.load(P + offs_m[:, None] * C + offs_c[None, :], mask=m_ok[:, None] & c_ok[None, :], other=0.0)
-        t = tl.load(T + offs_k[None, :] * st_k + offs_c[:, None] * st_c, mask=k_ok[None, :] & c_ok[:, None], other=0.0).to(tl.float32)
-        dots += tl.dot(p, t, input_precision=DOT_PRECISION)
+        t = tl.load(T + offs_k[None, :] * st_k + offs_c[:, None] * st_c, mask=k_ok[None, :] & c_ok[:, None], other=0.0)
+        # the product in the text's dtype (tensor cores for 16-bit), both norms in fp32
+        dots += tl.dot(p.to(t.dtype), t, input_precision=DOT_PRECISION)
         p_sq += tl.sum(p * p, 1)
-        t_sq += tl.sum(t * t, 0)
+        t32 = t.to(tl.float32)
+        t_sq += tl.sum(t32 * t32, 0)
     p_norm = tl.maximum(tl.sqrt(p_sq), 1e-12)
     t_norm = tl.maximum(tl.sqrt(t_sq), 1e-12)
     out = scale * dots / p_norm[:, None] / t_norm[None, :]
@@ -116,14 +144,12 @@ def cosine_logits_kernel(
 
 @triton.jit
 def mask_pool_bwd_kernel(
-    M, G, AREA, DF,
-    smb, smq, smy, smx,
-    sdb, sdc, sdy, sdx,
-    NQ, C, HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
-    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_Q: tl.constexpr,
+    W, G, AREA, DF,
+    sdb, sdc, sd_hw,
+    NQ, C, HW,
+    DOT_PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    # G (B, Q, C) fp32 gradient of the pooled embeddings; DF[b, c, hw] = sum_q G[b,q,c] w[b,q,hw] / area[b,q]
+    # G (B, Q, C) fp32 gradient of the pooled embeddings; DF[b, c, hw] = sum_q G[b,q,c] W[b,q,hw] / area[b,q]
     pid_c = tl.program_id(0)
     pid_hw = tl.program_id(1)
     b = tl.program_id(2)
@@ -135,14 +161,17 @@ def mask_pool_bwd_kernel(
     for start in range(0, NQ, BLOCK_Q):
         offs_q = start + tl.arange(0, BLOCK_Q)
         q_ok = offs_q < NQ
-        logits = mask_logits_tile(M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
         area = tl.load(AREA + b * NQ + offs_q, mask=q_ok, other=1.0)
-        w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, threshold, SIGMOID), 0.0) / (area + 1e-8)[:, None]
+        w = tl.load(W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0)
+        w = w.to(tl.float32) / (area + 1e-8)[:, None]
         gt = tl.load(G + (b * NQ + offs_q[None, :]) * C + offs_c[:, None], mask=q_ok[None, :] & c_ok[:, None], other=0.0)
         acc += tl.dot(gt, w, input_precision=DOT_PRECISION)
-    fy = offs_hw // grid_w
-    fx = offs_hw % grid_w
-    tl.store(DF + b * sdb + offs_c[:, None] * sdc + (fy * sdy + fx * sdx)[None, :], acc.to(DF.dtype.element_ty), mask=c_ok[:, None] & hw_ok[None, :])
+    tl.store(DF + b * sdb + offs_c[:, None] * sdc + offs_hw[None, :] * sd_hw, acc.to(DF.dtype.element_ty), mask=c_ok[:, None] & hw_ok[None, :])
+
+
+def _cell_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, C, Hf, Wf) with one stride over its Hf*Wf cells (NCHW and channels-last have one)."""
+    return t if t.stride(2) == t.shape[3] * t.stride(3) else t.contiguous()
 
 
 def _sampling(mask_logits: torch.Tensor, dense: torch.Tensor):
@@ -151,17 +180,29 @@ def _sampling(mask_logits: torch.Tensor, dense: torch.Tensor):
     return (Hf * Wf, Wf, Hm, Wm, Hm / Hf, Wm / Wf)
 
 
-def pool(mask_logits, dense, weighting, threshold):
-    """(B, Q, C) fp32 area-normalised pooled embeddings and (B, Q) fp32 areas."""
+def mask_weights(mask_logits, dense, weighting, threshold) -> torch.Tensor:
+    """(B, Q, Hf*Wf) weights in the features' dtype: every mask sampled once at the feature cells."""
     B, Q = mask_logits.shape[:2]
+    HW = dense.shape[-2] * dense.shape[-1]
+    weights = torch.empty(B, Q, HW, device=dense.device, dtype=dense.dtype)
+    args = (mask_logits, weights, *mask_logits.stride(), Q, *_sampling(mask_logits, dense), float(threshold))
+    launch(
+        "mask_weights", mask_weights_kernel, lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
+        args, dict(SIGMOID=weighting == "sigmoid"), dense.device, bucket=(Q, HW),
+    )
+    return weights
+
+
+def pool(weights, dense):
+    """(B, Q, C) fp32 area-normalised pooled embeddings and (B, Q) fp32 areas."""
+    B, Q, HW = weights.shape
     C = dense.shape[1]
     pooled = torch.empty(B, Q, C, device=dense.device, dtype=torch.float32)
     area = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
-    args = (mask_logits, dense, pooled, area, *mask_logits.stride(), *dense.stride(), Q, C, *_sampling(mask_logits, dense), float(threshold))
-    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=dot_precision(dense.dtype))
+    args = (weights, dense, pooled, area, dense.stride(0), dense.stride(1), dense.stride(3), Q, C, HW)
     launch(
         "mask_pool_fwd", mask_pool_fwd_kernel, lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
-        args, meta, dense.device, key=("NQ", "C", "HW"),
+        args, dict(DOT_PRECISION=dot_precision(dense.dtype)), dense.device, bucket=(Q, C, HW),
     )
     return pooled, area
 
@@ -171,25 +212,22 @@ def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dt
     K = text.shape[0]
     out = torch.empty(B, Q, K, device=pooled.device, dtype=out_dtype)
     args = (pooled, text, out, text.stride(0), text.stride(1), B * Q, K, C, float(scale))
-    meta = dict(DOT_PRECISION=dot_precision(torch.float32))
+    meta = dict(DOT_PRECISION=dot_precision(text.dtype))
     launch(
         "cosine_logits", cosine_logits_kernel, lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
-        args, meta, pooled.device, key=("ML", "KN", "C"),
+        args, meta, pooled.device, bucket=(B * Q, K, C),
     )
     return out
 
 
-def pool_backward(mask_logits, dense, grad_pooled, area, weighting, threshold):
-    B, Q = mask_logits.shape[:2]
+def pool_backward(weights, dense, grad_pooled, area):
+    B, Q, HW = weights.shape
     C = dense.shape[1]
-    grad_dense = torch.empty_like(dense)
-    args = (mask_logits, grad_pooled.contiguous(), area, grad_dense, *mask_logits.stride(), *grad_dense.stride(), Q, C,
-            *_sampling(mask_logits, dense), float(threshold))
-    meta = dict(SIGMOID=weighting == "sigmoid", DOT_PRECISION=dot_precision(torch.float32))
-    HW = dense.shape[-2] * dense.shape[-1]
+    grad_dense = _cell_stride(torch.empty_like(dense))
+    args = (weights, grad_pooled.contiguous(), area, grad_dense, grad_dense.stride(0), grad_dense.stride(1), grad_dense.stride(3), Q, C, HW)
     launch(
         "mask_pool_bwd", mask_pool_bwd_kernel, lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
-        args, meta, dense.device, key=("NQ", "C", "HW"),
+        args, dict(DOT_PRECISION=dot_precision(torch.float32)), dense.device, bucket=(Q, C, HW),
     )
     return grad_dense
 
@@ -206,22 +244,24 @@ class MaskAverageLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mask_logits, dense, text, logit_scale, weighting, threshold):
         scale = float(logit_scale)
-        pooled, area = pool(mask_logits, dense, weighting, threshold)
+        dense = _cell_stride(dense)
+        weights = mask_weights(mask_logits, dense, weighting, threshold)
+        pooled, area = pool(weights, dense)
         logits = cosine_logits(pooled, text, scale, dense.dtype)
-        ctx.save_for_backward(mask_logits, dense, text, pooled, area, logits)
-        ctx.scale, ctx.weighting, ctx.threshold = scale, weighting, threshold
+        ctx.save_for_backward(weights, dense, text, pooled, area, logits)
+        ctx.scale = scale
         return logits
 
     @staticmethod
     def backward(ctx, grad_logits):
-        mask_logits, dense, text, pooled, area, logits = ctx.saved_tensors
+        weights, dense, text, pooled, area, logits = ctx.saved_tensors
         g = grad_logits.float()
         pn = F.normalize(pooled, dim=-1)
         tn = F.normalize(text.float(), dim=-1)
         grad_dense = grad_text = grad_scale = None
         if ctx.needs_input_grad[1]:
             grad_pooled = _normalize_backward(pooled, ctx.scale * g @ tn)
-            grad_dense = pool_backward(mask_logits, dense, grad_pooled, area, ctx.weighting, ctx.threshold)
+            grad_dense = pool_backward(weights, dense, grad_pooled, area)
         if ctx.needs_input_grad[2]:
             grad_text = _normalize_backward(text.float(), ctx.scale * torch.einsum("bqk,bqc->kc", g, pn)).to(text.dtype)
         if ctx.needs_input_grad[3]:

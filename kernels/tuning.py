@@ -16,77 +16,89 @@ import triton
 from .backend import interpreting
 
 
-def _configs(blocks: Sequence[Dict[str, int]], warps: Sequence[int], stages: Sequence[int]) -> List[triton.Config]:
-    return [triton.Config(dict(b), num_warps=w, num_stages=s) for b in blocks for w in warps for s in stages]
+# kernel name -> generation (compute capability major*10+minor, rounded down to a listed one) -> configs.
+# Every config here passes the static gate (``python -m fisa_rt.kernels.gate``, run by
+# tests/kernels/test_static_gate.py: fits the shared memory, no register spills, vector loads or cp.async
+# where memory-bound) on sm_87 and sm_90; the configs that failed it were removed (docs/design.md lists
+# them). Generation 80 (sm_80/86/89) runs Orin's lists: they were gated on sm_87 against 99 KB, the
+# smallest per-block limit of the three.
+def _cfg(warps: int, stages: int, **blocks: int) -> triton.Config:
+    return triton.Config(blocks, num_warps=warps, num_stages=stages)
 
 
-def _row_col(rows: str, cols: str, row_sizes, col_sizes):
-    return [{rows: r, cols: c} for r in row_sizes for c in col_sizes]
-
-
-# kernel name -> generation (compute capability major*10+minor, rounded down to a listed one) -> configs
-TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
-    # Flash-style row blocks of visual tokens x column blocks of classes.
-    "adapter_attention_fwd": {
-        80: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (32, 64)), (4, 8), (2, 3)),
-        87: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (16, 32)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (32, 64, 128)), (4, 8), (3, 4)),
-    },
-    "adapter_attention_bwd": {
-        80: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (32, 64)), (4, 8), (2,)),
-        87: _configs(_row_col("BLOCK_N", "BLOCK_K", (64,), (16, 32)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_N", "BLOCK_K", (64, 128), (32, 64)), (4, 8), (2, 3)),
-    },
-    # Row blocks of mask tokens x column blocks of image tokens.
-    "mask_attention_fwd": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_N", (32, 64), (64, 128)), (4, 8), (2, 3)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_N", (32, 64), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_N", (64, 128), (64, 128)), (4, 8), (3, 4)),
-    },
-    "mask_attention_bwd": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_N", (32, 64), (64,)), (4, 8), (2,)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_N", (32,), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_N", (64,), (64, 128)), (4, 8), (2, 3)),
-    },
-    # Mask blocks x channel blocks, looping over feature-map positions.
-    "mask_pool_fwd": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_C", (32, 64), (64, 128)), (4, 8), (2, 3)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_C", (32, 64), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_C", (64, 128), (64, 128)), (4, 8), (3, 4)),
-    },
-    "mask_pool_bwd": {
-        80: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64,), (64, 128)), (4, 8), (2,)),
-        87: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64,), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_C", "BLOCK_HW", (64, 128), (64, 128)), (4, 8), (2, 3)),
-    },
-    # TensorRT plugin: mask blocks x class blocks, pooling recomputed per class block.
-    "mask_average_logits_plugin": {
-        80: _configs(_row_col("BLOCK_Q", "BLOCK_K", (32, 64), (64,)), (4,), (2,)),
-        87: _configs(_row_col("BLOCK_Q", "BLOCK_K", (32,), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_Q", "BLOCK_K", (64,), (64, 128)), (4, 8), (2, 3)),
-    },
-    # Pooled rows x class blocks, looping over channels.
-    "cosine_logits": {
-        80: _configs(_row_col("BLOCK_M", "BLOCK_K", (32, 64), (64, 128)), (4,), (2, 3)),
-        87: _configs(_row_col("BLOCK_M", "BLOCK_K", (32, 64), (64,)), (4,), (2,)),
-        90: _configs(_row_col("BLOCK_M", "BLOCK_K", (64, 128), (64, 128)), (4, 8), (3,)),
-    },
+_ORIN: Dict[str, List[triton.Config]] = {
+    "adapter_attention_fwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=32), _cfg(4, 2, BLOCK_N=128, BLOCK_K=32)],
+    "adapter_attention_bwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=32)],
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=32)],
+    "mask_attention_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
+    # (64, 32) tiles: on sm_87 the backward spills at (64, 64) (84-132 B, 4 or 8 warps) and at (32, 64)
+    "mask_attention_sparse_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=32)],
+    "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
+    "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=32)],
+    "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
+    "mask_pool_fwd": [_cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128)],
+    "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
+    "mask_average_logits_plugin": [_cfg(4, 2, BLOCK_Q=32, BLOCK_K=64)],
+    "cosine_logits": [_cfg(4, 3, BLOCK_M=64, BLOCK_K=64)],
 }
+_HOPPER: Dict[str, List[triton.Config]] = {
+    # Flash-style row blocks of visual tokens x column blocks of classes.
+    "adapter_attention_fwd": [
+        _cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(8, 3, BLOCK_N=128, BLOCK_K=64),
+        _cfg(4, 3, BLOCK_N=64, BLOCK_K=128), _cfg(8, 3, BLOCK_N=128, BLOCK_K=128),
+    ],
+    # dQ pass: row blocks of visual tokens walking the classes.
+    "adapter_attention_bwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64), _cfg(8, 2, BLOCK_N=128, BLOCK_K=64)],
+    # dK/dV pass: column blocks of classes walking every visual token (deterministic: no atomics).
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64), _cfg(8, 2, BLOCK_N=64, BLOCK_K=64)],
+    # TensorRT plugin's single-launch masked attention: row blocks of mask tokens x image-token blocks.
+    "mask_attention_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
+    # Block-sparse masked attention: the tiles (BLOCK_Q, BLOCK_N) are the MaskLayout's, so they are fixed
+    # per generation (mask_tiles) and only warps and stages are tuned.
+    "mask_attention_sparse_fwd": [
+        _cfg(4, 2, BLOCK_Q=64, BLOCK_N=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_N=64), _cfg(8, 2, BLOCK_Q=64, BLOCK_N=64),
+    ],
+    # Merge of the split-K partial outputs: a few KB per program, so small blocks spread it over the SMs.
+    "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
+    "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64), _cfg(8, 2, BLOCK_Q=64, BLOCK_N=64)],
+    # Mask weights sampled once: blocks of masks x blocks of feature cells.
+    "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
+    # Pooling GEMM: mask blocks x channel blocks, looping over feature cells.
+    "mask_pool_fwd": [
+        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128),
+        _cfg(8, 3, BLOCK_Q=128, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=128, BLOCK_C=128),
+    ],
+    # Feature gradient: channel blocks x cell blocks, looping over masks (fp32 products: 8 warps, or it spills).
+    "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
+    # TensorRT plugin: mask blocks x class blocks.
+    "mask_average_logits_plugin": [_cfg(4, 2, BLOCK_Q=64, BLOCK_K=64), _cfg(4, 2, BLOCK_Q=64, BLOCK_K=128)],
+    # Pooled rows x class blocks, looping over channels.
+    "cosine_logits": [
+        _cfg(4, 3, BLOCK_M=64, BLOCK_K=64), _cfg(8, 3, BLOCK_M=64, BLOCK_K=128),
+        _cfg(8, 3, BLOCK_M=128, BLOCK_K=64), _cfg(8, 3, BLOCK_M=128, BLOCK_K=128),
+    ],
+}
+TUNING: Dict[str, Dict[int, List[triton.Config]]] = {name: {80: _ORIN[name], 87: _ORIN[name], 90: _HOPPER[name]} for name in _HOPPER}
 
-# What the interpreter runs: the smallest blocks tl.dot accepts, so CPU tests stay fast.
+# What the interpreter runs: few programs (each costs the interpreter a fixed overhead), so CPU tests stay fast.
 INTERPRETER: Dict[str, Dict[str, int]] = {
-    "adapter_attention_fwd": {"BLOCK_N": 16, "BLOCK_K": 16},
-    "adapter_attention_bwd": {"BLOCK_N": 16, "BLOCK_K": 16},
+    "adapter_attention_fwd": {"BLOCK_N": 64, "BLOCK_K": 16},
+    "adapter_attention_bwd": {"BLOCK_N": 64, "BLOCK_K": 16},
+    "adapter_attention_bwd_kv": {"BLOCK_N": 128, "BLOCK_K": 16},
     "mask_attention_fwd": {"BLOCK_Q": 16, "BLOCK_N": 16},
-    "mask_attention_bwd": {"BLOCK_Q": 16, "BLOCK_N": 16},
-    "mask_pool_fwd": {"BLOCK_Q": 16, "BLOCK_C": 16},
-    "mask_pool_bwd": {"BLOCK_C": 16, "BLOCK_HW": 16},
+    # realistic-size CPU tests (N >= 1024, Q >= 100) walk fewer, larger tiles
+    "mask_attention_sparse_fwd": {"BLOCK_Q": 32, "BLOCK_N": 64},
+    "mask_attention_sparse_bwd": {"BLOCK_Q": 32, "BLOCK_N": 64},
+    "mask_attention_combine": {"BLOCK_Q": 16},
+    "mask_weights": {"BLOCK_Q": 64, "BLOCK_HW": 256},
+    "mask_pool_fwd": {"BLOCK_Q": 64, "BLOCK_C": 32},
+    "mask_pool_bwd": {"BLOCK_C": 32, "BLOCK_HW": 256},
     "cosine_logits": {"BLOCK_M": 16, "BLOCK_K": 16},
     "mask_average_logits_plugin": {"BLOCK_Q": 16, "BLOCK_K": 16},
 }
 # Inner-loop block sizes that are not tuned (set for every config of the kernel).
 FIXED: Dict[str, Dict[str, int]] = {
-    "mask_pool_fwd": {"BLOCK_HW": 32},
+    "mask_pool_fwd": {"BLOCK_HW": 64},
     "mask_pool_bwd": {"BLOCK_Q": 32},
     "cosine_logits": {"BLOCK_C": 32},
     "mask_average_logits_plugin": {"BLOCK_C": 32, "BLOCK_HW": 32},
@@ -119,20 +131,34 @@ def configs_for(name: str, gen: int) -> List[triton.Config]:
     return [triton.Config({**c.kwargs, **fixed}, num_warps=c.num_warps, num_stages=c.num_stages) for c in TUNING[name][gen]]
 
 
-_LAUNCHERS: Dict[Tuple[str, int], Callable] = {}
+def mask_tiles(device: torch.device) -> Tuple[int, int]:
+    """(BLOCK_Q, BLOCK_N) of the masked-attention kernels on ``device``: the MaskLayout's block size."""
+    meta = INTERPRETER["mask_attention_sparse_fwd"] if interpreting() else configs_for("mask_attention_sparse_fwd", generation(device))[0].kwargs
+    return meta["BLOCK_Q"], meta["BLOCK_N"]
 
 
-def launch(name: str, kernel, grid: Callable, args: tuple, kwargs: dict, device: torch.device, key: Sequence[str], reset: Sequence[str] = ()):
-    """Run ``kernel`` with the block sizes autotuned for ``device``'s generation (keyed by ``key``
-    arguments); ``reset`` names output buffers that the kernel accumulates into, which the autotuner
-    must zero between its timing runs."""
+def size_bucket(n: int) -> int:
+    """The power of two at or above ``n``: shapes in one bucket share one autotuning result, so a new
+    vocabulary size (K = 133, 150, 171, ...) or image size does not re-time every config."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+_LAUNCHERS: Dict[Tuple, Callable] = {}
+
+
+def launch(name: str, kernel, grid: Callable, args: tuple, kwargs: dict, device: torch.device, bucket: Sequence[int], reset: Sequence[str] = ()):
+    """Run ``kernel`` with the block sizes autotuned for ``device``'s generation and the power-of-two
+    buckets of the sizes ``bucket``; ``reset`` names output buffers that the kernel accumulates into, which
+    the autotuner must zero between its timing runs."""
     if interpreting():
         meta = {**INTERPRETER[name], **FIXED.get(name, {})}
         kernel[lambda _: grid(meta)](*args, **kwargs, **meta)
         return
     gen = generation(device)
-    tuned = _LAUNCHERS.get((name, gen))
+    cache_key = (name, gen, tuple(size_bucket(n) for n in bucket))
+    tuned = _LAUNCHERS.get(cache_key)
     if tuned is None:
-        tuned = triton.autotune(configs=configs_for(name, gen), key=list(key), reset_to_zero=list(reset) or None)(kernel)
-        _LAUNCHERS[(name, gen)] = tuned
+        # one autotuner per bucket, keyed on nothing else (Triton adds the dtypes): tuned once per bucket
+        tuned = triton.autotune(configs=configs_for(name, gen), key=[], reset_to_zero=list(reset) or None)(kernel)
+        _LAUNCHERS[cache_key] = tuned
     tuned[grid](*args, **kwargs)

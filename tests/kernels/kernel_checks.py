@@ -43,3 +43,19 @@ def random_mask_logits(shape, sizes, dtype=torch.float32, empty=True):
     best = int(torch.argmax(torch.where(gaps > 2e-5, -(values[1:] + values[:-1]).abs(), torch.tensor(-1e9, dtype=torch.float64))))
     threshold = float((values[best] + values[best + 1]) / 2)
     return logits.to(dtype), threshold
+
+
+def box_mask_logits(B, Q, size, cover=(0.05, 0.3), generator=None):
+    """(B, Q, size, size) logits +-5 of random boxes covering ``cover`` of the image, with edges on even
+    pixels so a 2x bilinear downsample gives exactly +-5 (no threshold ambiguity)."""
+    masks = torch.full((B, Q, size, size), -5.0)
+    half = size // 2
+    for b in range(B):
+        for q in range(Q):
+            area = float(torch.empty(1).uniform_(*cover, generator=generator)) * half * half
+            h = max(1, min(half, round(area ** 0.5 * float(torch.empty(1).uniform_(0.6, 1.6, generator=generator)))))
+            w = max(1, min(half, round(area / h)))
+            y = int(torch.randint(0, half - h + 1, (1,), generator=generator))
+            x = int(torch.randint(0, half - w + 1, (1,), generator=generator))
+            masks[b, q, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)] = 5.0
+    return masks

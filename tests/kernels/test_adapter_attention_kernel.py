@@ -73,3 +73,24 @@ def test_auto_uses_the_reference_on_cpu_and_rejects_unknown_backends():
         assert torch.equal(adapter_attention(q, k, v), adapter_attention_reference(q, k, v))
     with pytest.raises(ValueError, match="backend"):
         adapter_attention(q, k, v, backend="cuda")
+
+
+def test_realistic_size_and_deterministic_gradients(poisoned):
+    """N = 1024 tokens, a vocabulary shared by two images: matches the reference, and two backward passes
+    give bitwise-equal gradients (dK/dV are written once per class block, never added atomically)."""
+    q, k, v, valid = _inputs(2, 1, 1, 1024, 21, 16, True, torch.float32)
+    grads = []
+    for _ in range(2):
+        for t in (q, k, v):
+            t.grad = None
+        out = adapter_attention(q, k, v, valid, backend="triton")
+        out.backward(torch.ones_like(out))
+        grads.append([t.grad.clone() for t in (q, k, v)])
+    ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected = adapter_attention_reference(*ref_inputs, valid)
+    expected.backward(torch.ones_like(expected))
+    fwd_tol, bwd_tol = TOLERANCE[torch.float32]
+    assert_close(out, expected, fwd_tol)
+    for name, g, r in zip("qkv", grads[0], ref_inputs):
+        assert_close(g, r.grad, bwd_tol, what=f"d{name}")
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -27,7 +27,7 @@ def test_all_kernels_compile_to_ptx_for_orin_and_hopper(tmp_path):
         assert f".entry {record['entry']}(" in ptx
         assert record["entry"] == KERNELS[record["kernel"]][1]
         # Orin has 164 KB of shared memory per block at most, H100 227 KB: the tuned configs must fit
-        assert 0 < record["shared_bytes"] <= (164 if record["arch"] == 87 else 227) * 1024
+        assert 0 <= record["shared_bytes"] <= (164 if record["arch"] == 87 else 227) * 1024
         assert "fp16" in record["file"] and len(record["sha256"]) == 64
 
 

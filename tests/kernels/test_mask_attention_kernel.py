@@ -5,9 +5,11 @@ kernel, so the tests vary the mask resolution against the token grid (up-, down-
 import pytest
 import torch
 
-from fisa_rt.kernels import mask_attention, mask_attention_reference
+from fisa_rt.kernels import mask_attention, mask_attention_layout, mask_attention_reference, mask_inside_grid
+from fisa_rt.kernels.mask_attention import build_mask_layout
+from fisa_rt.kernels.mask_attention_triton import mask_attention_triton
 
-from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close, random_mask_logits
+from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close, box_mask_logits, random_mask_logits
 
 # (B, H, Q, grid, Dh, mask size)
 CPU_SHAPES = [
@@ -75,3 +77,80 @@ def test_mask_logits_of_another_dtype_and_layout(poisoned):
     out = mask_attention(q, k, v, ks, vs, strided, grid, threshold, backend="triton")
     expected = mask_attention_reference(q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double().to(DEVICE), grid, threshold)
     assert_close(out, expected, TOLERANCE[torch.float32][0])
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_realistic_size_block_sparse_forward_and_backward(splits, poisoned):
+    """Q = 100 masks covering 5-30 % of a 32 x 32 grid (N = 1024), split-K and not: matches the reference."""
+    B, H, Q, grid, Dh = 1, 2, 100, (32, 32), 16
+    N = grid[0] * grid[1]
+    tensors = [torch.randn(B, H, n, Dh, device=DEVICE, requires_grad=True) for n in (Q, N, N, Q, Q)]
+    masks = box_mask_logits(B, Q, 64).to(DEVICE)
+    layout = mask_attention_layout(masks, grid, 0.0, backend="triton")
+    out = mask_attention_triton(*tensors, layout, splits=splits)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in tensors]
+    expected = mask_attention_reference(*ref_inputs, masks.double(), grid, 0.0)
+    expected.backward(grad.double())
+    fwd_tol, bwd_tol = TOLERANCE[torch.float32]
+    assert_close(out, expected, fwd_tol)
+    for name, t, r in zip(("q", "k_img", "v_img", "k_self", "v_self"), tensors, ref_inputs):
+        assert_close(t.grad, r.grad, bwd_tol, what=f"d{name}")
+
+
+def test_layout_lists_exactly_the_occupied_blocks():
+    masks = box_mask_logits(2, 37, 40)
+    grid = (20, 20)
+    bq, bn = 16, 64
+    layout = build_mask_layout(masks, grid, 0.0, (bq, bn))
+    inside = mask_inside_grid(masks, grid, 0.0)
+    assert torch.equal(layout.inside, inside.to(torch.int8))
+    QB, NB = layout.block_indices.shape[1:]
+    assert (QB, NB) == (3, 7)
+    for b in range(2):
+        for qb in range(QB):
+            occupied = [nb for nb in range(NB) if inside[b, qb * bq : (qb + 1) * bq, nb * bn : (nb + 1) * bn].any()]
+            count = int(layout.block_counts[b, qb])
+            assert layout.block_indices[b, qb, :count].tolist() == occupied
+            assert sorted(layout.block_indices[b, qb].tolist()) == list(range(NB))
+
+
+def test_blocks_outside_every_mask_are_never_read(poisoned):
+    """Tokens of blocks no mask of a block touches are NaN: a kernel that loaded them would return NaN."""
+    B, H, Q, grid, Dh = 1, 2, 40, (16, 16), 16
+    N = grid[0] * grid[1]
+    q, ks, vs = (torch.randn(B, H, Q, Dh, device=DEVICE) for _ in range(3))
+    masks = torch.full((B, Q, 16, 16), -5.0, device=DEVICE)
+    masks[:, :, :4] = 5.0  # every mask covers the top quarter: tokens 0-63
+    k, v = (torch.randn(B, H, N, Dh, device=DEVICE) for _ in range(2))
+    layout = mask_attention_layout(masks, grid, 0.0, backend="triton")
+    _, block_n = layout.block_q, layout.block_n
+    k[:, :, block_n:] = float("nan")
+    v[:, :, block_n:] = float("nan")
+    assert int(layout.block_counts.max()) == 1
+    out = mask_attention(q, k, v, ks, vs, masks, grid, backend="triton", layout=layout)
+    expected = mask_attention_reference(q.double(), k[:, :, :block_n].double(), v[:, :, :block_n].double(), ks.double(),
+                                        vs.double(), masks[:, :, :4].double(), (4, 16))
+    assert_close(out, expected, TOLERANCE[torch.float32][0])
+
+
+def test_one_layout_serves_every_layer_and_head(poisoned):
+    B, H, Q, grid, Dh = 2, 3, 9, (6, 6), 16
+    N = grid[0] * grid[1]
+    masks, threshold = random_mask_logits((B, Q, 12, 12), [grid])
+    masks = masks.to(DEVICE)
+    layout = mask_attention_layout(masks, grid, threshold, backend="triton")
+    for _ in range(2):  # two "layers"
+        q, k, v, ks, vs = (torch.randn(B, H, n, Dh, device=DEVICE) for n in (Q, N, N, Q, Q))
+        out = mask_attention(q, k, v, ks, vs, masks, grid, threshold, backend="triton", layout=layout)
+        expected = mask_attention_reference(q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double(), grid, threshold)
+        assert_close(out, expected, TOLERANCE[torch.float32][0])
+
+
+def test_a_layout_of_other_masks_is_rejected():
+    q, k, v, ks, vs = (torch.randn(1, 1, n, 16, device=DEVICE) for n in (4, 16, 16, 4, 4))
+    masks = torch.randn(1, 4, 4, 4, device=DEVICE)
+    layout = mask_attention_layout(torch.randn(1, 5, 4, 4, device=DEVICE), (4, 4), backend="triton")
+    with pytest.raises(ValueError, match="layout covers"):
+        mask_attention(q, k, v, ks, vs, masks, (4, 4), backend="triton", layout=layout)

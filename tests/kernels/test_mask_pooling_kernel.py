@@ -6,7 +6,7 @@ import torch
 
 from fisa_rt.kernels import mask_average_logits, mask_average_logits_reference
 
-from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close, random_mask_logits
+from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close, box_mask_logits, random_mask_logits
 
 # (B, Q, C, feature grid, mask size, K, weighting)
 CPU_SHAPES = [
@@ -57,3 +57,22 @@ def test_float_scale_and_channels_last_features(poisoned):
     out = mask_average_logits(masks.to(DEVICE), dense, text, 3.0, "binary", threshold, backend="triton")
     expected = mask_average_logits_reference(masks.double().to(DEVICE), dense.double(), text.double(), 3.0, "binary", threshold)
     assert_close(out, expected, TOLERANCE[torch.float32][0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_realistic_size_forward_and_backward(dtype, poisoned):
+    """Q = 120 box masks (5-30 % of the image) at 64 x 64 over a 32 x 32 feature grid (HW = 1024), small C."""
+    B, Q, C, K = 1, 120, 32, 21
+    masks = box_mask_logits(B, Q, 64).to(DEVICE)
+    dense = torch.randn(B, C, 32, 32, device=DEVICE, dtype=dtype, requires_grad=True)
+    text = torch.randn(K, C, device=DEVICE, dtype=dtype, requires_grad=True)
+    out = mask_average_logits(masks, dense, text, 20.0, "binary", 0.0, backend="triton")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (dense, text)]
+    expected = mask_average_logits_reference(masks.double(), *ref_inputs, 20.0, "binary", 0.0)
+    expected.backward(grad.double())
+    fwd_tol, bwd_tol = TOLERANCE[dtype]
+    assert_close(out / 20.0, expected / 20.0, fwd_tol)
+    for name, t, r in zip(("dense", "text"), (dense, text), ref_inputs):
+        assert_close(t.grad, r.grad, bwd_tol, what=f"d{name}")

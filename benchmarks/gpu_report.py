@@ -1,0 +1,250 @@
+"""GPU measurement for ``scripts/gpu-check.sh``: the card's own peaks, fisa-vit-b16 end to end, and the report.
+
+    python benchmarks/gpu_report.py peaks --json peaks.json            # copy-kernel bandwidth, fp16 GEMM FLOP/s
+    python benchmarks/gpu_report.py e2e --json e2e.json                 # fisa-vit-b16 at 640 px, eager vs Triton
+    python benchmarks/gpu_report.py write --tests kernels.xml --bench kernels.json --peaks peaks.json \\
+        --e2e e2e.json --out-dir benchmarks/results                     # benchmarks/results/<date>-<gpu>.md
+
+Peaks are measured on the card (a PCIe H100 has 2.0 TB/s, an SXM one 3.35 TB/s: the name does not say
+which), so roofline fractions in the report are against what this card can do. Every timing is the median
+of CUDA-event-timed runs of many back-to-back calls (``triton.testing.do_bench``), never one synchronised call.
+Everything that needs a GPU raises ``GpuUnavailableError`` with one line saying so; the report writer
+runs anywhere (tests/test_gpu_report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from typing import Callable, Dict, List, Optional
+
+
+class GpuUnavailableError(RuntimeError):
+    """A measurement that needs a CUDA GPU was asked for where none is visible."""
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise GpuUnavailableError("gpu-check needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
+
+
+def time_ms(fn: Callable[[], object], warmup_ms: int = 25, rep_ms: int = 200) -> float:
+    """Median milliseconds per call of ``fn`` (CUDA events around back-to-back calls, L2 flushed between)."""
+    require_cuda()
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def bandwidth(bytes_copied: int, ms: float) -> float:
+    """Bytes per second of a copy: every byte is read once and written once."""
+    return 2.0 * bytes_copied / (ms * 1e-3)
+
+
+def gemm_flops(n: int, ms: float) -> float:
+    return 2.0 * n ** 3 / (ms * 1e-3)
+
+
+def measure_peaks(copy_bytes: int = 1 << 30, gemm_n: int = 8192) -> Dict[str, float]:
+    """This card's DRAM bandwidth (a 1 GiB device-to-device copy) and dense fp16 tensor FLOP/s (an n^3 GEMM)."""
+    require_cuda()
+    import torch
+
+    src = torch.empty(copy_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_ms = time_ms(lambda: dst.copy_(src))
+    a = torch.randn(gemm_n, gemm_n, device="cuda", dtype=torch.float16)
+    b = torch.randn_like(a)
+    gemm_ms = time_ms(lambda: a @ b)
+    return {"dram_bytes_per_s": bandwidth(copy_bytes, copy_ms), "tensor_flops_per_s": gemm_flops(gemm_n, gemm_ms),
+            "copy_bytes": copy_bytes, "gemm_n": gemm_n}
+
+
+def device_info() -> Dict[str, object]:
+    """Name, capability, SMs, memory, driver and library versions of GPU 0."""
+    require_cuda()
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        driver = "unknown (nvidia-smi unavailable)"
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
+            "memory_gib": round(props.total_memory / 2 ** 30, 1), "driver": driver, "cuda": torch.version.cuda,
+            "versions": versions()}
+
+
+def versions() -> Dict[str, Optional[str]]:
+    found: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in ("torch", "triton", "open_clip", "onnxruntime", "tensorrt"):
+        try:
+            found[name] = getattr(__import__(name), "__version__", "?")
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def end_to_end(model_name: str = "fisa-vit-b16", image: int = 640, classes: int = 133) -> List[Dict[str, object]]:
+    """fisa-vit-b16 forward at ``image`` px, fp16, batch 1: PyTorch eager (references) against the Triton path."""
+    require_cuda()
+    import torch
+
+    from fisa_rt import create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name).cuda().half().eval()
+    images = torch.randn(1, 3, image, image, device="cuda", dtype=torch.float16)
+    text = torch.nn.functional.normalize(torch.randn(classes, model.embed_dim, device="cuda"), dim=-1).half()
+    rows = []
+    for backend in ("reference", "triton"):
+        model.set_kernels(backend)
+        with torch.inference_mode():
+            ms = time_ms(lambda: model(images, text), warmup_ms=200, rep_ms=2000)
+        rows.append({"model": model_name, "image": image, "classes": classes, "backend": backend, "ms": ms})
+    return rows
+
+
+# ---- the report -----------------------------------------------------------------------------------------
+
+def summarise_tests(junit_xml: str) -> Dict[str, int]:
+    """Counts of a pytest --junitxml file."""
+    root = ET.parse(junit_xml).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+    return total
+
+
+def kernel_rows(bench_json: Dict[str, object]) -> List[Dict[str, object]]:
+    """One row per benchmark of benchmarks/test_kernels.py: op, case, implementation and its figures."""
+    rows = []
+    for bench in bench_json.get("benchmarks", []):
+        extra = bench.get("extra_info", {})
+        if "ms" not in extra:
+            continue
+        match = re.match(r"test_(\w+?)\[(.*)\]$", bench["name"])
+        op, params = (match.group(1), match.group(2)) if match else (bench["name"], "")
+        rows.append({"op": op, "case": params, **extra})
+    return rows
+
+
+def _speedups(rows: List[Dict[str, object]]) -> Dict[tuple, Dict[str, float]]:
+    by_case: Dict[tuple, Dict[str, float]] = {}
+    for r in rows:
+        by_case.setdefault((r["op"], r.get("shape", r["case"])), {})[str(r.get("impl"))] = float(r["ms"])
+    return by_case
+
+
+def render(info: Dict[str, object], peaks: Dict[str, float], tests: Optional[Dict[str, int]],
+           kernels: List[Dict[str, object]], e2e: List[Dict[str, object]], date: str, minutes: Optional[float] = None) -> str:
+    versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
+    lines = [
+        f"# fisa-rt GPU check — {info['name']} ({date})",
+        "",
+        f"- device: {info['name']}, compute capability {info['capability']}, {info['sms']} SMs, "
+        f"{info['memory_gib']} GiB",
+        f"- driver {info['driver']}, CUDA {info['cuda']}; {versions_line}",
+        f"- peaks measured on this card: DRAM {peaks['dram_bytes_per_s'] / 1e12:.2f} TB/s "
+        f"(copy of {peaks['copy_bytes'] / 2 ** 30:.0f} GiB), "
+        f"fp16 tensor {peaks['tensor_flops_per_s'] / 1e12:.0f} TFLOP/s ({peaks['gemm_n']}³ GEMM)",
+        "- command: `scripts/gpu-check.sh`" + (f" ({minutes:.1f} min)" if minutes is not None else ""),
+        "",
+    ]
+    if tests is not None:
+        lines += ["## Kernel tests (`pytest tests/kernels`, bf16 included)", "",
+                  f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
+                  f"{tests['skipped']} skipped", ""]
+    if kernels:
+        lines += ["## Kernel micro-benchmarks (median of do_bench, ms)", "",
+                  "| op | case | impl | ms | TFLOP/s | GB/s | of DRAM peak | vs eager |",
+                  "|---|---|---|---|---|---|---|---|"]
+        cases = _speedups(kernels)
+        for r in kernels:
+            ms, gbps = float(r["ms"]), r.get("gbps")
+            eager = cases[(r["op"], r.get("shape", r["case"]))].get("eager")
+            fraction = f"{gbps * 1e9 / peaks['dram_bytes_per_s']:.0%}" if gbps else ""
+            speedup = f"{eager / ms:.2f}x" if eager else ""
+            lines.append(f"| {r['op']} | {r.get('shape', r['case'])} | {r.get('impl', '')} | {ms:.4f} | "
+                         f"{r.get('tflops', 0):.1f} | {gbps or 0:.0f} | {fraction} | {speedup} |")
+        lines.append("")
+    if e2e:
+        reference = next((r["ms"] for r in e2e if r["backend"] == "reference"), None)
+        lines += ["## End to end (fp16, batch 1)", "", "| model | image | classes | backend | ms | vs eager |",
+                  "|---|---|---|---|---|---|"]
+        for r in e2e:
+            ratio = f"{reference / r['ms']:.2f}x" if reference else ""
+            lines.append(f"| {r['model']} | {r['image']} | {r['classes']} | {r['backend']} | {r['ms']:.2f} | {ratio} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report_path(out_dir: str, gpu_name: str, date: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")[:40]
+    return os.path.join(out_dir, f"{date}-{slug}.md")
+
+
+def _load(path: Optional[str]):
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="GPU peaks, end-to-end timing and the GPU-check report.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    peaks = sub.add_parser("peaks", help="measure this card's DRAM bandwidth and fp16 tensor FLOP/s")
+    peaks.add_argument("--json", required=True)
+    e2e = sub.add_parser("e2e", help="fisa-vit-b16 at 640 px: eager against the Triton path")
+    e2e.add_argument("--json", required=True)
+    write = sub.add_parser("write", help="write benchmarks/results/<date>-<gpu>.md")
+    write.add_argument("--tests", help="pytest --junitxml of the kernel tests")
+    write.add_argument("--bench", help="pytest-benchmark JSON of benchmarks/test_kernels.py")
+    write.add_argument("--peaks", required=True)
+    write.add_argument("--e2e")
+    write.add_argument("--minutes", type=float)
+    write.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "peaks":
+            result = {"device": device_info(), "peaks": measure_peaks()}
+        elif args.command == "e2e":
+            result = end_to_end()
+        else:
+            measured = _load(args.peaks)
+            if measured is None:
+                raise FileNotFoundError(f"no peaks file at {args.peaks}: run `gpu_report.py peaks` first")
+            date = datetime.date.today().isoformat()
+            bench = _load(args.bench)
+            tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
+            text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
+                          _load(args.e2e) or [], date, args.minutes)
+            path = report_path(args.out_dir, measured["device"]["name"], date)
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} exists; move it away to write a new report")
+            os.makedirs(args.out_dir, exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+            print(f"wrote {path}")
+            return 0
+    except (GpuUnavailableError, FileNotFoundError, FileExistsError) as error:
+        print(f"gpu-check: {error}", file=sys.stderr)
+        return 2
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

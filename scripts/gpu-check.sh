@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU measurement in one command, on a CUDA machine (budget: 25 minutes on one H100):
+#   1. the kernel test grid (tests/kernels: GPU shapes and bf16 switch on by themselves),
+#   2. the kernel micro-benchmarks, forward and backward, against eager, torch.compile and SDPA
+#      (benchmarks/test_kernels.py, timed with triton.testing.do_bench),
+#   3. this card's peaks (copy-kernel bandwidth, fp16 GEMM) and fisa-vit-b16 at 640 px end to end,
+#   4. benchmarks/results/<date>-<gpu>.md with the device, driver and versions. Commit that file.
+# Usage: scripts/gpu-check.sh            (run from anywhere; FISA_GPU_CHECK_WORK=<dir> keeps the raw files)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python - <<'PY' || exit 2
+import sys, torch
+if not torch.cuda.is_available():
+    print("gpu-check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a GPU machine", file=sys.stderr)
+    sys.exit(2)
+PY
+work="${FISA_GPU_CHECK_WORK:-$(mktemp -d)}"
+mkdir -p "$work"
+start=$SECONDS
+status=0
+step() {  # step <seconds> <what> <command...>: a failing or overrunning step is reported, the others still run
+  local limit=$1 what=$2
+  shift 2
+  echo "gpu-check: $what (at most $((limit / 60)) min)"
+  timeout "$limit" "$@" || { echo "gpu-check: $what failed or ran out of time (exit $?)" >&2; status=1; }
+}
+step 120 "peaks and device" python benchmarks/gpu_report.py peaks --json "$work/peaks.json"
+step 480 "kernel tests" python -m pytest tests/kernels -q -p no:cacheprovider --junitxml "$work/kernels.xml"
+step 600 "kernel benchmarks" python -m pytest benchmarks/test_kernels.py --benchmark-only -q -p no:cacheprovider \
+  --benchmark-json "$work/kernels.json"
+step 180 "end to end" python benchmarks/gpu_report.py e2e --json "$work/e2e.json"
+python benchmarks/gpu_report.py write --peaks "$work/peaks.json" --tests "$work/kernels.xml" --bench "$work/kernels.json" \
+  --e2e "$work/e2e.json" --minutes "$(( (SECONDS - start) / 60 ))" || status=1
+echo "gpu-check: raw files in $work"
+exit $status

@@ -1,0 +1,79 @@
+"""scripts/gpu-check.sh's Python half (benchmarks/gpu_report.py), as far as a machine without a GPU allows:
+the report writer on recorded inputs, the peak arithmetic, the junit/benchmark parsing, and a clear refusal
+of every GPU measurement (and of the script) where no GPU is visible."""
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+spec = importlib.util.spec_from_file_location("gpu_report", os.path.join(ROOT, "benchmarks", "gpu_report.py"))
+gpu_report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_report)
+
+DEVICE = {"name": "NVIDIA H100 PCIe", "capability": "9.0", "sms": 114, "memory_gib": 79.6, "driver": "560.35.03",
+          "cuda": "12.8",
+          "versions": {"python": "3.11.9", "torch": "2.14.1", "triton": "3.8.0", "tensorrt": None}}
+PEAKS = {"dram_bytes_per_s": 1.9e12, "tensor_flops_per_s": 610e12, "copy_bytes": 1 << 30, "gemm_n": 8192}
+BENCH = {"benchmarks": [
+    {"name": "test_adapter_attention[fwd-triton-vitb16-640-coco]",
+     "extra_info": {"impl": "triton", "shape": "vitb16-640-coco fwd", "ms": 0.01, "tflops": 71.0, "gbps": 950.0}},
+    {"name": "test_adapter_attention[fwd-eager-vitb16-640-coco]",
+     "extra_info": {"impl": "eager", "shape": "vitb16-640-coco fwd", "ms": 0.05, "tflops": 14.2, "gbps": 190.0}},
+    {"name": "test_backends[onnxruntime]", "extra_info": {"cosine": 0.99}},  # not a kernel row: ignored
+]}
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites>
+<testsuite name="pytest" errors="0" failures="1" skipped="2"
+tests="10" time="12.3"></testsuite></testsuites>"""
+
+
+def test_peaks_are_computed_from_the_timings():
+    assert gpu_report.bandwidth(1 << 30, 1.0) == pytest.approx(2 * (1 << 30) / 1e-3)  # read + write
+    assert gpu_report.gemm_flops(1000, 2.0) == pytest.approx(1e12)
+
+
+def test_report_carries_device_driver_measured_peaks_and_speedups(tmp_path):
+    junit = tmp_path / "k.xml"
+    junit.write_text(JUNIT)
+    tests = gpu_report.summarise_tests(str(junit))
+    assert tests == {"tests": 10, "failures": 1, "errors": 0, "skipped": 2, "passed": 7}
+    rows = gpu_report.kernel_rows(BENCH)
+    assert [r["impl"] for r in rows] == ["triton", "eager"]
+    e2e = [{"model": "fisa-vit-b16", "image": 640, "classes": 133, "backend": b, "ms": ms}
+           for b, ms in (("reference", 30.0), ("triton", 20.0))]
+    text = gpu_report.render(DEVICE, PEAKS, tests, rows, e2e, "2026-11-25", minutes=21.5)
+    assert "NVIDIA H100 PCIe" in text and "driver 560.35.03" in text
+    assert "triton 3.8.0" in text and "tensorrt" not in text
+    assert "DRAM 1.90 TB/s" in text and "610 TFLOP/s" in text and "(21.5 min)" in text
+    assert "7 passed, 1 failed" in text
+    assert "| adapter_attention | vitb16-640-coco fwd | triton | 0.0100 | 71.0 | 950 | 50% | 5.00x |" in text
+    assert "| fisa-vit-b16 | 640 | 133 | triton | 20.00 | 1.50x |" in text
+
+
+def test_write_names_the_report_by_date_and_gpu_and_never_overwrites(tmp_path, capsys):
+    peaks = tmp_path / "peaks.json"
+    peaks.write_text(json.dumps({"device": DEVICE, "peaks": PEAKS}))
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(BENCH))
+    args = ["write", "--peaks", str(peaks), "--bench", str(bench), "--out-dir", str(tmp_path / "results")]
+    assert gpu_report.main(args) == 0
+    (path,) = (tmp_path / "results").iterdir()
+    assert path.name.endswith("-nvidia-h100-pcie.md") and "adapter_attention" in path.read_text()
+    assert gpu_report.main(args) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_measurements_refuse_clearly_without_a_gpu(tmp_path, capsys):
+    timing = lambda: gpu_report.time_ms(lambda: None)  # noqa: E731
+    for measure in (gpu_report.measure_peaks, gpu_report.device_info, gpu_report.end_to_end, timing):
+        with pytest.raises(gpu_report.GpuUnavailableError, match="needs a CUDA GPU"):
+            measure()
+    assert gpu_report.main(["peaks", "--json", str(tmp_path / "p.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu-check.sh")], capture_output=True, text=True)
+    assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr and "Traceback" not in result.stderr
