@@ -65,6 +65,8 @@ def restore_mask_logits(
     """(Q, h, w) logits predicted on a padded ``canvas`` whose top-left ``content`` (h, w) holds the
     resized image -> (Q, H, W) logits at the ``original`` image size."""
     logits = resize_mask_logits(mask_logits, canvas)[:, : content[0], : content[1]]
+    if tuple(original) == tuple(content):  # bilinear to the same size is the identity: skip the copy
+        return logits
     return resize_mask_logits(logits, original)
 
 
@@ -84,13 +86,28 @@ def working_size(content: Tuple[int, int], original: Tuple[int, int]) -> Tuple[i
     return tuple(original) if max(original) <= max(content) else tuple(content)
 
 
+def _nearest_sources(source: int, target: int, device) -> torch.Tensor:
+    """(target,) index of the source pixel whose centre is nearest each target pixel's centre."""
+    return ((torch.arange(target, device=device) + 0.5) * (source / target)).long().clamp_(max=source - 1)
+
+
 def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """(..., h, w) integer or bool map -> (..., H, W) by nearest pixel centre (every source pixel
     survives when upsampling, so no segment vanishes); memory is the output's only."""
     h, w = labels.shape[-2:]
-    rows = ((torch.arange(size[0], device=labels.device) + 0.5) * (h / size[0])).long().clamp_(max=h - 1)
-    cols = ((torch.arange(size[1], device=labels.device) + 0.5) * (w / size[1])).long().clamp_(max=w - 1)
-    return labels.index_select(-2, rows).index_select(-1, cols)
+    # columns first, on the small map; then whole rows are copied
+    wide = labels.index_select(-1, _nearest_sources(w, size[1], labels.device))
+    return wide.index_select(-2, _nearest_sources(h, size[0], labels.device))
+
+
+def resized_areas(labels: torch.Tensor, size: Tuple[int, int], minlength: int) -> torch.Tensor:
+    """Pixel count of each label in ``resize_labels(labels, size)``, counted on the small (h, w) map:
+    each source pixel stands for (rows that copy it) x (columns that copy it) target pixels."""
+    h, w = labels.shape[-2:]
+    rows = torch.bincount(_nearest_sources(h, size[0], labels.device), minlength=h)
+    cols = torch.bincount(_nearest_sources(w, size[1], labels.device), minlength=w)
+    weights = (rows[:, None] * cols[None, :]).flatten().double()
+    return torch.bincount(labels.flatten().long(), weights=weights, minlength=minlength).round().long()
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> SemanticResult:
@@ -134,17 +151,16 @@ def panoptic_inference(
     areas = torch.bincount(owned[owned >= 0], minlength=scores.shape[0]).tolist()
     segment_of = torch.zeros(scores.shape[0] + 1, dtype=torch.int32, device=mask_logits.device)  # proposal+1 -> id
     stuff_segment = {}
-    for k, (original_area, area) in enumerate(zip(own_area.tolist(), areas)):
-        category = int(labels[k])
+    for k, (category, score, original_area, area) in enumerate(zip(labels.tolist(), scores.tolist(), own_area.tolist(), areas)):
         if area == 0 or original_area == 0 or area / original_area < cfg.overlap_threshold:
             continue
         thing = bool(is_thing[category])
         if not thing and category in stuff_segment:
             segment = stuff_segment[category]
             segment.area += area
-            segment.score = max(segment.score, float(scores[k]))
+            segment.score = max(segment.score, score)
         else:
-            segment = Segment(id=len(segments) + 1, category_id=category, is_thing=thing, score=float(scores[k]), area=area)
+            segment = Segment(id=len(segments) + 1, category_id=category, is_thing=thing, score=score, area=area)
             segments.append(segment)
             if not thing:
                 stuff_segment[category] = segment

@@ -27,6 +27,7 @@ from ..postprocess import (
     instance_inference,
     panoptic_inference,
     resize_labels,
+    resized_areas,
     restore_mask_logits,
     semantic_inference,
     working_size,
@@ -94,8 +95,11 @@ class Segmenter:
         scale = S / max(H, W)
         h, w = max(1, round(H * scale)), max(1, round(W * scale))
         pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
-        tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None].float()
-        resized = F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
+        # one channel at a time in float: a third of the memory of the whole image, the same values
+        resized = torch.cat(
+            [F.interpolate(tensor[:, c : c + 1].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True) for c in range(3)], 1
+        )
         canvas = torch.zeros(1, 3, S, S, dtype=torch.uint8, device=self.backend.device)
         canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
         return canvas, (h, w)
@@ -145,11 +149,10 @@ class Segmenter:
         if task == "panoptic":
             panoptic = panoptic_inference(class_logits, logits, things, self.postprocess)
             if tuple(panoptic.segment_map.shape) != size:
-                segment_map = resize_labels(panoptic.segment_map, size)
-                areas = torch.bincount(segment_map.flatten().long(), minlength=len(panoptic.segments) + 1).tolist()
+                areas = resized_areas(panoptic.segment_map, size, len(panoptic.segments) + 1).tolist()
                 for segment in panoptic.segments:
                     segment.area = areas[segment.id]
-                panoptic.segment_map = segment_map
+                panoptic.segment_map = resize_labels(panoptic.segment_map, size)
         if task == "instance":
             instances = instance_inference(class_logits, logits, things, self.postprocess)
             instances.masks = resize_labels(instances.masks, size)
