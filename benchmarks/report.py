@@ -17,7 +17,8 @@ from collections import defaultdict
 
 KEYS = ("backend", "precision", "device", "stage", "classes", "image", "batch", "max_abs_mask_logit", "max_abs_class_prob", "cosine",
         "label_agreement", "panoptic_agreement", "delta_pq", "delta_miou", "queries", "model_ms", "peak_rss_mb",
-        "model_size_peak_rss_mb", "above_model_mb", "tflops", "gbps", "compute_roofline_fraction", "memory_roofline_fraction")
+        "model_size_peak_rss_mb", "above_model_mb",
+        "tflops", "gbps", "compute_roofline_fraction", "memory_roofline_fraction")
 
 
 COMMAND = "pytest benchmarks/ --benchmark-only --benchmark-json bench.json && python benchmarks/report.py bench.json"

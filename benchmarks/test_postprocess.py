@@ -59,7 +59,8 @@ def test_infer_peak_memory(benchmark, artefacts, tmp_path):
     for side in (128, 8000):  # the model's input size, then the large image
         path = str(tmp_path / f"scene-{side}.jpg")
         Image.fromarray(_scene((side, side))).save(path, quality=90)
-        command = [EXE, "infer", "--engine", engine, "--input", path, "--out", str(tmp_path / f"out-{side}"), "--no-cache"]
+        out = str(tmp_path / f"out-{side}")
+        command = [EXE, "infer", "--engine", engine, "--input", path, "--out", out, "--no-cache"]
         if side == 128:
             runs[side] = _peak_rss_mb(command, tmp_path / "log")
         else:
@@ -80,7 +81,8 @@ def _random_outputs(Q: int, K: int, mask_side: int, seed: int = 0):
     centres = torch.rand(Q, 2, generator=generator) * mask_side
     radii = mask_side * (0.05 + 0.25 * torch.rand(Q, generator=generator))
     distance = ((y - centres[:, :1, None]) ** 2 + (x - centres[:, 1:, None]) ** 2).sqrt()
-    return class_logits, 6 * (1 - distance / radii[:, None, None]) + torch.randn(Q, mask_side, mask_side, generator=generator)
+    noise = torch.randn(Q, mask_side, mask_side, generator=generator)
+    return class_logits, 6 * (1 - distance / radii[:, None, None]) + noise
 
 
 def test_postprocess_time_against_the_image_model(benchmark, artefacts):
@@ -98,7 +100,8 @@ def test_postprocess_time_against_the_image_model(benchmark, artefacts):
         model_times.append(time.perf_counter() - start)
     K = len(segmenter.vocabulary.names)
     class_logits, mask_logits = _random_outputs(100, K, raw.mask_logits.shape[-1])
-    timed(benchmark, lambda: segmenter._postprocess(photo, class_logits, mask_logits, content, "panoptic"), rounds=10, warmup=2)
+    postprocess = lambda: segmenter._postprocess(photo, class_logits, mask_logits, content, "panoptic")  # noqa: E731
+    timed(benchmark, postprocess, rounds=10, warmup=2)
     benchmark.extra_info.update({
         "backend": segmenter.backend.name, "device": "cpu", "stage": "postprocess", "image": "1920x1080",
         "queries": 100, "classes": K, "model_ms": round(1000 * float(np.median(model_times)), 2),
@@ -134,7 +137,8 @@ def test_working_size_label_agreement(benchmark, size):
         panoptic = panoptic_inference(class_logits, full, segmenter.vocabulary.is_thing, segmenter.postprocess)
         agreements.append(float((semantic == result.semantic).mean()))
         panoptic_agreements.append(float((_segment_classes(panoptic) == _segment_classes(result.panoptic)).mean()))
-    timed(benchmark, lambda: segmenter._postprocess(photo, class_logits, mask_logits, content, "panoptic"), rounds=3, warmup=1)
+    postprocess = lambda: segmenter._postprocess(photo, class_logits, mask_logits, content, "panoptic")  # noqa: E731
+    timed(benchmark, postprocess, rounds=3, warmup=1)
     benchmark.extra_info.update({
         "backend": "torch", "device": "cpu", "image": f"{size[1]}x{size[0]}",
         "label_agreement": round(min(agreements), 4), "panoptic_agreement": round(min(panoptic_agreements), 4),

@@ -137,7 +137,8 @@ def panoptic_inference(
     H, W = mask_logits.shape[-2:]
     segments: List[Segment] = []
     if scores.shape[0] == 0:
-        return PanopticResult(segment_map=torch.zeros((H, W), dtype=torch.int32, device=mask_logits.device), segments=segments)
+        empty = torch.zeros((H, W), dtype=torch.int32, device=mask_logits.device)
+        return PanopticResult(segment_map=empty, segments=segments)
     # Per pixel: the kept proposal that owns it when the pixel is also inside that proposal's own mask,
     # else -1; and per proposal the area of its own mask.
     owned = torch.empty((H, W), dtype=torch.int64, device=mask_logits.device)
@@ -151,7 +152,8 @@ def panoptic_inference(
     areas = torch.bincount(owned[owned >= 0], minlength=scores.shape[0]).tolist()
     segment_of = torch.zeros(scores.shape[0] + 1, dtype=torch.int32, device=mask_logits.device)  # proposal+1 -> id
     stuff_segment = {}
-    for k, (category, score, original_area, area) in enumerate(zip(labels.tolist(), scores.tolist(), own_area.tolist(), areas)):
+    proposals = zip(labels.tolist(), scores.tolist(), own_area.tolist(), areas)
+    for k, (category, score, original_area, area) in enumerate(proposals):
         if area == 0 or original_area == 0 or area / original_area < cfg.overlap_threshold:
             continue
         thing = bool(is_thing[category])

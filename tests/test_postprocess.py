@@ -196,7 +196,8 @@ def test_images_up_to_the_model_size_are_post_processed_at_full_resolution(segme
     S, content = segmenter.backend.image_size, _content(segmenter, size)
     logits = restore_mask_logits(mask_logits, (S, S), content, size)
     _, labels = _semantic_whole_image(class_logits, logits)
-    segment_map, segments = _panoptic_whole_image(class_logits, logits, segmenter.vocabulary.is_thing, segmenter.postprocess)
+    is_thing = segmenter.vocabulary.is_thing
+    segment_map, segments = _panoptic_whole_image(class_logits, logits, is_thing, segmenter.postprocess)
     result = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "panoptic")
     assert np.array_equal(result.semantic, labels.numpy())
     assert np.array_equal(result.panoptic.segment_map.numpy(), segment_map.numpy())
@@ -218,7 +219,8 @@ def test_larger_images_are_merged_at_the_model_size_and_resized(segmenter):
     ids, counts = np.unique(result.panoptic.segment_map.numpy(), return_counts=True)
     assert {s.id: s.area for s in result.panoptic.segments} == {int(i): int(c) for i, c in zip(ids, counts) if i}
     assert len(result.panoptic.segments) >= 2
-    instances = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "instance").instances
+    picture = np.zeros((*size, 3), np.uint8)
+    instances = segmenter._postprocess(picture, class_logits, mask_logits, content, "instance").instances
     assert instances.masks.shape[1:] == size
 
 
@@ -240,6 +242,7 @@ def test_post_processing_memory_does_not_grow_with_proposals_or_classes_times_pi
     class_logits, mask_logits = _discs(torch.Generator().manual_seed(0), 20, CLASSES, 32, 32)
     size = (1000, 1500)
     with LargestTensor():
-        result = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, _content(segmenter, size), "panoptic")
+        picture, content = np.zeros((*size, 3), np.uint8), _content(segmenter, size)
+        result = segmenter._postprocess(picture, class_logits, mask_logits, content, "panoptic")
     assert result.panoptic.segment_map.shape == size and len(result.panoptic.segments) >= 2
     assert LargestTensor.numel <= size[0] * size[1]

@@ -97,8 +97,9 @@ class Segmenter:
         pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
         tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
         # one channel at a time in float: a third of the memory of the whole image, the same values
+        channels = (tensor[:, c : c + 1].float() for c in range(3))  # a generator: one float channel alive
         resized = torch.cat(
-            [F.interpolate(tensor[:, c : c + 1].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True) for c in range(3)], 1
+            [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
         )
         canvas = torch.zeros(1, 3, S, S, dtype=torch.uint8, device=self.backend.device)
         canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
