@@ -2,6 +2,8 @@
 
     pytest benchmarks/ --benchmark-only --benchmark-json bench.json
     python benchmarks/report.py bench.json                # writes benchmarks/results/<date>-<device>.md
+    python benchmarks/report.py part.json --append REPORT.md --command "pytest benchmarks/test_x.py ..."
+                                                          # adds a partial run's tables to a report
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import sys
 from collections import defaultdict
 
 KEYS = ("backend", "precision", "device", "stage", "classes", "image", "batch", "max_abs_mask_logit", "max_abs_class_prob", "cosine",
-        "label_agreement", "delta_pq", "delta_miou", "tflops", "gbps", "compute_roofline_fraction", "memory_roofline_fraction")
+        "label_agreement", "panoptic_agreement", "delta_pq", "delta_miou", "queries", "model_ms", "peak_rss_mb",
+        "model_size_peak_rss_mb", "above_model_mb",
+        "tflops", "gbps", "compute_roofline_fraction", "memory_roofline_fraction")
+
+
+COMMAND = "pytest benchmarks/ --benchmark-only --benchmark-json bench.json && python benchmarks/report.py bench.json"
 
 
 def _fmt(value) -> str:
@@ -23,15 +30,14 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render(data: dict) -> str:
+def render(data: dict, command: str = COMMAND, title: bool = True) -> str:
     info = data.get("machine_info", {}).get("fisa_rt", {})
     versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items() if v)
-    lines = [
-        f"# fisa-rt benchmarks — {info.get('device', 'unknown device')}",
-        "",
+    lines = [f"# fisa-rt benchmarks — {info.get('device', 'unknown device')}", ""] if title else ["# Added run", ""]
+    lines += [
         f"- date: {info.get('date')}; compute capability: {info.get('capability') or '-'}",
         f"- versions: {versions}",
-        "- command: `pytest benchmarks/ --benchmark-only --benchmark-json bench.json && python benchmarks/report.py bench.json`",
+        f"- command: `{command}`",
         "",
     ]
     groups = defaultdict(list)
@@ -63,9 +69,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="pytest-benchmark --benchmark-json output")
     parser.add_argument("--out", help="markdown file (default: benchmarks/results/<date>-<device>.md)")
+    parser.add_argument("--append", metavar="REPORT", help="add this run's tables to an existing report instead")
+    parser.add_argument("--command", default=COMMAND, help="the command that produced the JSON, as the report shows it")
     args = parser.parse_args(argv)
     with open(args.json) as f:
         data = json.load(f)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write("\n" + render(data, args.command, title=False))
+        print(f"added {len(data.get('benchmarks', []))} benchmarks to {args.append}")
+        return 0
     info = data.get("machine_info", {}).get("fisa_rt", {})
     slug = re.sub(r"[^a-z0-9]+", "-", str(info.get("device", "unknown")).lower()).strip("-")[:40]
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{info.get('date', 'undated')}-{slug}.md")

@@ -46,13 +46,9 @@ def test_stage_latency(benchmark, segmenter, stage):
     photo = _photo()
     canvas, content = segmenter._canvas(photo)
     raw = segmenter.backend.run(canvas, segmenter.text)
-    S = segmenter.backend.image_size
 
     def postprocess():
-        from fisa_rt.postprocess import restore_mask_logits
-
-        logits = restore_mask_logits(raw.mask_logits[0].float(), (S, S), content, photo.shape[:2])
-        return segmenter._postprocess(photo, raw.class_logits()[0], logits, "panoptic")
+        return segmenter._postprocess(photo, raw.class_logits()[0], raw.mask_logits[0], content, "panoptic")
 
     fn = {
         "preprocess": lambda: segmenter._canvas(photo),

@@ -1,9 +1,10 @@
 """Panoptic quality (PQ / SQ / RQ, things and stuff) and mIoU, split into seen and held-out classes.
 
-PQ follows panopticapi's ``pq_compute`` exactly (a prediction matches a ground-truth segment of the same
-class at IoU > 0.5; IoU ignores the prediction's pixels on unlabelled ground truth; predictions lying
-more than half on unlabelled pixels are not false positives), so numbers compare with published ones
-— a test checks them against cityscapesscripts' copy of panopticapi on the same files.
+PQ follows panopticapi's ``pq_compute`` exactly (a prediction matches a non-crowd ground-truth segment
+of the same class at IoU > 0.5; IoU ignores the prediction's pixels on unlabelled ground truth, not those
+on crowd regions; a prediction lying more than half on unlabelled pixels plus the crowd region of its own
+class is not a false positive), so numbers compare with published ones — a test checks them against
+cityscapesscripts' copy of panopticapi on random files with crowd regions.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.panoptic import PanopticDataset, ground_truth_segments, read_segment_ids
+from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segments, read_segment_ids
 from .data.synthetic import ids_to_rgb
+from .errors import InputError
 from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits, semantic_inference
 from .preprocess import normalize_images
 
@@ -43,8 +45,17 @@ class PanopticQuality:
     def __post_init__(self):
         self.stats = [_ClassStat() for _ in range(self.num_classes)]
 
-    def add(self, gt_ids: np.ndarray, gt_segments: Dict[int, int], pred_ids: np.ndarray, pred_segments: Dict[int, int]) -> None:
-        """gt_ids/pred_ids: (H, W) segment ids, 0 = unlabelled; *_segments: segment id -> class."""
+    def add(
+        self,
+        gt_ids: np.ndarray,
+        gt_segments: Dict[int, int],
+        pred_ids: np.ndarray,
+        pred_segments: Dict[int, int],
+        crowd: Optional[Dict[int, int]] = None,
+    ) -> None:
+        """gt_ids/pred_ids: (H, W) segment ids, 0 = unlabelled; *_segments: non-crowd segment id -> class;
+        ``crowd``: class -> the ground truth's crowd segment id of that class (see ground_truth_segments)."""
+        crowd = crowd or {}
         offset = 1 << 32
         pairs, counts = np.unique(gt_ids.astype(np.int64) * offset + pred_ids.astype(np.int64), return_counts=True)
         overlap = {(int(p // offset), int(p % offset)): int(c) for p, c in zip(pairs, counts)}
@@ -73,7 +84,8 @@ class PanopticQuality:
         for p, cls in pred_segments.items():
             if p in matched_pred or pred_area[p] == 0:
                 continue
-            if overlap.get((0, p), 0) / pred_area[p] > 0.5:
+            ignored = overlap.get((0, p), 0) + (overlap.get((crowd[cls], p), 0) if cls in crowd else 0)
+            if ignored / pred_area[p] > 0.5:
                 continue
             self.stats[cls].fp += 1
 
@@ -106,6 +118,9 @@ class SemanticIoU:
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         """gt/pred (H, W) class indices; IGNORE in gt is skipped."""
         keep = gt != IGNORE
+        for name, labels in (("ground-truth", gt[keep]), ("predicted", pred)):
+            if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise InputError(f"{name} labels span [{labels.min()}, {labels.max()}]; {self.num_classes} classes")
         self.confusion += np.bincount(
             gt[keep].astype(np.int64) * self.num_classes + pred[keep].astype(np.int64), minlength=self.num_classes**2
         ).reshape(self.num_classes, self.num_classes)
@@ -134,13 +149,14 @@ def report(pq: PanopticQuality, miou: SemanticIoU, is_thing: Sequence[bool], hel
 
 
 def _ground_truth(dataset: PanopticDataset, index: int):
-    """Ground-truth segment ids, segment -> class, and semantic map, at the original resolution."""
+    """Ground-truth segment ids, segment -> class, class -> crowd segment, and semantic map (crowd regions
+    ignored), at the original resolution."""
     _, ids, ann = dataset.read(index)
-    ids, segments = ground_truth_segments(ids, ann["segments_info"], dataset.contiguous)
+    segments, crowd = ground_truth_segments(ids, ann["segments_info"], dataset.contiguous, ann["file_name"])
     semantic = np.full(ids.shape, IGNORE, np.int64)
     for segment, cls in segments.items():
         semantic[ids == segment] = cls
-    return ids, segments, semantic
+    return ids, segments, crowd, semantic
 
 
 @torch.no_grad()
@@ -185,6 +201,8 @@ def evaluate_predictions(predict, dataset: PanopticDataset, postprocess, batch_s
     """``predict(uint8 images (B, 3, S, S))`` -> (class logits (B, Q, K+1), mask logits (B, Q, h, w)) on
     the padded canvas; post-processing and scoring are shared by every backend."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count <= 0:
+        raise InputError(f"no images to evaluate: {dataset.json_path} lists {len(dataset)}, limit {limit}")
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
     if predictions_dir:
@@ -195,11 +213,12 @@ def evaluate_predictions(predict, dataset: PanopticDataset, postprocess, batch_s
             images = torch.stack([s.image for s in samples])
             class_logits, mask_logits = predict(images)
             for b, sample in enumerate(samples):
-                gt_ids, gt_segments, gt_semantic = _ground_truth(dataset, sample.index)
+                gt_ids, gt_segments, crowd, gt_semantic = _ground_truth(dataset, sample.index)
                 logits = restore_mask_logits(mask_logits[b], images.shape[-2:], sample.size, gt_ids.shape)
                 panoptic = panoptic_inference(class_logits[b], logits, dataset.is_thing, postprocess)
                 semantic = semantic_inference(class_logits[b], logits)
-                pq.add(gt_ids, gt_segments, panoptic.segment_map.cpu().numpy(), {s.id: s.category_id for s in panoptic.segments})
+                pred_segments = {s.id: s.category_id for s in panoptic.segments}
+                pq.add(gt_ids, gt_segments, panoptic.segment_map.cpu().numpy(), pred_segments, crowd)
                 miou.add(gt_semantic, semantic.label_map.cpu().numpy())
                 if predictions_dir:
                     annotations.append(_write_prediction(predictions_dir, dataset, sample.index, panoptic))
@@ -233,19 +252,23 @@ def evaluate_files(gt_json: str, gt_dir: str, pred_json: str, pred_dir: str) -> 
         gt = json.load(f)
     with open(pred_json) as f:
         predictions = {a["image_id"]: a for a in json.load(f)["annotations"]}
+    if not gt["annotations"]:
+        raise InputError(f"{gt_json} lists no images to evaluate")
     contiguous = {c["id"]: i for i, c in enumerate(gt["categories"])}
     pq = PanopticQuality(len(contiguous))
     for ann in gt["annotations"]:
+        if ann["image_id"] not in predictions:
+            raise InputError(f"{pred_json} has no prediction for image {ann['image_id']!r}")
         pred = predictions[ann["image_id"]]
-        gt_ids, gt_segments = ground_truth_segments(
-            read_segment_ids(os.path.join(gt_dir, ann["file_name"])), ann["segments_info"], contiguous
-        )
-        pq.add(
-            gt_ids,
-            gt_segments,
-            read_segment_ids(os.path.join(pred_dir, pred["file_name"])),
-            {s["id"]: contiguous[s["category_id"]] for s in pred["segments_info"]},
-        )
+        gt_ids = read_segment_ids(os.path.join(gt_dir, ann["file_name"]))
+        gt_segments, crowd = ground_truth_segments(gt_ids, ann["segments_info"], contiguous, ann["file_name"])
+        pred_ids = read_segment_ids(os.path.join(pred_dir, pred["file_name"]))
+        check_segment_ids(pred_ids, [s["id"] for s in pred["segments_info"]], pred["file_name"])
+        unknown = [s["category_id"] for s in pred["segments_info"] if s["category_id"] not in contiguous]
+        if unknown:
+            raise InputError(f"{pred['file_name']}: unknown category_id {unknown[0]}")
+        pred_segments = {s["id"]: contiguous[s["category_id"]] for s in pred["segments_info"]}
+        pq.add(gt_ids, gt_segments, pred_ids, pred_segments, crowd)
     is_thing = [bool(c["isthing"]) for c in gt["categories"]]
     everything = range(len(is_thing))
     return {

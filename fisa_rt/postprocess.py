@@ -1,7 +1,11 @@
 """Mask proposals + class logits -> semantic, panoptic and instance results (Mask2Former's inference).
 
 All functions take one image: ``class_logits`` (Q, K + 1) with void last and ``mask_logits``
-(Q, H, W) already resized to the output resolution (:func:`resize_mask_logits`).
+(Q, H, W) already resized to the output resolution (:func:`restore_mask_logits`). They reduce over
+proposals and classes in row tiles of at most ``TILE_BYTES``, so their memory does not grow with
+Q·H·W or K·H·W; a tile's matmul and reductions give bit for bit the values of the whole image's.
+An image larger than the model's input is merged at the model's resolution and its label maps resized
+(:func:`working_size`, :func:`resize_labels`; docs/design.md, "Post-processing memory").
 """
 
 from __future__ import annotations
@@ -61,14 +65,60 @@ def restore_mask_logits(
     """(Q, h, w) logits predicted on a padded ``canvas`` whose top-left ``content`` (h, w) holds the
     resized image -> (Q, H, W) logits at the ``original`` image size."""
     logits = resize_mask_logits(mask_logits, canvas)[:, : content[0], : content[1]]
+    if tuple(original) == tuple(content):  # bilinear to the same size is the identity: skip the copy
+        return logits
     return resize_mask_logits(logits, original)
+
+
+# Float32 bytes of the largest per-tile intermediate ((Q or K) x rows x W).
+TILE_BYTES = 32 << 20
+
+
+def _row_tiles(height: int, width: int, depth: int) -> List[slice]:
+    rows = max(1, TILE_BYTES // (4 * max(depth, 1) * max(width, 1)))
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def working_size(content: Tuple[int, int], original: Tuple[int, int]) -> Tuple[int, int]:
+    """Where post-processing runs: the ``original`` size when the image is no larger than the model's
+    input (``content``, the resized image on the canvas), else the model's input size; the model saw no
+    more detail than that, and the cost stays bounded however large the image."""
+    return tuple(original) if max(original) <= max(content) else tuple(content)
+
+
+def _nearest_sources(source: int, target: int, device) -> torch.Tensor:
+    """(target,) index of the source pixel whose centre is nearest each target pixel's centre."""
+    return ((torch.arange(target, device=device) + 0.5) * (source / target)).long().clamp_(max=source - 1)
+
+
+def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(..., h, w) integer or bool map -> (..., H, W) by nearest pixel centre (every source pixel
+    survives when upsampling, so no segment vanishes); memory is the output's only."""
+    h, w = labels.shape[-2:]
+    # columns first, on the small map; then whole rows are copied
+    wide = labels.index_select(-1, _nearest_sources(w, size[1], labels.device))
+    return wide.index_select(-2, _nearest_sources(h, size[0], labels.device))
+
+
+def resized_areas(labels: torch.Tensor, size: Tuple[int, int], minlength: int) -> torch.Tensor:
+    """Pixel count of each label in ``resize_labels(labels, size)``, counted on the small (h, w) map:
+    each source pixel stands for (rows that copy it) x (columns that copy it) target pixels."""
+    h, w = labels.shape[-2:]
+    rows = torch.bincount(_nearest_sources(h, size[0], labels.device), minlength=h)
+    cols = torch.bincount(_nearest_sources(w, size[1], labels.device), minlength=w)
+    weights = (rows[:, None] * cols[None, :]).flatten().double()
+    return torch.bincount(labels.flatten().long(), weights=weights, minlength=minlength).round().long()
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> SemanticResult:
     """Per-pixel class scores sum_q p(class | q) * sigmoid(mask_q); void proposals contribute nothing."""
     probs = class_logits.softmax(-1)[:, :-1]
-    scores = torch.einsum("qk,qhw->khw", probs, mask_logits.sigmoid())
-    confidence, label_map = scores.max(0)
+    H, W = mask_logits.shape[-2:]
+    label_map = torch.empty((H, W), dtype=torch.int64, device=mask_logits.device)
+    confidence = torch.empty((H, W), dtype=probs.dtype, device=mask_logits.device)
+    for rows in _row_tiles(H, W, max(probs.shape)):
+        scores = torch.einsum("qk,qhw->khw", probs, mask_logits[:, rows].sigmoid())
+        torch.max(scores, 0, out=(confidence[rows], label_map[rows]))
     return SemanticResult(label_map=label_map, confidence=confidence)
 
 
@@ -82,35 +132,42 @@ def panoptic_inference(
     if len(is_thing) != num_classes:
         raise ValueError(f"is_thing has {len(is_thing)} entries for {num_classes} classes")
     scores, labels = class_logits.softmax(-1).max(-1)
-    masks = mask_logits.sigmoid()
     keep = labels.ne(num_classes) & (scores > cfg.object_mask_threshold)
-    scores, labels, masks = scores[keep], labels[keep], masks[keep]
-    segment_map = torch.zeros(mask_logits.shape[-2:], dtype=torch.int32, device=mask_logits.device)
+    scores, labels = scores[keep], labels[keep]
+    H, W = mask_logits.shape[-2:]
     segments: List[Segment] = []
-    if masks.shape[0] == 0:
-        return PanopticResult(segment_map=segment_map, segments=segments)
-    owner = (scores[:, None, None] * masks).argmax(0)
+    if scores.shape[0] == 0:
+        empty = torch.zeros((H, W), dtype=torch.int32, device=mask_logits.device)
+        return PanopticResult(segment_map=empty, segments=segments)
+    # Per pixel: the kept proposal that owns it when the pixel is also inside that proposal's own mask,
+    # else -1; and per proposal the area of its own mask.
+    owned = torch.empty((H, W), dtype=torch.int64, device=mask_logits.device)
+    own_area = torch.zeros(scores.shape[0], dtype=torch.int64, device=mask_logits.device)
+    for rows in _row_tiles(H, W, scores.shape[0]):
+        masks = mask_logits[:, rows][keep].sigmoid()
+        owner = (scores[:, None, None] * masks).argmax(0)
+        inside = masks.gather(0, owner[None])[0] >= 0.5
+        owned[rows] = torch.where(inside, owner, -1)
+        own_area += (masks >= 0.5).sum((1, 2))
+    areas = torch.bincount(owned[owned >= 0], minlength=scores.shape[0]).tolist()
+    segment_of = torch.zeros(scores.shape[0] + 1, dtype=torch.int32, device=mask_logits.device)  # proposal+1 -> id
     stuff_segment = {}
-    for k in range(masks.shape[0]):
-        category = int(labels[k])
-        own = masks[k] >= 0.5
-        mask = (owner == k) & own
-        original_area, area = int(own.sum()), int(mask.sum())
+    proposals = zip(labels.tolist(), scores.tolist(), own_area.tolist(), areas)
+    for k, (category, score, original_area, area) in enumerate(proposals):
         if area == 0 or original_area == 0 or area / original_area < cfg.overlap_threshold:
             continue
         thing = bool(is_thing[category])
         if not thing and category in stuff_segment:
             segment = stuff_segment[category]
-            segment_map[mask] = segment.id
             segment.area += area
-            segment.score = max(segment.score, float(scores[k]))
-            continue
-        segment = Segment(id=len(segments) + 1, category_id=category, is_thing=thing, score=float(scores[k]), area=area)
-        segment_map[mask] = segment.id
-        segments.append(segment)
-        if not thing:
-            stuff_segment[category] = segment
-    return PanopticResult(segment_map=segment_map, segments=segments)
+            segment.score = max(segment.score, score)
+        else:
+            segment = Segment(id=len(segments) + 1, category_id=category, is_thing=thing, score=score, area=area)
+            segments.append(segment)
+            if not thing:
+                stuff_segment[category] = segment
+        segment_of[k + 1] = segment.id
+    return PanopticResult(segment_map=segment_of[owned + 1], segments=segments)
 
 
 def instance_inference(

@@ -63,6 +63,15 @@ def test_eval_prints_the_table_and_writes_json(synthetic_data, generator_checkpo
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
 
 
+def test_eval_of_a_split_without_images_is_an_error_not_zero(synthetic_data, generator_checkpoint, tmp_path):
+    data = json.loads((pathlib.Path(synthetic_data) / "annotations" / "panoptic_val.json").read_text())
+    (tmp_path / "annotations").mkdir()
+    empty = {**data, "images": [], "annotations": []}
+    (tmp_path / "annotations" / "panoptic_val.json").write_text(json.dumps(empty))
+    result = run("eval", "--engine", generator_checkpoint, "--data", str(tmp_path))
+    assert result.returncode == 2 and "no images to evaluate" in result.stderr and "PQ" not in result.stdout
+
+
 def test_demo_writes_overlays_of_the_bundled_scenes(tmp_path):
     out = tmp_path / "demo"
     result = run("demo", "--out", str(out))

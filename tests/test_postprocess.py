@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,166 @@ def test_restore_mask_logits_drops_the_padding():
     restored = restore_mask_logits(logits, (8, 8), (4, 6), (8, 12))
     assert restored.shape == (1, 8, 12)
     assert (restored[:, 1:-1, 1:-1] > 0).all()  # interior of the image: no padding leaks in
+
+
+def _semantic_whole_image(class_logits, mask_logits):
+    """Semantic inference as it was before row tiles: the whole (K, H, W) score volume at once."""
+    scores = torch.einsum("qk,qhw->khw", class_logits.softmax(-1)[:, :-1], mask_logits.sigmoid())
+    return scores.max(0)
+
+
+def _panoptic_whole_image(class_logits, mask_logits, is_thing, cfg):
+    """Panoptic inference as it was before row tiles: (Q, H, W) masks at once, one segment at a time."""
+    scores, labels = class_logits.softmax(-1).max(-1)
+    keep = labels.ne(class_logits.shape[-1] - 1) & (scores > cfg.object_mask_threshold)
+    scores, labels, masks = scores[keep], labels[keep], mask_logits.sigmoid()[keep]
+    segment_map, segments, stuff = torch.zeros(mask_logits.shape[-2:], dtype=torch.int32), [], {}
+    if len(scores) == 0:
+        return segment_map, segments
+    owner = (scores[:, None, None] * masks).argmax(0)
+    for k in range(len(scores)):
+        own = masks[k] >= 0.5
+        mask = (owner == k) & own
+        if mask.sum() == 0 or mask.sum() / own.sum() < cfg.overlap_threshold:
+            continue
+        category, area = int(labels[k]), int(mask.sum())
+        if not is_thing[category] and category in stuff:
+            segment_map[mask] = stuff[category][0]
+            stuff[category][3] += area
+            stuff[category][2] = max(stuff[category][2], float(scores[k]))
+            continue
+        segment = [len(segments) + 1, category, float(scores[k]), area]
+        segment_map[mask] = segment[0]
+        segments.append(segment)
+        if not is_thing[category]:
+            stuff[category] = segment
+    return segment_map, [tuple(s) for s in segments]
+
+
+def _discs(generator, Q, K, H, W):
+    """Class logits (Q, K + 1) and mask logits (Q, H, W) of noisy discs, so proposals overlap partly and
+    some fail the overlap threshold."""
+    class_logits = torch.randn(Q, K + 1, generator=generator) * 5
+    y, x = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    centres = torch.rand(Q, 2, generator=generator) * torch.tensor([H, W])
+    radii = (4 + 6 * torch.rand(Q, generator=generator)) * H / 37
+    distance = ((y - centres[:, :1, None]) ** 2 + (x - centres[:, 1:, None]) ** 2).sqrt()
+    return class_logits, 6 * (1 - distance / radii[:, None, None]) + torch.randn(Q, H, W, generator=generator)
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 4 * 7 * 13 * 5, 1 << 30])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_row_tiles_give_the_whole_image_result(monkeypatch, tile_bytes, seed):
+    import fisa_rt.postprocess as post
+
+    monkeypatch.setattr(post, "TILE_BYTES", tile_bytes)  # one row per tile, a few rows, one tile
+    class_logits, mask_logits = _discs(torch.Generator().manual_seed(seed), 13, 7, 37, 29)
+    is_thing = [k % 2 == 0 for k in range(7)]
+    cfg = PostprocessConfig(object_mask_threshold=0.2, overlap_threshold=0.6)
+    confidence, labels = _semantic_whole_image(class_logits, mask_logits)
+    semantic = semantic_inference(class_logits, mask_logits)
+    # BLAS may order a matmul's sums differently for fewer columns: scores agree to rounding, labels exactly.
+    assert torch.equal(semantic.label_map, labels)
+    torch.testing.assert_close(semantic.confidence, confidence, rtol=1e-6, atol=0)
+    segment_map, segments = _panoptic_whole_image(class_logits, mask_logits, is_thing, cfg)
+    panoptic = panoptic_inference(class_logits, mask_logits, is_thing, cfg)
+    assert len(segments) >= 2
+    assert torch.equal(panoptic.segment_map, segment_map)
+    assert [(s.id, s.category_id, s.score, s.area) for s in panoptic.segments] == segments
+
+
+def test_resize_labels_keeps_every_label_when_upsampling():
+    from fisa_rt.postprocess import resize_labels
+
+    labels = torch.arange(12).reshape(3, 4)
+    big = resize_labels(labels, (7, 9))
+    assert big.shape == (7, 9) and set(big.unique().tolist()) == set(range(12))
+    assert torch.equal(resize_labels(labels, (6, 8)), labels.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    assert torch.equal(resize_labels(labels, (3, 4)), labels)
+
+
+CLASSES = 60  # more classes than the embedded model's 20 proposals: K x H x W is the larger volume
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    """The embedded model's Segmenter (128 px input, 32 x 32 masks) with random class embeddings; the
+    tests feed it raw outputs directly, so no model runs."""
+    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.segmenter import Segmenter
+    from fisa_rt.runtime.vocabulary import Vocabulary
+
+    seg = Segmenter.from_engine(default_checkpoint(), backend="torch", cache_dir="")
+    embeddings = torch.randn(CLASSES, seg.backend.embed_dim, generator=torch.Generator().manual_seed(0))
+    names = [f"class {k}" for k in range(CLASSES)]
+    is_thing = [k % 3 != 0 for k in range(CLASSES)]
+    seg.set_vocabulary(Vocabulary(names, is_thing), torch.nn.functional.normalize(embeddings, dim=-1).numpy())
+    seg.postprocess = PostprocessConfig(object_mask_threshold=0.1, overlap_threshold=0.6)
+    return seg
+
+
+def _content(segmenter, size):
+    scale = segmenter.backend.image_size / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+@pytest.mark.parametrize("size", [(128, 128), (97, 128), (128, 40), (60, 61)])
+def test_images_up_to_the_model_size_are_post_processed_at_full_resolution(segmenter, size):
+    """The same labels as restoring the logits to the image and merging there (the behaviour before
+    working sizes)."""
+    from fisa_rt.postprocess import restore_mask_logits
+
+    class_logits, mask_logits = _discs(torch.Generator().manual_seed(sum(size)), 20, CLASSES, 32, 32)
+    S, content = segmenter.backend.image_size, _content(segmenter, size)
+    logits = restore_mask_logits(mask_logits, (S, S), content, size)
+    _, labels = _semantic_whole_image(class_logits, logits)
+    is_thing = segmenter.vocabulary.is_thing
+    segment_map, segments = _panoptic_whole_image(class_logits, logits, is_thing, segmenter.postprocess)
+    result = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "panoptic")
+    assert np.array_equal(result.semantic, labels.numpy())
+    assert np.array_equal(result.panoptic.segment_map.numpy(), segment_map.numpy())
+    assert [(s.id, s.category_id, s.score, s.area) for s in result.panoptic.segments] == segments and len(segments) >= 2
+
+
+def test_larger_images_are_merged_at_the_model_size_and_resized(segmenter):
+    from fisa_rt.postprocess import resize_labels
+
+    class_logits, mask_logits = _discs(torch.Generator().manual_seed(0), 20, CLASSES, 32, 32)
+    size = (300, 500)
+    content = _content(segmenter, size)
+    assert content == (77, 128)
+    result = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "panoptic")
+    working = segmenter._postprocess(np.zeros((*content, 3), np.uint8), class_logits, mask_logits, content, "panoptic")
+    assert result.semantic.shape == size and result.panoptic.segment_map.shape == size
+    assert np.array_equal(result.semantic, resize_labels(torch.from_numpy(working.semantic), size).numpy())
+    assert torch.equal(result.panoptic.segment_map, resize_labels(working.panoptic.segment_map, size))
+    ids, counts = np.unique(result.panoptic.segment_map.numpy(), return_counts=True)
+    assert {s.id: s.area for s in result.panoptic.segments} == {int(i): int(c) for i, c in zip(ids, counts) if i}
+    assert len(result.panoptic.segments) >= 2
+    picture = np.zeros((*size, 3), np.uint8)
+    instances = segmenter._postprocess(picture, class_logits, mask_logits, content, "instance").instances
+    assert instances.masks.shape[1:] == size
+
+
+def test_post_processing_memory_does_not_grow_with_proposals_or_classes_times_pixels(segmenter):
+    """No tensor made while post-processing a 1000 x 1500 image holds Q x H x W or K x H x W values
+    (Q = 20 proposals, K = 60 classes): the largest is the label map of the image itself."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    LargestTensor.numel = max(LargestTensor.numel, t.numel())
+            return out
+
+    class_logits, mask_logits = _discs(torch.Generator().manual_seed(0), 20, CLASSES, 32, 32)
+    size = (1000, 1500)
+    with LargestTensor():
+        picture, content = np.zeros((*size, 3), np.uint8), _content(segmenter, size)
+        result = segmenter._postprocess(picture, class_logits, mask_logits, content, "panoptic")
+    assert result.panoptic.segment_map.shape == size and len(result.panoptic.segments) >= 2
+    assert LargestTensor.numel <= size[0] * size[1]

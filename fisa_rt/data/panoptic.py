@@ -57,12 +57,34 @@ def read_segment_ids(path: str) -> np.ndarray:
         return rgb_to_ids(np.asarray(pan.convert("RGB")))
 
 
-def ground_truth_segments(ids: np.ndarray, segments_info: List[Dict], contiguous: Dict[int, int]) -> Tuple[np.ndarray, Dict[int, int]]:
-    """Segment ids with crowd regions set to 0 (unlabelled, as panopticapi treats them) and the
-    non-crowd segment id -> contiguous class map."""
-    crowd = [s["id"] for s in segments_info if s.get("iscrowd", 0)]
-    segments = {s["id"]: contiguous[s["category_id"]] for s in segments_info if not s.get("iscrowd", 0)}
-    return np.where(np.isin(ids, crowd), 0, ids), segments
+def check_segment_ids(ids: np.ndarray, listed, where: str) -> None:
+    """A panoptic PNG and its JSON must list the same segments (0 is unlabelled): a segment only in one of
+    them has no class or no pixels, and panopticapi refuses both."""
+    present, listed = set(np.unique(ids).tolist()) - {0}, set(listed)
+    if present - listed:
+        raise InputError(f"{where}: segment ids {sorted(present - listed)[:5]} are in the PNG but not in the JSON")
+    if listed - present:
+        raise InputError(f"{where}: segment ids {sorted(listed - present)[:5]} are in the JSON but not in the PNG")
+
+
+def ground_truth_segments(
+    ids: np.ndarray, segments_info: List[Dict], contiguous: Dict[int, int], where: str = "ground truth"
+) -> Tuple[Dict[int, int], Dict[int, int]]:
+    """Non-crowd segment id -> contiguous class, and contiguous class -> its crowd segment id.
+
+    Crowd pixels stay labelled, as in panopticapi's ``pq_compute``: only a prediction of the crowd's own
+    class may lie on it without being a false positive, and the crowd never leaves an IoU's union. Like
+    panopticapi, the last crowd segment listed for a class is the one that counts."""
+    check_segment_ids(ids, [s["id"] for s in segments_info], where)
+    segments, crowd = {}, {}
+    for s in segments_info:
+        if s["category_id"] not in contiguous:
+            raise InputError(f"{where}: segment {s['id']} has unknown category_id {s['category_id']}")
+        if s.get("iscrowd", 0):
+            crowd[contiguous[s["category_id"]]] = s["id"]
+        else:
+            segments[s["id"]] = contiguous[s["category_id"]]
+    return segments, crowd
 
 
 def load_panoptic_json(path: str) -> Dict:

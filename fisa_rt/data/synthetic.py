@@ -167,7 +167,12 @@ def caption(segments: List[Dict], names: Dict[int, str], rng: np.random.Generato
 
 
 def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    return np.stack([ids % 256, (ids // 256) % 256, ids // 65536], axis=-1).astype(np.uint8)
+    """(H, W) ids < 2^24 of any integer type -> (H, W, 3) uint8 (R + 256 G + 256² B), one channel at a
+    time so a large map needs no (H, W, 3) array of its own type."""
+    rgb = np.empty((*ids.shape, 3), np.uint8)
+    for channel in range(3):
+        rgb[..., channel] = (ids >> (8 * channel)) & 255
+    return rgb
 
 
 def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ class SegmentationResult:
             elif kind == "labels":
                 Image.fromarray(self.semantic.astype(np.uint16)).save(path)
             elif kind == "panoptic":
-                Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy().astype(np.int64))).save(path)
+                Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy())).save(path)
             elif kind == "panoptic_json":
                 self._dump(path, {"file_name": files["panoptic"], "segments_info": self.segments(),
                                   "categories": [{"id": k, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))]})

@@ -7,7 +7,8 @@
 
 Pre-processing (resize the longer side to the engine's size, pad to its square canvas) and
 post-processing (crop, resize back, Mask2Former's semantic/panoptic/instance inference) are the same for
-every backend and run on the backend's device.
+every backend and run on the backend's device. An image larger than the model's input is post-processed
+at the model's input size and its label maps resized to the image (memory bounded; docs/design.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import torch.nn.functional as F
 
 from ..config import PostprocessConfig
 from ..errors import InputError
-from ..postprocess import instance_inference, panoptic_inference, restore_mask_logits, semantic_inference
+from ..postprocess import (
+    instance_inference,
+    panoptic_inference,
+    resize_labels,
+    resized_areas,
+    restore_mask_logits,
+    semantic_inference,
+    working_size,
+)
 from ..predictor import load_image
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
@@ -86,8 +95,12 @@ class Segmenter:
         scale = S / max(H, W)
         h, w = max(1, round(H * scale)), max(1, round(W * scale))
         pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
-        tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None].float()
-        resized = F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
+        # one channel at a time in float: a third of the memory of the whole image, the same values
+        channels = (tensor[:, c : c + 1].float() for c in range(3))  # a generator: one float channel alive
+        resized = torch.cat(
+            [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
+        )
         canvas = torch.zeros(1, 3, S, S, dtype=torch.uint8, device=self.backend.device)
         canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
         return canvas, (h, w)
@@ -112,12 +125,11 @@ class Segmenter:
         raw = self.backend.run(batch, self.text)
         sync()
         t2 = time.perf_counter()
-        results = []
-        S = self.backend.image_size
         class_logits = raw.class_logits()
-        for b, (picture, content) in enumerate(zip(pictures, contents)):
-            logits = restore_mask_logits(raw.mask_logits[b].float(), (S, S), content, picture.shape[:2])
-            results.append(self._postprocess(picture, class_logits[b], logits, task))
+        results = [
+            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task)
+            for b, (picture, content) in enumerate(zip(pictures, contents))
+        ]
         sync()
         t3 = time.perf_counter()
         self.timings.preprocess += t1 - t0
@@ -126,14 +138,25 @@ class Segmenter:
         self.timings.images += len(pictures)
         return results
 
-    def _postprocess(self, picture, class_logits, logits, task) -> SegmentationResult:
+    def _postprocess(self, picture, class_logits, mask_logits, content, task) -> SegmentationResult:
+        """``mask_logits`` (Q, h, w) as the model predicted them on its canvas, whose top-left ``content``
+        holds the resized picture; merged at the working size, label maps returned at the picture's."""
         names, things = self.vocabulary.names, self.vocabulary.is_thing
-        semantic = semantic_inference(class_logits, logits).label_map.cpu().numpy()
+        size = picture.shape[:2]
+        S = self.backend.image_size
+        logits = restore_mask_logits(mask_logits.float(), (S, S), content, working_size(content, size))
+        semantic = resize_labels(semantic_inference(class_logits, logits).label_map, size).cpu().numpy()
         panoptic = instances = None
         if task == "panoptic":
             panoptic = panoptic_inference(class_logits, logits, things, self.postprocess)
+            if tuple(panoptic.segment_map.shape) != size:
+                areas = resized_areas(panoptic.segment_map, size, len(panoptic.segments) + 1).tolist()
+                for segment in panoptic.segments:
+                    segment.area = areas[segment.id]
+                panoptic.segment_map = resize_labels(panoptic.segment_map, size)
         if task == "instance":
             instances = instance_inference(class_logits, logits, things, self.postprocess)
+            instances.masks = resize_labels(instances.masks, size)
         return SegmentationResult(picture, names, things, semantic, panoptic, instances)
 
     def info(self) -> Dict[str, object]:
