@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_path
 from .prompts import PROMPT_TEMPLATES, prompt_templates, validate_vocabulary  # noqa: F401
 from .runtime.vocabulary import Vocabulary, encode
 
@@ -82,7 +83,6 @@ class EmbeddingCache:
         embeddings = encode_vocabulary(tower, tokenizer, names, templates, batch_size)
         os.makedirs(self.folder, exist_ok=True)
         # Write then rename, so a crash never leaves a truncated entry that later reads would trust.
-        tmp = f"{path}.tmp{os.getpid()}"
-        save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
         return embeddings

@@ -17,6 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputError, refuse_overwrite
 from ..prompts import expand_prompts, validate_vocabulary
 
@@ -125,10 +126,9 @@ def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary) 
 def save_embeddings(path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False) -> str:
     """An embeddings file (``.npz``) every backend accepts via ``--embeddings``."""
     refuse_overwrite(path, overwrite)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
-             text_encoder=np.array(text_encoder_sha256))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
+                 text_encoder=np.array(text_encoder_sha256))
     return path
 
 

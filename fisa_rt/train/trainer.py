@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_path
 from ..checkpoint import load_model, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import get_model_config
@@ -214,9 +215,8 @@ class _Stage:
     def save(self, path: str) -> None:
         if self.cfg.stage == "clip":
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            tmp = f"{path}.tmp{os.getpid()}"
-            save_file(tensors, tmp, metadata=self.metadata)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file(tensors, tmp, metadata=self.metadata)
         else:
             save_checkpoint(
                 path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
@@ -234,9 +234,8 @@ def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], opt
     for p, state in optimizer.state.items():
         for key, value in state.items():
             tensors[f"opt/{index[id(p)]}/{key}"] = value.detach().cpu().contiguous()
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
 
 
 def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> (int, List[float]):
