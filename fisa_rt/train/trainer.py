@@ -239,11 +239,24 @@ def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], opt
 
 
 def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> (int, List[float]):
-    from safetensors import safe_open
+    """Restores parameters and AdamW moments; a state file that is damaged or belongs to another model,
+    stage or trainable preset is refused before anything is changed."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(path)
+    fix = "delete it to start over, or pass --overwrite"
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(path)
+        step, losses = int(metadata["step"]), json.loads(metadata["losses"])
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot resume from {path}: not a readable training state ({exc}); {fix}") from None
+    for n, p in params.items():
+        saved = tensors.get(f"param/{n}")
+        if saved is None or saved.shape != p.shape:
+            found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+            raise CheckpointError(f"cannot resume from {path}: parameter {n} is {found} there, expected {tuple(p.shape)} "
+                                  f"(a state of another model, stage or --trainable); {fix}")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
@@ -255,7 +268,7 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
                 state[key] = tensors[name].to(p.device)
         if state:
             optimizer.state[p] = state
-    return int(metadata["step"]), json.loads(metadata["losses"])
+    return step, losses
 
 
 def train(cfg: TrainConfig) -> TrainResult:
