@@ -160,13 +160,26 @@ def _output_folder(path: str) -> None:
         raise InputError(f"output folder {path} is not writable")
 
 
-def _set_vocabulary(segmenter, args: argparse.Namespace) -> None:
+def _read_vocabulary(args: argparse.Namespace):
+    """--embeddings, --classes or --vocab, read and checked before the engine is loaded, so a bad one is
+    refused at once: (vocabulary or None for the engine's default, embeddings or None, encoder sha256)."""
     from .runtime import vocabulary as vocab
 
     if args.embeddings:
         if args.classes or args.vocab:
             raise InputError("--embeddings already holds the vocabulary: drop --classes/--vocab")
         embeddings, vocabulary, sha = vocab.load_embeddings(args.embeddings)
+        return vocabulary, embeddings, sha
+    if args.classes is None and args.vocab is None:
+        return None, None, None
+    return vocab.resolve(args.classes, args.vocab), None, None
+
+
+def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
+    from .runtime import vocabulary as vocab
+
+    vocabulary, embeddings, sha = request
+    if embeddings is not None:
         if sha != segmenter.text_encoder.sha256:
             raise InputError(
                 f"{args.embeddings} was encoded by another text encoder than {args.engine}'s; "
@@ -174,7 +187,7 @@ def _set_vocabulary(segmenter, args: argparse.Namespace) -> None:
             )
         segmenter.set_vocabulary(vocabulary, embeddings)
     else:
-        segmenter.set_vocabulary(vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary))
+        segmenter.set_vocabulary(vocabulary or vocab.resolve(default=segmenter.default_vocabulary))
 
 
 def _refuse_existing_outputs(folder: str, names: List[str], overwrite: bool) -> None:
@@ -200,8 +213,9 @@ def _infer(args: argparse.Namespace) -> None:
     source = Source(args.input or os.path.dirname(sample_images()[0]), max_pixels=args.max_pixels)
     _output_folder(args.out)
     _refuse_existing_outputs(args.out, source.names, args.overwrite)
+    request = _read_vocabulary(args)
     segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None)
-    _set_vocabulary(segmenter, args)
+    _set_vocabulary(segmenter, args, request)
     total = len(source)
     # Made at the first result, so an input that fails to open prints its error line and nothing else.
     bars = []

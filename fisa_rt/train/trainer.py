@@ -251,6 +251,10 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
         step, losses = int(metadata["step"]), json.loads(metadata["losses"])
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot resume from {path}: not a readable training state ({exc}); {fix}") from None
+    extra = sorted(k[len("param/"):] for k in tensors if k.startswith("param/") and k[len("param/"):] not in params)
+    if extra:
+        raise CheckpointError(f"cannot resume from {path}: it trains {extra[0]}, which this run does not "
+                              f"(a state of another model, stage or --trainable); {fix}")
     for n, p in params.items():
         saved = tensors.get(f"param/{n}")
         if saved is None or saved.shape != p.shape:
