@@ -243,14 +243,16 @@ def _infer(args: argparse.Namespace) -> None:
         bars[0].update(len(batch))
         batch.clear()
 
-    for item in source.frames(skip):
-        batch.append(item)
-        if len(batch) == args.batch:
+    try:
+        for item in source.frames(skip):
+            batch.append(item)
+            if len(batch) == args.batch:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
-    if bars:
-        bars[0].close()
+    finally:  # an error line after the bar, not inside it
+        if bars:
+            bars[0].close()
     print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
     if failed:
         raise PartialFailure(f"{len(failed)} of {total} inputs failed (each named above); the others were written to {args.out}")
