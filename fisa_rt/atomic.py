@@ -13,21 +13,27 @@ import json
 import os
 from typing import Any, Iterator
 
+from .errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path to write to; on success it replaces ``path``. The temporary name keeps
-    ``path``'s suffix, so writers that choose the format by suffix (PIL, ``np.savez``) behave the same."""
+    ``path``'s suffix, so writers that choose the format by suffix (PIL, ``np.savez``) behave the same.
+    A folder that cannot take the file (missing, read-only, full) is an InputError naming ``path``."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     stem, suffix = os.path.splitext(name)
     tmp = os.path.join(folder, f".{stem}.tmp{os.getpid()}{suffix}")
     try:
+        open(tmp, "wb").close()  # a folder that cannot take the file fails here, in words, whatever the writer
         yield tmp
         os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave the partial file behind
+    except BaseException as exc:  # KeyboardInterrupt included: never leave the partial file behind
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_path
-from .errors import warn
+from .errors import InputError, warn
 from .prompts import PROMPT_TEMPLATES, prompt_templates, validate_vocabulary  # noqa: F401
 from .runtime.vocabulary import Vocabulary, encode
 
@@ -90,6 +90,6 @@ class EmbeddingCache:
             os.makedirs(self.folder, exist_ok=True)
             with atomic_path(path) as tmp:
                 save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
-        except OSError as exc:  # a cache is an optimisation: never the reason a run fails
-            warn(f"cannot write the embeddings cache {path}: {exc.strerror or exc}; continuing without it")
+        except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
+            warn(f"cannot write the embeddings cache {path}: {exc}; continuing without it")
         return embeddings

@@ -63,7 +63,7 @@ class TextEncoder:
             try:
                 os.makedirs(cache_dir, exist_ok=True)
                 vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
-            except OSError as exc:  # a cache is an optimisation: never the reason a run fails
-                warn(f"cannot write the embeddings cache {path}: {exc.strerror or exc}; continuing without it "
-                     "(set XDG_CACHE_HOME, or --no-cache)")
+            except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
+                warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it (set XDG_CACHE_HOME, or --no-cache)")
         return embeddings
