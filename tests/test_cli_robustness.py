@@ -163,7 +163,7 @@ def test_small_ones(tmp_path):
     assert result.returncode == 0 and result.stderr.strip().splitlines() == [
         "fisa-rt: warning: class names repeat ('red star'): their pixels split between the copies"], result.stderr
     one_line_error(run("infer", "--engine", CHECKPOINT, "--vocab", "coco", "--out", tmp_path / "o2"),
-                   "neither a shipped vocabulary (coco-panoptic, ade20k-150, synthetic) nor a file")
+                   "--vocab coco: no such file, and not a shipped vocabulary (coco-panoptic, ade20k-150, synthetic)")
     (tmp_path / "notes.txt.gz").write_bytes(b"")
     result = run("inspect", tmp_path / "notes.txt.gz")
     one_line_error(result, "cannot tell what")

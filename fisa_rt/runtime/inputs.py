@@ -52,7 +52,12 @@ class Source:
         self.spec = spec
         self.max_pixels = max_pixels
         self.kind, self.items = self._resolve(spec)
-        self.names = output_names(self.items) if self.kind == "images" else []
+        # output names known before reading: every image's, a video's first frame's (a rerun is refused at once)
+        self.names = output_names(self.items) if self.kind == "images" else [self._frame_name(0)] if self.kind == "video" else []
+
+    def _frame_name(self, index: int) -> str:
+        stem = "camera" + self.items[0] if self.kind == "camera" else os.path.splitext(os.path.basename(self.items[0]))[0]
+        return f"{stem}_{index:06d}"
 
     @staticmethod
     def _resolve(spec: str) -> Tuple[str, List[str]]:
@@ -105,7 +110,6 @@ class Source:
         capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             raise InputError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.items[0]}")
-        stem = "camera" + self.items[0] if self.kind == "camera" else os.path.splitext(os.path.basename(self.items[0]))[0]
         index = 0
         try:
             while True:
@@ -114,7 +118,7 @@ class Source:
                     if index == 0:
                         raise InputError(f"{self.items[0]} yields no frames (corrupt or unsupported video)")
                     return
-                yield f"{stem}_{index:06d}", np.ascontiguousarray(frame[:, :, ::-1])
+                yield self._frame_name(index), np.ascontiguousarray(frame[:, :, ::-1])
                 index += 1
         finally:
             capture.release()

@@ -101,8 +101,8 @@ def resolve(classes: Optional[str] = None, vocab: Optional[str] = None, default:
     if vocab is not None:
         if vocab in SHIPPED:
             return named(vocab)
-        if not os.path.exists(vocab):
-            raise InputError(f"--vocab {vocab!r} is neither a shipped vocabulary ({', '.join(SHIPPED)}) nor a file")
+        if not os.path.exists(vocab):  # likely a shipped name mistyped: list them
+            raise InputError(f"--vocab {vocab}: no such file, and not a shipped vocabulary ({', '.join(SHIPPED)})")
         return from_file(vocab)
     if default is None:
         raise InputError("no vocabulary: give --classes \"a, b\" or --vocab coco-panoptic|ade20k-150|FILE")
