@@ -50,7 +50,8 @@ def _number(kind, low=None, high=None, low_open=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}; got {text!r}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
         if low is not None and (value <= low if low_open else value < low):
@@ -134,8 +135,8 @@ def _eval(args: argparse.Namespace) -> None:
         if args.object_threshold is not None:
             model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=args.object_threshold)
         dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
-        results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions,
-                           overwrite=args.overwrite)
+        results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit,
+                           predictions_dir=args.predictions, overwrite=args.overwrite)
     else:
         from .runtime.segmenter import Segmenter
 
@@ -143,8 +144,8 @@ def _eval(args: argparse.Namespace) -> None:
         if args.object_threshold is not None:
             segmenter.postprocess = dataclasses.replace(segmenter.postprocess, object_mask_threshold=args.object_threshold)
         dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False)
-        results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions,
-                                     overwrite=args.overwrite)
+        results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit,
+                                     predictions_dir=args.predictions, overwrite=args.overwrite)
     print(format_report(results))
     if args.json:
         write_json(args.json, results, indent=2)
@@ -196,7 +197,8 @@ def _refuse_existing_outputs(folder: str, names: List[str], overwrite: bool) -> 
 
     if overwrite:
         return
-    existing = [os.path.join(folder, n + s) for n in names for s in OUTPUT_SUFFIXES.values() if os.path.exists(os.path.join(folder, n + s))]
+    targets = [os.path.join(folder, name + suffix) for name in names for suffix in OUTPUT_SUFFIXES.values()]
+    existing = [t for t in targets if os.path.exists(t)]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise InputError(f"{existing[0]} exists{more}; pass --overwrite to replace outputs")
@@ -255,7 +257,7 @@ def _infer(args: argparse.Namespace) -> None:
             bars[0].close()
     print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
     if failed:
-        raise PartialFailure(f"{len(failed)} of {total} inputs failed (each named above); the others were written to {args.out}")
+        raise PartialFailure(f"{len(failed)} of {total} inputs failed (each named above); the others are in {args.out}")
 
 
 def _encode_vocab(args: argparse.Namespace) -> None:
@@ -346,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "full = full fine-tuning baseline")
     tr.add_argument("--steps", type=POSITIVE, default=1000, help="optimizer steps")
     tr.add_argument("--batch-size", type=POSITIVE, default=16, help="global batch, split over torchrun processes")
-    tr.add_argument("--lr", type=_number(float, 0, low_open=True), default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")
+    tr.add_argument("--lr", type=_number(float, 0, low_open=True), default=1e-3,
+                    help="peak AdamW learning rate (linear warm-up, cosine decay)")
     tr.add_argument("--weight-decay", type=_number(float, 0), default=0.05, help="AdamW weight decay")
     tr.add_argument("--warmup", type=COUNT, default=50, help="warm-up steps")
     tr.add_argument("--seed", type=COUNT, default=0, help="seed of initialisation, data order and augmentation")
@@ -391,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--fail-fast", action=argparse.BooleanOptionalAction, default=False,
                      help="stop at the first bad input (default: skip it with one line, go on, exit 1 at the end)")
     inf.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS,
-                     help=f"refuse larger images, e.g. decompression bombs (default: {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
+                     help=f"refuse larger images, e.g. decompression bombs (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
 
     enc = verb("encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab)
     enc.add_argument("--engine", required=True, help="the artefact whose text encoder to use (any backend)")

@@ -170,8 +170,8 @@ def evaluate(
 
 
 def evaluate_segmenter(
-    segmenter, dataset: PanopticDataset, batch_size: int = 8, limit: Optional[int] = None, predictions_dir: Optional[str] = None,
-    overwrite: bool = False,
+    segmenter, dataset: PanopticDataset, batch_size: int = 8, limit: Optional[int] = None,
+    predictions_dir: Optional[str] = None, overwrite: bool = False,
 ):
     """The same evaluation through any runtime backend (ONNX Runtime, TensorRT, PyTorch) of
     :class:`fisa_rt.runtime.segmenter.Segmenter`, on the dataset's vocabulary."""
@@ -189,8 +189,8 @@ def evaluate_segmenter(
 
 
 def evaluate_predictions(
-    predict, dataset: PanopticDataset, postprocess, batch_size: int, limit: Optional[int], predictions_dir: Optional[str],
-    overwrite: bool = False,
+    predict, dataset: PanopticDataset, postprocess, batch_size: int, limit: Optional[int],
+    predictions_dir: Optional[str], overwrite: bool = False,
 ):
     """``predict(uint8 images (B, 3, S, S))`` -> (class logits (B, Q, K+1), mask logits (B, Q, h, w)) on
     the padded canvas; post-processing and scoring are shared by every backend."""
@@ -198,7 +198,8 @@ def evaluate_predictions(
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
     if predictions_dir:
-        prepare_predictions_folder(predictions_dir, [dataset.records[i][1]["file_name"] for i in range(count)], overwrite)
+        names = [dataset.records[i][1]["file_name"] for i in range(count)]
+        prepare_predictions_folder(predictions_dir, names, overwrite)
     with torch.no_grad():
         for start in range(0, count, batch_size):
             samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
@@ -214,7 +215,8 @@ def evaluate_predictions(
                 if predictions_dir:
                     annotations.append(_write_prediction(predictions_dir, dataset, sample.index, panoptic))
     if predictions_dir:
-        write_json(os.path.join(predictions_dir, PREDICTIONS_JSON), {"annotations": annotations, "categories": dataset.categories})
+        predictions = {"annotations": annotations, "categories": dataset.categories}
+        write_json(os.path.join(predictions_dir, PREDICTIONS_JSON), predictions)
     return report(pq, miou, dataset.is_thing, dataset.held_out)
 
 
@@ -224,8 +226,9 @@ def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite
     non-empty ``folder`` is replaced only with ``overwrite``."""
     seen = set()
     for name in file_names:
-        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name or "/" in name or "\\" in name:
-            raise InputError(f"annotation file_name {name!r} is not a plain file name; --predictions writes only inside its folder")
+        plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+        if not plain or os.path.basename(name) != name:
+            raise InputError(f"annotation file_name {name!r} is not a plain file name; predictions stay inside {folder}")
         if name in seen or name == PREDICTIONS_JSON:
             raise InputError(f"annotation file_name {name!r} appears twice; predictions would overwrite each other")
         seen.add(name)

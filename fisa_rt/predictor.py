@@ -38,7 +38,8 @@ def check_pixels(size: Tuple[int, int], max_pixels: Optional[int], name: str) ->
     a small compressed file can claim billions of pixels (a decompression bomb)."""
     if max_pixels and size[0] * size[1] > max_pixels:
         raise InputError(
-            f"image {name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than the limit of {max_pixels:,}; "
+            f"image {name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
+            f"more than the limit of {max_pixels:,}; "
             "raise it with --max-pixels (0: no limit) if the image is genuine"
         )
 
@@ -54,7 +55,8 @@ def decode_image(im: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
         rgba = im.convert("RGBA")
-        return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB"))
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
     return np.asarray(im.convert("RGB"))
 
 

@@ -25,22 +25,38 @@ CHECKPOINT = default_checkpoint()
 
 
 def _npz(path, embeddings, names=("a", "b")):
-    np.savez(path, embeddings=embeddings, names=np.array(names), is_thing=np.ones(np.shape(names), bool), text_encoder=np.array("x"))
+    np.savez(
+        path,
+        embeddings=embeddings,
+        names=np.array(names),
+        is_thing=np.ones(np.shape(names), bool),
+        text_encoder=np.array("x"),
+    )
     return str(path)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"") and None, "is not an embeddings file"),
-    (lambda p: p.write_bytes(open(_npz(p.with_name("ok.npz"), np.ones((2, 4), np.float32)), "rb").read()[:60]) and None,
-     "is not an embeddings file"),
-    (lambda p: np.save(p.with_suffix(".npy"), np.ones((2, 4), np.float32)) or os.replace(p.with_suffix(".npy"), p), "single array"),
-    (lambda p: _npz(p, np.ones((1, 4), np.float32), names="a"), "is not an embeddings file"),
-    (lambda p: _npz(p, np.full((2, 4), np.nan, np.float32)), "NaN or Inf"),
-    (lambda p: _npz(p, np.array([[1, 0], [np.inf, 0]], np.float32)), "NaN or Inf values (row 1)"),
-    (lambda p: _npz(p, np.array([[1, 0], [0, 0]], np.float32)), "row 1 is all zeros"),
-    (lambda p: _npz(p, np.ones((2, 4), np.int64)), "must be floating point"),
-    (lambda p: _npz(p, np.ones((3, 4), np.float32)), "do not match 2 classes"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"") and None, "is not an embeddings file"),
+        (
+            lambda p: p.write_bytes(open(_npz(p.with_name("ok.npz"), np.ones((2, 4), np.float32)), "rb").read()[:60])
+            and None,
+            "is not an embeddings file",
+        ),
+        (
+            lambda p: np.save(p.with_suffix(".npy"), np.ones((2, 4), np.float32))
+            or os.replace(p.with_suffix(".npy"), p),
+            "single array",
+        ),
+        (lambda p: _npz(p, np.ones((1, 4), np.float32), names="a"), "is not an embeddings file"),
+        (lambda p: _npz(p, np.full((2, 4), np.nan, np.float32)), "NaN or Inf"),
+        (lambda p: _npz(p, np.array([[1, 0], [np.inf, 0]], np.float32)), "NaN or Inf values (row 1)"),
+        (lambda p: _npz(p, np.array([[1, 0], [0, 0]], np.float32)), "row 1 is all zeros"),
+        (lambda p: _npz(p, np.ones((2, 4), np.int64)), "must be floating point"),
+        (lambda p: _npz(p, np.ones((3, 4), np.float32)), "do not match 2 classes"),
+    ],
+)
 def test_bad_embeddings_files_are_input_errors(tmp_path, make, message):
     path = tmp_path / "vocab.npz"
     make(path)
@@ -55,8 +71,12 @@ def segmenter():
 
 def test_set_vocabulary_refuses_embeddings_that_would_match_nothing(segmenter):
     D = segmenter.backend.embed_dim
-    for embeddings, message in [(np.full((2, D), np.nan), "NaN"), (np.zeros((2, D), np.float32), "all zeros"),
-                                (np.ones((2, D), np.int32), "floating point"), (np.ones((3, D), np.float32), "do not match 2")]:
+    for embeddings, message in [
+        (np.full((2, D), np.nan), "NaN"),
+        (np.zeros((2, D), np.float32), "all zeros"),
+        (np.ones((2, D), np.int32), "floating point"),
+        (np.ones((3, D), np.float32), "do not match 2"),
+    ]:
         with pytest.raises(InputError, match=message):
             segmenter.set_vocabulary(["a", "b"], embeddings)
 
@@ -82,22 +102,40 @@ def test_a_damaged_cache_entry_is_re_encoded_and_replaced(segmenter, tmp_path):
 def test_a_cache_folder_that_is_a_file_costs_one_warning_line(tmp_path):
     home = tmp_path / "cache-home"
     home.write_text("not a folder")
-    result = run("infer", "--engine", CHECKPOINT, "--input", sample_images()[0], "--classes", "red star, wavy wall",
-                 "--task", "semantic", "--out", tmp_path / "o", cache=home)
+    result = run(
+        "infer",
+        "--engine",
+        CHECKPOINT,
+        "--input",
+        sample_images()[0],
+        "--classes",
+        "red star, wavy wall",
+        "--task",
+        "semantic",
+        "--out",
+        tmp_path / "o",
+        cache=home,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
-                                                   if line.startswith("fisa-rt: warning: cannot write the embeddings cache")]
+    assert result.stderr.strip().splitlines() == [
+        line
+        for line in result.stderr.strip().splitlines()
+        if line.startswith("fisa-rt: warning: cannot write the embeddings cache")
+    ]
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("edit, message", [
-    ("{not json", "cannot read"),
-    ("[]", "holds a list"),
-    ({"images": [{"id": 0}]}, "images[0] has no 'file_name'"),
-    ({"categories": None}, "no 'categories' list"),
-    ("annotation-image", "image_id 999, which is not in 'images'"),
-    ("segment-category", "category_id 777, which is not in 'categories'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("{not json", "cannot read"),
+        ("[]", "holds a list"),
+        ({"images": [{"id": 0}]}, "images[0] has no 'file_name'"),
+        ({"categories": None}, "no 'categories' list"),
+        ("annotation-image", "image_id 999, which is not in 'images'"),
+        ("segment-category", "category_id 777, which is not in 'categories'"),
+    ],
+)
 def test_malformed_dataset_json_is_an_input_error(synthetic_data, tmp_path, edit, message):
     root = tmp_path / "data"
     shutil.copytree(os.path.join(synthetic_data, "annotations"), root / "annotations")
@@ -121,8 +159,11 @@ def test_a_corrupt_or_foreign_training_state_is_refused(tmp_path):
     open(state, "wb").write(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="not a readable training state"):
         _load_state(state, params, optimizer)
-    for other in ({"w": torch.nn.Parameter(torch.ones(4))}, {"v": torch.nn.Parameter(torch.ones(3))},
-                  {"w": torch.nn.Parameter(torch.ones(3)), "extra": torch.nn.Parameter(torch.ones(1))}):
+    for other in (
+        {"w": torch.nn.Parameter(torch.ones(4))},
+        {"v": torch.nn.Parameter(torch.ones(3))},
+        {"w": torch.nn.Parameter(torch.ones(3)), "extra": torch.nn.Parameter(torch.ones(1))},
+    ):
         _save_state(state, 5, other, torch.optim.AdamW(other.values()), [1.0])
         with pytest.raises(CheckpointError, match="another model, stage or --trainable"):
             _load_state(state, params, optimizer)
@@ -134,8 +175,11 @@ def test_a_corrupt_or_foreign_training_state_is_refused(tmp_path):
 def test_train_with_a_corrupt_state_is_one_line(synthetic_data, tmp_path):
     out = tmp_path / "clip.safetensors"
     (tmp_path / "clip.safetensors.state.safetensors").write_bytes(b"garbage")
-    one_line_error(run("train", "clip", "--data", synthetic_data, "--out", out, "--steps", 1, "--batch-size", 2, "--no-progress"),
-                   "cannot resume from", "--overwrite")
+    one_line_error(
+        run("train", "clip", "--data", synthetic_data, "--out", out, "--steps", 1, "--batch-size", 2, "--no-progress"),
+        "cannot resume from",
+        "--overwrite",
+    )
 
 
 def _onnx_file(path, inputs, kind, **manifest):
@@ -144,7 +188,8 @@ def _onnx_file(path, inputs, kind, **manifest):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", [name], [f"{name}_out"], to=TensorProto.FLOAT) for name, _, _ in inputs], "g",
+        [helper.make_node("Cast", [name], [f"{name}_out"], to=TensorProto.FLOAT) for name, _, _ in inputs],
+        "g",
         [helper.make_tensor_value_info(name, dtype, shape) for name, dtype, shape in inputs],
         [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape) for name, _, shape in inputs],
     )
@@ -156,16 +201,40 @@ def _onnx_file(path, inputs, kind, **manifest):
 def test_inspect_and_infer_on_odd_onnx_files(tmp_path):
     from onnx import TensorProto
 
-    text = _onnx_file(tmp_path / "m.text.onnx", [("tokens", TensorProto.INT64, ["prompts", 32])], "text-encoder", model="fisa-tiny",
-                      templates="vild", context_length=32, embed_dim=64, tokenizer="bpe.txt.gz", checkpoint={"file": "m.safetensors"})
+    text = _onnx_file(
+        tmp_path / "m.text.onnx",
+        [("tokens", TensorProto.INT64, ["prompts", 32])],
+        "text-encoder",
+        model="fisa-tiny",
+        templates="vild",
+        context_length=32,
+        embed_dim=64,
+        tokenizer="bpe.txt.gz",
+        checkpoint={"file": "m.safetensors"},
+    )
     result = run("inspect", text)
-    assert result.returncode == 0 and "None" not in result.stdout and "text encoder of model fisa-tiny" in result.stdout, result.stdout
-    image = {"model": "fisa-tiny", "image_size": 128, "embed_dim": 64, "templates": "vild", "flavour": "portable", "backend": "onnx"}
+    assert (
+        result.returncode == 0 and "None" not in result.stdout and "text encoder of model fisa-tiny" in result.stdout
+    ), result.stdout
+    image = {
+        "model": "fisa-tiny",
+        "image_size": 128,
+        "embed_dim": 64,
+        "templates": "vild",
+        "flavour": "portable",
+        "backend": "onnx",
+    }
     unrelated = _onnx_file(tmp_path / "other.onnx", [("x", TensorProto.FLOAT, [1, 3])], "image-model", **image)
     one_line_error(run("infer", "--engine", unrelated, "--classes", "a", "--out", tmp_path / "o"), "takes inputs ['x']")
-    one_line_error(run("infer", "--engine", unrelated, "--backend", "tensorrt", "--classes", "a", "--out", tmp_path / "o"),
-                   "TensorRT is not installed", "ONNX Runtime")
-    assert "were written" not in run("infer", "--engine", unrelated, "--backend", "tensorrt", "--out", tmp_path / "o").stderr
+    one_line_error(
+        run("infer", "--engine", unrelated, "--backend", "tensorrt", "--classes", "a", "--out", tmp_path / "o"),
+        "TensorRT is not installed",
+        "ONNX Runtime",
+    )
+    assert (
+        "were written"
+        not in run("infer", "--engine", unrelated, "--backend", "tensorrt", "--out", tmp_path / "o").stderr
+    )
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(unrelated.read_bytes()[:40])
     shutil.copy(f"{unrelated}.manifest.json", f"{corrupt}.manifest.json")

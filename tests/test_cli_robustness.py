@@ -31,8 +31,21 @@ def test_a_folder_goes_on_past_bad_files_and_names_each(tmp_path):
     exif[0x0112] = 6
     Image.new("RGB", (128, 64), (0, 90, 200)).save(folder / "phone.png", exif=exif)
     out = tmp_path / "out"
-    result = run("infer", "--engine", CHECKPOINT, "--input", folder, "--classes", CLASSES, "--task", "semantic", "--out", out,
-                 "--no-progress", "--no-cache")
+    result = run(
+        "infer",
+        "--engine",
+        CHECKPOINT,
+        "--input",
+        folder,
+        "--classes",
+        CLASSES,
+        "--task",
+        "semantic",
+        "--out",
+        out,
+        "--no-progress",
+        "--no-cache",
+    )
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and len(lines) == 3, result.stderr
@@ -43,38 +56,77 @@ def test_a_folder_goes_on_past_bad_files_and_names_each(tmp_path):
     assert written == ["a", "phone", "x_jpg", "x_png"]
     assert np.asarray(Image.open(out / "phone_labels.png")).shape == (128, 64)  # upright, as EXIF says
     # a rerun is refused at once, before the engine loads, naming what exists
-    one_line_error(run("infer", "--engine", CHECKPOINT, "--input", folder, "--classes", CLASSES, "--out", out), "exists (and", "--overwrite")
+    one_line_error(
+        run("infer", "--engine", CHECKPOINT, "--input", folder, "--classes", CLASSES, "--out", out),
+        "exists (and",
+        "--overwrite",
+    )
     # --fail-fast: the first bad file ends the run (in sorted order, bomb.png comes after a.png)
-    result = run("infer", "--engine", CHECKPOINT, "--input", folder, "--classes", CLASSES, "--task", "semantic", "--out", tmp_path / "ff",
-                 "--no-cache", "--no-progress", "--fail-fast")
+    result = run(
+        "infer",
+        "--engine",
+        CHECKPOINT,
+        "--input",
+        folder,
+        "--classes",
+        CLASSES,
+        "--task",
+        "semantic",
+        "--out",
+        tmp_path / "ff",
+        "--no-cache",
+        "--no-progress",
+        "--fail-fast",
+    )
     one_line_error(result, "bomb.png", "more than the limit")
     assert sorted(os.listdir(tmp_path / "ff")) == ["a_labels.png", "a_overlay.png"]
-    one_line_error(run("infer", "--engine", CHECKPOINT, "--input", sample_images()[0], "--max-pixels", 1000, "--out", tmp_path / "mp"),
-                   "more than the limit of 1,000")
+    one_line_error(
+        run(
+            "infer",
+            "--engine",
+            CHECKPOINT,
+            "--input",
+            sample_images()[0],
+            "--max-pixels",
+            1000,
+            "--out",
+            tmp_path / "mp",
+        ),
+        "more than the limit of 1,000",
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["infer", "--batch", "0"], "argument --batch: must be >= 1; got 0"),
-    (["infer", "--batch", "-1"], "argument --batch: must be >= 1; got -1"),
-    (["infer", "--max-pixels", "many"], "argument --max-pixels: expected an integer"),
-    (["bench", "--iterations", "0"], "argument --iterations: must be >= 1"),
-    (["bench", "--classes", "-1"], "argument --classes: must be >= 1"),
-    (["bench", "--batch", "0"], "argument --batch: must be >= 1"),
-    (["bench", "--warmup", "-2"], "argument --warmup: must be >= 0"),
-    (["train", "adapt", "--data", "d", "--out", "o", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
-    (["train", "adapt", "--data", "d", "--out", "o", "--lr", "-1"], "argument --lr: must be > 0"),
-    (["train", "adapt", "--data", "d", "--out", "o", "--lr", "nan"], "argument --lr: expected a finite number"),
-    (["train", "clip", "--data", "d", "--out", "o", "--steps", "0"], "argument --steps: must be >= 1"),
-    (["train", "clip", "--data", "d", "--out", "o", "--region-captions", "2"], "argument --region-captions: must be <= 1"),
-    (["train", "clip", "--data", "d", "--out", "o", "--save-every", "0"], "argument --save-every: must be >= 1"),
-    (["eval", "--engine", "e", "--data", "d", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
-    (["eval", "--engine", "e", "--data", "d", "--limit", "0"], "argument --limit: must be >= 1"),
-    (["eval", "--engine", "e", "--data", "d", "--object-threshold", "1.5"], "argument --object-threshold: must be <= 1"),
-    (["make-data", "--out", "d", "--train", "-5"], "argument --train: must be >= 0; got -5"),
-    (["make-data", "--out", "d", "--image-size", "0"], "argument --image-size: must be >= 16"),
-    (["make-data", "--out", "d", "--seed", "-1"], "argument --seed: must be >= 0"),
-    (["infer", "--engine", "e"], "the following arguments are required: --out"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["infer", "--batch", "0"], "argument --batch: must be >= 1; got 0"),
+        (["infer", "--batch", "-1"], "argument --batch: must be >= 1; got -1"),
+        (["infer", "--max-pixels", "many"], "argument --max-pixels: expected an integer"),
+        (["bench", "--iterations", "0"], "argument --iterations: must be >= 1"),
+        (["bench", "--classes", "-1"], "argument --classes: must be >= 1"),
+        (["bench", "--batch", "0"], "argument --batch: must be >= 1"),
+        (["bench", "--warmup", "-2"], "argument --warmup: must be >= 0"),
+        (["train", "adapt", "--data", "d", "--out", "o", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+        (["train", "adapt", "--data", "d", "--out", "o", "--lr", "-1"], "argument --lr: must be > 0"),
+        (["train", "adapt", "--data", "d", "--out", "o", "--lr", "nan"], "argument --lr: expected a finite number"),
+        (["train", "clip", "--data", "d", "--out", "o", "--steps", "0"], "argument --steps: must be >= 1"),
+        (
+            ["train", "clip", "--data", "d", "--out", "o", "--region-captions", "2"],
+            "argument --region-captions: must be <= 1",
+        ),
+        (["train", "clip", "--data", "d", "--out", "o", "--save-every", "0"], "argument --save-every: must be >= 1"),
+        (["eval", "--engine", "e", "--data", "d", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+        (["eval", "--engine", "e", "--data", "d", "--limit", "0"], "argument --limit: must be >= 1"),
+        (
+            ["eval", "--engine", "e", "--data", "d", "--object-threshold", "1.5"],
+            "argument --object-threshold: must be <= 1",
+        ),
+        (["make-data", "--out", "d", "--train", "-5"], "argument --train: must be >= 0; got -5"),
+        (["make-data", "--out", "d", "--image-size", "0"], "argument --image-size: must be >= 16"),
+        (["make-data", "--out", "d", "--seed", "-1"], "argument --seed: must be >= 0"),
+        (["infer", "--engine", "e"], "the following arguments are required: --out"),
+    ],
+)
 def test_every_numeric_option_is_validated_in_one_line(argv, message, tmp_path):
     result = run(*argv)
     one_line_error(result, message, f"(see fisa-rt {argv[0]} --help)")
@@ -84,12 +136,19 @@ def test_every_numeric_option_is_validated_in_one_line(argv, message, tmp_path):
 def test_make_data_refuses_existing_data_and_unusable_folders(tmp_path):
     out = tmp_path / "data"
     assert run("make-data", "--out", out, "--train", 1, "--val", 0, "--image-size", 32).returncode == 0
-    one_line_error(run("make-data", "--out", out, "--train", 1, "--val", 0, "--image-size", 32), "panoptic_train.json exists",
-                   "pass --overwrite")
+    one_line_error(
+        run("make-data", "--out", out, "--train", 1, "--val", 0, "--image-size", 32),
+        "panoptic_train.json exists",
+        "pass --overwrite",
+    )
     assert run("make-data", "--out", out, "--train", 1, "--val", 0, "--image-size", 32, "--overwrite").returncode == 0
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    one_line_error(run("make-data", "--out", blocker, "--train", 1, "--val", 0), "cannot write the dataset under", "Not a directory")
+    one_line_error(
+        run("make-data", "--out", blocker, "--train", 1, "--val", 0),
+        "cannot write the dataset under",
+        "Not a directory",
+    )
 
 
 def _dataset_copy(synthetic_data, root, edit):
@@ -106,6 +165,7 @@ def test_eval_predictions_stay_in_their_folder_and_respect_overwrite(synthetic_d
         def edit(data):
             data["annotations"][0]["file_name"] = name
             return json.dumps(data)
+
         return edit
 
     victim = tmp_path / "victim.png"
@@ -117,26 +177,56 @@ def test_eval_predictions_stay_in_their_folder_and_respect_overwrite(synthetic_d
     predictions = tmp_path / "pred"
     predictions.mkdir()
     (predictions / "old.txt").write_text("x")
-    one_line_error(run("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--limit", 1, "--predictions", predictions),
-                   "is not empty", "--overwrite")
+    one_line_error(
+        run("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--limit", 1, "--predictions", predictions),
+        "is not empty",
+        "--overwrite",
+    )
     table = tmp_path / "table.json"
     table.write_text("{}")
-    result = run("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--limit", 1, "--predictions", predictions, "--json", table)
+    result = run(
+        "eval",
+        "--engine",
+        CHECKPOINT,
+        "--data",
+        synthetic_data,
+        "--limit",
+        1,
+        "--predictions",
+        predictions,
+        "--json",
+        table,
+    )
     one_line_error(result, "table.json exists")
     assert result.stdout == ""  # refused before evaluating, not after
-    result = run("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--limit", 2, "--predictions", predictions, "--overwrite")
+    result = run(
+        "eval",
+        "--engine",
+        CHECKPOINT,
+        "--data",
+        synthetic_data,
+        "--limit",
+        2,
+        "--predictions",
+        predictions,
+        "--overwrite",
+    )
     assert result.returncode == 0, result.stderr
     assert len(json.loads((predictions / "predictions.json").read_text())["annotations"]) == 2
 
 
 def test_malformed_dataset_json_is_one_line(synthetic_data, tmp_path):
     """One case through the CLI; tests/test_bad_files.py has the others through the loader."""
+
     def edit(data):
         data["annotations"][0]["segments_info"][0]["category_id"] = 777
         return json.dumps(data)
 
     data = _dataset_copy(synthetic_data, tmp_path / "data", edit)
-    one_line_error(run("eval", "--engine", CHECKPOINT, "--data", data, "--limit", 1), "category_id 777, which is not in 'categories'")
+    one_line_error(
+        run("eval", "--engine", CHECKPOINT, "--data", data, "--limit", 1),
+        "category_id 777, which is not in 'categories'",
+    )
 
 
 def test_bench_refuses_an_existing_json_before_running(tmp_path):
@@ -150,20 +240,43 @@ def test_bench_refuses_an_existing_json_before_running(tmp_path):
 def test_bad_embeddings_files_are_one_line(tmp_path):
     """Two cases through the CLI; tests/test_bad_files.py has the others through the loader."""
     (tmp_path / "empty.npz").write_bytes(b"")
-    one_line_error(run("infer", "--engine", CHECKPOINT, "--embeddings", tmp_path / "empty.npz", "--out", tmp_path / "o"),
-                   "empty.npz is not an embeddings file")
-    np.savez(tmp_path / "nan.npz", embeddings=np.full((2, 64), np.nan, np.float32), names=np.array(["a", "b"]),
-             is_thing=np.ones(2, bool), text_encoder=np.array("x"))
-    one_line_error(run("infer", "--engine", CHECKPOINT, "--embeddings", tmp_path / "nan.npz", "--out", tmp_path / "o"), "NaN or Inf")
+    one_line_error(
+        run("infer", "--engine", CHECKPOINT, "--embeddings", tmp_path / "empty.npz", "--out", tmp_path / "o"),
+        "empty.npz is not an embeddings file",
+    )
+    np.savez(
+        tmp_path / "nan.npz",
+        embeddings=np.full((2, 64), np.nan, np.float32),
+        names=np.array(["a", "b"]),
+        is_thing=np.ones(2, bool),
+        text_encoder=np.array("x"),
+    )
+    one_line_error(
+        run("infer", "--engine", CHECKPOINT, "--embeddings", tmp_path / "nan.npz", "--out", tmp_path / "o"),
+        "NaN or Inf",
+    )
 
 
 def test_small_ones(tmp_path):
-    result = run("infer", "--engine", CHECKPOINT, "--input", sample_images()[0], "--classes", "red star, red star, wavy wall",
-                 "--out", tmp_path / "o", "--no-cache")
+    result = run(
+        "infer",
+        "--engine",
+        CHECKPOINT,
+        "--input",
+        sample_images()[0],
+        "--classes",
+        "red star, red star, wavy wall",
+        "--out",
+        tmp_path / "o",
+        "--no-cache",
+    )
     assert result.returncode == 0 and result.stderr.strip().splitlines() == [
-        "fisa-rt: warning: class names repeat ('red star'): their pixels split between the copies"], result.stderr
-    one_line_error(run("infer", "--engine", CHECKPOINT, "--vocab", "coco", "--out", tmp_path / "o2"),
-                   "--vocab coco: no such file, and not a shipped vocabulary (coco-panoptic, ade20k-150, synthetic)")
+        "fisa-rt: warning: class names repeat ('red star'): their pixels split between the copies"
+    ], result.stderr
+    one_line_error(
+        run("infer", "--engine", CHECKPOINT, "--vocab", "coco", "--out", tmp_path / "o2"),
+        "--vocab coco: no such file, and not a shipped vocabulary (coco-panoptic, ade20k-150, synthetic)",
+    )
     (tmp_path / "notes.txt.gz").write_bytes(b"")
     result = run("inspect", tmp_path / "notes.txt.gz")
     one_line_error(result, "cannot tell what")
@@ -174,4 +287,7 @@ def test_a_bad_video_prints_one_line_not_ffmpeg_logs(tmp_path):
     pytest.importorskip("cv2")
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
-    one_line_error(run("infer", "--engine", CHECKPOINT, "--input", video, "--classes", CLASSES, "--out", tmp_path / "o"), "broken.mp4")
+    one_line_error(
+        run("infer", "--engine", CHECKPOINT, "--input", video, "--classes", CLASSES, "--out", tmp_path / "o"),
+        "broken.mp4",
+    )

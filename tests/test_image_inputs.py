@@ -23,7 +23,9 @@ def png(path, width, height, bit_depth, colour_type, rows=b"") -> pathlib.Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -101,8 +103,13 @@ def test_api_accepts_paths_and_pil_images_and_refuses_the_rest(segmenter):
     with Image.open(scene) as im:
         np.testing.assert_array_equal(segmenter.segment(im, task="semantic").semantic, by_path)
     assert segmenter.segment_batch([]) == []
-    for bad, message in [(None, "NoneType"), (np.zeros((0, 0, 3), np.uint8), "H, W >= 1"), (np.zeros((8, 8), np.uint8), "(H, W, 3)"),
-                         (3.5, "float"), (scene + ".missing", "does not exist")]:
+    for bad, message in [
+        (None, "NoneType"),
+        (np.zeros((0, 0, 3), np.uint8), "H, W >= 1"),
+        (np.zeros((8, 8), np.uint8), "(H, W, 3)"),
+        (3.5, "float"),
+        (scene + ".missing", "does not exist"),
+    ]:
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             segmenter.segment(bad)
     with pytest.raises(InputError, match="list of images"):

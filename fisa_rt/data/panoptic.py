@@ -78,7 +78,11 @@ def load_panoptic_json(path: str) -> Dict:
         raise InputError(f"cannot read {path} as JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} is not COCO-panoptic JSON: it holds a {type(data).__name__}, not an object")
-    fields = {"images": ("id", "file_name"), "annotations": ("image_id", "file_name", "segments_info"), "categories": ("id", "name", "isthing")}
+    fields = {
+        "images": ("id", "file_name"),
+        "annotations": ("image_id", "file_name", "segments_info"),
+        "categories": ("id", "name", "isthing"),
+    }
     for key, needed in fields.items():
         entries = data.get(key)
         if not isinstance(entries, list):
@@ -96,7 +100,9 @@ def load_panoptic_json(path: str) -> Dict:
             if not isinstance(segment, dict) or "id" not in segment or "category_id" not in segment:
                 raise InputError(f"{path}: annotations[{i}] has a segment without 'id' and 'category_id'")
             if segment["category_id"] not in categories:
-                raise InputError(f"{path}: annotations[{i}] has category_id {segment['category_id']!r}, which is not in 'categories'")
+                raise InputError(
+                    f"{path}: annotations[{i}] has category_id {segment['category_id']!r}, which is not in 'categories'"
+                )
     return data
 
 

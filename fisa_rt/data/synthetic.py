@@ -185,8 +185,8 @@ def generate(root: str, split: str, num_images: int, seed: int, image_size: int 
     json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
     refuse_overwrite(json_path, overwrite)
     try:
-        for sub in ("images", "panoptic", "annotations"):
-            os.makedirs(os.path.join(root, sub, split) if sub != "annotations" else os.path.join(root, sub), exist_ok=True)
+        for folder in (("images", split), ("panoptic", split), ("annotations",)):
+            os.makedirs(os.path.join(root, *folder), exist_ok=True)
         probe = os.path.join(root, "annotations", f".write-test{os.getpid()}")
         open(probe, "w").close()
         os.remove(probe)

@@ -145,7 +145,10 @@ class OnnxRuntimeBackend(Backend):
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
         inputs = sorted(i.name for i in self.session.get_inputs())
         if inputs != ["image", "text"]:
-            raise CheckpointError(f"{path} takes inputs {inputs}, not a fisa-rt image model's ['image', 'text']; is it the file its manifest describes?")
+            raise CheckpointError(
+                f"{path} takes inputs {inputs}, not a fisa-rt image model's ['image', 'text']: "
+                "not the file its manifest describes"
+            )
         self.device = torch.device("cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu")
         self.outputs = [o.name for o in self.session.get_outputs()][:2]
 

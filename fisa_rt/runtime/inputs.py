@@ -53,10 +53,12 @@ class Source:
         self.max_pixels = max_pixels
         self.kind, self.items = self._resolve(spec)
         # output names known before reading: every image's, a video's first frame's (a rerun is refused at once)
-        self.names = output_names(self.items) if self.kind == "images" else [self._frame_name(0)] if self.kind == "video" else []
+        self.names = {"images": output_names(self.items), "video": [self._frame_name(0)]}.get(self.kind, [])
 
     def _frame_name(self, index: int) -> str:
-        stem = "camera" + self.items[0] if self.kind == "camera" else os.path.splitext(os.path.basename(self.items[0]))[0]
+        if self.kind == "camera":
+            return f"camera{self.items[0]}_{index:06d}"
+        stem = os.path.splitext(os.path.basename(self.items[0]))[0]
         return f"{stem}_{index:06d}"
 
     @staticmethod

@@ -109,5 +109,6 @@ class SegmentationResult:
                                   "categories": [{"id": k, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))]})
             elif kind == "instances":
                 masks = self.instances.masks.cpu().numpy()
-                write_json(path, [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())])
+                instances = [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())]
+                write_json(path, instances)
         return list(targets.values())

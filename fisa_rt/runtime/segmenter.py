@@ -92,7 +92,8 @@ class Segmenter:
             check_pixels(image.size, self.max_pixels, "given as a PIL.Image")
             return decode_image(image)
         if not isinstance(image, np.ndarray):
-            raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {type(image).__name__}")
+            kind = type(image).__name__
+            raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
             raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
         return image

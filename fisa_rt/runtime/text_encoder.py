@@ -65,5 +65,6 @@ class TextEncoder:
                 vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
             except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
-                warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it (set XDG_CACHE_HOME, or --no-cache)")
+                warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it "
+                     "(set XDG_CACHE_HOME, or --no-cache)")
         return embeddings

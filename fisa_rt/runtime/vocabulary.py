@@ -32,9 +32,9 @@ class Vocabulary:
 
     def __post_init__(self):
         self.names = validate_vocabulary(self.names)
-        repeated = sorted({n for n in self.names if self.names.count(n) > 1}) if len(set(self.names)) < len(self.names) else []
-        if repeated:
-            warn(f"class names repeat ({', '.join(repr(n[:40]) for n in repeated[:3])}): their pixels split between the copies")
+        if len(set(self.names)) < len(self.names):
+            repeated = ", ".join(repr(n[:40]) for n in sorted({n for n in self.names if self.names.count(n) > 1})[:3])
+            warn(f"class names repeat ({repeated}): their pixels split between the copies")
         if not self.is_thing:
             self.is_thing = [True] * len(self.names)
         if len(self.is_thing) != len(self.names):
@@ -175,7 +175,8 @@ def load_embeddings(path: str):
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{not_ours}: {exc or type(exc).__name__}") from None
     if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
-        raise InputError(f"{not_ours}: names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}")
+        found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"
+        raise InputError(f"{not_ours}: {found}")
     vocabulary = Vocabulary([str(n) for n in names], [bool(t) for t in is_thing])
     embeddings = check_embeddings(embeddings, len(vocabulary.names), f"{path}: embeddings")
     return embeddings, vocabulary, str(sha)

@@ -259,8 +259,10 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
         saved = tensors.get(f"param/{n}")
         if saved is None or saved.shape != p.shape:
             found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
-            raise CheckpointError(f"cannot resume from {path}: parameter {n} is {found} there, expected {tuple(p.shape)} "
-                                  f"(a state of another model, stage or --trainable); {fix}")
+            raise CheckpointError(
+                f"cannot resume from {path}: parameter {n} is {found} there, expected {tuple(p.shape)} "
+                f"(a state of another model, stage or --trainable); {fix}"
+            )
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
