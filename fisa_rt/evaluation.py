@@ -228,7 +228,7 @@ def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite
     for name in file_names:
         plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
         if not plain or os.path.basename(name) != name:
-            raise InputError(f"annotation file_name {name!r} is not a plain file name; predictions stay inside {folder}")
+            raise InputError(f"annotation file_name {name!r} is not a plain file name: predictions stay in {folder}")
         if name in seen or name == PREDICTIONS_JSON:
             raise InputError(f"annotation file_name {name!r} appears twice; predictions would overwrite each other")
         seen.add(name)
