@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any, Dict, Optional
 
+from fisa_rt.atomic import write_json
 from fisa_rt.errors import CheckpointError
 
 FORMAT = "fisa-rt-artefact/1"
@@ -35,10 +36,7 @@ def write_manifest(artefact: str, fields: Dict[str, Any]) -> str:
         **fields,
     }
     path = manifest_path(artefact)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, manifest, indent=2, sort_keys=True)
     return path
 
 

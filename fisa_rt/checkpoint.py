@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .atomic import atomic_path
 from .config import FisaConfig
 from .errors import CheckpointError, ConfigError
 from .model import FisaModel, create_model
@@ -63,9 +64,8 @@ def save_checkpoint(
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def read_checkpoint_info(path: str) -> CheckpointInfo:

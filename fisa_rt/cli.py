@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import List, Optional
 
-from .errors import refuse_overwrite, run_reporting_errors
+from .atomic import write_json
+from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
+from .predictor import DEFAULT_MAX_PIXELS
 
 EXAMPLES = {
     "models": "fisa-rt models\n  fisa-rt models --simo",
@@ -39,6 +40,39 @@ EXAMPLES = {
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
     "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
 }
+
+
+def _number(kind, low=None, high=None, low_open=False):
+    """An argparse type: ``kind`` (int/float) within [low, high] (low excluded if ``low_open``); a bad value
+    is a one-line usage error naming the option."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}; got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}; got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE, COUNT = _number(int, 1), _number(int, 0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other user error, exit 2:
+    ``fisa-rt: error: argument --batch: must be >= 1; got 0 (see fisa-rt infer --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -91,6 +125,8 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate, evaluate_segmenter, format_report
     from .runtime.backends import backend_for, resolve_artefact
 
+    if args.json:
+        refuse_overwrite(args.json, args.overwrite)
     args.engine = resolve_artefact(args.engine)
     if backend_for(args.engine, args.backend) == "torch":
         from .checkpoint import load_model
@@ -99,7 +135,8 @@ def _eval(args: argparse.Namespace) -> None:
         if args.object_threshold is not None:
             model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=args.object_threshold)
         dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
-        results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
+        results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit,
+                           predictions_dir=args.predictions, overwrite=args.overwrite)
     else:
         from .runtime.segmenter import Segmenter
 
@@ -107,16 +144,14 @@ def _eval(args: argparse.Namespace) -> None:
         if args.object_threshold is not None:
             segmenter.postprocess = dataclasses.replace(segmenter.postprocess, object_mask_threshold=args.object_threshold)
         dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False)
-        results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit, predictions_dir=args.predictions)
+        results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit,
+                                     predictions_dir=args.predictions, overwrite=args.overwrite)
     print(format_report(results))
     if args.json:
-        refuse_overwrite(args.json, args.overwrite)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results, indent=2)
 
 
 def _output_folder(path: str) -> None:
-    from .errors import InputError
 
     try:
         os.makedirs(path, exist_ok=True)
@@ -126,14 +161,26 @@ def _output_folder(path: str) -> None:
         raise InputError(f"output folder {path} is not writable")
 
 
-def _set_vocabulary(segmenter, args: argparse.Namespace) -> None:
-    from .errors import InputError
+def _read_vocabulary(args: argparse.Namespace):
+    """--embeddings, --classes or --vocab, read and checked before the engine is loaded, so a bad one is
+    refused at once: (vocabulary or None for the engine's default, embeddings or None, encoder sha256)."""
     from .runtime import vocabulary as vocab
 
     if args.embeddings:
         if args.classes or args.vocab:
             raise InputError("--embeddings already holds the vocabulary: drop --classes/--vocab")
         embeddings, vocabulary, sha = vocab.load_embeddings(args.embeddings)
+        return vocabulary, embeddings, sha
+    if args.classes is None and args.vocab is None:
+        return None, None, None
+    return vocab.resolve(args.classes, args.vocab), None, None
+
+
+def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
+    from .runtime import vocabulary as vocab
+
+    vocabulary, embeddings, sha = request
+    if embeddings is not None:
         if sha != segmenter.text_encoder.sha256:
             raise InputError(
                 f"{args.embeddings} was encoded by another text encoder than {args.engine}'s; "
@@ -141,44 +188,76 @@ def _set_vocabulary(segmenter, args: argparse.Namespace) -> None:
             )
         segmenter.set_vocabulary(vocabulary, embeddings)
     else:
-        segmenter.set_vocabulary(vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary))
+        segmenter.set_vocabulary(vocabulary or vocab.resolve(default=segmenter.default_vocabulary))
+
+
+def _refuse_existing_outputs(folder: str, names: List[str], overwrite: bool) -> None:
+    """Checked before any work, so a rerun is refused at once rather than after the first result."""
+    from .runtime.results import OUTPUT_SUFFIXES
+
+    if overwrite:
+        return
+    targets = [os.path.join(folder, name + suffix) for name in names for suffix in OUTPUT_SUFFIXES.values()]
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]} exists{more}; pass --overwrite to replace outputs")
 
 
 def _infer(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from .errors import FisaError
     from .predictor import sample_images
     from .runtime.inputs import Source
     from .runtime.segmenter import Segmenter
 
-    source = Source(args.input or os.path.dirname(sample_images()[0]))
+    source = Source(args.input or os.path.dirname(sample_images()[0]), max_pixels=args.max_pixels)
     _output_folder(args.out)
+    _refuse_existing_outputs(args.out, source.names, args.overwrite)
+    request = _read_vocabulary(args)
     segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None)
-    _set_vocabulary(segmenter, args)
+    _set_vocabulary(segmenter, args, request)
     total = len(source)
     # Made at the first result, so an input that fails to open prints its error line and nothing else.
     bars = []
     batch = []
+    failed = []
+
+    def skip(exc: FisaError) -> None:
+        """One bad input: fatal with --fail-fast, else one line naming it and the rest go on."""
+        if args.fail_fast or total <= 1:
+            raise exc
+        failed.append(exc)
+        tqdm.write(f"fisa-rt: skipped: {exc}", file=sys.stderr)
 
     def flush():
         if not bars:
             bars.append(tqdm(total=total or None, unit="img", disable=not args.progress or total <= 1, desc="infer"))
         for (name, _), result in zip(batch, segmenter.segment_batch([frame for _, frame in batch], args.task)):
-            result.save(args.out, name, overwrite=args.overwrite)
+            try:
+                result.save(args.out, name, overwrite=args.overwrite)
+            except FisaError as exc:
+                skip(exc)
+                continue
             if total == 1 or not args.progress:
                 print(f"{os.path.join(args.out, name)}_overlay.png: {result.summary()}")
         bars[0].update(len(batch))
         batch.clear()
 
-    for item in source:
-        batch.append(item)
-        if len(batch) == args.batch:
+    try:
+        for item in source.frames(skip):
+            batch.append(item)
+            if len(batch) == args.batch:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
-    if bars:
-        bars[0].close()
+    finally:  # an error line after the bar, not inside it
+        if bars:
+            bars[0].close()
     print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
+    if failed:
+        raise PartialFailure(f"{len(failed)} of {total} inputs failed (each named above); the others are in {args.out}")
 
 
 def _encode_vocab(args: argparse.Namespace) -> None:
@@ -197,12 +276,12 @@ def _encode_vocab(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from .runtime.bench import benchmark
 
+    if args.json:
+        refuse_overwrite(args.json, args.overwrite)  # before the run, not after minutes of it
     report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations)
     print(report.format())
     if args.json:
-        refuse_overwrite(args.json, args.overwrite)
-        with open(args.json, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        write_json(args.json, report.to_dict(), indent=2)
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -214,6 +293,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """The checkpoint path of `infer`, with the synthetic set's 32 classes as the default vocabulary."""
+    from .atomic import save_image
     from .predictor import default_checkpoint, load_image, sample_images
     from .runtime import vocabulary as vocab
     from .runtime.segmenter import Segmenter
@@ -226,12 +306,12 @@ def _demo(args: argparse.Namespace) -> None:
         target = os.path.join(args.out, stem + "_overlay.png")
         refuse_overwrite(target, args.overwrite)
         result = segmenter.segment(load_image(path))
-        result.overlay().save(target)
+        save_image(result.overlay(), target)
         print(f"{target}: {result.summary()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fisa-rt", description="FISA open-vocabulary segmentation.")
+    parser = _Parser(prog="fisa-rt", description="FISA open-vocabulary segmentation.")
     parser.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks of errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -251,10 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = verb("make-data", "write the synthetic open-vocabulary panoptic dataset (COCO-panoptic format)", _make_data)
     data.add_argument("--out", required=True, help="dataset root to write")
-    data.add_argument("--train", type=int, default=3000, help="number of training scenes (seen classes only)")
-    data.add_argument("--val", type=int, default=300, help="number of validation scenes (seen and held-out classes)")
-    data.add_argument("--seed", type=int, default=0, help="generator seed; the same seed writes the same files")
-    data.add_argument("--image-size", type=int, default=128, help="side of the square scenes in pixels")
+    data.add_argument("--train", type=COUNT, default=3000, help="number of training scenes (seen classes only)")
+    data.add_argument("--val", type=COUNT, default=300, help="number of validation scenes (seen and held-out classes)")
+    data.add_argument("--seed", type=COUNT, default=0, help="generator seed; the same seed writes the same files")
+    data.add_argument("--image-size", type=_number(int, 16), default=128, help="side of the square scenes in pixels")
     data.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing splits")
 
     tr = verb("train", "train one stage: clip (contrastive), generator (masks), adapt (FISA / baselines)", _train)
@@ -266,15 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--trainable", default="simo", choices=["simo", "frozen", "full"],
                     help="adapt: simo = FISA; frozen = frozen-CLIP baseline (void embedding + temperature only); "
                          "full = full fine-tuning baseline")
-    tr.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    tr.add_argument("--batch-size", type=int, default=16, help="global batch, split over torchrun processes")
-    tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")
-    tr.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    tr.add_argument("--warmup", type=int, default=50, help="warm-up steps")
-    tr.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
-    tr.add_argument("--region-captions", type=float, default=0.0,
+    tr.add_argument("--steps", type=POSITIVE, default=1000, help="optimizer steps")
+    tr.add_argument("--batch-size", type=POSITIVE, default=16, help="global batch, split over torchrun processes")
+    tr.add_argument("--lr", type=_number(float, 0, low_open=True), default=1e-3,
+                    help="peak AdamW learning rate (linear warm-up, cosine decay)")
+    tr.add_argument("--weight-decay", type=_number(float, 0), default=0.05, help="AdamW weight decay")
+    tr.add_argument("--warmup", type=COUNT, default=50, help="warm-up steps")
+    tr.add_argument("--seed", type=COUNT, default=0, help="seed of initialisation, data order and augmentation")
+    tr.add_argument("--region-captions", type=_number(float, 0, 1), default=0.0,
                     help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
-    tr.add_argument("--save-every", type=int, default=200, help="steps between resumable training-state saves")
+    tr.add_argument("--save-every", type=POSITIVE, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
@@ -284,13 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
     ev.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout")
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    ev.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N images")
-    ev.add_argument("--object-threshold", type=float,
+    ev.add_argument("--batch-size", type=POSITIVE, default=8, help="images per forward pass")
+    ev.add_argument("--limit", type=POSITIVE, help="evaluate only the first N images")
+    ev.add_argument("--object-threshold", type=_number(float, 0, 1),
                     help="panoptic: keep proposals whose class probability exceeds this (default: the model's; calibrate it on training images)")
     ev.add_argument("--predictions", help="also write COCO-panoptic predictions (PNG + predictions.json) to this folder")
     ev.add_argument("--json", help="write the results table as JSON to this file")
-    ev.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file")
+    ev.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                    help="replace an existing --json file and --predictions folder")
 
     def vocabulary_options(sub):
         sub.add_argument("--classes", help='comma-separated class names, e.g. "cat, dog, grass"')
@@ -305,10 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--embeddings", help="precomputed vocabulary embeddings from `fisa-rt encode-vocab`")
     inf.add_argument("--task", choices=["semantic", "panoptic", "instance"], default="panoptic", help="what to segment (default: panoptic)")
     inf.add_argument("--out", required=True, help="output folder: overlay PNG, label PNG, COCO panoptic PNG+JSON or instance RLE JSON")
-    inf.add_argument("--batch", type=int, default=1, help="images per engine call")
+    inf.add_argument("--batch", type=POSITIVE, default=1, help="images per engine call")
     inf.add_argument("--no-cache", action="store_true", help="do not read or write the vocabulary embedding cache")
     inf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar for folders and videos")
     inf.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing outputs")
+    inf.add_argument("--fail-fast", action=argparse.BooleanOptionalAction, default=False,
+                     help="stop at the first bad input (default: skip it with one line, go on, exit 1 at the end)")
+    inf.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS,
+                     help=f"refuse larger images, e.g. decompression bombs (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
 
     enc = verb("encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab)
     enc.add_argument("--engine", required=True, help="the artefact whose text encoder to use (any backend)")
@@ -320,10 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     be = verb("bench", "latency percentiles and throughput of an engine (model and host<->device copies apart)", _bench)
     be.add_argument("--engine", required=True, help="any engine")
     be.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
-    be.add_argument("--batch", type=int, default=1, help="images per call")
-    be.add_argument("--classes", type=int, default=150, help="vocabulary size K (random unit embeddings)")
-    be.add_argument("--warmup", type=int, default=5, help="untimed calls first")
-    be.add_argument("--iterations", type=int, default=30, help="timed calls")
+    be.add_argument("--batch", type=POSITIVE, default=1, help="images per call")
+    be.add_argument("--classes", type=POSITIVE, default=150, help="vocabulary size K (random unit embeddings)")
+    be.add_argument("--warmup", type=COUNT, default=5, help="untimed calls first")
+    be.add_argument("--iterations", type=POSITIVE, default=30, help="timed calls")
     be.add_argument("--json", help="also write the report as JSON")
     be.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file")
 

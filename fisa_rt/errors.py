@@ -26,6 +26,23 @@ class MissingDependencyError(FisaError, ImportError):
     """An optional dependency is needed for the requested feature."""
 
 
+class PartialFailure(FisaError):
+    """Some inputs of a batch failed (each already reported) while the others were processed: exit code 1,
+    apart from the 2 of a run that did nothing."""
+
+    exit_code = 1
+
+
+class FisaWarning(UserWarning):
+    """Something a user should know that does not stop the job (the CLI prints it as one line)."""
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, FisaWarning, stacklevel=3)
+
+
 def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> None:
     """Nothing is replaced silently: an existing ``path`` is an error unless ``overwrite``."""
     import os
@@ -38,12 +55,23 @@ def run_reporting_errors(job, debug: bool, prog: str) -> int:
     """Run ``job()``; a FisaError becomes one ``prog: error: ...`` line on stderr and exit code 2
     (the traceback only with ``debug``). Shared by every command-line entry point."""
     import sys
+    import warnings
+
+    def one_line(message, category, *args, **kwargs):
+        if issubclass(category, FisaWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
 
     try:
-        job()
+        with warnings.catch_warnings():
+            shown = warnings.showwarning
+            if not debug:
+                warnings.showwarning = one_line
+            job()
     except FisaError as exc:
         if debug:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     return 0

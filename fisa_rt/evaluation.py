@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import save_image, write_json
 from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segments, read_segment_ids
 from .data.synthetic import ids_to_rgb
 from .errors import InputError
@@ -25,6 +26,7 @@ from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits
 from .preprocess import normalize_images
 
 IGNORE = 255
+PREDICTIONS_JSON = "predictions.json"
 
 
 @dataclass
@@ -167,6 +169,7 @@ def evaluate(
     limit: Optional[int] = None,
     predictions_dir: Optional[str] = None,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> Dict[str, Dict[str, float]]:
     """Run a PyTorch ``model`` on ``dataset`` with the dataset's whole vocabulary; PQ/SQ/RQ and mIoU per
     group. ``predictions_dir`` also writes COCO-panoptic prediction PNGs + JSON there, for other evaluators."""
@@ -178,10 +181,13 @@ def evaluate(
         out = model(normalize_images(images.to(device), model.cfg.image_mean, model.cfg.image_std), text, seen=seen)
         return out.class_logits, out.mask_logits
 
-    return evaluate_predictions(predict, dataset, model.cfg.postprocess, batch_size, limit, predictions_dir)
+    return evaluate_predictions(predict, dataset, model.cfg.postprocess, batch_size, limit, predictions_dir, overwrite)
 
 
-def evaluate_segmenter(segmenter, dataset: PanopticDataset, batch_size: int = 8, limit: Optional[int] = None, predictions_dir: Optional[str] = None):
+def evaluate_segmenter(
+    segmenter, dataset: PanopticDataset, batch_size: int = 8, limit: Optional[int] = None,
+    predictions_dir: Optional[str] = None, overwrite: bool = False,
+):
     """The same evaluation through any runtime backend (ONNX Runtime, TensorRT, PyTorch) of
     :class:`fisa_rt.runtime.segmenter.Segmenter`, on the dataset's vocabulary."""
     from .runtime.vocabulary import Vocabulary
@@ -194,10 +200,13 @@ def evaluate_segmenter(segmenter, dataset: PanopticDataset, batch_size: int = 8,
         raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text)
         return raw.class_logits(), raw.mask_logits.float()
 
-    return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir)
+    return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir, overwrite)
 
 
-def evaluate_predictions(predict, dataset: PanopticDataset, postprocess, batch_size: int, limit: Optional[int], predictions_dir: Optional[str]):
+def evaluate_predictions(
+    predict, dataset: PanopticDataset, postprocess, batch_size: int, limit: Optional[int],
+    predictions_dir: Optional[str], overwrite: bool = False,
+):
     """``predict(uint8 images (B, 3, S, S))`` -> (class logits (B, Q, K+1), mask logits (B, Q, h, w)) on
     the padded canvas; post-processing and scoring are shared by every backend."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -206,7 +215,8 @@ def evaluate_predictions(predict, dataset: PanopticDataset, postprocess, batch_s
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
     if predictions_dir:
-        os.makedirs(predictions_dir, exist_ok=True)
+        names = [dataset.records[i][1]["file_name"] for i in range(count)]
+        prepare_predictions_folder(predictions_dir, names, overwrite)
     with torch.no_grad():
         for start in range(0, count, batch_size):
             samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
@@ -223,15 +233,35 @@ def evaluate_predictions(predict, dataset: PanopticDataset, postprocess, batch_s
                 if predictions_dir:
                     annotations.append(_write_prediction(predictions_dir, dataset, sample.index, panoptic))
     if predictions_dir:
-        with open(os.path.join(predictions_dir, "predictions.json"), "w") as f:
-            json.dump({"annotations": annotations, "categories": dataset.categories}, f)
+        predictions = {"annotations": annotations, "categories": dataset.categories}
+        write_json(os.path.join(predictions_dir, PREDICTIONS_JSON), predictions)
     return report(pq, miou, dataset.is_thing, dataset.held_out)
+
+
+def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite: bool) -> None:
+    """Prediction PNGs are named after the annotations' ``file_name``, which comes from a dataset file:
+    only plain, distinct base names are used, so nothing is written outside ``folder``; an existing,
+    non-empty ``folder`` is replaced only with ``overwrite``."""
+    seen = set()
+    for name in file_names:
+        plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+        if not plain or os.path.basename(name) != name:
+            raise InputError(f"annotation file_name {name!r} is not a plain file name: predictions stay in {folder}")
+        if name in seen or name == PREDICTIONS_JSON:
+            raise InputError(f"annotation file_name {name!r} appears twice; predictions would overwrite each other")
+        seen.add(name)
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise InputError(f"predictions folder {folder} is not empty; pass --overwrite to replace its files")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create predictions folder {folder}: {exc.strerror}") from None
 
 
 def _write_prediction(folder: str, dataset: PanopticDataset, index: int, panoptic: PanopticResult) -> Dict:
     info, ann = dataset.records[index]
     ids = panoptic.segment_map.cpu().numpy()
-    Image.fromarray(ids_to_rgb(ids)).save(os.path.join(folder, ann["file_name"]))
+    save_image(Image.fromarray(ids_to_rgb(ids)), os.path.join(folder, ann["file_name"]))
     segments = [
         {"id": s.id, "category_id": dataset.categories[s.category_id]["id"], "iscrowd": 0, "area": int((ids == s.id).sum())}
         for s in panoptic.segments

@@ -15,9 +15,12 @@ from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_path
+from .errors import InputError, warn
 from .prompts import PROMPT_TEMPLATES, prompt_templates, validate_vocabulary  # noqa: F401
 from .runtime.vocabulary import Vocabulary, encode
 
@@ -78,11 +81,15 @@ class EmbeddingCache:
         names = validate_vocabulary(class_names)
         path = self.path(tower.fingerprint(), templates, names)
         if os.path.isfile(path):
-            return load_file(path)["embeddings"]
+            try:
+                return load_file(path)["embeddings"]
+            except (SafetensorError, OSError, KeyError):
+                pass  # a damaged entry is re-encoded and replaced below
         embeddings = encode_vocabulary(tower, tokenizer, names, templates, batch_size)
-        os.makedirs(self.folder, exist_ok=True)
-        # Write then rename, so a crash never leaves a truncated entry that later reads would trust.
-        tmp = f"{path}.tmp{os.getpid()}"
-        save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
-        os.replace(tmp, path)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
+        except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
+            warn(f"cannot write the embeddings cache {path}: {exc}; continuing without it")
         return embeddings

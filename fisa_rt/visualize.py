@@ -15,6 +15,13 @@ def class_colours(num_classes: int) -> np.ndarray:
     return (np.array(colours) * 255).astype(np.uint8)
 
 
+LEGEND_CHARS = 40  # longer class names are cut, so the legend strip stays narrow beside any image
+
+
+def legend_label(name: str) -> str:
+    return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 3] + "..."
+
+
 # Rows blended at a time: the float copies are of one band, not of the whole (possibly huge) image.
 BAND_ROWS = 256
 
@@ -50,12 +57,13 @@ def overlay(image: np.ndarray, segment_map: np.ndarray, segment_classes: dict, c
     present: List[int] = sorted(set(segment_classes.values()))
     font = ImageFont.load_default()
     row = 14
-    legend_width = max([int(font.getlength(class_names[c])) for c in present] + [40]) + 24
+    labels = {c: legend_label(class_names[c]) for c in present}
+    legend_width = max([int(font.getlength(labels[c])) for c in present] + [40]) + 24
     canvas = Image.new("RGB", (image.shape[1] + legend_width, max(image.shape[0], row * len(present) + 4)), (255, 255, 255))
     canvas.paste(Image.fromarray(out), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, cls in enumerate(present):
         y = 2 + i * row
         draw.rectangle([image.shape[1] + 4, y + 1, image.shape[1] + 14, y + 11], fill=tuple(int(v) for v in colours[cls]))
-        draw.text((image.shape[1] + 18, y), class_names[cls], fill=(0, 0, 0), font=font)
+        draw.text((image.shape[1] + 18, y), labels[cls], fill=(0, 0, 0), font=font)
     return canvas

@@ -1,7 +1,28 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import torch
 import torch.nn.functional as F
+
+EXE = pathlib.Path(sys.executable).parent / "fisa-rt"
+
+
+def run_cli(*args, cache=None):
+    """The real `fisa-rt` console script; ``cache`` is its XDG_CACHE_HOME (the embeddings cache)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)} if cache else None
+    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+
+
+def one_line_error(result, *phrases):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fisa-rt: error:") and "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
 
 
 def random_text(k: int, dim: int) -> torch.Tensor:

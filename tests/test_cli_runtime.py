@@ -3,9 +3,6 @@ Runtime and PyTorch backends, and every user error as one line with exit code 2.
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,20 +13,7 @@ from fisa_rt.predictor import default_checkpoint, sample_images
 from fisa_rt.runtime.backends import Backend, check_engine_compatibility
 from fisa_rt.runtime.results import rle_decode
 
-EXE = pathlib.Path(sys.executable).parent / "fisa-rt"
-
-
-def run(*args, cache=None):
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache)} if cache else None
-    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
-
-
-def one_line_error(result, *phrases):
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fisa-rt: error:") and "Traceback" not in result.stderr, result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
+from helpers import one_line_error, run_cli as run
 
 
 @pytest.mark.parametrize("engine_kind", ["ort", "checkpoint"])

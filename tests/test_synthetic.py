@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from fisa_rt.data.synthetic import HELD_OUT, categories, generate, rgb_to_ids
+from fisa_rt.errors import InputError
 
 
 def _annotations(root, split):
@@ -54,5 +55,5 @@ def test_panoptic_pngs_agree_with_segments_info(synthetic_data):
 
 def test_existing_split_is_not_overwritten(tmp_path):
     generate(str(tmp_path), "val", 1, seed=0, image_size=32)
-    with pytest.raises(FileExistsError, match="exists"):
+    with pytest.raises(InputError, match="exists; pass --overwrite"):
         generate(str(tmp_path), "val", 1, seed=0, image_size=32)

@@ -88,13 +88,43 @@ def ground_truth_segments(
 
 
 def load_panoptic_json(path: str) -> Dict:
+    """The annotation file, checked once here so that a malformed one is a single clear error rather than
+    a KeyError in the middle of training or evaluation: the three lists, the fields each entry needs,
+    and that every annotation names a listed image and every segment a listed category."""
     if not os.path.isfile(path):
         raise InputError(f"panoptic annotation file {path} does not exist")
-    with open(path) as f:
-        data = json.load(f)
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise InputError(f"{path} is not COCO-panoptic JSON: no {key!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {path} as JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not COCO-panoptic JSON: it holds a {type(data).__name__}, not an object")
+    fields = {
+        "images": ("id", "file_name"),
+        "annotations": ("image_id", "file_name", "segments_info"),
+        "categories": ("id", "name", "isthing"),
+    }
+    for key, needed in fields.items():
+        entries = data.get(key)
+        if not isinstance(entries, list):
+            raise InputError(f"{path} is not COCO-panoptic JSON: no {key!r} list")
+        for i, entry in enumerate(entries):
+            missing = [n for n in needed if not isinstance(entry, dict) or n not in entry]
+            if missing:
+                raise InputError(f"{path}: {key}[{i}] has no {missing[0]!r}")
+    images = {im["id"] for im in data["images"]}
+    categories = {c["id"] for c in data["categories"]}
+    for i, ann in enumerate(data["annotations"]):
+        if ann["image_id"] not in images:
+            raise InputError(f"{path}: annotations[{i}] names image_id {ann['image_id']!r}, which is not in 'images'")
+        for segment in ann["segments_info"]:
+            if not isinstance(segment, dict) or "id" not in segment or "category_id" not in segment:
+                raise InputError(f"{path}: annotations[{i}] has a segment without 'id' and 'category_id'")
+            if segment["category_id"] not in categories:
+                raise InputError(
+                    f"{path}: annotations[{i}] has category_id {segment['category_id']!r}, which is not in 'categories'"
+                )
     return data
 
 
@@ -131,7 +161,7 @@ class PanopticDataset(torch.utils.data.Dataset):
             with Image.open(image_path) as im:
                 image = np.asarray(im.convert("RGB"))
             ids = read_segment_ids(os.path.join(self.root, "panoptic", self.split, ann["file_name"]))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"cannot read sample {index} of {self.json_path}: {exc}") from None
         return image, ids, ann
 

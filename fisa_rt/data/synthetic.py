@@ -16,7 +16,6 @@ R + 256 G + 256² B), ``ROOT/annotations/panoptic_SPLIT.json`` and ``ROOT/annota
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +23,9 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from ..atomic import save_image, write_json
+from ..errors import InputError, refuse_overwrite
 
 COLOURS = {
     "red": (215, 45, 40),
@@ -183,16 +185,22 @@ def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
 def generate(root: str, split: str, num_images: int, seed: int, image_size: int = 128, overwrite: bool = False) -> str:
     """Write ``num_images`` scenes of ``split`` ("train" uses only seen classes; any other split uses all,
     with held-out classes in about half the scenes). Returns the panoptic JSON path."""
+    if num_images < 0 or image_size < 16:
+        raise InputError(f"need num_images >= 0 and image_size >= 16; got {num_images} and {image_size}")
     json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
-    if os.path.exists(json_path) and not overwrite:
-        raise FileExistsError(f"{json_path} exists; pass overwrite=True to regenerate the split")
+    refuse_overwrite(json_path, overwrite)
+    try:
+        for folder in (("images", split), ("panoptic", split), ("annotations",)):
+            os.makedirs(os.path.join(root, *folder), exist_ok=True)
+        probe = os.path.join(root, "annotations", f".write-test{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write the dataset under {root}: {exc.strerror or exc}") from None
     cats = categories()
     names = {c.id: c.name for c in cats}
     seen_things = [c for c in cats if c.isthing and not c.held_out]
     seen_stuff = [c for c in cats if not c.isthing and not c.held_out]
-    for sub in ("images", "panoptic"):
-        os.makedirs(os.path.join(root, sub, split), exist_ok=True)
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     images, annotations, captions = [], [], []
     for index in range(num_images):
         # One generator per image keyed by (seed, split, index): any image can be regenerated alone.
@@ -204,14 +212,13 @@ def generate(root: str, split: str, num_images: int, seed: int, image_size: int 
             stuff = [c for c in cats if not c.isthing]
         picture, ids, segments = render_scene(image_size, things, stuff, rng)
         name = f"{split}_{index:06d}.png"
-        Image.fromarray(picture).save(os.path.join(root, "images", split, name))
-        Image.fromarray(ids_to_rgb(ids)).save(os.path.join(root, "panoptic", split, name))
+        save_image(Image.fromarray(picture), os.path.join(root, "images", split, name))
+        save_image(Image.fromarray(ids_to_rgb(ids)), os.path.join(root, "panoptic", split, name))
         images.append({"id": index, "file_name": name, "width": image_size, "height": image_size})
         annotations.append({"image_id": index, "file_name": name, "segments_info": segments})
         captions.append({"image_id": index, "caption": caption(segments, names, rng)})
     categories_json = [{"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out} for c in cats]
-    with open(json_path, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories_json}, f)
-    with open(os.path.join(root, "annotations", f"captions_{split}.json"), "w") as f:
-        json.dump({"images": images, "annotations": captions}, f)
+    write_json(os.path.join(root, "annotations", f"captions_{split}.json"), {"images": images, "annotations": captions})
+    # the panoptic JSON last: it is what marks the split as written (and what --overwrite checks)
+    write_json(json_path, {"images": images, "annotations": annotations, "categories": categories_json})
     return json_path

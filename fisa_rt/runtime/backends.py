@@ -143,6 +143,12 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(path, providers=providers or onnx_providers(ort))
         except Exception as exc:  # ORT raises its own exception types for corrupt files
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
+        inputs = sorted(i.name for i in self.session.get_inputs())
+        if inputs != ["image", "text"]:
+            raise CheckpointError(
+                f"{path} takes inputs {inputs}, not a fisa-rt image model's ['image', 'text']: "
+                "not the file its manifest describes"
+            )
         self.device = torch.device("cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu")
         self.outputs = [o.name for o in self.session.get_outputs()][:2]
 
@@ -165,7 +171,13 @@ class TensorRTBackend(Backend):
         if not os.path.isfile(path):
             raise InputError(f"engine {path} does not exist")
         self.manifest = read_checked_manifest(path)
-        trt = import_tensorrt()
+        try:
+            trt = import_tensorrt()
+        except MissingDependencyError:  # the builder's hint speaks of ONNX files it wrote; here none were
+            raise MissingDependencyError(
+                "TensorRT is not installed: pip install tensorrt "
+                "(Jetson: it comes with JetPack 6); or run the model's .onnx with ONNX Runtime"
+            ) from None
         check_engine_compatibility(self.manifest, trt.__version__, torch.cuda.get_device_capability() if torch.cuda.is_available() else None, path)
         if self.manifest["tensorrt"].get("plugins"):
             from fisa_rt.export.plugins import register_plugins

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterator, List, Tuple
+from collections import Counter
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
-from ..predictor import load_image
+from ..predictor import DEFAULT_MAX_PIXELS, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def _cv2():
+    # FFmpeg logs to stderr on its own unless told otherwise, before the first capture is opened (-8: quiet)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         import cv2
     except ImportError:
@@ -25,12 +28,38 @@ def _cv2():
     return cv2
 
 
+def output_names(paths: Sequence[str]) -> List[str]:
+    """One output name per input path: its stem, or, where stems collide (``x.png`` and ``x.jpg``, or two
+    folders' ``x.png``), the stem with the suffix (``x_png``), then a counter, so no result replaces another."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    counts = Counter(stems)
+    names, used = [], set()
+    for path, stem in zip(paths, stems):
+        name = stem if counts[stem] == 1 else f"{stem}_{os.path.splitext(path)[1].lstrip('.').lower()}"
+        candidate, n = name, 1
+        while candidate in used or (candidate != stem and candidate in counts):
+            n += 1
+            candidate = f"{name}_{n}"
+        used.add(candidate)
+        names.append(candidate)
+    return names
+
+
 class Source:
     """``len()`` is the number of frames when known (files, folders, videos), else 0 (cameras)."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
         self.spec = spec
+        self.max_pixels = max_pixels
         self.kind, self.items = self._resolve(spec)
+        # output names known before reading: every image's, a video's first frame's (a rerun is refused at once)
+        self.names = {"images": output_names(self.items), "video": [self._frame_name(0)]}.get(self.kind, [])
+
+    def _frame_name(self, index: int) -> str:
+        if self.kind == "camera":
+            return f"camera{self.items[0]}_{index:06d}"
+        stem = os.path.splitext(os.path.basename(self.items[0]))[0]
+        return f"{stem}_{index:06d}"
 
     @staticmethod
     def _resolve(spec: str) -> Tuple[str, List[str]]:
@@ -62,16 +91,27 @@ class Source:
         return 0
 
     def __iter__(self) -> Iterator[Tuple[str, np.ndarray]]:
+        return self.frames()
+
+    def frames(self, skip: Optional[Callable[[InputError], None]] = None) -> Iterator[Tuple[str, np.ndarray]]:
+        """(output name, RGB frame) per input. An image that cannot be read raises its InputError, or,
+        given ``skip``, is handed to it and left out (a folder goes on past one bad file)."""
         if self.kind == "images":
-            for path in self.items:
-                yield os.path.splitext(os.path.basename(path))[0], load_image(path)
+            for path, name in zip(self.items, self.names):
+                try:
+                    image = load_image(path, self.max_pixels)
+                except InputError as exc:
+                    if skip is None:
+                        raise
+                    skip(exc)
+                    continue
+                yield name, image
             return
         cv2 = _cv2()
         target = int(self.items[0]) if self.kind == "camera" else self.items[0]
         capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             raise InputError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.items[0]}")
-        stem = "camera" + self.items[0] if self.kind == "camera" else os.path.splitext(os.path.basename(self.items[0]))[0]
         index = 0
         try:
             while True:
@@ -80,7 +120,7 @@ class Source:
                     if index == 0:
                         raise InputError(f"{self.items[0]} yields no frames (corrupt or unsupported video)")
                     return
-                yield f"{stem}_{index:06d}", np.ascontiguousarray(frame[:, :, ::-1])
+                yield self._frame_name(index), np.ascontiguousarray(frame[:, :, ::-1])
                 index += 1
         finally:
             capture.release()

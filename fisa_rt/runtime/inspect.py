@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from typing import List
 
-from ..errors import InputError
-from .backends import backend_for, check_engine_compatibility, resolve_artefact
+from ..errors import CheckpointError, InputError
+from .backends import SUFFIXES, backend_for, check_engine_compatibility, resolve_artefact
 
 
 def _onnx_io(path: str) -> List[str]:
     import onnx
 
-    graph = onnx.load(path, load_external_data=False).graph
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends: a corrupt file, reported in one line
+        raise CheckpointError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); rebuild it") from None
 
     def shape(value):
         dims = value.type.tensor_type.shape.dim
@@ -29,6 +32,8 @@ def describe(path: str) -> List[str]:
     path = resolve_artefact(path)
     if not os.path.isfile(path):
         raise InputError(f"{path} does not exist")
+    if os.path.splitext(path)[1].lower() not in SUFFIXES:
+        raise InputError(f"cannot tell what {path} is: inspect reads {', '.join(SUFFIXES)} files")
     kind = backend_for(path)
     if kind == "torch":
         from ..checkpoint import read_checkpoint_info
@@ -41,15 +46,25 @@ def describe(path: str) -> List[str]:
             f"{cfg.mask_generator.num_queries} queries, templates {cfg.text.templates}",
             f"  trained vocabulary: {len(info.vocabulary)} classes",
         ]
-    from fisa_rt.export.manifest import read_manifest
+    from fisa_rt.export.manifest import read_manifest, sha256_file
 
     m = read_manifest(path)
+    mismatch = [] if sha256_file(path) == m.get("sha256") else [
+        f"  warning: {path} is not the file its manifest describes (sha256 differs); rebuild both"
+    ]
+    if m.get("kind") == "text-encoder":
+        return [
+            f"{path}: text encoder of model {m.get('model')} (ONNX Runtime, CPU), templates {m.get('templates')}, "
+            f"context {m.get('context_length')} tokens, text dim {m.get('embed_dim')}, tokenizer {m.get('tokenizer')}",
+            f"  built {m.get('created')} from {m.get('checkpoint', {}).get('file')}; sha256 {m.get('sha256', '')[:16]}",
+        ] + mismatch + _onnx_io(path)
     lines = [
         f"{path}: {m.get('kind')} for {m.get('backend')} ({m.get('flavour', '-')} graph), model {m.get('model')}",
         f"  image {m.get('image_size')}x{m.get('image_size')} {m.get('input_dtype')}, text dim {m.get('embed_dim')}, "
         f"{m.get('num_queries')} queries, templates {m.get('templates')}, in-graph semantic map: {m.get('semantic')}",
         f"  built {m.get('created')} from {m.get('checkpoint', {}).get('file')}; sha256 {m.get('sha256', '')[:16]}",
     ]
+    lines += mismatch
     if kind == "onnxruntime":
         lines += _onnx_io(path)
         ops = m.get("ops") or {}

@@ -3,7 +3,6 @@ instances), the overlay picture, and the files ``infer --out`` writes."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -11,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..atomic import save_image, write_json
 from ..data.synthetic import ids_to_rgb
 from ..errors import InputError
 from ..postprocess import InstanceResult, PanopticResult
@@ -32,6 +32,13 @@ def rle_decode(rle: Dict[str, object]) -> np.ndarray:
     H, W = rle["size"]
     values = np.arange(len(rle["counts"])) % 2
     return np.repeat(values, rle["counts"]).astype(bool).reshape((H, W), order="F")
+
+
+# What ``save`` writes per stem: <stem>_overlay.png, ...
+OUTPUT_SUFFIXES = {
+    "overlay": "_overlay.png", "labels": "_labels.png", "panoptic": "_panoptic.png", "panoptic_json": "_panoptic.json",
+    "instances": "_instances.json",
+}
 
 
 @dataclass
@@ -78,35 +85,30 @@ class SegmentationResult:
     def save(self, folder: str, stem: str, overwrite: bool = False, formats: Sequence[str] = ("overlay", "labels", "panoptic", "instances")) -> List[str]:
         """Writes <stem>_overlay.png, <stem>_labels.png (16-bit class index per pixel) and, when the task
         produced them, <stem>_panoptic.png + .json (COCO panoptic) and <stem>_instances.json (COCO RLE).
-        Refuses to replace existing files unless ``overwrite``."""
-        files = {"overlay": f"{stem}_overlay.png", "labels": f"{stem}_labels.png"}
-        if self.panoptic is not None:
-            files["panoptic"] = f"{stem}_panoptic.png"
-        if self.instances is not None:
-            files["instances"] = f"{stem}_instances.json"
-        targets = {k: os.path.join(folder, v) for k, v in files.items() if k in formats}
-        if self.panoptic is not None and "panoptic" in formats:
-            targets["panoptic_json"] = os.path.join(folder, f"{stem}_panoptic.json")
+        Refuses to replace existing files unless ``overwrite``, and a ``stem`` that is not a plain name."""
+        stem = os.fspath(stem)
+        if not stem or stem in (".", "..") or "/" in stem or os.sep in stem or (os.altsep and os.altsep in stem):
+            raise InputError(f"output stem {stem!r} must be a plain name (no folder): results go inside {folder}")
+        kinds = ["overlay", "labels"] + (["panoptic", "panoptic_json"] if self.panoptic is not None else [])
+        kinds += ["instances"] if self.instances is not None else []
+        files = {k: stem + OUTPUT_SUFFIXES[k] for k in kinds}
+        targets = {k: os.path.join(folder, v) for k, v in files.items() if k.replace("_json", "") in formats}
         os.makedirs(folder, exist_ok=True)
         existing = [t for t in targets.values() if os.path.exists(t)]
         if existing and not overwrite:
             raise InputError(f"{existing[0]} exists; pass --overwrite to replace outputs")
         for kind, path in targets.items():
             if kind == "overlay":
-                self.overlay().save(path)
+                save_image(self.overlay(), path)
             elif kind == "labels":
-                Image.fromarray(self.semantic.astype(np.uint16)).save(path)
+                save_image(Image.fromarray(self.semantic.astype(np.uint16)), path)
             elif kind == "panoptic":
-                Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy())).save(path)
+                save_image(Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy().astype(np.int64))), path)
             elif kind == "panoptic_json":
-                self._dump(path, {"file_name": files["panoptic"], "segments_info": self.segments(),
+                write_json(path, {"file_name": files["panoptic"], "segments_info": self.segments(),
                                   "categories": [{"id": k, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))]})
             elif kind == "instances":
                 masks = self.instances.masks.cpu().numpy()
-                self._dump(path, [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())])
+                instances = [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())]
+                write_json(path, instances)
         return list(targets.values())
-
-    @staticmethod
-    def _dump(path: str, data) -> None:
-        with open(path, "w") as f:
-            json.dump(data, f)

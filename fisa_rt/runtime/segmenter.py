@@ -2,7 +2,7 @@
 
     seg = Segmenter.from_engine("build/fisa-tiny-synthetic.portable.ort.onnx")
     seg.set_vocabulary(["red star", "wavy wall"])        # or a Vocabulary, or precomputed embeddings
-    result = seg.segment("scene.png")                   # path or (H, W, 3) uint8 RGB
+    result = seg.segment("scene.png")                   # path, PIL.Image or (H, W, 3) uint8 RGB
     result.overlay().save("overlay.png"); result.save("out/", "scene")
 
 Pre-processing (resize the longer side to the engine's size, pad to its square canvas) and
@@ -13,6 +13,7 @@ at the model's input size and its label maps resized to the image (memory bounde
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..config import PostprocessConfig
 from ..errors import InputError
@@ -32,13 +34,14 @@ from ..postprocess import (
     semantic_inference,
     working_size,
 )
-from ..predictor import load_image
+from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
 
 TASKS = ("semantic", "panoptic", "instance")
+ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]  # a file, or decoded RGB pixels
 
 
 @dataclass
@@ -71,25 +74,40 @@ class Segmenter:
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.text: Optional[np.ndarray] = None
         self.timings = Timings()
+        self.max_pixels = DEFAULT_MAX_PIXELS  # larger image files or PIL images are refused (None: no limit)
 
     @classmethod
     def from_engine(cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None) -> "Segmenter":
-        path = resolve_artefact(path)
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputError(f"engine must be a path; got {type(path).__name__}")
+        path = resolve_artefact(os.fspath(path))
         return cls(open_backend(path, backend, device), path, cache_dir)
 
     def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None) -> None:
+        if isinstance(classes, str) or not isinstance(classes, (vocab.Vocabulary, Sequence)):
+            raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
         vocabulary = classes if isinstance(classes, vocab.Vocabulary) else vocab.Vocabulary(list(classes))
         if embeddings is None:
             embeddings = self.text_encoder.encode(vocabulary, self.cache_dir)
-        embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary.names):
-            raise InputError(f"embeddings {embeddings.shape} do not match {len(vocabulary.names)} classes")
+        embeddings = vocab.check_embeddings(embeddings, len(vocabulary.names))
         self.backend.check_text(embeddings)
         self.vocabulary, self.text = vocabulary, embeddings
 
+    def _picture(self, image: ImageInput) -> np.ndarray:
+        """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files."""
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image, self.max_pixels)
+        if isinstance(image, Image.Image):
+            check_pixels(image.size, self.max_pixels, "given as a PIL.Image")
+            return decode_image(image)
+        if not isinstance(image, np.ndarray):
+            kind = type(image).__name__
+            raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
+        return image
+
     def _canvas(self, image: np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(f"image must be (H, W, 3) uint8 RGB; got {image.shape} {image.dtype}")
         S = self.backend.image_size
         H, W = image.shape[:2]
         scale = S / max(H, W)
@@ -105,19 +123,23 @@ class Segmenter:
         canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
         return canvas, (h, w)
 
-    def segment(self, image: Union[str, np.ndarray], task: str = "panoptic") -> SegmentationResult:
+    def segment(self, image: ImageInput, task: str = "panoptic") -> SegmentationResult:
         return self.segment_batch([image], task)[0]
 
-    def segment_batch(self, images: Sequence[Union[str, np.ndarray]], task: str = "panoptic") -> List[SegmentationResult]:
+    def segment_batch(self, images: Sequence[ImageInput], task: str = "panoptic") -> List[SegmentationResult]:
         if task not in TASKS:
             raise InputError(f"task must be one of {TASKS}; got {task!r}")
+        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or not isinstance(images, Sequence):
+            raise InputError(f"segment_batch takes a list of images; got {type(images).__name__} (use segment for one)")
+        if not images:
+            return []
         if self.text is None:
             if self.default_vocabulary is None:
                 raise InputError("no vocabulary set: call set_vocabulary([...]) first")
             self.set_vocabulary(self.default_vocabulary)
         sync = torch.cuda.synchronize if self.backend.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        pictures = [load_image(i) if isinstance(i, str) else i for i in images]
+        pictures = [self._picture(i) for i in images]
         canvases, contents = zip(*(self._canvas(p) for p in pictures))
         batch = torch.cat(canvases)
         sync()

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, warn
 from ..prompts import prompt_templates
 from . import vocabulary as vocab
 from .tokenizer import Tokenizer, find_vocab_file
@@ -53,11 +53,18 @@ class TextEncoder:
         path = os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary) + ".npz") if cache_dir else None
         if path and os.path.isfile(path):
             try:
-                return vocab.load_embeddings(path)[0]
+                cached, names, sha = vocab.load_embeddings(path)
+                if names.names == vocabulary.names and sha == self.sha256:
+                    return cached
             except InputError:
-                pass  # a damaged cache entry is re-encoded and replaced
+                pass  # a damaged entry (truncated, empty, foreign) is re-encoded and replaced below
         embeddings = vocab.encode(vocabulary, prompt_templates(self.templates), self.tokenize, self._encode)
         if path:
-            os.makedirs(cache_dir, exist_ok=True)
-            vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
+            try:
+                os.makedirs(cache_dir, exist_ok=True)
+                vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
+            except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
+                warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it "
+                     "(set XDG_CACHE_HOME, or --no-cache)")
         return embeddings

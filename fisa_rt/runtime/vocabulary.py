@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError, refuse_overwrite
+from ..atomic import atomic_path
+from ..errors import InputError, refuse_overwrite, warn
 from ..prompts import expand_prompts, validate_vocabulary
 
 SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
@@ -30,6 +32,9 @@ class Vocabulary:
 
     def __post_init__(self):
         self.names = validate_vocabulary(self.names)
+        if len(set(self.names)) < len(self.names):
+            repeated = ", ".join(repr(n[:40]) for n in sorted({n for n in self.names if self.names.count(n) > 1})[:3])
+            warn(f"class names repeat ({repeated}): their pixels split between the copies")
         if not self.is_thing:
             self.is_thing = [True] * len(self.names)
         if len(self.is_thing) != len(self.names):
@@ -94,7 +99,11 @@ def resolve(classes: Optional[str] = None, vocab: Optional[str] = None, default:
     if classes is not None:
         return from_classes(classes)
     if vocab is not None:
-        return named(vocab) if vocab in SHIPPED else from_file(vocab)
+        if vocab in SHIPPED:
+            return named(vocab)
+        if not os.path.exists(vocab):  # likely a shipped name mistyped: list them
+            raise InputError(f"--vocab {vocab}: no such file, and not a shipped vocabulary ({', '.join(SHIPPED)})")
+        return from_file(vocab)
     if default is None:
         raise InputError("no vocabulary: give --classes \"a, b\" or --vocab coco-panoptic|ade20k-150|FILE")
     return default
@@ -125,24 +134,49 @@ def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary) 
 def save_embeddings(path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False) -> str:
     """An embeddings file (``.npz``) every backend accepts via ``--embeddings``."""
     refuse_overwrite(path, overwrite)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
-             text_encoder=np.array(text_encoder_sha256))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
+                 text_encoder=np.array(text_encoder_sha256))
     return path
 
 
+def check_embeddings(embeddings, num_classes: int, where: str = "embeddings") -> np.ndarray:
+    """(K, D) float32 after refusing what would silently segment nothing: a shape that does not match the
+    K classes, an integer or non-numeric dtype, NaN/Inf values, or an all-zero row (no direction)."""
+    array = np.asarray(embeddings)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{where} must be floating point (K, D) text embeddings; got dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[0] != num_classes or array.shape[1] == 0:
+        raise InputError(f"{where} {array.shape} do not match {num_classes} classes: expected ({num_classes}, D)")
+    if not np.isfinite(array).all():
+        raise InputError(f"{where} hold NaN or Inf values (row {int(np.argwhere(~np.isfinite(array))[0, 0])})")
+    zero = np.flatnonzero(~array.any(axis=1))
+    if zero.size:
+        raise InputError(f"{where}: row {int(zero[0])} is all zeros, which matches nothing")
+    return array.astype(np.float32)
+
+
 def load_embeddings(path: str):
-    """(embeddings (K, D) float32, Vocabulary, text-encoder sha256) from an ``encode-vocab`` file."""
+    """(embeddings (K, D) float32, Vocabulary, text-encoder sha256) from an ``encode-vocab`` file; anything
+    else (empty, truncated, a plain ``.npy``, missing or malformed fields) is an InputError."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"embeddings file {path} does not exist")
+    not_ours = f"{path} is not an embeddings file written by `fisa-rt encode-vocab`"
     try:
-        with np.load(path) as data:
-            embeddings = data["embeddings"].astype(np.float32)
-            vocabulary = Vocabulary([str(n) for n in data["names"]], [bool(t) for t in data["is_thing"]])
-            sha = str(data["text_encoder"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path} is not an embeddings file written by `fisa-rt encode-vocab`: {exc}") from None
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(vocabulary.names):
-        raise InputError(f"{path}: embeddings {embeddings.shape} do not match its {len(vocabulary.names)} class names")
-    return embeddings, vocabulary, sha
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"{not_ours}: it holds a single array, not the fields of one")
+        with data:
+            embeddings = data["embeddings"]
+            names, is_thing, sha = data["names"], data["is_thing"], data["text_encoder"]
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{not_ours}: {exc or type(exc).__name__}") from None
+    if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
+        found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"
+        raise InputError(f"{not_ours}: {found}")
+    vocabulary = Vocabulary([str(n) for n in names], [bool(t) for t in is_thing])
+    embeddings = check_embeddings(embeddings, len(vocabulary.names), f"{path}: embeddings")
+    return embeddings, vocabulary, str(sha)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_path
 from ..checkpoint import load_model, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import get_model_config
@@ -214,9 +215,8 @@ class _Stage:
     def save(self, path: str) -> None:
         if self.cfg.stage == "clip":
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            tmp = f"{path}.tmp{os.getpid()}"
-            save_file(tensors, tmp, metadata=self.metadata)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file(tensors, tmp, metadata=self.metadata)
         else:
             save_checkpoint(
                 path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
@@ -234,17 +234,35 @@ def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], opt
     for p, state in optimizer.state.items():
         for key, value in state.items():
             tensors[f"opt/{index[id(p)]}/{key}"] = value.detach().cpu().contiguous()
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
 
 
 def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> (int, List[float]):
-    from safetensors import safe_open
+    """Restores parameters and AdamW moments; a state file that is damaged or belongs to another model,
+    stage or trainable preset is refused before anything is changed."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(path)
+    fix = "delete it to start over, or pass --overwrite"
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(path)
+        step, losses = int(metadata["step"]), json.loads(metadata["losses"])
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot resume from {path}: not a readable training state ({exc}); {fix}") from None
+    extra = sorted(k[len("param/"):] for k in tensors if k.startswith("param/") and k[len("param/"):] not in params)
+    if extra:
+        raise CheckpointError(f"cannot resume from {path}: it trains {extra[0]}, which this run does not "
+                              f"(a state of another model, stage or --trainable); {fix}")
+    for n, p in params.items():
+        saved = tensors.get(f"param/{n}")
+        if saved is None or saved.shape != p.shape:
+            found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+            raise CheckpointError(
+                f"cannot resume from {path}: parameter {n} is {found} there, expected {tuple(p.shape)} "
+                f"(a state of another model, stage or --trainable); {fix}"
+            )
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
@@ -256,7 +274,7 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
                 state[key] = tensors[name].to(p.device)
         if state:
             optimizer.state[p] = state
-    return int(metadata["step"]), json.loads(metadata["losses"])
+    return step, losses
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -1,0 +1,288 @@
+"""Damaged, foreign or interrupted files: embeddings, the embeddings cache, dataset JSON, training state,
+ONNX artefacts; and writes that leave either the whole new file or the old one, never a partial one."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fisa_rt import CheckpointError, InputError
+from fisa_rt.atomic import write_json
+from fisa_rt.data.panoptic import PanopticDataset
+from fisa_rt.export.manifest import write_manifest
+from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime import vocabulary as vocab
+from fisa_rt.runtime.segmenter import Segmenter
+from fisa_rt.train.trainer import _load_state, _save_state
+
+from helpers import one_line_error, run_cli as run
+
+CHECKPOINT = default_checkpoint()
+
+
+def _npz(path, embeddings, names=("a", "b")):
+    np.savez(
+        path,
+        embeddings=embeddings,
+        names=np.array(names),
+        is_thing=np.ones(np.shape(names), bool),
+        text_encoder=np.array("x"),
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"") and None, "is not an embeddings file"),
+        (
+            lambda p: p.write_bytes(open(_npz(p.with_name("ok.npz"), np.ones((2, 4), np.float32)), "rb").read()[:60])
+            and None,
+            "is not an embeddings file",
+        ),
+        (
+            lambda p: np.save(p.with_suffix(".npy"), np.ones((2, 4), np.float32))
+            or os.replace(p.with_suffix(".npy"), p),
+            "single array",
+        ),
+        (lambda p: _npz(p, np.ones((1, 4), np.float32), names="a"), "is not an embeddings file"),
+        (lambda p: _npz(p, np.full((2, 4), np.nan, np.float32)), "NaN or Inf"),
+        (lambda p: _npz(p, np.array([[1, 0], [np.inf, 0]], np.float32)), "NaN or Inf values (row 1)"),
+        (lambda p: _npz(p, np.array([[1, 0], [0, 0]], np.float32)), "row 1 is all zeros"),
+        (lambda p: _npz(p, np.ones((2, 4), np.int64)), "must be floating point"),
+        (lambda p: _npz(p, np.ones((3, 4), np.float32)), "do not match 2 classes"),
+    ],
+)
+def test_bad_embeddings_files_are_input_errors(tmp_path, make, message):
+    path = tmp_path / "vocab.npz"
+    make(path)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        vocab.load_embeddings(str(path))
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter.from_engine(CHECKPOINT, backend="torch", cache_dir="")
+
+
+def test_set_vocabulary_refuses_embeddings_that_would_match_nothing(segmenter):
+    D = segmenter.backend.embed_dim
+    for embeddings, message in [
+        (np.full((2, D), np.nan), "NaN"),
+        (np.zeros((2, D), np.float32), "all zeros"),
+        (np.ones((2, D), np.int32), "floating point"),
+        (np.ones((3, D), np.float32), "do not match 2"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            segmenter.set_vocabulary(["a", "b"], embeddings)
+
+
+def test_a_damaged_cache_entry_is_re_encoded_and_replaced(segmenter, tmp_path):
+    segmenter.cache_dir = str(tmp_path / "cache")
+    segmenter.set_vocabulary(["red star", "wavy wall"])
+    expected = segmenter.text.copy()
+    (entry,) = [tmp_path / "cache" / f for f in os.listdir(tmp_path / "cache")]
+    good = entry.read_bytes()
+    for damage in (b"", good[: len(good) // 2]):
+        entry.write_bytes(damage)
+        segmenter.set_vocabulary(["red star", "wavy wall"])
+        np.testing.assert_array_equal(segmenter.text, expected)
+        np.testing.assert_array_equal(vocab.load_embeddings(str(entry))[0], expected)  # replaced by a whole entry
+    entry.unlink()
+    entry.mkdir()  # a directory where the entry belongs: cannot be replaced, so a warning and no cache
+    with pytest.warns(UserWarning, match="cannot write the embeddings cache"):
+        segmenter.set_vocabulary(["red star", "wavy wall"])
+    np.testing.assert_array_equal(segmenter.text, expected)
+
+
+def test_a_cache_folder_that_is_a_file_costs_one_warning_line(tmp_path):
+    home = tmp_path / "cache-home"
+    home.write_text("not a folder")
+    result = run(
+        "infer",
+        "--engine",
+        CHECKPOINT,
+        "--input",
+        sample_images()[0],
+        "--classes",
+        "red star, wavy wall",
+        "--task",
+        "semantic",
+        "--out",
+        tmp_path / "o",
+        cache=home,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        line
+        for line in result.stderr.strip().splitlines()
+        if line.startswith("fisa-rt: warning: cannot write the embeddings cache")
+    ]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("{not json", "cannot read"),
+        ("[]", "holds a list"),
+        ({"images": [{"id": 0}]}, "images[0] has no 'file_name'"),
+        ({"categories": None}, "no 'categories' list"),
+        ("annotation-image", "image_id 999, which is not in 'images'"),
+        ("segment-category", "category_id 777, which is not in 'categories'"),
+    ],
+)
+def test_malformed_dataset_json_is_an_input_error(synthetic_data, tmp_path, edit, message):
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(synthetic_data, "annotations"), root / "annotations")
+    path = root / "annotations" / "panoptic_val.json"
+    data = json.loads(path.read_text())
+    if edit == "annotation-image":
+        data["annotations"][0]["image_id"] = 999
+    elif edit == "segment-category":
+        data["annotations"][0]["segments_info"][0]["category_id"] = 777
+    elif isinstance(edit, dict):
+        data.update(edit)
+    path.write_text(edit if isinstance(edit, str) and edit[0] in "{[" else json.dumps(data))
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        PanopticDataset(str(root), "val", 64, augment=False)
+
+
+def test_a_corrupt_or_foreign_training_state_is_refused(tmp_path):
+    params = {"w": torch.nn.Parameter(torch.ones(3))}
+    optimizer = torch.optim.AdamW(params.values())
+    state = str(tmp_path / "out.safetensors.state.safetensors")
+    open(state, "wb").write(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="not a readable training state"):
+        _load_state(state, params, optimizer)
+    for other in (
+        {"w": torch.nn.Parameter(torch.ones(4))},
+        {"v": torch.nn.Parameter(torch.ones(3))},
+        {"w": torch.nn.Parameter(torch.ones(3)), "extra": torch.nn.Parameter(torch.ones(1))},
+    ):
+        _save_state(state, 5, other, torch.optim.AdamW(other.values()), [1.0])
+        with pytest.raises(CheckpointError, match="another model, stage or --trainable"):
+            _load_state(state, params, optimizer)
+    assert torch.equal(params["w"].detach(), torch.ones(3))  # untouched by the refused states
+    _save_state(state, 5, params, optimizer, [1.0, 0.5])
+    assert _load_state(state, params, optimizer) == (5, [1.0, 0.5])
+
+
+def test_train_with_a_corrupt_state_is_one_line(synthetic_data, tmp_path):
+    out = tmp_path / "clip.safetensors"
+    (tmp_path / "clip.safetensors.state.safetensors").write_bytes(b"garbage")
+    one_line_error(
+        run("train", "clip", "--data", synthetic_data, "--out", out, "--steps", 1, "--batch-size", 2, "--no-progress"),
+        "cannot resume from",
+        "--overwrite",
+    )
+
+
+def _onnx_file(path, inputs, kind, **manifest):
+    """A tiny ONNX graph (Cast of each input) with a fisa-rt manifest, standing in for an artefact."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", [name], [f"{name}_out"], to=TensorProto.FLOAT) for name, _, _ in inputs],
+        "g",
+        [helper.make_tensor_value_info(name, dtype, shape) for name, dtype, shape in inputs],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape) for name, _, shape in inputs],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    write_manifest(str(path), {"kind": kind, **manifest})
+    return path
+
+
+def test_inspect_and_infer_on_odd_onnx_files(tmp_path):
+    from onnx import TensorProto
+
+    text = _onnx_file(
+        tmp_path / "m.text.onnx",
+        [("tokens", TensorProto.INT64, ["prompts", 32])],
+        "text-encoder",
+        model="fisa-tiny",
+        templates="vild",
+        context_length=32,
+        embed_dim=64,
+        tokenizer="bpe.txt.gz",
+        checkpoint={"file": "m.safetensors"},
+    )
+    result = run("inspect", text)
+    assert (
+        result.returncode == 0 and "None" not in result.stdout and "text encoder of model fisa-tiny" in result.stdout
+    ), result.stdout
+    image = {
+        "model": "fisa-tiny",
+        "image_size": 128,
+        "embed_dim": 64,
+        "templates": "vild",
+        "flavour": "portable",
+        "backend": "onnx",
+    }
+    unrelated = _onnx_file(tmp_path / "other.onnx", [("x", TensorProto.FLOAT, [1, 3])], "image-model", **image)
+    one_line_error(run("infer", "--engine", unrelated, "--classes", "a", "--out", tmp_path / "o"), "takes inputs ['x']")
+    one_line_error(
+        run("infer", "--engine", unrelated, "--backend", "tensorrt", "--classes", "a", "--out", tmp_path / "o"),
+        "TensorRT is not installed",
+        "ONNX Runtime",
+    )
+    assert (
+        "were written"
+        not in run("infer", "--engine", unrelated, "--backend", "tensorrt", "--out", tmp_path / "o").stderr
+    )
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(unrelated.read_bytes()[:40])
+    shutil.copy(f"{unrelated}.manifest.json", f"{corrupt}.manifest.json")
+    one_line_error(run("inspect", corrupt), "is not a readable ONNX file")
+
+
+def test_interrupted_writes_leave_no_partial_file(tmp_path, monkeypatch):
+    """SIGINT in the middle of a PNG or JSON write: the old file (or none) stays, and no temporary file."""
+    segmenter = Segmenter.from_engine(CHECKPOINT, backend="torch", cache_dir="")
+    segmenter.set_vocabulary(["red star", "wavy wall"])
+    result = segmenter.segment(sample_images()[0])
+    out = tmp_path / "out"
+    written = result.save(str(out), "scene")
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    real_save = Image.Image.save
+
+    def interrupted_save(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as f:
+            f.truncate(33)  # as far as the write got
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        result.save(str(out), "scene", overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        result.save(str(out), "fresh")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before and len(written) == 4
+    monkeypatch.undo()
+
+    def interrupted_dump(data, f, **kwargs):
+        f.write('{"partial": ')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted_dump)
+    target = tmp_path / "report.json"
+    target.write_text('{"old": 1}')
+    with pytest.raises(KeyboardInterrupt):
+        write_json(str(target), {"new": 2})
+    assert json.loads(target.read_text()) == {"old": 1} and sorted(os.listdir(tmp_path)) == ["out", "report.json"]
+
+
+def test_results_stay_inside_their_folder_and_legends_stay_narrow(tmp_path):
+    segmenter = Segmenter.from_engine(CHECKPOINT, backend="torch", cache_dir="")
+    segmenter.set_vocabulary(["x" * 10_000, "wavy wall"])
+    result = segmenter.segment(sample_images()[0], task="semantic")
+    for stem in ("../escape", "sub/name", "", ".."):
+        with pytest.raises(InputError, match="must be a plain name"):
+            result.save(str(tmp_path / "out"), stem)
+    assert not (tmp_path / "escape_overlay.png").exists()
+    assert result.overlay().width < 128 + 400  # 40 characters at most, not 50,000 pixels of legend

@@ -1,0 +1,130 @@
+"""What the model sees: images decoded upright (EXIF), 16-bit scaled, transparency composited; the
+Python API's image and batch types; decompression bombs refused before decoding."""
+
+import pathlib
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fisa_rt import InputError
+from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.segmenter import Segmenter
+
+SIDE = 128  # the embedded model's input size: images with this longer side reach the model unresized
+
+
+def png(path, width, height, bit_depth, colour_type, rows=b"") -> pathlib.Path:
+    """A PNG written byte by byte (Pillow cannot write 16-bit RGB, nor claim a size it does not hold)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def rows_of(array: np.ndarray) -> bytes:
+    """PNG scanlines (filter 0) of a big-endian array (H, W) or (H, W, C)."""
+    data = array.astype(">u2" if array.dtype == np.uint16 else np.uint8)
+    return b"".join(b"\x00" + row.tobytes() for row in data)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    segmenter = Segmenter.from_engine(default_checkpoint(), backend="torch", cache_dir="")
+    segmenter.set_vocabulary(["red star", "wavy wall"])
+    seen = []
+    run = segmenter.backend.run
+
+    def recording_run(images, text):
+        seen.append(images.cpu().numpy())
+        return run(images, text)
+
+    segmenter.backend.run = recording_run
+    segmenter.seen = seen
+    return segmenter
+
+
+def model_input(segmenter, image) -> np.ndarray:
+    """The (h, w, 3) uint8 content of the canvas the backend received for ``image``."""
+    result = segmenter.segment(image, task="semantic")
+    h, w = result.image.shape[:2]
+    assert max(h, w) == SIDE
+    return segmenter.seen[-1][0].transpose(1, 2, 0)[:h, :w]
+
+
+def test_exif_orientation_is_applied(segmenter, tmp_path):
+    raw = np.random.default_rng(0).integers(0, 256, (64, SIDE, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phones write portrait photos
+    Image.fromarray(raw).save(tmp_path / "phone.png", exif=exif)
+    upright = np.rot90(raw, k=-1)
+    np.testing.assert_array_equal(model_input(segmenter, str(tmp_path / "phone.png")), upright)
+
+
+def test_16_bit_grayscale_and_rgb_are_scaled_not_saturated(segmenter, tmp_path):
+    gray = np.random.default_rng(1).integers(0, 65536, (SIDE, 96), dtype=np.uint16)
+    seen = model_input(segmenter, str(png(tmp_path / "gray16.png", 96, SIDE, 16, 0, rows_of(gray))))
+    expected = np.round(gray / 257.0).astype(np.int16)
+    assert seen.std() > 20  # not saturated to white
+    for c in range(3):
+        assert np.abs(seen[..., c].astype(np.int16) - expected).max() <= 1
+    rgb = np.random.default_rng(2).integers(0, 65536, (96, SIDE, 3), dtype=np.uint16)
+    seen = model_input(segmenter, str(png(tmp_path / "rgb16.png", SIDE, 96, 16, 2, rows_of(rgb))))
+    assert np.abs(seen.astype(np.int16) - np.round(rgb / 257.0)).max() <= 1
+
+
+def test_transparency_is_composited_over_white(segmenter, tmp_path):
+    rgba = np.zeros((SIDE, SIDE, 4), np.uint8)  # transparent black: shown white by a viewer
+    rgba[:64, :, :] = (200, 30, 30, 255)  # opaque red
+    rgba[64:96, :, :] = (0, 0, 255, 128)  # half-transparent blue
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    seen = model_input(segmenter, str(tmp_path / "cutout.png")).astype(np.int16)
+    assert (seen[:64] == (200, 30, 30)).all()
+    half = np.array([255 * 127 / 255, 255 * 127 / 255, 255])  # blue over white at alpha 128/255
+    assert np.abs(seen[64:96] - np.round(half)).max() <= 1
+    assert (seen[96:] == 255).all()
+    palette = Image.fromarray(np.zeros((SIDE, SIDE), np.uint8), "P")  # index 0 transparent
+    palette.putpalette([0, 0, 0] * 256)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png", transparency=0)
+    assert (model_input(segmenter, str(tmp_path / "palette.png")) == 255).all()
+
+
+def test_api_accepts_paths_and_pil_images_and_refuses_the_rest(segmenter):
+    scene = sample_images()[0]
+    by_path = segmenter.segment(pathlib.Path(scene), task="semantic").semantic
+    with Image.open(scene) as im:
+        np.testing.assert_array_equal(segmenter.segment(im, task="semantic").semantic, by_path)
+    assert segmenter.segment_batch([]) == []
+    for bad, message in [
+        (None, "NoneType"),
+        (np.zeros((0, 0, 3), np.uint8), "H, W >= 1"),
+        (np.zeros((8, 8), np.uint8), "(H, W, 3)"),
+        (3.5, "float"),
+        (scene + ".missing", "does not exist"),
+    ]:
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            segmenter.segment(bad)
+    with pytest.raises(InputError, match="list of images"):
+        segmenter.segment_batch(scene)
+    assert isinstance(Segmenter.from_engine(pathlib.Path(default_checkpoint()), backend="torch"), Segmenter)
+    with pytest.raises(InputError, match="engine must be a path"):
+        Segmenter.from_engine(None)
+
+
+def test_decompression_bombs_are_refused_before_decoding(segmenter, tmp_path):
+    bomb = png(tmp_path / "bomb.png", 20000, 20000, 1, 0, b"\x00" * 2501)
+    with pytest.raises(InputError, match="20000x20000 = 400,000,000 pixels, more than the limit of 100,000,000"):
+        load_image(str(bomb))
+    with pytest.raises(InputError, match="more than the limit"):
+        segmenter.segment(str(bomb))
+    assert load_image(sample_images()[0], max_pixels=128 * 128).shape == (128, 128, 3)
+    with pytest.raises(InputError, match="more than the limit of 16,383"):
+        load_image(sample_images()[0], max_pixels=128 * 128 - 1)
