@@ -8,7 +8,7 @@ import torch
 from fisa_rt.config import MaskGeneratorConfig
 from fisa_rt.mask_generator import MaskGenerator
 from fisa_rt.pixel_decoder import DeformablePixelDecoder, multi_scale_deformable_attention
-from fisa_rt.weight_names import HF_MASK2FORMER_DECODER, HF_MASK2FORMER_PIXEL_DECODER
+from fisa_rt.weight_names import FCCLIP, HF_MASK2FORMER_DECODER, HF_MASK2FORMER_PIXEL_DECODER, Fused, NameMap
 
 hf = pytest.importorskip("transformers.models.mask2former.modeling_mask2former")
 from transformers import Mask2FormerConfig  # noqa: E402
@@ -123,3 +123,70 @@ def test_deformable_attention_samples_exact_pixels():
     out = multi_scale_deformable_attention(value, shapes, locations, weights)
     torch.testing.assert_close(out[0, 0], value[0, 5, 0])
     torch.testing.assert_close(out[0, 1], torch.zeros(2))
+
+
+# Mask2Former's original names (FC-CLIP keeps them) -> HF's, as HF's own converter renames them
+# (transformers: models/mask2former/convert_mask2former_original_pytorch_checkpoint_to_pytorch.py,
+# replace_pixel_module / replace_transformer_module / replace_keys_qkv_transformer_decoder).
+# Composed with the HF maps checked numerically above, it must give what the FC-CLIP map gives.
+HF_FROM_MASK2FORMER = {
+    "sem_seg_head.pixel_decoder.": NameMap([
+        ("adapter_1.0.weight", "adapter_1.weight"), ("adapter_1.1.{rest}", "adapter_1.norm.{rest}"),
+        ("layer_1.0.weight", "layer_1.weight"), ("layer_1.1.{rest}", "layer_1.norm.{rest}"),
+        ("input_projections.{i}.{rest}", "input_proj.{i}.{rest}"), ("level_embed", "transformer.level_embed"),
+        ("encoder.layers.{i}.fc1.{rest}", "transformer.encoder.layers.{i}.linear1.{rest}"),
+        ("encoder.layers.{i}.fc2.{rest}", "transformer.encoder.layers.{i}.linear2.{rest}"),
+        ("encoder.layers.{i}.self_attn_layer_norm.{rest}", "transformer.encoder.layers.{i}.norm1.{rest}"),
+        ("encoder.layers.{i}.final_layer_norm.{rest}", "transformer.encoder.layers.{i}.norm2.{rest}"),
+        ("encoder.layers.{i}.self_attn.{rest}", "transformer.encoder.layers.{i}.self_attn.{rest}"),
+        ("mask_projection.{rest}", "mask_features.{rest}"),
+    ]),
+    "sem_seg_head.predictor.": NameMap([
+        ("decoder.layers.{i}.self_attn.out_proj.{rest}", "transformer_self_attention_layers.{i}.self_attn.out_proj.{rest}"),
+        Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"),
+              "transformer_self_attention_layers.{i}.self_attn.in_proj_weight"),
+        Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"),
+              "transformer_self_attention_layers.{i}.self_attn.in_proj_bias"),
+        ("decoder.layers.{i}.self_attn_layer_norm.{rest}", "transformer_self_attention_layers.{i}.norm.{rest}"),
+        ("decoder.layers.{i}.cross_attn.{rest}", "transformer_cross_attention_layers.{i}.multihead_attn.{rest}"),
+        ("decoder.layers.{i}.cross_attn_layer_norm.{rest}", "transformer_cross_attention_layers.{i}.norm.{rest}"),
+        ("decoder.layers.{i}.fc1.{rest}", "transformer_ffn_layers.{i}.linear1.{rest}"),
+        ("decoder.layers.{i}.fc2.{rest}", "transformer_ffn_layers.{i}.linear2.{rest}"),
+        ("decoder.layers.{i}.final_layer_norm.{rest}", "transformer_ffn_layers.{i}.norm.{rest}"),
+        ("decoder.layernorm.{rest}", "decoder_norm.{rest}"),
+        ("decoder.mask_predictor.mask_embedder.{i}.0.{rest}", "mask_embed.layers.{i}.{rest}"),
+        ("queries_embedder.weight", "query_embed.weight"), ("queries_features.weight", "query_feat.weight"),
+        ("level_embed.weight", "level_embed.weight"),
+    ]),
+}
+HF_TO_OURS = {"sem_seg_head.pixel_decoder.": (HF_MASK2FORMER_PIXEL_DECODER, "mask_generator.pixel_decoder."),
+              "sem_seg_head.predictor.": (HF_MASK2FORMER_DECODER, "mask_generator.")}
+
+
+def test_fcclip_map_agrees_with_hf_converter_composed_with_hf_map():
+    """Every Mask2Former tensor of FC-CLIP's head lands on the same fisa-rt tensor, with the same
+    values, whether renamed by FCCLIP directly or via HF's names (whose map is numerically verified)."""
+    from fcclip_layout import head_layout
+
+    layout = head_layout(in_channels=(24, 48, 96, 192), dim=64, mask_dim=64, embed_dim=32, queries=12, dec_layers=3,
+                         enc_layers=2, heads=4, enc_ffn=80, dec_ffn=96)
+    checked = 0
+    for prefix, from_m2f in HF_FROM_MASK2FORMER.items():
+        theirs = {k[len(prefix):]: torch.randn(v) for k, v in layout.items() if k.startswith(prefix)}
+        hf_tensors, not_mask2former = from_m2f.to_theirs(theirs)
+        # FC-CLIP's own additions to Mask2Former's decoder have no HF counterpart.
+        assert set(not_mask2former) == ({"class_embed.layers.0.weight", "class_embed.layers.0.bias", "class_embed.layers.1.weight",
+                                         "class_embed.layers.1.bias", "class_embed.layers.2.weight", "class_embed.layers.2.bias",
+                                         "_mask_pooling_proj.0.weight", "_mask_pooling_proj.0.bias",
+                                         "_mask_pooling_proj.1.weight", "_mask_pooling_proj.1.bias", "logit_scale"}
+                                        if prefix.endswith("predictor.") else set())
+        hf_map, our_prefix = HF_TO_OURS[prefix]
+        via_hf, unmapped = hf_map.to_ours(hf_tensors)
+        assert not unmapped
+        direct, unmapped = FCCLIP.to_ours({prefix + k: v for k, v in theirs.items() if k not in not_mask2former})
+        assert not unmapped
+        assert set(direct) == {our_prefix + k for k in via_hf}
+        for name, tensor in via_hf.items():
+            assert torch.equal(direct[our_prefix + name], tensor), name
+        checked += len(via_hf)
+    assert checked > 100
