@@ -112,7 +112,8 @@ def load_model(
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:  # shape mismatches
         lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        raise CheckpointError(f"{path} does not fit config {(config or info.config).name}: {'; '.join(lines[:3])}") from None
+        name = (config or info.config).name
+        raise CheckpointError(f"{path} does not fit config {name}: {'; '.join(lines[:3])}") from None
     if config is not None:
         missing = [k for k in missing if not k.startswith(NEW_IN_CONFIG)]
     if missing or unexpected:

@@ -39,7 +39,8 @@ EXAMPLES = {
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
     "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
     "convert": "fisa-rt convert fcclip fcclip_cocopan.pth --out fcclip-convnext-l.safetensors\n"
-               "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin --out fcclip-convnext-l.safetensors",
+               "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin "
+               "--out fcclip-convnext-l.safetensors",
 }
 
 
@@ -270,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout (see make-data)")
     tr.add_argument("--out", required=True, help="output weights (.safetensors); training state is kept beside it and resumed")
     tr.add_argument("--model", help="model config name (default: fisa-tiny; adapt: the --init checkpoint's own config)")
-    tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's checkpoint "
-                                   "or a converted one (fisa-rt convert), loaded into --model with new SEVE adapters")
+    tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's "
+                                   "checkpoint or a converted one (fisa-rt convert), loaded into --model with new "
+                                   "SEVE adapters")
     tr.add_argument("--trainable", default="simo", choices=["simo", "frozen", "full"],
                     help="adapt: simo = FISA; frozen = frozen-CLIP baseline (void embedding + temperature only); "
                          "full = full fine-tuning baseline")
@@ -347,12 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing overlays")
 
     conv = verb("convert", "turn a released checkpoint of another project into a fisa-rt checkpoint", _convert)
-    conv.add_argument("source", choices=["fcclip"], help="fcclip: FC-CLIP's detectron2 .pth (ConvNeXt-L, COCO panoptic)")
+    conv.add_argument("source", choices=["fcclip"],
+                      help="fcclip: FC-CLIP's detectron2 .pth (ConvNeXt-L, COCO panoptic)")
     conv.add_argument("checkpoint", help="the released checkpoint file (read with torch.load(weights_only=True))")
     conv.add_argument("--out", required=True, help="fisa-rt checkpoint to write (.safetensors)")
     conv.add_argument("--clip", help="local open_clip convnext_large_d_320 weights for the text tower the release "
                                      "leaves out (default: open_clip's laion2b_s29b_b131k_ft_soup, downloaded once)")
-    conv.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --out")
+    conv.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                      help="replace an existing --out")
     return parser
 
 

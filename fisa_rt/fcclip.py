@@ -67,7 +67,9 @@ def read_detectron2_state(path: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a plain-tensor PyTorch checkpoint (torch.load weights_only: {reason})") from None
+        raise CheckpointError(
+            f"{path} is not a plain-tensor PyTorch checkpoint (torch.load weights_only: {reason})"
+        ) from None
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)] if isinstance(state, dict) else []
     if not isinstance(state, dict) or not state or bad:
@@ -95,8 +97,10 @@ def map_fcclip_state(state: Dict[str, torch.Tensor], expected: Dict[str, torch.S
             mapped[name] = mapped[name].reshape(expected[name])
     unexpected = unmapped + [k for k in mapped if k not in expected]
     missing = [k for k in expected if k not in mapped and not k.startswith(TEXT_TOWER)]
-    misshaped = [f"{k} {tuple(v.shape)} != {tuple(expected[k])}" for k, v in mapped.items() if k in expected and v.shape != expected[k]]
-    problems = [_listing(kind, names) for kind, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if names]
+    misshaped = [f"{k} {tuple(v.shape)} != {tuple(expected[k])}" for k, v in mapped.items()
+                 if k in expected and v.shape != expected[k]]
+    found = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+    problems = [_listing(kind, names) for kind, names in found if names]
     if problems:
         raise CheckpointError(f"not an FC-CLIP {CONFIG} checkpoint: " + "; ".join(problems))
     return {k: v for k, v in mapped.items() if k in expected}
@@ -128,12 +132,14 @@ def convert_fcclip(
     clip_source = ""
     if text_missing:
         clip_source = clip or f"open_clip {cfg.clip.model_name}/{cfg.clip.pretrained}"
-        clip_model = create_clip(dataclasses.replace(cfg.clip, pretrained=clip or cfg.clip.pretrained), load_pretrained=True)
+        clip_cfg = dataclasses.replace(cfg.clip, pretrained=clip or cfg.clip.pretrained)
+        clip_model = create_clip(clip_cfg, load_pretrained=True)
         clip_state = clip_model.state_dict()
         for name in text_missing:
             source = clip_state.get(name[len(TEXT_TOWER):])
             if source is None or source.shape != expected[name]:
-                raise CheckpointError(f"{clip_source} has no tensor {name[len(TEXT_TOWER):]} of shape {tuple(expected[name])}")
+                wanted = f"{name[len(TEXT_TOWER):]} of shape {tuple(expected[name])}"
+                raise CheckpointError(f"{clip_source} has no tensor {wanted}")
             tensors[name] = source
     model = create_model(cfg)
     model.load_state_dict(tensors, strict=True)

@@ -119,7 +119,9 @@ class MaskAverageHead(nn.Module):
             )
         void = generator.void_embedding[None].to(text.dtype)
         # FC-CLIP's generator scores with its own temperature, capped at 100 as FC-CLIP caps it.
-        in_scale = logit_scale if generator.logit_scale is None else generator.logit_scale.exp().clamp(max=100).to(text.dtype)
+        in_scale = logit_scale
+        if generator.logit_scale is not None:
+            in_scale = generator.logit_scale.exp().clamp(max=100).to(text.dtype)
         in_vocab = cosine_logits(generator.class_embeds, torch.cat([text, void], dim=0), in_scale)
         in_probs = in_vocab[..., :-1].softmax(-1)
         out_probs = out_vocab.softmax(-1)

@@ -53,7 +53,8 @@ def sine_position_embedding(height: int, width: int, dim: int, device, dtype, ce
     pos_x = x[:, None] / dim_t
     pos_y = torch.stack([pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()], dim=2).flatten(1)
     pos_x = torch.stack([pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()], dim=2).flatten(1)
-    pos = torch.cat([pos_y[:, None, :].expand(height, width, half), pos_x[None, :, :].expand(height, width, half)], dim=2)
+    pos_y, pos_x = pos_y[:, None, :].expand(height, width, half), pos_x[None, :, :].expand(height, width, half)
+    pos = torch.cat([pos_y, pos_x], dim=2)
     return pos.permute(2, 0, 1).unsqueeze(0).to(dtype)
 
 
@@ -91,7 +92,8 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
 
-    def forward(self, query: torch.Tensor, reference: torch.Tensor, tokens: torch.Tensor, shapes: Sequence[Tuple[int, int]]):
+    def forward(self, query: torch.Tensor, reference: torch.Tensor, tokens: torch.Tensor,
+                shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """query, tokens (B, S, C); reference (B, S, L, 2) normalised (x, y) of each query on each level."""
         B, S, C = query.shape
         M, L, P = self.heads, self.levels, self.points
@@ -168,7 +170,10 @@ class DeformablePixelDecoder(nn.Module):
             {n: nn.Sequential(nn.Conv2d(in_channels[n], dim, 1, bias=False), group_norm(dim)) for n in FPN_LEVELS}
         )
         self.output = nn.ModuleDict(
-            {n: nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), group_norm(dim), nn.ReLU()) for n in FPN_LEVELS}
+            {
+                n: nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), group_norm(dim), nn.ReLU())
+                for n in FPN_LEVELS
+            }
         )
         self.mask_features = nn.Conv2d(dim, cfg.mask_dim, 1)
 
@@ -181,5 +186,6 @@ class DeformablePixelDecoder(nn.Module):
         y = outs[-1]
         for name in FPN_LEVELS:
             lateral = self.lateral[name](features[name])
-            y = self.output[name](lateral + F.interpolate(y, size=lateral.shape[-2:], mode="bilinear", align_corners=False))
+            y = F.interpolate(y, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            y = self.output[name](lateral + y)
         return self.mask_features(y), outs[: len(ENCODER_LEVELS)]

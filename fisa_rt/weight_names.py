@@ -187,8 +187,11 @@ HF_MASK2FORMER_DECODER = NameMap(
         ("level_embed.weight", "level_embed.weight"),
         ("decoder.layers.{i}.cross_attn.{rest}", "layers.{i}.cross.{rest}"),
         ("decoder.layers.{i}.cross_attn_layer_norm.{rest}", "layers.{i}.norm_cross.{rest}"),
-        Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"), "layers.{i}.self_attn.in_proj_weight"),
-        Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"), "layers.{i}.self_attn.in_proj_bias"),
+        *(
+            Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.{kind}" for p in "qkv"),
+                  f"layers.{{i}}.self_attn.in_proj_{kind}")
+            for kind in ("weight", "bias")
+        ),
         ("decoder.layers.{i}.self_attn.out_proj.{rest}", "layers.{i}.self_attn.out_proj.{rest}"),
         ("decoder.layers.{i}.self_attn_layer_norm.{rest}", "layers.{i}.norm_self.{rest}"),
         ("decoder.layers.{i}.fc1.{rest}", "layers.{i}.ffn.0.{rest}"),

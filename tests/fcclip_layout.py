@@ -62,7 +62,9 @@ def head_layout(
     })
     pr = "sem_seg_head.predictor."
     for i in range(dec_layers):
-        for block, attn in (("transformer_self_attention_layers", "self_attn"), ("transformer_cross_attention_layers", "multihead_attn")):
+        blocks = (("transformer_self_attention_layers", "self_attn"),
+                  ("transformer_cross_attention_layers", "multihead_attn"))
+        for block, attn in blocks:
             p = f"{pr}{block}.{i}."
             out.update({
                 p + f"{attn}.in_proj_weight": (3 * dim, dim), p + f"{attn}.in_proj_bias": (3 * dim,),

@@ -4,7 +4,9 @@ import pytest
 
 from fisa_rt import ConfigError, FisaConfig, get_model_config, list_models
 
-SHIPPED = ["fcclip-convnext-l", "fisa-convnext-l", "fisa-fcclip-convnext-l", "fisa-tiny", "fisa-tiny-convnext", "fisa-vit-b16"]
+SHIPPED = [
+    "fcclip-convnext-l", "fisa-convnext-l", "fisa-fcclip-convnext-l", "fisa-tiny", "fisa-tiny-convnext", "fisa-vit-b16",
+]
 
 
 def test_shipped_configs_are_listed():

@@ -80,7 +80,8 @@ def fcclip_checkpoint(model, folder, with_text: bool = False):
 def clip_file(model, folder):
     """The CLIP weights (text and visual) as an open_clip state-dict file, for --clip."""
     state = {k[len("text.clip."):]: v for k, v in model.state_dict().items() if k.startswith("text.clip.")}
-    state.update({f"visual.{k[len('backbone.visual.'):]}": v for k, v in model.state_dict().items() if k.startswith("backbone.visual.")})
+    prefix = "backbone.visual."
+    state.update({f"visual.{k[len(prefix):]}": v for k, v in model.state_dict().items() if k.startswith(prefix)})
     path = os.path.join(folder, "clip.pt")
     torch.save(state, path)
     return path
@@ -124,7 +125,8 @@ def test_adapt_init_loads_converted_checkpoint_into_a_fisa_config(reduced, tmp_p
     source, _ = fcclip_checkpoint(model, str(tmp_path))
     out = str(tmp_path / "converted.safetensors")
     convert_fcclip(source, out, clip=clip_file(model, str(tmp_path)), config=cfg)
-    fisa_cfg = dataclasses.replace(cfg, name="fisa-fcclip-reduced", seve=dataclasses.replace(cfg.seve, layers=[1, 2], num_heads=4))
+    seve = dataclasses.replace(cfg.seve, layers=[1, 2], num_heads=4)
+    fisa_cfg = dataclasses.replace(cfg, name="fisa-fcclip-reduced", seve=seve)
     fisa, info = load_model(out, config=fisa_cfg)
     assert info.config.name == "fisa-fcclip-reduced" and len(fisa.backbone.seve) == 2
     images, classes = torch.randn(1, 3, 128, 128), random_text(5, model.embed_dim)
@@ -133,9 +135,10 @@ def test_adapt_init_loads_converted_checkpoint_into_a_fisa_config(reduced, tmp_p
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda t: t.pop("sem_seg_head.predictor.query_feat.weight"), "1 missing .*predictor.query_feat.weight|1 missing .*query_feat"),
+    (lambda t: t.pop("sem_seg_head.predictor.query_feat.weight"), "1 missing .*mask_generator.query_feat.weight"),
     (lambda t: t.__setitem__("sem_seg_head.predictor.extra_head.weight", torch.zeros(3)), "1 unexpected .*extra_head"),
-    (lambda t: t.__setitem__("sem_seg_head.predictor.query_feat.weight", torch.zeros(5, 64)), "1 mis-shaped .*query_feat"),
+    (lambda t: t.__setitem__("sem_seg_head.predictor.query_feat.weight", torch.zeros(5, 64)),
+     "1 mis-shaped .*query_feat"),
     (lambda t: t.pop("backbone.clip_model.visual.trunk.stem.0.weight"), "1 missing .*trunk.stem.0.weight"),
 ])
 def test_converter_refuses_damaged_checkpoint(reduced, tmp_path, damage, message):

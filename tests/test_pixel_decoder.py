@@ -142,7 +142,8 @@ HF_FROM_MASK2FORMER = {
         ("mask_projection.{rest}", "mask_features.{rest}"),
     ]),
     "sem_seg_head.predictor.": NameMap([
-        ("decoder.layers.{i}.self_attn.out_proj.{rest}", "transformer_self_attention_layers.{i}.self_attn.out_proj.{rest}"),
+        ("decoder.layers.{i}.self_attn.out_proj.{rest}",
+         "transformer_self_attention_layers.{i}.self_attn.out_proj.{rest}"),
         Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"),
               "transformer_self_attention_layers.{i}.self_attn.in_proj_weight"),
         Fused(tuple(f"decoder.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"),
@@ -175,11 +176,9 @@ def test_fcclip_map_agrees_with_hf_converter_composed_with_hf_map():
         theirs = {k[len(prefix):]: torch.randn(v) for k, v in layout.items() if k.startswith(prefix)}
         hf_tensors, not_mask2former = from_m2f.to_theirs(theirs)
         # FC-CLIP's own additions to Mask2Former's decoder have no HF counterpart.
-        assert set(not_mask2former) == ({"class_embed.layers.0.weight", "class_embed.layers.0.bias", "class_embed.layers.1.weight",
-                                         "class_embed.layers.1.bias", "class_embed.layers.2.weight", "class_embed.layers.2.bias",
-                                         "_mask_pooling_proj.0.weight", "_mask_pooling_proj.0.bias",
-                                         "_mask_pooling_proj.1.weight", "_mask_pooling_proj.1.bias", "logit_scale"}
-                                        if prefix.endswith("predictor.") else set())
+        fcclip_only = {f"class_embed.layers.{j}.{p}" for j in range(3) for p in ("weight", "bias")}
+        fcclip_only |= {f"_mask_pooling_proj.{j}.{p}" for j in range(2) for p in ("weight", "bias")} | {"logit_scale"}
+        assert set(not_mask2former) == (fcclip_only if prefix.endswith("predictor.") else set())
         hf_map, our_prefix = HF_TO_OURS[prefix]
         via_hf, unmapped = hf_map.to_ours(hf_tensors)
         assert not unmapped
