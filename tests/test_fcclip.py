@@ -211,3 +211,16 @@ def test_build_engine_exports_converted_checkpoint_with_portable_parity(converte
     got_masks, got_scores = session.run(None, {"image": images.numpy(), "text": text.numpy()})
     assert np.abs(got_masks - masks.numpy()).max() < 1e-4  # mask logits, fp32
     assert np.abs(got_scores - scores.numpy()).max() < 1e-5  # class probabilities
+
+
+def test_mask_pool_is_fcclip_mask_pooling():
+    """FC-CLIP's MaskPooling: the mean of the features where the mask logit is > 0; an empty mask gives 0."""
+    from fisa_rt.mask_generator import mask_pool
+
+    features = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
+    logits = torch.full((1, 2, 3, 4), -1.0)
+    logits[0, 0, 1, 1:3] = 0.5  # two pixels: features[:, 1, 1] and [:, 1, 2]
+    logits[0, 0, 2, 3] = 0.0  # not > 0: left out
+    pooled = mask_pool(features, logits)
+    torch.testing.assert_close(pooled[0, 0], features[0, :, 1, 1:3].mean(-1))
+    torch.testing.assert_close(pooled[0, 1], torch.zeros(2))
