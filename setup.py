@@ -39,9 +39,11 @@ setup(
         "tensorrt": MODELOPT,
         # scikit-image ships the real photographs the parity tests use; pytest-benchmark runs benchmarks/;
         # the TensorRT bindings wheel installs without TensorRT's libraries (tests/test_tensorrt_conformance.py
-        # reads it, nothing imports it); onnxruntime-extensions runs the fused ONNX's plugin kernels on CPU.
+        # reads it, nothing imports it); onnxruntime-extensions runs the fused ONNX's plugin kernels on CPU;
+        # transformers: HF's Mask2Former is the independent reference for the deformable pixel decoder
+        # (tested with 5.24; installs in ~20 s, pure Python).
         "test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image", "opencv-python-headless",
-                 "tensorrt-cu12-bindings>=11,<12", "onnxruntime-extensions>=0.13", *MODELOPT],
+                 "tensorrt-cu12-bindings>=11,<12", "onnxruntime-extensions>=0.13", "transformers>=5,<6", *MODELOPT],
     },
     entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
 )

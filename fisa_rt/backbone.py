@@ -131,3 +131,10 @@ class ConvNextBackbone(nn.Module):
         # pooling head can average ready-made CLIP embeddings in one fused pass.
         dense = self.visual.head(trunk.head.norm(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return BackboneOutput(features=features, grid=(x.shape[-2], x.shape[-1]), dense_embeds=dense)
+
+    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, Q, C) mask-pooled last-stage features -> (B, Q, D) CLIP embeddings: the CLIP head on
+        each pooled vector, as FC-CLIP's ``visual_prediction_forward_convnext`` applies it."""
+        B, Q, C = pooled.shape
+        normed = self.visual.trunk.head.norm(self.visual.trunk.norm_pre(pooled.reshape(B * Q, C, 1, 1)))
+        return self.visual.head(normed.flatten(1)).view(B, Q, -1)

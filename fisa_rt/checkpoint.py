@@ -6,6 +6,7 @@ run code (pickle can). The config travels in the metadata, so a checkpoint alone
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -91,17 +92,36 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     )
 
 
-def load_model(path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None) -> Tuple[FisaModel, CheckpointInfo]:
+# Parameters a config may add on top of a checkpoint's: SEVE adapters, which start as an exact
+# identity (gate 0), so a converted or stage-2 model is unchanged until FISA adaptation trains them.
+NEW_IN_CONFIG = ("backbone.seve.",)
+
+
+def load_model(
+    path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None, config: Optional[FisaConfig] = None
+) -> Tuple[FisaModel, CheckpointInfo]:
     """Rebuild the model a checkpoint describes and load its weights (all of them: strict).
 
-    Tensors are cast to ``dtype`` if given, else to float32 (checkpoints may be stored in fp16)."""
+    ``config`` builds that model instead and loads the checkpoint into it; only its new SEVE adapters
+    may be absent from the checkpoint. Tensors are cast to ``dtype`` if given, else to float32
+    (checkpoints may be stored in fp16)."""
     info = read_checkpoint_info(path)
-    model = create_model(info.config, load_pretrained_clip=False)
+    model = create_model(config or info.config, load_pretrained_clip=False)
     tensors = load_file(path, device=device)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        name = (config or info.config).name
+        raise CheckpointError(f"{path} does not fit config {name}: {'; '.join(lines[:3])}") from None
+    if config is not None:
+        missing = [k for k in missing if not k.startswith(NEW_IN_CONFIG)]
     if missing or unexpected:
+        name = (config or info.config).name
         raise CheckpointError(
-            f"{path} does not match config {info.config.name}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"{path} does not match config {name}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    if config is not None:
+        info = dataclasses.replace(info, config=config)
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
     return model, info

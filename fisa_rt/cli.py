@@ -39,6 +39,9 @@ EXAMPLES = {
     "bench": "fisa-rt bench --engine build/fisa-tiny-synthetic.portable.onnx --batch 1 --classes 150 --iterations 50",
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
     "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
+    "convert": "fisa-rt convert fcclip fcclip_cocopan.pth --out fcclip-convnext-l.safetensors\n"
+               "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin "
+               "--out fcclip-convnext-l.safetensors",
 }
 
 
@@ -310,6 +313,12 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"{target}: {result.summary()}")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from .fcclip import convert_fcclip
+
+    print(convert_fcclip(args.checkpoint, args.out, clip=args.clip, overwrite=args.overwrite))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fisa-rt", description="FISA open-vocabulary segmentation.")
     parser.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks of errors")
@@ -341,8 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("stage", choices=["clip", "generator", "adapt"], help="which stage to train")
     tr.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout (see make-data)")
     tr.add_argument("--out", required=True, help="output weights (.safetensors); training state is kept beside it and resumed")
-    tr.add_argument("--model", default="fisa-tiny", help="model config name (default: fisa-tiny)")
-    tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's checkpoint")
+    tr.add_argument("--model", help="model config name (default: fisa-tiny; adapt: the --init checkpoint's own config)")
+    tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's "
+                                   "checkpoint or a converted one (fisa-rt convert), loaded into --model with new "
+                                   "SEVE adapters")
     tr.add_argument("--trainable", default="simo", choices=["simo", "frozen", "full"],
                     help="adapt: simo = FISA; frozen = frozen-CLIP baseline (void embedding + temperature only); "
                          "full = full fine-tuning baseline")
@@ -422,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--classes", help="comma-separated class names (default: the synthetic set's 32 classes)")
     demo.add_argument("--out", required=True, help="folder for the overlay PNGs")
     demo.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing overlays")
+
+    conv = verb("convert", "turn a released checkpoint of another project into a fisa-rt checkpoint", _convert)
+    conv.add_argument("source", choices=["fcclip"],
+                      help="fcclip: FC-CLIP's detectron2 .pth (ConvNeXt-L, COCO panoptic)")
+    conv.add_argument("checkpoint", help="the released checkpoint file (read with torch.load(weights_only=True))")
+    conv.add_argument("--out", required=True, help="fisa-rt checkpoint to write (.safetensors)")
+    conv.add_argument("--clip", help="local open_clip convnext_large_d_320 weights for the text tower the release "
+                                     "leaves out (default: open_clip's laion2b_s29b_b131k_ft_soup, downloaded once)")
+    conv.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                      help="replace an existing --out")
     return parser
 
 

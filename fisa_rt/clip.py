@@ -44,7 +44,9 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
                 f"{pretrained!r} is neither a local file nor an open_clip tag of {cfg.model_name}; "
                 f"tags: {', '.join(tags)}"
             )
-    return open_clip.create_model(cfg.model_name, pretrained=pretrained)
+    # open_clip moves the model to `device` (default cpu); the default device keeps a model built under
+    # `with torch.device("meta")` on the meta device, so shape checks allocate nothing.
+    return open_clip.create_model(cfg.model_name, pretrained=pretrained, device=torch.get_default_device())
 
 
 def create_tokenizer(cfg: ClipConfig) -> Callable[[list], torch.Tensor]:

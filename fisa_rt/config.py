@@ -25,6 +25,9 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 CLASSIFIER_HEADS = ("mask-attention", "mask-average")
+PIXEL_DECODERS = ("transformer", "deformable")
+GENERATOR_CLASS_HEADS = ("linear", "mask-pooled")
+POOLED_INPUTS = ("embeddings", "features")
 MASK_WEIGHTINGS = ("binary", "sigmoid")
 
 
@@ -61,12 +64,23 @@ class MaskGeneratorConfig:
     num_queries: int = 100
     # Transformer-decoder layers; each attends to one of the three coarsest scales in turn.
     dec_layers: int = 6
-    # Transformer-encoder layers of the pixel decoder, run on the stride-32 features.
+    # Encoder layers of the pixel decoder: on the stride-32 features ("transformer"), or on the
+    # stride-8/16/32 features ("deformable").
     enc_layers: int = 2
     num_heads: int = 8
+    # FFN width of the transformer decoder (and of the "transformer" pixel decoder's encoder).
     dim_feedforward: int = 1024
     # Channels of the per-pixel embeddings that mask embeddings are dotted with.
     mask_dim: int = 256
+    # "transformer": transformer encoder on stride 32 + FPN (small configs). "deformable":
+    # Mask2Former's multi-scale deformable-attention pixel decoder (FC-CLIP's weights).
+    pixel_decoder: str = "transformer"
+    # Deformable encoder: FFN width (Mask2Former fixes 1024) and sampling points per head and level.
+    deformable_ffn: int = 1024
+    deformable_points: int = 4
+    # Query -> CLIP-space class embedding. "linear": one linear layer. "mask-pooled": FC-CLIP's MLP
+    # over the query plus its mask-pooled per-pixel features, with the generator's own temperature.
+    class_head: str = "linear"
 
 
 @dataclass
@@ -80,6 +94,10 @@ class ClassifierConfig:
     mask_threshold: float = 0.0
     # mask-average: "binary" (FC-CLIP) or "sigmoid" soft weights.
     mask_weighting: str = "binary"
+    # mask-average: pool per-location CLIP "embeddings" (CLIP head applied at each location, one fused
+    # pass), or the last stage's "features" and apply the CLIP head to each pooled vector (FC-CLIP's
+    # order; the head is non-linear, so the two differ).
+    pooled_input: str = "embeddings"
     # mask-average: FC-CLIP's geometric ensemble weights of the out-of-vocabulary (CLIP) score, for
     # classes seen in training (alpha) and not seen (beta).
     ensemble_alpha: float = 0.4
@@ -140,6 +158,14 @@ class FisaConfig:
             raise ConfigError(
                 f"classifier.mask_weighting must be one of {MASK_WEIGHTINGS}, got {self.classifier.mask_weighting!r}"
             )
+        generator = self.mask_generator
+        for value, valid, key in (
+            (generator.pixel_decoder, PIXEL_DECODERS, "mask_generator.pixel_decoder"),
+            (generator.class_head, GENERATOR_CLASS_HEADS, "mask_generator.class_head"),
+            (self.classifier.pooled_input, POOLED_INPUTS, "classifier.pooled_input"),
+        ):
+            if value not in valid:
+                raise ConfigError(f"{key} must be one of {valid}, got {value!r}")
         if self.image_size % 32:
             raise ConfigError(f"image_size must be a multiple of 32 (the coarsest feature stride), got {self.image_size}")
         self.image_mean = tuple(self.image_mean)

@@ -30,7 +30,7 @@ from fisa_rt.kernels import mask_attention, mask_attention_layout, mask_average_
 
 from .backbone import BackboneOutput
 from .config import ClassifierConfig
-from .mask_generator import MaskGeneratorOutput
+from .mask_generator import MaskGeneratorOutput, mask_pool
 
 
 @dataclass
@@ -110,12 +110,21 @@ class MaskAverageHead(nn.Module):
         """``seen`` (K,) bool marks classes the mask generator was trained on (FC-CLIP's category
         overlap); None treats every class as unseen."""
         cfg = self.cfg
-        out_vocab = mask_average_logits(
-            generator.mask_logits, features.dense_embeds, text, logit_scale, cfg.mask_weighting, cfg.mask_threshold,
-            backend=self.kernels,
-        )
+        if cfg.pooled_input == "features":
+            last = features.features["res5"]
+            masks = F.interpolate(generator.mask_logits, size=last.shape[-2:], mode="bilinear", align_corners=False)
+            out_vocab = cosine_logits(backbone.embed_pooled(mask_pool(last, masks)), text, logit_scale)
+        else:
+            out_vocab = mask_average_logits(
+                generator.mask_logits, features.dense_embeds, text, logit_scale, cfg.mask_weighting, cfg.mask_threshold,
+                backend=self.kernels,
+            )
         void = generator.void_embedding[None].to(text.dtype)
-        in_vocab = cosine_logits(generator.class_embeds, torch.cat([text, void], dim=0), logit_scale)
+        # FC-CLIP's generator scores with its own temperature, capped at 100 as FC-CLIP caps it.
+        in_scale = logit_scale
+        if generator.logit_scale is not None:
+            in_scale = generator.logit_scale.exp().clamp(max=100).to(text.dtype)
+        in_vocab = cosine_logits(generator.class_embeds, torch.cat([text, void], dim=0), in_scale)
         in_probs = in_vocab[..., :-1].softmax(-1)
         out_probs = out_vocab.softmax(-1)
         if seen is None:

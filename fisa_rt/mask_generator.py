@@ -1,12 +1,19 @@
 """Mask2Former-style mask generator: class-agnostic mask proposals from the backbone's features.
 
-Pixel decoder: a transformer encoder on the stride-32 features, then an FPN top-down path to stride 4
-(Mask2Former's "TransformerEncoderPixelDecoder" variant — standard attention rather than
-multi-scale deformable attention, so the whole model exports with standard ONNX ops and TensorRT
-needs no plugin for it). Transformer decoder: Mask2Former's masked-attention decoder, learnable
-queries attending in turn to the stride-32/16/8 maps, each restricted to its previous mask
-prediction. Each query yields mask logits and, as in FC-CLIP, a class embedding in CLIP space that is
-matched against text embeddings (the in-vocabulary classifier of the `mask-average` head).
+Two pixel decoders, chosen by ``MaskGeneratorConfig.pixel_decoder``:
+
+* ``"transformer"``: a transformer encoder on the stride-32 features, then an FPN top-down path to
+  stride 4 (Mask2Former's "TransformerEncoderPixelDecoder" variant: standard attention only). The
+  small configs and the embedded fisa-tiny checkpoint use it.
+* ``"deformable"``: Mask2Former's multi-scale deformable-attention pixel decoder
+  (:mod:`fisa_rt.pixel_decoder`), which FC-CLIP's released weights need.
+
+Transformer decoder: Mask2Former's masked-attention decoder, learnable queries attending in turn to
+the stride-32/16/8 maps, each restricted to its previous mask prediction. Each query yields mask
+logits and, as in FC-CLIP, a class embedding in CLIP space that is matched against text embeddings
+(the in-vocabulary classifier of the `mask-average` head). ``class_head = "mask-pooled"`` is FC-CLIP's
+exactly: the embedding comes from the query plus its mask-pooled per-pixel features, through an MLP,
+and is scored with the generator's own temperature.
 
 In FISA the generator is trained once (stage 2) and then frozen.
 """
@@ -15,13 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import MaskGeneratorConfig
+from .pixel_decoder import DeformablePixelDecoder, group_norm, sine_position_embedding
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -34,27 +42,10 @@ class MaskGeneratorOutput:
     class_embeds: torch.Tensor
     # (D,) the learned void ("no object") embedding that class_embeds are also scored against.
     void_embedding: torch.Tensor
+    # () the generator's own log-temperature for class_embeds (FC-CLIP's), None to use CLIP's.
+    logit_scale: Optional[torch.Tensor] = None
     # (mask_logits, class_embeds) of every earlier decoder layer, for deep supervision.
     aux: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
-def sine_position_embedding(height: int, width: int, dim: int, device, dtype) -> torch.Tensor:
-    """(1, dim, H, W) DETR sine embedding with normalised coordinates; depends only on the shape, so
-    an export with a fixed image size folds it into a constant."""
-    half = dim // 2
-    y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
-    x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 * math.pi
-    dim_t = 10000 ** (2 * (torch.arange(half, device=device, dtype=torch.float32) // 2) / half)
-    pos_y = y[:, None] / dim_t
-    pos_x = x[:, None] / dim_t
-    pos_y = torch.stack([pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()], dim=2).flatten(1)
-    pos_x = torch.stack([pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()], dim=2).flatten(1)
-    pos = torch.cat([pos_y[:, None, :].expand(height, width, half), pos_x[None, :, :].expand(height, width, half)], dim=2)
-    return pos.permute(2, 0, 1).unsqueeze(0).to(dtype)
 
 
 class SimplePyramid(nn.Module):
@@ -70,11 +61,11 @@ class SimplePyramid(nn.Module):
             channels = in_channels
             if stride < in_stride:
                 for _ in range(int(math.log2(in_stride // stride))):
-                    layers += [nn.ConvTranspose2d(channels, channels // 2, 2, stride=2), _group_norm(channels // 2), nn.GELU()]
+                    layers += [nn.ConvTranspose2d(channels, channels // 2, 2, stride=2), group_norm(channels // 2), nn.GELU()]
                     channels //= 2
             elif stride > in_stride:
                 layers.append(nn.MaxPool2d(stride // in_stride))
-            layers += [nn.Conv2d(channels, out_channels, 1, bias=False), _group_norm(out_channels)]
+            layers += [nn.Conv2d(channels, out_channels, 1, bias=False), group_norm(out_channels)]
             self.levels[f"res{int(math.log2(stride))}"] = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -103,11 +94,11 @@ class PixelDecoder(nn.Module):
         dim = cfg.hidden_dim
         self.names = [f"res{i}" for i in (2, 3, 4, 5)]
         self.lateral = nn.ModuleDict(
-            {n: nn.Sequential(nn.Conv2d(in_channels[n], dim, 1, bias=False), _group_norm(dim)) for n in self.names}
+            {n: nn.Sequential(nn.Conv2d(in_channels[n], dim, 1, bias=False), group_norm(dim)) for n in self.names}
         )
         self.encoder = nn.ModuleList(_EncoderLayer(dim, cfg.num_heads, cfg.dim_feedforward) for _ in range(cfg.enc_layers))
         self.output = nn.ModuleDict(
-            {n: nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), _group_norm(dim), nn.ReLU()) for n in self.names}
+            {n: nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), group_norm(dim), nn.ReLU()) for n in self.names}
         )
         self.mask_features = nn.Conv2d(dim, cfg.mask_dim, 1)
 
@@ -148,6 +139,23 @@ class _DecoderLayer(nn.Module):
         return self.norm_ffn(q + self.ffn(q))
 
 
+def _mlp(dims: List[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (Mask2Former's ``MLP``)."""
+    layers: List[nn.Module] = []
+    for i, (n, k) in enumerate(zip(dims[:-1], dims[1:])):
+        layers += [nn.Linear(n, k)] + ([nn.ReLU()] if i < len(dims) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) x (B, Q, H, W) -> (B, Q, C): FC-CLIP's ``MaskPooling``, the mean of the features
+    where the mask logit is positive (gradient-free weights, 1e-8 guarding empty masks)."""
+    with torch.no_grad():
+        mask = (mask_logits > 0).to(features.dtype)
+        mask = mask / (mask.sum(dim=(-1, -2), keepdim=True) + 1e-8)
+    return torch.einsum("bchw,bqhw->bqc", features, mask)
+
+
 class MaskGenerator(nn.Module):
     """Features -> (mask logits, CLIP-space class embeddings) for ``num_queries`` proposals."""
 
@@ -165,21 +173,36 @@ class MaskGenerator(nn.Module):
             self.neck = None
             pyramid_channels = feature_channels
         self.num_heads = cfg.num_heads
-        self.pixel_decoder = PixelDecoder(pyramid_channels, cfg)
+        # Mask2Former's position embedding comes with its pixel decoder; the transformer-encoder
+        # variant keeps the centred one its checkpoints were trained with.
+        self.centered_positions = cfg.pixel_decoder == "transformer"
+        decoder_cls = PixelDecoder if cfg.pixel_decoder == "transformer" else DeformablePixelDecoder
+        self.pixel_decoder = decoder_cls(pyramid_channels, cfg)
         self.query_feat = nn.Embedding(cfg.num_queries, dim)
         self.query_pos = nn.Embedding(cfg.num_queries, dim)
         self.level_embed = nn.Embedding(3, dim)
         self.layers = nn.ModuleList(_DecoderLayer(dim, cfg.num_heads, cfg.dim_feedforward) for _ in range(cfg.dec_layers))
         self.decoder_norm = nn.LayerNorm(dim)
-        self.class_embed = nn.Linear(dim, embed_dim)
-        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, cfg.mask_dim))
+        self.mask_pooled = cfg.class_head == "mask-pooled"
+        if self.mask_pooled:
+            self.mask_pooling_proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+            self.class_embed = _mlp([dim, dim, dim, embed_dim])
+            # log(1 / 0.07), CLIP's initial temperature, as FC-CLIP initialises it.
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        else:
+            self.class_embed = nn.Linear(dim, embed_dim)
+            self.logit_scale = None
+        self.mask_embed = _mlp([dim, dim, dim, cfg.mask_dim])
         # FC-CLIP's learned "no object" embedding, scored against the queries like a class text.
         self.void_embedding = nn.Parameter(torch.randn(embed_dim) * embed_dim ** -0.5)
 
     def _predict(self, q: torch.Tensor, mask_features: torch.Tensor, next_size: Tuple[int, int]):
         q = self.decoder_norm(q)
-        class_embeds = self.class_embed(q)
         mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_features)
+        if self.mask_pooled:
+            class_embeds = self.class_embed(self.mask_pooling_proj(mask_pool(mask_features, mask_logits)) + q)
+        else:
+            class_embeds = self.class_embed(q)
         # Next layer's cross-attention sees only where this prediction is confident (Mask2Former);
         # a query whose mask is empty at that scale sees everything instead of nothing.
         blocked = F.interpolate(mask_logits.detach(), size=next_size, mode="bilinear", align_corners=False).flatten(2) < 0.0
@@ -196,7 +219,8 @@ class MaskGenerator(nn.Module):
         for level, m in enumerate(maps):
             h, w = m.shape[-2:]
             sizes.append((h, w))
-            memory_pos.append(sine_position_embedding(h, w, m.shape[1], m.device, m.dtype).flatten(2).transpose(1, 2))
+            pos = sine_position_embedding(h, w, m.shape[1], m.device, m.dtype, centered=self.centered_positions)
+            memory_pos.append(pos.flatten(2).transpose(1, 2))
             memories.append(m.flatten(2).transpose(1, 2) + self.level_embed.weight[level])
         q = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)
         query_pos = self.query_pos.weight.unsqueeze(0).expand(B, -1, -1)
@@ -207,4 +231,7 @@ class MaskGenerator(nn.Module):
             q = layer(q, query_pos, memories[level], memory_pos[level], blocked)
             aux.append((mask_logits, class_embeds))
             mask_logits, class_embeds, blocked = self._predict(q, mask_features, sizes[(i + 1) % len(maps)])
-        return MaskGeneratorOutput(mask_logits=mask_logits, class_embeds=class_embeds, void_embedding=self.void_embedding, aux=aux)
+        return MaskGeneratorOutput(
+            mask_logits=mask_logits, class_embeds=class_embeds, void_embedding=self.void_embedding,
+            logit_scale=self.logit_scale, aux=aux,
+        )

@@ -4,7 +4,9 @@ import pytest
 
 from fisa_rt import ConfigError, FisaConfig, get_model_config, list_models
 
-SHIPPED = ["fisa-convnext-l", "fisa-tiny", "fisa-tiny-convnext", "fisa-vit-b16"]
+SHIPPED = [
+    "fcclip-convnext-l", "fisa-convnext-l", "fisa-fcclip-convnext-l", "fisa-tiny", "fisa-tiny-convnext", "fisa-vit-b16",
+]
 
 
 def test_shipped_configs_are_listed():
@@ -36,6 +38,9 @@ def test_unknown_keys_are_rejected():
     [
         ("classifier", "head", "mask-max", "classifier.head must be one of"),
         ("classifier", "mask_weighting", "soft", "mask_weighting must be one of"),
+        ("classifier", "pooled_input", "tokens", "classifier.pooled_input must be one of"),
+        ("mask_generator", "pixel_decoder", "fpn", "mask_generator.pixel_decoder must be one of"),
+        ("mask_generator", "class_head", "mlp", "mask_generator.class_head must be one of"),
         (None, "image_size", 100, "multiple of 32"),
     ],
 )

@@ -49,7 +49,8 @@ class TrainConfig:
     stage: str
     data: str  # dataset root (COCO-panoptic layout; captions_train.json for the clip stage)
     out: str  # output file: CLIP weights (clip stage) or a FISA checkpoint
-    model: str = "fisa-tiny"  # model config name
+    # model config name; None = fisa-tiny, or for adapt the --init checkpoint's own config
+    model: Optional[str] = None
     init: Optional[str] = None  # generator: CLIP weights file; adapt: stage-2 FISA checkpoint
     trainable: str = "simo"  # adapt stage: one of TRAINABLE_PRESETS
     steps: int = 1000
@@ -147,7 +148,7 @@ class _Stage:
 
     def __init__(self, cfg: TrainConfig, env: Distributed):
         self.cfg, self.env = cfg, env
-        model_cfg = get_model_config(cfg.model)
+        model_cfg = get_model_config(cfg.model or "fisa-tiny")
         if cfg.stage == "clip":
             self.model = create_clip(model_cfg.clip, load_pretrained=False)
             self.tokenizer = create_tokenizer(model_cfg.clip)
@@ -163,7 +164,7 @@ class _Stage:
             self.model = create_model(dataclasses.replace(model_cfg, clip=clip_cfg), load_pretrained_clip=True)
             prefixes = ["mask_generator"]
         else:
-            self.model, _ = load_model(cfg.init)
+            self.model, _ = load_model(cfg.init, config=model_cfg if cfg.model else None)
             prefixes = {
                 "simo": self.model.cfg.simo.trainable,
                 "frozen": ["classifier.void_embedding", "classifier.logit_scale"],

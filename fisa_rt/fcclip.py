@@ -1,0 +1,152 @@
+"""FC-CLIP's released checkpoints (bytedance/fc-clip, detectron2 ``.pth``) -> fisa-rt checkpoints.
+
+The checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain containers only, never
+pickled code. Every tensor is renamed through :data:`fisa_rt.weight_names.FCCLIP` onto the
+``fcclip-convnext-l`` model, and everything must match: a missing, unexpected or mis-shaped tensor
+stops the conversion with the list of them.
+
+The release leaves CLIP's text tower out (FC-CLIP issues #14 and #34: ``transformer.resblocks.*``,
+``token_embedding``, ``ln_final`` reported missing when loading ``fcclip_cocopan.pth``); FC-CLIP itself
+rebuilds it from open_clip's ``convnext_large_d_320`` / ``laion2b_s29b_b131k_ft_soup`` at start-up, and
+so does the converter: through open_clip's loader, or from a local open_clip weights file (``clip``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .clip import create_clip
+from .config import FisaConfig, get_model_config
+from .errors import CheckpointError, refuse_overwrite
+from .model import create_model
+from .weight_names import FCCLIP
+
+CONFIG = "fcclip-convnext-l"
+# What FC-CLIP was trained on (COCO panoptic, its synonyms): the converted model's "seen" classes.
+VOCABULARY = "coco-panoptic"
+# Tensors of FC-CLIP's text tower, under ``text.clip.`` in fisa-rt, that the release may leave out.
+TEXT_TOWER = "text.clip."
+# Training-only state in a detectron2 model (Mask2Former's SetCriterion.empty_weight), not weights.
+TRAINING_ONLY = ("criterion.",)
+# FC-CLIP keeps the void embedding as nn.Embedding(1, D); fisa-rt as a (D,) parameter.
+RESHAPED = ("mask_generator.void_embedding",)
+LISTED = 8
+
+
+@dataclass
+class ConversionReport:
+    out: str
+    # Tensors taken from the FC-CLIP checkpoint, and from the CLIP weights (the text tower).
+    from_checkpoint: int
+    from_clip: int
+    clip_source: str
+    ignored: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        line = f"wrote {self.out}: {self.from_checkpoint} tensors from the FC-CLIP checkpoint"
+        if self.from_clip:
+            line += f", {self.from_clip} text-tower tensors from {self.clip_source}"
+        if self.ignored:
+            line += f"; ignored {len(self.ignored)} training-only tensors ({', '.join(self.ignored[:3])})"
+        return line
+
+
+def read_detectron2_state(path: str) -> Dict[str, torch.Tensor]:
+    """The ``model`` state dict of a detectron2 checkpoint, read without unpickling code."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a plain-tensor PyTorch checkpoint (torch.load weights_only: {reason})"
+        ) from None
+    state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)] if isinstance(state, dict) else []
+    if not isinstance(state, dict) or not state or bad:
+        raise CheckpointError(
+            f"{path} holds no state dict of tensors (expected a detectron2 checkpoint with a 'model' entry"
+            + (f"; not tensors: {bad[:LISTED]})" if bad else ")")
+        )
+    return state
+
+
+def _listing(kind: str, names: List[str]) -> str:
+    more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return f"{len(names)} {kind} ({', '.join(sorted(names)[:LISTED])}{more})"
+
+
+def map_fcclip_state(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Size]) -> Dict[str, torch.Tensor]:
+    """FC-CLIP's tensors under fisa-rt's names, checked against ``expected`` (name -> shape).
+
+    Text-tower tensors may be absent (they are filled later); any other gap, surplus or shape
+    mismatch raises :class:`CheckpointError` listing them."""
+    weights = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY)}
+    mapped, unmapped = FCCLIP.to_ours(weights)
+    for name in RESHAPED:
+        if name in mapped and name in expected:
+            mapped[name] = mapped[name].reshape(expected[name])
+    unexpected = unmapped + [k for k in mapped if k not in expected]
+    missing = [k for k in expected if k not in mapped and not k.startswith(TEXT_TOWER)]
+    misshaped = [f"{k} {tuple(v.shape)} != {tuple(expected[k])}" for k, v in mapped.items()
+                 if k in expected and v.shape != expected[k]]
+    found = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+    problems = [_listing(kind, names) for kind, names in found if names]
+    if problems:
+        raise CheckpointError(f"not an FC-CLIP {CONFIG} checkpoint: " + "; ".join(problems))
+    return {k: v for k, v in mapped.items() if k in expected}
+
+
+def _coco_vocabulary():
+    data = json.loads((resources.files("fisa_rt") / "vocabularies" / f"{VOCABULARY}.json").read_text())
+    return [c["name"] for c in data["classes"]], [bool(c["isthing"]) for c in data["classes"]]
+
+
+def convert_fcclip(
+    checkpoint: str,
+    out: str,
+    clip: Optional[str] = None,
+    config: Union[str, FisaConfig] = CONFIG,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """Write ``out`` (a fisa-rt safetensors checkpoint) from FC-CLIP's ``checkpoint``.
+
+    ``clip``: a local open_clip weights file for the text tower; None asks open_clip for the config's
+    pretrained tag (a download on first use, cached by open_clip)."""
+    refuse_overwrite(out, overwrite, CheckpointError)
+    cfg = get_model_config(config) if isinstance(config, str) else config
+    state = read_detectron2_state(checkpoint)
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in create_model(cfg).state_dict().items()}
+    tensors = map_fcclip_state(state, expected)
+    text_missing = [k for k in expected if k not in tensors]
+    clip_source = ""
+    if text_missing:
+        clip_source = clip or f"open_clip {cfg.clip.model_name}/{cfg.clip.pretrained}"
+        clip_cfg = dataclasses.replace(cfg.clip, pretrained=clip or cfg.clip.pretrained)
+        clip_model = create_clip(clip_cfg, load_pretrained=True)
+        clip_state = clip_model.state_dict()
+        for name in text_missing:
+            source = clip_state.get(name[len(TEXT_TOWER):])
+            if source is None or source.shape != expected[name]:
+                wanted = f"{name[len(TEXT_TOWER):]} of shape {tuple(expected[name])}"
+                raise CheckpointError(f"{clip_source} has no tensor {wanted}")
+            tensors[name] = source
+    model = create_model(cfg)
+    model.load_state_dict(tensors, strict=True)
+    vocabulary, is_thing = _coco_vocabulary()
+    save_checkpoint(
+        out, model, vocabulary=vocabulary, is_thing=is_thing, overwrite=overwrite,
+        extra={"converted_from": "fc-clip", "source": checkpoint, "text_tower": clip_source or "checkpoint"},
+    )
+    ignored = sorted(k for k in state if k.startswith(TRAINING_ONLY))
+    return ConversionReport(out, len(tensors) - len(text_missing), len(text_missing), clip_source, ignored)

@@ -1,0 +1,226 @@
+"""FC-CLIP checkpoint conversion: the full-size key table (no tensors allocated), a synthetic FC-CLIP
+checkpoint at reduced widths round-tripped through the converter, and refusals of damaged or foreign
+files. Nothing downloads: the text tower comes from a local --clip file."""
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from fisa_rt import create_model, get_model_config
+from fisa_rt.checkpoint import load_model, read_checkpoint_info
+from fisa_rt.cli import main
+from fisa_rt.errors import CheckpointError
+from fisa_rt.fcclip import RESHAPED, convert_fcclip
+from fisa_rt.weight_names import FCCLIP
+
+from fcclip_layout import clip_layout, full_layout, head_layout, is_text_tower
+from helpers import random_text
+
+
+def meta_shapes(config):
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in create_model(config).state_dict().items()}
+
+
+def test_full_size_key_table_matches_fcclip_convnext_l():
+    """Every tensor of FC-CLIP's ConvNeXt-L COCO model maps to one of fcclip-convnext-l's with the
+    same shape, and nothing of ours is left unfilled (meta device: no memory)."""
+    theirs = {k: v for k, v in full_layout().items() if not k.startswith("criterion.")}
+    ours = meta_shapes("fcclip-convnext-l")
+    mapped = {}
+    for name, shape in theirs.items():
+        target = FCCLIP.our_name(name)
+        assert target is not None, f"no rule for FC-CLIP tensor {name}"
+        assert target not in mapped, f"{name} and {mapped.get(target)} both map to {target}"
+        mapped[target] = name
+        if target in RESHAPED:
+            assert torch.Size(shape).numel() == torch.Size(ours[target]).numel(), name
+        else:
+            assert ours.get(target) == shape, f"{name} {shape} -> {target} {ours.get(target)}"
+    assert set(mapped) == set(ours)
+    assert len(ours) == len(theirs) == 845
+    # The FISA config adds only SEVE adapters (loaded as new parameters by `train adapt --init`).
+    fisa = meta_shapes("fisa-fcclip-convnext-l")
+    assert {k for k in fisa if k not in ours} and all(k.startswith("backbone.seve.") for k in fisa if k not in ours)
+
+
+@pytest.fixture(scope="module")
+def reduced():
+    """An fcclip-convnext-l at reduced widths (ConvNeXt-atto CLIP) and its FC-CLIP checkpoint + CLIP file."""
+    cfg = get_model_config("fcclip-convnext-l")
+    tiny = get_model_config("fisa-tiny-convnext")
+    generator = dataclasses.replace(
+        cfg.mask_generator, hidden_dim=64, num_queries=12, dec_layers=3, enc_layers=2, num_heads=4, dim_feedforward=96,
+        mask_dim=64, deformable_ffn=80,
+    )
+    cfg = dataclasses.replace(cfg, name="fcclip-reduced", image_size=128, clip=tiny.clip, mask_generator=generator)
+    torch.manual_seed(0)
+    model = create_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.mask_generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return cfg, model
+
+
+def fcclip_checkpoint(model, folder, with_text: bool = False):
+    """Our model's weights under FC-CLIP's names, as its release stores them (detectron2 dict)."""
+    theirs, unmapped = FCCLIP.to_theirs(model.state_dict())
+    assert not unmapped
+    theirs["void_embedding.weight"] = theirs["void_embedding.weight"].reshape(1, -1)
+    theirs["criterion.empty_weight"] = torch.ones(134)
+    if not with_text:
+        theirs = {k: v for k, v in theirs.items() if not is_text_tower(k)}
+    path = os.path.join(folder, "fcclip.pth")
+    torch.save({"model": theirs, "iteration": 368749}, path)
+    return path, theirs
+
+
+def clip_file(model, folder):
+    """The CLIP weights (text and visual) as an open_clip state-dict file, for --clip."""
+    state = {k[len("text.clip."):]: v for k, v in model.state_dict().items() if k.startswith("text.clip.")}
+    prefix = "backbone.visual."
+    state.update({f"visual.{k[len(prefix):]}": v for k, v in model.state_dict().items() if k.startswith(prefix)})
+    path = os.path.join(folder, "clip.pt")
+    torch.save(state, path)
+    return path
+
+
+def test_synthetic_checkpoint_has_fcclip_layout(reduced, tmp_path):
+    cfg, model = reduced
+    _, theirs = fcclip_checkpoint(model, str(tmp_path), with_text=True)
+    trunk = [c for c in model.backbone.feature_channels.values()]
+    expected = {
+        **clip_layout(cfg.clip),
+        **head_layout(in_channels=trunk, dim=64, mask_dim=64, embed_dim=model.embed_dim, queries=12, dec_layers=3,
+                      enc_layers=2, heads=4, enc_ffn=80, dec_ffn=96),
+    }
+    assert {k: tuple(v.shape) for k, v in theirs.items()} == expected
+
+
+def test_converter_round_trips_a_synthetic_checkpoint(reduced, tmp_path):
+    cfg, model = reduced
+    source, theirs = fcclip_checkpoint(model, str(tmp_path))
+    out = str(tmp_path / "converted.safetensors")
+    report = convert_fcclip(source, out, clip=clip_file(model, str(tmp_path)), config=cfg)
+    text = [k for k in model.state_dict() if k.startswith("text.clip.")]
+    assert report.from_clip == len(text) > 0
+    assert report.from_checkpoint == len(model.state_dict()) - len(text) == len(theirs) - 1
+    assert report.ignored == ["criterion.empty_weight"]
+    info = read_checkpoint_info(out)
+    assert info.config == cfg and len(info.vocabulary) == 133 and sum(info.is_thing) == 80
+    converted, _ = load_model(out)
+    images, classes = torch.randn(2, 3, 128, 128), random_text(7, model.embed_dim)
+    with torch.no_grad():
+        want, got = model(images, classes), converted(images, classes)
+    torch.testing.assert_close(got.mask_logits, want.mask_logits, atol=0, rtol=0)
+    torch.testing.assert_close(got.class_logits, want.class_logits, atol=0, rtol=0)
+
+
+def test_adapt_init_loads_converted_checkpoint_into_a_fisa_config(reduced, tmp_path):
+    """`train adapt --init converted.safetensors --model <FISA config>`: new SEVE adapters, the rest loaded,
+    outputs unchanged while the adapters' gates are 0."""
+    cfg, model = reduced
+    source, _ = fcclip_checkpoint(model, str(tmp_path))
+    out = str(tmp_path / "converted.safetensors")
+    convert_fcclip(source, out, clip=clip_file(model, str(tmp_path)), config=cfg)
+    seve = dataclasses.replace(cfg.seve, layers=[1, 2], num_heads=4)
+    fisa_cfg = dataclasses.replace(cfg, name="fisa-fcclip-reduced", seve=seve)
+    fisa, info = load_model(out, config=fisa_cfg)
+    assert info.config.name == "fisa-fcclip-reduced" and len(fisa.backbone.seve) == 2
+    images, classes = torch.randn(1, 3, 128, 128), random_text(5, model.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(fisa(images, classes).class_logits, model(images, classes).class_logits)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.pop("sem_seg_head.predictor.query_feat.weight"), "1 missing .*mask_generator.query_feat.weight"),
+    (lambda t: t.__setitem__("sem_seg_head.predictor.extra_head.weight", torch.zeros(3)), "1 unexpected .*extra_head"),
+    (lambda t: t.__setitem__("sem_seg_head.predictor.query_feat.weight", torch.zeros(5, 64)),
+     "1 mis-shaped .*query_feat"),
+    (lambda t: t.pop("backbone.clip_model.visual.trunk.stem.0.weight"), "1 missing .*trunk.stem.0.weight"),
+])
+def test_converter_refuses_damaged_checkpoint(reduced, tmp_path, damage, message):
+    cfg, model = reduced
+    _, theirs = fcclip_checkpoint(model, str(tmp_path))
+    damage(theirs)
+    torch.save({"model": theirs}, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match=f"not an FC-CLIP fcclip-convnext-l checkpoint: ({message})"):
+        convert_fcclip(str(tmp_path / "damaged.pth"), str(tmp_path / "out.safetensors"), config=cfg)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+class NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"model": {"backbone.body.conv1.weight": torch.zeros(3)}}, "not an FC-CLIP .*1 unexpected .*backbone.body.conv1"),
+    ({"model": NotATensor()}, "not a plain-tensor PyTorch checkpoint"),
+    ({"optimizer": 1}, "holds no state dict|not an FC-CLIP"),
+    (b"not a checkpoint", "not a plain-tensor PyTorch checkpoint"),
+])
+def test_cli_refuses_foreign_file_with_one_line(reduced, tmp_path, capsys, content, message):
+    path = tmp_path / "foreign.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    assert main(["convert", "fcclip", str(path), "--out", str(tmp_path / "o.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert __import__("re").search(message, err), err
+
+
+@pytest.fixture(scope="module")
+def converted(reduced, tmp_path_factory):
+    cfg, model = reduced
+    folder = str(tmp_path_factory.mktemp("fcclip"))
+    source, _ = fcclip_checkpoint(model, folder)
+    out = os.path.join(folder, "fcclip-reduced.safetensors")
+    convert_fcclip(source, out, clip=clip_file(model, folder), config=cfg)
+    return out
+
+
+def test_build_engine_exports_converted_checkpoint_with_portable_parity(converted, tmp_path):
+    """build_engine.py takes the converted checkpoint; the portable ONNX carries the deformable
+    attention as standard GridSample nodes and matches PyTorch on ONNX Runtime (reduced widths, 128 px)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from fisa_rt.export import onnx_checks
+    from fisa_rt.export.build_engine import build, parse_args
+    from fisa_rt.export.onnx_export import ImageModelForExport
+
+    artefacts = build(parse_args(["--checkpoint", converted, "--out", str(tmp_path), "--no-simplify"]))
+    graph = onnx.load(artefacts["portable"])
+    ops = onnx_checks.op_counts(graph)
+    # 2 encoder layers x 3 levels of deformable sampling; nothing outside TensorRT's parser ops.
+    assert ops.get("GridSample") == 6
+    assert not onnx_checks.unsupported_ops(graph, allow_plugins=False)
+    model, info = load_model(converted)
+    model.set_kernels("reference")
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    text = random_text(9, model.embed_dim)
+    with torch.no_grad():
+        masks, scores = ImageModelForExport(model, semantic=False)(images, text)
+    session = ort.InferenceSession(artefacts["portable"], providers=["CPUExecutionProvider"])
+    got_masks, got_scores = session.run(None, {"image": images.numpy(), "text": text.numpy()})
+    assert np.abs(got_masks - masks.numpy()).max() < 1e-4  # mask logits, fp32
+    assert np.abs(got_scores - scores.numpy()).max() < 1e-5  # class probabilities
+
+
+def test_mask_pool_is_fcclip_mask_pooling():
+    """FC-CLIP's MaskPooling: the mean of the features where the mask logit is > 0; an empty mask gives 0."""
+    from fisa_rt.mask_generator import mask_pool
+
+    features = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
+    logits = torch.full((1, 2, 3, 4), -1.0)
+    logits[0, 0, 1, 1:3] = 0.5  # two pixels: features[:, 1, 1] and [:, 1, 2]
+    logits[0, 0, 2, 3] = 0.0  # not > 0: left out
+    pooled = mask_pool(features, logits)
+    torch.testing.assert_close(pooled[0, 0], features[0, :, 1, 1:3].mean(-1))
+    torch.testing.assert_close(pooled[0, 1], torch.zeros(2))
