@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fisa_rt import CheckpointError, ConfigError
+from fisa_rt.errors import InputError
 from fisa_rt.checkpoint import load_model, read_checkpoint_info
 from fisa_rt.train import trainer
 from fisa_rt.train.trainer import TrainConfig, batch_keys, train
@@ -109,3 +111,14 @@ def test_two_process_ddp_matches_one_process(synthetic_data, generator_checkpoin
     changed = sum(not torch.equal(a[n], base[n]) for n in a)
     assert changed > 0
     assert read_checkpoint_info(two).extra["steps"] == "3"
+
+
+def test_clip_stage_pretrains_on_the_split_it_is_given(tmp_path):
+    from fisa_rt.data.synthetic import generate
+
+    generate(str(tmp_path / "broad"), "pretrain", 4, seed=0, image_size=64, world="broad")
+    cfg = TrainConfig(stage="clip", data=str(tmp_path / "broad"), out=str(tmp_path / "clip.safetensors"), steps=1,
+                      batch_size=4, split="pretrain", region_captions=0.5, progress=False)
+    assert train(cfg).steps == 1 and os.path.exists(cfg.out)
+    with pytest.raises(InputError, match="panoptic_train.json"):  # the default split was never written
+        train(dataclasses.replace(cfg, split="train", overwrite=True))

@@ -46,7 +46,7 @@ TRAINABLE_PRESETS = ("simo", "frozen", "full")
 @dataclass
 class TrainConfig:
     stage: str
-    data: str  # dataset root (COCO-panoptic layout; captions_train.json for the clip stage)
+    data: str  # dataset root (COCO-panoptic layout; captions_SPLIT.json for the clip stage)
     out: str  # output file: CLIP weights (clip stage) or a FISA checkpoint
     model: str = "fisa-tiny"  # model config name
     init: Optional[str] = None  # generator: CLIP weights file; adapt: stage-2 FISA checkpoint
@@ -58,6 +58,7 @@ class TrainConfig:
     warmup: int = 50
     seed: int = 0
     region_captions: float = 0.0  # clip stage: fraction of pairs that are a segment crop + its class prompt
+    split: str = "train"  # the split trained on ("pretrain" for the clip stage of the broad synthetic world)
     save_every: int = 200
     amp: bool = True  # bf16 autocast, on CUDA only
     overwrite: bool = False
@@ -150,7 +151,7 @@ class _Stage:
         if cfg.stage == "clip":
             self.model = create_clip(model_cfg.clip, load_pretrained=False)
             self.tokenizer = create_tokenizer(model_cfg.clip)
-            self.data = CaptionDataset(cfg.data, "train", model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions)
+            self.data = CaptionDataset(cfg.data, cfg.split, model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions)
             from open_clip.loss import ClipLoss
 
             self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=env.rank, world_size=env.world)
@@ -169,7 +170,7 @@ class _Stage:
                 "full": ["backbone.visual", "classifier"],
             }[cfg.trainable]
         self.report = select_trainable(self.model, prefixes)
-        self.data = PanopticDataset(cfg.data, "train", self.model.cfg.image_size, augment=True, seed=cfg.seed)
+        self.data = PanopticDataset(cfg.data, cfg.split, self.model.cfg.image_size, augment=True, seed=cfg.seed)
         seen = [i for i, h in enumerate(self.data.held_out) if not h]
         # Training sees only the seen classes: held-out names must not even be negatives.
         self.vocabulary = [self.data.class_names[i] for i in seen]
