@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         stage=args.stage, data=args.data, out=args.out, model=args.model, init=args.init, trainable=args.trainable,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        seed=args.seed, region_captions=args.region_captions, split=args.split, save_every=args.save_every, amp=args.amp,
+        seed=args.seed, region_captions=args.region_captions, split=args.split, snapshots=tuple(args.snapshots), save_every=args.save_every, amp=args.amp,
         overwrite=args.overwrite, progress=args.progress,
     )
     result = train(cfg)
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--region-captions", type=float, default=0.0,
                     help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
     tr.add_argument("--split", default="train", help="split to train on (the broad world's clip stage: pretrain)")
+    tr.add_argument("--snapshots", type=int, nargs="*", default=[],
+                    help="also write the weights after these steps to OUT.stepN.safetensors (an adaptation-length curve)")
     tr.add_argument("--save-every", type=int, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")

@@ -122,3 +122,28 @@ def test_clip_stage_pretrains_on_the_split_it_is_given(tmp_path):
     assert train(cfg).steps == 1 and os.path.exists(cfg.out)
     with pytest.raises(InputError, match="panoptic_train.json"):  # the default split was never written
         train(dataclasses.replace(cfg, split="train", overwrite=True))
+
+
+def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "curve.safetensors"
+    real_loss, calls = trainer._Stage.loss, {"n": 0}
+
+    def stop_during_step_3(self, keys):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, keys)
+
+    monkeypatch.setattr(trainer._Stage, "loss", stop_during_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_adapt(synthetic_data, generator_checkpoint, out, snapshots=(2,)))
+    snapshot = trainer.snapshot_path(str(out), 2)
+    assert snapshot == str(tmp_path / "curve.step2.safetensors")
+    assert read_checkpoint_info(snapshot).extra["steps"] == "2"
+    state, weights = load_file(str(out) + ".state.safetensors"), load_file(snapshot)
+    trained = [n[len("param/"):] for n in state if n.startswith("param/")]
+    assert trained
+    for name in trained:  # the training state saved after step 2 holds the same weights
+        torch.testing.assert_close(weights[name], state["param/" + name], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="snapshot"):
+        TrainConfig(stage="adapt", data=synthetic_data, init=generator_checkpoint, out=str(out), steps=4, snapshots=(4,))

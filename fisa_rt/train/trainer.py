@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ class TrainConfig:
     seed: int = 0
     region_captions: float = 0.0  # clip stage: fraction of pairs that are a segment crop + its class prompt
     split: str = "train"  # the split trained on ("pretrain" for the clip stage of the broad synthetic world)
+    # Steps after which the weights are also written to snapshot_path(out, step): one run gives the curve
+    # of accuracy against adaptation length, all points on the schedule of the full run.
+    snapshots: Tuple[int, ...] = ()
     save_every: int = 200
     amp: bool = True  # bf16 autocast, on CUDA only
     overwrite: bool = False
@@ -69,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"stage must be one of {STAGES}; got {self.stage!r}")
         if self.trainable not in TRAINABLE_PRESETS:
             raise ConfigError(f"trainable must be one of {TRAINABLE_PRESETS}; got {self.trainable!r}")
+        if any(not 0 < s < self.steps for s in self.snapshots):
+            raise ConfigError(f"snapshot steps must lie between 0 and --steps {self.steps}; got {list(self.snapshots)}")
         if self.stage != "clip" and self.init is None:
             raise ConfigError(f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)")
 
@@ -212,7 +217,7 @@ class _Stage:
         targets = resize_targets(batch.masks, out.mask_logits.shape[-2:])
         return set_loss(out.class_logits, out.mask_logits, labels, targets, self.weights)
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, step: Optional[int] = None) -> None:
         if self.cfg.stage == "clip":
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             tmp = f"{path}.tmp{os.getpid()}"
@@ -221,8 +226,14 @@ class _Stage:
         else:
             save_checkpoint(
                 path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
-                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(self.cfg.steps)},
+                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(step or self.cfg.steps)},
             )
+
+
+def snapshot_path(out: str, step: int) -> str:
+    """runs/fisa.safetensors, 100 -> runs/fisa.step100.safetensors"""
+    root, ext = os.path.splitext(out)
+    return f"{root}.step{step}{ext}"
 
 
 def _state_path(out: str) -> str:
@@ -267,6 +278,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     state_path = _state_path(cfg.out)
     if os.path.exists(cfg.out) and not os.path.exists(state_path) and not cfg.overwrite:
         raise CheckpointError(f"{cfg.out} exists; pass --overwrite to train over it")
+    if env.main:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     torch.manual_seed(cfg.seed)
     stage = _Stage(cfg, env)
     stage.to(env.device)
@@ -307,6 +320,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if progress is not None:
             progress.update(1)
             progress.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
+        if env.main and step + 1 in cfg.snapshots:
+            stage.save(snapshot_path(cfg.out, step + 1), step + 1)
         if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
             _save_state(state_path, step + 1, params, optimizer, losses)
         env.barrier()
@@ -314,7 +329,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress.close()
     elapsed = time.time() - began
     if env.main:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         stage.save(cfg.out)
         if os.path.exists(state_path):
             os.remove(state_path)
