@@ -23,12 +23,12 @@ mkdir -p "$RUNS"
   fisa-rt make-data --world broad --out "$DATA" --pretrain "$PRETRAIN" --train "$TRAIN" --val "$VAL" --seed 0
 # 2. stage 1: CLIP pre-trained on the broad captions and region crops
 [ -f "$RUNS/clip.safetensors" ] || fisa-rt train clip --split pretrain --data "$DATA" --out "$RUNS/clip.safetensors" \
-  --steps "$CLIP_STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --weight-decay 0.1 --region-captions 0.5 --progress=false \
+  --steps "$CLIP_STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --weight-decay 0.1 --region-captions 0.5 --no-progress \
   | tee "$RUNS/clip.log"
 python scripts/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$DATA" | tee "$RUNS/clip-crop-accuracy.txt"
 # 3. stage 2: the mask generator, on seen classes only; its masks on each group
 [ -f "$RUNS/generator.safetensors" ] || fisa-rt train generator --data "$DATA" --init "$RUNS/clip.safetensors" \
-  --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --progress=false \
+  --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --no-progress \
   | tee "$RUNS/generator.log"
 python scripts/mask-quality.py "$RUNS/generator.safetensors" "$DATA" --json "$RUNS/mask-quality.json"
 # 4. stage 3, three ways, each seed; snapshots give the accuracy-against-length curve of one schedule
@@ -39,7 +39,7 @@ for seed in $SEEDS; do
     # shellcheck disable=SC2086  # SNAPSHOTS is a list of step counts
     [ -f "$out" ] || fisa-rt train adapt --trainable "$method" --data "$DATA" --init "$RUNS/generator.safetensors" \
       --out "$out" --steps "$ADAPT_STEPS" --batch-size 16 --lr "$lr" --seed "$seed" --snapshots $SNAPSHOTS \
-      --progress=false | tee "$RUNS/$method-s$seed.log"
+      --no-progress | tee "$RUNS/$method-s$seed.log"
     for step in $SNAPSHOTS "$ADAPT_STEPS"; do
       weights="$out"; [ "$step" = "$ADAPT_STEPS" ] || weights="$RUNS/$method-s$seed.step$step.safetensors"
       result="$RUNS/$method-s$seed.step$step.eval.json"
