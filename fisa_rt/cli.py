@@ -75,7 +75,8 @@ def _train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         stage=args.stage, data=args.data, out=args.out, model=args.model, init=args.init, trainable=args.trainable,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        seed=args.seed, region_captions=args.region_captions, split=args.split, snapshots=tuple(args.snapshots), save_every=args.save_every, amp=args.amp,
+        seed=args.seed, region_captions=args.region_captions, split=args.split, snapshots=tuple(args.snapshots),
+        save_every=args.save_every, amp=args.amp,
         overwrite=args.overwrite, progress=args.progress,
     )
     result = train(cfg)
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--world", choices=["default", "broad"], default="default",
                       help="broad: pre-training sees concepts segmentation never does (novel-concept classes in val)")
     data.add_argument("--pretrain", type=int, default=0,
-                      help="number of pre-training scenes (every class but the novel compositions), for `train clip --split pretrain`")
+                      help="number of pre-training scenes (every class but the novel compositions), "
+                           "for `train clip --split pretrain`")
 
     tr = verb("train", "train one stage: clip (contrastive), generator (masks), adapt (FISA / baselines)", _train)
     tr.add_argument("stage", choices=["clip", "generator", "adapt"], help="which stage to train")
@@ -281,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
     tr.add_argument("--split", default="train", help="split to train on (the broad world's clip stage: pretrain)")
     tr.add_argument("--snapshots", type=int, nargs="*", default=[],
-                    help="also write the weights after these steps to OUT.stepN.safetensors (an adaptation-length curve)")
+                    help="also write the weights after these steps to OUT.stepN.safetensors "
+                         "(an adaptation-length curve)")
     tr.add_argument("--save-every", type=int, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")

@@ -54,10 +54,11 @@ def main() -> None:
         proposals = restore_mask_logits(mask_logits, images.shape[-2:], sample.size, ids.shape) > 0
         for segment, iou in best_ious(proposals, ids, segments).items():
             scores.setdefault(dataset.groups[segments[segment]], []).append(iou)
-    results = {
-        group: {"segments": len(v), "recall_at_0.5": 100 * float(np.mean(np.array(v) > 0.5)), "mean_best_iou": float(np.mean(v))}
-        for group, v in sorted(scores.items())
-    }
+    results = {}
+    for group, ious in sorted(scores.items()):
+        ious = np.array(ious)
+        results[group] = {"segments": len(ious), "recall_at_0.5": 100 * float(np.mean(ious > 0.5)),
+                          "mean_best_iou": float(ious.mean())}
     for group, r in results.items():
         print(f"{group:17s} {r['segments']:5d} segments: {r['recall_at_0.5']:.1f}% with a proposal of IoU > 0.5, "
               f"mean best IoU {r['mean_best_iou']:.2f}")

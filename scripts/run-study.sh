@@ -5,7 +5,7 @@
 #
 #   nice -n 19 scripts/run-study.sh                         # the study (RUNS=runs/study)
 #   RUNS=runs/smoke PRETRAIN=64 TRAIN=64 VAL=24 CLIP_STEPS=4 GEN_STEPS=4 ADAPT_STEPS=6 SNAPSHOTS="2 4" \
-#     SEEDS=0 COST_STEPS=1 COST_ROUNDS=1 scripts/run-study.sh           # a smoke run: proves the pipeline, measures nothing
+#     SEEDS=0 COST_STEPS=1 COST_ROUNDS=1 scripts/run-study.sh    # a smoke run: proves the pipeline, measures nothing
 #
 # Lengths below are sized for about 100 minutes on an idle 2-core CPU (docs/training.md, "The study").
 set -euo pipefail
@@ -18,7 +18,7 @@ THRESHOLD=${THRESHOLD:-0.1}  # panoptic object threshold for every method (calib
 COST_STEPS=${COST_STEPS:-8}; COST_ROUNDS=${COST_ROUNDS:-2}
 DATA="$RUNS/data"
 mkdir -p "$RUNS"
-# 1. the broad world: pretrain (every concept), train (seen concepts only), val (seen / novel composition / novel concept)
+# 1. the broad world: pretrain (every concept), train (seen concepts only), val (seen, novel composition, novel concept)
 [ -f "$DATA/annotations/panoptic_val.json" ] || \
   fisa-rt make-data --world broad --out "$DATA" --pretrain "$PRETRAIN" --train "$TRAIN" --val "$VAL" --seed 0
 # 2. stage 1: CLIP pre-trained on the broad captions and region crops

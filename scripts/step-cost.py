@@ -115,7 +115,8 @@ def measure_one(variant: str, data: str, init: str, batch_size: int, steps: int)
                 times[f"{phase}_cpu_ms"].append(clocks[k + 1][1] - clocks[k][1])
             saved = sum(kept.values())
     trainable = sum(p.numel() for p in params)
-    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    tensors = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    state = sum(v.numel() * v.element_size() for v in tensors)
     return {
         "variant": variant,
         "trainable": trainable,
@@ -130,7 +131,7 @@ def measure_one(variant: str, data: str, init: str, batch_size: int, steps: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="dataset root with a train split")
-    parser.add_argument("--init", default=EMBEDDED, help="stage-2 (or any FISA) checkpoint; default: the embedded model")
+    parser.add_argument("--init", default=EMBEDDED, help="a stage-2 (or any) FISA checkpoint (default: the embedded)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run (after two warm-up steps)")

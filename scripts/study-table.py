@@ -47,23 +47,24 @@ def main() -> None:
 
     print("\nAdaptation-length curve (mean over seeds)\n")
     print("| method | steps | " + " | ".join(header) + " |\n|---|---|" + "---|" * len(header))
-    curve = {}
+    curve, cells = {}, [(k, g) for k in ("miou", "pq") for g in GROUPS]
     for method, label in METHODS:
         for step in args.steps:
-            row = {(k, g): statistics.mean(results[method, s, step][g][k] for s in args.seeds) for k in ("miou", "pq") for g in GROUPS}
+            row = {(k, g): statistics.mean(results[method, s, step][g][k] for s in args.seeds) for k, g in cells}
             curve[method, step] = row
-            print(f"| {label} | {step} | " + " | ".join(f"{row[k, g]:.1f}" for k in ("miou", "pq") for g in GROUPS) + " |")
+            print(f"| {label} | {step} | " + " | ".join(f"{row[c]:.1f}" for c in cells) + " |")
 
     cost_path = os.path.join(args.runs, "step-cost.json")
     if not os.path.exists(cost_path):
         return
     with open(cost_path) as f:
         runs = json.load(f)
-    cpu = {m: statistics.median(r["forward_cpu_ms"] + r["backward_cpu_ms"] + r["optimizer_cpu_ms"] for r in runs if r["variant"] == m)
-           for m, _ in METHODS}
+    step_ms = [(r["variant"], r["forward_cpu_ms"] + r["backward_cpu_ms"] + r["optimizer_cpu_ms"]) for r in runs]
+    cpu = {m: statistics.median(ms for v, ms in step_ms if v == m) for m, _ in METHODS}
     target = min(max(curve[m, t]["miou", "novel_concept"] for t in args.steps) for m in ("simo", "full"))
     print(f"\nCost (CPU time, one thread, scripts/step-cost.py); target: novel-concept mIoU {target:.1f}\n")
-    print("| method | CPU ms / step | first evaluated step reaching the target | CPU time to reach it |\n|---|---|---|---|")
+    print("| method | CPU ms / step | first evaluated step reaching the target | CPU time to reach it |")
+    print("|---|---|---|---|")
     for method, label in METHODS:
         reached = [t for t in args.steps if curve[method, t]["miou", "novel_concept"] >= target]
         to_target = f"{reached[0]} | {reached[0] * cpu[method] / 1000:.0f} s" if reached else "not reached | —"

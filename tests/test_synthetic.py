@@ -104,7 +104,8 @@ def test_pretraining_covers_every_concept_of_the_broad_world(broad_data):
     assert set(world.novel_words) < concepts and len(world.novel_words) == 8
     assert {"small", "large"} & words  # attribute words beside the class names
     groups = {c.id: c.group for c in categories("broad")}
-    shown = {groups[s["category_id"]] for a in _annotations(broad_data, "pretrain")["annotations"] for s in a["segments_info"]}
+    pretrain = _annotations(broad_data, "pretrain")["annotations"]
+    shown = {groups[s["category_id"]] for a in pretrain for s in a["segments_info"]}
     assert shown == {"seen", "novel_concept"}  # novel compositions stay novel to CLIP too
 
 

@@ -146,4 +146,5 @@ def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_c
     for name in trained:  # the training state saved after step 2 holds the same weights
         torch.testing.assert_close(weights[name], state["param/" + name], rtol=0, atol=0)
     with pytest.raises(ConfigError, match="snapshot"):
-        TrainConfig(stage="adapt", data=synthetic_data, init=generator_checkpoint, out=str(out), steps=4, snapshots=(4,))
+        TrainConfig(stage="adapt", data=synthetic_data, init=generator_checkpoint, out=str(out), steps=4,
+                    snapshots=(4,))

@@ -146,7 +146,8 @@ def _pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return (((y + triangle) % period) < period / 2).astype(np.float32)
     if kind == "grid":  # thin lines both ways
         width = period * rng.uniform(0.2, 0.3)
-        return ((((x + rng.uniform(0, period)) % period) < width) | (((y + rng.uniform(0, period)) % period) < width)).astype(np.float32)
+        columns, rows = (x + rng.uniform(0, period)) % period < width, (y + rng.uniform(0, period)) % period < width
+        return (columns | rows).astype(np.float32)
     raise ValueError(kind)
 
 
@@ -164,7 +165,8 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         arm = r / 3
         outline = [(arm, r), (arm, arm), (r, arm), (r, -arm), (arm, -arm), (arm, -r)]
         outline += [(-u, -v) for u, v in outline]
-        return [(cx + u * math.cos(angle) - v * math.sin(angle), cy + u * math.sin(angle) + v * math.cos(angle)) for u, v in outline]
+        cos, sin = math.cos(angle), math.sin(angle)
+        return [(cx + u * cos - v * sin, cy + u * sin + v * cos) for u, v in outline]
     if shape == "star":
         points = []
         for k in range(10):
@@ -186,14 +188,16 @@ def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     elif shape == "ring":  # the hole shows what lies behind, so it is not part of the segment
         aspect, hole = rng.uniform(0.8, 1.2), rng.uniform(0.45, 0.6)
         draw.ellipse([cx - r * aspect, cy - r / aspect, cx + r * aspect, cy + r / aspect], fill=1)
-        draw.ellipse([cx - hole * r * aspect, cy - hole * r / aspect, cx + hole * r * aspect, cy + hole * r / aspect], fill=0)
+        rx, ry = hole * r * aspect, hole * r / aspect
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=0)
     else:
         draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=1)
     return np.asarray(canvas, dtype=bool)
 
 
 def render_scene(
-    size: int, things: List[Category], stuff: List[Category], rng: np.random.Generator, nuisance: Tuple[str, ...] = PATTERNS
+    size: int, things: List[Category], stuff: List[Category], rng: np.random.Generator,
+    nuisance: Tuple[str, ...] = PATTERNS,
 ):
     """One scene. ``nuisance``: the patterns an object may carry as a texture that names nothing (only
     seen ones, so a novel pattern never shows in a training image). Returns (image uint8 (S, S, 3),
@@ -272,7 +276,8 @@ def _scene_classes(cats: List[Category], split: str, world: World, rng: np.rando
     but the novel compositions (those stay novel everywhere but validation). Other splits: one group per
     scene, chosen uniformly (default world: seen or novel composition)."""
     def of(groups):
-        return [c for c in cats if c.isthing and c.group in groups], [c for c in cats if not c.isthing and c.group in groups]
+        chosen = [c for c in cats if c.group in groups]
+        return [c for c in chosen if c.isthing], [c for c in chosen if not c.isthing]
 
     if split == "train":
         return of({"seen"})
@@ -288,7 +293,8 @@ def _scene_classes(cats: List[Category], split: str, world: World, rng: np.rando
 
 
 def generate(
-    root: str, split: str, num_images: int, seed: int, image_size: int = 128, overwrite: bool = False, world: str = "default"
+    root: str, split: str, num_images: int, seed: int, image_size: int = 128, overwrite: bool = False,
+    world: str = "default",
 ) -> str:
     """Write ``num_images`` scenes of ``split`` of a :data:`WORLDS` world: "train" uses only seen classes
     (and its JSON names only classes without a novel concept); "pretrain" every class but the novel
@@ -318,7 +324,8 @@ def generate(
     # A training split does not even name the novel concepts.
     listed = [c for c in cats if not (split == "train" and c.group == "novel_concept")]
     categories_json = [
-        {"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out, "group": c.group} for c in listed
+        {"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out, "group": c.group}
+        for c in listed
     ]
     with open(json_path, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories_json}, f)

@@ -156,7 +156,9 @@ class _Stage:
         if cfg.stage == "clip":
             self.model = create_clip(model_cfg.clip, load_pretrained=False)
             self.tokenizer = create_tokenizer(model_cfg.clip)
-            self.data = CaptionDataset(cfg.data, cfg.split, model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions)
+            self.data = CaptionDataset(
+                cfg.data, cfg.split, model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions
+            )
             from open_clip.loss import ClipLoss
 
             self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=env.rank, world_size=env.world)
