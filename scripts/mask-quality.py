@@ -2,7 +2,8 @@
 novel concept): does the generator, trained on seen classes only, still outline objects it never saw?
 
 For each ground-truth segment, the best IoU of any proposal (sigmoid(mask logit) > 0.5 at the image's
-size); reported as the share of segments with a proposal of IoU > 0.5 and the mean best IoU. Usage:
+size); reported as the share of segments with a proposal of IoU > 0.5 and the mean best IoU, per group
+and (in the JSON) per word of the class names, to see which concept the masks miss. Usage:
 
     python scripts/mask-quality.py runs/study/generator.safetensors runs/study/data [--split val] [--limit 300]
 """
@@ -44,7 +45,7 @@ def main() -> None:
     model.eval()
     dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
     text = model.encode_vocabulary(dataset.class_names)
-    scores = {}
+    scores, by_word = {}, {}
     for index in range(min(args.limit, len(dataset))):
         sample = dataset[index]
         images = normalize_images(sample.image[None], model.cfg.image_mean, model.cfg.image_std)
@@ -54,12 +55,16 @@ def main() -> None:
         proposals = restore_mask_logits(mask_logits, images.shape[-2:], sample.size, ids.shape) > 0
         for segment, iou in best_ious(proposals, ids, segments).items():
             scores.setdefault(dataset.groups[segments[segment]], []).append(iou)
+            for word in dataset.class_names[segments[segment]].split():
+                by_word.setdefault(word, []).append(iou)
     results = {}
-    for group, ious in sorted(scores.items()):
+    for group, ious in sorted(scores.items()) + sorted((f"word:{w}", v) for w, v in by_word.items()):
         ious = np.array(ious)
         results[group] = {"segments": len(ious), "recall_at_0.5": 100 * float(np.mean(ious > 0.5)),
                           "mean_best_iou": float(ious.mean())}
     for group, r in results.items():
+        if group.startswith("word:"):
+            continue
         print(f"{group:17s} {r['segments']:5d} segments: {r['recall_at_0.5']:.1f}% with a proposal of IoU > 0.5, "
               f"mean best IoU {r['mean_best_iou']:.2f}")
     if args.json:

@@ -7,11 +7,11 @@
 #   RUNS=runs/smoke PRETRAIN=64 TRAIN=64 VAL=24 CLIP_STEPS=4 GEN_STEPS=4 ADAPT_STEPS=6 SNAPSHOTS="2 4" \
 #     SEEDS=0 COST_STEPS=1 COST_ROUNDS=1 scripts/run-study.sh    # a smoke run: proves the pipeline, measures nothing
 #
-# Lengths below are sized for about 100 minutes on an idle 2-core CPU (docs/training.md, "The study").
+# Lengths: about 115 minutes of one thread's CPU time, measured step by step (docs/training.md, "The study").
 set -euo pipefail
 RUNS=${RUNS:-runs/study}
 PRETRAIN=${PRETRAIN:-3000}; TRAIN=${TRAIN:-3000}; VAL=${VAL:-300}
-CLIP_STEPS=${CLIP_STEPS:-1000}; GEN_STEPS=${GEN_STEPS:-800}
+CLIP_STEPS=${CLIP_STEPS:-1000}; GEN_STEPS=${GEN_STEPS:-1000}
 ADAPT_STEPS=${ADAPT_STEPS:-600}; SNAPSHOTS=${SNAPSHOTS:-"100 300"}
 SEEDS=${SEEDS:-"0 1"}
 THRESHOLD=${THRESHOLD:-0.1}  # panoptic object threshold for every method (calibrated for the default world's model)
