@@ -100,9 +100,9 @@ def _config(args: argparse.Namespace) -> None:
 def _make_data(args: argparse.Namespace) -> None:
     from .data.synthetic import generate
 
-    for split, count in (("train", args.train), ("val", args.val)):
+    for split, count in (("pretrain", args.pretrain), ("train", args.train), ("val", args.val)):
         if count:
-            path = generate(args.out, split, count, seed=args.seed, image_size=args.image_size, overwrite=args.overwrite)
+            path = generate(args.out, split, count, args.seed, args.image_size, args.overwrite, world=args.world)
             print(f"wrote {count} {split} scenes: {path}")
 
 
@@ -112,7 +112,9 @@ def _train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         stage=args.stage, data=args.data, out=args.out, model=args.model, init=args.init, trainable=args.trainable,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        seed=args.seed, region_captions=args.region_captions, save_every=args.save_every, amp=args.amp, overwrite=args.overwrite, progress=args.progress,
+        seed=args.seed, region_captions=args.region_captions, split=args.split, snapshots=tuple(args.snapshots),
+        save_every=args.save_every, amp=args.amp,
+        overwrite=args.overwrite, progress=args.progress,
     )
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -345,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=COUNT, default=0, help="generator seed; the same seed writes the same files")
     data.add_argument("--image-size", type=_number(int, 16), default=128, help="side of the square scenes in pixels")
     data.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing splits")
+    data.add_argument("--world", choices=["default", "broad"], default="default",
+                      help="broad: pre-training sees concepts segmentation never does (novel-concept classes in val)")
+    data.add_argument("--pretrain", type=COUNT, default=0,
+                      help="number of pre-training scenes (every class but the novel compositions), "
+                           "for `train clip --split pretrain`")
 
     tr = verb("train", "train one stage: clip (contrastive), generator (masks), adapt (FISA / baselines)", _train)
     tr.add_argument("stage", choices=["clip", "generator", "adapt"], help="which stage to train")
@@ -366,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=COUNT, default=0, help="seed of initialisation, data order and augmentation")
     tr.add_argument("--region-captions", type=_number(float, 0, 1), default=0.0,
                     help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
+    tr.add_argument("--split", default="train", help="split to train on (the broad world's clip stage: pretrain)")
+    tr.add_argument("--snapshots", type=POSITIVE, nargs="*", default=[],
+                    help="also write the weights after these steps to OUT.stepN.safetensors "
+                         "(an adaptation-length curve)")
     tr.add_argument("--save-every", type=POSITIVE, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")

@@ -138,7 +138,12 @@ class SemanticIoU:
         return 100 * float(np.mean(ious)) if ious else 0.0
 
 
-def report(pq: PanopticQuality, miou: SemanticIoU, is_thing: Sequence[bool], held_out: Sequence[bool]) -> Dict[str, Dict[str, float]]:
+def report(
+    pq: PanopticQuality, miou: SemanticIoU, is_thing: Sequence[bool], held_out: Sequence[bool],
+    class_groups: Optional[Sequence[str]] = None,
+) -> Dict[str, Dict[str, float]]:
+    """Scores per group of classes; ``class_groups`` (one name per class, e.g. "novel_concept") adds a row
+    for each held-out group that has classes, beside "held_out" (all of them)."""
     everything = range(len(is_thing))
     groups = {
         "all": list(everything),
@@ -147,6 +152,8 @@ def report(pq: PanopticQuality, miou: SemanticIoU, is_thing: Sequence[bool], hel
         "seen": [c for c in everything if not held_out[c]],
         "held_out": [c for c in everything if held_out[c]],
     }
+    for name in dict.fromkeys(g for g, h in zip(class_groups or [], held_out) if h):
+        groups[name] = [c for c in everything if held_out[c] and class_groups[c] == name]
     return {name: {**pq.summary(classes), "miou": miou.miou(classes)} for name, classes in groups.items()}
 
 
@@ -235,7 +242,7 @@ def evaluate_predictions(
     if predictions_dir:
         predictions = {"annotations": annotations, "categories": dataset.categories}
         write_json(os.path.join(predictions_dir, PREDICTIONS_JSON), predictions)
-    return report(pq, miou, dataset.is_thing, dataset.held_out)
+    return report(pq, miou, dataset.is_thing, dataset.held_out, dataset.groups)
 
 
 def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite: bool) -> None:
@@ -270,9 +277,9 @@ def _write_prediction(folder: str, dataset: PanopticDataset, index: int, panopti
 
 
 def format_report(results: Dict[str, Dict[str, float]]) -> str:
-    lines = [f"{'group':10s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'mIoU':>6s} {'classes':>7s}"]
+    lines = [f"{'group':17s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'mIoU':>6s} {'classes':>7s}"]
     for name, r in results.items():
-        lines.append(f"{name:10s} {r['pq']:6.1f} {r['sq']:6.1f} {r['rq']:6.1f} {r['miou']:6.1f} {r['n']:7d}")
+        lines.append(f"{name:17s} {r['pq']:6.1f} {r['sq']:6.1f} {r['rq']:6.1f} {r['miou']:6.1f} {r['n']:7d}")
     return "\n".join(lines)
 
 

@@ -24,17 +24,18 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--model", default="fisa-tiny")
     parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--split", default="val")
     args = parser.parse_args()
     cfg = get_model_config(args.model)
     clip = create_clip(dataclasses.replace(cfg.clip, pretrained=args.weights), load_pretrained=True).eval()
     tokenizer = create_tokenizer(cfg.clip)
-    crops = CaptionDataset(args.data, "val", cfg.image_size, region_fraction=1.0)
+    crops = CaptionDataset(args.data, args.split, cfg.image_size, region_fraction=1.0)
     crops.panoptic.augment = False
     names = crops.panoptic.class_names
-    held_out = np.array(crops.panoptic.held_out)
+    groups = crops.panoptic.groups
     with torch.no_grad():
         text = torch.nn.functional.normalize(clip.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
-        hits = {False: [], True: []}
+        hits = {}
         for index in range(min(args.limit, len(crops))):
             sample = crops.panoptic[index]
             rng = np.random.default_rng(index)
@@ -43,9 +44,9 @@ def main() -> None:
                 label = names.index(caption[len("a photo of a "):-1])
                 feature = clip.encode_image(normalize_images(image[None], cfg.image_mean, cfg.image_std))
                 predicted = int((torch.nn.functional.normalize(feature, dim=-1) @ text.T).argmax())
-                hits[bool(held_out[label])].append(predicted == label)
-    for key, title in ((False, "seen"), (True, "held-out")):
-        print(f"{title}: {100 * np.mean(hits[key]):.1f}% top-1 of {len(hits[key])} crops ({len(names)}-way)")
+                hits.setdefault(groups[label], []).append(predicted == label)
+    for group, hit in sorted(hits.items()):
+        print(f"{group}: {100 * np.mean(hit):.1f}% top-1 of {len(hit)} crops ({len(names)}-way)")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,15 @@ def test_make_data_writes_coco_panoptic_and_refuses_to_overwrite(tmp_path):
     assert again.returncode != 0
 
 
+def test_make_data_writes_the_broad_world_with_a_pretraining_split(tmp_path):
+    out = tmp_path / "broad"
+    result = run("make-data", "--out", str(out), "--world", "broad", "--pretrain", "2", "--train", "1", "--val", "1",
+                 "--image-size", "32")
+    assert result.returncode == 0, result.stderr
+    pretrain = json.loads((out / "annotations" / "panoptic_pretrain.json").read_text())
+    assert len(pretrain["images"]) == 2 and len(pretrain["categories"]) == 72
+
+
 def test_eval_prints_the_table_and_writes_json(synthetic_data, generator_checkpoint, tmp_path):
     out = tmp_path / "results.json"
     result = run("eval", "--engine", generator_checkpoint, "--data", synthetic_data, "--limit", "4", "--json", str(out))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fisa_rt.data.synthetic import HELD_OUT, categories, generate, rgb_to_ids
+from fisa_rt.data.synthetic import GROUPS, HELD_OUT, WORLDS, categories, generate, rgb_to_ids
 from fisa_rt.errors import InputError
 
 
@@ -57,3 +57,79 @@ def test_existing_split_is_not_overwritten(tmp_path):
     generate(str(tmp_path), "val", 1, seed=0, image_size=32)
     with pytest.raises(InputError, match="exists; pass --overwrite"):
         generate(str(tmp_path), "val", 1, seed=0, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def broad_data(tmp_path_factory):
+    """The broad world: 30 pre-training, 20 training and 24 validation scenes of 64 px."""
+    root = str(tmp_path_factory.mktemp("broad"))
+    for split, count in (("pretrain", 30), ("train", 20), ("val", 24)):
+        generate(root, split, count, seed=2, image_size=64, world="broad")
+    return root
+
+
+def _captions(root, split):
+    with open(os.path.join(root, "annotations", f"captions_{split}.json")) as f:
+        return [a["caption"] for a in json.load(f)["annotations"]]
+
+
+def _words(texts):
+    return {w.strip(".,") for t in texts for w in t.split()}
+
+
+def test_default_world_is_the_32_class_set():
+    cats = categories()
+    assert len(cats) == 32 and categories("default") == cats
+    assert {c.name for c in cats if c.held_out} == set(HELD_OUT)
+    assert {c.group for c in cats} == {"seen", "novel_composition"}
+
+
+@pytest.mark.parametrize("world", ["default", "broad"])
+def test_same_seed_writes_identical_files_in_every_world(tmp_path, world):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for root in (a, b):
+        generate(root, "val", 6, seed=5, image_size=48, world=world)
+    for sub in ("images/val", "panoptic/val", "annotations"):
+        names = os.listdir(os.path.join(a, sub))
+        match, mismatch, errors = filecmp.cmpfiles(os.path.join(a, sub), os.path.join(b, sub), names, shallow=False)
+        assert match and not mismatch and not errors
+    generate(str(tmp_path / "c"), "val", 6, seed=6, image_size=48, world=world)
+    assert _annotations(a, "val") != _annotations(str(tmp_path / "c"), "val")
+
+
+def test_pretraining_covers_every_concept_of_the_broad_world(broad_data):
+    world = WORLDS["broad"]
+    words = _words(_captions(broad_data, "pretrain"))
+    concepts = set(world.colours) | set(world.shapes) | set(world.patterns) | set(world.places)
+    assert concepts <= words, concepts - words
+    assert set(world.novel_words) < concepts and len(world.novel_words) == 8
+    assert {"small", "large"} & words  # attribute words beside the class names
+    groups = {c.id: c.group for c in categories("broad")}
+    pretrain = _annotations(broad_data, "pretrain")["annotations"]
+    shown = {groups[s["category_id"]] for a in pretrain for s in a["segments_info"]}
+    assert shown == {"seen", "novel_concept"}  # novel compositions stay novel to CLIP too
+
+
+def test_novel_concepts_never_reach_segmentation_training(broad_data):
+    novel = set(WORLDS["broad"].novel_words)
+    train = _annotations(broad_data, "train")
+    assert not novel & _words(c["name"] for c in train["categories"])
+    assert not novel & _words(_captions(broad_data, "train"))
+    groups = {c.id: c.group for c in categories("broad")}
+    assert {groups[s["category_id"]] for a in train["annotations"] for s in a["segments_info"]} == {"seen"}
+    assert not any(name in c for c in _captions(broad_data, "train") for name in HELD_OUT)
+
+
+def test_broad_validation_holds_every_group(broad_data):
+    val = _annotations(broad_data, "val")
+    groups = {c["id"]: c["group"] for c in val["categories"]}
+    assert {groups[s["category_id"]] for a in val["annotations"] for s in a["segments_info"]} == set(GROUPS)
+    for c in val["categories"]:
+        assert c["held_out"] == (c["group"] != "seen")
+    names = {c["name"] for c in val["categories"] if c["group"] == "novel_concept"}
+    assert "pink circle" in names and "red ring" in names and "zigzag wall" in names and "striped sky" in names
+
+
+def test_unknown_world_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="broad"):
+        generate(str(tmp_path), "val", 1, seed=0, world="wide")

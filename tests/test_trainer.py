@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fisa_rt import CheckpointError, ConfigError
+from fisa_rt.errors import InputError
 from fisa_rt.checkpoint import load_model, read_checkpoint_info
 from fisa_rt.train import trainer
 from fisa_rt.train.trainer import TrainConfig, batch_keys, train
@@ -109,3 +111,40 @@ def test_two_process_ddp_matches_one_process(synthetic_data, generator_checkpoin
     changed = sum(not torch.equal(a[n], base[n]) for n in a)
     assert changed > 0
     assert read_checkpoint_info(two).extra["steps"] == "3"
+
+
+def test_clip_stage_pretrains_on_the_split_it_is_given(tmp_path):
+    from fisa_rt.data.synthetic import generate
+
+    generate(str(tmp_path / "broad"), "pretrain", 4, seed=0, image_size=64, world="broad")
+    cfg = TrainConfig(stage="clip", data=str(tmp_path / "broad"), out=str(tmp_path / "clip.safetensors"), steps=1,
+                      batch_size=4, split="pretrain", region_captions=0.5, progress=False)
+    assert train(cfg).steps == 1 and os.path.exists(cfg.out)
+    with pytest.raises(InputError, match="panoptic_train.json"):  # the default split was never written
+        train(dataclasses.replace(cfg, split="train", overwrite=True))
+
+
+def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "curve.safetensors"
+    real_loss, calls = trainer._Stage.loss, {"n": 0}
+
+    def stop_during_step_3(self, keys):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, keys)
+
+    monkeypatch.setattr(trainer._Stage, "loss", stop_during_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_adapt(synthetic_data, generator_checkpoint, out, snapshots=(2,)))
+    snapshot = trainer.snapshot_path(str(out), 2)
+    assert snapshot == str(tmp_path / "curve.step2.safetensors")
+    assert read_checkpoint_info(snapshot).extra["steps"] == "2"
+    state, weights = load_file(str(out) + ".state.safetensors"), load_file(snapshot)
+    trained = [n[len("param/"):] for n in state if n.startswith("param/")]
+    assert trained
+    for name in trained:  # the training state saved after step 2 holds the same weights
+        torch.testing.assert_close(weights[name], state["param/" + name], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="snapshot"):
+        TrainConfig(stage="adapt", data=synthetic_data, init=generator_checkpoint, out=str(out), steps=4,
+                    snapshots=(4,))

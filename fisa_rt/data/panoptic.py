@@ -146,6 +146,9 @@ class PanopticDataset(torch.utils.data.Dataset):
         self.class_names = [c["name"] for c in self.categories]
         self.is_thing = [bool(c["isthing"]) for c in self.categories]
         self.held_out = [bool(c.get("held_out", False)) for c in self.categories]
+        # Evaluation group of each class (synthetic.GROUPS); without one, held-out means novel composition.
+        self.groups = [c.get("group", "novel_composition" if h else "seen")
+                       for c, h in zip(self.categories, self.held_out)]
         self.contiguous = {c["id"]: i for i, c in enumerate(self.categories)}
         images = {im["id"]: im for im in data["images"]}
         self.records = [(images[a["image_id"]], a) for a in data["annotations"]]

@@ -6,6 +6,14 @@ rotated, possibly occluding objects ("things", a colour and a shape). Class name
 image or caption, only in validation, so a model can only name them by composing words it learned
 elsewhere. That is the open-vocabulary transfer FISA is about, in miniature.
 
+Two worlds (:data:`WORLDS`). ``default`` is the 32-class set above. ``broad`` adds concepts that only
+pre-training sees — colours, shapes, patterns and places whose words are *novel concepts*: they appear in
+the ``pretrain`` split (CLIP's stage-1 captions and region crops) and in validation, never in a ``train``
+image, caption or class name (segmentation stages 2 and 3 read ``train``). Its validation scenes hold
+seen classes, novel compositions of seen words, and novel-concept classes, about a third each; its
+captions also carry size words ("a small red star"). This is where pre-trained knowledge exists to be
+lost by fine-tuning (issue 15).
+
 Why a global-pooled CLIP does not solve it: every scene holds several objects on two textured
 regions, colours are jittered and shaded, objects carry nuisance textures and occlude each other, so
 classifying a region needs features of that region, not of the whole image.
@@ -38,6 +46,15 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "star")
 PATTERNS = ("striped", "dotted", "checkered", "wavy")
 PLACES = {"wall": (175, 185, 200), "floor": (150, 110, 75)}  # base palettes
+# Concepts of the broad world that only pre-training and validation see (rendered like the others).
+NOVEL_COLOURS = {"pink": (240, 130, 190), "cyan": (40, 200, 210)}
+NOVEL_SHAPES = ("cross", "ring")
+NOVEL_PATTERNS = ("zigzag", "grid")
+NOVEL_PLACES = {"sky": (140, 180, 225), "grass": (95, 150, 70)}
+# Which band of the scene a place fills: the first above the horizon, the second below it.
+TOP_PLACES = ("wall", "sky")
+ALL_COLOURS = {**COLOURS, **NOVEL_COLOURS}
+ALL_PLACES = {**PLACES, **NOVEL_PLACES}
 
 # One held-out shape per colour, and two held-out stuff compositions: every held-out word is seen in
 # training inside other class names.
@@ -47,21 +64,67 @@ HELD_OUT = (
 )
 
 
+GROUPS = ("seen", "novel_composition", "novel_concept")
+
+
 @dataclass(frozen=True)
 class Category:
     id: int
     name: str
     isthing: bool
+    group: str = "seen"  # one of GROUPS
 
     @property
     def held_out(self) -> bool:
-        return self.name in HELD_OUT
+        return self.group != "seen"
 
 
-def categories() -> List[Category]:
-    """All classes, things first; ids start at 1 (0 is 'no segment' in panoptic PNGs)."""
-    names = [(f"{c} {s}", True) for c in COLOURS for s in SHAPES] + [(f"{p} {w}", False) for w in PLACES for p in PATTERNS]
-    return [Category(i + 1, n, t) for i, (n, t) in enumerate(names)]
+@dataclass(frozen=True)
+class World:
+    """The concepts a synthetic dataset is made of; class names compose them (colour shape, pattern place)."""
+
+    name: str
+    colours: Tuple[str, ...]
+    shapes: Tuple[str, ...]
+    patterns: Tuple[str, ...]
+    places: Tuple[str, ...]
+    held_out: Tuple[str, ...]  # novel compositions: class names of seen words kept out of training
+    novel_words: Tuple[str, ...] = ()  # novel concepts: words only pre-training and validation see
+
+    def group(self, name: str) -> str:
+        if set(name.split()) & set(self.novel_words):
+            return "novel_concept"
+        return "novel_composition" if name in self.held_out else "seen"
+
+    def categories(self) -> List[Category]:
+        """All classes, things first; ids start at 1 (0 is 'no segment' in panoptic PNGs)."""
+        names = [(f"{c} {s}", True) for c in self.colours for s in self.shapes]
+        names += [(f"{p} {w}", False) for w in self.places for p in self.patterns]
+        return [Category(i + 1, n, t, self.group(n)) for i, (n, t) in enumerate(names)]
+
+    @property
+    def seen_patterns(self) -> Tuple[str, ...]:
+        return tuple(p for p in self.patterns if p not in self.novel_words)
+
+
+WORLDS = {
+    "default": World("default", tuple(COLOURS), SHAPES, PATTERNS, tuple(PLACES), HELD_OUT),
+    "broad": World(
+        "broad", tuple(ALL_COLOURS), SHAPES + NOVEL_SHAPES, PATTERNS + NOVEL_PATTERNS, tuple(ALL_PLACES), HELD_OUT,
+        novel_words=tuple(NOVEL_COLOURS) + NOVEL_SHAPES + NOVEL_PATTERNS + tuple(NOVEL_PLACES),
+    ),
+}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        raise ValueError(f"unknown synthetic world {name!r}; choose one of {sorted(WORLDS)}")
+    return WORLDS[name]
+
+
+def categories(world: str = "default") -> List[Category]:
+    """The classes of a world (default: the 32-class set the embedded model knows)."""
+    return get_world(world).categories()
 
 
 def _pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -79,6 +142,14 @@ def _pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "wavy":
         amplitude, wavelength = rng.uniform(2, 5), rng.uniform(15, 30)
         return (np.sin(2 * math.pi * (y + amplitude * np.sin(2 * math.pi * x / wavelength)) / period) > 0).astype(np.float32)
+    if kind == "zigzag":  # chevrons: stripes whose phase follows a triangle wave across the image
+        tooth = rng.uniform(8, 16)
+        triangle = np.abs((x + rng.uniform(0, tooth)) % tooth - tooth / 2) * rng.uniform(0.8, 1.6)
+        return (((y + triangle) % period) < period / 2).astype(np.float32)
+    if kind == "grid":  # thin lines both ways
+        width = period * rng.uniform(0.2, 0.3)
+        columns, rows = (x + rng.uniform(0, period)) % period < width, (y + rng.uniform(0, period)) % period < width
+        return (columns | rows).astype(np.float32)
     raise ValueError(kind)
 
 
@@ -92,6 +163,12 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
     if shape == "triangle":
         return [(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+    if shape == "cross":  # a plus sign, arms a third of the span wide
+        arm = r / 3
+        outline = [(arm, r), (arm, arm), (r, arm), (r, -arm), (arm, -arm), (arm, -r)]
+        outline += [(-u, -v) for u, v in outline]
+        cos, sin = math.cos(angle), math.sin(angle)
+        return [(cx + u * cos - v * sin, cy + u * sin + v * cos) for u, v in outline]
     if shape == "star":
         points = []
         for k in range(10):
@@ -110,24 +187,34 @@ def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if shape == "circle":
         aspect = rng.uniform(0.8, 1.2)
         draw.ellipse([cx - r * aspect, cy - r / aspect, cx + r * aspect, cy + r / aspect], fill=1)
+    elif shape == "ring":  # the hole shows what lies behind, so it is not part of the segment
+        aspect, hole = rng.uniform(0.8, 1.2), rng.uniform(0.45, 0.6)
+        draw.ellipse([cx - r * aspect, cy - r / aspect, cx + r * aspect, cy + r / aspect], fill=1)
+        rx, ry = hole * r * aspect, hole * r / aspect
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=0)
     else:
         draw.polygon(_shape_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=1)
     return np.asarray(canvas, dtype=bool)
 
 
-def render_scene(size: int, things: List[Category], stuff: List[Category], rng: np.random.Generator):
-    """One scene. Returns (image uint8 (S, S, 3), segment-id map int32 (S, S), segments list)."""
+def render_scene(
+    size: int, things: List[Category], stuff: List[Category], rng: np.random.Generator,
+    nuisance: Tuple[str, ...] = PATTERNS,
+):
+    """One scene. ``nuisance``: the patterns an object may carry as a texture that names nothing (only
+    seen ones, so a novel pattern never shows in a training image). Returns (image uint8 (S, S, 3),
+    segment-id map int32 (S, S), segments list)."""
     image = np.zeros((size, size, 3), np.float32)
     ids = np.zeros((size, size), np.int32)
     segments: List[Dict] = []
     # Stuff: a wall above a floor, the horizon tilted and placed at random.
     y, x = np.mgrid[0:size, 0:size]
     horizon = rng.uniform(0.35, 0.65) * size + np.tan(rng.uniform(-0.3, 0.3)) * (x - size / 2)
-    for region, place in ((y < horizon, "wall"), (y >= horizon, "floor")):
-        options = [c for c in stuff if c.name.endswith(place)]
+    for region, top in ((y < horizon, True), (y >= horizon, False)):
+        options = [c for c in stuff if (c.name.split()[-1] in TOP_PLACES) == top]
         category = options[int(rng.integers(len(options)))]
-        pattern = category.name.split()[0]
-        base = _jitter(PLACES[place], rng, 20)
+        pattern, place = category.name.split()
+        base = _jitter(ALL_PLACES[place], rng, 20)
         tones = _pattern(pattern, size, rng)[..., None]
         image[region] = (base * (0.55 + 0.45 * tones))[region]
         segments.append({"id": len(segments) + 1, "category_id": category.id, "mask": region})
@@ -137,9 +224,9 @@ def render_scene(size: int, things: List[Category], stuff: List[Category], rng: 
         colour_name, shape = category.name.split()
         mask = _shape_mask(shape, size, rng)
         shading = 1.0 + 0.25 * ((x - rng.uniform(0, size)) * rng.uniform(-1, 1) + (y - rng.uniform(0, size)) * rng.uniform(-1, 1)) / size
-        fill = _jitter(COLOURS[colour_name], rng, 25) * shading[..., None]
+        fill = _jitter(ALL_COLOURS[colour_name], rng, 25) * shading[..., None]
         if rng.random() < 0.5:  # a nuisance texture that names nothing
-            fill = fill * (0.85 + 0.15 * _pattern(PATTERNS[int(rng.integers(len(PATTERNS)))], size, rng)[..., None])
+            fill = fill * (0.85 + 0.15 * _pattern(nuisance[int(rng.integers(len(nuisance)))], size, rng)[..., None])
         image[mask] = fill[mask]
         for segment in segments:
             segment["mask"] = segment["mask"] & ~mask
@@ -158,11 +245,20 @@ def render_scene(size: int, things: List[Category], stuff: List[Category], rng: 
     return np.asarray(picture), ids, kept
 
 
-def caption(segments: List[Dict], names: Dict[int, str], rng: np.random.Generator) -> str:
-    things = [names[s["category_id"]] for s in segments if not names[s["category_id"]].endswith(tuple(PLACES))]
-    stuff = [names[s["category_id"]] for s in segments if names[s["category_id"]].endswith(tuple(PLACES))]
+def _size_word(area: int, image_area: int) -> str:
+    """An attribute word from a thing's visible area: what a caption writer would say about its size."""
+    fraction = area / image_area
+    return "small " if fraction < 0.03 else "large " if fraction > 0.09 else ""
+
+
+def caption(segments: List[Dict], names: Dict[int, str], rng: np.random.Generator, image_area: int = 0) -> str:
+    """A scene caption; with ``image_area`` > 0 each object also gets a size word."""
+    is_stuff = [names[s["category_id"]].split()[-1] in ALL_PLACES for s in segments]
+    things = [s for s, st in zip(segments, is_stuff) if not st]
+    stuff = [names[s["category_id"]] for s, st in zip(segments, is_stuff) if st]
     order = rng.permutation(len(things))
-    objects = " and ".join(f"a {things[i]}" for i in order) or "nothing"
+    words = [(_size_word(t["area"], image_area) if image_area else "") + names[t["category_id"]] for t in things]
+    objects = " and ".join(f"a {words[i]}" for i in order) or "nothing"
     places = " above a ".join(stuff) if stuff else "an empty scene"
     template = ["a photo of {o} in front of a {p}.", "{o}, with a {p}.", "there is {o} on a {p}."][int(rng.integers(3))]
     return template.format(o=objects, p=places)
@@ -182,11 +278,37 @@ def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
-def generate(root: str, split: str, num_images: int, seed: int, image_size: int = 128, overwrite: bool = False) -> str:
-    """Write ``num_images`` scenes of ``split`` ("train" uses only seen classes; any other split uses all,
-    with held-out classes in about half the scenes). Returns the panoptic JSON path."""
+def _scene_classes(cats: List[Category], split: str, world: World, rng: np.random.Generator) -> Tuple[List, List]:
+    """(things, stuff) a scene of ``split`` draws from. ``train``: seen classes. ``pretrain``: every class
+    but the novel compositions (those stay novel everywhere but validation). Other splits: one group per
+    scene, chosen uniformly (default world: seen or novel composition)."""
+    def of(groups):
+        chosen = [c for c in cats if c.group in groups]
+        return [c for c in chosen if c.isthing], [c for c in chosen if not c.isthing]
+
+    if split == "train":
+        return of({"seen"})
+    if split == "pretrain":
+        return of({"seen", "novel_concept"})
+    groups = GROUPS if world.novel_words else GROUPS[:2]
+    group = groups[int(rng.random() * len(groups))]
+    if group == "seen":
+        return of({"seen"})
+    if group == "novel_composition":
+        return of({"novel_composition"})[0], of({"seen", "novel_composition"})[1]
+    return of({"novel_concept"})
+
+
+def generate(
+    root: str, split: str, num_images: int, seed: int, image_size: int = 128, overwrite: bool = False,
+    world: str = "default",
+) -> str:
+    """Write ``num_images`` scenes of ``split`` of a :data:`WORLDS` world: "train" uses only seen classes
+    (and its JSON names only classes without a novel concept); "pretrain" every class but the novel
+    compositions; any other split every group (see :func:`_scene_classes`). Returns the panoptic JSON path."""
     if num_images < 0 or image_size < 16:
         raise InputError(f"need num_images >= 0 and image_size >= 16; got {num_images} and {image_size}")
+    spec = get_world(world)
     json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
     refuse_overwrite(json_path, overwrite)
     try:
@@ -197,27 +319,27 @@ def generate(root: str, split: str, num_images: int, seed: int, image_size: int 
         os.remove(probe)
     except OSError as exc:
         raise InputError(f"cannot write the dataset under {root}: {exc.strerror or exc}") from None
-    cats = categories()
+    cats = spec.categories()
     names = {c.id: c.name for c in cats}
-    seen_things = [c for c in cats if c.isthing and not c.held_out]
-    seen_stuff = [c for c in cats if not c.isthing and not c.held_out]
     images, annotations, captions = [], [], []
     for index in range(num_images):
         # One generator per image keyed by (seed, split, index): any image can be regenerated alone.
         rng = np.random.default_rng([seed, sum(map(ord, split)), index])
-        if split == "train" or rng.random() < 0.5:
-            things, stuff = seen_things, seen_stuff
-        else:
-            things = [c for c in cats if c.isthing and c.held_out]
-            stuff = [c for c in cats if not c.isthing]
-        picture, ids, segments = render_scene(image_size, things, stuff, rng)
+        things, stuff = _scene_classes(cats, split, spec, rng)
+        picture, ids, segments = render_scene(image_size, things, stuff, rng, spec.seen_patterns)
         name = f"{split}_{index:06d}.png"
         save_image(Image.fromarray(picture), os.path.join(root, "images", split, name))
         save_image(Image.fromarray(ids_to_rgb(ids)), os.path.join(root, "panoptic", split, name))
         images.append({"id": index, "file_name": name, "width": image_size, "height": image_size})
         annotations.append({"image_id": index, "file_name": name, "segments_info": segments})
-        captions.append({"image_id": index, "caption": caption(segments, names, rng)})
-    categories_json = [{"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out} for c in cats]
+        size_words = image_size * image_size if spec.novel_words else 0
+        captions.append({"image_id": index, "caption": caption(segments, names, rng, size_words)})
+    # A training split does not even name the novel concepts.
+    listed = [c for c in cats if not (split == "train" and c.group == "novel_concept")]
+    categories_json = [
+        {"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out, "group": c.group}
+        for c in listed
+    ]
     write_json(os.path.join(root, "annotations", f"captions_{split}.json"), {"images": images, "annotations": captions})
     # the panoptic JSON last: it is what marks the split as written (and what --overwrite checks)
     write_json(json_path, {"images": images, "annotations": annotations, "categories": categories_json})

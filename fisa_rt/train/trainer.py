@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ TRAINABLE_PRESETS = ("simo", "frozen", "full")
 @dataclass
 class TrainConfig:
     stage: str
-    data: str  # dataset root (COCO-panoptic layout; captions_train.json for the clip stage)
+    data: str  # dataset root (COCO-panoptic layout; captions_SPLIT.json for the clip stage)
     out: str  # output file: CLIP weights (clip stage) or a FISA checkpoint
     # model config name; None = fisa-tiny, or for adapt the --init checkpoint's own config
     model: Optional[str] = None
@@ -60,6 +60,10 @@ class TrainConfig:
     warmup: int = 50
     seed: int = 0
     region_captions: float = 0.0  # clip stage: fraction of pairs that are a segment crop + its class prompt
+    split: str = "train"  # the split trained on ("pretrain" for the clip stage of the broad synthetic world)
+    # Steps after which the weights are also written to snapshot_path(out, step): one run gives the curve
+    # of accuracy against adaptation length, all points on the schedule of the full run.
+    snapshots: Tuple[int, ...] = ()
     save_every: int = 200
     amp: bool = True  # bf16 autocast, on CUDA only
     overwrite: bool = False
@@ -70,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"stage must be one of {STAGES}; got {self.stage!r}")
         if self.trainable not in TRAINABLE_PRESETS:
             raise ConfigError(f"trainable must be one of {TRAINABLE_PRESETS}; got {self.trainable!r}")
+        if any(not 0 < s < self.steps for s in self.snapshots):
+            raise ConfigError(f"snapshot steps must lie between 0 and --steps {self.steps}; got {list(self.snapshots)}")
         if self.stage != "clip" and self.init is None:
             raise ConfigError(f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)")
 
@@ -152,7 +158,9 @@ class _Stage:
         if cfg.stage == "clip":
             self.model = create_clip(model_cfg.clip, load_pretrained=False)
             self.tokenizer = create_tokenizer(model_cfg.clip)
-            self.data = CaptionDataset(cfg.data, "train", model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions)
+            self.data = CaptionDataset(
+                cfg.data, cfg.split, model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions
+            )
             from open_clip.loss import ClipLoss
 
             self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=env.rank, world_size=env.world)
@@ -171,7 +179,7 @@ class _Stage:
                 "full": ["backbone.visual", "classifier"],
             }[cfg.trainable]
         self.report = select_trainable(self.model, prefixes)
-        self.data = PanopticDataset(cfg.data, "train", self.model.cfg.image_size, augment=True, seed=cfg.seed)
+        self.data = PanopticDataset(cfg.data, cfg.split, self.model.cfg.image_size, augment=True, seed=cfg.seed)
         seen = [i for i, h in enumerate(self.data.held_out) if not h]
         # Training sees only the seen classes: held-out names must not even be negatives.
         self.vocabulary = [self.data.class_names[i] for i in seen]
@@ -213,7 +221,7 @@ class _Stage:
         targets = resize_targets(batch.masks, out.mask_logits.shape[-2:])
         return set_loss(out.class_logits, out.mask_logits, labels, targets, self.weights)
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, step: Optional[int] = None) -> None:
         if self.cfg.stage == "clip":
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             with atomic_path(path) as tmp:
@@ -221,8 +229,14 @@ class _Stage:
         else:
             save_checkpoint(
                 path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
-                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(self.cfg.steps)},
+                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(step or self.cfg.steps)},
             )
+
+
+def snapshot_path(out: str, step: int) -> str:
+    """runs/fisa.safetensors, 100 -> runs/fisa.step100.safetensors"""
+    root, ext = os.path.splitext(out)
+    return f"{root}.step{step}{ext}"
 
 
 def _state_path(out: str) -> str:
@@ -285,6 +299,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     state_path = _state_path(cfg.out)
     if os.path.exists(cfg.out) and not os.path.exists(state_path) and not cfg.overwrite:
         raise CheckpointError(f"{cfg.out} exists; pass --overwrite to train over it")
+    if env.main:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     torch.manual_seed(cfg.seed)
     stage = _Stage(cfg, env)
     stage.to(env.device)
@@ -325,6 +341,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if progress is not None:
             progress.update(1)
             progress.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
+        if env.main and step + 1 in cfg.snapshots:
+            stage.save(snapshot_path(cfg.out, step + 1), step + 1)
         if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
             _save_state(state_path, step + 1, params, optimizer, losses)
         env.barrier()
@@ -332,7 +350,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress.close()
     elapsed = time.time() - began
     if env.main:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         stage.save(cfg.out)
         if os.path.exists(state_path):
             os.remove(state_path)
