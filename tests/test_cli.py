@@ -81,6 +81,20 @@ def test_eval_of_a_split_without_images_is_an_error_not_zero(synthetic_data, gen
     assert result.returncode == 2 and "no images to evaluate" in result.stderr and "PQ" not in result.stdout
 
 
+def test_eval_refuses_ground_truth_whose_png_and_json_disagree(synthetic_data, generator_checkpoint, tmp_path):
+    import shutil
+
+    data = str(tmp_path / "data")
+    shutil.copytree(synthetic_data, data)
+    path = pathlib.Path(data) / "annotations" / "panoptic_val.json"
+    annotations = json.loads(path.read_text())
+    dropped = annotations["annotations"][0]["segments_info"].pop()
+    path.write_text(json.dumps(annotations))
+    result = run("eval", "--engine", generator_checkpoint, "--data", data, "--limit", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"segment ids [{dropped['id']}] are in the PNG but not in the JSON" in result.stderr
+
+
 def test_demo_writes_overlays_of_the_bundled_scenes(tmp_path):
     out = tmp_path / "demo"
     result = run("demo", "--out", str(out))
