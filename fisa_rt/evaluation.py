@@ -142,8 +142,8 @@ def report(
     pq: PanopticQuality, miou: SemanticIoU, is_thing: Sequence[bool], held_out: Sequence[bool],
     class_groups: Optional[Sequence[str]] = None,
 ) -> Dict[str, Dict[str, float]]:
-    """Scores per group of classes; ``class_groups`` (one name per class, e.g. "novel_concept") adds a row
-    for each held-out group that has classes, beside "held_out" (all of them)."""
+    """Scores per group of classes; where ``class_groups`` (one name per class, e.g. "novel_concept") splits
+    the held-out classes into several groups, a row for each, beside "held_out" (all of them)."""
     everything = range(len(is_thing))
     groups = {
         "all": list(everything),
@@ -152,7 +152,8 @@ def report(
         "seen": [c for c in everything if not held_out[c]],
         "held_out": [c for c in everything if held_out[c]],
     }
-    for name in dict.fromkeys(g for g, h in zip(class_groups or [], held_out) if h):
+    held_out_groups = list(dict.fromkeys(g for g, h in zip(class_groups or [], held_out) if h))
+    for name in held_out_groups if len(held_out_groups) > 1 else []:
         groups[name] = [c for c in everything if held_out[c] and class_groups[c] == name]
     return {name: {**pq.summary(classes), "miou": miou.miou(classes)} for name, classes in groups.items()}
 

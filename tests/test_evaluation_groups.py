@@ -24,9 +24,11 @@ def test_each_held_out_group_is_scored_on_its_own_classes():
     assert "novel_concept" in format_report(result)
 
 
-def test_without_groups_the_report_is_unchanged():
+def test_one_held_out_group_adds_no_rows():
     pq, iou = PanopticQuality(2), SemanticIoU(2)
-    assert list(report(pq, iou, [True, False], [False, True])) == ["all", "things", "stuff", "seen", "held_out"]
+    plain = ["all", "things", "stuff", "seen", "held_out"]
+    assert list(report(pq, iou, [True, False], [False, True])) == plain
+    assert list(report(pq, iou, [True, False], [False, True], ["seen", "novel_composition"])) == plain
 
 
 def test_dataset_groups_fall_back_to_held_out_flags(synthetic_data):
