@@ -34,17 +34,10 @@ ARCHES = (87, 90)
 # Kernels bound by memory traffic: their main loop must load with vector instructions or cp.async.
 MEMORY_BOUND = {
     "adapter_attention_fwd", "mask_attention_sparse_fwd", "mask_attention_combine", "mask_pool_fwd", "mask_pool_bwd",
-    "cosine_logits", "adapter_attention_plugin", "mask_average_logits_plugin",
+    "cosine_logits", "adapter_attention_plugin", "mask_pool_plugin",
 }
 # Backward kernels that must not use atomics (deterministic gradients).
 DETERMINISTIC = {"adapter_attention_bwd", "adapter_attention_bwd_kv"}
-# The TensorRT plugin kernels at fisa-vit-b16 / 640 px: export.plugins launch function -> its arguments
-# (the arch is appended); shapes as the engine fixes them (batch 1, 100 masks, 40 x 40 tokens, COCO).
-PLUGIN_LAUNCHES = {
-    "adapter_attention_launch": ((1, 12, 1600, 64), (1, 12, 133, 64), "fp16"),
-    "mask_attention_launch": ((1, 12, 100, 64), (1, 12, 1600, 64), (1, 100, 160, 160), (40, 40), 0.0, "fp16"),
-    "mask_average_logits_launch": ((1, 100, 160, 160), (1, 768, 40, 40), (133, 768), 50.0, False, 0.0, "fp16"),
-}
 
 
 @dataclass
@@ -128,12 +121,13 @@ def run_gate(kernels: Optional[List[str]] = None, arches=ARCHES) -> List[GateRec
 
 
 def _plugin_records(arch: int) -> List[GateRecord]:
+    """The TensorRT plugin kernels as the engine build compiles them (export.plugins.example_launches: ViT-B/16
+    at 640 px and FC-CLIP's ConvNeXt-L head), with the pointer alignment their launchers check."""
     from fisa_rt.export import plugins
 
     records = []
-    for name, args in PLUGIN_LAUNCHES.items():
-        launch = getattr(plugins, name)(*args, arch)
-        compiled = launch.kernel
+    for launch in plugins.example_launches(arch).values():
+        compiled = launch.compile()
         config = {**compiled.constants, "_num_warps": compiled.num_warps}
         records.append(check(compiled.kernel, arch, config, compiled.ptx, compiled.shared_bytes))
     return records

@@ -38,7 +38,6 @@ _ORIN: Dict[str, List[triton.Config]] = {
     "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
     "mask_pool_fwd": [_cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128)],
     "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
-    "mask_average_logits_plugin": [_cfg(4, 2, BLOCK_Q=32, BLOCK_K=64)],
     "cosine_logits": [_cfg(4, 3, BLOCK_M=64, BLOCK_K=64)],
 }
 _HOPPER: Dict[str, List[triton.Config]] = {
@@ -70,8 +69,6 @@ _HOPPER: Dict[str, List[triton.Config]] = {
     ],
     # Feature gradient: channel blocks x cell blocks, looping over masks (fp32 products: 8 warps, or it spills).
     "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
-    # TensorRT plugin: mask blocks x class blocks.
-    "mask_average_logits_plugin": [_cfg(4, 2, BLOCK_Q=64, BLOCK_K=64), _cfg(4, 2, BLOCK_Q=64, BLOCK_K=128)],
     # Pooled rows x class blocks, looping over channels.
     "cosine_logits": [
         _cfg(4, 3, BLOCK_M=64, BLOCK_K=64), _cfg(8, 3, BLOCK_M=64, BLOCK_K=128),
@@ -94,14 +91,12 @@ INTERPRETER: Dict[str, Dict[str, int]] = {
     "mask_pool_fwd": {"BLOCK_Q": 64, "BLOCK_C": 32},
     "mask_pool_bwd": {"BLOCK_C": 32, "BLOCK_HW": 256},
     "cosine_logits": {"BLOCK_M": 16, "BLOCK_K": 16},
-    "mask_average_logits_plugin": {"BLOCK_Q": 16, "BLOCK_K": 16},
 }
 # Inner-loop block sizes that are not tuned (set for every config of the kernel).
 FIXED: Dict[str, Dict[str, int]] = {
     "mask_pool_fwd": {"BLOCK_HW": 64},
     "mask_pool_bwd": {"BLOCK_Q": 32},
     "cosine_logits": {"BLOCK_C": 32},
-    "mask_average_logits_plugin": {"BLOCK_C": 32, "BLOCK_HW": 32},
 }
 
 

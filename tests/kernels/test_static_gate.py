@@ -47,7 +47,6 @@ def test_plugin_kernels_fit_and_do_not_spill(records):
     assert not [r for r in plugins if r["spill_bytes"] or r["shared_bytes"] > SHARED_LIMIT[r["arch"]]]
 
 
-@pytest.mark.xfail(strict=True, reason="the plugin kernels get divisibility hints with issue 11; drop this mark then")
 def test_plugin_kernels_load_with_vector_instructions(records):
     assert not _failures(r for r in records if r["kernel"].endswith("_plugin"))
 
