@@ -74,4 +74,9 @@ def run_reporting_errors(job, debug: bool, prog: str) -> int:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:  # Ctrl-C: files are written atomically, so there is nothing half-done to report
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -286,3 +286,50 @@ def test_results_stay_inside_their_folder_and_legends_stay_narrow(tmp_path):
             result.save(str(tmp_path / "out"), stem)
     assert not (tmp_path / "escape_overlay.png").exists()
     assert result.overlay().width < 128 + 400  # 40 characters at most, not 50,000 pixels of legend
+
+
+def test_ctrl_c_during_infer_leaves_only_whole_files(tmp_path):
+    """SIGINT while a folder is being written: exit 130 with one line, and every file there is whole."""
+    import signal
+    import subprocess
+    import time
+
+    from helpers import EXE
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        shutil.copy(sample_images()[i % 4], folder / f"s{i:02d}.png")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            str(EXE),
+            "infer",
+            "--engine",
+            CHECKPOINT,
+            "--input",
+            str(folder),
+            "--classes",
+            "red star, wavy wall",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-cache",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not (out.is_dir() and any(f.endswith("_panoptic.png") for f in os.listdir(out))) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    if process.returncode != 0:  # not finished before the signal arrived
+        assert process.returncode == 130 and stderr.strip().splitlines() == ["fisa-rt: interrupted"], stderr
+    for name in os.listdir(out):
+        assert not name.startswith("."), name  # no temporary file left
+        if name.endswith(".png"):
+            Image.open(out / name).load()
+        else:
+            json.loads((out / name).read_text())

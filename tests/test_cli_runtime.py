@@ -128,7 +128,7 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     one_line_error(run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out), "exists", "--overwrite")
     assert run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out, "--overwrite").returncode == 0
     wrong = tmp_path / "wrong.npz"
-    np.savez(wrong, embeddings=np.zeros((2, 32), np.float32), names=np.array(["a", "b"]), is_thing=np.array([True, True]), text_encoder=np.array("x"))
+    np.savez(wrong, embeddings=np.ones((2, 32), np.float32), names=np.array(["a", "b"]), is_thing=np.array([True, True]), text_encoder=np.array("x"))
     one_line_error(run("infer", "--engine", engine, "--embeddings", wrong, "--out", tmp_path / "o"), "another text encoder")
 
 
