@@ -5,11 +5,19 @@
 #      (benchmarks/test_kernels.py, timed with triton.testing.do_bench),
 #   3. this card's peaks (copy-kernel bandwidth, fp16 GEMM) and fisa-vit-b16 at 640 px end to end,
 #   4. benchmarks/results/<date>-<gpu>.md with the device, driver and versions. Commit that file.
-# Usage: scripts/gpu-check.sh            (run from anywhere; FISA_GPU_CHECK_WORK=<dir> keeps the raw files)
+# Usage: scripts/gpu-check.sh            (run from anywhere; FISA_GPU_CHECK_WORK=<dir> keeps the raw files;
+#        FISA_PYTHON=<interpreter> if fisa-rt is not installed in the `python` on PATH)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${FISA_PYTHON:-}" ]; then python() { "$FISA_PYTHON" "$@"; }; fi
 python - <<'PY' || exit 2
-import sys, torch
+import sys
+try:
+    import torch
+except ImportError:
+    print(f"gpu-check: {sys.executable} has no torch: activate the venv fisa-rt is installed in, or set FISA_PYTHON",
+          file=sys.stderr)
+    sys.exit(2)
 if not torch.cuda.is_available():
     print("gpu-check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a GPU machine", file=sys.stderr)
     sys.exit(2)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -75,5 +76,6 @@ def test_gpu_measurements_refuse_clearly_without_a_gpu(tmp_path, capsys):
             measure()
     assert gpu_report.main(["peaks", "--json", str(tmp_path / "p.json")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu-check.sh")], capture_output=True, text=True)
+    script = os.path.join(ROOT, "scripts", "gpu-check.sh")
+    result = subprocess.run(["bash", script], capture_output=True, text=True, env={**os.environ, "FISA_PYTHON": sys.executable})
     assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr and "Traceback" not in result.stderr
