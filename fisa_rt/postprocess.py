@@ -10,6 +10,7 @@ An image larger than the model's input is merged at the model's resolution and i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -99,6 +100,28 @@ def _row_tiles(height: int, width: int, depth: int) -> List[slice]:
     return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
 
 
+# Multiply-adds Q x K x pixels below which CPU post-processing runs on one thread: such an op takes a
+# few ms on one core, a second thread saves at most half of that, and costs a scheduler slice (several ms)
+# whenever the other core is busy (e.g. 152 vs 19 ms for 1920 x 1080, Q = 100, K = 133 on a loaded
+# 2-core machine; docs/design.md, "Post-processing memory").
+SINGLE_THREAD_WORK = 1 << 28
+
+
+@contextlib.contextmanager
+def cpu_threads_for(work: int, device: torch.device):
+    """Run the block on one torch thread when ``work`` (multiply-adds) is below ``SINGLE_THREAD_WORK`` on
+    CPU, then restore the thread count; elsewhere change nothing."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or work >= SINGLE_THREAD_WORK or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def working_size(content: Tuple[int, int], original: Tuple[int, int]) -> Tuple[int, int]:
     """Where post-processing runs: the ``original`` size when the image is no larger than the model's
     input (``content``, the resized image on the canvas), else the model's input size; the model saw no
@@ -167,7 +190,7 @@ def panoptic_inference(
     own_area = torch.zeros(scores.shape[0], dtype=torch.int64, device=mask_logits.device)
     for rows in _row_tiles(H, W, scores.shape[0]):
         masks = mask_logits[:, rows][keep].sigmoid()
-        owner = (scores[:, None, None] * masks).argmax(0)
+        owner = (scores[:, None, None] * masks).flatten(1).T.contiguous().argmax(1).view(masks.shape[1:])  # see above
         inside = masks.gather(0, owner[None])[0] >= 0.5
         owned[rows] = torch.where(inside, owner, -1)
         own_area += (masks >= 0.5).sum((1, 2))
