@@ -10,9 +10,11 @@ An image larger than the model's input is merged at the model's resolution and i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -64,10 +66,29 @@ def restore_mask_logits(
 ) -> torch.Tensor:
     """(Q, h, w) logits predicted on a padded ``canvas`` whose top-left ``content`` (h, w) holds the
     resized image -> (Q, H, W) logits at the ``original`` image size."""
-    logits = resize_mask_logits(mask_logits, canvas)[:, : content[0], : content[1]]
+    logits = _upsample_content(mask_logits, canvas, content)
     if tuple(original) == tuple(content):  # bilinear to the same size is the identity: skip the copy
         return logits
     return resize_mask_logits(logits, original)
+
+
+def _upsample_content(mask_logits: torch.Tensor, canvas: Tuple[int, int], content: Tuple[int, int]) -> torch.Tensor:
+    """``resize_mask_logits(mask_logits, canvas)[:, :content[0], :content[1]]``, bit for bit, without
+    interpolating the padding: when the canvas is an integer multiple f of the mask side, output pixel y
+    reads source rows floor((y + 0.5) / f - 0.5) and the next, so the content needs the first
+    ceil(content / f) + 1 source rows only, interpolated with the same scale 1 / f."""
+    h, w = mask_logits.shape[-2:]
+    fy, fx = canvas[0] // h, canvas[1] // w
+    same_scale = all(  # the kernel's 1 / f from scale_factor equals its h / canvas from a size
+        fy * h == canvas[0] and fx * w == canvas[1] and np.float32(1.0 / f) == np.float32(n) / np.float32(c)
+        for f, n, c in ((fy, h, canvas[0]), (fx, w, canvas[1]))
+    )
+    if not same_scale:
+        return resize_mask_logits(mask_logits, canvas)[:, : content[0], : content[1]]
+    rows, cols = min(h, -(-content[0] // fy) + 1), min(w, -(-content[1] // fx) + 1)
+    flat = mask_logits[:, None, :rows, :cols]
+    up = F.interpolate(flat, scale_factor=(float(fy), float(fx)), mode="bilinear", align_corners=False)
+    return up[:, 0, : content[0], : content[1]]
 
 
 # Float32 bytes of the largest per-tile intermediate ((Q or K) x rows x W).
@@ -77,6 +98,28 @@ TILE_BYTES = 32 << 20
 def _row_tiles(height: int, width: int, depth: int) -> List[slice]:
     rows = max(1, TILE_BYTES // (4 * max(depth, 1) * max(width, 1)))
     return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+# Multiply-adds Q x K x pixels below which CPU post-processing runs on one thread: such an op takes a
+# few ms on one core, a second thread saves at most half of that, and costs a scheduler slice (several ms)
+# whenever the other core is busy (e.g. 152 vs 19 ms for 1920 x 1080, Q = 100, K = 133 on a loaded
+# 2-core machine; docs/design.md, "Post-processing memory").
+SINGLE_THREAD_WORK = 1 << 28
+
+
+@contextlib.contextmanager
+def cpu_threads_for(work: int, device: torch.device):
+    """Run the block on one torch thread when ``work`` (multiply-adds) is below ``SINGLE_THREAD_WORK`` on
+    CPU, then restore the thread count; elsewhere change nothing."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or work >= SINGLE_THREAD_WORK or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def working_size(content: Tuple[int, int], original: Tuple[int, int]) -> Tuple[int, int]:
@@ -118,7 +161,9 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     confidence = torch.empty((H, W), dtype=probs.dtype, device=mask_logits.device)
     for rows in _row_tiles(H, W, max(probs.shape)):
         scores = torch.einsum("qk,qhw->khw", probs, mask_logits[:, rows].sigmoid())
-        torch.max(scores, 0, out=(confidence[rows], label_map[rows]))
+        # A reduction over the outer dimension with indices is slow on CPU (4 ms for 133 x 9216); over a
+        # contiguous inner one it is not, and the transposed copy costs less than the difference.
+        torch.max(scores.flatten(1).T.contiguous(), 1, out=(confidence[rows].view(-1), label_map[rows].view(-1)))
     return SemanticResult(label_map=label_map, confidence=confidence)
 
 
@@ -145,7 +190,7 @@ def panoptic_inference(
     own_area = torch.zeros(scores.shape[0], dtype=torch.int64, device=mask_logits.device)
     for rows in _row_tiles(H, W, scores.shape[0]):
         masks = mask_logits[:, rows][keep].sigmoid()
-        owner = (scores[:, None, None] * masks).argmax(0)
+        owner = (scores[:, None, None] * masks).flatten(1).T.contiguous().argmax(1).view(masks.shape[1:])  # see above
         inside = masks.gather(0, owner[None])[0] >= 0.5
         owned[rows] = torch.where(inside, owner, -1)
         own_area += (masks >= 0.5).sum((1, 2))

@@ -246,3 +246,34 @@ def test_post_processing_memory_does_not_grow_with_proposals_or_classes_times_pi
         result = segmenter._postprocess(picture, class_logits, mask_logits, content, "panoptic")
     assert result.panoptic.segment_map.shape == size and len(result.panoptic.segments) >= 2
     assert LargestTensor.numel <= size[0] * size[1]
+
+
+@pytest.mark.parametrize("side, canvas", [(32, 128), (40, 160), (7, 21), (25, 128), (33, 128)])
+@pytest.mark.parametrize("fraction", [(1, 1), (9, 16), (16, 9), (1, 128), (128, 1)])
+def test_restore_interpolates_the_content_only_with_the_same_values(side, canvas, fraction):
+    """Upsampling only the source rows/columns the content reads gives the bits of upsampling the whole
+    canvas and cropping (integer ratios 4, 4, 3; non-integer 128 / 25 and 128 / 33 take the whole canvas)."""
+    from fisa_rt.postprocess import restore_mask_logits
+
+    logits = torch.randn(3, side, side, generator=torch.Generator().manual_seed(side))
+    content = (max(1, canvas * fraction[0] // max(fraction)), max(1, canvas * fraction[1] // max(fraction)))
+    whole = resize_mask_logits(logits, (canvas, canvas))[:, : content[0], : content[1]]
+    assert torch.equal(restore_mask_logits(logits, (canvas, canvas), content, content), whole)
+
+
+def test_small_cpu_merges_run_on_one_thread_and_restore_the_count():
+    from fisa_rt.postprocess import SINGLE_THREAD_WORK, cpu_threads_for
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with cpu_threads_for(SINGLE_THREAD_WORK - 1, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with cpu_threads_for(SINGLE_THREAD_WORK, torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), cpu_threads_for(1, torch.device("cpu")):
+            raise RuntimeError("an error inside still restores the count")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

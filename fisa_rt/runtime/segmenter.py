@@ -26,6 +26,7 @@ from PIL import Image
 from ..config import PostprocessConfig
 from ..errors import InputError
 from ..postprocess import (
+    cpu_threads_for,
     instance_inference,
     panoptic_inference,
     resize_labels,
@@ -163,10 +164,16 @@ class Segmenter:
     def _postprocess(self, picture, class_logits, mask_logits, content, task) -> SegmentationResult:
         """``mask_logits`` (Q, h, w) as the model predicted them on its canvas, whose top-left ``content``
         holds the resized picture; merged at the working size, label maps returned at the picture's."""
+        work = working_size(content, picture.shape[:2])
+        multiply_adds = class_logits.numel() * work[0] * work[1]  # the semantic (Q, K) x (Q, pixels) product
+        with cpu_threads_for(multiply_adds, mask_logits.device):
+            return self._merge(picture, class_logits, mask_logits, content, work, task)
+
+    def _merge(self, picture, class_logits, mask_logits, content, work, task) -> SegmentationResult:
         names, things = self.vocabulary.names, self.vocabulary.is_thing
         size = picture.shape[:2]
         S = self.backend.image_size
-        logits = restore_mask_logits(mask_logits.float(), (S, S), content, working_size(content, size))
+        logits = restore_mask_logits(mask_logits.float(), (S, S), content, work)
         semantic = resize_labels(semantic_inference(class_logits, logits).label_map, size).cpu().numpy()
         panoptic = instances = None
         if task == "panoptic":
