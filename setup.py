@@ -23,7 +23,7 @@ setup(
         "timm>=1.0",
         "safetensors>=0.4",
         "numpy",
-        "pillow",
+        "pillow>=9.4",  # ImageOps.exif_transpose(in_place=True)
         "scipy",  # Hungarian matching in training
         "tqdm",
         "onnx>=1.16",
