@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import ResizeConfig
 from ..errors import InputError
+from ..preprocess import resized_shape
 from .synthetic import rgb_to_ids
 
 
@@ -137,8 +139,11 @@ class PanopticDataset(torch.utils.data.Dataset):
         augment: bool,
         seed: int = 0,
         scale_range: Tuple[float, float] = (0.6, 1.6),
+        resize: Optional[ResizeConfig] = None,
     ):
-        self.root, self.split = root, split
+        """``resize``: the model's inference rule, applied when not augmenting (evaluation); training
+        jitters around the longest-edge rule."""
+        self.root, self.split, self.resize = root, split, resize
         self.image_size, self.augment, self.seed, self.scale_range = image_size, augment, seed, scale_range
         self.json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
         data = load_panoptic_json(self.json_path)
@@ -173,10 +178,11 @@ class PanopticDataset(torch.utils.data.Dataset):
         image, ids, ann = self.read(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         S = self.image_size
-        scale = S / max(image.shape[:2])
         if self.augment:
-            scale *= rng.uniform(*self.scale_range)
-        h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+            scale = S / max(image.shape[:2]) * rng.uniform(*self.scale_range)
+            h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+        else:
+            h, w = resized_shape(*image.shape[:2], S, self.resize)
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((w, h), Image.NEAREST))
         top = int(rng.integers(0, h - S + 1)) if self.augment and h > S else 0

@@ -5,7 +5,8 @@
     result = seg.segment("scene.png")                   # path, PIL.Image or (H, W, 3) uint8 RGB
     result.overlay().save("overlay.png"); result.save("out/", "scene")
 
-Pre-processing (resize the longer side to the engine's size, pad to its square canvas) and
+Pre-processing (resize by the model config's rule — by default the longer side to the engine's size —
+and pad to its square canvas) and
 post-processing (crop, resize back, Mask2Former's semantic/panoptic/instance inference) are the same for
 every backend and run on the backend's device. An image larger than the model's input is post-processed
 at the model's input size and its label maps resized to the image (memory bounded; docs/design.md).
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import PostprocessConfig
+from ..config import PostprocessConfig, ResizeConfig
 from ..errors import InputError
 from ..postprocess import (
     instance_inference,
@@ -35,6 +36,7 @@ from ..postprocess import (
     working_size,
 )
 from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
+from ..preprocess import resized_shape
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
@@ -69,6 +71,8 @@ class Segmenter:
         self.cache_dir = cache_dir
         post = (backend.manifest.get("config") or {}).get("postprocess") or {}
         self.postprocess = PostprocessConfig(**post)
+        # the model config's resize rule (artefacts from before it existed: the longest-edge rule)
+        self.resize = ResizeConfig(**((backend.manifest.get("config") or {}).get("resize") or {}))
         trained = backend.manifest.get("training_vocabulary") or {}
         self.default_vocabulary = vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
         self.vocabulary: Optional[vocab.Vocabulary] = None
@@ -109,9 +113,7 @@ class Segmenter:
 
     def _canvas(self, image: np.ndarray):
         S = self.backend.image_size
-        H, W = image.shape[:2]
-        scale = S / max(H, W)
-        h, w = max(1, round(H * scale)), max(1, round(W * scale))
+        h, w = resized_shape(*image.shape[:2], S, self.resize)
         pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
         tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
         # one channel at a time in float: a third of the memory of the whole image, the same values
