@@ -204,9 +204,10 @@ def evaluate_segmenter(
     if dataset.image_size != segmenter.backend.image_size or (dataset.resize or ResizeConfig()) != segmenter.resize:
         raise ValueError("the dataset must be read at the engine's image size and by its resize rule")
     segmenter.set_vocabulary(Vocabulary(dataset.class_names, dataset.is_thing))
+    seen = np.array([not h for h in dataset.held_out])  # as evaluate() passes them
 
     def predict(images: torch.Tensor):
-        raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text)
+        raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text, seen)
         return raw.class_logits(), raw.mask_logits.float()
 
     return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir, overwrite)

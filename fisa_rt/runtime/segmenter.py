@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import PostprocessConfig, ResizeConfig
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..postprocess import (
     instance_inference,
     panoptic_inference,
@@ -37,6 +37,7 @@ from ..postprocess import (
 )
 from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
 from ..preprocess import resized_shape
+from ..prompts import seen_classes
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
@@ -75,6 +76,10 @@ class Segmenter:
         self.resize = ResizeConfig(**((backend.manifest.get("config") or {}).get("resize") or {}))
         trained = backend.manifest.get("training_vocabulary") or {}
         self.default_vocabulary = vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
+        # the classes the mask generator was trained on (FC-CLIP: COCO panoptic's 133): a class naming one of
+        # them is "seen" and gets the mask-average head's ensemble_alpha instead of ensemble_beta
+        self.trained_names: List[str] = list(trained.get("names") or [])
+        self.seen_in_training: Optional[np.ndarray] = None  # (K,) bool per class of the vocabulary
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.text: Optional[np.ndarray] = None
         self.timings = Timings()
@@ -96,6 +101,11 @@ class Segmenter:
         embeddings = vocab.check_embeddings(embeddings, len(vocabulary.names))
         self.backend.check_text(embeddings)
         self.vocabulary, self.text = vocabulary, embeddings
+        self.seen_in_training = np.array(seen_classes(vocabulary.names, self.trained_names), bool)
+        head = ((self.backend.manifest.get("config") or {}).get("classifier") or {}).get("head")
+        if head == "mask-average" and self.seen_in_training.any() and not self.backend.applies_seen:
+            warn(f"this {self.backend.name} artefact scores every class as unseen (ensemble beta); "
+                 f"{int(self.seen_in_training.sum())} of these classes were seen in training (alpha): the .safetensors applies it")
 
     def _picture(self, image: ImageInput) -> np.ndarray:
         """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files."""
@@ -146,7 +156,7 @@ class Segmenter:
         batch = torch.cat(canvases)
         sync()
         t1 = time.perf_counter()
-        raw = self.backend.run(batch, self.text)
+        raw = self.backend.run(batch, self.text, self.seen_in_training)
         sync()
         t2 = time.perf_counter()
         class_logits = raw.class_logits()
