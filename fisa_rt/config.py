@@ -144,6 +144,13 @@ class ResizeConfig:
     max_size: int = 1333
     # detectron2's size_divisibility: the padded input's sides are multiples of it.
     divisible: int = 32
+    # Pad with the mean colour (image_mean, rounded to uint8: within 0.01 of 0 once normalised), as
+    # detectron2's ImageList pads the normalised image with 0; else with black.
+    pad_mean: bool = False
+
+    def pad_colour(self, image_mean) -> Tuple[int, int, int]:
+        """uint8 RGB of the canvas outside the resized image."""
+        return tuple(round(255 * m) for m in image_mean) if self.pad_mean else (0, 0, 0)
 
     def canvas(self) -> int:
         """The smallest square canvas side that holds every output of the "shortest_edge" rule."""

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from fisa_rt.checkpoint import save_checkpoint
-from fisa_rt.config import ConfigError, FisaConfig, ResizeConfig, get_model_config
+from fisa_rt.config import OPENAI_MEAN, OPENAI_STD, ConfigError, FisaConfig, ResizeConfig, get_model_config
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.model import create_model
 from fisa_rt.preprocess import resized_shape
 from fisa_rt.runtime.segmenter import Segmenter
 
-FCCLIP_TEST = ResizeConfig(mode="shortest_edge", short=800, max_size=1333, divisible=32)
+FCCLIP_TEST = ResizeConfig(mode="shortest_edge", short=800, max_size=1333, divisible=32, pad_mean=True)
 
 
 # Expected sizes worked out by hand from detectron2's ResizeShortestEdge.get_output_shape
@@ -68,6 +68,7 @@ def _segmenter(image_size: int, resize: ResizeConfig) -> Segmenter:
     segmenter = Segmenter.__new__(Segmenter)  # only the pre-processing: no artefact needed
     segmenter.backend = types.SimpleNamespace(image_size=image_size, device=torch.device("cpu"))
     segmenter.resize = resize
+    segmenter.pad_colour = resize.pad_colour(OPENAI_MEAN)
     return segmenter
 
 
@@ -79,6 +80,10 @@ def test_segmenter_canvas_follows_the_rule():
     assert (canvas[0, :, :60, :80] == 200).all() and not canvas[0, :, 60:].any() and not canvas[0, :, :, 80:].any()
     canvas, content = _segmenter(96, ResizeConfig())._canvas(picture)
     assert content == (72, 96)
+    canvas, _ = _segmenter(96, dataclasses.replace(rule, pad_mean=True))._canvas(picture)
+    assert canvas[0, :, 95, 95].tolist() == [123, 117, 104]  # FC-CLIP pads with the mean: ~0 once normalised
+    normalised = (canvas[0, :, 95, 95].float() / 255 - torch.tensor(OPENAI_MEAN)) / torch.tensor(OPENAI_STD)
+    assert normalised.abs().max() < 0.01
 
 
 def test_segmenter_reads_the_rule_from_the_checkpoint(tmp_path):
@@ -99,3 +104,5 @@ def test_evaluation_samples_follow_the_rule(synthetic_data):
     sample = PanopticDataset(synthetic_data, "val", 64, augment=False, resize=rule)[0]
     assert sample.size == (40, 40) and int(sample.valid.sum()) == 40 * 40
     assert sample.image.shape == (3, 64, 64) and not sample.image[:, 40:].any()
+    padded = PanopticDataset(synthetic_data, "val", 64, augment=False, resize=dataclasses.replace(rule, pad_mean=True))[0]
+    assert padded.image[:, 50, 50].tolist() == [123, 117, 104] and torch.equal(padded.image[:, :40, :40], sample.image[:, :40, :40])

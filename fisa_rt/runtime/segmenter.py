@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import PostprocessConfig, ResizeConfig
+from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
 from ..errors import InputError, warn
 from ..postprocess import (
     instance_inference,
@@ -73,7 +73,10 @@ class Segmenter:
         post = (backend.manifest.get("config") or {}).get("postprocess") or {}
         self.postprocess = PostprocessConfig(**post)
         # the model config's resize rule (artefacts from before it existed: the longest-edge rule)
-        self.resize = ResizeConfig(**((backend.manifest.get("config") or {}).get("resize") or {}))
+        config = backend.manifest.get("config") or {}
+        self.resize = ResizeConfig(**(config.get("resize") or {}))
+        self.image_mean = tuple(config.get("image_mean") or OPENAI_MEAN)
+        self.pad_colour = self.resize.pad_colour(self.image_mean)
         trained = backend.manifest.get("training_vocabulary") or {}
         self.default_vocabulary = vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
         # the classes the mask generator was trained on (FC-CLIP: COCO panoptic's 133): a class naming one of
@@ -105,7 +108,8 @@ class Segmenter:
         head = ((self.backend.manifest.get("config") or {}).get("classifier") or {}).get("head")
         if head == "mask-average" and self.seen_in_training.any() and not self.backend.applies_seen:
             warn(f"this {self.backend.name} artefact scores every class as unseen (ensemble beta); "
-                 f"{int(self.seen_in_training.sum())} of these classes were seen in training (alpha): the .safetensors applies it")
+                 f"{int(self.seen_in_training.sum())} of these classes were seen in training (alpha): "
+                 "the .safetensors applies it")
 
     def _picture(self, image: ImageInput) -> np.ndarray:
         """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files."""
@@ -131,7 +135,8 @@ class Segmenter:
         resized = torch.cat(
             [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
         )
-        canvas = torch.zeros(1, 3, S, S, dtype=torch.uint8, device=self.backend.device)
+        colour = torch.tensor(self.pad_colour, dtype=torch.uint8, device=self.backend.device)
+        canvas = colour.view(1, 3, 1, 1).repeat(1, 1, S, S)
         canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
         return canvas, (h, w)
 
