@@ -39,7 +39,9 @@ def test_shortest_edge_is_detectron2s_rule(size, expected):
     assert resized_shape(*size, 1344, FCCLIP_TEST) == expected
 
 
-@pytest.mark.parametrize("size, expected", [((480, 640), (816, 1088)), ((1088, 17), (1088, 17)), ((3, 4000), (1, 1088))])
+@pytest.mark.parametrize(
+    "size, expected", [((480, 640), (816, 1088)), ((1088, 17), (1088, 17)), ((3, 4000), (1, 1088))]
+)
 def test_longest_edge_rule_is_the_default(size, expected):
     assert resized_shape(*size, 1088) == expected
     assert resized_shape(*size, 1088, ResizeConfig()) == expected
@@ -104,5 +106,7 @@ def test_evaluation_samples_follow_the_rule(synthetic_data):
     sample = PanopticDataset(synthetic_data, "val", 64, augment=False, resize=rule)[0]
     assert sample.size == (40, 40) and int(sample.valid.sum()) == 40 * 40
     assert sample.image.shape == (3, 64, 64) and not sample.image[:, 40:].any()
-    padded = PanopticDataset(synthetic_data, "val", 64, augment=False, resize=dataclasses.replace(rule, pad_mean=True))[0]
-    assert padded.image[:, 50, 50].tolist() == [123, 117, 104] and torch.equal(padded.image[:, :40, :40], sample.image[:, :40, :40])
+    mean_padded = dataclasses.replace(rule, pad_mean=True)
+    padded = PanopticDataset(synthetic_data, "val", 64, augment=False, resize=mean_padded)[0]
+    assert padded.image[:, 50, 50].tolist() == [123, 117, 104]
+    assert torch.equal(padded.image[:, :40, :40], sample.image[:, :40, :40])
