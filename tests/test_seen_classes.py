@@ -1,11 +1,14 @@
 """FC-CLIP's seen classes at inference: a class naming one the mask generator was trained on (the
 checkpoint's training vocabulary; for fcclip-convnext-l COCO panoptic's 133) gets ensemble alpha."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from fisa_rt.checkpoint import save_checkpoint
+from fisa_rt.errors import FisaWarning
 from fisa_rt.model import create_model
 from fisa_rt.preprocess import normalize_images
 from fisa_rt.prompts import seen_classes
@@ -60,3 +63,12 @@ def test_torch_backend_scores_seen_classes_with_alpha(segmenter):
         unseen = model(x, text).class_logits.softmax(-1)
     torch.testing.assert_close(got, want)
     assert not torch.allclose(want, unseen, atol=1e-4)  # alpha 0.4 vs beta 0.8 changes the scores
+
+
+def test_graphs_without_a_seen_input_say_so(segmenter, monkeypatch):
+    monkeypatch.setattr(segmenter.backend, "applies_seen", False)  # as the ONNX Runtime and TensorRT backends
+    with pytest.warns(FisaWarning, match="1 of these classes were seen in training"):
+        segmenter.set_vocabulary(["red star", "blue disc"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segmenter.set_vocabulary(["blue disc"])  # nothing seen: nothing to say
