@@ -67,7 +67,8 @@ def reference(validation_slice):
     segmenter.set_vocabulary(named("synthetic"))
     images = _images(segmenter.backend.image_size)
     raw = segmenter.backend.run(images, segmenter.text)
-    dataset = PanopticDataset(validation_slice, "val", segmenter.backend.image_size, augment=False)
+    dataset = PanopticDataset(validation_slice, "val", segmenter.backend.image_size, augment=False,
+                              resize=segmenter.resize, image_mean=segmenter.image_mean)
     metrics = evaluate_segmenter(segmenter, dataset, batch_size=8)
     segmenter.set_vocabulary(named("synthetic"))
     return segmenter, images, raw, metrics, dataset

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,11 @@ class ImageModelForExport(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor):
+    def forward(self, image: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None):
+        """``seen`` (K,) bool: classes the generator was trained on, from the PyTorch backend; the
+        exported graphs take no such input (every class unseen)."""
         x = (image.float() - self.mean) / self.std
-        out = self.model(x, text)
+        out = self.model(x, text, seen=seen)
         scores = out.class_logits.softmax(-1)
         if not self.semantic:
             return out.mask_logits, scores

@@ -139,7 +139,8 @@ def _eval(args: argparse.Namespace) -> None:
         model, _ = load_model(args.engine)
         if args.object_threshold is not None:
             model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=args.object_threshold)
-        dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False)
+        dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False, resize=model.cfg.resize,
+                                  image_mean=model.cfg.image_mean)
         results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit,
                            predictions_dir=args.predictions, overwrite=args.overwrite)
     else:
@@ -148,7 +149,8 @@ def _eval(args: argparse.Namespace) -> None:
         segmenter = Segmenter.from_engine(args.engine, args.backend)
         if args.object_threshold is not None:
             segmenter.postprocess = dataclasses.replace(segmenter.postprocess, object_mask_threshold=args.object_threshold)
-        dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False)
+        dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False,
+                                  resize=segmenter.resize, image_mean=segmenter.image_mean)
         results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit,
                                      predictions_dir=args.predictions, overwrite=args.overwrite)
     print(format_report(results))

@@ -29,6 +29,7 @@ PIXEL_DECODERS = ("transformer", "deformable")
 GENERATOR_CLASS_HEADS = ("linear", "mask-pooled")
 POOLED_INPUTS = ("embeddings", "features")
 MASK_WEIGHTINGS = ("binary", "sigmoid")
+RESIZE_MODES = ("longest_edge", "shortest_edge")
 
 
 @dataclass
@@ -132,6 +133,31 @@ class PostprocessConfig:
 
 
 @dataclass
+class ResizeConfig:
+    # How an image becomes the model's input at inference (and evaluation); the result sits top-left on the
+    # square ``image_size`` canvas, zero-padded. "longest_edge": the longer side to ``image_size`` (fisa-rt's
+    # rule, also the base scale of training's jitter). "shortest_edge": detectron2's ResizeShortestEdge as
+    # FC-CLIP tests (MIN_SIZE_TEST / MAX_SIZE_TEST): the shorter side to ``short``, scaled down further if the
+    # longer would pass ``max_size``; ``image_size`` must then hold ``max_size`` rounded up to ``divisible``.
+    mode: str = "longest_edge"
+    short: int = 800
+    max_size: int = 1333
+    # detectron2's size_divisibility: the padded input's sides are multiples of it.
+    divisible: int = 32
+    # Pad with the mean colour (image_mean, rounded to uint8: within 0.01 of 0 once normalised), as
+    # detectron2's ImageList pads the normalised image with 0; else with black.
+    pad_mean: bool = False
+
+    def pad_colour(self, image_mean) -> Tuple[int, int, int]:
+        """uint8 RGB of the canvas outside the resized image."""
+        return tuple(round(255 * m) for m in image_mean) if self.pad_mean else (0, 0, 0)
+
+    def canvas(self) -> int:
+        """The smallest square canvas side that holds every output of the "shortest_edge" rule."""
+        return -(-self.max_size // self.divisible) * self.divisible
+
+
+@dataclass
 class FisaConfig:
     name: str
     clip: ClipConfig
@@ -143,6 +169,7 @@ class FisaConfig:
     simo: SimoConfig = field(default_factory=SimoConfig)
     text: TextConfig = field(default_factory=TextConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    resize: ResizeConfig = field(default_factory=ResizeConfig)
     image_mean: Tuple[float, float, float] = OPENAI_MEAN
     image_std: Tuple[float, float, float] = OPENAI_STD
     # Which implementation of the fused ops runs (fisa_rt.kernels.backend): "auto" = Triton kernels on
@@ -168,6 +195,17 @@ class FisaConfig:
                 raise ConfigError(f"{key} must be one of {valid}, got {value!r}")
         if self.image_size % 32:
             raise ConfigError(f"image_size must be a multiple of 32 (the coarsest feature stride), got {self.image_size}")
+        resize = self.resize
+        if resize.mode not in RESIZE_MODES:
+            raise ConfigError(f"resize.mode must be one of {RESIZE_MODES}, got {resize.mode!r}")
+        if resize.mode == "shortest_edge":
+            if not 0 < resize.short <= resize.max_size or resize.divisible < 1:
+                raise ConfigError(f"resize needs 0 < short <= max_size and divisible >= 1; got {resize}")
+            if self.image_size < resize.canvas():
+                raise ConfigError(
+                    f"image_size {self.image_size} cannot hold the resize rule's largest output (long side "
+                    f"{resize.max_size}, padded to {resize.divisible}): use image_size {resize.canvas()}"
+                )
         self.image_mean = tuple(self.image_mean)
         self.image_std = tuple(self.image_std)
 
@@ -188,6 +226,7 @@ class FisaConfig:
             "simo": SimoConfig,
             "text": TextConfig,
             "postprocess": PostprocessConfig,
+            "resize": ResizeConfig,
         }
         unknown = set(data) - set(sections)
         if unknown:

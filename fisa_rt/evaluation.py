@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .atomic import save_image, write_json
+from .config import ResizeConfig
 from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segments, read_segment_ids
 from .data.synthetic import ids_to_rgb
 from .errors import InputError
@@ -200,12 +201,13 @@ def evaluate_segmenter(
     :class:`fisa_rt.runtime.segmenter.Segmenter`, on the dataset's vocabulary."""
     from .runtime.vocabulary import Vocabulary
 
-    if dataset.image_size != segmenter.backend.image_size:
-        raise ValueError("the dataset must be read at the engine's image size")
+    if dataset.image_size != segmenter.backend.image_size or (dataset.resize or ResizeConfig()) != segmenter.resize:
+        raise ValueError("the dataset must be read at the engine's image size and by its resize rule")
     segmenter.set_vocabulary(Vocabulary(dataset.class_names, dataset.is_thing))
+    seen = np.array([not h for h in dataset.held_out])  # as evaluate() passes them
 
     def predict(images: torch.Tensor):
-        raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text)
+        raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text, seen)
         return raw.class_logits(), raw.mask_logits.float()
 
     return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir, overwrite)

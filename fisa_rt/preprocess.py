@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .config import ResizeConfig
 from .errors import InputError
+
+
+def resized_shape(height: int, width: int, image_size: int, resize: Optional[ResizeConfig] = None) -> Tuple[int, int]:
+    """(h, w) an (height, width) image is resized to before it is padded onto the ``image_size`` canvas.
+
+    "longest_edge" (the default): the longer side becomes ``image_size``. "shortest_edge": detectron2's
+    ``ResizeShortestEdge.get_output_shape`` (detectron2/data/transforms/augmentation_impl.py), which FC-CLIP
+    tests with: the shorter side becomes ``short``; if the longer would then pass ``max_size``, both are
+    scaled down so it equals ``max_size``; each side rounded half up (``int(x + 0.5)``).
+    """
+    if height < 1 or width < 1:
+        raise InputError(f"an image must have height and width >= 1; got {height} x {width}")
+    if resize is None or resize.mode == "longest_edge":
+        scale = image_size / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    scale = resize.short / min(height, width)
+    new_h, new_w = (resize.short, scale * width) if height < width else (scale * height, resize.short)
+    if max(new_h, new_w) > resize.max_size:
+        scale = resize.max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -45,6 +45,14 @@ def synonyms(name: str) -> List[str]:
     return parts
 
 
+def seen_classes(class_names: Sequence[str], trained_names: Sequence[str]) -> List[bool]:
+    """Per class: does any of its synonyms name a class the mask generator was trained on (any synonym
+    of ``trained_names``)? FC-CLIP's ``category_overlapping_mask`` (fcclip/fcclip.py,
+    ``prepare_class_names_from_metadata``): exact string matches, after splitting on commas."""
+    trained = {s for name in trained_names for s in synonyms(name)}
+    return [not trained.isdisjoint(synonyms(name)) for name in class_names]
+
+
 def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
     names = list(class_names)
     if not names:

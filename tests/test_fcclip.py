@@ -55,7 +55,9 @@ def reduced():
         cfg.mask_generator, hidden_dim=64, num_queries=12, dec_layers=3, enc_layers=2, num_heads=4, dim_feedforward=96,
         mask_dim=64, deformable_ffn=80,
     )
-    cfg = dataclasses.replace(cfg, name="fcclip-reduced", image_size=128, clip=tiny.clip, mask_generator=generator)
+    resize = dataclasses.replace(cfg.resize, short=96, max_size=128)  # FC-CLIP's rule, scaled to a 128 canvas
+    cfg = dataclasses.replace(cfg, name="fcclip-reduced", image_size=128, clip=tiny.clip, mask_generator=generator,
+                              resize=resize)
     torch.manual_seed(0)
     model = create_model(cfg).eval()
     with torch.no_grad():

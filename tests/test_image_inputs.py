@@ -42,9 +42,9 @@ def segmenter():
     seen = []
     run = segmenter.backend.run
 
-    def recording_run(images, text):
+    def recording_run(images, text, seen_in_training=None):
         seen.append(images.cpu().numpy())
-        return run(images, text)
+        return run(images, text, seen_in_training)
 
     segmenter.backend.run = recording_run
     segmenter.seen = seen

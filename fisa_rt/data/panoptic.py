@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..config import OPENAI_MEAN, ResizeConfig
 from ..errors import InputError
+from ..preprocess import resized_shape
 from .synthetic import rgb_to_ids
 
 
@@ -137,8 +139,13 @@ class PanopticDataset(torch.utils.data.Dataset):
         augment: bool,
         seed: int = 0,
         scale_range: Tuple[float, float] = (0.6, 1.6),
+        resize: Optional[ResizeConfig] = None,
+        image_mean: Sequence[float] = OPENAI_MEAN,
     ):
-        self.root, self.split = root, split
+        """``resize``: the model's inference rule, applied when not augmenting (evaluation), with
+        ``image_mean`` its padding colour where it pads with the mean; training jitters around the
+        longest-edge rule."""
+        self.root, self.split, self.resize, self.image_mean = root, split, resize, image_mean
         self.image_size, self.augment, self.seed, self.scale_range = image_size, augment, seed, scale_range
         self.json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
         data = load_panoptic_json(self.json_path)
@@ -173,10 +180,11 @@ class PanopticDataset(torch.utils.data.Dataset):
         image, ids, ann = self.read(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         S = self.image_size
-        scale = S / max(image.shape[:2])
         if self.augment:
-            scale *= rng.uniform(*self.scale_range)
-        h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+            scale = S / max(image.shape[:2]) * rng.uniform(*self.scale_range)
+            h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+        else:
+            h, w = resized_shape(*image.shape[:2], S, self.resize)
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((w, h), Image.NEAREST))
         top = int(rng.integers(0, h - S + 1)) if self.augment and h > S else 0
@@ -186,6 +194,8 @@ class PanopticDataset(torch.utils.data.Dataset):
             image, ids = image[:, ::-1], ids[:, ::-1]
         h, w = ids.shape
         canvas = np.zeros((S, S, 3), np.uint8)
+        if not self.augment and self.resize is not None:
+            canvas[:] = self.resize.pad_colour(self.image_mean)
         canvas[:h, :w] = image
         id_canvas = np.zeros((S, S), np.int64)
         id_canvas[:h, :w] = ids

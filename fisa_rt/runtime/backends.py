@@ -75,12 +75,18 @@ class Backend:
                 f"`python export/build_engine.py --classes 1,OPT,{text.shape[0]}`"
             )
 
-    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+    # Whether run() applies ``seen`` (FC-CLIP's alpha for classes the generator was trained on); exported
+    # graphs take no seen input and score every class as unseen.
+    applies_seen = False
+
+    def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
+        """``seen`` (K,) bool, used by backends with ``applies_seen`` (the mask-average head's ensemble)."""
         raise NotImplementedError
 
 
 class TorchBackend(Backend):
     name = "torch"
+    applies_seen = True
 
     def __init__(self, path: str, device: Optional[str] = None):
         from fisa_rt.export.onnx_export import ImageModelForExport
@@ -100,9 +106,10 @@ class TorchBackend(Backend):
         }
 
     @torch.no_grad()
-    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+    def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         self.check_text(text)
-        mask_logits, scores = self.wrapper(images.to(self.device), torch.from_numpy(text).to(self.device))
+        flags = None if seen is None else torch.as_tensor(np.asarray(seen, bool), device=self.device)
+        mask_logits, scores = self.wrapper(images.to(self.device), torch.from_numpy(text).to(self.device), flags)
         return RawOutput(mask_logits, scores)
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
@@ -152,7 +159,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = torch.device("cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu")
         self.outputs = [o.name for o in self.session.get_outputs()][:2]
 
-    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+    def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         self.check_text(text)
         feed = {"image": images.cpu().numpy(), "text": np.ascontiguousarray(text, dtype=np.float32)}
         if self.manifest.get("input_dtype") == "float32":
@@ -193,7 +200,7 @@ class TensorRTBackend(Backend):
         self.device = torch.device("cuda")
         self.stream = torch.cuda.Stream()
 
-    def run(self, images: torch.Tensor, text: np.ndarray) -> RawOutput:
+    def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         self.check_text(text)
         trt = self.trt
         inputs = {"image": images.to(self.device).contiguous(), "text": torch.from_numpy(text).to(self.device).contiguous()}

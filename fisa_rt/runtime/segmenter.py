@@ -5,7 +5,8 @@
     result = seg.segment("scene.png")                   # path, PIL.Image or (H, W, 3) uint8 RGB
     result.overlay().save("overlay.png"); result.save("out/", "scene")
 
-Pre-processing (resize the longer side to the engine's size, pad to its square canvas) and
+Pre-processing (resize by the model config's rule — by default the longer side to the engine's size —
+and pad to its square canvas) and
 post-processing (crop, resize back, Mask2Former's semantic/panoptic/instance inference) are the same for
 every backend and run on the backend's device. An image larger than the model's input is post-processed
 at the model's input size and its label maps resized to the image (memory bounded; docs/design.md).
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import PostprocessConfig
-from ..errors import InputError
+from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
+from ..errors import InputError, warn
 from ..postprocess import (
     cpu_threads_for,
     instance_inference,
@@ -36,6 +37,8 @@ from ..postprocess import (
     working_size,
 )
 from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
+from ..preprocess import resized_shape
+from ..prompts import seen_classes
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
@@ -70,8 +73,17 @@ class Segmenter:
         self.cache_dir = cache_dir
         post = (backend.manifest.get("config") or {}).get("postprocess") or {}
         self.postprocess = PostprocessConfig(**post)
+        # the model config's resize rule (artefacts from before it existed: the longest-edge rule)
+        config = backend.manifest.get("config") or {}
+        self.resize = ResizeConfig(**(config.get("resize") or {}))
+        self.image_mean = tuple(config.get("image_mean") or OPENAI_MEAN)
+        self.pad_colour = self.resize.pad_colour(self.image_mean)
         trained = backend.manifest.get("training_vocabulary") or {}
         self.default_vocabulary = vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
+        # the classes the mask generator was trained on (FC-CLIP: COCO panoptic's 133): a class naming one of
+        # them is "seen" and gets the mask-average head's ensemble_alpha instead of ensemble_beta
+        self.trained_names: List[str] = list(trained.get("names") or [])
+        self.seen_in_training: Optional[np.ndarray] = None  # (K,) bool per class of the vocabulary
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.text: Optional[np.ndarray] = None
         self.timings = Timings()
@@ -93,6 +105,12 @@ class Segmenter:
         embeddings = vocab.check_embeddings(embeddings, len(vocabulary.names))
         self.backend.check_text(embeddings)
         self.vocabulary, self.text = vocabulary, embeddings
+        self.seen_in_training = np.array(seen_classes(vocabulary.names, self.trained_names), bool)
+        head = ((self.backend.manifest.get("config") or {}).get("classifier") or {}).get("head")
+        if head == "mask-average" and self.seen_in_training.any() and not self.backend.applies_seen:
+            warn(f"this {self.backend.name} artefact scores every class as unseen (ensemble beta); "
+                 f"{int(self.seen_in_training.sum())} of these classes were seen in training (alpha): "
+                 "the .safetensors applies it")
 
     def _picture(self, image: ImageInput) -> np.ndarray:
         """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files."""
@@ -110,9 +128,7 @@ class Segmenter:
 
     def _canvas(self, image: np.ndarray):
         S = self.backend.image_size
-        H, W = image.shape[:2]
-        scale = S / max(H, W)
-        h, w = max(1, round(H * scale)), max(1, round(W * scale))
+        h, w = resized_shape(*image.shape[:2], S, self.resize)
         pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
         tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
         # one channel at a time in float: a third of the memory of the whole image, the same values
@@ -120,7 +136,8 @@ class Segmenter:
         resized = torch.cat(
             [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
         )
-        canvas = torch.zeros(1, 3, S, S, dtype=torch.uint8, device=self.backend.device)
+        colour = torch.tensor(self.pad_colour, dtype=torch.uint8, device=self.backend.device)
+        canvas = colour.view(1, 3, 1, 1).repeat(1, 1, S, S)
         canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
         return canvas, (h, w)
 
@@ -145,7 +162,7 @@ class Segmenter:
         batch = torch.cat(canvases)
         sync()
         t1 = time.perf_counter()
-        raw = self.backend.run(batch, self.text)
+        raw = self.backend.run(batch, self.text, self.seen_in_training)
         sync()
         t2 = time.perf_counter()
         class_logits = raw.class_logits()
