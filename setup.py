@@ -1,6 +1,13 @@
 from setuptools import setup
 
-MODELOPT = ["nvidia-modelopt>=0.40", "onnx-graphsurgeon>=0.6.1", "ml_dtypes", "onnxslim>=0.1.76", "polygraphy>=0.53.4", "lief"]
+MODELOPT = [
+    "nvidia-modelopt>=0.40",
+    "onnx-graphsurgeon>=0.6.1",
+    "ml_dtypes",
+    "onnxslim>=0.1.76",
+    "polygraphy>=0.53.4",
+    "lief",
+]
 
 setup(
     name="fisa-rt",
@@ -14,7 +21,9 @@ setup(
     # pipeline), but install as fisa_rt.kernels / fisa_rt.export so their names cannot clash with
     # other packages.
     package_dir={"fisa_rt": "fisa_rt", "fisa_rt.kernels": "kernels", "fisa_rt.export": "export"},
-    package_data={"fisa_rt": ["model_configs/*.json", "vocabularies/*.json", "assets/*.safetensors", "assets/samples/*.png"]},
+    package_data={
+        "fisa_rt": ["model_configs/*.json", "vocabularies/*.json", "assets/*.safetensors", "assets/samples/*.png"]
+    },
     install_requires=[
         # torch/torchvision are pinned by the README's install line (local wheels on the project machines).
         "torch>=2.4",
@@ -42,8 +51,17 @@ setup(
         # reads it, nothing imports it); onnxruntime-extensions runs the fused ONNX's plugin kernels on CPU;
         # transformers: HF's Mask2Former is the independent reference for the deformable pixel decoder
         # (tested with 5.24; installs in ~20 s, pure Python).
-        "test": ["pytest>=8", "pytest-benchmark>=4", "cityscapesscripts", "scikit-image", "opencv-python-headless",
-                 "tensorrt-cu12-bindings>=11,<12", "onnxruntime-extensions>=0.13", "transformers>=5,<6", *MODELOPT],
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "cityscapesscripts",
+            "scikit-image",
+            "opencv-python-headless",
+            "tensorrt-cu12-bindings>=11,<12",
+            "onnxruntime-extensions>=0.13",
+            "transformers>=5,<6",
+            *MODELOPT,
+        ],
     },
     entry_points={"console_scripts": ["fisa-rt=fisa_rt.cli:main"]},
 )

@@ -51,7 +51,11 @@ def _versions() -> dict:
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fisa_rt"] = {
         "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": (
+            torch.cuda.get_device_name()
+            if DEVICE == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        ),
         "capability": ".".join(map(str, torch.cuda.get_device_capability())) if DEVICE == "cuda" else None,
         "versions": _versions(),
     }

@@ -146,8 +146,15 @@ def _speedups(rows: List[Dict[str, object]]) -> Dict[tuple, Dict[str, float]]:
     return by_case
 
 
-def render(info: Dict[str, object], peaks: Dict[str, float], tests: Optional[Dict[str, int]],
-           kernels: List[Dict[str, object]], e2e: List[Dict[str, object]], date: str, minutes: Optional[float] = None) -> str:
+def render(
+    info: Dict[str, object],
+    peaks: Dict[str, float],
+    tests: Optional[Dict[str, int]],
+    kernels: List[Dict[str, object]],
+    e2e: List[Dict[str, object]],
+    date: str,
+    minutes: Optional[float] = None,
+) -> str:
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
     lines = [
         f"# fisa-rt GPU check — {info['name']} ({date})",

@@ -15,10 +15,31 @@ import re
 import sys
 from collections import defaultdict
 
-KEYS = ("backend", "precision", "device", "stage", "classes", "image", "batch", "max_abs_mask_logit", "max_abs_class_prob", "cosine",
-        "label_agreement", "panoptic_agreement", "delta_pq", "delta_miou", "queries", "model_ms", "peak_rss_mb",
-        "model_size_peak_rss_mb", "above_model_mb",
-        "tflops", "gbps", "compute_roofline_fraction", "memory_roofline_fraction")
+KEYS = (
+    "backend",
+    "precision",
+    "device",
+    "stage",
+    "classes",
+    "image",
+    "batch",
+    "max_abs_mask_logit",
+    "max_abs_class_prob",
+    "cosine",
+    "label_agreement",
+    "panoptic_agreement",
+    "delta_pq",
+    "delta_miou",
+    "queries",
+    "model_ms",
+    "peak_rss_mb",
+    "model_size_peak_rss_mb",
+    "above_model_mb",
+    "tflops",
+    "gbps",
+    "compute_roofline_fraction",
+    "memory_roofline_fraction",
+)
 
 
 COMMAND = "pytest benchmarks/ --benchmark-only --benchmark-json bench.json && python benchmarks/report.py bench.json"
@@ -51,7 +72,11 @@ def render(data: dict, command: str = COMMAND, title: bool = True) -> str:
             case = b["name"][len(group):].strip("[]") or "-"
             stats, extra = b["stats"], b.get("extra_info", {})
             cells = [_fmt(extra.get(k, "")) for k in columns]
-            lines.append(f"| {case} | {stats['median'] * 1e3:.2f} | {stats['min'] * 1e3:.2f} | {stats['rounds']} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {case} | {stats['median'] * 1e3:.2f} | {stats['min'] * 1e3:.2f} | {stats['rounds']} | "
+                + " | ".join(cells)
+                + " |"
+            )
         lines.append("")
     skipped = data.get("skipped") or []
     if skipped:
@@ -81,7 +106,9 @@ def main(argv=None) -> int:
         return 0
     info = data.get("machine_info", {}).get("fisa_rt", {})
     slug = re.sub(r"[^a-z0-9]+", "-", str(info.get("device", "unknown")).lower()).strip("-")[:40]
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{info.get('date', 'undated')}-{slug}.md")
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"{info.get('date', 'undated')}-{slug}.md"
+    )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(render(data))

@@ -83,7 +83,9 @@ def _tensorrt_missing():
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "TensorRT is not installed (pip install tensorrt --extra-index-url https://pypi.nvidia.com, or JetPack 6)"
+        return (
+            "TensorRT is not installed (pip install tensorrt --extra-index-url https://pypi.nvidia.com, or JetPack 6)"
+        )
     return None
 
 
@@ -104,7 +106,9 @@ def _artefact(candidate: str, folder: str):
         pytest.skip(reason)
     engines = glob.glob(os.path.join(folder, f"*.{flavour}.{precision}.engine"))
     if not engines:
-        pytest.skip(f"no {flavour} {precision} engine in {folder} (python export/build_engine.py --flavour {flavour} --precision {precision})")
+        pytest.skip(
+            f"no {flavour} {precision} engine in {folder} (python export/build_engine.py --flavour {flavour} --precision {precision})"
+        )
     return engines[0], "tensorrt", precision
 
 
@@ -129,11 +133,22 @@ def test_backend_parity_and_latency(benchmark, candidate, artefacts, reference):
     metrics = evaluate_segmenter(segmenter, dataset, batch_size=8)
     delta_pq = abs(metrics["all"]["pq"] - ref_metrics["all"]["pq"])
     delta_miou = abs(metrics["all"]["miou"] - ref_metrics["all"]["miou"])
-    benchmark.extra_info.update({
-        "backend": name, "precision": precision, "device": str(segmenter.backend.device), "batch": len(images), "classes": len(segmenter.vocabulary.names),
-        "max_abs_mask_logit": max_mask, "mean_abs_mask_logit": float((mask - ref_mask).abs().mean()), "max_abs_class_prob": max_prob,
-        "cosine": cosine, "label_agreement": agreement, "delta_pq": delta_pq, "delta_miou": delta_miou,
-    })
+    benchmark.extra_info.update(
+        {
+            "backend": name,
+            "precision": precision,
+            "device": str(segmenter.backend.device),
+            "batch": len(images),
+            "classes": len(segmenter.vocabulary.names),
+            "max_abs_mask_logit": max_mask,
+            "mean_abs_mask_logit": float((mask - ref_mask).abs().mean()),
+            "max_abs_class_prob": max_prob,
+            "cosine": cosine,
+            "label_agreement": agreement,
+            "delta_pq": delta_pq,
+            "delta_miou": delta_miou,
+        }
+    )
     assert max_mask <= limits.max_mask and max_prob <= limits.max_prob, (max_mask, max_prob)
     assert cosine >= limits.cosine and agreement >= limits.agreement, (cosine, agreement)
     assert delta_pq <= limits.metric and delta_miou <= limits.metric, (delta_pq, delta_miou)
@@ -143,7 +158,9 @@ def test_reference_latency(benchmark, reference):
     """The PyTorch eager reference itself (CPU or GPU), for the other rows to compare against."""
     segmenter, images, *_ = reference
     timed(benchmark, lambda: segmenter.backend.run(images, segmenter.text), rounds=5, warmup=1)
-    benchmark.extra_info.update({"backend": "torch-eager", "precision": "fp32", "device": str(segmenter.backend.device), "batch": len(images)})
+    benchmark.extra_info.update(
+        {"backend": "torch-eager", "precision": "fp32", "device": str(segmenter.backend.device), "batch": len(images)}
+    )
 
 
 def test_fused_onnx_with_plugin_kernels(benchmark, artefacts, reference):

@@ -88,11 +88,17 @@ def measure(benchmark, peaks, fn, impl: str, shape: str, mode: str, flops: float
 
     benchmark.pedantic(batch, rounds=5, warmup_rounds=1)
     seconds = ms * 1e-3
-    benchmark.extra_info.update({
-        "impl": impl, "shape": f"{shape} {mode}", "ms": ms, "tflops": flops / seconds / 1e12, "gbps": bytes_moved / seconds / 1e9,
-        "compute_roofline_fraction": flops / seconds / peaks["tensor_flops_per_s"],
-        "memory_roofline_fraction": bytes_moved / seconds / peaks["dram_bytes_per_s"],
-    })
+    benchmark.extra_info.update(
+        {
+            "impl": impl,
+            "shape": f"{shape} {mode}",
+            "ms": ms,
+            "tflops": flops / seconds / 1e12,
+            "gbps": bytes_moved / seconds / 1e9,
+            "compute_roofline_fraction": flops / seconds / peaks["tensor_flops_per_s"],
+            "memory_roofline_fraction": bytes_moved / seconds / peaks["dram_bytes_per_s"],
+        }
+    )
 
 
 def _with_backward(forward, inputs, mode: str):
@@ -151,11 +157,21 @@ def test_mask_attention(benchmark, peaks, shape, impl, mode):
         "triton": lambda: mask_attention(q, k, v, ks, vs, masks, grid, 0.0, backend="triton", layout=layout),
         "eager": lambda: mask_attention_reference(q, k, v, ks, vs, masks, grid, 0.0),
         "compiled": lambda: compiled(mask_attention_reference)(q, k, v, ks, vs, masks, grid, 0.0),
-        "sdpa": lambda: F.scaled_dot_product_attention(q, torch.cat([k, ks], 2), torch.cat([v, vs], 2), attn_mask=sdpa_mask),
+        "sdpa": lambda: F.scaled_dot_product_attention(
+            q, torch.cat([k, ks], 2), torch.cat([v, vs], 2), attn_mask=sdpa_mask
+        ),
     }[impl]
     passes = 1 if mode == "fwd" else 3.5
-    measure(benchmark, peaks, _with_backward(forward, (q, k, v, ks, vs), mode), impl, name, mode,
-            flops=passes * 4.0 * B * H * Q * N * Dh, bytes_moved=passes * (2.0 * (2 * k.numel() + 4 * q.numel()) + B * Q * N))
+    measure(
+        benchmark,
+        peaks,
+        _with_backward(forward, (q, k, v, ks, vs), mode),
+        impl,
+        name,
+        mode,
+        flops=passes * 4.0 * B * H * Q * N * Dh,
+        bytes_moved=passes * (2.0 * (2 * k.numel() + 4 * q.numel()) + B * Q * N),
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)

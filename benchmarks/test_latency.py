@@ -57,7 +57,9 @@ def test_stage_latency(benchmark, segmenter, stage):
         "end-to-end": lambda: segmenter.segment(photo),
     }[stage]
     timed(benchmark, fn, rounds=10, warmup=2)
-    benchmark.extra_info.update({"backend": segmenter.backend.name, "device": str(segmenter.backend.device), "stage": stage, "image": "512x512"})
+    benchmark.extra_info.update(
+        {"backend": segmenter.backend.name, "device": str(segmenter.backend.device), "stage": stage, "image": "512x512"}
+    )
 
 
 def test_new_vocabulary_encoding(benchmark, segmenter):
@@ -84,7 +86,9 @@ def test_image_size_scaling(benchmark, size):
     cfg = dataclasses.replace(get_model_config("fisa-tiny"), image_size=size)
     model = create_model(cfg).eval().to(DEVICE)
     text = torch.nn.functional.normalize(torch.randn(150, model.embed_dim, device=DEVICE), dim=-1)
-    images = normalize_images(torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=DEVICE), cfg.image_mean, cfg.image_std)
+    images = normalize_images(
+        torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=DEVICE), cfg.image_mean, cfg.image_std
+    )
     with torch.no_grad():
         timed(benchmark, lambda: model(images, text), rounds=5, warmup=1)
     benchmark.extra_info.update({"backend": "torch-eager", "image": f"{size}x{size}", "classes": 150})

@@ -40,16 +40,30 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="FISA checkpoint (.safetensors); default: the embedded fisa-tiny model")
     parser.add_argument("--out", default="build", help="output folder (default: build/)")
     parser.add_argument("--name", help="file name stem (default: the checkpoint's)")
-    parser.add_argument("--flavour", choices=["portable", "fused"], default="portable",
-                        help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, TensorRT >= 10.9); both ONNX files are always written")
+    parser.add_argument(
+        "--flavour",
+        choices=["portable", "fused"],
+        default="portable",
+        help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, TensorRT >= 10.9); both ONNX files are always written",
+    )
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"],
                         help="engine precision (default: fp16 for portable, fp32 for fused; "
                              "fp16/int8/fp8 need NVIDIA ModelOpt)")
     parser.add_argument("--batch", default="1,1,8", help="batch profile MIN,OPT,MAX (default 1,1,8)")
-    parser.add_argument("--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)")
-    parser.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="image input type (normalisation is in the graph)")
-    parser.add_argument("--semantic", action="store_true",
-                        help="add the semantic label map as a graph output (costs K x S x S work per image; fisa-rt computes it on the host)")
+    parser.add_argument(
+        "--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)"
+    )
+    parser.add_argument(
+        "--input-dtype",
+        choices=["uint8", "float32"],
+        default="uint8",
+        help="image input type (normalisation is in the graph)",
+    )
+    parser.add_argument(
+        "--semantic",
+        action="store_true",
+        help="add the semantic label map as a graph output (costs K x S x S work per image; fisa-rt computes it on the host)",
+    )
     parser.add_argument("--no-simplify", action="store_true", help="skip constant folding of the ONNX")
     parser.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB")
     parser.add_argument("--timing-cache", help="persistent TensorRT timing cache file (default: OUT/timing.cache)")
@@ -112,19 +126,35 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     write_manifest(text_path, {**common, "kind": "text-encoder", "tokenizer": VOCAB_FILE, "opset": onnx_export.OPSET})
     written["text"] = text_path
     image = {
-        **common, "kind": "image-model", "image_size": cfg.image_size, "input_dtype": args.input_dtype, "semantic": args.semantic,
-        "num_queries": cfg.mask_generator.num_queries, "text_encoder": {"file": os.path.basename(text_path), "sha256": sha256_file(text_path)},
+        **common,
+        "kind": "image-model",
+        "image_size": cfg.image_size,
+        "input_dtype": args.input_dtype,
+        "semantic": args.semantic,
+        "num_queries": cfg.mask_generator.num_queries,
+        "text_encoder": {"file": os.path.basename(text_path), "sha256": sha256_file(text_path)},
     }
 
     def source_of(path: str) -> Dict:
         return {"source_onnx": {"file": os.path.basename(path), "sha256": sha256_file(path)}}
 
     for flavour in ("portable", "fused"):
-        onnx_export.export_image_model(model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic, overwrite=args.overwrite)
+        onnx_export.export_image_model(
+            model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic, overwrite=args.overwrite
+        )
         if not args.no_simplify:
             onnx_checks.simplify(paths[flavour])
         graph = onnx_checks.check_graph(paths[flavour], flavour)
-        write_manifest(paths[flavour], {**image, "backend": "onnx", "flavour": flavour, "opset": onnx_export.OPSET, "ops": onnx_checks.op_counts(graph)})
+        write_manifest(
+            paths[flavour],
+            {
+                **image,
+                "backend": "onnx",
+                "flavour": flavour,
+                "opset": onnx_export.OPSET,
+                "ops": onnx_checks.op_counts(graph),
+            },
+        )
         written[flavour] = paths[flavour]
         print(f"wrote {paths[flavour]}")
     print(f"wrote {text_path}")
@@ -149,14 +179,21 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             quantized = os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.qdq.onnx")
             source = tensorrt_builder.quantize_onnx(source, quantized, args.precision, calibration_inputs(model, info))
             print(f"wrote {quantized} (ModelOpt {args.precision} Q/DQ)")
-        trt_fields = tensorrt_builder.build_engine(source, paths["engine"], cfg.image_size, model.embed_dim, options, fused=args.flavour == "fused")
-        write_manifest(paths["engine"], {**image, "backend": "tensorrt", "flavour": args.flavour, **source_of(source), **trt_fields})
+        trt_fields = tensorrt_builder.build_engine(
+            source, paths["engine"], cfg.image_size, model.embed_dim, options, fused=args.flavour == "fused"
+        )
+        write_manifest(
+            paths["engine"],
+            {**image, "backend": "tensorrt", "flavour": args.flavour, **source_of(source), **trt_fields},
+        )
         written["engine"] = paths["engine"]
         print(f"wrote {paths['engine']}")
     except MissingDependencyError as exc:
         print(f"no TensorRT engine: {exc}")
         written["ort"] = ort_optimised(written["portable"], paths["ort"])
-        write_manifest(written["ort"], {**image, "backend": "onnxruntime", "flavour": "portable", **source_of(written["portable"])})
+        write_manifest(
+            written["ort"], {**image, "backend": "onnxruntime", "flavour": "portable", **source_of(written["portable"])}
+        )
         print(f"wrote {written['ort']} (ONNX Runtime-optimised fallback)")
     return written
 
@@ -192,7 +229,9 @@ def calibration_inputs(model, info) -> Dict[str, "object"]:
     from fisa_rt.predictor import load_image, sample_images
 
     S = model.cfg.image_size
-    images = np.stack([np.asarray(Image.fromarray(load_image(p)).resize((S, S), Image.BILINEAR)) for p in sample_images()])
+    images = np.stack(
+        [np.asarray(Image.fromarray(load_image(p)).resize((S, S), Image.BILINEAR)) for p in sample_images()]
+    )
     return {"image": images.transpose(0, 3, 1, 2).copy(), "text": model.encode_vocabulary(info.vocabulary).numpy()}
 
 

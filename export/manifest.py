@@ -44,7 +44,9 @@ def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, An
     path = manifest_path(artefact)
     if not os.path.isfile(path):
         if required:
-            raise CheckpointError(f"{artefact} has no manifest ({path}); rebuild it with `python export/build_engine.py`")
+            raise CheckpointError(
+                f"{artefact} has no manifest ({path}); rebuild it with `python export/build_engine.py`"
+            )
         return None
     try:
         with open(path) as f:
@@ -52,7 +54,9 @@ def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, An
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read manifest {path}: {exc}") from None
     if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})"
+        )
     return manifest
 
 

@@ -108,7 +108,12 @@ def export_image_model(
         image = image.float()
     text = F.normalize(torch.randn(3, model.embed_dim), dim=-1)
     outputs = ["mask_logits", "class_scores"] + (["semantic"] if semantic else [])
-    dynamic = {"image": {0: "batch"}, "text": {0: "classes"}, "mask_logits": {0: "batch"}, "class_scores": {0: "batch", 2: "classes_plus_void"}}
+    dynamic = {
+        "image": {0: "batch"},
+        "text": {0: "classes"},
+        "mask_logits": {0: "batch"},
+        "class_scores": {0: "batch", 2: "classes_plus_void"},
+    }
     if semantic:
         dynamic["semantic"] = {0: "batch"}
     tmp = f"{path}.tmp{os.getpid()}"
@@ -129,8 +134,14 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
     tmp = f"{path}.tmp{os.getpid()}"
     with _exporting(model, model.cfg.kernels):
         torch.onnx.export(
-            TextEncoderForExport(model).eval(), (tokens,), tmp, opset_version=OPSET, dynamo=False,
-            input_names=["tokens"], output_names=["embeddings"], dynamic_axes={"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}},
+            TextEncoderForExport(model).eval(),
+            (tokens,),
+            tmp,
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["tokens"],
+            output_names=["embeddings"],
+            dynamic_axes={"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}},
         )
     os.replace(tmp, path)
     return path

@@ -77,7 +77,9 @@ def input_shapes(image_size: int, embed_dim: int, options: EngineOptions) -> Dic
     }
 
 
-def trtexec_command(onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, plugins: bool) -> str:
+def trtexec_command(
+    onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, plugins: bool
+) -> str:
     shapes = input_shapes(image_size, embed_dim, options)
 
     def spec(i):
@@ -94,7 +96,9 @@ def trtexec_command(onnx_path: str, engine_path: str, image_size: int, embed_dim
     if options.version_compatible:
         parts.append("--versionCompatible")
     if plugins:
-        parts.append("# the fused ONNX needs the fisa_rt plugins: build it from Python (export/build_engine.py), trtexec cannot register tensorrt.plugin plugins")
+        parts.append(
+            "# the fused ONNX needs the fisa_rt plugins: build it from Python (export/build_engine.py), trtexec cannot register tensorrt.plugin plugins"
+        )
     return " ".join(parts)
 
 
@@ -109,7 +113,9 @@ def network_flags(trt, fused: bool) -> int:
     return flags
 
 
-def build_engine(onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, fused: bool) -> Dict:
+def build_engine(
+    onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, fused: bool
+) -> Dict:
     """Build and write the engine; returns the TensorRT part of its manifest."""
     trt = import_tensorrt()
     version = tensorrt_version(trt)

@@ -45,7 +45,10 @@ def _seve_adapters(cfg: FisaConfig, num_layers: int, widths: List[int], text_dim
     if bad:
         raise ValueError(f"seve.layers {bad} out of range: the visual encoder has {num_layers} layers")
     return nn.ModuleDict(
-        {str(i): SeveAdapter(widths[i], text_dim, cfg.seve.num_heads, cfg.seve.gate_init, cfg.kernels) for i in cfg.seve.layers}
+        {
+            str(i): SeveAdapter(widths[i], text_dim, cfg.seve.num_heads, cfg.seve.gate_init, cfg.kernels)
+            for i in cfg.seve.layers
+        }
     )
 
 
@@ -107,7 +110,9 @@ class ConvNextBackbone(nn.Module):
     def __init__(self, visual: nn.Module, cfg: FisaConfig, text_dim: int):
         super().__init__()
         if cfg.classifier.head == "mask-attention":
-            raise ValueError("the mask-attention head needs a ViT CLIP; use classifier.head = 'mask-average' with ConvNeXt")
+            raise ValueError(
+                "the mask-attention head needs a ViT CLIP; use classifier.head = 'mask-average' with ConvNeXt"
+            )
         self.visual = visual
         trunk = visual.trunk
         info = trunk.feature_info

@@ -79,7 +79,9 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fisa-rt checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a fisa-rt checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})"
+        )
     try:
         config = FisaConfig.from_json(metadata["config"])
     except (KeyError, ConfigError) as exc:

@@ -40,8 +40,8 @@ EXAMPLES = {
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
     "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
     "convert": "fisa-rt convert fcclip fcclip_cocopan.pth --out fcclip-convnext-l.safetensors\n"
-               "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin "
-               "--out fcclip-convnext-l.safetensors",
+    "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin "
+    "--out fcclip-convnext-l.safetensors",
 }
 
 
@@ -118,7 +118,9 @@ def _train(args: argparse.Namespace) -> None:
     )
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        first, last = result.losses[0] if result.losses else float("nan"), result.losses[-1] if result.losses else float("nan")
+        first, last = result.losses[0] if result.losses else float("nan"), (
+            result.losses[-1] if result.losses else float("nan")
+        )
         print(
             f"wrote {result.out}: {result.steps} steps, loss {first:.3f} -> {last:.3f}, "
             f"{result.seconds_per_step * 1000:.0f} ms/step, trainable {result.trainable:,} of {result.total:,}"
@@ -138,7 +140,9 @@ def _eval(args: argparse.Namespace) -> None:
 
         model, _ = load_model(args.engine)
         if args.object_threshold is not None:
-            model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=args.object_threshold)
+            model.cfg.postprocess = dataclasses.replace(
+                model.cfg.postprocess, object_mask_threshold=args.object_threshold
+            )
         dataset = PanopticDataset(args.data, args.split, model.cfg.image_size, augment=False, resize=model.cfg.resize,
                                   image_mean=model.cfg.image_mean)
         results = evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit,
@@ -148,7 +152,9 @@ def _eval(args: argparse.Namespace) -> None:
 
         segmenter = Segmenter.from_engine(args.engine, args.backend)
         if args.object_threshold is not None:
-            segmenter.postprocess = dataclasses.replace(segmenter.postprocess, object_mask_threshold=args.object_threshold)
+            segmenter.postprocess = dataclasses.replace(
+                segmenter.postprocess, object_mask_threshold=args.object_threshold
+            )
         dataset = PanopticDataset(args.data, args.split, segmenter.backend.image_size, augment=False,
                                   resize=segmenter.resize, image_mean=segmenter.image_mean)
         results = evaluate_segmenter(segmenter, dataset, batch_size=args.batch_size, limit=args.limit,
@@ -325,7 +331,9 @@ def _convert(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fisa-rt", description="FISA open-vocabulary segmentation.")
-    parser.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks of errors")
+    parser.add_argument(
+        "--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks of errors"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help_text: str, func) -> argparse.ArgumentParser:
@@ -348,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val", type=COUNT, default=300, help="number of validation scenes (seen and held-out classes)")
     data.add_argument("--seed", type=COUNT, default=0, help="generator seed; the same seed writes the same files")
     data.add_argument("--image-size", type=_number(int, 16), default=128, help="side of the square scenes in pixels")
-    data.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing splits")
+    data.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing splits"
+    )
     data.add_argument("--world", choices=["default", "broad"], default="default",
                       help="broad: pre-training sees concepts segmentation never does (novel-concept classes in val)")
     data.add_argument("--pretrain", type=COUNT, default=0,
@@ -358,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = verb("train", "train one stage: clip (contrastive), generator (masks), adapt (FISA / baselines)", _train)
     tr.add_argument("stage", choices=["clip", "generator", "adapt"], help="which stage to train")
     tr.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout (see make-data)")
-    tr.add_argument("--out", required=True, help="output weights (.safetensors); training state is kept beside it and resumed")
+    tr.add_argument(
+        "--out", required=True, help="output weights (.safetensors); training state is kept beside it and resumed"
+    )
     tr.add_argument("--model", help="model config name (default: fisa-tiny; adapt: the --init checkpoint's own config)")
     tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's "
                                    "checkpoint or a converted one (fisa-rt convert), loaded into --model with new "
@@ -381,63 +393,110 @@ def build_parser() -> argparse.ArgumentParser:
                          "(an adaptation-length curve)")
     tr.add_argument("--save-every", type=POSITIVE, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
-    tr.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output")
+    tr.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output"
+    )
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
 
     ev = verb("eval", "PQ/SQ/RQ and mIoU (seen / held-out) of any engine on a COCO-panoptic split", _eval)
-    ev.add_argument("--engine", required=True, help="checkpoint (.safetensors), ONNX (.onnx) or TensorRT engine (.engine/.plan)")
-    ev.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
+    ev.add_argument(
+        "--engine", required=True, help="checkpoint (.safetensors), ONNX (.onnx) or TensorRT engine (.engine/.plan)"
+    )
+    ev.add_argument(
+        "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
+    )
     ev.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout")
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
     ev.add_argument("--batch-size", type=POSITIVE, default=8, help="images per forward pass")
     ev.add_argument("--limit", type=POSITIVE, help="evaluate only the first N images")
-    ev.add_argument("--object-threshold", type=_number(float, 0, 1),
-                    help="panoptic: keep proposals whose class probability exceeds this (default: the model's; calibrate it on training images)")
-    ev.add_argument("--predictions", help="also write COCO-panoptic predictions (PNG + predictions.json) to this folder")
+    ev.add_argument(
+        "--object-threshold",
+        type=_number(float, 0, 1),
+        help="panoptic: keep proposals whose class probability exceeds this (default: the model's; calibrate it on training images)",
+    )
+    ev.add_argument(
+        "--predictions", help="also write COCO-panoptic predictions (PNG + predictions.json) to this folder"
+    )
     ev.add_argument("--json", help="write the results table as JSON to this file")
     ev.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                     help="replace an existing --json file and --predictions folder")
 
     def vocabulary_options(sub):
         sub.add_argument("--classes", help='comma-separated class names, e.g. "cat, dog, grass"')
-        sub.add_argument("--vocab", help="a shipped vocabulary (coco-panoptic, ade20k-150, synthetic) or a .txt/.json file")
+        sub.add_argument(
+            "--vocab", help="a shipped vocabulary (coco-panoptic, ade20k-150, synthetic) or a .txt/.json file"
+        )
 
     inf = verb("infer", "segment images, folders, globs, videos or a camera with any engine", _infer)
-    inf.add_argument("--engine", required=True,
-                     help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), or a build_engine.py folder (its best artefact here)")
-    inf.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
-    inf.add_argument("--input", help="image, folder, glob, video file or camera index (default: the bundled sample scenes)")
+    inf.add_argument(
+        "--engine",
+        required=True,
+        help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), or a build_engine.py folder (its best artefact here)",
+    )
+    inf.add_argument(
+        "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
+    )
+    inf.add_argument(
+        "--input", help="image, folder, glob, video file or camera index (default: the bundled sample scenes)"
+    )
     vocabulary_options(inf)
     inf.add_argument("--embeddings", help="precomputed vocabulary embeddings from `fisa-rt encode-vocab`")
-    inf.add_argument("--task", choices=["semantic", "panoptic", "instance"], default="panoptic", help="what to segment (default: panoptic)")
-    inf.add_argument("--out", required=True, help="output folder: overlay PNG, label PNG, COCO panoptic PNG+JSON or instance RLE JSON")
+    inf.add_argument(
+        "--task",
+        choices=["semantic", "panoptic", "instance"],
+        default="panoptic",
+        help="what to segment (default: panoptic)",
+    )
+    inf.add_argument(
+        "--out",
+        required=True,
+        help="output folder: overlay PNG, label PNG, COCO panoptic PNG+JSON or instance RLE JSON",
+    )
     inf.add_argument("--batch", type=POSITIVE, default=1, help="images per engine call")
     inf.add_argument("--no-cache", action="store_true", help="do not read or write the vocabulary embedding cache")
-    inf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar for folders and videos")
-    inf.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing outputs")
+    inf.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar for folders and videos"
+    )
+    inf.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing outputs"
+    )
     inf.add_argument("--fail-fast", action=argparse.BooleanOptionalAction, default=False,
                      help="stop at the first bad input (default: skip it with one line, go on, exit 1 at the end)")
     inf.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS,
                      help=f"refuse larger images, e.g. decompression bombs (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
 
-    enc = verb("encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab)
+    enc = verb(
+        "encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab
+    )
     enc.add_argument("--engine", required=True, help="the artefact whose text encoder to use (any backend)")
-    enc.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
+    enc.add_argument(
+        "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
+    )
     vocabulary_options(enc)
     enc.add_argument("--out", required=True, help="embeddings file to write (.npz)")
-    enc.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing file")
+    enc.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing file"
+    )
 
     be = verb("bench", "latency percentiles and throughput of an engine (model and host<->device copies apart)", _bench)
     be.add_argument("--engine", required=True, help="any engine")
-    be.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file")
+    be.add_argument(
+        "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
+    )
     be.add_argument("--batch", type=POSITIVE, default=1, help="images per call")
     be.add_argument("--classes", type=POSITIVE, default=150, help="vocabulary size K (random unit embeddings)")
     be.add_argument("--warmup", type=COUNT, default=5, help="untimed calls first")
     be.add_argument("--iterations", type=POSITIVE, default=30, help="timed calls")
     be.add_argument("--json", help="also write the report as JSON")
-    be.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file")
+    be.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file"
+    )
 
-    ins = verb("inspect", "show an artefact's manifest, inputs/outputs and precision; warn on TensorRT or GPU mismatch", _inspect)
+    ins = verb(
+        "inspect",
+        "show an artefact's manifest, inputs/outputs and precision; warn on TensorRT or GPU mismatch",
+        _inspect,
+    )
     ins.add_argument("path", help="engine, ONNX or checkpoint")
 
     demo = verb("demo", "segment the bundled sample scenes (or your images) and write overlay PNGs", _demo)
@@ -445,7 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--input", nargs="+", help="image files (default: the bundled sample scenes)")
     demo.add_argument("--classes", help="comma-separated class names (default: the synthetic set's 32 classes)")
     demo.add_argument("--out", required=True, help="folder for the overlay PNGs")
-    demo.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing overlays")
+    demo.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing overlays"
+    )
 
     conv = verb("convert", "turn a released checkpoint of another project into a fisa-rt checkpoint", _convert)
     conv.add_argument("source", choices=["fcclip"],

@@ -109,7 +109,12 @@ class ClassifierConfig:
 class SimoConfig:
     # Parameter-name prefixes that stay trainable during FISA adaptation; everything else is frozen.
     trainable: List[str] = field(
-        default_factory=lambda: ["classifier.mask_q_proj", "classifier.void_embedding", "classifier.logit_scale", "backbone.seve"]
+        default_factory=lambda: [
+            "classifier.mask_q_proj",
+            "classifier.void_embedding",
+            "classifier.logit_scale",
+            "backbone.seve",
+        ]
     )
 
 
@@ -194,7 +199,9 @@ class FisaConfig:
             if value not in valid:
                 raise ConfigError(f"{key} must be one of {valid}, got {value!r}")
         if self.image_size % 32:
-            raise ConfigError(f"image_size must be a multiple of 32 (the coarsest feature stride), got {self.image_size}")
+            raise ConfigError(
+                f"image_size must be a multiple of 32 (the coarsest feature stride), got {self.image_size}"
+            )
         resize = self.resize
         if resize.mode not in RESIZE_MODES:
             raise ConfigError(f"resize.mode must be one of {RESIZE_MODES}, got {resize.mode!r}")

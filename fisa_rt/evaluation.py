@@ -273,7 +273,12 @@ def _write_prediction(folder: str, dataset: PanopticDataset, index: int, panopti
     ids = panoptic.segment_map.cpu().numpy()
     save_image(Image.fromarray(ids_to_rgb(ids)), os.path.join(folder, ann["file_name"]))
     segments = [
-        {"id": s.id, "category_id": dataset.categories[s.category_id]["id"], "iscrowd": 0, "area": int((ids == s.id).sum())}
+        {
+            "id": s.id,
+            "category_id": dataset.categories[s.category_id]["id"],
+            "iscrowd": 0,
+            "area": int((ids == s.id).sum()),
+        }
         for s in panoptic.segments
     ]
     return {"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments}

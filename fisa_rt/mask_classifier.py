@@ -45,7 +45,15 @@ def cosine_logits(embeds: torch.Tensor, text: torch.Tensor, logit_scale: torch.T
 
 
 class MaskAttentionHead(nn.Module):
-    def __init__(self, visual: nn.Module, cfg: ClassifierConfig, embed_dim: int, clip_logit_scale: torch.Tensor, kernels: str = "auto"):
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        cfg: ClassifierConfig,
+        embed_dim: int,
+        clip_logit_scale: torch.Tensor,
+        kernels: str = "auto",
+    ):
         super().__init__()
         self.kernels = kernels
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - cfg.num_mask_layers:]
@@ -63,7 +71,16 @@ class MaskAttentionHead(nn.Module):
         self.logit_scale = nn.Parameter(clip_logit_scale.detach().clone().reshape(()))
         self.threshold = cfg.mask_threshold
 
-    def _block(self, block: nn.Module, q_proj: nn.Linear, image_in: torch.Tensor, tokens: torch.Tensor, mask_logits, grid, layout):
+    def _block(
+        self,
+        block: nn.Module,
+        q_proj: nn.Linear,
+        image_in: torch.Tensor,
+        tokens: torch.Tensor,
+        mask_logits,
+        grid,
+        layout,
+    ):
         attn = block.attn
         W, H = attn.embed_dim, attn.num_heads
         B, Q, _ = tokens.shape
@@ -79,13 +96,29 @@ class MaskAttentionHead(nn.Module):
             return t.reshape(B, t.shape[1], H, W // H).transpose(1, 2)
 
         out = mask_attention(
-            heads(q_proj(normed)), heads(k_img), heads(v_img), heads(k_self), heads(v_self), mask_logits, grid, self.threshold,
-            backend=self.kernels, layout=layout,
+            heads(q_proj(normed)),
+            heads(k_img),
+            heads(v_img),
+            heads(k_self),
+            heads(v_self),
+            mask_logits,
+            grid,
+            self.threshold,
+            backend=self.kernels,
+            layout=layout,
         )
         tokens = tokens + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(B, Q, W)))
         return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
 
-    def forward(self, backbone: nn.Module, features: BackboneOutput, generator: MaskGeneratorOutput, text, logit_scale, seen=None):
+    def forward(
+        self,
+        backbone: nn.Module,
+        features: BackboneOutput,
+        generator: MaskGeneratorOutput,
+        text,
+        logit_scale,
+        seen=None,
+    ):
         """``logit_scale`` (CLIP's) is not used: this head scores with its own learned temperature."""
         visual = backbone.visual
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - len(self.mask_q_proj):]
@@ -106,7 +139,15 @@ class MaskAverageHead(nn.Module):
         self.cfg = cfg
         self.kernels = kernels
 
-    def forward(self, backbone: nn.Module, features: BackboneOutput, generator: MaskGeneratorOutput, text, logit_scale, seen: Optional[torch.Tensor] = None):
+    def forward(
+        self,
+        backbone: nn.Module,
+        features: BackboneOutput,
+        generator: MaskGeneratorOutput,
+        text,
+        logit_scale,
+        seen: Optional[torch.Tensor] = None,
+    ):
         """``seen`` (K,) bool marks classes the mask generator was trained on (FC-CLIP's category
         overlap); None treats every class as unseen."""
         cfg = self.cfg

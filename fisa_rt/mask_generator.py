@@ -61,7 +61,11 @@ class SimplePyramid(nn.Module):
             channels = in_channels
             if stride < in_stride:
                 for _ in range(int(math.log2(in_stride // stride))):
-                    layers += [nn.ConvTranspose2d(channels, channels // 2, 2, stride=2), group_norm(channels // 2), nn.GELU()]
+                    layers += [
+                        nn.ConvTranspose2d(channels, channels // 2, 2, stride=2),
+                        group_norm(channels // 2),
+                        nn.GELU(),
+                    ]
                     channels //= 2
             elif stride > in_stride:
                 layers.append(nn.MaxPool2d(stride // in_stride))
@@ -96,9 +100,14 @@ class PixelDecoder(nn.Module):
         self.lateral = nn.ModuleDict(
             {n: nn.Sequential(nn.Conv2d(in_channels[n], dim, 1, bias=False), group_norm(dim)) for n in self.names}
         )
-        self.encoder = nn.ModuleList(_EncoderLayer(dim, cfg.num_heads, cfg.dim_feedforward) for _ in range(cfg.enc_layers))
+        self.encoder = nn.ModuleList(
+            _EncoderLayer(dim, cfg.num_heads, cfg.dim_feedforward) for _ in range(cfg.enc_layers)
+        )
         self.output = nn.ModuleDict(
-            {n: nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), group_norm(dim), nn.ReLU()) for n in self.names}
+            {
+                n: nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), group_norm(dim), nn.ReLU())
+                for n in self.names
+            }
         )
         self.mask_features = nn.Conv2d(dim, cfg.mask_dim, 1)
 
@@ -133,7 +142,9 @@ class _DecoderLayer(nn.Module):
         self.norm_ffn = nn.LayerNorm(dim)
 
     def forward(self, q, query_pos, memory, memory_pos, attn_mask):
-        q = self.norm_cross(q + self.cross(q + query_pos, memory + memory_pos, memory, attn_mask=attn_mask, need_weights=False)[0])
+        q = self.norm_cross(
+            q + self.cross(q + query_pos, memory + memory_pos, memory, attn_mask=attn_mask, need_weights=False)[0]
+        )
         qk = q + query_pos
         q = self.norm_self(q + self.self_attn(qk, qk, q, need_weights=False)[0])
         return self.norm_ffn(q + self.ffn(q))
@@ -159,7 +170,13 @@ def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor
 class MaskGenerator(nn.Module):
     """Features -> (mask logits, CLIP-space class embeddings) for ``num_queries`` proposals."""
 
-    def __init__(self, cfg: MaskGeneratorConfig, feature_channels: Dict[str, int], feature_strides: Dict[str, int], embed_dim: int):
+    def __init__(
+        self,
+        cfg: MaskGeneratorConfig,
+        feature_channels: Dict[str, int],
+        feature_strides: Dict[str, int],
+        embed_dim: int,
+    ):
         super().__init__()
         dim = cfg.hidden_dim
         if len(feature_channels) == 1:
@@ -181,7 +198,9 @@ class MaskGenerator(nn.Module):
         self.query_feat = nn.Embedding(cfg.num_queries, dim)
         self.query_pos = nn.Embedding(cfg.num_queries, dim)
         self.level_embed = nn.Embedding(3, dim)
-        self.layers = nn.ModuleList(_DecoderLayer(dim, cfg.num_heads, cfg.dim_feedforward) for _ in range(cfg.dec_layers))
+        self.layers = nn.ModuleList(
+            _DecoderLayer(dim, cfg.num_heads, cfg.dim_feedforward) for _ in range(cfg.dec_layers)
+        )
         self.decoder_norm = nn.LayerNorm(dim)
         self.mask_pooled = cfg.class_head == "mask-pooled"
         if self.mask_pooled:
@@ -205,7 +224,9 @@ class MaskGenerator(nn.Module):
             class_embeds = self.class_embed(q)
         # Next layer's cross-attention sees only where this prediction is confident (Mask2Former);
         # a query whose mask is empty at that scale sees everything instead of nothing.
-        blocked = F.interpolate(mask_logits.detach(), size=next_size, mode="bilinear", align_corners=False).flatten(2) < 0.0
+        blocked = (
+            F.interpolate(mask_logits.detach(), size=next_size, mode="bilinear", align_corners=False).flatten(2) < 0.0
+        )
         blocked = blocked & ~blocked.all(-1, keepdim=True)
         blocked = blocked.repeat_interleave(self.num_heads, dim=0)
         return mask_logits, class_embeds, blocked

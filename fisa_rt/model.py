@@ -82,7 +82,9 @@ class FisaModel(nn.Module):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"images must be a (B, 3, H, W) tensor; got {shape}")
         if not images.is_floating_point():
-            raise InputError(f"images must be normalised floating-point tensors; got {images.dtype} (see fisa_rt.preprocess)")
+            raise InputError(
+                f"images must be normalised floating-point tensors; got {images.dtype} (see fisa_rt.preprocess)"
+            )
         if images.shape[-1] % 32 or images.shape[-2] % 32:
             raise InputError(f"image height and width must be multiples of 32; got {tuple(images.shape[-2:])}")
         if not isinstance(text, torch.Tensor) or text.dim() != 2:
@@ -91,9 +93,13 @@ class FisaModel(nn.Module):
         if text.shape[0] == 0:
             raise InputError("the vocabulary is empty: text embeddings have K = 0 classes")
         if text.shape[1] != self.embed_dim:
-            raise InputError(f"text embeddings have dimension {text.shape[1]}, but {self.cfg.name} needs {self.embed_dim}")
+            raise InputError(
+                f"text embeddings have dimension {text.shape[1]}, but {self.cfg.name} needs {self.embed_dim}"
+            )
         if seen is not None and (seen.dtype != torch.bool or seen.shape != (text.shape[0],)):
-            raise InputError(f"seen must be a bool tensor of shape ({text.shape[0]},); got {seen.dtype} {tuple(seen.shape)}")
+            raise InputError(
+                f"seen must be a bool tensor of shape ({text.shape[0]},); got {seen.dtype} {tuple(seen.shape)}"
+            )
 
     def forward(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None) -> FisaOutput:
         """images (B, 3, H, W) normalised with the config's mean/std, H and W multiples of 32;

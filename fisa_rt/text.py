@@ -77,7 +77,9 @@ class EmbeddingCache:
         key = hashlib.sha256(json.dumps([fingerprint, list(templates), list(class_names)]).encode()).hexdigest()[:32]
         return os.path.join(self.folder, f"vocab-{key}.safetensors")
 
-    def get_or_encode(self, tower: TextTower, tokenizer, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def get_or_encode(
+        self, tower: TextTower, tokenizer, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+    ) -> torch.Tensor:
         names = validate_vocabulary(class_names)
         path = self.path(tower.fingerprint(), templates, names)
         if os.path.isfile(path):

@@ -49,7 +49,9 @@ def _blend(image: np.ndarray, segment_map: np.ndarray, segment_colours: dict, al
     return out
 
 
-def overlay(image: np.ndarray, segment_map: np.ndarray, segment_classes: dict, class_names: Sequence[str], alpha: float = 0.55) -> Image.Image:
+def overlay(
+    image: np.ndarray, segment_map: np.ndarray, segment_classes: dict, class_names: Sequence[str], alpha: float = 0.55
+) -> Image.Image:
     """image (H, W, 3) uint8; segment_map (H, W) ids (0 = none); segment_classes id -> class index.
     Returns the blended picture with a legend strip of the classes present on the right."""
     colours = class_colours(len(class_names))
@@ -59,11 +61,15 @@ def overlay(image: np.ndarray, segment_map: np.ndarray, segment_classes: dict, c
     row = 14
     labels = {c: legend_label(class_names[c]) for c in present}
     legend_width = max([int(font.getlength(labels[c])) for c in present] + [40]) + 24
-    canvas = Image.new("RGB", (image.shape[1] + legend_width, max(image.shape[0], row * len(present) + 4)), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (image.shape[1] + legend_width, max(image.shape[0], row * len(present) + 4)), (255, 255, 255)
+    )
     canvas.paste(Image.fromarray(out), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, cls in enumerate(present):
         y = 2 + i * row
-        draw.rectangle([image.shape[1] + 4, y + 1, image.shape[1] + 14, y + 11], fill=tuple(int(v) for v in colours[cls]))
+        draw.rectangle(
+            [image.shape[1] + 4, y + 1, image.shape[1] + 14, y + 11], fill=tuple(int(v) for v in colours[cls])
+        )
         draw.text((image.shape[1] + 18, y), labels[cls], fill=(0, 0, 0), font=font)
     return canvas

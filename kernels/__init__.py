@@ -7,7 +7,13 @@ the reference elsewhere; see ``backend.py``). Triton is imported only when a ker
 
 from .adapter_attention import adapter_attention, adapter_attention_reference
 from .backend import BACKENDS, KernelUnavailableError, use_triton
-from .mask_attention import MaskLayout, mask_attention, mask_attention_layout, mask_attention_reference, mask_inside_grid
+from .mask_attention import (
+    MaskLayout,
+    mask_attention,
+    mask_attention_layout,
+    mask_attention_reference,
+    mask_inside_grid,
+)
 from .mask_pooling import mask_average_logits, mask_average_logits_reference
 
 __all__ = [

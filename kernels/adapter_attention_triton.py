@@ -64,7 +64,11 @@ def adapter_attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < N
     d_ok = offs_d < D
-    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
+        mask=n_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     m_i = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
@@ -73,8 +77,12 @@ def adapter_attention_fwd_kernel(
     for start in range(0, KN, BLOCK_K):
         offs_k = start + tl.arange(0, BLOCK_K)
         k_ok = offs_k < KN
-        kt = tl.load(k_base + offs_k[None, :] * skk + offs_d[:, None] * skd, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(v_base + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+        kt = tl.load(
+            k_base + offs_k[None, :] * skk + offs_d[:, None] * skd, mask=k_ok[None, :] & d_ok[:, None], other=0.0
+        )
+        v = tl.load(
+            v_base + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=k_ok[:, None] & d_ok[None, :], other=0.0
+        )
         if HAS_VALID:
             k_ok = k_ok & (tl.load(VALID + b * s_valid_b + offs_k * s_valid_k, mask=k_ok, other=0) != 0)
         # scores in log2 units: exp2 is the native instruction
@@ -83,7 +91,11 @@ def adapter_attention_fwd_kernel(
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     has_any = l_i > 0
     out = acc / tl.where(has_any, l_i, 1.0)[:, None]
-    tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    tl.store(
+        O + b * sob + h * soh + offs_n[:, None] * son + offs_d[None, :] * sod,
+        out.to(O.dtype.element_ty),
+        mask=n_ok[:, None] & d_ok[None, :],
+    )
     # log2-sum-exp2; +inf for empty rows makes every recomputed probability 0 in the backward pass
     lse = tl.where(has_any, m_i + tl.math.log2(tl.where(has_any, l_i, 1.0)), float("inf"))
     if STORE_LSE:  # for the backward pass; inference (the TensorRT plugin) skips it
@@ -254,4 +266,3 @@ class AdapterAttention(torch.autograd.Function):
 
 def adapter_attention_triton(q, k, v, key_valid=None):
     return AdapterAttention.apply(q, k, v, key_valid)
-

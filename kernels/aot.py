@@ -148,7 +148,9 @@ def default_constants(kernel: str, arch: int, dtype: str, head_dim: int = 64) ->
     return kernel_constants(kernel, configs_for(kernel, generation_of(arch))[0], dtype, head_dim)
 
 
-def compile_kernel(kernel: str, arch: int, dtype: str = "fp16", constants: Optional[Dict[str, object]] = None) -> CompiledKernel:
+def compile_kernel(
+    kernel: str, arch: int, dtype: str = "fp16", constants: Optional[Dict[str, object]] = None
+) -> CompiledKernel:
     """Compile one PyTorch-path kernel (its tuned defaults unless ``constants`` are given)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
@@ -262,7 +264,9 @@ def exact_entry(ptx: str, entry: str, params: int, scratch_sizes: Tuple[int, int
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Compile fisa-rt's Triton kernels to PTX without a GPU.")
-    parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (87 = Orin, 90 = H100); repeatable")
+    parser.add_argument(
+        "--arch", type=int, action="append", help="compute capability x10 (87 = Orin, 90 = H100); repeatable"
+    )
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     parser.add_argument("--kernel", action="append", choices=list(KERNELS), help="default: all")
     parser.add_argument("--out", required=True, help="folder for <kernel>.sm_<arch>.<dtype>.ptx and index.json")

@@ -134,8 +134,12 @@ def _plugin_records(arch: int) -> List[GateRecord]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Compile every kernel config for sm_87/sm_90 and check it with ptxas -v.")
-    parser.add_argument("--kernel", action="append", help="only these PyTorch-path kernels (default: all, plugins included)")
+    parser = argparse.ArgumentParser(
+        description="Compile every kernel config for sm_87/sm_90 and check it with ptxas -v."
+    )
+    parser.add_argument(
+        "--kernel", action="append", help="only these PyTorch-path kernels (default: all, plugins included)"
+    )
     parser.add_argument("--json", help="write the records here")
     args = parser.parse_args(argv)
     records = run_gate(args.kernel)

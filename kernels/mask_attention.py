@@ -56,7 +56,9 @@ class MaskLayout:
     block_n: int = 0
 
 
-def build_mask_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float, tiles: Optional[Tuple[int, int]] = None) -> MaskLayout:
+def build_mask_layout(
+    mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float, tiles: Optional[Tuple[int, int]] = None
+) -> MaskLayout:
     """The layout of ``mask_logits`` over ``grid``, with block lists for ``tiles`` = (block_q, block_n)."""
     inside = mask_inside_grid(mask_logits.detach(), grid, threshold).contiguous()
     if tiles is None:
@@ -70,10 +72,18 @@ def build_mask_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshol
     # a stable sort of "empty" puts the occupied blocks first, in ascending order
     order = torch.sort(~occupied, dim=-1, stable=True).indices
     # bool and int8 share a layout: the view costs no pass
-    return MaskLayout(inside.view(torch.int8), occupied.sum(-1, dtype=torch.int32), order.to(torch.int32).contiguous(), block_q, block_n)
+    return MaskLayout(
+        inside.view(torch.int8),
+        occupied.sum(-1, dtype=torch.int32),
+        order.to(torch.int32).contiguous(),
+        block_q,
+        block_n,
+    )
 
 
-def mask_attention_layout(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, backend: str = "auto") -> MaskLayout:
+def mask_attention_layout(
+    mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, backend: str = "auto"
+) -> MaskLayout:
     """Decide inside/outside once for every ``mask_attention`` call under these masks (same backend)."""
     if backend != "onnx" and use_triton(backend, mask_logits):
         from .mask_attention_triton import layout_tiles
@@ -88,9 +98,13 @@ def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout: Optional[
     if layout is not None and tuple(layout.inside.shape) != (B, Q, N):
         raise ValueError(f"layout covers {tuple(layout.inside.shape)} (B, Q, N); these inputs need {(B, Q, N)}")
     if k_img.shape != (B, H, N, Dh) or v_img.shape != k_img.shape:
-        raise ValueError(f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
+        raise ValueError(
+            f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}"
+        )
     if k_self.shape != q.shape or v_self.shape != q.shape:
-        raise ValueError(f"k_self/v_self must match q {tuple(q.shape)}; got {tuple(k_self.shape)}, {tuple(v_self.shape)}")
+        raise ValueError(
+            f"k_self/v_self must match q {tuple(q.shape)}; got {tuple(k_self.shape)}, {tuple(v_self.shape)}"
+        )
     if mask_logits.dim() != 4 or mask_logits.shape[:2] != (B, Q):
         raise ValueError(f"mask_logits must be (B={B}, Q={Q}, Hm, Wm); got {tuple(mask_logits.shape)}")
 

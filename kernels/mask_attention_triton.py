@@ -34,18 +34,61 @@ from .mask_attention import MaskLayout
 from .mask_grid_triton import mask_logits_tile
 from .tuning import block_d, dot_precision, launch, mask_tiles
 
+
 @triton.jit
 def mask_attention_fwd_kernel(
-    Q, KI, VI, KS, VS, M, O, LSE,
-    sqb, sqh, sqq, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    ssb, ssh, ssq, ssd,
-    stb, sth, stq, std,
-    smb, smq, smy, smx,
-    sob, soh, soq, sod,
-    H, NQ, N, D, grid_w, in_h, in_w, scale_y, scale_x, threshold, qk_scale,
-    DOT_PRECISION: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    KI,
+    VI,
+    KS,
+    VS,
+    M,
+    O,
+    LSE,
+    sqb,
+    sqh,
+    sqq,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    ssb,
+    ssh,
+    ssq,
+    ssd,
+    stb,
+    sth,
+    stq,
+    std,
+    smb,
+    smq,
+    smy,
+    smx,
+    sob,
+    soh,
+    soq,
+    sod,
+    H,
+    NQ,
+    N,
+    D,
+    grid_w,
+    in_h,
+    in_w,
+    scale_y,
+    scale_x,
+    threshold,
+    qk_scale,
+    DOT_PRECISION: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -67,30 +110,79 @@ def mask_attention_fwd_kernel(
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        logits = mask_logits_tile(mask_base, smq, smy, smx, offs_q, offs_n, q_ok, n_ok, grid_w, in_h, in_w, scale_y, scale_x)
+        logits = mask_logits_tile(
+            mask_base, smq, smy, smx, offs_q, offs_n, q_ok, n_ok, grid_w, in_h, in_w, scale_y, scale_x
+        )
         inside = (logits > threshold) & n_ok[None, :]
-        kt = tl.load(KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        kt = tl.load(
+            KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            mask=n_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        v = tl.load(
+            VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+            mask=n_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(inside, s, float("-inf"))
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     out = acc / l_i[:, None]
-    tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok)
+    tl.store(
+        O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok
+    )
     if STORE_LSE:  # for the backward pass; inference (the TensorRT plugin) skips it
         tl.store(LSE + pid_bh * NQ + offs_q, m_i + tl.math.log2(l_i), mask=q_ok)
 
 
 @triton.jit
 def mask_attention_sparse_fwd_kernel(
-    Q, KI, VI, KS, VS, INSIDE, COUNTS, INDICES, O, LSE,
-    sqb, sqh, sqq, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    ssb, ssh, ssq, ssd,
-    stb, sth, stq, std,
-    sob, soh, soq, sod,
-    H, NQ, N, D, NB, n_splits, qk_scale,
-    PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    KI,
+    VI,
+    KS,
+    VS,
+    INSIDE,
+    COUNTS,
+    INDICES,
+    O,
+    LSE,
+    sqb,
+    sqh,
+    sqq,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    ssb,
+    ssh,
+    ssq,
+    ssd,
+    stb,
+    sth,
+    stq,
+    std,
+    sob,
+    soh,
+    soq,
+    sod,
+    H,
+    NQ,
+    N,
+    D,
+    NB,
+    n_splits,
+    qk_scale,
+    PARTIAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # INSIDE (B, NQ, N) int8, COUNTS (B, QB) int32, INDICES (B, QB, NB) int32: contiguous (MaskLayout).
     # PARTIAL: O (splits, B*H, NQ, D) in q's dtype and LSE (splits, B*H, NQ) fp32, contiguous, for the combine.
@@ -120,9 +212,19 @@ def mask_attention_sparse_fwd_kernel(
     for i in range(first, last):
         offs_n = tl.load(INDICES + tile * NB + i) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        inside = tl.load(INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0)
-        kt = tl.load(KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        inside = tl.load(
+            INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0
+        )
+        kt = tl.load(
+            KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            mask=n_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        v = tl.load(
+            VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+            mask=n_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         s = tl.where(inside != 0, tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale, float("-inf"))
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     if PARTIAL:
@@ -133,7 +235,11 @@ def mask_attention_sparse_fwd_kernel(
         tl.store(LSE + part, tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf")), mask=q_ok)
     else:
         out = acc / l_i[:, None]
-        tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=qd_ok)
+        tl.store(
+            O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod,
+            out.to(O.dtype.element_ty),
+            mask=qd_ok,
+        )
         tl.store(LSE + pid_bh * NQ + offs_q, m_i + tl.math.log2(l_i), mask=q_ok)
 
 
@@ -165,7 +271,11 @@ def mask_attention_combine_kernel(
         acc += w[:, None] * tl.load(OP + part[:, None] * D + offs_d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
     b = pid_bh // H
     h = pid_bh % H
-    tl.store(O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod, (acc / l[:, None]).to(O.dtype.element_ty), mask=qd_ok)
+    tl.store(
+        O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod,
+        (acc / l[:, None]).to(O.dtype.element_ty),
+        mask=qd_ok,
+    )
     tl.store(LSE + pid_bh * NQ + offs_q, m + tl.math.log2(l), mask=q_ok)
 
 
@@ -210,7 +320,9 @@ def mask_attention_sparse_bwd_kernel(
         offs_n = tl.load(INDICES + tile * NB + i) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         nd_ok = n_ok[:, None] & d_ok[None, :]
-        inside = tl.load(INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0)
+        inside = tl.load(
+            INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0
+        )
         k = tl.load(KI + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=nd_ok, other=0.0)
         v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=nd_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -267,8 +379,13 @@ def forward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optiona
     )
     if splits > 1:
         launch(
-            "mask_attention_combine", mask_attention_combine_kernel, lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
-            (part_out, part_lse, out, lse, *out.stride(), H, NQ, D, splits), dict(BLOCK_D=block_d(D)), q.device, bucket=(NQ, D),
+            "mask_attention_combine",
+            mask_attention_combine_kernel,
+            lambda m: (triton.cdiv(NQ, m["BLOCK_Q"]), B * H),
+            (part_out, part_lse, out, lse, *out.stride(), H, NQ, D, splits),
+            dict(BLOCK_D=block_d(D)),
+            q.device,
+            bucket=(NQ, D),
         )
     return out, lse
 
@@ -314,5 +431,7 @@ class MaskAttention(torch.autograd.Function):
 def mask_attention_triton(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optional[int] = None):
     """``layout`` must carry the block lists of this device's tiles (``mask_attention_layout``)."""
     if (layout.block_q, layout.block_n) != layout_tiles(q.device):
-        raise ValueError(f"layout tiles {(layout.block_q, layout.block_n)} differ from the kernel's {layout_tiles(q.device)}")
+        raise ValueError(
+            f"layout tiles {(layout.block_q, layout.block_n)} differ from the kernel's {layout_tiles(q.device)}"
+        )
     return MaskAttention.apply(q, k_img, v_img, k_self, v_self, layout, splits)

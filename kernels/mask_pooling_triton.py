@@ -39,9 +39,30 @@ def _weights(logits, threshold, SIGMOID: tl.constexpr):
 
 @triton.jit
 def mask_pool_tile(
-    mask_base, smq, smy, smx, feat_base, sfc, sfy, sfx, offs_q, offs_c, q_ok, c_ok,
-    HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
-    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    mask_base,
+    smq,
+    smy,
+    smx,
+    feat_base,
+    sfc,
+    sfy,
+    sfx,
+    offs_q,
+    offs_c,
+    q_ok,
+    c_ok,
+    HW,
+    grid_w,
+    in_h,
+    in_w,
+    scale_y,
+    scale_x,
+    threshold,
+    SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
 ):
     """(mask weights @ features, mask areas) of one block of masks and channels of one image, over all
     HW cells: the weights are sampled from the logits in registers, never stored."""
@@ -50,11 +71,17 @@ def mask_pool_tile(
     for start in range(0, HW, BLOCK_HW):
         offs_hw = start + tl.arange(0, BLOCK_HW)
         hw_ok = offs_hw < HW
-        logits = mask_logits_tile(mask_base, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
+        logits = mask_logits_tile(
+            mask_base, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x
+        )
         w = tl.where(q_ok[:, None] & hw_ok[None, :], _weights(logits, threshold, SIGMOID), 0.0)
         fy = offs_hw // grid_w
         fx = offs_hw % grid_w
-        f = tl.load(feat_base + offs_c[None, :] * sfc + (fy * sfy + fx * sfx)[:, None], mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
+        f = tl.load(
+            feat_base + offs_c[None, :] * sfc + (fy * sfy + fx * sfx)[:, None],
+            mask=hw_ok[:, None] & c_ok[None, :],
+            other=0.0,
+        )
         acc += tl.dot(w.to(f.dtype), f, input_precision=DOT_PRECISION)
         area += tl.sum(w, 1)
     return acc, area
@@ -75,9 +102,15 @@ def mask_weights_kernel(
     offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
     q_ok = offs_q < NQ
     hw_ok = offs_hw < HW
-    logits = mask_logits_tile(M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x)
+    logits = mask_logits_tile(
+        M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x
+    )
     w = _weights(logits, threshold, SIGMOID)
-    tl.store(W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], w.to(W.dtype.element_ty), mask=q_ok[:, None] & hw_ok[None, :])
+    tl.store(
+        W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :],
+        w.to(W.dtype.element_ty),
+        mask=q_ok[:, None] & hw_ok[None, :],
+    )
 
 
 @triton.jit
@@ -101,8 +134,14 @@ def mask_pool_fwd_kernel(
     for start in range(0, HW, BLOCK_HW):
         offs_hw = start + tl.arange(0, BLOCK_HW)
         hw_ok = offs_hw < HW
-        w = tl.load(W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0)
-        f = tl.load(F_ + b * sfb + offs_c[None, :] * sfc + offs_hw[:, None] * sf_hw, mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
+        w = tl.load(
+            W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0
+        )
+        f = tl.load(
+            F_ + b * sfb + offs_c[None, :] * sfc + offs_hw[:, None] * sf_hw,
+            mask=hw_ok[:, None] & c_ok[None, :],
+            other=0.0,
+        )
         acc += tl.dot(w, f, input_precision=DOT_PRECISION)
         area += tl.sum(w.to(tl.float32), 1)
     pooled = acc / (area + 1e-8)[:, None]  # FC-CLIP's epsilon
@@ -139,7 +178,9 @@ def cosine_logits_kernel(
     p_norm = tl.maximum(tl.sqrt(p_sq), 1e-12)
     t_norm = tl.maximum(tl.sqrt(t_sq), 1e-12)
     out = scale * dots / p_norm[:, None] / t_norm[None, :]
-    tl.store(OUT + offs_m[:, None] * KN + offs_k[None, :], out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+    tl.store(
+        OUT + offs_m[:, None] * KN + offs_k[None, :], out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :]
+    )
 
 
 @triton.jit
@@ -162,11 +203,19 @@ def mask_pool_bwd_kernel(
         offs_q = start + tl.arange(0, BLOCK_Q)
         q_ok = offs_q < NQ
         area = tl.load(AREA + b * NQ + offs_q, mask=q_ok, other=1.0)
-        w = tl.load(W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0)
+        w = tl.load(
+            W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0
+        )
         w = w.to(tl.float32) / (area + 1e-8)[:, None]
-        gt = tl.load(G + (b * NQ + offs_q[None, :]) * C + offs_c[:, None], mask=q_ok[None, :] & c_ok[:, None], other=0.0)
+        gt = tl.load(
+            G + (b * NQ + offs_q[None, :]) * C + offs_c[:, None], mask=q_ok[None, :] & c_ok[:, None], other=0.0
+        )
         acc += tl.dot(gt, w, input_precision=DOT_PRECISION)
-    tl.store(DF + b * sdb + offs_c[:, None] * sdc + offs_hw[None, :] * sd_hw, acc.to(DF.dtype.element_ty), mask=c_ok[:, None] & hw_ok[None, :])
+    tl.store(
+        DF + b * sdb + offs_c[:, None] * sdc + offs_hw[None, :] * sd_hw,
+        acc.to(DF.dtype.element_ty),
+        mask=c_ok[:, None] & hw_ok[None, :],
+    )
 
 
 def _cell_stride(t: torch.Tensor) -> torch.Tensor:
@@ -187,8 +236,13 @@ def mask_weights(mask_logits, dense, weighting, threshold) -> torch.Tensor:
     weights = torch.empty(B, Q, HW, device=dense.device, dtype=dense.dtype)
     args = (mask_logits, weights, *mask_logits.stride(), Q, *_sampling(mask_logits, dense), float(threshold))
     launch(
-        "mask_weights", mask_weights_kernel, lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
-        args, dict(SIGMOID=weighting == "sigmoid"), dense.device, bucket=(Q, HW),
+        "mask_weights",
+        mask_weights_kernel,
+        lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
+        args,
+        dict(SIGMOID=weighting == "sigmoid"),
+        dense.device,
+        bucket=(Q, HW),
     )
     return weights
 
@@ -201,8 +255,13 @@ def pool(weights, dense):
     area = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
     args = (weights, dense, pooled, area, dense.stride(0), dense.stride(1), dense.stride(3), Q, C, HW)
     launch(
-        "mask_pool_fwd", mask_pool_fwd_kernel, lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
-        args, dict(DOT_PRECISION=dot_precision(dense.dtype)), dense.device, bucket=(Q, C, HW),
+        "mask_pool_fwd",
+        mask_pool_fwd_kernel,
+        lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
+        args,
+        dict(DOT_PRECISION=dot_precision(dense.dtype)),
+        dense.device,
+        bucket=(Q, C, HW),
     )
     return pooled, area
 
@@ -214,8 +273,13 @@ def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dt
     args = (pooled, text, out, text.stride(0), text.stride(1), B * Q, K, C, float(scale))
     meta = dict(DOT_PRECISION=dot_precision(text.dtype))
     launch(
-        "cosine_logits", cosine_logits_kernel, lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
-        args, meta, pooled.device, bucket=(B * Q, K, C),
+        "cosine_logits",
+        cosine_logits_kernel,
+        lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
+        args,
+        meta,
+        pooled.device,
+        bucket=(B * Q, K, C),
     )
     return out
 
@@ -224,10 +288,26 @@ def pool_backward(weights, dense, grad_pooled, area):
     B, Q, HW = weights.shape
     C = dense.shape[1]
     grad_dense = _cell_stride(torch.empty_like(dense))
-    args = (weights, grad_pooled.contiguous(), area, grad_dense, grad_dense.stride(0), grad_dense.stride(1), grad_dense.stride(3), Q, C, HW)
+    args = (
+        weights,
+        grad_pooled.contiguous(),
+        area,
+        grad_dense,
+        grad_dense.stride(0),
+        grad_dense.stride(1),
+        grad_dense.stride(3),
+        Q,
+        C,
+        HW,
+    )
     launch(
-        "mask_pool_bwd", mask_pool_bwd_kernel, lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
-        args, dict(DOT_PRECISION=dot_precision(torch.float32)), dense.device, bucket=(Q, C, HW),
+        "mask_pool_bwd",
+        mask_pool_bwd_kernel,
+        lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
+        args,
+        dict(DOT_PRECISION=dot_precision(torch.float32)),
+        dense.device,
+        bucket=(Q, C, HW),
     )
     return grad_dense
 

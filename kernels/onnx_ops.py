@@ -41,7 +41,19 @@ class MaskAttentionNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold):
-        out = _node(g, "MaskAttention", q, k_img, v_img, k_self, v_self, mask_logits, grid_h_i=grid_h, grid_w_i=grid_w, threshold_f=threshold)
+        out = _node(
+            g,
+            "MaskAttention",
+            q,
+            k_img,
+            v_img,
+            k_self,
+            v_self,
+            mask_logits,
+            grid_h_i=grid_h,
+            grid_w_i=grid_w,
+            threshold_f=threshold,
+        )
         return out.setType(q.type())
 
 
@@ -62,7 +74,9 @@ def adapter_attention_node(q, k, v, key_valid=None):
 
 
 def mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold):
-    return MaskAttentionNode.apply(q, k_img, v_img, k_self, v_self, mask_logits, int(grid[0]), int(grid[1]), float(threshold))
+    return MaskAttentionNode.apply(
+        q, k_img, v_img, k_self, v_self, mask_logits, int(grid[0]), int(grid[1]), float(threshold)
+    )
 
 
 def mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold):

@@ -75,7 +75,9 @@ _HOPPER: Dict[str, List[triton.Config]] = {
         _cfg(8, 3, BLOCK_M=128, BLOCK_K=64), _cfg(8, 3, BLOCK_M=128, BLOCK_K=128),
     ],
 }
-TUNING: Dict[str, Dict[int, List[triton.Config]]] = {name: {80: _ORIN[name], 87: _ORIN[name], 90: _HOPPER[name]} for name in _HOPPER}
+TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
+    name: {80: _ORIN[name], 87: _ORIN[name], 90: _HOPPER[name]} for name in _HOPPER
+}
 
 # What the interpreter runs: few programs (each costs the interpreter a fixed overhead), so CPU tests stay fast.
 INTERPRETER: Dict[str, Dict[str, int]] = {
@@ -123,12 +125,18 @@ def dot_precision(dtype) -> str:
 
 def configs_for(name: str, gen: int) -> List[triton.Config]:
     fixed = FIXED.get(name, {})
-    return [triton.Config({**c.kwargs, **fixed}, num_warps=c.num_warps, num_stages=c.num_stages) for c in TUNING[name][gen]]
+    return [
+        triton.Config({**c.kwargs, **fixed}, num_warps=c.num_warps, num_stages=c.num_stages) for c in TUNING[name][gen]
+    ]
 
 
 def mask_tiles(device: torch.device) -> Tuple[int, int]:
     """(BLOCK_Q, BLOCK_N) of the masked-attention kernels on ``device``: the MaskLayout's block size."""
-    meta = INTERPRETER["mask_attention_sparse_fwd"] if interpreting() else configs_for("mask_attention_sparse_fwd", generation(device))[0].kwargs
+    meta = (
+        INTERPRETER["mask_attention_sparse_fwd"]
+        if interpreting()
+        else configs_for("mask_attention_sparse_fwd", generation(device))[0].kwargs
+    )
     return meta["BLOCK_Q"], meta["BLOCK_N"]
 
 
@@ -141,7 +149,16 @@ def size_bucket(n: int) -> int:
 _LAUNCHERS: Dict[Tuple, Callable] = {}
 
 
-def launch(name: str, kernel, grid: Callable, args: tuple, kwargs: dict, device: torch.device, bucket: Sequence[int], reset: Sequence[str] = ()):
+def launch(
+    name: str,
+    kernel,
+    grid: Callable,
+    args: tuple,
+    kwargs: dict,
+    device: torch.device,
+    bucket: Sequence[int],
+    reset: Sequence[str] = (),
+):
     """Run ``kernel`` with the block sizes autotuned for ``device``'s generation and the power-of-two
     buckets of the sizes ``bucket``; ``reset`` names output buffers that the kernel accumulates into, which
     the autotuner must zero between its timing runs."""

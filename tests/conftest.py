@@ -69,7 +69,17 @@ def generator_checkpoint(synthetic_data, clip_weights, tmp_path_factory):
     from fisa_rt.train.trainer import TrainConfig, train
 
     generator = str(tmp_path_factory.mktemp("generator") / "generator.safetensors")
-    train(TrainConfig(stage="generator", data=synthetic_data, out=generator, init=clip_weights, steps=2, batch_size=4, progress=False))
+    train(
+        TrainConfig(
+            stage="generator",
+            data=synthetic_data,
+            out=generator,
+            init=clip_weights,
+            steps=2,
+            batch_size=4,
+            progress=False,
+        )
+    )
     return generator
 
 

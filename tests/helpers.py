@@ -20,7 +20,9 @@ def run_cli(*args, cache=None):
 def one_line_error(result, *phrases):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fisa-rt: error:") and "Traceback" not in result.stderr, result.stderr
+    assert (
+        len(lines) == 1 and lines[0].startswith("fisa-rt: error:") and "Traceback" not in result.stderr
+    ), result.stderr
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
 

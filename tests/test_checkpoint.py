@@ -26,7 +26,9 @@ def test_fp16_checkpoint_loads_as_float32_close_to_original(tmp_path, tiny_vit):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     images, text = torch.randn(1, 3, 64, 64), random_text(3, tiny_vit.embed_dim)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(images, text).class_logits, tiny_vit(images, text).class_logits, atol=0.05, rtol=0.01)
+        torch.testing.assert_close(
+            loaded(images, text).class_logits, tiny_vit(images, text).class_logits, atol=0.05, rtol=0.01
+        )
 
 
 def test_existing_file_is_not_overwritten(tmp_path, tiny_vit):

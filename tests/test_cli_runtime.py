@@ -20,7 +20,9 @@ from helpers import one_line_error, run_cli as run
 def test_infer_writes_overlays_labels_and_panoptic_files(artefacts, tmp_path, engine_kind):
     engine = artefacts["ort"] if engine_kind == "ort" else default_checkpoint()
     out = tmp_path / "out"
-    result = run("infer", "--engine", engine, "--vocab", "synthetic", "--out", out, "--batch", 2, "--no-progress", cache=tmp_path)
+    result = run(
+        "infer", "--engine", engine, "--vocab", "synthetic", "--out", out, "--batch", 2, "--no-progress", cache=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     for scene in sample_images():
         stem = os.path.splitext(os.path.basename(scene))[0]
@@ -35,8 +37,20 @@ def test_infer_writes_overlays_labels_and_panoptic_files(artefacts, tmp_path, en
 
 def test_semantic_and_instance_tasks_on_one_image(artefacts, tmp_path):
     scene = sample_images()[0]
-    result = run("infer", "--engine", artefacts["portable"], "--input", scene, "--classes", "red star, blue circle, wavy wall",
-                 "--task", "instance", "--out", tmp_path / "i", cache=tmp_path)
+    result = run(
+        "infer",
+        "--engine",
+        artefacts["portable"],
+        "--input",
+        scene,
+        "--classes",
+        "red star, blue circle, wavy wall",
+        "--task",
+        "instance",
+        "--out",
+        tmp_path / "i",
+        cache=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     instances = json.loads((tmp_path / "i" / "scene-1_instances.json").read_text())
     assert isinstance(instances, list)
@@ -51,52 +65,132 @@ def test_semantic_and_instance_tasks_on_one_image(artefacts, tmp_path):
 def test_folder_glob_and_video_inputs(artefacts, tmp_path):
     cv2 = pytest.importorskip("cv2")
     folder = os.path.dirname(sample_images()[0])
-    assert run("infer", "--engine", artefacts["ort"], "--input", os.path.join(folder, "scene-[12].png"), "--vocab", "synthetic",
-               "--task", "semantic", "--out", tmp_path / "g", cache=tmp_path).returncode == 0
-    assert sorted(os.listdir(tmp_path / "g")) == ["scene-1_labels.png", "scene-1_overlay.png", "scene-2_labels.png", "scene-2_overlay.png"]
+    assert (
+        run(
+            "infer",
+            "--engine",
+            artefacts["ort"],
+            "--input",
+            os.path.join(folder, "scene-[12].png"),
+            "--vocab",
+            "synthetic",
+            "--task",
+            "semantic",
+            "--out",
+            tmp_path / "g",
+            cache=tmp_path,
+        ).returncode
+        == 0
+    )
+    assert sorted(os.listdir(tmp_path / "g")) == [
+        "scene-1_labels.png",
+        "scene-1_overlay.png",
+        "scene-2_labels.png",
+        "scene-2_overlay.png",
+    ]
     video = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 128))
     for path in sample_images()[:3]:
         writer.write(np.asarray(Image.open(path).convert("RGB").resize((128, 128)))[:, :, ::-1].copy())
     writer.release()
-    result = run("infer", "--engine", artefacts["ort"], "--input", video, "--vocab", "synthetic", "--task", "semantic", "--out", tmp_path / "v", cache=tmp_path)
+    result = run(
+        "infer",
+        "--engine",
+        artefacts["ort"],
+        "--input",
+        video,
+        "--vocab",
+        "synthetic",
+        "--task",
+        "semantic",
+        "--out",
+        tmp_path / "v",
+        cache=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert len([f for f in os.listdir(tmp_path / "v") if f.endswith("_overlay.png")]) == 3
 
 
 def test_encode_vocab_then_infer_with_embeddings(artefacts, tmp_path):
     embeddings = tmp_path / "ade.npz"
-    result = run("encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings, cache=tmp_path)
+    result = run(
+        "encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings, cache=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert np.load(embeddings)["embeddings"].shape == (150, 64)
     cached = list((tmp_path / "fisa-rt" / "vocab").glob("*.npz"))
     assert len(cached) == 1 and np.array_equal(np.load(cached[0])["embeddings"], np.load(embeddings)["embeddings"])
-    result = run("infer", "--engine", artefacts["ort"], "--input", sample_images()[0], "--embeddings", embeddings, "--out", tmp_path / "o")
+    result = run(
+        "infer",
+        "--engine",
+        artefacts["ort"],
+        "--input",
+        sample_images()[0],
+        "--embeddings",
+        embeddings,
+        "--out",
+        tmp_path / "o",
+    )
     assert result.returncode == 0, result.stderr
-    one_line_error(run("encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings), "exists")
+    one_line_error(
+        run("encode-vocab", "--engine", artefacts["portable"], "--vocab", "ade20k-150", "--out", embeddings), "exists"
+    )
     # embeddings of another text encoder (the checkpoint's file hash differs from the exported encoder's)
     other = tmp_path / "other.npz"
     assert run("encode-vocab", "--engine", default_checkpoint(), "--classes", "a, b", "--out", other).returncode == 0
-    one_line_error(run("infer", "--engine", artefacts["ort"], "--embeddings", other, "--out", tmp_path / "x"), "another text encoder")
+    one_line_error(
+        run("infer", "--engine", artefacts["ort"], "--embeddings", other, "--out", tmp_path / "x"),
+        "another text encoder",
+    )
 
 
 def test_eval_bench_and_inspect(artefacts, synthetic_data, tmp_path):
-    result = run("eval", "--engine", artefacts["portable"], "--data", synthetic_data, "--limit", 4, "--json", tmp_path / "r.json")
+    result = run(
+        "eval", "--engine", artefacts["portable"], "--data", synthetic_data, "--limit", 4, "--json", tmp_path / "r.json"
+    )
     assert result.returncode == 0, result.stderr
     assert {"all", "seen", "held_out"} <= set(json.loads((tmp_path / "r.json").read_text()))
     # a threshold above every probability keeps no proposal: PQ 0, mIoU unchanged
-    result = run("eval", "--engine", artefacts["portable"], "--data", synthetic_data, "--limit", 4, "--object-threshold", 1.0, "--json", tmp_path / "t.json")
+    result = run(
+        "eval",
+        "--engine",
+        artefacts["portable"],
+        "--data",
+        synthetic_data,
+        "--limit",
+        4,
+        "--object-threshold",
+        1.0,
+        "--json",
+        tmp_path / "t.json",
+    )
     assert result.returncode == 0, result.stderr
     strict, default = json.loads((tmp_path / "t.json").read_text()), json.loads((tmp_path / "r.json").read_text())
     assert strict["all"]["pq"] == 0.0 and strict["all"]["miou"] == default["all"]["miou"]
-    result = run("bench", "--engine", artefacts["ort"], "--iterations", 5, "--warmup", 1, "--classes", 10, "--json", tmp_path / "b.json")
+    result = run(
+        "bench",
+        "--engine",
+        artefacts["ort"],
+        "--iterations",
+        5,
+        "--warmup",
+        1,
+        "--classes",
+        10,
+        "--json",
+        tmp_path / "b.json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["model_ms"]["p50"] > 0 and report["iterations"] == 5 and "p99" in result.stdout
     result = run("bench", "--engine", default_checkpoint(), "--iterations", 3, "--warmup", 1, "--classes", 5)
     assert result.returncode == 0 and "torch on" in result.stdout, result.stderr
     result = run("inspect", artefacts["fused"])
-    assert result.returncode == 0 and "fisa_rt::MaskAttention" in result.stdout and "input  text: float [classesx64]" in result.stdout
+    assert (
+        result.returncode == 0
+        and "fisa_rt::MaskAttention" in result.stdout
+        and "input  text: float [classesx64]" in result.stdout
+    )
     result = run("inspect", default_checkpoint())
     assert result.returncode == 0 and "fisa-tiny" in result.stdout
 
@@ -111,32 +205,88 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     engine = artefacts["ort"]
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG not really")
-    one_line_error(run("infer", "--engine", engine, "--input", tmp_path / "none.png", "--vocab", "synthetic", "--out", tmp_path / "o"), "is not an image")
-    one_line_error(run("infer", "--engine", engine, "--input", corrupt, "--vocab", "synthetic", "--out", tmp_path / "o"), "cannot read image")
+    one_line_error(
+        run(
+            "infer",
+            "--engine",
+            engine,
+            "--input",
+            tmp_path / "none.png",
+            "--vocab",
+            "synthetic",
+            "--out",
+            tmp_path / "o",
+        ),
+        "is not an image",
+    )
+    one_line_error(
+        run("infer", "--engine", engine, "--input", corrupt, "--vocab", "synthetic", "--out", tmp_path / "o"),
+        "cannot read image",
+    )
     one_line_error(run("infer", "--engine", engine, "--classes", " , ", "--out", tmp_path / "o"), "no class name")
     if __import__("importlib").util.find_spec("cv2"):
-        one_line_error(run("infer", "--engine", engine, "--input", "7", "--vocab", "synthetic", "--out", tmp_path / "o"), "cannot open camera 7")
+        one_line_error(
+            run("infer", "--engine", engine, "--input", "7", "--vocab", "synthetic", "--out", tmp_path / "o"),
+            "cannot open camera 7",
+        )
     one_line_error(run("infer", "--engine", tmp_path / "model.xyz", "--out", tmp_path / "o"), "cannot tell the backend")
     one_line_error(run("infer", "--engine", tmp_path / "missing.onnx", "--out", tmp_path / "o"), "does not exist")
-    one_line_error(run("infer", "--engine", engine, "--backend", "tensorrt", "--out", tmp_path / "o"), "TensorRT is not installed")
+    one_line_error(
+        run("infer", "--engine", engine, "--backend", "tensorrt", "--out", tmp_path / "o"), "TensorRT is not installed"
+    )
     one_line_error(run("infer", "--engine", artefacts["fused"], "--out", tmp_path / "o"), "fused ONNX")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    one_line_error(run("infer", "--engine", engine, "--vocab", "synthetic", "--out", blocker / "sub"), "cannot create output folder")
+    one_line_error(
+        run("infer", "--engine", engine, "--vocab", "synthetic", "--out", blocker / "sub"),
+        "cannot create output folder",
+    )
     out = tmp_path / "twice"
-    assert run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out).returncode == 0
-    one_line_error(run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out), "exists", "--overwrite")
-    assert run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out, "--overwrite").returncode == 0
+    assert (
+        run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out).returncode
+        == 0
+    )
+    one_line_error(
+        run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out),
+        "exists",
+        "--overwrite",
+    )
+    assert (
+        run(
+            "infer",
+            "--engine",
+            engine,
+            "--input",
+            sample_images()[0],
+            "--vocab",
+            "synthetic",
+            "--out",
+            out,
+            "--overwrite",
+        ).returncode
+        == 0
+    )
     wrong = tmp_path / "wrong.npz"
-    np.savez(wrong, embeddings=np.ones((2, 32), np.float32), names=np.array(["a", "b"]), is_thing=np.array([True, True]), text_encoder=np.array("x"))
-    one_line_error(run("infer", "--engine", engine, "--embeddings", wrong, "--out", tmp_path / "o"), "another text encoder")
+    np.savez(
+        wrong,
+        embeddings=np.ones((2, 32), np.float32),
+        names=np.array(["a", "b"]),
+        is_thing=np.array([True, True]),
+        text_encoder=np.array("x"),
+    )
+    one_line_error(
+        run("infer", "--engine", engine, "--embeddings", wrong, "--out", tmp_path / "o"), "another text encoder"
+    )
 
 
 def test_backend_refuses_wrong_text_and_vocabularies_beyond_the_profile():
     backend = Backend()
     backend.manifest = {"embed_dim": 64, "tensorrt": {"profiles": {"classes": {"min": 1, "opt": 50, "max": 100}}}}
     backend.check_text(np.zeros((100, 64), np.float32))
-    with pytest.raises(InputError, match=r"exceed this engine.s profile \(at most 100\); rebuild with .*build_engine.py --classes 1,OPT,101"):
+    with pytest.raises(
+        InputError,
+        match=r"exceed this engine.s profile \(at most 100\); rebuild with .*build_engine.py --classes 1,OPT,101",
+    ):
         backend.check_text(np.zeros((101, 64), np.float32))
     with pytest.raises(InputError, match="dimension 32, but this engine takes 64"):
         backend.check_text(np.zeros((3, 32), np.float32))
@@ -151,4 +301,6 @@ def test_engines_for_another_tensorrt_or_gpu_are_refused_with_the_rebuild_comman
         check_engine_compatibility(manifest, "10.9.0", (8, 7), "e.engine")
     with pytest.raises(CheckpointError, match=r"compute capability \(8, 7\), this GPU is \(9, 0\)"):
         check_engine_compatibility(manifest, "10.3.0", (9, 0), "e.engine")
-    check_engine_compatibility({"tensorrt": {**manifest["tensorrt"], "version_compatible": True}}, "10.9.0", (8, 7), "e.engine")
+    check_engine_compatibility(
+        {"tensorrt": {**manifest["tensorrt"], "version_compatible": True}}, "10.9.0", (8, 7), "e.engine"
+    )

@@ -34,7 +34,9 @@ def _photos(size: int):
     import skimage.data
     from PIL import Image
 
-    pictures = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()] + [load_image(p) for p in sample_images()]
+    pictures = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()] + [
+        load_image(p) for p in sample_images()
+    ]
     resized = [np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in pictures]
     return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
 
@@ -50,14 +52,20 @@ def test_build_writes_every_artefact_with_a_manifest(artefacts):
     assert image["text_encoder"]["sha256"] == sha256_file(artefacts["text"])
     assert image["checkpoint"]["sha256"] == sha256_file(default_checkpoint())
     fallback = read_manifest(artefacts["ort"])
-    assert fallback["backend"] == "onnxruntime" and fallback["source_onnx"]["sha256"] == sha256_file(artefacts["portable"])
+    assert fallback["backend"] == "onnxruntime" and fallback["source_onnx"]["sha256"] == sha256_file(
+        artefacts["portable"]
+    )
     assert os.path.isfile(os.path.join(artefacts["out"], "bpe_simple_vocab_16e6.txt.gz"))
 
 
 def test_without_tensorrt_the_build_says_what_to_install_and_prints_trtexec(artefacts):
     log = artefacts["log"]
     assert log.count("TensorRT is not installed") == 1 and "pip install tensorrt" in log and "JetPack" in log
-    assert "trtexec --onnx=" in log and "--minShapes=image:1x3x128x128,text:1x64" in log and "--maxShapes=image:8x3x128x128,text:1203x64" in log
+    assert (
+        "trtexec --onnx=" in log
+        and "--minShapes=image:1x3x128x128,text:1x64" in log
+        and "--maxShapes=image:8x3x128x128,text:1203x64" in log
+    )
     assert "Traceback" not in log
 
 
@@ -83,7 +91,9 @@ def test_graphs_are_clean_and_use_only_tensorrt_parser_ops(artefacts):
 def test_fused_graph_has_one_custom_node_per_op_with_plugin_attributes(artefacts):
     model = onnx.load(artefacts["fused"])
     custom = [n for n in model.graph.node if n.domain == "fisa_rt"]
-    assert {n.op_type for n in custom} == {"AdapterAttention", "MaskAttention"} and set(NODES) >= {n.op_type for n in custom}
+    assert {n.op_type for n in custom} == {"AdapterAttention", "MaskAttention"} and set(NODES) >= {
+        n.op_type for n in custom
+    }
     cfg = read_manifest(artefacts["fused"])["config"]
     assert sum(n.op_type == "AdapterAttention" for n in custom) == len(cfg["seve"]["layers"])
     assert sum(n.op_type == "MaskAttention" for n in custom) == cfg["classifier"]["num_mask_layers"]
@@ -92,7 +102,9 @@ def test_fused_graph_has_one_custom_node_per_op_with_plugin_attributes(artefacts
         assert attributes["plugin_namespace"] == b"fisa_rt" and attributes["plugin_version"] == b"1"
         if node.op_type == "MaskAttention":
             grid = cfg["image_size"] // cfg["clip"]["custom_config"]["vision_cfg"]["patch_size"]
-            assert (attributes["grid_h"], attributes["grid_w"]) == (grid, grid) and attributes["threshold"] == cfg["classifier"]["mask_threshold"]
+            assert (attributes["grid_h"], attributes["grid_w"]) == (grid, grid) and attributes["threshold"] == cfg[
+                "classifier"
+            ]["mask_threshold"]
             assert len(node.input) == 6
     # without the plugins, exactly the custom nodes are what TensorRT could not parse
     assert onnx_checks.unsupported_ops(model, allow_plugins=False) == {f"fisa_rt::{n.op_type}" for n in custom}
@@ -158,7 +170,9 @@ def test_an_artefact_with_a_copied_or_stale_manifest_is_refused_at_open(artefact
     shutil.copyfile(artefacts["portable"] + ".manifest.json", str(copy) + ".manifest.json")
     open_backend(str(copy))  # an exact copy with its manifest opens
     shutil.copyfile(artefacts["fused"] + ".manifest.json", str(copy) + ".manifest.json")  # another file's manifest
-    with pytest.raises(CheckpointError, match=r"does not match its manifest .*rebuild both with `python export/build_engine.py`"):
+    with pytest.raises(
+        CheckpointError, match=r"does not match its manifest .*rebuild both with `python export/build_engine.py`"
+    ):
         open_backend(str(copy))
     with pytest.raises(CheckpointError) as error:
         Segmenter.from_engine(str(copy))
@@ -181,4 +195,6 @@ def test_int8_without_tensorrt_stops_before_calibration(tmp_path, capsys):
 
     model, info = load_model(default_checkpoint())
     batch = calibration_inputs(model, info)
-    assert batch["image"].dtype == np.uint8 and batch["image"].shape[1:] == (3, 128, 128) and batch["text"].shape[1] == 64
+    assert (
+        batch["image"].dtype == np.uint8 and batch["image"].shape[1:] == (3, 128, 128) and batch["text"].shape[1] == 64
+    )

@@ -77,5 +77,7 @@ def test_gpu_measurements_refuse_clearly_without_a_gpu(tmp_path, capsys):
     assert gpu_report.main(["peaks", "--json", str(tmp_path / "p.json")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     script = os.path.join(ROOT, "scripts", "gpu-check.sh")
-    result = subprocess.run(["bash", script], capture_output=True, text=True, env={**os.environ, "FISA_PYTHON": sys.executable})
+    result = subprocess.run(
+        ["bash", script], capture_output=True, text=True, env={**os.environ, "FISA_PYTHON": sys.executable}
+    )
     assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr and "Traceback" not in result.stderr

@@ -51,7 +51,9 @@ def test_mask_average_head_scores_pooled_region(tiny_convnext):
     mask_logits = torch.full((1, 2, 16, 16), -5.0)
     mask_logits[0, 0, :8] = 5.0
     mask_logits[0, 1, 8:] = 5.0
-    generated = MaskGeneratorOutput(mask_logits=mask_logits, class_embeds=torch.zeros(1, 2, D), void_embedding=torch.zeros(D))
+    generated = MaskGeneratorOutput(
+        mask_logits=mask_logits, class_embeds=torch.zeros(1, 2, D), void_embedding=torch.zeros(D)
+    )
     text = torch.stack([regions[1], regions[0]])
     with torch.no_grad():
         logits = model.classifier(model.backbone, features, generated, text, model.logit_scale).logits

@@ -117,7 +117,19 @@ def test_adapter_plugin_kernel_matches_reference(plugin_kernels):
     k, v = torch.randn(1, H, K, D), torch.randn(1, H, K, D)
     out = torch.full_like(q, float("nan"))
     plugin_kernels.adapter_attention_plugin_kernel[(triton.cdiv(N, 16), B * H)](
-        q, k, v, N, K, out, H=H, D=D, QK_SCALE=D ** -0.5 * math.log2(math.e), DOT_PRECISION="ieee", BLOCK_D=16, BLOCK_N=16, BLOCK_K=16
+        q,
+        k,
+        v,
+        N,
+        K,
+        out,
+        H=H,
+        D=D,
+        QK_SCALE=D**-0.5 * math.log2(math.e),
+        DOT_PRECISION="ieee",
+        BLOCK_D=16,
+        BLOCK_N=16,
+        BLOCK_K=16,
     )
     torch.testing.assert_close(out, adapter_attention_reference(q, k, v), rtol=1e-5, atol=1e-5)
 

@@ -25,7 +25,11 @@ def test_main_command_job_runs(tmp_path):
     job = command.split("pip install -e . && ", 1)[1]
     assert job.startswith("python export/build_engine.py && fisa-rt infer --engine build")
     job = job.replace("export/build_engine.py", str(README.parent / "export" / "build_engine.py"))
-    env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "XDG_CACHE_HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "XDG_CACHE_HOME": str(tmp_path),
+    }
     result = subprocess.run(job, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list((tmp_path / "demo-out").glob("*_overlay.png"))) == 4

@@ -25,7 +25,12 @@ def test_default_simo_selects_query_projections_and_adapters():
     model = create_model("fisa-tiny")
     report = model.apply_simo()
     prefixes = {name.split(".")[0] + "." + name.split(".")[1] for name in report.names}
-    assert prefixes == {"classifier.mask_q_proj", "classifier.void_embedding", "classifier.logit_scale", "backbone.seve"}
+    assert prefixes == {
+        "classifier.mask_q_proj",
+        "classifier.void_embedding",
+        "classifier.logit_scale",
+        "backbone.seve",
+    }
     assert report.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert report.total == sum(p.numel() for p in model.parameters())
     assert 0 < report.percent < 5

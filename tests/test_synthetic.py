@@ -21,7 +21,9 @@ def test_same_seed_writes_identical_files(tmp_path):
     generate(b, "train", 5, seed=7, image_size=64)
     comparison = filecmp.dircmp(a, b)
     for sub in ("images/train", "panoptic/train", "annotations"):
-        match, mismatch, errors = filecmp.cmpfiles(os.path.join(a, sub), os.path.join(b, sub), os.listdir(os.path.join(a, sub)), shallow=False)
+        match, mismatch, errors = filecmp.cmpfiles(
+            os.path.join(a, sub), os.path.join(b, sub), os.listdir(os.path.join(a, sub)), shallow=False
+        )
         assert not mismatch and not errors and match
     assert not comparison.left_only and not comparison.right_only
 

@@ -22,4 +22,7 @@ def test_short_context_truncates_with_the_end_token_last():
     ours = Tokenizer(find_vocab_file(), context_length=8)
     ids = ours(["a photo of a very very very long class name"])
     assert ids.shape == (1, 8) and ids[0, 0] == ours.start_id and ids[0, -1] == ours.end_id
-    assert np.array_equal(ids, open_clip.tokenizer.SimpleTokenizer(context_length=8)(["a photo of a very very very long class name"]).numpy())
+    assert np.array_equal(
+        ids,
+        open_clip.tokenizer.SimpleTokenizer(context_length=8)(["a photo of a very very very long class name"]).numpy(),
+    )

@@ -39,7 +39,9 @@ def test_only_the_chosen_parameters_change(synthetic_data, generator_checkpoint,
     result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2))
     after, _ = load_model(result.out)
     simo = tuple(before.cfg.simo.trainable)
-    changed = {n for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()) if not torch.equal(a, b)}
+    changed = {
+        n for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()) if not torch.equal(a, b)
+    }
     assert changed and all(n.startswith(simo) for n in changed)
     assert result.trainable < 0.05 * result.total
 

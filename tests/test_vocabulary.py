@@ -23,7 +23,11 @@ def test_files_and_classes(tmp_path):
     assert v.names == ["person, man, woman", "sky", "car"] and v.is_thing == [True, False, True]
     assert vocab.resolve(classes="cat, dog").names == ["cat", "dog"]
     assert vocab.resolve(vocab="coco-panoptic").names[0].startswith("person")
-    for bad, message in [({"classes": " , "}, "no class name"), ({"vocab": str(tmp_path / "none.txt")}, "no such file"), ({}, "no vocabulary")]:
+    for bad, message in [
+        ({"classes": " , "}, "no class name"),
+        ({"vocab": str(tmp_path / "none.txt")}, "no such file"),
+        ({}, "no vocabulary"),
+    ]:
         with pytest.raises(InputError, match=message):
             vocab.resolve(**bad)
     (tmp_path / "empty.txt").write_text("# nothing\n")

@@ -138,10 +138,14 @@ def _pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         px, py = (x + rng.uniform(0, period)) % period - period / 2, (y + rng.uniform(0, period)) % period - period / 2
         return (px**2 + py**2 < (period * rng.uniform(0.2, 0.3)) ** 2).astype(np.float32)
     if kind == "checkered":
-        return ((np.floor((x + rng.uniform(0, period)) / period) + np.floor((y + rng.uniform(0, period)) / period)) % 2).astype(np.float32)
+        return (
+            (np.floor((x + rng.uniform(0, period)) / period) + np.floor((y + rng.uniform(0, period)) / period)) % 2
+        ).astype(np.float32)
     if kind == "wavy":
         amplitude, wavelength = rng.uniform(2, 5), rng.uniform(15, 30)
-        return (np.sin(2 * math.pi * (y + amplitude * np.sin(2 * math.pi * x / wavelength)) / period) > 0).astype(np.float32)
+        return (np.sin(2 * math.pi * (y + amplitude * np.sin(2 * math.pi * x / wavelength)) / period) > 0).astype(
+            np.float32
+        )
     if kind == "zigzag":  # chevrons: stripes whose phase follows a triangle wave across the image
         tooth = rng.uniform(8, 16)
         triangle = np.abs((x + rng.uniform(0, tooth)) % tooth - tooth / 2) * rng.uniform(0.8, 1.6)
@@ -162,7 +166,10 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         corners = [angle + math.pi / 4 + k * math.pi / 2 for k in range(4)]
         return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
     if shape == "triangle":
-        return [(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+        return [
+            (cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
     if shape == "cross":  # a plus sign, arms a third of the span wide
         arm = r / 3
         outline = [(arm, r), (arm, arm), (r, arm), (r, -arm), (arm, -arm), (arm, -r)]
@@ -223,7 +230,12 @@ def render_scene(
         category = things[int(rng.integers(len(things)))]
         colour_name, shape = category.name.split()
         mask = _shape_mask(shape, size, rng)
-        shading = 1.0 + 0.25 * ((x - rng.uniform(0, size)) * rng.uniform(-1, 1) + (y - rng.uniform(0, size)) * rng.uniform(-1, 1)) / size
+        shading = (
+            1.0
+            + 0.25
+            * ((x - rng.uniform(0, size)) * rng.uniform(-1, 1) + (y - rng.uniform(0, size)) * rng.uniform(-1, 1))
+            / size
+        )
         fill = _jitter(ALL_COLOURS[colour_name], rng, 25) * shading[..., None]
         if rng.random() < 0.5:  # a nuisance texture that names nothing
             fill = fill * (0.85 + 0.15 * _pattern(nuisance[int(rng.integers(len(nuisance)))], size, rng)[..., None])
@@ -232,7 +244,9 @@ def render_scene(
             segment["mask"] = segment["mask"] & ~mask
         segments.append({"id": len(segments) + 1, "category_id": category.id, "mask": mask})
     image += rng.normal(0, 6, image.shape)
-    picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8)))
+    picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8))
+    )
     kept = []
     for segment in segments:
         area = int(segment["mask"].sum())
@@ -241,7 +255,9 @@ def render_scene(
         ids[segment["mask"]] = segment["id"]
         rows, cols = np.nonzero(segment["mask"])
         bbox = [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)]
-        kept.append({"id": segment["id"], "category_id": segment["category_id"], "iscrowd": 0, "area": area, "bbox": bbox})
+        kept.append(
+            {"id": segment["id"], "category_id": segment["category_id"], "iscrowd": 0, "area": area, "bbox": bbox}
+        )
     return np.asarray(picture), ids, kept
 
 

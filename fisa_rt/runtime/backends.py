@@ -100,9 +100,15 @@ class TorchBackend(Backend):
         self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
         cfg = model.cfg
         self.manifest = {
-            "model": cfg.name, "config": cfg.to_dict(), "image_size": cfg.image_size, "embed_dim": model.embed_dim,
-            "templates": cfg.text.templates, "training_vocabulary": {"names": info.vocabulary, "is_thing": info.is_thing},
-            "num_queries": cfg.mask_generator.num_queries, "backend": "torch", "input_dtype": "uint8",
+            "model": cfg.name,
+            "config": cfg.to_dict(),
+            "image_size": cfg.image_size,
+            "embed_dim": model.embed_dim,
+            "templates": cfg.text.templates,
+            "training_vocabulary": {"names": info.vocabulary, "is_thing": info.is_thing},
+            "num_queries": cfg.mask_generator.num_queries,
+            "backend": "torch",
+            "input_dtype": "uint8",
         }
 
     @torch.no_grad()
@@ -121,7 +127,9 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise MissingDependencyError("ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise MissingDependencyError(
+            "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+        ) from None
     return onnxruntime
 
 
@@ -145,7 +153,9 @@ class OnnxRuntimeBackend(Backend):
         if self.manifest.get("kind") != "image-model":
             raise InputError(f"{path} is a {self.manifest.get('kind')}, not an image model")
         if self.manifest.get("flavour") == "fused":
-            raise InputError(f"{path} is the fused ONNX (custom fisa_rt ops for TensorRT plugins); run the portable one in ONNX Runtime")
+            raise InputError(
+                f"{path} is the fused ONNX (custom fisa_rt ops for TensorRT plugins); run the portable one in ONNX Runtime"
+            )
         try:
             self.session = ort.InferenceSession(path, providers=providers or onnx_providers(ort))
         except Exception as exc:  # ORT raises its own exception types for corrupt files
@@ -156,7 +166,9 @@ class OnnxRuntimeBackend(Backend):
                 f"{path} takes inputs {inputs}, not a fisa-rt image model's ['image', 'text']: "
                 "not the file its manifest describes"
             )
-        self.device = torch.device("cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu")
+        self.device = torch.device(
+            "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu"
+        )
         self.outputs = [o.name for o in self.session.get_outputs()][:2]
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
@@ -185,7 +197,12 @@ class TensorRTBackend(Backend):
                 "TensorRT is not installed: pip install tensorrt "
                 "(Jetson: it comes with JetPack 6); or run the model's .onnx with ONNX Runtime"
             ) from None
-        check_engine_compatibility(self.manifest, trt.__version__, torch.cuda.get_device_capability() if torch.cuda.is_available() else None, path)
+        check_engine_compatibility(
+            self.manifest,
+            trt.__version__,
+            torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
+            path,
+        )
         if self.manifest["tensorrt"].get("plugins"):
             from fisa_rt.export.plugins import register_plugins
 
@@ -194,7 +211,9 @@ class TensorRTBackend(Backend):
         with open(path, "rb") as f:
             self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
         if self.engine is None:
-            raise CheckpointError(f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`")
+            raise CheckpointError(
+                f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`"
+            )
         self.context = self.engine.create_execution_context()
         self.trt = trt
         self.device = torch.device("cuda")
@@ -203,7 +222,10 @@ class TensorRTBackend(Backend):
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         self.check_text(text)
         trt = self.trt
-        inputs = {"image": images.to(self.device).contiguous(), "text": torch.from_numpy(text).to(self.device).contiguous()}
+        inputs = {
+            "image": images.to(self.device).contiguous(),
+            "text": torch.from_numpy(text).to(self.device).contiguous(),
+        }
         for name, tensor in inputs.items():
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
@@ -214,7 +236,9 @@ class TensorRTBackend(Backend):
                 continue
             # shapes as the engine resolves them for these input shapes (B and K are dynamic)
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}[self.engine.get_tensor_dtype(name)]
+            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}[
+                self.engine.get_tensor_dtype(name)
+            ]
             outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
             self.context.set_tensor_address(name, outputs[name].data_ptr())
         if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -229,12 +253,16 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
     built = manifest.get("tensorrt") or {}
     rebuild = f"rebuild it here with `python export/build_engine.py --checkpoint <checkpoint> --precision {built.get('precision', 'fp16')}`"
     if not built.get("version_compatible") and built.get("version") != trt_version:
-        raise CheckpointError(f"{path} was built with TensorRT {built.get('version')}, this is TensorRT {trt_version}: {rebuild}")
+        raise CheckpointError(
+            f"{path} was built with TensorRT {built.get('version')}, this is TensorRT {trt_version}: {rebuild}"
+        )
     wanted = built.get("compute_capability")
     if capability is None:
         raise MissingDependencyError(f"{path} is a TensorRT engine and needs an NVIDIA GPU; none is visible")
     if wanted is not None and list(wanted) != list(capability):
-        raise CheckpointError(f"{path} was built for compute capability {tuple(wanted)}, this GPU is {tuple(capability)}: {rebuild}")
+        raise CheckpointError(
+            f"{path} was built for compute capability {tuple(wanted)}, this GPU is {tuple(capability)}: {rebuild}"
+        )
 
 
 def resolve_artefact(path: str) -> str:
@@ -256,7 +284,9 @@ def resolve_artefact(path: str) -> str:
     ]:
         if candidates:
             return os.path.join(path, candidates[0])
-    raise InputError(f"folder {path} holds no engine or portable ONNX; build one with `python export/build_engine.py --out {path}`")
+    raise InputError(
+        f"folder {path} holds no engine or portable ONNX; build one with `python export/build_engine.py --out {path}`"
+    )
 
 
 def open_backend(path: str, backend: Optional[str] = None, device: Optional[str] = None) -> Backend:

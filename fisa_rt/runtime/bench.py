@@ -41,7 +41,12 @@ class BenchReport:
 
 def percentiles(samples: List[float]) -> Dict[str, float]:
     ms = np.asarray(samples) * 1000
-    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+    }
 
 
 def benchmark(path: str, backend: Optional[str], batch: int, classes: int, warmup: int, iterations: int) -> BenchReport:
@@ -72,7 +77,13 @@ def benchmark(path: str, backend: Optional[str], batch: int, classes: int, warmu
         download.append(t3 - t2)
     stats = percentiles(model)
     return BenchReport(
-        backend=engine.name, device=str(engine.device), batch=batch, classes=classes, iterations=iterations, model_ms=stats,
-        upload_ms=float(np.median(upload) * 1000), download_ms=float(np.median(download) * 1000),
+        backend=engine.name,
+        device=str(engine.device),
+        batch=batch,
+        classes=classes,
+        iterations=iterations,
+        model_ms=stats,
+        upload_ms=float(np.median(upload) * 1000),
+        download_ms=float(np.median(download) * 1000),
         throughput=batch / (stats["mean"] / 1000),
     )

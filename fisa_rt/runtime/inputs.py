@@ -23,7 +23,9 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise MissingDependencyError("video and camera input need OpenCV: pip install 'fisa-rt[video]' (opencv-python-headless)") from None
+        raise MissingDependencyError(
+            "video and camera input need OpenCV: pip install 'fisa-rt[video]' (opencv-python-headless)"
+        ) from None
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # failures are reported once, as an InputError
     return cv2
 

@@ -24,7 +24,11 @@ def _onnx_io(path: str) -> List[str]:
     def dtype(value):
         return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
 
-    lines = [f"  input  {v.name}: {dtype(v)} [{shape(v)}]" for v in graph.input if v.name not in {i.name for i in graph.initializer}]
+    lines = [
+        f"  input  {v.name}: {dtype(v)} [{shape(v)}]"
+        for v in graph.input
+        if v.name not in {i.name for i in graph.initializer}
+    ]
     return lines + [f"  output {v.name}: {dtype(v)} [{shape(v)}]" for v in graph.output]
 
 

@@ -53,13 +53,32 @@ class SegmentationResult:
     def segments(self) -> List[Dict[str, object]]:
         """Per segment: id, class, score, area (panoptic), or per instance (instance task)."""
         if self.panoptic is not None:
-            return [{"id": s.id, "class": self.class_names[s.category_id], "category_id": s.category_id, "score": round(s.score, 4),
-                     "isthing": s.is_thing, "area": s.area} for s in self.panoptic.segments]
+            return [
+                {
+                    "id": s.id,
+                    "class": self.class_names[s.category_id],
+                    "category_id": s.category_id,
+                    "score": round(s.score, 4),
+                    "isthing": s.is_thing,
+                    "area": s.area,
+                }
+                for s in self.panoptic.segments
+            ]
         if self.instances is not None:
-            return [{"id": i + 1, "class": self.class_names[int(label)], "category_id": int(label), "score": round(float(score), 4)}
-                    for i, (label, score) in enumerate(zip(self.instances.labels, self.instances.scores))]
+            return [
+                {
+                    "id": i + 1,
+                    "class": self.class_names[int(label)],
+                    "category_id": int(label),
+                    "score": round(float(score), 4),
+                }
+                for i, (label, score) in enumerate(zip(self.instances.labels, self.instances.scores))
+            ]
         classes, areas = np.unique(self.semantic, return_counts=True)
-        return [{"id": int(c) + 1, "class": self.class_names[int(c)], "category_id": int(c), "area": int(a)} for c, a in zip(classes, areas)]
+        return [
+            {"id": int(c) + 1, "class": self.class_names[int(c)], "category_id": int(c), "area": int(a)}
+            for c, a in zip(classes, areas)
+        ]
 
     def summary(self) -> str:
         """One line naming what was found: "red star (0.91), wavy wall (0.77)" or "nothing"."""
@@ -82,7 +101,13 @@ class SegmentationResult:
         ids, classes = self._segment_map()
         return overlay(self.image, ids, classes, self.class_names)
 
-    def save(self, folder: str, stem: str, overwrite: bool = False, formats: Sequence[str] = ("overlay", "labels", "panoptic", "instances")) -> List[str]:
+    def save(
+        self,
+        folder: str,
+        stem: str,
+        overwrite: bool = False,
+        formats: Sequence[str] = ("overlay", "labels", "panoptic", "instances"),
+    ) -> List[str]:
         """Writes <stem>_overlay.png, <stem>_labels.png (16-bit class index per pixel) and, when the task
         produced them, <stem>_panoptic.png + .json (COCO panoptic) and <stem>_instances.json (COCO RLE).
         Refuses to replace existing files unless ``overwrite``, and a ``stem`` that is not a plain name."""
@@ -105,8 +130,17 @@ class SegmentationResult:
             elif kind == "panoptic":
                 save_image(Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy().astype(np.int64))), path)
             elif kind == "panoptic_json":
-                write_json(path, {"file_name": files["panoptic"], "segments_info": self.segments(),
-                                  "categories": [{"id": k, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))]})
+                write_json(
+                    path,
+                    {
+                        "file_name": files["panoptic"],
+                        "segments_info": self.segments(),
+                        "categories": [
+                            {"id": k, "name": n, "isthing": int(t)}
+                            for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))
+                        ],
+                    },
+                )
             elif kind == "instances":
                 masks = self.instances.masks.cpu().numpy()
                 instances = [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())]

@@ -79,7 +79,9 @@ class Segmenter:
         self.image_mean = tuple(config.get("image_mean") or OPENAI_MEAN)
         self.pad_colour = self.resize.pad_colour(self.image_mean)
         trained = backend.manifest.get("training_vocabulary") or {}
-        self.default_vocabulary = vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
+        self.default_vocabulary = (
+            vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
+        )
         # the classes the mask generator was trained on (FC-CLIP: COCO panoptic's 133): a class naming one of
         # them is "seen" and gets the mask-average head's ensemble_alpha instead of ensemble_beta
         self.trained_names: List[str] = list(trained.get("names") or [])
@@ -90,13 +92,17 @@ class Segmenter:
         self.max_pixels = DEFAULT_MAX_PIXELS  # larger image files or PIL images are refused (None: no limit)
 
     @classmethod
-    def from_engine(cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None) -> "Segmenter":
+    def from_engine(
+        cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None
+    ) -> "Segmenter":
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"engine must be a path; got {type(path).__name__}")
         path = resolve_artefact(os.fspath(path))
         return cls(open_backend(path, backend, device), path, cache_dir)
 
-    def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None) -> None:
+    def set_vocabulary(
+        self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None
+    ) -> None:
         if isinstance(classes, str) or not isinstance(classes, (vocab.Vocabulary, Sequence)):
             raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
         vocabulary = classes if isinstance(classes, vocab.Vocabulary) else vocab.Vocabulary(list(classes))

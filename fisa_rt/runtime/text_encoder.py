@@ -32,13 +32,19 @@ class TextEncoder:
         folder = os.path.dirname(os.path.abspath(artefact))
         record = backend.manifest.get("text_encoder")
         if not record:
-            raise CheckpointError(f"the manifest of {artefact} names no text encoder; rebuild with `python export/build_engine.py`")
+            raise CheckpointError(
+                f"the manifest of {artefact} names no text encoder; rebuild with `python export/build_engine.py`"
+            )
         path = os.path.join(folder, record["file"])
         if not os.path.isfile(path):
-            raise CheckpointError(f"text encoder {path} (named by {artefact}'s manifest) is missing; copy it beside the engine")
+            raise CheckpointError(
+                f"text encoder {path} (named by {artefact}'s manifest) is missing; copy it beside the engine"
+            )
         self.sha256 = sha256_file(path)
         if self.sha256 != record["sha256"]:
-            raise CheckpointError(f"{path} is not the text encoder {artefact} was exported with (sha256 differs); rebuild both")
+            raise CheckpointError(
+                f"{path} is not the text encoder {artefact} was exported with (sha256 differs); rebuild both"
+            )
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -50,7 +56,11 @@ class TextEncoder:
 
     def encode(self, vocabulary: vocab.Vocabulary, cache_dir: Optional[str] = None) -> np.ndarray:
         cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
-        path = os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary) + ".npz") if cache_dir else None
+        path = (
+            os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary) + ".npz")
+            if cache_dir
+            else None
+        )
         if path and os.path.isfile(path):
             try:
                 cached, names, sha = vocab.load_embeddings(path)

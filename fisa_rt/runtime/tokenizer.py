@@ -29,7 +29,9 @@ _WORDS = re.compile(START + "|" + END + r"|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|
 def _byte_alphabet() -> Dict[int, str]:
     """Every byte -> a printable unicode character (GPT-2's table), so BPE never sees whitespace or
     control characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     others = [b for b in range(256) if b not in printable]
     # Order matters: the vocabulary lists these characters in this order (printable bytes first).
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}

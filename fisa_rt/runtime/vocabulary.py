@@ -92,7 +92,9 @@ def from_file(path: str) -> Vocabulary:
     return Vocabulary(names, things)
 
 
-def resolve(classes: Optional[str] = None, vocab: Optional[str] = None, default: Optional[Vocabulary] = None) -> Vocabulary:
+def resolve(
+    classes: Optional[str] = None, vocab: Optional[str] = None, default: Optional[Vocabulary] = None
+) -> Vocabulary:
     """--classes, else --vocab (a shipped name or a file), else the artefact's default."""
     if classes is not None and vocab is not None:
         raise InputError("give either --classes or --vocab, not both")
@@ -117,7 +119,11 @@ def average_prompts(per_prompt: np.ndarray, owner: List[int], num_classes: int) 
 
 
 def encode(
-    vocabulary: Vocabulary, templates: Sequence[str], tokenize: Callable[[List[str]], Any], encode_tokens: Callable[[Any], np.ndarray], batch_size: int = 256
+    vocabulary: Vocabulary,
+    templates: Sequence[str],
+    tokenize: Callable[[List[str]], Any],
+    encode_tokens: Callable[[Any], np.ndarray],
+    batch_size: int = 256,
 ) -> np.ndarray:
     """(K, D) float32: every (synonym, template) prompt encoded, then averaged per class. The one path
     from class names to embeddings, for training (PyTorch text tower) and for every runtime backend."""
@@ -131,7 +137,9 @@ def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary) 
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def save_embeddings(path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False) -> str:
+def save_embeddings(
+    path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False
+) -> str:
     """An embeddings file (``.npz``) every backend accepts via ``--embeddings``."""
     refuse_overwrite(path, overwrite)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix

@@ -38,7 +38,9 @@ def _bce_cost(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hungarian_match(class_logits, mask_logits, labels, masks, weights: LossWeights) -> Tuple[torch.Tensor, torch.Tensor]:
+def hungarian_match(
+    class_logits, mask_logits, labels, masks, weights: LossWeights
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """One image: class_logits (Q, K+1), mask_logits (Q, h, w), labels (N,), masks (N, h, w) float.
     Returns (proposal indices, target indices) of the minimum-cost assignment."""
     if labels.numel() == 0:
@@ -58,7 +60,9 @@ def hungarian_match(class_logits, mask_logits, labels, masks, weights: LossWeigh
 
 def resize_targets(masks: Sequence[torch.Tensor], size: Tuple[int, int]) -> List[torch.Tensor]:
     """Ground-truth masks at the prediction resolution, as soft (area-averaged) targets."""
-    return [F.adaptive_avg_pool2d(m.float()[None], size)[0] if m.numel() else m.float().new_zeros(0, *size) for m in masks]
+    return [
+        F.adaptive_avg_pool2d(m.float()[None], size)[0] if m.numel() else m.float().new_zeros(0, *size) for m in masks
+    ]
 
 
 def set_loss(

@@ -77,7 +77,9 @@ class TrainConfig:
         if any(not 0 < s < self.steps for s in self.snapshots):
             raise ConfigError(f"snapshot steps must lie between 0 and --steps {self.steps}; got {list(self.snapshots)}")
         if self.stage != "clip" and self.init is None:
-            raise ConfigError(f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)")
+            raise ConfigError(
+                f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)"
+            )
 
 
 @dataclass
@@ -214,7 +216,9 @@ class _Stage:
             total: Dict[str, torch.Tensor] = {}
             # Deep supervision: every decoder layer's prediction is matched and supervised.
             for mask_logits, class_embeds in layers:
-                for name, value in set_loss(cosine_logits(class_embeds, classes, scale), mask_logits, labels, targets, self.weights).items():
+                for name, value in set_loss(
+                    cosine_logits(class_embeds, classes, scale), mask_logits, labels, targets, self.weights
+                ).items():
                     total[name] = total.get(name, 0.0) + value / len(layers)
             return total
         out = model(images, self.text)

@@ -40,7 +40,11 @@ def random_mask_logits(shape, sizes, dtype=torch.float32, empty=True):
     values = torch.cat([values, torch.tensor([-0.5, 0.5], dtype=torch.float64)]).unique().sort().values
     values = values[(values >= -0.5) & (values <= 0.5)]
     gaps = values[1:] - values[:-1]
-    best = int(torch.argmax(torch.where(gaps > 2e-5, -(values[1:] + values[:-1]).abs(), torch.tensor(-1e9, dtype=torch.float64))))
+    best = int(
+        torch.argmax(
+            torch.where(gaps > 2e-5, -(values[1:] + values[:-1]).abs(), torch.tensor(-1e9, dtype=torch.float64))
+        )
+    )
     threshold = float((values[best] + values[best + 1]) / 2)
     return logits.to(dtype), threshold
 

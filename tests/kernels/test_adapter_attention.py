@@ -8,7 +8,11 @@ from fisa_rt.kernels import adapter_attention_reference
 
 def _qkv(B=2, H=3, N=11, K=5, Dh=8, Bt=None, dtype=torch.float64):
     Bt = B if Bt is None else Bt
-    return torch.randn(B, H, N, Dh, dtype=dtype), torch.randn(Bt, H, K, Dh, dtype=dtype), torch.randn(Bt, H, K, Dh, dtype=dtype)
+    return (
+        torch.randn(B, H, N, Dh, dtype=dtype),
+        torch.randn(Bt, H, K, Dh, dtype=dtype),
+        torch.randn(Bt, H, K, Dh, dtype=dtype),
+    )
 
 
 def test_matches_scaled_dot_product_attention():

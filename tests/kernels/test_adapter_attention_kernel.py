@@ -64,7 +64,9 @@ def test_strided_views_as_the_adapter_makes_them(poisoned):
     q = torch.randn(B, N, H, Dh, device=DEVICE).transpose(1, 2)
     kv = torch.randn(1, K, 2, H, Dh, device=DEVICE).permute(2, 0, 3, 1, 4)
     out = adapter_attention(q, kv[0], kv[1], backend="triton")
-    assert_close(out, adapter_attention_reference(q.double(), kv[0].double(), kv[1].double()), TOLERANCE[torch.float32][0])
+    assert_close(
+        out, adapter_attention_reference(q.double(), kv[0].double(), kv[1].double()), TOLERANCE[torch.float32][0]
+    )
 
 
 def test_auto_uses_the_reference_on_cpu_and_rejects_unknown_backends():

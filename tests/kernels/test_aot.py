@@ -15,11 +15,28 @@ def test_all_kernels_compile_to_ptx_for_orin_and_hopper(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "ptx"
     subprocess.run(
-        [sys.executable, "-m", "fisa_rt.kernels.aot", "--arch", "87", "--arch", "90", "--dtype", "fp16", "--out", str(out)],
-        check=True, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fisa_rt.kernels.aot",
+            "--arch",
+            "87",
+            "--arch",
+            "90",
+            "--dtype",
+            "fp16",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     index = json.loads((out / "index.json").read_text())
-    assert sorted((r["kernel"], r["arch"]) for r in index) == sorted((k, a) for k in KERNELS if not k.endswith("_plugin") for a in (87, 90))
+    assert sorted((r["kernel"], r["arch"]) for r in index) == sorted(
+        (k, a) for k in KERNELS if not k.endswith("_plugin") for a in (87, 90)
+    )
     for record in index:
         ptx = (out / record["file"]).read_text()
         target = "sm_90a" if record["arch"] == 90 else "sm_87"

@@ -75,7 +75,9 @@ def test_mask_logits_of_another_dtype_and_layout(poisoned):
     masks, threshold = random_mask_logits((B, Q, 10, 10), [grid])
     strided = masks.to(DEVICE).transpose(-1, -2).contiguous().transpose(-1, -2)
     out = mask_attention(q, k, v, ks, vs, strided, grid, threshold, backend="triton")
-    expected = mask_attention_reference(q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double().to(DEVICE), grid, threshold)
+    expected = mask_attention_reference(
+        q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double().to(DEVICE), grid, threshold
+    )
     assert_close(out, expected, TOLERANCE[torch.float32][0])
 
 
@@ -144,7 +146,9 @@ def test_one_layout_serves_every_layer_and_head(poisoned):
     for _ in range(2):  # two "layers"
         q, k, v, ks, vs = (torch.randn(B, H, n, Dh, device=DEVICE) for n in (Q, N, N, Q, Q))
         out = mask_attention(q, k, v, ks, vs, masks, grid, threshold, backend="triton", layout=layout)
-        expected = mask_attention_reference(q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double(), grid, threshold)
+        expected = mask_attention_reference(
+            q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double(), grid, threshold
+        )
         assert_close(out, expected, TOLERANCE[torch.float32][0])
 
 

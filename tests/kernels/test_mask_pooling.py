@@ -11,7 +11,9 @@ def test_known_answer_on_hand_made_masks():
     dense = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
     dense[0, 0] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # channel 0 on the top row
     dense[0, 1] = torch.tensor([[0.0, 0.0], [3.0, 1.0]])  # channel 1 on the bottom row
-    masks = torch.tensor([[[[1.0, 1.0], [-1.0, -1.0]], [[-1.0, -1.0], [1.0, -1.0]], [[-1.0] * 2] * 2]], dtype=torch.float64)
+    masks = torch.tensor(
+        [[[[1.0, 1.0], [-1.0, -1.0]], [[-1.0, -1.0], [1.0, -1.0]], [[-1.0] * 2] * 2]], dtype=torch.float64
+    )
     text = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     logits = mask_average_logits_reference(masks, dense, text, 10.0)
     s = 10 / 2**0.5

@@ -55,7 +55,9 @@ def test_float_scale_and_channels_last_features(poisoned):
     dense = torch.randn(1, 16, 3, 3, device=DEVICE).to(memory_format=torch.channels_last)
     text = torch.randn(5, 16, device=DEVICE)
     out = mask_average_logits(masks.to(DEVICE), dense, text, 3.0, "binary", threshold, backend="triton")
-    expected = mask_average_logits_reference(masks.double().to(DEVICE), dense.double(), text.double(), 3.0, "binary", threshold)
+    expected = mask_average_logits_reference(
+        masks.double().to(DEVICE), dense.double(), text.double(), 3.0, "binary", threshold
+    )
     assert_close(out, expected, TOLERANCE[torch.float32][0])
 
 

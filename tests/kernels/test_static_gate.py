@@ -18,7 +18,9 @@ from fisa_rt.kernels.gate import ARCHES, SHARED_LIMIT, ptx_counts
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate") / "gate.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "fisa_rt.kernels.gate", "--json", str(out)], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fisa_rt.kernels.gate", "--json", str(out)], env=env, capture_output=True, text=True
+    )
     assert out.exists(), result.stderr[-3000:]
     return json.loads(out.read_text())
 

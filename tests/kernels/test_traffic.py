@@ -33,7 +33,9 @@ def test_adapter_counts_by_hand():
 def test_masked_attention_counts_by_hand():
     B, H, Q, N, D, e = 1, 1, 2, 4, 2, 2
     stats = MaskStats(coverage=0.5, tiles_visited=1.0, blocks_visited=1.0)
-    fused = traffic.mask_attention_fused(B, H, Q, N, D, e, taps=100, e_mask=2, stats=stats, layers=1, tiles=(2, 4), splits=1)
+    fused = traffic.mask_attention_fused(
+        B, H, Q, N, D, e, taps=100, e_mask=2, stats=stats, layers=1, tiles=(2, 4), splits=1
+    )
     # layout: interpolate 100 -> 16, > 16 -> 8, any 8 -> 2, pad 2 -> 2, any 2 -> 1, sort 1 -> 8, count 1 -> 4, int32 8 -> 4
     layout_read, layout_write = 100 + 16 + 8 + 2 + 2 + 1 + 1 + 8, 16 + 8 + 2 + 2 + 1 + 8 + 4 + 4
     # attention: q, k_self, v_self 24, k and v 32, int8 mask 8, lists 8; writes out 8 and the log-sum-exp 8
@@ -67,7 +69,9 @@ def rows():
 
 def test_committed_table_is_the_models_output(rows):
     with open(TABLE) as f:
-        assert f.read() == traffic.markdown(rows), "regenerate: python -m fisa_rt.kernels.traffic --out benchmarks/results/traffic-model-h100.md"
+        assert f.read() == traffic.markdown(
+            rows
+        ), "regenerate: python -m fisa_rt.kernels.traffic --out benchmarks/results/traffic-model-h100.md"
 
 
 def test_every_fused_path_is_within_1_5x_of_its_floor_and_ahead_of_eager(rows):

@@ -12,8 +12,11 @@ def test_vocabulary_and_image_sizes_share_power_of_two_buckets():
 def test_masked_attention_configs_of_a_generation_share_one_tile():
     # the forward, the backward and the layout's block lists must use the same (BLOCK_Q, BLOCK_N)
     for gen in TUNING["mask_attention_sparse_fwd"]:
-        tiles = {(c.kwargs["BLOCK_Q"], c.kwargs["BLOCK_N"]) for name in ("mask_attention_sparse_fwd", "mask_attention_sparse_bwd")
-                 for c in configs_for(name, gen)}
+        tiles = {
+            (c.kwargs["BLOCK_Q"], c.kwargs["BLOCK_N"])
+            for name in ("mask_attention_sparse_fwd", "mask_attention_sparse_bwd")
+            for c in configs_for(name, gen)
+        }
         assert len(tiles) == 1, (gen, tiles)
 
 
