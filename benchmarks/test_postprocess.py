@@ -27,7 +27,6 @@ from fisa_rt.runtime.vocabulary import named
 
 from conftest import timed
 
-EXE = os.path.join(os.path.dirname(sys.executable), "fisa-rt")
 
 
 def _onnx(artefacts) -> str:
@@ -43,14 +42,32 @@ def _scene(size) -> np.ndarray:
     return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR))
 
 
+# Runs the CLI in a child and reports that process's own peak (VmHWM of its post-exec address space).
+# getrusage/wait4's ru_maxrss cannot be used: the child is spawned with vfork, so its maxrss starts at the
+# pytest parent's peak (GBs after the build fixture), whatever the child itself uses.
+PEAK_WRAPPER = """
+import atexit, sys
+from fisa_rt.cli import main
+
+def report():
+    with open("/proc/self/status") as f:
+        print("VmHWM-KiB", next(line for line in f if line.startswith("VmHWM:")).split()[1], file=sys.stderr)
+
+atexit.register(report)
+sys.argv[0] = "fisa-rt"
+sys.exit(main())
+"""
+
+
 def _peak_rss_mb(args, log) -> float:
-    """Peak resident set (MiB) of one child process running ``args`` (it must succeed)."""
+    """Peak resident set (MiB) of one child process running the CLI with ``args`` (it must succeed)."""
     with open(log, "w") as err:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, open(log).read()
-    return usage.ru_maxrss / 1024  # KiB on Linux
+        returncode = subprocess.run(
+            [sys.executable, "-c", PEAK_WRAPPER, *args], stdout=subprocess.DEVNULL, stderr=err
+        ).returncode
+    lines = open(log).read().splitlines()
+    assert returncode == 0, "\n".join(lines)
+    return int(next(line.split()[1] for line in lines if line.startswith("VmHWM-KiB"))) / 1024
 
 
 def test_infer_peak_memory(benchmark, artefacts, tmp_path):
@@ -60,7 +77,7 @@ def test_infer_peak_memory(benchmark, artefacts, tmp_path):
         path = str(tmp_path / f"scene-{side}.jpg")
         Image.fromarray(_scene((side, side))).save(path, quality=90)
         out = str(tmp_path / f"out-{side}")
-        command = [EXE, "infer", "--engine", engine, "--input", path, "--out", out, "--no-cache"]
+        command = ["infer", "--engine", engine, "--input", path, "--out", out, "--no-cache"]
         if side == 128:
             runs[side] = _peak_rss_mb(command, tmp_path / "log")
         else:

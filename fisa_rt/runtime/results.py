@@ -128,7 +128,7 @@ class SegmentationResult:
             elif kind == "labels":
                 save_image(Image.fromarray(self.semantic.astype(np.uint16)), path)
             elif kind == "panoptic":
-                save_image(Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy().astype(np.int64))), path)
+                save_image(Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy())), path)
             elif kind == "panoptic_json":
                 write_json(
                     path,
