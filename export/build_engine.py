@@ -54,6 +54,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)"
     )
     parser.add_argument(
+        "--synonyms", default="1,17,32",
+        help="synonym rows per class MIN,OPT,MAX, for models with text.synonyms max (default 1,17,32)",
+    )
+    parser.add_argument(
         "--input-dtype",
         choices=["uint8", "float32"],
         default="uint8",
@@ -94,7 +98,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     name = args.name or os.path.splitext(os.path.basename(checkpoint))[0]
     options = tensorrt_builder.EngineOptions(
         precision=args.precision, batch=_profile(args.batch, "batch"), classes=_profile(args.classes, "classes"),
-        workspace_gib=args.workspace, timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
+        synonyms=_profile(args.synonyms, "synonyms"), workspace_gib=args.workspace, timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
         version_compatible=args.version_compatible,
     )
     paths = {
@@ -121,10 +125,12 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         "training_vocabulary": {"names": info.vocabulary, "is_thing": info.is_thing},
         "embed_dim": model.embed_dim,
         "templates": cfg.text.templates,
+        "synonyms": cfg.text.synonyms,
         "context_length": onnx_export.context_length(model),
     }
     write_manifest(text_path, {**common, "kind": "text-encoder", "tokenizer": VOCAB_FILE, "opset": onnx_export.OPSET})
     written["text"] = text_path
+    inputs = onnx_export.graph_inputs(cfg, model.embed_dim)
     image = {
         **common,
         "kind": "image-model",
@@ -132,6 +138,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         "input_dtype": args.input_dtype,
         "semantic": args.semantic,
         "num_queries": cfg.mask_generator.num_queries,
+        "inputs": inputs,
         "text_encoder": {"file": os.path.basename(text_path), "sha256": sha256_file(text_path)},
     }
 
@@ -168,7 +175,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             print(f"no fp16 ONNX: {exc}")
             engine = engine.replace(".fp16.engine", ".fp32.engine")
     fused = args.flavour == "fused"
-    command = tensorrt_builder.trtexec_command(source, engine, cfg.image_size, model.embed_dim, options, plugins=fused)
+    command = tensorrt_builder.trtexec_command(source, engine, inputs, options, plugins=fused)
     print(f"TensorRT (trtexec) equivalent{' (fp32: fp16 needs the fp16 ONNX)' if no_fp16 else ''}:\n  {command}")
     try:
         if no_fp16:
@@ -179,9 +186,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             quantized = os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.qdq.onnx")
             source = tensorrt_builder.quantize_onnx(source, quantized, args.precision, calibration_inputs(model, info))
             print(f"wrote {quantized} (ModelOpt {args.precision} Q/DQ)")
-        trt_fields = tensorrt_builder.build_engine(
-            source, paths["engine"], cfg.image_size, model.embed_dim, options, fused=args.flavour == "fused"
-        )
+        trt_fields = tensorrt_builder.build_engine(source, paths["engine"], inputs, options, fused=fused)
         write_manifest(
             paths["engine"],
             {**image, "backend": "tensorrt", "flavour": args.flavour, **source_of(source), **trt_fields},
@@ -226,13 +231,17 @@ def calibration_inputs(model, info) -> Dict[str, "object"]:
     import numpy as np
     from PIL import Image
 
+    from fisa_rt.export import onnx_export
     from fisa_rt.predictor import load_image, sample_images
 
     S = model.cfg.image_size
     images = np.stack(
         [np.asarray(Image.fromarray(load_image(p)).resize((S, S), Image.BILINEAR)) for p in sample_images()]
     )
-    return {"image": images.transpose(0, 3, 1, 2).copy(), "text": model.encode_vocabulary(info.vocabulary).numpy()}
+    feed = {"image": images.transpose(0, 3, 1, 2).copy(), "text": model.encode_vocabulary(info.vocabulary).numpy()}
+    if "seen" in onnx_export.graph_inputs(model.cfg, model.embed_dim):  # the classes it was trained on: all seen
+        feed["seen"] = np.ones(len(info.vocabulary), bool)
+    return feed
 
 
 def ort_optimised(onnx_path: str, out_path: str) -> str:

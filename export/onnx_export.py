@@ -1,7 +1,8 @@
 """FISA checkpoint -> ONNX: the image model (two flavours) and the text encoder.
 
 Image model: ``image`` (B, 3, S, S) uint8 (or float32 in [0, 255]) + ``text`` (K, D) embeddings as a
-runtime input -> ``mask_logits`` (B, Q, S/4, S/4), ``class_scores`` (B, Q, K+1) softmax probabilities
+runtime input ((K, M, D) for ``text.synonyms: max``; plus ``seen`` (K,) bool for the mask-average head;
+:func:`graph_inputs`) -> ``mask_logits`` (B, Q, S/4, S/4), ``class_scores`` (B, Q, K+1) softmax probabilities
 with void last, and optionally ``semantic`` (B, S, S) int32 labels computed in the graph — off by
 default: it upsamples K score maps to S x S, which dominates the graph at large K (ONNX Runtime, fisa-tiny:
 213 ms at K = 2000 against 18.8 ms without), and fisa-rt's runtime computes it on the host anyway. B and K are
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Optional
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,8 @@ class ImageModelForExport(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None):
-        """``seen`` (K,) bool: classes the generator was trained on, from the PyTorch backend; the
-        exported graphs take no such input (every class unseen)."""
+        """``seen`` (K,) bool: classes the generator was trained on (the mask-average head's ensemble);
+        None scores every class as unseen."""
         x = (image.float() - self.mean) / self.std
         out = self.model(x, text, seen=seen)
         scores = out.class_logits.softmax(-1)
@@ -87,6 +88,34 @@ def _exporting(model, backend: str):
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+def graph_inputs(cfg, embed_dim: int) -> Dict[str, Tuple[Union[int, str], ...]]:
+    """The image model's inputs, each dimension fixed (int) or dynamic (the name of its TensorRT profile):
+    text gains a synonym axis for ``text.synonyms: max`` configs, and ``seen`` (K,) bool exists where the
+    mask-average head's ensemble reads it. One table for the export, the engine profiles and the runtime."""
+    S = cfg.image_size
+    inputs = {
+        "image": ("batch", 3, S, S),
+        "text": ("classes", "synonyms", embed_dim) if cfg.text.synonyms == "max" else ("classes", embed_dim),
+    }
+    if cfg.classifier.head == "mask-average":
+        inputs["seen"] = ("classes",)
+    return inputs
+
+
+def example_inputs(inputs: Dict[str, Tuple[Union[int, str], ...]], image_dtype: torch.dtype):
+    """Tracing inputs: dynamic sizes get values that differ from each other and from 1, so no dimension
+    is specialised or confused with another."""
+    sample = {"batch": 1, "classes": 3, "synonyms": 2}
+    shapes = {name: tuple(sample.get(d, d) for d in dims) for name, dims in inputs.items()}
+    tensors = {
+        "image": torch.randint(0, 256, shapes["image"], dtype=torch.uint8).to(image_dtype),
+        "text": F.normalize(torch.randn(shapes["text"]), dim=-1),
+    }
+    if "seen" in inputs:
+        tensors["seen"] = torch.tensor([True, False, True])
+    return tuple(tensors[name] for name in inputs)
+
+
 def export_image_model(
     model,
     path: str,
@@ -101,25 +130,18 @@ def export_image_model(
         raise InputError(f"input dtype must be uint8 or float32; got {input_dtype!r}")
     refuse_overwrite(path, overwrite, CheckpointError)
     model = model.float().eval().cpu()
-    S = model.cfg.image_size
     wrapper = ImageModelForExport(model, semantic).eval()
-    image = torch.randint(0, 256, (1, 3, S, S), dtype=torch.uint8)
-    if input_dtype == "float32":
-        image = image.float()
-    text = F.normalize(torch.randn(3, model.embed_dim), dim=-1)
+    inputs = graph_inputs(model.cfg, model.embed_dim)
+    example = example_inputs(inputs, torch.uint8 if input_dtype == "uint8" else torch.float32)
     outputs = ["mask_logits", "class_scores"] + (["semantic"] if semantic else [])
-    dynamic = {
-        "image": {0: "batch"},
-        "text": {0: "classes"},
-        "mask_logits": {0: "batch"},
-        "class_scores": {0: "batch", 2: "classes_plus_void"},
-    }
+    dynamic = {name: {i: d for i, d in enumerate(dims) if isinstance(d, str)} for name, dims in inputs.items()}
+    dynamic.update({"mask_logits": {0: "batch"}, "class_scores": {0: "batch", 2: "classes_plus_void"}})
     if semantic:
         dynamic["semantic"] = {0: "batch"}
     tmp = f"{path}.tmp{os.getpid()}"
     with _exporting(model, "onnx" if flavour == "fused" else "reference"):
         torch.onnx.export(
-            wrapper, (image, text), tmp, opset_version=OPSET, dynamo=False, input_names=["image", "text"],
+            wrapper, example, tmp, opset_version=OPSET, dynamo=False, input_names=list(inputs),
             output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True,
             custom_opsets={"fisa_rt": 1} if flavour == "fused" else None,
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from fisa_rt.errors import InputError, MissingDependencyError
 
@@ -47,6 +47,8 @@ class EngineOptions:
     precision: str = "fp16"
     batch: Profile = field(default_factory=lambda: Profile(1, 1, 8))
     classes: Profile = field(default_factory=lambda: Profile(1, 150, 1203))
+    # synonym rows per class, for text.synonyms: max models (COCO panoptic's "person" has 17)
+    synonyms: Profile = field(default_factory=lambda: Profile(1, 17, 32))
     workspace_gib: float = 4.0
     timing_cache: Optional[str] = None
     version_compatible: bool = False
@@ -68,19 +70,27 @@ def tensorrt_version(trt) -> Tuple[int, ...]:
     return tuple(int(p) for p in trt.__version__.split(".")[:3] if p.isdigit())
 
 
-def input_shapes(image_size: int, embed_dim: int, options: EngineOptions) -> Dict[str, Tuple[tuple, tuple, tuple]]:
-    """Optimization-profile shapes of the image model's two inputs."""
-    S, b, k = image_size, options.batch, options.classes
-    return {
-        "image": ((b.min, 3, S, S), (b.opt, 3, S, S), (b.max, 3, S, S)),
-        "text": ((k.min, embed_dim), (k.opt, embed_dim), (k.max, embed_dim)),
-    }
+Inputs = Dict[str, Tuple[Union[int, str], ...]]  # onnx_export.graph_inputs: name -> dims, a str a profile's name
 
 
-def trtexec_command(
-    onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, plugins: bool
-) -> str:
-    shapes = input_shapes(image_size, embed_dim, options)
+def input_shapes(inputs: Inputs, options: EngineOptions) -> Dict[str, Tuple[tuple, tuple, tuple]]:
+    """Optimization-profile (min, opt, max) shapes of the image model's inputs."""
+    profiles = {"batch": options.batch, "classes": options.classes, "synonyms": options.synonyms}
+
+    def shape(dims, which):
+        return tuple(getattr(profiles[d], which) if isinstance(d, str) else d for d in dims)
+
+    return {name: tuple(shape(dims, w) for w in ("min", "opt", "max")) for name, dims in inputs.items()}
+
+
+def used_profiles(inputs: Inputs, options: EngineOptions) -> Dict[str, Dict[str, int]]:
+    """The manifest's record of the profiles these inputs use."""
+    names = {d for dims in inputs.values() for d in dims if isinstance(d, str)}
+    return {n: asdict(getattr(options, n)) for n in ("batch", "classes", "synonyms") if n in names}
+
+
+def trtexec_command(onnx_path: str, engine_path: str, inputs: Inputs, options: EngineOptions, plugins: bool) -> str:
+    shapes = input_shapes(inputs, options)
 
     def spec(i):
         return ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in shapes.items())
@@ -113,9 +123,7 @@ def network_flags(trt, fused: bool) -> int:
     return flags
 
 
-def build_engine(
-    onnx_path: str, engine_path: str, image_size: int, embed_dim: int, options: EngineOptions, fused: bool
-) -> Dict:
+def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: EngineOptions, fused: bool) -> Dict:
     """Build and write the engine; returns the TensorRT part of its manifest."""
     trt = import_tensorrt()
     version = tensorrt_version(trt)
@@ -141,7 +149,7 @@ def build_engine(
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in input_shapes(image_size, embed_dim, options).items():
+    for name, (lo, opt, hi) in input_shapes(inputs, options).items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     cache_bytes = b""
@@ -170,7 +178,7 @@ def build_engine(
             "compute_capability": list(capability) if capability else None,
             "precision": options.precision,
             "strongly_typed": True,
-            "profiles": {k: asdict(v) for k, v in (("batch", options.batch), ("classes", options.classes))},
+            "profiles": used_profiles(inputs, options),
             "version_compatible": options.version_compatible,
             "plugins": plugin_records,
         }

@@ -283,7 +283,8 @@ def _encode_vocab(args: argparse.Namespace) -> None:
     # through the on-disk cache, so a later `infer` with the same classes reuses these embeddings
     embeddings = segmenter.text_encoder.encode(vocabulary)
     vocab.save_embeddings(args.out, embeddings, vocabulary, segmenter.text_encoder.sha256, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {embeddings.shape[0]} classes x {embeddings.shape[1]} dims")
+    rows = f" x {embeddings.shape[1]} synonyms" if embeddings.ndim == 3 else ""
+    print(f"wrote {args.out}: {embeddings.shape[0]} classes{rows} x {embeddings.shape[-1]} dims")
 
 
 def _bench(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ GENERATOR_CLASS_HEADS = ("linear", "mask-pooled")
 POOLED_INPUTS = ("embeddings", "features")
 MASK_WEIGHTINGS = ("binary", "sigmoid")
 RESIZE_MODES = ("longest_edge", "shortest_edge")
+SYNONYM_MODES = ("mean", "max")
 
 
 @dataclass
@@ -124,6 +125,10 @@ class TextConfig:
     templates: str = "vild"
     # Class names encoded per text-tower call.
     batch_size: int = 256
+    # How a class's comma-separated synonyms score. "mean": one (K, D) row per class, the mean of every
+    # (synonym, template) prompt. "max": FC-CLIP's get_classification_logits, one row per synonym (its
+    # templates averaged) in a (K, M, D) tensor, and a class scores its best synonym.
+    synonyms: str = "mean"
 
 
 @dataclass
@@ -195,6 +200,7 @@ class FisaConfig:
             (generator.pixel_decoder, PIXEL_DECODERS, "mask_generator.pixel_decoder"),
             (generator.class_head, GENERATOR_CLASS_HEADS, "mask_generator.class_head"),
             (self.classifier.pooled_input, POOLED_INPUTS, "classifier.pooled_input"),
+            (self.text.synonyms, SYNONYM_MODES, "text.synonyms"),
         ):
             if value not in valid:
                 raise ConfigError(f"{key} must be one of {valid}, got {value!r}")

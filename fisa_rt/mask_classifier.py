@@ -39,9 +39,28 @@ class ClassifierOutput:
     logits: torch.Tensor
 
 
+def text_rows(text: torch.Tensor) -> torch.Tensor:
+    """(K, D) or (K, M, D) class text -> its rows, (K, D) or (K * M, D)."""
+    return text.flatten(0, 1) if text.dim() == 3 else text
+
+
+def best_synonym(logits: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Logits (..., K * M) against ``text`` (K, M, D) flattened -> (..., K): each class scores its best
+    synonym, FC-CLIP's ``get_classification_logits``. (K, D) text: logits unchanged."""
+    if text.dim() == 2:
+        return logits
+    return logits.view(*logits.shape[:-1], text.shape[0], text.shape[1]).amax(-1)
+
+
 def cosine_logits(embeds: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """(B, Q, D) x (K, D) -> (B, Q, K): logit_scale * cosine similarity."""
-    return logit_scale * F.normalize(embeds, dim=-1) @ F.normalize(text, dim=-1).t()
+    """(B, Q, D) x (K, D) or (K, M, D) -> (B, Q, K): logit_scale * cosine similarity (best synonym)."""
+    return best_synonym(logit_scale * F.normalize(embeds, dim=-1) @ F.normalize(text_rows(text), dim=-1).t(), text)
+
+
+def with_void(embeds, text, void, logit_scale) -> torch.Tensor:
+    """(B, Q, K + 1) cosine logits over the classes and, last, the void embedding."""
+    void_logit = cosine_logits(embeds, void[None].to(embeds.dtype), logit_scale)
+    return torch.cat([cosine_logits(embeds, text, logit_scale), void_logit], dim=-1)
 
 
 class MaskAttentionHead(nn.Module):
@@ -129,8 +148,8 @@ class MaskAttentionHead(nn.Module):
         for block, q_proj, image_in in zip(blocks, self.mask_q_proj, features.block_inputs):
             tokens = self._block(block, q_proj, image_in, tokens, generator.mask_logits, features.grid, layout)
         embeds = visual.ln_post(tokens) @ visual.proj
-        classes = torch.cat([text, self.void_embedding[None].to(text.dtype)], dim=0)
-        return ClassifierOutput(logits=cosine_logits(embeds, classes, self.logit_scale.exp().to(embeds.dtype)))
+        scale = self.logit_scale.exp().to(embeds.dtype)
+        return ClassifierOutput(logits=with_void(embeds, text, self.void_embedding, scale))
 
 
 class MaskAverageHead(nn.Module):
@@ -156,16 +175,18 @@ class MaskAverageHead(nn.Module):
             masks = F.interpolate(generator.mask_logits, size=last.shape[-2:], mode="bilinear", align_corners=False)
             out_vocab = cosine_logits(backbone.embed_pooled(mask_pool(last, masks)), text, logit_scale)
         else:
-            out_vocab = mask_average_logits(
-                generator.mask_logits, features.dense_embeds, text, logit_scale, cfg.mask_weighting, cfg.mask_threshold,
-                backend=self.kernels,
+            out_vocab = best_synonym(
+                mask_average_logits(
+                    generator.mask_logits, features.dense_embeds, text_rows(text), logit_scale, cfg.mask_weighting,
+                    cfg.mask_threshold, backend=self.kernels,
+                ),
+                text,
             )
-        void = generator.void_embedding[None].to(text.dtype)
         # FC-CLIP's generator scores with its own temperature, capped at 100 as FC-CLIP caps it.
         in_scale = logit_scale
         if generator.logit_scale is not None:
             in_scale = generator.logit_scale.exp().clamp(max=100).to(text.dtype)
-        in_vocab = cosine_logits(generator.class_embeds, torch.cat([text, void], dim=0), in_scale)
+        in_vocab = with_void(generator.class_embeds, text, generator.void_embedding, in_scale)
         in_probs = in_vocab[..., :-1].softmax(-1)
         out_probs = out_vocab.softmax(-1)
         if seen is None:

@@ -23,10 +23,10 @@ from .backbone import ConvNextBackbone, VitBackbone
 from .clip import create_clip, create_tokenizer, vision_kind
 from .config import FisaConfig, get_model_config
 from .errors import InputError
-from .mask_classifier import MaskAttentionHead, MaskAverageHead
+from .mask_classifier import MaskAttentionHead, MaskAverageHead, text_rows
 from .mask_generator import MaskGenerator
 from .simo import SimoReport, select_trainable
-from .text import EmbeddingCache, TextTower, encode_vocabulary, prompt_templates
+from .text import EmbeddingCache, TextTower, encode_vocabulary
 
 
 @dataclass
@@ -87,14 +87,14 @@ class FisaModel(nn.Module):
             )
         if images.shape[-1] % 32 or images.shape[-2] % 32:
             raise InputError(f"image height and width must be multiples of 32; got {tuple(images.shape[-2:])}")
-        if not isinstance(text, torch.Tensor) or text.dim() != 2:
+        if not isinstance(text, torch.Tensor) or text.dim() not in (2, 3):
             shape = tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
-            raise InputError(f"text embeddings must be a (K, D) tensor; got {shape}")
-        if text.shape[0] == 0:
-            raise InputError("the vocabulary is empty: text embeddings have K = 0 classes")
-        if text.shape[1] != self.embed_dim:
+            raise InputError(f"text embeddings must be a (K, D) tensor, or (K, M, D) with M synonyms; got {shape}")
+        if 0 in text.shape[:-1]:
+            raise InputError(f"the vocabulary is empty: text embeddings {tuple(text.shape)} hold no class")
+        if text.shape[-1] != self.embed_dim:
             raise InputError(
-                f"text embeddings have dimension {text.shape[1]}, but {self.cfg.name} needs {self.embed_dim}"
+                f"text embeddings have dimension {text.shape[-1]}, but {self.cfg.name} needs {self.embed_dim}"
             )
         if seen is not None and (seen.dtype != torch.bool or seen.shape != (text.shape[0],)):
             raise InputError(
@@ -103,11 +103,12 @@ class FisaModel(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None) -> FisaOutput:
         """images (B, 3, H, W) normalised with the config's mean/std, H and W multiples of 32;
-        text (K, D) class embeddings (see :meth:`encode_vocabulary`); seen (K,) bool, classes the mask
-        generator was trained on (used by the mask-average ensemble)."""
+        text (K, D) class embeddings, or (K, M, D) one row per synonym (see :meth:`encode_vocabulary`);
+        seen (K,) bool, classes the mask generator was trained on (used by the mask-average ensemble)."""
         self.check_inputs(images, text, seen)
         text = text.to(device=images.device, dtype=images.dtype)
-        features = self.backbone(images, text)
+        # SEVE attends to every text row; (K, M, D) puts M rows per class, so each class weighs the same
+        features = self.backbone(images, text_rows(text))
         generated = self.mask_generator(features.features)
         classified = self.classifier(self.backbone, features, generated, text, self.logit_scale.to(images.dtype), seen)
         return FisaOutput(
@@ -118,11 +119,11 @@ class FisaModel(nn.Module):
         )
 
     def encode_vocabulary(self, class_names: Sequence[str], cache: Optional[EmbeddingCache] = None) -> torch.Tensor:
-        """(K, D) text embeddings of ``class_names`` with the config's prompt templates."""
-        templates = prompt_templates(self.cfg.text.templates)
+        """Text embeddings of ``class_names`` as the config's text section says: (K, D), or (K, M, D) with
+        one row per synonym for ``text.synonyms == "max"``."""
         if cache is not None:
-            return cache.get_or_encode(self.text, self.tokenizer, class_names, templates, self.cfg.text.batch_size)
-        return encode_vocabulary(self.text, self.tokenizer, class_names, templates, self.cfg.text.batch_size)
+            return cache.get_or_encode(self.text, self.tokenizer, class_names, self.cfg.text)
+        return encode_vocabulary(self.text, self.tokenizer, class_names, self.cfg.text)
 
     def apply_simo(self) -> SimoReport:
         """Freeze all but the config's SIMO parameters; returns what stays trainable."""

@@ -65,12 +65,14 @@ def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
     return names
 
 
-def expand_prompts(class_names: Sequence[str], templates: Sequence[str]) -> Tuple[List[str], List[int]]:
-    """Every (synonym, template) prompt of a validated vocabulary, and the class index each belongs to."""
-    prompts, owner = [], []
+def expand_prompts(class_names: Sequence[str], templates: Sequence[str]) -> Tuple[List[str], List[int], List[int]]:
+    """Every (synonym, template) prompt of a validated vocabulary, the synonym (numbered across the
+    vocabulary) each prompt belongs to, and the class each synonym belongs to."""
+    prompts, synonym_of, class_of = [], [], []
     for k, name in enumerate(class_names):
         for synonym in synonyms(name):
             for template in templates:
                 prompts.append(template.format(synonym))
-                owner.append(k)
-    return prompts, owner
+                synonym_of.append(len(class_of))
+            class_of.append(k)
+    return prompts, synonym_of, class_of

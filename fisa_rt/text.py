@@ -3,7 +3,8 @@
 A vocabulary is a list of class names; a name may list synonyms separated by commas
 ("person, man, woman"), as FC-CLIP's class files do. Each (synonym, template) prompt is embedded and
 L2-normalised, and a class is the normalised mean of its prompts, so every vocabulary becomes one
-(K, D) tensor — the form the exported engines take as a runtime input.
+(K, D) tensor — the form the exported engines take as a runtime input. FC-CLIP's configs (``text.synonyms:
+max``) keep one row per synonym instead, (K, M, D), and score a class by its best synonym.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_path
+from .config import TextConfig
 from .errors import InputError, warn
 from .prompts import PROMPT_TEMPLATES, prompt_templates, validate_vocabulary  # noqa: F401
 from .runtime.vocabulary import Vocabulary, encode
@@ -52,42 +54,39 @@ class TextTower(nn.Module):
 
 @torch.no_grad()
 def encode_vocabulary(
-    tower: TextTower,
-    tokenizer: Callable[[List[str]], torch.Tensor],
-    class_names: Sequence[str],
-    templates: Sequence[str],
-    batch_size: int = 256,
+    tower: TextTower, tokenizer: Callable[[List[str]], torch.Tensor], class_names: Sequence[str], cfg: TextConfig
 ) -> torch.Tensor:
-    """(K, D) float32 normalised class embeddings for ``class_names``."""
+    """Normalised float32 class embeddings for ``class_names``: (K, D), or (K, M, D) for
+    ``cfg.synonyms == "max"`` (see :func:`fisa_rt.runtime.vocabulary.encode`)."""
     device = next(tower.parameters()).device
 
     def encode_tokens(tokens) -> np.ndarray:
         return tower(torch.as_tensor(tokens).to(device)).float().cpu().numpy()
 
-    return torch.from_numpy(encode(Vocabulary(list(class_names)), templates, tokenizer, encode_tokens, batch_size))
+    templates = prompt_templates(cfg.templates)
+    vocabulary = Vocabulary(list(class_names))
+    return torch.from_numpy(encode(vocabulary, templates, tokenizer, encode_tokens, cfg.batch_size, cfg.synonyms))
 
 
 class EmbeddingCache:
-    """Vocabulary embeddings on disk, keyed by the text weights, the templates and the class names."""
+    """Vocabulary embeddings on disk, keyed by the text weights, the text config and the class names."""
 
     def __init__(self, folder: str):
         self.folder = folder
 
-    def path(self, fingerprint: str, templates: Sequence[str], class_names: Sequence[str]) -> str:
-        key = hashlib.sha256(json.dumps([fingerprint, list(templates), list(class_names)]).encode()).hexdigest()[:32]
-        return os.path.join(self.folder, f"vocab-{key}.safetensors")
+    def path(self, fingerprint: str, cfg: TextConfig, class_names: Sequence[str]) -> str:
+        payload = json.dumps([fingerprint, list(prompt_templates(cfg.templates)), cfg.synonyms, list(class_names)])
+        return os.path.join(self.folder, f"vocab-{hashlib.sha256(payload.encode()).hexdigest()[:32]}.safetensors")
 
-    def get_or_encode(
-        self, tower: TextTower, tokenizer, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
-    ) -> torch.Tensor:
+    def get_or_encode(self, tower: TextTower, tokenizer, class_names: Sequence[str], cfg: TextConfig) -> torch.Tensor:
         names = validate_vocabulary(class_names)
-        path = self.path(tower.fingerprint(), templates, names)
+        path = self.path(tower.fingerprint(), cfg, names)
         if os.path.isfile(path):
             try:
                 return load_file(path)["embeddings"]
             except (SafetensorError, OSError, KeyError):
                 pass  # a damaged entry is re-encoded and replaced below
-        embeddings = encode_vocabulary(tower, tokenizer, names, templates, batch_size)
+        embeddings = encode_vocabulary(tower, tokenizer, names, cfg)
         try:
             os.makedirs(self.folder, exist_ok=True)
             with atomic_path(path) as tmp:

@@ -71,7 +71,7 @@ def test_without_tensorrt_the_build_says_what_to_install_and_prints_trtexec(arte
 
 def test_builder_imports_without_tensorrt_and_refuses_with_one_message():
     with pytest.raises(MissingDependencyError, match="pip install tensorrt"):
-        tensorrt_builder.build_engine("x.onnx", "x.engine", 128, 64, tensorrt_builder.EngineOptions(), fused=False)
+        tensorrt_builder.build_engine("x.onnx", "x.engine", {}, tensorrt_builder.EngineOptions(), fused=False)
     with pytest.raises(InputError, match="min <= opt <= max"):
         tensorrt_builder.Profile(4, 2, 8)
     with pytest.raises(InputError, match="precision"):

@@ -206,11 +206,14 @@ def test_build_engine_exports_converted_checkpoint_with_portable_parity(converte
     model.set_kernels("reference")
     torch.manual_seed(1)
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
-    text = random_text(9, model.embed_dim)
+    # FC-CLIP's text: 9 classes x 3 synonym rows, and the ensemble's seen flags, as graph inputs
+    text = random_text(27, model.embed_dim).view(9, 3, -1)
+    seen = torch.tensor([True, False, False, True, False, True, False, False, True])
     with torch.no_grad():
-        masks, scores = ImageModelForExport(model, semantic=False)(images, text)
+        masks, scores = ImageModelForExport(model, semantic=False)(images, text, seen)
     session = ort.InferenceSession(artefacts["portable"], providers=["CPUExecutionProvider"])
-    got_masks, got_scores = session.run(None, {"image": images.numpy(), "text": text.numpy()})
+    feed = {"image": images.numpy(), "text": text.numpy(), "seen": seen.numpy()}
+    got_masks, got_scores = session.run(None, feed)
     assert np.abs(got_masks - masks.numpy()).max() < 1e-4  # mask logits, fp32
     assert np.abs(got_scores - scores.numpy()).max() < 1e-5  # class probabilities
 

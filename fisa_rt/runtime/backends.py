@@ -59,29 +59,63 @@ class Backend:
     def embed_dim(self) -> int:
         return int(self.manifest["embed_dim"])
 
-    @property
-    def max_classes(self) -> Optional[int]:
-        profile = (self.manifest.get("tensorrt") or {}).get("profiles", {}).get("classes")
+    def _profile_max(self, name: str) -> Optional[int]:
+        profile = (self.manifest.get("tensorrt") or {}).get("profiles", {}).get(name)
         return None if profile is None else int(profile["max"])
 
-    def check_text(self, text: np.ndarray) -> None:
-        if text.ndim != 2 or text.shape[0] == 0:
-            raise InputError(f"text embeddings must be (K >= 1, D); got {text.shape}")
-        if text.shape[1] != self.embed_dim:
-            raise InputError(f"text embeddings have dimension {text.shape[1]}, but this engine takes {self.embed_dim}")
+    @property
+    def max_classes(self) -> Optional[int]:
+        return self._profile_max("classes")
+
+    @property
+    def synonyms(self) -> str:
+        """The model's text.synonyms: "max" models take (K, M, D) text, one row per synonym."""
+        return ((self.manifest.get("config") or {}).get("text") or {}).get("synonyms", "mean")
+
+    def check_text(self, text: np.ndarray) -> np.ndarray:
+        """``text`` in the layout the artefact takes, or one InputError: (K, D), or (K, M, D) for "max"
+        models, which also take (K, D) as one row per class."""
+        if text.ndim not in (2, 3) or 0 in text.shape:
+            raise InputError(f"text embeddings must be (K >= 1, D) or (K, M, D); got {text.shape}")
+        if text.shape[-1] != self.embed_dim:
+            raise InputError(f"text embeddings have dimension {text.shape[-1]}, but this engine takes {self.embed_dim}")
         if self.max_classes is not None and text.shape[0] > self.max_classes:
             raise InputError(
                 f"{text.shape[0]} classes exceed this engine's profile (at most {self.max_classes}); rebuild with "
                 f"`python export/build_engine.py --classes 1,OPT,{text.shape[0]}`"
             )
+        if self.synonyms == "mean":
+            if text.ndim == 3:
+                raise InputError(
+                    f"this {self.manifest.get('model')} artefact averages synonyms (text.synonyms: mean) and takes "
+                    f"(K, D) text embeddings; got {text.shape} (encode the vocabulary for this artefact)"
+                )
+            return text
+        text = text if text.ndim == 3 else text[:, None]
+        most = self._profile_max("synonyms")
+        if most is not None and text.shape[1] > most:
+            raise InputError(
+                f"{text.shape[1]} synonyms per class exceed this engine's profile (at most {most}); rebuild with "
+                f"`python export/build_engine.py --synonyms 1,OPT,{text.shape[1]}`"
+            )
+        return text
 
-    # Whether run() applies ``seen`` (FC-CLIP's alpha for classes the generator was trained on); exported
-    # graphs take no seen input and score every class as unseen.
+    # Whether run() applies ``seen`` (FC-CLIP's alpha for classes the generator was trained on); artefacts
+    # exported before the graphs took a seen input score every class as unseen.
     applies_seen = False
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         """``seen`` (K,) bool, used by backends with ``applies_seen`` (the mask-average head's ensemble)."""
         raise NotImplementedError
+
+    def seen_flags(self, text: np.ndarray, seen: Optional[np.ndarray]) -> np.ndarray:
+        """(K,) bool for a graph's ``seen`` input; None: every class unseen."""
+        if seen is None:
+            return np.zeros(text.shape[0], bool)
+        flags = np.asarray(seen, bool)
+        if flags.shape != (text.shape[0],):
+            raise InputError(f"seen must be ({text.shape[0]},) bool, one flag per class; got {flags.shape}")
+        return flags
 
 
 class TorchBackend(Backend):
@@ -105,6 +139,7 @@ class TorchBackend(Backend):
             "image_size": cfg.image_size,
             "embed_dim": model.embed_dim,
             "templates": cfg.text.templates,
+            "synonyms": cfg.text.synonyms,
             "training_vocabulary": {"names": info.vocabulary, "is_thing": info.is_thing},
             "num_queries": cfg.mask_generator.num_queries,
             "backend": "torch",
@@ -113,8 +148,8 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
-        self.check_text(text)
-        flags = None if seen is None else torch.as_tensor(np.asarray(seen, bool), device=self.device)
+        text = self.check_text(text)
+        flags = None if seen is None else torch.as_tensor(self.seen_flags(text, seen), device=self.device)
         mask_logits, scores = self.wrapper(images.to(self.device), torch.from_numpy(text).to(self.device), flags)
         return RawOutput(mask_logits, scores)
 
@@ -160,22 +195,25 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(path, providers=providers or onnx_providers(ort))
         except Exception as exc:  # ORT raises its own exception types for corrupt files
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        inputs = sorted(i.name for i in self.session.get_inputs())
-        if inputs != ["image", "text"]:
+        inputs = [i.name for i in self.session.get_inputs()]
+        if sorted(inputs) not in (["image", "text"], ["image", "seen", "text"]):
             raise CheckpointError(
-                f"{path} takes inputs {inputs}, not a fisa-rt image model's ['image', 'text']: "
+                f"{path} takes inputs {sorted(inputs)}, not a fisa-rt image model's image, text (and seen): "
                 "not the file its manifest describes"
             )
+        self.applies_seen = "seen" in inputs
         self.device = torch.device(
             "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu"
         )
         self.outputs = [o.name for o in self.session.get_outputs()][:2]
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
-        self.check_text(text)
+        text = self.check_text(text)
         feed = {"image": images.cpu().numpy(), "text": np.ascontiguousarray(text, dtype=np.float32)}
         if self.manifest.get("input_dtype") == "float32":
             feed["image"] = feed["image"].astype(np.float32)
+        if self.applies_seen:
+            feed["seen"] = self.seen_flags(text, seen)
         mask_logits, scores = self.session.run(self.outputs, feed)
         return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
 
@@ -215,17 +253,21 @@ class TensorRTBackend(Backend):
                 f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`"
             )
         self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.applies_seen = "seen" in names
         self.trt = trt
         self.device = torch.device("cuda")
         self.stream = torch.cuda.Stream()
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
-        self.check_text(text)
+        text = self.check_text(text)
         trt = self.trt
         inputs = {
             "image": images.to(self.device).contiguous(),
-            "text": torch.from_numpy(text).to(self.device).contiguous(),
+            "text": torch.from_numpy(np.ascontiguousarray(text)).to(self.device),
         }
+        if self.applies_seen:
+            inputs["seen"] = torch.from_numpy(self.seen_flags(text, seen)).to(self.device)
         for name, tensor in inputs.items():
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())

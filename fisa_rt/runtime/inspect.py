@@ -47,7 +47,7 @@ def describe(path: str) -> List[str]:
         return [
             f"{path}: fisa-rt checkpoint (PyTorch backend; Triton kernels on CUDA)",
             f"  model {cfg.name}: CLIP {cfg.clip.model_name}, head {cfg.classifier.head}, image {cfg.image_size}, "
-            f"{cfg.mask_generator.num_queries} queries, templates {cfg.text.templates}",
+            f"{cfg.mask_generator.num_queries} queries, templates {cfg.text.templates}, synonyms {cfg.text.synonyms}",
             f"  trained vocabulary: {len(info.vocabulary)} classes",
         ]
     from fisa_rt.export.manifest import read_manifest, sha256_file
@@ -65,7 +65,8 @@ def describe(path: str) -> List[str]:
     lines = [
         f"{path}: {m.get('kind')} for {m.get('backend')} ({m.get('flavour', '-')} graph), model {m.get('model')}",
         f"  image {m.get('image_size')}x{m.get('image_size')} {m.get('input_dtype')}, text dim {m.get('embed_dim')}, "
-        f"{m.get('num_queries')} queries, templates {m.get('templates')}, in-graph semantic map: {m.get('semantic')}",
+        f"{m.get('num_queries')} queries, templates {m.get('templates')}, synonyms {m.get('synonyms', 'mean')}, "
+        f"in-graph semantic map: {m.get('semantic')}",
         f"  built {m.get('created')} from {m.get('checkpoint', {}).get('file')}; sha256 {m.get('sha256', '')[:16]}",
     ]
     lines += mismatch

@@ -1,6 +1,6 @@
-"""Vocabulary -> (K, D) embeddings for a backend: the exported text encoder in ONNX Runtime (plain-Python
-tokenizer, no PyTorch needed) for ONNX/TensorRT artefacts, the checkpoint's own text tower for PyTorch.
-Embeddings are cached on disk by (text encoder hash, templates, class names)."""
+"""Vocabulary -> (K, D) embeddings ((K, M, D) for text.synonyms: max) for a backend: the exported text
+encoder in ONNX Runtime (plain-Python tokenizer, no PyTorch needed) for ONNX/TensorRT artefacts, the
+checkpoint's own text tower for PyTorch. Embeddings are cached on disk by (text encoder hash, templates, synonym mode, class names)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class TextEncoder:
         from fisa_rt.export.manifest import sha256_file
 
         self.templates = backend.manifest["templates"]
+        self.synonyms = backend.synonyms
         if backend.name == "torch":
             self.tokenizer = backend.model.tokenizer
             self._encode = backend.encode_tokens
@@ -57,7 +58,7 @@ class TextEncoder:
     def encode(self, vocabulary: vocab.Vocabulary, cache_dir: Optional[str] = None) -> np.ndarray:
         cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         path = (
-            os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary) + ".npz")
+            os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary, self.synonyms) + ".npz")
             if cache_dir
             else None
         )
@@ -68,7 +69,8 @@ class TextEncoder:
                     return cached
             except InputError:
                 pass  # a damaged entry (truncated, empty, foreign) is re-encoded and replaced below
-        embeddings = vocab.encode(vocabulary, prompt_templates(self.templates), self.tokenize, self._encode)
+        templates = prompt_templates(self.templates)
+        embeddings = vocab.encode(vocabulary, templates, self.tokenize, self._encode, synonyms=self.synonyms)
         if path:
             try:
                 os.makedirs(cache_dir, exist_ok=True)

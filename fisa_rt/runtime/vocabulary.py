@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
+from ..config import SYNONYM_MODES
 from ..errors import InputError, refuse_overwrite, warn
 from ..prompts import expand_prompts, validate_vocabulary
 
@@ -111,11 +112,20 @@ def resolve(
     return default
 
 
-def average_prompts(per_prompt: np.ndarray, owner: List[int], num_classes: int) -> np.ndarray:
-    """(K, D) float32: the normalised mean of each class's (already normalised) prompt embeddings."""
-    sums = np.zeros((num_classes, per_prompt.shape[1]), np.float64)
+def average_prompts(per_prompt: np.ndarray, owner: List[int], num_rows: int) -> np.ndarray:
+    """(num_rows, D) float32: the normalised mean of each row's (already normalised) prompt embeddings."""
+    sums = np.zeros((num_rows, per_prompt.shape[1]), np.float64)
     np.add.at(sums, np.asarray(owner), per_prompt.astype(np.float64))
     return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synonym_rows(per_synonym: np.ndarray, class_of: List[int], num_classes: int) -> np.ndarray:
+    """(S, D) synonym embeddings -> (K, M, D), M the most synonyms of any class. A class with fewer repeats
+    its own synonyms cyclically: the max over a class's rows, all a "max" model takes, is unchanged."""
+    owners = np.asarray(class_of)
+    rows = [np.flatnonzero(owners == k) for k in range(num_classes)]
+    width = max(len(r) for r in rows)
+    return per_synonym[np.stack([np.resize(r, width) for r in rows])]
 
 
 def encode(
@@ -124,16 +134,24 @@ def encode(
     tokenize: Callable[[List[str]], Any],
     encode_tokens: Callable[[Any], np.ndarray],
     batch_size: int = 256,
+    synonyms: str = "mean",
 ) -> np.ndarray:
-    """(K, D) float32: every (synonym, template) prompt encoded, then averaged per class. The one path
-    from class names to embeddings, for training (PyTorch text tower) and for every runtime backend."""
-    prompts, owner = expand_prompts(vocabulary.names, templates)
+    """Every (synonym, template) prompt encoded, then averaged: per class -> (K, D) for ``synonyms="mean"``;
+    per synonym -> (K, M, D) for "max" (FC-CLIP's test-time classifier: templates averaged per synonym, a
+    class scored by its best synonym). The one path from class names to embeddings, for training (PyTorch
+    text tower) and for every runtime backend."""
+    if synonyms not in SYNONYM_MODES:
+        raise InputError(f"synonyms must be one of {SYNONYM_MODES}; got {synonyms!r}")
+    prompts, synonym_of, class_of = expand_prompts(vocabulary.names, templates)
     chunks = [encode_tokens(tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
-    return average_prompts(np.concatenate(chunks), owner, len(vocabulary.names))
+    per_prompt = np.concatenate(chunks)
+    if synonyms == "mean":
+        return average_prompts(per_prompt, [class_of[s] for s in synonym_of], len(vocabulary.names))
+    return synonym_rows(average_prompts(per_prompt, synonym_of, len(class_of)), class_of, len(vocabulary.names))
 
 
-def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary) -> str:
-    payload = json.dumps([text_encoder_sha256, templates, vocabulary.names])
+def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary, synonyms: str = "mean") -> str:
+    payload = json.dumps([text_encoder_sha256, templates, synonyms, vocabulary.names])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -149,18 +167,21 @@ def save_embeddings(
 
 
 def check_embeddings(embeddings, num_classes: int, where: str = "embeddings") -> np.ndarray:
-    """(K, D) float32 after refusing what would silently segment nothing: a shape that does not match the
-    K classes, an integer or non-numeric dtype, NaN/Inf values, or an all-zero row (no direction)."""
+    """(K, D) or (K, M, D) float32 after refusing what would silently segment nothing: a shape that does not
+    match the K classes, an integer or non-numeric dtype, NaN/Inf values, or an all-zero row (no direction)."""
     array = np.asarray(embeddings)
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where} must be floating point (K, D) text embeddings; got dtype {array.dtype}")
-    if array.ndim != 2 or array.shape[0] != num_classes or array.shape[1] == 0:
-        raise InputError(f"{where} {array.shape} do not match {num_classes} classes: expected ({num_classes}, D)")
+    if array.ndim not in (2, 3) or array.shape[0] != num_classes or 0 in array.shape:
+        raise InputError(
+            f"{where} {array.shape} do not match {num_classes} classes: expected ({num_classes}, D), or "
+            f"({num_classes}, M, D) with M synonyms per class"
+        )
     if not np.isfinite(array).all():
         raise InputError(f"{where} hold NaN or Inf values (row {int(np.argwhere(~np.isfinite(array))[0, 0])})")
-    zero = np.flatnonzero(~array.any(axis=1))
+    zero = np.argwhere(~array.any(axis=-1))
     if zero.size:
-        raise InputError(f"{where}: row {int(zero[0])} is all zeros, which matches nothing")
+        raise InputError(f"{where}: row {int(zero[0, 0])} is all zeros, which matches nothing")
     return array.astype(np.float32)
 
 

@@ -34,7 +34,7 @@ from ..clip import create_clip, create_tokenizer
 from ..config import get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
 from ..errors import CheckpointError, ConfigError
-from ..mask_classifier import cosine_logits
+from ..mask_classifier import text_rows, with_void
 from ..model import FisaModel, create_model
 from ..preprocess import normalize_images
 from ..simo import select_trainable
@@ -208,16 +208,16 @@ class _Stage:
         model: FisaModel = self.model
         scale = model.logit_scale
         if self.cfg.stage == "generator":
-            features = model.backbone(images, self.text)
+            features = model.backbone(images, text_rows(self.text))
             generated = model.mask_generator(features.features)
-            classes = torch.cat([self.text, generated.void_embedding[None]], dim=0)
             layers = generated.aux + [(generated.mask_logits, generated.class_embeds)]
             targets = resize_targets(batch.masks, generated.mask_logits.shape[-2:])
             total: Dict[str, torch.Tensor] = {}
             # Deep supervision: every decoder layer's prediction is matched and supervised.
             for mask_logits, class_embeds in layers:
                 for name, value in set_loss(
-                    cosine_logits(class_embeds, classes, scale), mask_logits, labels, targets, self.weights
+                    with_void(class_embeds, self.text, generated.void_embedding, scale), mask_logits, labels, targets,
+                    self.weights,
                 ).items():
                     total[name] = total.get(name, 0.0) + value / len(layers)
             return total
