@@ -141,17 +141,19 @@ class PostprocessConfig:
 @dataclass
 class ResizeConfig:
     # How an image becomes the model's input at inference (and evaluation); the result sits top-left on the
-    # square ``image_size`` canvas (or, with ``pad`` "divisible", a smaller one), padded. "longest_edge": the longer side to ``image_size`` (fisa-rt's
-    # rule, also the base scale of training's jitter). "shortest_edge": detectron2's ResizeShortestEdge as
-    # FC-CLIP tests (MIN_SIZE_TEST / MAX_SIZE_TEST): the shorter side to ``short``, scaled down further if the
-    # longer would pass ``max_size``; ``image_size`` must then hold ``max_size`` rounded up to ``divisible``.
+    # square ``image_size`` canvas (or, with ``pad`` "divisible", a smaller one), padded. "longest_edge": the
+    # longer side to ``image_size`` (fisa-rt's rule, also the base scale of training's jitter). "shortest_edge":
+    # detectron2's ResizeShortestEdge as FC-CLIP tests (MIN_SIZE_TEST / MAX_SIZE_TEST): the shorter side to
+    # ``short``, scaled down further if the longer would pass ``max_size``; ``image_size`` must then hold
+    # ``max_size`` rounded up to ``divisible``.
     mode: str = "longest_edge"
     short: int = 800
     max_size: int = 1333
     # detectron2's size_divisibility: the padded input's sides are multiples of it.
     divisible: int = 32
-    # Pad with the mean colour (image_mean, rounded to uint8: within 0.01 of 0 once normalised), as
-    # detectron2's ImageList pads the normalised image with 0; else with black.
+    # Pad with the mean colour (image_mean; rounded to uint8 on the square canvas, within 0.01 of 0 once
+    # normalised; unrounded, so exactly 0, on a "divisible" canvas), as detectron2's ImageList pads the
+    # normalised image with 0; else with black.
     pad_mean: bool = False
     # How far a batch is padded at inference and evaluation (training always uses the square canvas).
     # "canvas": to the fixed ``image_size`` square, the only input an exported graph (ONNX, TensorRT) takes.
