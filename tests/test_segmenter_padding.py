@@ -17,6 +17,7 @@ from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.evaluation import evaluate, evaluate_segmenter
 from fisa_rt.model import create_model
 from fisa_rt.postprocess import panoptic_inference, restore_mask_logits, semantic_inference
+from fisa_rt.preprocess import padded_canvas, resized_shape
 from fisa_rt.runtime.backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from fisa_rt.runtime.segmenter import Segmenter
 
@@ -62,6 +63,15 @@ def segmenter(checkpoint):
 
 def picture(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_padded_canvas_is_image_list_from_tensors():
+    rule = get_model_config("fcclip-convnext-l").resize
+    photo = resized_shape(480, 640, 1344, rule)  # 800 x 1067 (detectron2 ResizeShortestEdge 800/1333)
+    assert padded_canvas([photo], 1344, 32) == (800, 1088)
+    assert padded_canvas([photo, resized_shape(720, 1280, 1344, rule)], 1344, 32) == (800, 1344)  # 750 x 1333
+    assert padded_canvas([(64, 64), (33, 1)], 128, 32) == (64, 64)  # already multiples: no padding
+    assert padded_canvas([photo], 1344) == (1344, 1344)  # no divisibility: the square
 
 
 def test_torch_backend_takes_a_variable_canvas_only_when_the_config_asks(checkpoint, tmp_path):
