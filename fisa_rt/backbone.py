@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FisaConfig
+from .errors import ConfigError
 from .seve import SeveAdapter
 
 
@@ -57,6 +58,11 @@ class VitBackbone(nn.Module):
         super().__init__()
         if not visual.transformer.batch_first:
             raise ValueError("FISA needs an open_clip ViT built batch-first")
+        if cfg.resize.pad == "divisible":
+            raise ConfigError(
+                f"{cfg.name}: resize.pad 'divisible' needs a ConvNeXt CLIP; a ViT's position embeddings are fixed "
+                "at image_size, so it keeps the square canvas (resize.pad 'canvas')"
+            )
         self.visual = visual
         blocks = visual.transformer.resblocks
         width = visual.conv1.out_channels

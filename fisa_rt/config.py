@@ -31,6 +31,7 @@ POOLED_INPUTS = ("embeddings", "features")
 MASK_WEIGHTINGS = ("binary", "sigmoid")
 RESIZE_MODES = ("longest_edge", "shortest_edge")
 SYNONYM_MODES = ("mean", "max")
+RESIZE_PADS = ("canvas", "divisible")
 
 
 @dataclass
@@ -145,22 +146,36 @@ class PostprocessConfig:
 @dataclass
 class ResizeConfig:
     # How an image becomes the model's input at inference (and evaluation); the result sits top-left on the
-    # square ``image_size`` canvas, zero-padded. "longest_edge": the longer side to ``image_size`` (fisa-rt's
-    # rule, also the base scale of training's jitter). "shortest_edge": detectron2's ResizeShortestEdge as
-    # FC-CLIP tests (MIN_SIZE_TEST / MAX_SIZE_TEST): the shorter side to ``short``, scaled down further if the
-    # longer would pass ``max_size``; ``image_size`` must then hold ``max_size`` rounded up to ``divisible``.
+    # square ``image_size`` canvas (or, with ``pad`` "divisible", a smaller one), padded. "longest_edge": the
+    # longer side to ``image_size`` (fisa-rt's rule, also the base scale of training's jitter). "shortest_edge":
+    # detectron2's ResizeShortestEdge as FC-CLIP tests (MIN_SIZE_TEST / MAX_SIZE_TEST): the shorter side to
+    # ``short``, scaled down further if the longer would pass ``max_size``; ``image_size`` must then hold
+    # ``max_size`` rounded up to ``divisible``.
     mode: str = "longest_edge"
     short: int = 800
     max_size: int = 1333
     # detectron2's size_divisibility: the padded input's sides are multiples of it.
     divisible: int = 32
-    # Pad with the mean colour (image_mean, rounded to uint8: within 0.01 of 0 once normalised), as
-    # detectron2's ImageList pads the normalised image with 0; else with black.
+    # Pad with the mean colour (image_mean; rounded to uint8 on the square canvas, within 0.01 of 0 once
+    # normalised; unrounded, so exactly 0, on a "divisible" canvas), as detectron2's ImageList pads the
+    # normalised image with 0; else with black.
     pad_mean: bool = False
+    # How far a batch is padded at inference and evaluation (training always uses the square canvas).
+    # "canvas": to the fixed ``image_size`` square, the only input an exported graph (ONNX, TensorRT) takes.
+    # "divisible": as FC-CLIP, whose FCCLIP.forward (fcclip/fcclip.py) batches with detectron2's
+    # ``ImageList.from_tensors(images, size_divisibility)`` (detectron2/structures/image_list.py): to the
+    # batch's largest resized height and width, each rounded up to a multiple of ``divisible``, bottom and
+    # right. Only the PyTorch backend (.safetensors) of a ConvNeXt model takes such a variable canvas
+    # (``Backend.variable_canvas``); exported artefacts keep the square.
+    pad: str = "canvas"
 
     def pad_colour(self, image_mean) -> Tuple[int, int, int]:
         """uint8 RGB of the canvas outside the resized image."""
         return tuple(round(255 * m) for m in image_mean) if self.pad_mean else (0, 0, 0)
+
+    def pad_fill(self, image_mean) -> Tuple[float, float, float]:
+        """RGB in [0, 1] of the padding, unrounded: the mean colour (exactly 0 once normalised) or black."""
+        return tuple(image_mean) if self.pad_mean else (0.0, 0.0, 0.0)
 
     def canvas(self) -> int:
         """The smallest square canvas side that holds every output of the "shortest_edge" rule."""
@@ -211,6 +226,13 @@ class FisaConfig:
         resize = self.resize
         if resize.mode not in RESIZE_MODES:
             raise ConfigError(f"resize.mode must be one of {RESIZE_MODES}, got {resize.mode!r}")
+        if resize.pad not in RESIZE_PADS:
+            raise ConfigError(f"resize.pad must be one of {RESIZE_PADS}, got {resize.pad!r}")
+        if resize.pad == "divisible" and (resize.divisible < 32 or resize.divisible % 32):
+            raise ConfigError(
+                f"resize.pad 'divisible' needs resize.divisible a multiple of 32 (the coarsest feature stride); "
+                f"got {resize.divisible}"
+            )
         if resize.mode == "shortest_edge":
             if not 0 < resize.short <= resize.max_size or resize.divisible < 1:
                 raise ConfigError(f"resize needs 0 < short <= max_size and divisible >= 1; got {resize}")

@@ -24,7 +24,7 @@ from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segm
 from .data.synthetic import ids_to_rgb
 from .errors import InputError
 from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits, semantic_inference
-from .preprocess import normalize_images
+from .preprocess import fill_padding, normalize_images, padded_canvas
 
 IGNORE = 255
 PREDICTIONS_JSON = "predictions.json"
@@ -185,12 +185,19 @@ def evaluate(
     model = model.eval().to(device)
     text = model.encode_vocabulary(dataset.class_names).to(device)
     seen = torch.tensor([not h for h in dataset.held_out], device=device)  # used by the mask-average head
+    cfg = model.cfg
+    divisible = cfg.resize.divisible if cfg.resize.pad == "divisible" else None
 
-    def predict(images: torch.Tensor):
-        out = model(normalize_images(images.to(device), model.cfg.image_mean, model.cfg.image_std), text, seen=seen)
+    def predict(images: torch.Tensor, sizes):
+        images = images.to(device)
+        if divisible:  # FC-CLIP's padding: the mean colour unrounded, exactly 0 once normalised
+            images = fill_padding(images.float() / 255.0, sizes, cfg.resize.pad_fill(cfg.image_mean))
+        out = model(normalize_images(images, cfg.image_mean, cfg.image_std), text, seen=seen)
         return out.class_logits, out.mask_logits
 
-    return evaluate_predictions(predict, dataset, model.cfg.postprocess, batch_size, limit, predictions_dir, overwrite)
+    return evaluate_predictions(
+        predict, dataset, cfg.postprocess, batch_size, limit, predictions_dir, overwrite, divisible
+    )
 
 
 def evaluate_segmenter(
@@ -205,20 +212,32 @@ def evaluate_segmenter(
         raise ValueError("the dataset must be read at the engine's image size and by its resize rule")
     segmenter.set_vocabulary(Vocabulary(dataset.class_names, dataset.is_thing))
     seen = np.array([not h for h in dataset.held_out])  # as evaluate() passes them
+    backend = segmenter.backend
+    divisible = segmenter.resize.divisible if backend.variable_canvas else None
+    # float32 mean x 255 as the model's normalisation computes it, so the padding becomes exactly 0
+    fill = torch.tensor(segmenter.resize.pad_fill(segmenter.image_mean), dtype=torch.float32) * 255.0
 
-    def predict(images: torch.Tensor):
-        raw = segmenter.backend.run(images.to(segmenter.backend.device), segmenter.text, seen)
+    def predict(images: torch.Tensor, sizes):
+        images = images.to(backend.device)
+        if divisible:  # as Segmenter pads for this backend: float, the mean colour unrounded
+            images = fill_padding(images.float(), sizes, fill)
+        raw = backend.run(images, segmenter.text, seen)
         return raw.class_logits(), raw.mask_logits.float()
 
-    return evaluate_predictions(predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir, overwrite)
+    return evaluate_predictions(
+        predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir, overwrite, divisible
+    )
 
 
 def evaluate_predictions(
     predict, dataset: PanopticDataset, postprocess, batch_size: int, limit: Optional[int],
-    predictions_dir: Optional[str], overwrite: bool = False,
+    predictions_dir: Optional[str], overwrite: bool = False, divisible: Optional[int] = None,
 ):
-    """``predict(uint8 images (B, 3, S, S))`` -> (class logits (B, Q, K+1), mask logits (B, Q, h, w)) on
-    the padded canvas; post-processing and scoring are shared by every backend."""
+    """``predict(uint8 images (B, 3, H, W), sizes)`` -> (class logits (B, Q, K+1), mask logits (B, Q, h, w))
+    on the padded canvas, whose top-left ``sizes[b]`` (h, w) hold the resized images; post-processing and
+    scoring are shared by every backend. The canvas is the dataset's S x S square, or, given ``divisible``
+    (resize.pad "divisible"), its top-left part that holds the batch's largest image rounded up to a
+    multiple of ``divisible``, as FC-CLIP pads (fisa_rt.preprocess.padded_canvas)."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count <= 0:
         raise InputError(f"no images to evaluate: {dataset.json_path} lists {len(dataset)}, limit {limit}")
@@ -231,7 +250,11 @@ def evaluate_predictions(
         for start in range(0, count, batch_size):
             samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
             images = torch.stack([s.image for s in samples])
-            class_logits, mask_logits = predict(images)
+            sizes = [s.size for s in samples]
+            if divisible:
+                height, width = padded_canvas(sizes, dataset.image_size, divisible)
+                images = images[..., :height, :width]
+            class_logits, mask_logits = predict(images, sizes)
             for b, sample in enumerate(samples):
                 gt_ids, gt_segments, crowd, gt_semantic = _ground_truth(dataset, sample.index)
                 logits = restore_mask_logits(mask_logits[b], images.shape[-2:], sample.size, gt_ids.shape)

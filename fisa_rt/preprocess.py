@@ -31,6 +31,28 @@ def resized_shape(height: int, width: int, image_size: int, resize: Optional[Res
     return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
+def padded_canvas(
+    sizes: Sequence[Tuple[int, int]], image_size: int, divisible: Optional[int] = None
+) -> Tuple[int, int]:
+    """(H, W) of the canvas a batch of resized images, (h, w) each, is padded onto (top-left, padding bottom
+    and right): the fixed ``image_size`` square; or, given ``divisible``, detectron2's
+    ``ImageList.from_tensors(images, size_divisibility=divisible)`` (detectron2/structures/image_list.py),
+    as FC-CLIP batches at test time: the largest h and the largest w, each rounded up to a multiple of it."""
+    if divisible is None:
+        return image_size, image_size
+    return tuple(-(-max(size[i] for size in sizes) // divisible) * divisible for i in (0, 1))
+
+
+def fill_padding(images: torch.Tensor, sizes: Sequence[Tuple[int, int]], colour: Sequence[float]) -> torch.Tensor:
+    """Set, in place, every pixel of float ``images`` (B, 3, H, W) outside the top-left ``sizes[b]`` (h, w)
+    to ``colour`` (3 values, in the images' scale); returns ``images``."""
+    value = torch.as_tensor(colour, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    for image, (h, w) in zip(images, sizes):
+        image[:, h:] = value
+        image[:, :h, w:] = value
+    return images
+
+
 def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(B, 3, H, W) uint8 in [0, 255], or floating point in [0, 1] -> float32 normalised with mean/std."""
     if images.dim() != 4 or images.shape[1] != 3:

@@ -15,7 +15,9 @@ from fisa_rt.model import create_model
 from fisa_rt.preprocess import resized_shape
 from fisa_rt.runtime.segmenter import Segmenter
 
-FCCLIP_TEST = ResizeConfig(mode="shortest_edge", short=800, max_size=1333, divisible=32, pad_mean=True)
+FCCLIP_TEST = ResizeConfig(
+    mode="shortest_edge", short=800, max_size=1333, divisible=32, pad_mean=True, pad="divisible"
+)
 
 
 # Expected sizes worked out by hand from detectron2's ResizeShortestEdge.get_output_shape
@@ -68,7 +70,9 @@ def test_resize_rules_that_cannot_fit_are_refused():
 
 def _segmenter(image_size: int, resize: ResizeConfig) -> Segmenter:
     segmenter = Segmenter.__new__(Segmenter)  # only the pre-processing: no artefact needed
-    segmenter.backend = types.SimpleNamespace(image_size=image_size, device=torch.device("cpu"))
+    segmenter.backend = types.SimpleNamespace(
+        image_size=image_size, device=torch.device("cpu"), variable_canvas=False
+    )
     segmenter.resize = resize
     segmenter.pad_colour = resize.pad_colour(OPENAI_MEAN)
     return segmenter

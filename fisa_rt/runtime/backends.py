@@ -1,6 +1,7 @@
 """One interface over every artefact: ``run(images, text) -> RawOutput``.
 
-``images`` (B, 3, S, S) uint8 on the backend's device (a torch tensor), ``text`` (K, D) float32; the
+``images`` (B, 3, S, S) uint8 on the backend's device (a torch tensor; with ``variable_canvas``, (B, 3, H, W)
+uint8 or float in [0, 255]), ``text`` (K, D) float32; the
 outputs are the exported graph's: mask logits (B, Q, S/4, S/4) and class scores (B, Q, K+1) with void
 last, as torch tensors on the backend's device, so post-processing runs where the model ran.
 
@@ -100,6 +101,11 @@ class Backend:
             )
         return text
 
+    # Whether run() takes images of any height and width that are multiples of 32, not only S x S: the
+    # PyTorch backend of a config with resize.pad "divisible" (FC-CLIP's padding, fisa_rt.config.ResizeConfig).
+    # Exported graphs have a fixed canvas: static shapes are what TensorRT optimises.
+    variable_canvas = False
+
     # Whether run() applies ``seen`` (FC-CLIP's alpha for classes the generator was trained on); artefacts
     # exported before the graphs took a seen input score every class as unseen.
     applies_seen = False
@@ -133,6 +139,7 @@ class TorchBackend(Backend):
         self.model = model.float().eval().to(self.device)
         self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
         cfg = model.cfg
+        self.variable_canvas = cfg.resize.pad == "divisible"  # ViT configs cannot have it (VitBackbone)
         self.manifest = {
             "model": cfg.name,
             "config": cfg.to_dict(),

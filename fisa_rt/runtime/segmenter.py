@@ -6,7 +6,8 @@
     result.overlay().save("overlay.png"); result.save("out/", "scene")
 
 Pre-processing (resize by the model config's rule — by default the longer side to the engine's size —
-and pad to its square canvas) and
+and pad to its square canvas, or, where the backend takes a variable canvas, to the batch's largest image
+rounded up to a multiple of 32 as FC-CLIP does) and
 post-processing (crop, resize back, Mask2Former's semantic/panoptic/instance inference) are the same for
 every backend and run on the backend's device. An image larger than the model's input is post-processed
 at the model's input size and its label maps resized to the image (memory bounded; docs/design.md).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from ..postprocess import (
     working_size,
 )
 from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
-from ..preprocess import resized_shape
+from ..preprocess import padded_canvas, resized_shape
 from ..prompts import seen_classes
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
@@ -132,8 +133,19 @@ class Segmenter:
             raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
         return image
 
-    def _canvas(self, image: np.ndarray):
+    def _canvas_size(self, pictures: Sequence[np.ndarray]) -> Tuple[int, int]:
+        """(H, W) a batch of ``pictures`` is padded to: the backend's S x S canvas; where the backend takes a
+        variable canvas (resize.pad "divisible"), FC-CLIP's: the largest resized picture, rounded up to
+        resize.divisible (fisa_rt.preprocess.padded_canvas)."""
         S = self.backend.image_size
+        divisible = self.resize.divisible if self.backend.variable_canvas else None
+        return padded_canvas([resized_shape(*p.shape[:2], S, self.resize) for p in pictures], S, divisible)
+
+    def _canvas(self, image: np.ndarray, canvas: Optional[Tuple[int, int]] = None):
+        """(1, 3, H, W) model input of ``image`` on a ``canvas`` (H, W) (default: its own, see _canvas_size),
+        and the (h, w) of the resized image at its top left."""
+        S = self.backend.image_size
+        canvas = canvas or self._canvas_size([image])
         h, w = resized_shape(*image.shape[:2], S, self.resize)
         pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
         tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
@@ -142,10 +154,19 @@ class Segmenter:
         resized = torch.cat(
             [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
         )
-        colour = torch.tensor(self.pad_colour, dtype=torch.uint8, device=self.backend.device)
-        canvas = colour.view(1, 3, 1, 1).repeat(1, 1, S, S)
-        canvas[..., :h, :w] = resized.round().clamp(0, 255).to(torch.uint8)
-        return canvas, (h, w)
+        pixels = resized.round().clamp(0, 255)
+        if self.backend.variable_canvas:
+            # FC-CLIP's padding exactly: float pixels in [0, 255], padded with the mean colour unrounded, which
+            # the model's normalisation turns into exactly 0, as detectron2 pads the normalised image with 0
+            # (a uint8 mean colour is up to 0.0075 off)
+            fill = self.resize.pad_fill(self.image_mean)
+            colour = torch.tensor(fill, dtype=torch.float32, device=self.backend.device) * 255.0
+        else:
+            colour = torch.tensor(self.pad_colour, dtype=torch.uint8, device=self.backend.device)
+            pixels = pixels.to(torch.uint8)
+        padded = colour.view(1, 3, 1, 1).repeat(1, 1, *canvas)
+        padded[..., :h, :w] = pixels
+        return padded, (h, w)
 
     def segment(self, image: ImageInput, task: str = "panoptic") -> SegmentationResult:
         return self.segment_batch([image], task)[0]
@@ -164,7 +185,8 @@ class Segmenter:
         sync = torch.cuda.synchronize if self.backend.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         pictures = [self._picture(i) for i in images]
-        canvases, contents = zip(*(self._canvas(p) for p in pictures))
+        canvas = self._canvas_size(pictures)
+        canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
         batch = torch.cat(canvases)
         sync()
         t1 = time.perf_counter()
@@ -173,7 +195,7 @@ class Segmenter:
         t2 = time.perf_counter()
         class_logits = raw.class_logits()
         results = [
-            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task)
+            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, canvas)
             for b, (picture, content) in enumerate(zip(pictures, contents))
         ]
         sync()
@@ -184,19 +206,20 @@ class Segmenter:
         self.timings.images += len(pictures)
         return results
 
-    def _postprocess(self, picture, class_logits, mask_logits, content, task) -> SegmentationResult:
-        """``mask_logits`` (Q, h, w) as the model predicted them on its canvas, whose top-left ``content``
-        holds the resized picture; merged at the working size, label maps returned at the picture's."""
+    def _postprocess(self, picture, class_logits, mask_logits, content, task, canvas=None) -> SegmentationResult:
+        """``mask_logits`` (Q, h, w) as the model predicted them on its ``canvas`` (H, W) (default: 4 x the
+        masks' size), whose top-left ``content`` holds the resized picture; merged at the working size, label
+        maps returned at the picture's."""
         work = working_size(content, picture.shape[:2])
         multiply_adds = class_logits.numel() * work[0] * work[1]  # the semantic (Q, K) x (Q, pixels) product
         with cpu_threads_for(multiply_adds, mask_logits.device):
-            return self._merge(picture, class_logits, mask_logits, content, work, task)
+            return self._merge(picture, class_logits, mask_logits, content, work, task, canvas)
 
-    def _merge(self, picture, class_logits, mask_logits, content, work, task) -> SegmentationResult:
+    def _merge(self, picture, class_logits, mask_logits, content, work, task, canvas=None) -> SegmentationResult:
         names, things = self.vocabulary.names, self.vocabulary.is_thing
         size = picture.shape[:2]
-        S = self.backend.image_size
-        logits = restore_mask_logits(mask_logits.float(), (S, S), content, work)
+        canvas = canvas or tuple(4 * n for n in mask_logits.shape[-2:])  # masks are at stride 4
+        logits = restore_mask_logits(mask_logits.float(), canvas, content, work)
         semantic = resize_labels(semantic_inference(class_logits, logits).label_map, size).cpu().numpy()
         panoptic = instances = None
         if task == "panoptic":
