@@ -51,7 +51,7 @@ def main() -> None:
         images = normalize_images(sample.image[None], model.cfg.image_mean, model.cfg.image_std)
         mask_logits = model(images, text).mask_logits[0]
         _, ids, ann = dataset.read(index)
-        ids, segments = ground_truth_segments(ids, ann["segments_info"], dataset.contiguous)
+        segments, _ = ground_truth_segments(ids, ann["segments_info"], dataset.contiguous)
         proposals = restore_mask_logits(mask_logits, images.shape[-2:], sample.size, ids.shape) > 0
         for segment, iou in best_ious(proposals, ids, segments).items():
             scores.setdefault(dataset.groups[segments[segment]], []).append(iou)
