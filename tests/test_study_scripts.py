@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fisa_rt.cli import main
 from fisa_rt.predictor import default_checkpoint
@@ -57,3 +58,24 @@ def test_study_table_reads_the_evaluations_and_costs(tmp_path):
     assert "| FISA (SEVE + SIMO) | 301 | 10 | 3 s |" in table
     assert "| (b) full fine-tuning | 601 | 20 | 12 s |" in table
     assert "| (a) frozen CLIP classifier | 102 | not reached |" in table
+
+
+def test_fisa_ablation_puts_one_half_back(broad_val, tmp_path):
+    from fisa_rt import create_model
+    from fisa_rt.checkpoint import load_model, read_checkpoint_info, save_checkpoint
+
+    fisa = default_checkpoint()
+    info = read_checkpoint_info(fisa)
+    start = create_model(info.config)  # a different "stage 2": random weights, SEVE gates at 0
+    init = str(tmp_path / "init.safetensors")
+    save_checkpoint(init, start, vocabulary=info.vocabulary, is_thing=info.is_thing)
+    out = str(tmp_path / "ablate")
+    run_script("fisa-ablation.py", fisa, init, out, "--data", broad_val)
+    trained, _ = load_model(fisa)
+    for variant, reset in (("seve-only", "classifier.mask_q_proj."), ("simo-only", "backbone.seve.")):
+        model, _ = load_model(f"{out}.{variant}.safetensors")
+        for name, tensor in model.state_dict().items():
+            want = start.state_dict()[name] if name.startswith(reset) else trained.state_dict()[name]
+            assert torch.equal(tensor, want.to(tensor.dtype)), (variant, name)
+    with open(f"{out}.seve-seen-text.eval.json") as f:
+        assert set(json.load(f)) >= {"seen", "novel_composition", "novel_concept"}
