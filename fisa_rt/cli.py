@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from .atomic import write_json
+from .config import TRAINABLE_PRESETS
 from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
 from .predictor import DEFAULT_MAX_PIXELS
 
@@ -376,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's "
                                    "checkpoint or a converted one (fisa-rt convert), loaded into --model with new "
                                    "SEVE adapters")
-    tr.add_argument("--trainable", default="simo", choices=["simo", "frozen", "full"],
-                    help="adapt: simo = FISA; frozen = frozen-CLIP baseline (void embedding + temperature only); "
-                         "full = full fine-tuning baseline")
+    tr.add_argument("--trainable", default="simo", choices=TRAINABLE_PRESETS,
+                    help="adapt: simo = FISA; simo-only = FISA without its SEVE adapters; frozen = frozen-CLIP "
+                         "baseline (void embedding + temperature only); full = full fine-tuning baseline")
     tr.add_argument("--steps", type=POSITIVE, default=1000, help="optimizer steps")
     tr.add_argument("--batch-size", type=POSITIVE, default=16, help="global batch, split over torchrun processes")
     tr.add_argument("--lr", type=_number(float, 0, low_open=True), default=1e-3,

@@ -32,6 +32,8 @@ MASK_WEIGHTINGS = ("binary", "sigmoid")
 RESIZE_MODES = ("longest_edge", "shortest_edge")
 SYNONYM_MODES = ("mean", "max")
 RESIZE_PADS = ("canvas", "divisible")
+# what `train adapt --trainable` may train (fisa_rt.train.trainer)
+TRAINABLE_PRESETS = ("simo", "simo-only", "frozen", "full")
 
 
 @dataclass

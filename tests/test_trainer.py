@@ -150,3 +150,15 @@ def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_c
     with pytest.raises(ConfigError, match="snapshot"):
         TrainConfig(stage="adapt", data=synthetic_data, init=generator_checkpoint, out=str(out), steps=4,
                     snapshots=(4,))
+
+
+def test_simo_only_trains_fisa_without_its_adapters(synthetic_data, generator_checkpoint, tmp_path):
+    before, _ = load_model(generator_checkpoint)
+    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "q.safetensors", steps=2,
+                          trainable="simo-only"))
+    after, _ = load_model(result.out)
+    changed = {
+        n for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()) if not torch.equal(a, b)
+    }
+    assert any(n.startswith("classifier.mask_q_proj") for n in changed)
+    assert changed and not any(n.startswith("backbone.") for n in changed)

@@ -3,7 +3,8 @@
 1. ``clip``      — contrastive pre-training of a CLIP on image captions (global pooled, like CLIP).
 2. ``generator`` — the mask generator on top of that CLIP, CLIP frozen (FC-CLIP's recipe).
 3. ``adapt``     — FISA adaptation: mask generator frozen, only the ``trainable`` preset learns:
-                   ``simo`` (FISA), ``frozen`` (baseline: frozen CLIP classifier; only its void
+                   ``simo`` (FISA), ``simo-only`` (FISA's SIMO parameters, no SEVE adapters),
+                   ``frozen`` (baseline: frozen CLIP classifier; only its void
                    embedding and temperature learn) or ``full``
                    (baseline: full fine-tuning of the CLIP image encoder and the classifier).
 
@@ -31,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_path
 from ..checkpoint import load_model, save_checkpoint
 from ..clip import create_clip, create_tokenizer
-from ..config import get_model_config
+from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
 from ..errors import CheckpointError, ConfigError
 from ..mask_classifier import text_rows, with_void
@@ -41,9 +42,6 @@ from ..simo import select_trainable
 from .losses import LossWeights, resize_targets, set_loss
 
 STAGES = ("clip", "generator", "adapt")
-TRAINABLE_PRESETS = ("simo", "frozen", "full")
-
-
 @dataclass
 class TrainConfig:
     stage: str
@@ -177,6 +175,8 @@ class _Stage:
             self.model, _ = load_model(cfg.init, config=model_cfg if cfg.model else None)
             prefixes = {
                 "simo": self.model.cfg.simo.trainable,
+                # FISA without SEVE: no gradient reaches the image encoder (docs/training.md, the ablation)
+                "simo-only": [p for p in self.model.cfg.simo.trainable if not p.startswith("backbone.seve")],
                 "frozen": ["classifier.void_embedding", "classifier.logit_scale"],
                 "full": ["backbone.visual", "classifier"],
             }[cfg.trainable]
