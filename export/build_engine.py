@@ -98,7 +98,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     name = args.name or os.path.splitext(os.path.basename(checkpoint))[0]
     options = tensorrt_builder.EngineOptions(
         precision=args.precision, batch=_profile(args.batch, "batch"), classes=_profile(args.classes, "classes"),
-        synonyms=_profile(args.synonyms, "synonyms"), workspace_gib=args.workspace, timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
+        synonyms=_profile(args.synonyms, "synonyms"), workspace_gib=args.workspace,
+        timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
         version_compatible=args.version_compatible,
     )
     paths = {

@@ -1,6 +1,7 @@
 """Vocabulary -> (K, D) embeddings ((K, M, D) for text.synonyms: max) for a backend: the exported text
 encoder in ONNX Runtime (plain-Python tokenizer, no PyTorch needed) for ONNX/TensorRT artefacts, the
-checkpoint's own text tower for PyTorch. Embeddings are cached on disk by (text encoder hash, templates, synonym mode, class names)."""
+checkpoint's own text tower for PyTorch. Embeddings are cached on disk by (text encoder hash, templates,
+synonym mode, class names)."""
 
 from __future__ import annotations
 
