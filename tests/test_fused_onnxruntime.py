@@ -78,7 +78,9 @@ def test_mask_pool_plugin_in_the_fused_graph_of_a_mask_average_model(tmp_path, l
     S = model.cfg.image_size
     images = _photos(S)[[1, 4]]  # a photograph (coffee) and a scene
     text = torch.nn.functional.normalize(torch.randn(7, model.embed_dim), dim=-1)
-    nodes = _compare(paths["fused"], paths["portable"], {"image": images.numpy(), "text": text.numpy()}, launches)
+    seen = np.array([True, False, True, True, False, False, True])  # both ensemble branches in use
+    feed = {"image": images.numpy(), "text": text.numpy(), "seen": seen}
+    nodes = _compare(paths["fused"], paths["portable"], feed, launches)
     assert "MaskPool" in nodes
     pool = next(n for n in onnx.load(paths["fused"]).graph.node if n.op_type == "MaskPool")
     assert len(pool.input) == 2  # the text never reaches the plugin: TensorRT's GEMM does the logits
