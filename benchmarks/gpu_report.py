@@ -154,6 +154,7 @@ def render(
     e2e: List[Dict[str, object]],
     date: str,
     minutes: Optional[float] = None,
+    without_compiled: bool = False,
 ) -> str:
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
     lines = [
@@ -173,8 +174,11 @@ def render(
                   f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
                   f"{tests['skipped']} skipped", ""]
     if kernels:
-        lines += ["## Kernel micro-benchmarks (median of do_bench, ms)", "",
-                  "| op | case | impl | ms | TFLOP/s | GB/s | of DRAM peak | vs eager |",
+        lines += ["## Kernel micro-benchmarks (median of do_bench, ms)", ""]
+        if without_compiled:
+            lines += ["torch.compile baselines left out (`FISA_GPU_CHECK_MINUTES` under 25: their compiles alone "
+                      "take minutes).", ""]
+        lines += ["| op | case | impl | ms | TFLOP/s | GB/s | of DRAM peak | vs eager |",
                   "|---|---|---|---|---|---|---|---|"]
         cases = _speedups(kernels)
         for r in kernels:
@@ -221,6 +225,7 @@ def main(argv=None) -> int:
     write.add_argument("--peaks", required=True)
     write.add_argument("--e2e")
     write.add_argument("--minutes", type=float)
+    write.add_argument("--without-compiled", action="store_true", help="the torch.compile baselines were skipped")
     write.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     try:
@@ -236,7 +241,8 @@ def main(argv=None) -> int:
             bench = _load(args.bench)
             tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
             text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
-                          _load(args.e2e) or [], date, args.minutes)
+                          _load(args.e2e) or [], date, args.minutes,
+                          args.without_compiled)
             path = report_path(args.out_dir, measured["device"]["name"], date)
             if os.path.exists(path):
                 raise FileExistsError(f"{path} exists; move it away to write a new report")

@@ -53,6 +53,9 @@ def test_report_carries_device_driver_measured_peaks_and_speedups(tmp_path):
     assert "7 passed, 1 failed" in text
     assert "| adapter_attention | vitb16-640-coco fwd | triton | 0.0100 | 71.0 | 950 | 50% | 5.00x |" in text
     assert "| fisa-vit-b16 | 640 | 133 | triton | 20.00 | 1.50x |" in text
+    assert "torch.compile baselines left out" not in text
+    short = gpu_report.render(DEVICE, PEAKS, tests, rows, e2e, "2026-11-25", minutes=7, without_compiled=True)
+    assert "torch.compile baselines left out" in short
 
 
 def test_write_names_the_report_by_date_and_gpu_and_never_overwrites(tmp_path, capsys):
