@@ -95,9 +95,8 @@ def versions() -> Dict[str, Optional[str]]:
     return found
 
 
-def end_to_end(model_name: str = "fisa-vit-b16", image: int = 640, classes: int = 133) -> List[Dict[str, object]]:
-    """fisa-vit-b16 forward at ``image`` px, fp16, batch 1: PyTorch eager (references) against the Triton path."""
-    require_cuda()
+def _backend_forwards(model_name: str, image: int, classes: int):
+    """(backend, batch-1 fp16 forward) for the PyTorch eager references, then the Triton path, of one model."""
     import torch
 
     from fisa_rt import create_model
@@ -106,12 +105,68 @@ def end_to_end(model_name: str = "fisa-vit-b16", image: int = 640, classes: int 
     model = create_model(model_name).cuda().half().eval()
     images = torch.randn(1, 3, image, image, device="cuda", dtype=torch.float16)
     text = torch.nn.functional.normalize(torch.randn(classes, model.embed_dim, device="cuda"), dim=-1).half()
-    rows = []
     for backend in ("reference", "triton"):
         model.set_kernels(backend)
+        yield backend, lambda: model(images, text)
+
+
+def end_to_end(model_name: str = "fisa-vit-b16", image: int = 640, classes: int = 133) -> List[Dict[str, object]]:
+    """fisa-vit-b16 forward at ``image`` px, fp16, batch 1: PyTorch eager (references) against the Triton path."""
+    require_cuda()
+    import torch
+
+    rows = []
+    for backend, forward in _backend_forwards(model_name, image, classes):
         with torch.inference_mode():
-            ms = time_ms(lambda: model(images, text), warmup_ms=200, rep_ms=2000)
+            ms = time_ms(forward, warmup_ms=200, rep_ms=2000)
         rows.append({"model": model_name, "image": image, "classes": classes, "backend": backend, "ms": ms})
+    return rows
+
+
+def _graph_replay_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds per replay of ``fn`` captured in a CUDA graph: the GPU time without Python's launches."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs asks, so kernels are compiled
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_ms(graph.replay, warmup_ms=100, rep_ms=1000)
+
+
+def profile(model_name: str = "fisa-vit-b16", image: int = 640, classes: int = 133, top: int = 10,
+            calls: int = 10) -> List[Dict[str, object]]:
+    """Where one batch-1 forward's time goes, per backend: wall time, summed kernel time (torch.profiler;
+    wall minus kernels is launch overhead), the heaviest kernels, and the wall time of a CUDA-graph replay,
+    which removes Python's launches as a TensorRT engine does."""
+    require_cuda()
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    rows = []
+    for backend, forward in _backend_forwards(model_name, image, classes):
+        with torch.inference_mode():
+            wall = time_ms(forward, warmup_ms=200, rep_ms=1000)
+            with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(calls):
+                    forward()
+                torch.cuda.synchronize()
+            kernels = [(e.key, getattr(e, "self_device_time_total", 0.0) / 1e3 / calls, e.count // calls)
+                       for e in prof.key_averages() if getattr(e, "self_device_time_total", 0.0) > 0]
+            try:
+                graph, graph_error = _graph_replay_ms(forward), None
+            except Exception as error:  # capture refuses host syncs; the report says which one
+                graph, graph_error = None, f"{type(error).__name__}: {error}".splitlines()[0][:160]
+        kernels.sort(key=lambda k: -k[1])
+        rows.append({"model": model_name, "image": image, "classes": classes, "backend": backend, "wall_ms": wall,
+                     "kernel_ms": sum(k[1] for k in kernels), "launches": sum(k[2] for k in kernels),
+                     "graph_ms": graph, "graph_error": graph_error,
+                     "top": [{"kernel": name[:70], "ms": ms, "calls": n} for name, ms, n in kernels[:top]]})
     return rows
 
 
@@ -155,6 +210,7 @@ def render(
     date: str,
     minutes: Optional[float] = None,
     without_compiled: bool = False,
+    profiles: Optional[List[Dict[str, object]]] = None,
 ) -> str:
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
     lines = [
@@ -197,7 +253,24 @@ def render(
             ratio = f"{reference / r['ms']:.2f}x" if reference else ""
             lines.append(f"| {r['model']} | {r['image']} | {r['classes']} | {r['backend']} | {r['ms']:.2f} | {ratio} |")
         lines.append("")
+    if profiles:
+        lines += render_profiles(profiles)
     return "\n".join(lines)
+
+
+def render_profiles(profiles: List[Dict[str, object]]) -> List[str]:
+    """The profile section: launch overhead is wall minus kernel time; a graph replay removes it."""
+    lines = ["## Where the time goes (batch 1, torch.profiler; graph = CUDA-graph replay)", "",
+             "| backend | wall ms | kernel ms | launches | graph ms |", "|---|---|---|---|---|"]
+    for p in profiles:
+        graph = f"{p['graph_ms']:.2f}" if p.get("graph_ms") is not None else f"not capturable: {p['graph_error']}"
+        lines.append(f"| {p['backend']} | {p['wall_ms']:.2f} | {p['kernel_ms']:.2f} | {p['launches']} | {graph} |")
+    for p in profiles:
+        lines += ["", f"Heaviest kernels, {p['backend']} ({p['model']}, {p['image']} px, {p['classes']} classes):", "",
+                  "| kernel | ms per forward | calls |", "|---|---|---|"]
+        lines += [f"| `{k['kernel']}` | {k['ms']:.3f} | {k['calls']} |" for k in p["top"]]
+    lines.append("")
+    return lines
 
 
 def report_path(out_dir: str, gpu_name: str, date: str) -> str:
@@ -219,11 +292,14 @@ def main(argv=None) -> int:
     peaks.add_argument("--json", required=True)
     e2e = sub.add_parser("e2e", help="fisa-vit-b16 at 640 px: eager against the Triton path")
     e2e.add_argument("--json", required=True)
+    prof = sub.add_parser("profile", help="fisa-vit-b16: kernel time, launch overhead, CUDA-graph replay")
+    prof.add_argument("--json", required=True)
     write = sub.add_parser("write", help="write benchmarks/results/<date>-<gpu>.md")
     write.add_argument("--tests", help="pytest --junitxml of the kernel tests")
     write.add_argument("--bench", help="pytest-benchmark JSON of benchmarks/test_kernels.py")
     write.add_argument("--peaks", required=True)
     write.add_argument("--e2e")
+    write.add_argument("--profile", help="JSON of `gpu_report.py profile`")
     write.add_argument("--minutes", type=float)
     write.add_argument("--without-compiled", action="store_true", help="the torch.compile baselines were skipped")
     write.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -233,6 +309,8 @@ def main(argv=None) -> int:
             result = {"device": device_info(), "peaks": measure_peaks()}
         elif args.command == "e2e":
             result = end_to_end()
+        elif args.command == "profile":
+            result = profile()
         else:
             measured = _load(args.peaks)
             if measured is None:
@@ -242,7 +320,7 @@ def main(argv=None) -> int:
             tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
             text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
                           _load(args.e2e) or [], date, args.minutes,
-                          args.without_compiled)
+                          args.without_compiled, _load(args.profile))
             path = report_path(args.out_dir, measured["device"]["name"], date)
             if os.path.exists(path):
                 raise FileExistsError(f"{path} exists; move it away to write a new report")

@@ -67,6 +67,7 @@ class VitBackbone(nn.Module):
         blocks = visual.transformer.resblocks
         width = visual.conv1.out_channels
         self.seve = _seve_adapters(cfg, len(blocks), [width] * len(blocks), text_dim)
+        self._resized_position = None  # (key, table): see position_embedding
         head = cfg.classifier
         self.num_mask_layers = head.num_mask_layers if head.head == "mask-attention" else 0
         if self.num_mask_layers > len(blocks):
@@ -78,11 +79,26 @@ class VitBackbone(nn.Module):
         self.width = width
 
     def position_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
-        """(1 + h*w, width) position embedding, bicubically resized when the grid differs from training's."""
+        """(1 + h*w, width) position embedding, bicubically resized when the grid differs from training's.
+
+        The resized table is kept for the last grid while the weights stay the same tensor, unchanged:
+        PyTorch's CUDA bicubic kernel loops over all channels per output pixel, 3.3 ms of fisa-vit-b16's
+        8 ms forward at 640 px on an H200 (benchmarks/results/2026-11-26-nvidia-h200.md) when redone each
+        call. Recomputed where gradients reach it, and while tracing so exports keep their graph."""
         pos = self.visual.positional_embedding
         trained = self.visual.grid_size
         if tuple(grid) == tuple(trained):
             return pos
+        if (pos.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._resize_position_embedding(pos, tuple(trained), tuple(grid))
+        key = (tuple(grid), pos.device, pos.dtype, pos.data_ptr(), pos._version)
+        if self._resized_position is None or self._resized_position[0] != key:
+            with torch.no_grad():
+                self._resized_position = (key, self._resize_position_embedding(pos, tuple(trained), tuple(grid)))
+        return self._resized_position[1]
+
+    @staticmethod
+    def _resize_position_embedding(pos: torch.Tensor, trained: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
         patch_pos = pos[1:].reshape(1, trained[0], trained[1], -1).permute(0, 3, 1, 2)
         patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
         return torch.cat([pos[:1], patch_pos.flatten(2).transpose(1, 2)[0]], dim=0)

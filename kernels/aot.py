@@ -44,7 +44,7 @@ KERNELS: Dict[str, tuple] = {
 PLUGIN_INTS = {"N", "KN", "B"}
 # Every kernel takes its pointers first (upper-case names), then strides and sizes (i32) and float scalars.
 # Pointer arguments that are not in the data dtype; the other pointers are data tensors.
-FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "AREA", "G", "M", "LP"}
+FP32_POINTERS = {"LSE", "DELTA", "DK", "DV", "DKI", "DVI", "P", "DENOM", "G", "M", "LP"}
 INT8_POINTERS = {"VALID", "INSIDE"}
 INT32_POINTERS = {"COUNTS", "INDICES"}
 # What Triton's JIT specialises at the shapes the PyTorch path runs (head dim 64, N = 1600 or 16384 tokens,

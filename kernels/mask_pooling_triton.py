@@ -115,13 +115,16 @@ def mask_weights_kernel(
 
 @triton.jit
 def mask_pool_fwd_kernel(
-    W, F_, P, AREA,
+    W, F_, P, DENOM,
     sfb, sfc, sf_hw,
     NQ, C, HW,
     DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     # W (B, NQ, HW) contiguous; features F_[b, c, cell] at b*sfb + c*sfc + cell*sf_hw; P (B, NQ, C) fp32
-    # pooled, already divided by the area; AREA (B, NQ) fp32. P and AREA contiguous.
+    # pooled, already divided by the area; DENOM (B, NQ) fp32, area + FC-CLIP's epsilon, what the backward
+    # divides by. P and DENOM contiguous. The loop's area has one use on purpose: Triton 3.6-3.8 abort
+    # (OptimizeThreadLocality, `loopResult.hasOneUse()`) on an fp32 tile reduced in the loop whose sum is
+    # both divided by and stored.
     pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
     b = tl.program_id(2)
@@ -144,10 +147,11 @@ def mask_pool_fwd_kernel(
         )
         acc += tl.dot(w, f, input_precision=DOT_PRECISION)
         area += tl.sum(w.to(tl.float32), 1)
-    pooled = acc / (area + 1e-8)[:, None]  # FC-CLIP's epsilon
+    denom = area + 1e-8
+    pooled = acc / denom[:, None]
     tl.store(P + (b * NQ + offs_q[:, None]) * C + offs_c[None, :], pooled, mask=q_ok[:, None] & c_ok[None, :])
     if pid_c == 0:
-        tl.store(AREA + b * NQ + offs_q, area, mask=q_ok)
+        tl.store(DENOM + b * NQ + offs_q, denom, mask=q_ok)
 
 
 @triton.jit
@@ -185,12 +189,12 @@ def cosine_logits_kernel(
 
 @triton.jit
 def mask_pool_bwd_kernel(
-    W, G, AREA, DF,
+    W, G, DENOM, DF,
     sdb, sdc, sd_hw,
     NQ, C, HW,
     DOT_PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    # G (B, Q, C) fp32 gradient of the pooled embeddings; DF[b, c, hw] = sum_q G[b,q,c] W[b,q,hw] / area[b,q]
+    # G (B, Q, C) fp32 gradient of the pooled embeddings; DF[b, c, hw] = sum_q G[b,q,c] W[b,q,hw] / denom[b,q]
     pid_c = tl.program_id(0)
     pid_hw = tl.program_id(1)
     b = tl.program_id(2)
@@ -202,11 +206,11 @@ def mask_pool_bwd_kernel(
     for start in range(0, NQ, BLOCK_Q):
         offs_q = start + tl.arange(0, BLOCK_Q)
         q_ok = offs_q < NQ
-        area = tl.load(AREA + b * NQ + offs_q, mask=q_ok, other=1.0)
+        denom = tl.load(DENOM + b * NQ + offs_q, mask=q_ok, other=1.0)
         w = tl.load(
             W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0
         )
-        w = w.to(tl.float32) / (area + 1e-8)[:, None]
+        w = w.to(tl.float32) / denom[:, None]
         gt = tl.load(
             G + (b * NQ + offs_q[None, :]) * C + offs_c[:, None], mask=q_ok[None, :] & c_ok[:, None], other=0.0
         )
@@ -248,12 +252,12 @@ def mask_weights(mask_logits, dense, weighting, threshold) -> torch.Tensor:
 
 
 def pool(weights, dense):
-    """(B, Q, C) fp32 area-normalised pooled embeddings and (B, Q) fp32 areas."""
+    """(B, Q, C) fp32 area-normalised pooled embeddings and (B, Q) fp32 denominators (area + epsilon)."""
     B, Q, HW = weights.shape
     C = dense.shape[1]
     pooled = torch.empty(B, Q, C, device=dense.device, dtype=torch.float32)
-    area = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
-    args = (weights, dense, pooled, area, dense.stride(0), dense.stride(1), dense.stride(3), Q, C, HW)
+    denom = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
+    args = (weights, dense, pooled, denom, dense.stride(0), dense.stride(1), dense.stride(3), Q, C, HW)
     launch(
         "mask_pool_fwd",
         mask_pool_fwd_kernel,
@@ -263,7 +267,7 @@ def pool(weights, dense):
         dense.device,
         bucket=(Q, C, HW),
     )
-    return pooled, area
+    return pooled, denom
 
 
 def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dtype: torch.dtype) -> torch.Tensor:
@@ -284,14 +288,14 @@ def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dt
     return out
 
 
-def pool_backward(weights, dense, grad_pooled, area):
+def pool_backward(weights, dense, grad_pooled, denom):
     B, Q, HW = weights.shape
     C = dense.shape[1]
     grad_dense = _cell_stride(torch.empty_like(dense))
     args = (
         weights,
         grad_pooled.contiguous(),
-        area,
+        denom,
         grad_dense,
         grad_dense.stride(0),
         grad_dense.stride(1),
@@ -326,22 +330,22 @@ class MaskAverageLogits(torch.autograd.Function):
         scale = float(logit_scale)
         dense = _cell_stride(dense)
         weights = mask_weights(mask_logits, dense, weighting, threshold)
-        pooled, area = pool(weights, dense)
+        pooled, denom = pool(weights, dense)
         logits = cosine_logits(pooled, text, scale, dense.dtype)
-        ctx.save_for_backward(weights, dense, text, pooled, area, logits)
+        ctx.save_for_backward(weights, dense, text, pooled, denom, logits)
         ctx.scale = scale
         return logits
 
     @staticmethod
     def backward(ctx, grad_logits):
-        weights, dense, text, pooled, area, logits = ctx.saved_tensors
+        weights, dense, text, pooled, denom, logits = ctx.saved_tensors
         g = grad_logits.float()
         pn = F.normalize(pooled, dim=-1)
         tn = F.normalize(text.float(), dim=-1)
         grad_dense = grad_text = grad_scale = None
         if ctx.needs_input_grad[1]:
             grad_pooled = _normalize_backward(pooled, ctx.scale * g @ tn)
-            grad_dense = pool_backward(weights, dense, grad_pooled, area)
+            grad_dense = pool_backward(weights, dense, grad_pooled, denom)
         if ctx.needs_input_grad[2]:
             grad_text = _normalize_backward(text.float(), ctx.scale * torch.einsum("bqk,bqc->kc", g, pn)).to(text.dtype)
         if ctx.needs_input_grad[3]:

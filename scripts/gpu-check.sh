@@ -3,7 +3,8 @@
 #   1. the kernel test grid (tests/kernels: GPU shapes and bf16 switch on by themselves),
 #   2. the kernel micro-benchmarks, forward and backward, against eager, torch.compile and SDPA
 #      (benchmarks/test_kernels.py, timed with triton.testing.do_bench),
-#   3. this card's peaks (copy-kernel bandwidth, fp16 GEMM) and fisa-vit-b16 at 640 px end to end,
+#   3. this card's peaks (copy-kernel bandwidth, fp16 GEMM) and fisa-vit-b16 at 640 px end to end, with a
+#      profile (kernel time against wall time, the heaviest kernels, a CUDA-graph replay),
 #   4. benchmarks/results/<date>-<gpu>.md with the device, driver and versions. Commit that file.
 # Usage: scripts/gpu-check.sh            (run from anywhere; FISA_GPU_CHECK_WORK=<dir> keeps the raw files;
 #        FISA_PYTHON=<interpreter> if fisa-rt is not installed in the `python` on PATH;
@@ -47,7 +48,8 @@ step 480 "kernel tests" "$py" -m pytest tests/kernels -q -p no:cacheprovider "${
 step 600 "kernel benchmarks" "$py" -m pytest benchmarks/test_kernels.py --benchmark-only -q -p no:cacheprovider \
   "${benches[@]}" --benchmark-json "$work/kernels.json"
 step 180 "end to end" "$py" benchmarks/gpu_report.py e2e --json "$work/e2e.json"
+step 180 "profile" "$py" benchmarks/gpu_report.py profile --json "$work/profile.json"
 "$py" benchmarks/gpu_report.py write --peaks "$work/peaks.json" --tests "$work/kernels.xml" --bench "$work/kernels.json" \
-  --e2e "$work/e2e.json" --minutes "$(( (SECONDS - start) / 60 ))" ${benches:+--without-compiled} || status=1
+  --e2e "$work/e2e.json" --profile "$work/profile.json" --minutes "$(( (SECONDS - start) / 60 ))" ${benches:+--without-compiled} || status=1
 echo "gpu-check: raw files in $work"
 exit $status

@@ -58,6 +58,18 @@ def test_report_carries_device_driver_measured_peaks_and_speedups(tmp_path):
     assert "torch.compile baselines left out" in short
 
 
+def test_profile_section_shows_launch_overhead_and_a_refused_capture():
+    top = [{"kernel": "adapter_attention_fwd_kernel", "ms": 0.5, "calls": 2}]
+    profiles = [{"model": "fisa-vit-b16", "image": 640, "classes": 133, "backend": "reference", "wall_ms": 14.3,
+                 "kernel_ms": 6.1, "launches": 412, "graph_ms": 6.4, "graph_error": None, "top": top},
+                {"model": "fisa-vit-b16", "image": 640, "classes": 133, "backend": "triton", "wall_ms": 17.8,
+                 "kernel_ms": 5.2, "launches": 380, "graph_ms": None, "graph_error": "RuntimeError: sync", "top": top}]
+    text = "\n".join(gpu_report.render_profiles(profiles))
+    assert "| reference | 14.30 | 6.10 | 412 | 6.40 |" in text
+    assert "| triton | 17.80 | 5.20 | 380 | not capturable: RuntimeError: sync |" in text
+    assert text.count("| `adapter_attention_fwd_kernel` | 0.500 | 2 |") == 2
+
+
 def test_write_names_the_report_by_date_and_gpu_and_never_overwrites(tmp_path, capsys):
     peaks = tmp_path / "peaks.json"
     peaks.write_text(json.dumps({"device": DEVICE, "peaks": PEAKS}))
@@ -74,7 +86,8 @@ def test_write_names_the_report_by_date_and_gpu_and_never_overwrites(tmp_path, c
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_gpu_measurements_refuse_clearly_without_a_gpu(tmp_path, capsys):
     timing = lambda: gpu_report.time_ms(lambda: None)  # noqa: E731
-    for measure in (gpu_report.measure_peaks, gpu_report.device_info, gpu_report.end_to_end, timing):
+    for measure in (gpu_report.measure_peaks, gpu_report.device_info, gpu_report.end_to_end, gpu_report.profile,
+                    timing):
         with pytest.raises(gpu_report.GpuUnavailableError, match="needs a CUDA GPU"):
             measure()
     assert gpu_report.main(["peaks", "--json", str(tmp_path / "p.json")]) == 2

@@ -128,3 +128,36 @@ def test_mask_attention_head_rejects_convnext():
     data["classifier"]["head"] = "mask-attention"
     with pytest.raises(ValueError, match="mask-attention head needs a ViT"):
         create_model(FisaConfig.from_dict(data))
+
+
+def test_resized_position_embedding_is_reused_until_the_weights_change(monkeypatch):
+    """The bicubic resize of a ViT's position table runs once per grid while the weights stay as they are
+    (it cost 3.3 ms per forward on an H200); a weight update, a dtype change, another grid, or gradients
+    that must reach the table compute it again."""
+    torch.manual_seed(0)
+    model = create_model("fisa-tiny").eval()
+    backbone = model.backbone
+    pos = backbone.visual.positional_embedding
+    resizes = []
+    interpolate = torch.nn.functional.interpolate
+
+    def counting(*args, **kwargs):
+        resizes.append(kwargs.get("mode"))
+        return interpolate(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    bicubic = lambda: resizes.count("bicubic")  # noqa: E731
+    with torch.no_grad():
+        first = backbone.position_embedding((12, 12))
+        assert backbone.position_embedding((12, 12)) is first and bicubic() == 1
+        expected = backbone._resize_position_embedding(pos, (16, 16), (12, 12))
+        torch.testing.assert_close(first, expected, rtol=0, atol=0)
+        pos.add_(1.0)  # what load_state_dict and optimisers do: an in-place update
+        torch.testing.assert_close(backbone.position_embedding((12, 12)), expected + 1.0, rtol=0, atol=1e-5)
+        assert backbone.position_embedding((10, 14)).shape == (1 + 140, pos.shape[1])
+        model.double()
+        assert backbone.position_embedding((12, 12)).dtype == torch.float64
+    count = bicubic()
+    table = backbone.position_embedding((12, 12))  # gradients on: the table must carry them
+    table.sum().backward()
+    assert bicubic() == count + 1 and backbone.visual.positional_embedding.grad is not None
