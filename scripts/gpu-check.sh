@@ -8,9 +8,14 @@
 #   4. benchmarks/results/<date>-<gpu>.md with the device, driver and versions. Commit that file.
 # Usage: scripts/gpu-check.sh            (run from anywhere; FISA_GPU_CHECK_WORK=<dir> keeps the raw files;
 #        FISA_PYTHON=<interpreter> if fisa-rt is not installed in the `python` on PATH;
-#        FISA_GPU_CHECK_MINUTES=<n> under 25 scales every step's limit down, runs the kernel tests on 8
+#        FISA_GPU_CHECK_MINUTES=<n> under 25 scales every step's limit down, runs the kernel tests on 12
 #        pytest-xdist workers (Triton's compiles are CPU-bound) and drops the torch.compile baselines,
 #        whose compiles alone take minutes: the report says so)
+# Measured on a 16-core H200 machine (2026-11-26): the kernel tests take 105 s on 12 workers and ran out of
+# 134 s on 8; peaks, benchmarks without torch.compile and end to end took 3 min. For a 15-minute lease,
+# FISA_GPU_CHECK_MINUTES=9 (limits: tests 172 s, benchmarks 216 s, end to end and profile 64 s each).
+# Where the GPU image lacks open_clip and has no network: carry its wheels and install fisa-rt with
+# pip install --no-deps --no-build-isolation --use-pep517 -e .   (plain -e needs the network to build).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${FISA_PYTHON:-python}"
@@ -33,7 +38,7 @@ status=0
 minutes="${FISA_GPU_CHECK_MINUTES:-25}"
 parallel=() benches=()
 if [ "$minutes" -lt 25 ]; then
-  "$py" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+  "$py" -c "import xdist" 2>/dev/null && parallel=(-n 12)
   benches=(-k "not compiled")
 fi
 step() {  # step <seconds> <what> <command...>: a failing or overrunning step is reported, the others still run
