@@ -7,7 +7,8 @@
 #   RUNS=runs/smoke PRETRAIN=64 TRAIN=64 VAL=24 CLIP_STEPS=4 GEN_STEPS=4 ADAPT_STEPS=6 SNAPSHOTS="2 4" \
 #     SEEDS=0 COST_STEPS=1 COST_ROUNDS=1 scripts/run-study.sh    # a smoke run: proves the pipeline, measures nothing
 #
-# Lengths: about 115 minutes of one thread's CPU time, measured step by step (docs/training.md, "The study").
+# Lengths: about 115 minutes of one thread's CPU time, measured step by step (docs/training.md, "The study"),
+# before simo-only was added (its 600 steps: about 6 minutes per seed, 590-599 ms/step on one thread).
 set -euo pipefail
 RUNS=${RUNS:-runs/study}
 PRETRAIN=${PRETRAIN:-3000}; TRAIN=${TRAIN:-3000}; VAL=${VAL:-300}
@@ -31,9 +32,9 @@ python scripts/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$DATA" | tee "$RU
   --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --no-progress \
   | tee "$RUNS/generator.log"
 python scripts/mask-quality.py "$RUNS/generator.safetensors" "$DATA" --json "$RUNS/mask-quality.json"
-# 4. stage 3, three ways, each seed; snapshots give the accuracy-against-length curve of one schedule
+# 4. stage 3, four ways, each seed; snapshots give the accuracy-against-length curve of one schedule
 for seed in $SEEDS; do
-  for method in frozen simo full; do
+  for method in frozen simo full simo-only; do  # simo-only: FISA without SEVE, added after the ablation
     out="$RUNS/$method-s$seed.safetensors"
     lr=1e-3; [ "$method" = full ] && lr=2e-4
     # shellcheck disable=SC2086  # SNAPSHOTS is a list of step counts

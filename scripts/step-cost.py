@@ -8,8 +8,9 @@ load on a shared machine),
 bytes autograd keeps for backward (activations, parameters excluded), weight-gradient and AdamW-state
 bytes, and the peak resident memory the steps add (Linux VmHWM, reset before timing).
 
-Variants — the three presets of `fisa-rt train adapt --trainable`, then FISA run differently:
+Variants — the presets of `fisa-rt train adapt --trainable`, then FISA run differently:
   frozen, simo, full       as trained
+  simo-only                FISA's SIMO parameters without SEVE (no gradient into the image encoder)
   simo-late                SEVE adapters moved from layers 1, 2 to 3, 4 (gradient crosses fewer blocks)
   simo-nograd-prefix       the blocks before the first adapter under torch.no_grad
   simo-checkpoint          blocks after the first adapter recomputed in backward (activation checkpointing)
@@ -31,7 +32,8 @@ import sys
 import tempfile
 import time
 
-VARIANTS = ("frozen", "simo", "full", "simo-late", "simo-nograd-prefix", "simo-checkpoint", "simo-detach-generator")
+VARIANTS = ("frozen", "simo", "full", "simo-only",
+            "simo-late", "simo-nograd-prefix", "simo-checkpoint", "simo-detach-generator")
 EMBEDDED = os.path.join(os.path.dirname(__file__), "..", "fisa_rt", "assets", "fisa-tiny-synthetic.safetensors")
 
 
@@ -68,7 +70,7 @@ def measure_one(variant: str, data: str, init: str, batch_size: int, steps: int)
     from fisa_rt.simo import select_trainable
     from fisa_rt.train.trainer import Distributed, TrainConfig, _Stage, batch_keys
 
-    preset = variant if variant in ("frozen", "full") else "simo"
+    preset = variant if variant in ("frozen", "full", "simo-only") else "simo"
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(stage="adapt", data=data, init=init, out=os.path.join(tmp, "x.safetensors"), trainable=preset,
                           batch_size=batch_size, steps=steps, progress=False)

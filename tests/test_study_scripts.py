@@ -58,6 +58,15 @@ def test_study_table_reads_the_evaluations_and_costs(tmp_path):
     assert "| FISA (SEVE + SIMO) | 301 | 10 | 3 s |" in table
     assert "| (b) full fine-tuning | 601 | 20 | 12 s |" in table
     assert "| (a) frozen CLIP classifier | 102 | not reached |" in table
+    assert "SIMO alone" not in table  # a later run: no evaluations, no row
+    for seed in (0, 1):
+        for step in (10, 20):
+            report = {g: {"miou": 8.0 + i, "pq": 2.0} for i, g in enumerate(groups)}
+            with open(tmp_path / f"simo-only-s{seed}.step{step}.eval.json", "w") as f:
+                json.dump(report, f)
+    table = run_script("study-table.py", str(tmp_path), "--steps", "10", "20", "--seeds", "0", "1")
+    assert "| SIMO alone (no SEVE) | 10 | 8.0 | 9.0 | 10.0 |" in table
+    assert "| SIMO alone (no SEVE) | not in step-cost.json | 10 | — |" in table
 
 
 def test_fisa_ablation_puts_one_half_back(broad_val, tmp_path):
