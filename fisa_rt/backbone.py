@@ -93,7 +93,8 @@ class VitBackbone(nn.Module):
             return self._resize_position_embedding(pos, tuple(trained), tuple(grid))
         key = (tuple(grid), pos.device, pos.dtype, pos.data_ptr(), pos._version)
         if self._resized_position is None or self._resized_position[0] != key:
-            with torch.no_grad():
+            # a normal tensor even when filled under inference_mode, so a later training step may use it
+            with torch.inference_mode(False), torch.no_grad():
                 self._resized_position = (key, self._resize_position_embedding(pos, tuple(trained), tuple(grid)))
         return self._resized_position[1]
 

@@ -157,6 +157,12 @@ def test_resized_position_embedding_is_reused_until_the_weights_change(monkeypat
         assert backbone.position_embedding((10, 14)).shape == (1 + 140, pos.shape[1])
         model.double()
         assert backbone.position_embedding((12, 12)).dtype == torch.float64
+    with torch.inference_mode():
+        served = backbone.position_embedding((14, 10))  # a new grid: filled while serving
+    assert not served.is_inference()  # so a training step may still use it
+    pos.requires_grad_(False)
+    assert backbone.position_embedding((14, 10)) is served  # frozen table, gradients on: cached
+    pos.requires_grad_(True)
     count = bicubic()
     table = backbone.position_embedding((12, 12))  # gradients on: the table must carry them
     table.sum().backward()
