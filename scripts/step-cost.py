@@ -67,10 +67,11 @@ def _apply_variant(model, variant: str) -> None:
 def measure_one(variant: str, data: str, init: str, batch_size: int, steps: int) -> dict:
     import torch
 
+    from fisa_rt.config import TRAINABLE_PRESETS
     from fisa_rt.simo import select_trainable
     from fisa_rt.train.trainer import Distributed, TrainConfig, _Stage, batch_keys
 
-    preset = variant if variant in ("frozen", "full", "simo-only") else "simo"
+    preset = variant if variant in TRAINABLE_PRESETS else "simo"  # the others are FISA rewired
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(stage="adapt", data=data, init=init, out=os.path.join(tmp, "x.safetensors"), trainable=preset,
                           batch_size=batch_size, steps=steps, progress=False)
