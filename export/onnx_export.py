@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fisa_rt.errors import CheckpointError, InputError, refuse_overwrite
+from fisa_rt.kernels.onnx_ops import fused_nodes
 
 FLAVOURS = ("portable", "fused")
 OPSET = 17
@@ -73,14 +74,15 @@ class TextEncoderForExport(nn.Module):
 
 
 @contextlib.contextmanager
-def _exporting(model, backend: str):
-    """Kernel backend for the flavour, and no nn.MultiheadAttention fast path: its fused
-    ``_native_multi_head_attention`` op has no ONNX export."""
+def _exporting(model, fused: bool = False):
+    """The PyTorch references (the tracer sees standard ops), each fused op as one custom node where ``fused``
+    (the fused flavour), and no nn.MultiheadAttention fast path: its fused ``_native_multi_head_attention`` op
+    has no ONNX export."""
     before, fastpath = model.cfg.kernels, torch.backends.mha.get_fastpath_enabled()
-    model.set_kernels(backend)
+    model.set_kernels("reference")
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), fused_nodes() if fused else contextlib.nullcontext():
             warnings.simplefilter("ignore")  # tracer warnings on Python ints from shapes: S is fixed by design
             yield
     finally:
@@ -139,7 +141,7 @@ def export_image_model(
     if semantic:
         dynamic["semantic"] = {0: "batch"}
     tmp = f"{path}.tmp{os.getpid()}"
-    with _exporting(model, "onnx" if flavour == "fused" else "reference"):
+    with _exporting(model, fused=flavour == "fused"):
         torch.onnx.export(
             wrapper, example, tmp, opset_version=OPSET, dynamo=False, input_names=list(inputs),
             output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True,
@@ -154,7 +156,7 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
     model = model.float().eval().cpu()
     tokens = torch.as_tensor(model.tokenizer(["a photo of a cat.", "a wall."]))
     tmp = f"{path}.tmp{os.getpid()}"
-    with _exporting(model, model.cfg.kernels):
+    with _exporting(model):
         torch.onnx.export(
             TextEncoderForExport(model).eval(),
             (tokens,),

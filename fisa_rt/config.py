@@ -14,9 +14,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from importlib import resources
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
-
-from fisa_rt.kernels.backend import BACKENDS as KERNEL_BACKENDS
 
 from .errors import ConfigError
 
@@ -32,6 +31,9 @@ MASK_WEIGHTINGS = ("binary", "sigmoid")
 RESIZE_MODES = ("longest_edge", "shortest_edge")
 SYNONYM_MODES = ("mean", "max")
 RESIZE_PADS = ("canvas", "divisible")
+# Which implementation of the fused ops runs (fisa_rt.kernels.dispatch). Kept here, not in kernels/, so that
+# reading a config imports no torch.
+KERNEL_MODES = ("auto", "triton", "reference")
 # what `train adapt --trainable` may train (fisa_rt.train.trainer)
 TRAINABLE_PRESETS = ("simo", "simo-only", "frozen", "full")
 
@@ -199,13 +201,24 @@ class FisaConfig:
     resize: ResizeConfig = field(default_factory=ResizeConfig)
     image_mean: Tuple[float, float, float] = OPENAI_MEAN
     image_std: Tuple[float, float, float] = OPENAI_STD
-    # Which implementation of the fused ops runs (fisa_rt.kernels.backend): "auto" = Triton kernels on
-    # CUDA, PyTorch references elsewhere; "triton" or "reference" forces one.
+    # Which implementation of the fused ops runs (fisa_rt.kernels.dispatch): "auto" = on CUDA, per op and
+    # shape, the fastest of the Triton kernel, SDPA and eager as timed on the card; PyTorch references
+    # elsewhere. "triton" or "reference" forces one.
     kernels: str = "auto"
 
     def __post_init__(self):
-        if self.kernels not in KERNEL_BACKENDS:
-            raise ConfigError(f"kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
+        if self.kernels == "onnx":
+            # Before the export switch became a context (fisa_rt.kernels.onnx_ops.fused_nodes), "onnx" was a
+            # kernel mode that ran the references in PyTorch; configs saved with it load as exactly that.
+            warnings.warn(
+                'kernels="onnx" is deprecated: the fused ONNX nodes are an export-time context now; '
+                'loading it as "reference"',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            self.kernels = "reference"
+        if self.kernels not in KERNEL_MODES:
+            raise ConfigError(f"kernels must be one of {KERNEL_MODES}, got {self.kernels!r}")
         if self.classifier.head not in CLASSIFIER_HEADS:
             raise ConfigError(f"classifier.head must be one of {CLASSIFIER_HEADS}, got {self.classifier.head!r}")
         if self.classifier.mask_weighting not in MASK_WEIGHTINGS:

@@ -65,13 +65,13 @@ class FisaModel(nn.Module):
         else:
             self.classifier = MaskAverageHead(cfg.classifier, cfg.kernels)
 
-    def set_kernels(self, backend: str) -> None:
-        """Switch every fused op between the Triton kernels and the PyTorch references (see
-        :data:`fisa_rt.config.KERNEL_BACKENDS`), e.g. to compare them on one loaded checkpoint."""
-        self.cfg = dataclasses.replace(self.cfg, kernels=backend)
+    def set_kernels(self, mode: str) -> None:
+        """Switch every fused op's kernel mode (:data:`fisa_rt.config.KERNEL_MODES`: measured choice, Triton
+        or the PyTorch references), e.g. to compare them on one loaded checkpoint."""
+        self.cfg = dataclasses.replace(self.cfg, kernels=mode)
         for module in self.modules():
             if hasattr(module, "kernels") and module is not self:
-                module.kernels = backend
+                module.kernels = self.cfg.kernels
 
     @property
     def logit_scale(self) -> torch.Tensor:

@@ -9,16 +9,21 @@ Contract (shared by the PyTorch reference below and the fused kernel that replac
                                class returns zeros (there is nothing to attend to)
 
 q, k and v share one floating dtype; the softmax runs in that dtype in the reference, in fp32 in the kernel
-(``adapter_attention_triton.py``). ``adapter_attention`` picks between them (see ``backend.py``).
+(``adapter_attention_triton.py``). ``adapter_attention`` picks one of ``CANDIDATES`` (see ``dispatch.py``):
+the kernel, SDPA's backends (one materialised boolean mask over the classes) or the reference.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .backend import use_triton
+from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, timed
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]) -> None:
@@ -52,17 +57,65 @@ def adapter_attention_reference(
     return torch.matmul(probs, v)
 
 
+def adapter_attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, kind=None
+) -> torch.Tensor:
+    """The op on ``F.scaled_dot_product_attention`` (``kind``: one SDPBackend, or None for SDPA's own pick);
+    padded classes are a boolean mask, which rules the flash backend out."""
+    _check(q, k, v, key_valid)
+    B = q.shape[0]
+    k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
+    mask = None if key_valid is None else key_valid[:, None, None, :]
+    with sdpa_kernel([kind]) if kind is not None else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if key_valid is None:
+        return out
+    # a row whose classes are all padding is NaN after SDPA's softmax; zero is its defined output
+    return torch.where(key_valid.any(-1)[:, None, None, None], out, 0.0)
+
+
+def _triton(q, k, v, key_valid=None):
+    from .adapter_attention_triton import adapter_attention_triton
+
+    _check(q, k, v, key_valid)
+    return adapter_attention_triton(q, k, v, key_valid)
+
+
+CANDIDATES = {
+    "triton": _triton,
+    "sdpa-flash": functools.partial(adapter_attention_sdpa, kind=SDPBackend.FLASH_ATTENTION),
+    "sdpa-cudnn": functools.partial(adapter_attention_sdpa, kind=SDPBackend.CUDNN_ATTENTION),
+    "sdpa-efficient": functools.partial(adapter_attention_sdpa, kind=SDPBackend.EFFICIENT_ATTENTION),
+    "eager": adapter_attention_reference,
+}
+
+
+def _bucket(q: torch.Tensor, k: torch.Tensor, key_valid: Optional[torch.Tensor]):
+    """(B, H, N, K, Dh, masked, shared vocabulary): sizes that vary with the input rounded up to powers of two."""
+    B, H, N, Dh = q.shape
+    return (size_bucket(B), H, size_bucket(N), size_bucket(k.shape[2]), Dh, int(key_valid is not None),
+            int(k.shape[0] == 1))
+
+
+def _candidates(bucket, dtype, device, grad, with_triton):
+    B, H, N, K, Dh, masked, shared = bucket
+    q = torch.randn(B, H, N, Dh, device=device, dtype=dtype, requires_grad=grad)
+    k, v = (torch.randn(1 if shared else B, H, K, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "kv")
+    valid = torch.ones(k.shape[0], K, dtype=torch.bool, device=device) if masked else None
+    names = [n for n in CANDIDATES if with_triton or n != "triton"]
+    return {n: timed(functools.partial(CANDIDATES[n], q, k, v, valid), (q, k, v), grad) for n in names}
+
+
+register_op("adapter_attention", _candidates)
+
+
 def adapter_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> torch.Tensor:
-    """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
-    if backend == "onnx":
+    """The op as the model calls it: the implementation ``backend`` (a kernel mode) selects."""
+    if exporting_fused_nodes():
         from .onnx_ops import adapter_attention_node
 
         return adapter_attention_node(q, k, v, key_valid)
-    if not use_triton(backend, q, k, v):
-        return adapter_attention_reference(q, k, v, key_valid)
-    _check(q, k, v, key_valid)
-    from .adapter_attention_triton import adapter_attention_triton
-
-    return adapter_attention_triton(q, k, v, key_valid)
+    chosen = select("adapter_attention", backend, (q, k, v), _bucket(q, k, key_valid))
+    return CANDIDATES[chosen](q, k, v, key_valid)

@@ -19,12 +19,13 @@ that GEMM better, and the gated add is one elementwise op that PyTorch fuses und
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .custom_ops import fused_op
 from .tuning import block_d, dot_precision, launch
 
 LOG2E = 1.4426950408889634
@@ -208,7 +209,11 @@ def _kv_stride(t: torch.Tensor):
     return (t.stride(0) if t.shape[0] > 1 else 0, t.stride(1), t.stride(2), t.stride(3))
 
 
-def forward(q, k, v, key_valid):
+@fused_op("adapter_attention_fwd")
+def forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): the attention and its row log-sum-exp (fp32), which the backward reads."""
     B, H, N, D = q.shape
     KN = k.shape[2]
     out = torch.empty_like(q)
@@ -226,7 +231,16 @@ def forward(q, k, v, key_valid):
     return out, lse
 
 
-def backward(q, k, v, key_valid, out, lse, grad_out):
+@fused_op("adapter_attention_bwd")
+def backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: Optional[torch.Tensor],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, N, D = q.shape
     Bt, KN = k.shape[0], k.shape[2]
     grad_out = grad_out.contiguous()
@@ -250,19 +264,17 @@ def backward(q, k, v, key_valid, out, lse, grad_out):
     return dq, dk, dv
 
 
-class AdapterAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, key_valid):
-        out, lse = forward(q, k, v, key_valid)
-        ctx.save_for_backward(q, k, v, key_valid, out, lse)
-        return out
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, *output)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, key_valid, out, lse = ctx.saved_tensors
-        dq, dk, dv = backward(q, k, v, key_valid, out, lse, grad_out)
-        return dq, dk, dv, None
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, key_valid, out, lse = ctx.saved_tensors
+    return (*backward(q, k, v, key_valid, out, lse, grad_out), None)
+
+
+forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def adapter_attention_triton(q, k, v, key_valid=None):
-    return AdapterAttention.apply(q, k, v, key_valid)
+    return forward(q, k, v, key_valid)[0]

@@ -14,8 +14,9 @@ Contract (shared by the PyTorch reference below and the fused kernel that replac
 
 The token always sees itself, so an empty mask returns the token's own value (no NaN); image tokens
 outside the mask get exactly zero weight, so their content cannot reach the token. The mask logits get
-no gradient (thresholding has none). ``mask_attention`` picks the reference or the fused kernel
-(``mask_attention_triton.py``; see ``backend.py``).
+no gradient (thresholding has none). ``mask_attention`` picks one of ``CANDIDATES`` (see ``dispatch.py``):
+the fused kernel (``mask_attention_triton.py``), SDPA over the image keys plus the token's own key under one
+materialised boolean mask, or the reference.
 
 The inside/outside decisions depend only on the masks, so a model whose layers attend under the same masks
 decides them once (``mask_attention_layout``) and passes the layout to every layer's call.
@@ -23,13 +24,25 @@ decides them once (``mask_attention_layout``) and passes the layout to every lay
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .backend import use_triton
+from .dispatch import (
+    exporting_fused_nodes,
+    measurable,
+    register_op,
+    select,
+    size_bucket,
+    timed,
+    triton_available,
+    use_triton,
+)
 
 
 def mask_inside_grid(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float) -> torch.Tensor:
@@ -84,8 +97,10 @@ def build_mask_layout(
 def mask_attention_layout(
     mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, backend: str = "auto"
 ) -> MaskLayout:
-    """Decide inside/outside once for every ``mask_attention`` call under these masks (same backend)."""
-    if backend != "onnx" and use_triton(backend, mask_logits):
+    """Decide inside/outside once for every ``mask_attention`` call under these masks (same kernel mode).
+    The kernel's block lists are built wherever it may run: forced, or ``auto`` on CUDA with Triton."""
+    may_run_kernel = backend == "auto" and measurable([mask_logits]) and triton_available()
+    if not exporting_fused_nodes() and (use_triton(backend, mask_logits) or may_run_kernel):
         from .mask_attention_triton import layout_tiles
 
         return build_mask_layout(mask_logits, grid, threshold, layout_tiles(mask_logits.device))
@@ -132,6 +147,86 @@ def mask_attention_reference(
     return torch.matmul(probs[..., :-1], v_img) + probs[..., -1:] * v_self
 
 
+def mask_attention_sdpa(
+    q: torch.Tensor,
+    k_img: torch.Tensor,
+    v_img: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    mask_logits: torch.Tensor,
+    grid: Tuple[int, int],
+    threshold: float = 0.0,
+    layout: Optional[MaskLayout] = None,
+    kind=None,
+) -> torch.Tensor:
+    """The op on ``F.scaled_dot_product_attention`` over the image keys plus every mask token's own key, with
+    the mask materialised: token i sees the image tokens under mask i and only its own key among the Q extra
+    ones (``kind``: one SDPBackend, or None for SDPA's own pick)."""
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
+    B, H, Q, _ = q.shape
+    N = k_img.shape[2]
+    inside = mask_inside_grid(mask_logits, grid, threshold) if layout is None else layout.inside.bool()
+    own = torch.eye(Q, dtype=torch.bool, device=q.device)[None].expand(B, Q, Q)
+    mask = torch.cat([inside.view(B, Q, N), own], -1)[:, None]
+    with sdpa_kernel([kind]) if kind is not None else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(
+            q, torch.cat([k_img, k_self], 2), torch.cat([v_img, v_self], 2), attn_mask=mask
+        )
+
+
+def _triton(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold=0.0, layout=None):
+    from .mask_attention_triton import layout_tiles, mask_attention_triton
+
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
+    if layout is None or layout.block_indices is None:
+        layout = build_mask_layout(mask_logits, grid, threshold, layout_tiles(q.device))
+    return mask_attention_triton(q, k_img, v_img, k_self, v_self, layout)
+
+
+CANDIDATES = {
+    "triton": _triton,
+    "sdpa-cudnn": functools.partial(mask_attention_sdpa, kind=SDPBackend.CUDNN_ATTENTION),
+    "sdpa-efficient": functools.partial(mask_attention_sdpa, kind=SDPBackend.EFFICIENT_ATTENTION),
+    "eager": mask_attention_reference,
+}
+
+
+def box_mask_logits(B: int, Q: int, size: Tuple[int, int], device, dtype, seed: int = 0) -> torch.Tensor:
+    """(B, Q, Hm, Wm) logits of Q random boxes, 10-40 % of each side: object-sized masks, whose sparsity the
+    kernel's block lists exploit as real masks let it (a dense random mask would favour SDPA unfairly)."""
+    g = torch.Generator().manual_seed(seed)
+    Hm, Wm = size
+    lo = torch.rand(2, B, Q, generator=g) * 0.6
+    extent = 0.1 + torch.rand(2, B, Q, generator=g) * 0.3
+    ys = (torch.arange(Hm) + 0.5) / Hm
+    xs = (torch.arange(Wm) + 0.5) / Wm
+    in_y = (ys >= lo[0, ..., None]) & (ys < (lo[0] + extent[0])[..., None])
+    in_x = (xs >= lo[1, ..., None]) & (xs < (lo[1] + extent[1])[..., None])
+    inside = in_y[..., :, None] & in_x[..., None, :]
+    return (inside.float() * 2 - 1).to(device=device, dtype=dtype)
+
+
+def _bucket(q: torch.Tensor, mask_logits: torch.Tensor, grid: Tuple[int, int]):
+    """(B, H, Q, grid h, grid w, Dh, Hm, Wm): the batch rounded up to a power of two, the rest fixed by the model."""
+    B, H, Q, Dh = q.shape
+    return (size_bucket(B), H, Q, int(grid[0]), int(grid[1]), Dh, *mask_logits.shape[-2:])
+
+
+def _candidates(bucket, dtype, device, grad, with_triton):
+    B, H, Q, gh, gw, Dh, Hm, Wm = bucket
+    q, k_self, v_self = (torch.randn(B, H, Q, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "qkv")
+    k_img, v_img = (torch.randn(B, H, gh * gw, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "kv")
+    masks = box_mask_logits(B, Q, (Hm, Wm), device, dtype)
+    layout = mask_attention_layout(masks, (gh, gw), 0.0, "triton" if with_triton else "reference")
+    inputs = (q, k_img, v_img, k_self, v_self)
+    names = [n for n in CANDIDATES if with_triton or n != "triton"]
+    return {n: timed(functools.partial(CANDIDATES[n], *inputs, masks, (gh, gw), 0.0, layout=layout), inputs, grad)
+            for n in names}
+
+
+register_op("mask_attention", _candidates)
+
+
 def mask_attention(
     q: torch.Tensor,
     k_img: torch.Tensor,
@@ -144,17 +239,12 @@ def mask_attention(
     backend: str = "auto",
     layout: Optional[MaskLayout] = None,
 ) -> torch.Tensor:
-    """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference.
+    """The op as the model calls it: the implementation ``backend`` (a kernel mode) selects.
     ``layout``: ``mask_attention_layout`` of these mask logits, grid and threshold (built here when None)."""
-    if backend == "onnx":
+    if exporting_fused_nodes():
         from .onnx_ops import mask_attention_node
 
         return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
-    if not use_triton(backend, q, k_img, v_img, k_self, v_self, mask_logits):
-        return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout)
-    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)
-    from .mask_attention_triton import layout_tiles, mask_attention_triton
-
-    if layout is None or layout.block_indices is None:
-        layout = build_mask_layout(mask_logits, grid, threshold, layout_tiles(q.device))
-    return mask_attention_triton(q, k_img, v_img, k_self, v_self, layout)
+    tensors = (q, k_img, v_img, k_self, v_self, mask_logits)
+    chosen = select("mask_attention", backend, tensors, _bucket(q, mask_logits, grid))
+    return CANDIDATES[chosen](q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout=layout)

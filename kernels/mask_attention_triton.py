@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from .adapter_attention_triton import LOG2E, online_softmax_step
-from .backend import interpreting
+from .custom_ops import fused_op
+from .dispatch import interpreting
 from .mask_attention import MaskLayout
 from .mask_grid_triton import mask_logits_tile
 from .tuning import block_d, dot_precision, launch, mask_tiles
@@ -355,6 +356,7 @@ def num_splits(programs: int, blocks: int, device: torch.device) -> int:
 
 
 def forward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optional[int] = None):
+    """(out, lse) of the block-sparse kernel over ``layout``'s block lists."""
     B, H, NQ, D = q.shape
     N = k_img.shape[2]
     QB, NB = layout.block_indices.shape[1:]
@@ -391,6 +393,7 @@ def forward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optiona
 
 
 def backward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, out, lse, grad_out):
+    """(dq, dk_img, dv_img, dk_self, dv_self)."""
     B, H, NQ, D = q.shape
     N = k_img.shape[2]
     QB, NB = layout.block_indices.shape[1:]
@@ -413,19 +416,56 @@ def backward(q, k_img, v_img, k_self, v_self, layout: MaskLayout, out, lse, grad
     return dq, dki.to(k_img.dtype), dvi.to(v_img.dtype), dks, dvs
 
 
-class MaskAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k_img, v_img, k_self, v_self, layout, splits):
-        out, lse = forward(q, k_img, v_img, k_self, v_self, layout, splits)
-        ctx.save_for_backward(q, k_img, v_img, k_self, v_self, out, lse)
-        ctx.layout = layout
-        return out
+# The operators take the layout as its three tensors and two tile sizes (a schema has no dataclasses).
+@fused_op("mask_attention_fwd")
+def forward_op(
+    q: torch.Tensor,
+    k_img: torch.Tensor,
+    v_img: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    inside: torch.Tensor,
+    block_counts: torch.Tensor,
+    block_indices: torch.Tensor,
+    block_q: int,
+    block_n: int,
+    splits: Optional[int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    layout = MaskLayout(inside, block_counts, block_indices, block_q, block_n)
+    return forward(q, k_img, v_img, k_self, v_self, layout, splits)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k_img, v_img, k_self, v_self, out, lse = ctx.saved_tensors
-        grads = backward(q, k_img, v_img, k_self, v_self, ctx.layout, out, lse, grad_out)
-        return (*grads, None, None)
+
+@fused_op("mask_attention_bwd")
+def backward_op(
+    q: torch.Tensor,
+    k_img: torch.Tensor,
+    v_img: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    inside: torch.Tensor,
+    block_counts: torch.Tensor,
+    block_indices: torch.Tensor,
+    block_q: int,
+    block_n: int,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    layout = MaskLayout(inside, block_counts, block_indices, block_q, block_n)
+    return backward(q, k_img, v_img, k_self, v_self, layout, out, lse, grad_out)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8], *output)
+    ctx.tiles = inputs[8:10]
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    *tensors, out, lse = ctx.saved_tensors
+    return (*backward_op(*tensors, *ctx.tiles, out, lse, grad_out), None, None, None, None, None, None)
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mask_attention_triton(q, k_img, v_img, k_self, v_self, layout: MaskLayout, splits: Optional[int] = None):
@@ -434,4 +474,7 @@ def mask_attention_triton(q, k_img, v_img, k_self, v_self, layout: MaskLayout, s
         raise ValueError(
             f"layout tiles {(layout.block_q, layout.block_n)} differ from the kernel's {layout_tiles(q.device)}"
         )
-    return MaskAttention.apply(q, k_img, v_img, k_self, v_self, layout, splits)
+    return forward_op(
+        q, k_img, v_img, k_self, v_self, layout.inside, layout.block_counts, layout.block_indices,
+        layout.block_q, layout.block_n, splits,
+    )[0]

@@ -13,16 +13,18 @@ Contract (shared by the PyTorch reference below and the fused kernel that replac
 Masks are resized to (Hf, Wf) bilinearly (align_corners=False). Pooling divides by the mask's area
 (+1e-8, FC-CLIP's epsilon), so an empty mask pools to zero and scores 0 against every class. The
 mask weights carry no gradient (FC-CLIP detaches them); dense, text and a tensor logit_scale do.
-``mask_average_logits`` picks the reference or the fused kernels (``mask_pooling_triton.py``; see
-``backend.py``).
+``mask_average_logits`` picks the fused kernels (``mask_pooling_triton.py``) or the reference, whichever
+``dispatch.py`` selects.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from .backend import use_triton
+from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, timed
 
 WEIGHTINGS = ("binary", "sigmoid")
 
@@ -66,6 +68,39 @@ def cosine_logits_reference(pooled: torch.Tensor, text: torch.Tensor, logit_scal
     return logit_scale * torch.matmul(F.normalize(pooled, dim=-1), F.normalize(text, dim=-1).t())
 
 
+def _triton(mask_logits, dense, text, logit_scale, weighting="binary", threshold=0.0):
+    from .mask_pooling_triton import mask_average_logits_triton
+
+    _check(mask_logits, dense, text, weighting)
+    return mask_average_logits_triton(mask_logits, dense, text, logit_scale, weighting, threshold)
+
+
+CANDIDATES = {"triton": _triton, "eager": mask_average_logits_reference}
+
+
+def _bucket(mask_logits: torch.Tensor, dense: torch.Tensor, text: torch.Tensor, weighting: str):
+    """(B, Q, C, Hf, Wf, Hm, Wm, K, sigmoid): batch and vocabulary rounded up to powers of two."""
+    B, Q = mask_logits.shape[:2]
+    return (size_bucket(B), Q, dense.shape[1], *dense.shape[-2:], *mask_logits.shape[-2:],
+            size_bucket(text.shape[0]), int(weighting == "sigmoid"))
+
+
+def _candidates(bucket, dtype, device, grad, with_triton):
+    from .mask_attention import box_mask_logits
+
+    B, Q, C, Hf, Wf, Hm, Wm, K, sigmoid = bucket
+    masks = box_mask_logits(B, Q, (Hm, Wm), device, dtype)
+    dense = torch.randn(B, C, Hf, Wf, device=device, dtype=dtype, requires_grad=grad)
+    text = torch.randn(K, C, device=device, dtype=dtype, requires_grad=grad)
+    weighting = "sigmoid" if sigmoid else "binary"
+    names = [n for n in CANDIDATES if with_triton or n != "triton"]
+    return {n: timed(functools.partial(CANDIDATES[n], masks, dense, text, 50.0, weighting), (dense, text), grad)
+            for n in names}
+
+
+register_op("mask_average_logits", _candidates)
+
+
 def mask_average_logits(
     mask_logits: torch.Tensor,
     dense: torch.Tensor,
@@ -75,14 +110,10 @@ def mask_average_logits(
     threshold: float = 0.0,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """The op as the model calls it: the fused kernels where ``backend`` selects them, else the reference."""
-    if backend == "onnx":
+    """The op as the model calls it: the implementation ``backend`` (a kernel mode) selects."""
+    if exporting_fused_nodes():
         from .onnx_ops import mask_average_logits_node
 
         return mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold)
-    if not use_triton(backend, mask_logits, dense, text):
-        return mask_average_logits_reference(mask_logits, dense, text, logit_scale, weighting, threshold)
-    _check(mask_logits, dense, text, weighting)
-    from .mask_pooling_triton import mask_average_logits_triton
-
-    return mask_average_logits_triton(mask_logits, dense, text, logit_scale, weighting, threshold)
+    chosen = select("mask_average_logits", backend, (mask_logits, dense, text), _bucket(mask_logits, dense, text, weighting))
+    return CANDIDATES[chosen](mask_logits, dense, text, logit_scale, weighting, threshold)

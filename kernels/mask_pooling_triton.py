@@ -19,11 +19,14 @@ gradient (the size of the feature map) is ``mask_pool_bwd_kernel``, which reads 
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .custom_ops import fused_op
 from .mask_grid_triton import mask_logits_tile
 from .tuning import dot_precision, launch
 
@@ -288,7 +291,11 @@ def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dt
     return out
 
 
-def pool_backward(weights, dense, grad_pooled, denom):
+@fused_op("mask_pool_bwd")
+def pool_backward(
+    weights: torch.Tensor, dense: torch.Tensor, grad_pooled: torch.Tensor, denom: torch.Tensor
+) -> torch.Tensor:
+    """(B, C, Hf, Wf) gradient of the features (``dense`` gives only the shape and layout)."""
     B, Q, HW = weights.shape
     C = dense.shape[1]
     grad_dense = _cell_stride(torch.empty_like(dense))
@@ -324,34 +331,40 @@ def _normalize_backward(x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > NORM_EPS, projected / norm.clamp_min(NORM_EPS), grad_y / NORM_EPS)
 
 
-class MaskAverageLogits(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mask_logits, dense, text, logit_scale, weighting, threshold):
-        scale = float(logit_scale)
-        dense = _cell_stride(dense)
-        weights = mask_weights(mask_logits, dense, weighting, threshold)
-        pooled, denom = pool(weights, dense)
-        logits = cosine_logits(pooled, text, scale, dense.dtype)
-        ctx.save_for_backward(weights, dense, text, pooled, denom, logits)
-        ctx.scale = scale
-        return logits
+@fused_op("mask_cosine_fwd")
+def cosine_forward(
+    mask_logits: torch.Tensor, dense: torch.Tensor, text: torch.Tensor, weighting: str, threshold: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cos, weights, pooled, denom): (B, Q, K) cosines in the features' dtype, and what the backward reads.
+    The logit scale stays outside the op, so a learned scale is an ordinary product whose gradient autograd
+    takes (and a tensor scale needs no host read)."""
+    dense = _cell_stride(dense)
+    weights = mask_weights(mask_logits, dense, weighting, threshold)
+    pooled, denom = pool(weights, dense)
+    return cosine_logits(pooled, text, 1.0, dense.dtype), weights, pooled, denom
 
-    @staticmethod
-    def backward(ctx, grad_logits):
-        weights, dense, text, pooled, denom, logits = ctx.saved_tensors
-        g = grad_logits.float()
+
+def _setup_context(ctx, inputs, output):
+    _, dense, text, _, _ = inputs
+    _, weights, pooled, denom = output
+    ctx.save_for_backward(weights, dense, text, pooled, denom)
+
+
+def _backward(ctx, grad_cos, *_unused):
+    weights, dense, text, pooled, denom = ctx.saved_tensors
+    g = grad_cos.float()
+    grad_dense = grad_text = None
+    if ctx.needs_input_grad[1]:
+        grad_pooled = _normalize_backward(pooled, g @ F.normalize(text.float(), dim=-1))
+        grad_dense = pool_backward(weights, dense, grad_pooled, denom)
+    if ctx.needs_input_grad[2]:
         pn = F.normalize(pooled, dim=-1)
-        tn = F.normalize(text.float(), dim=-1)
-        grad_dense = grad_text = grad_scale = None
-        if ctx.needs_input_grad[1]:
-            grad_pooled = _normalize_backward(pooled, ctx.scale * g @ tn)
-            grad_dense = pool_backward(weights, dense, grad_pooled, denom)
-        if ctx.needs_input_grad[2]:
-            grad_text = _normalize_backward(text.float(), ctx.scale * torch.einsum("bqk,bqc->kc", g, pn)).to(text.dtype)
-        if ctx.needs_input_grad[3]:
-            grad_scale = (g * logits.float()).sum() / ctx.scale
-        return None, grad_dense, grad_text, grad_scale, None, None
+        grad_text = _normalize_backward(text.float(), torch.einsum("bqk,bqc->kc", g, pn)).to(text.dtype)
+    return None, grad_dense, grad_text, None, None
+
+
+cosine_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mask_average_logits_triton(mask_logits, dense, text, logit_scale, weighting="binary", threshold=0.0):
-    return MaskAverageLogits.apply(mask_logits.detach(), dense, text, logit_scale, weighting, float(threshold))
+    return logit_scale * cosine_forward(mask_logits.detach(), dense, text, weighting, float(threshold))[0]

@@ -1,7 +1,7 @@
 """The fused ops as single custom ONNX nodes (domain ``fisa_rt``), for TensorRT plugins.
 
-Selected with ``FisaConfig.kernels = "onnx"`` while exporting the *fused* ONNX flavour: PyTorch runs the
-reference (so tracing sees real values), and the TorchScript ONNX exporter writes one node per op
+Switched on by ``fused_nodes()`` while exporting the *fused* ONNX flavour (an export-time context, as timm's
+export switch, not a kernel mode): PyTorch runs the reference (so tracing sees real values), and the TorchScript ONNX exporter writes one node per op
 through each Function's ``symbolic``. Node name, inputs and attributes are the contract with the
 TensorRT plugins (``export/plugins.py``): ``plugin_namespace``/``plugin_version`` are the attributes
 TensorRT's ONNX parser uses to find a registered plugin for a node it does not know.
@@ -9,15 +9,30 @@ TensorRT's ONNX parser uses to find a registered plugin for a node it does not k
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from .adapter_attention import adapter_attention_reference
 from .mask_attention import mask_attention_reference
+from .dispatch import _Export
 from .mask_pooling import cosine_logits_reference, mask_pool_reference
 
 DOMAIN = "fisa_rt"
 VERSION = "1"
 NODES = ("AdapterAttention", "MaskAttention", "MaskPool")
+
+
+@contextlib.contextmanager
+def fused_nodes() -> Iterator[None]:
+    """Inside: every fused op, whatever the model's kernel mode, is one custom node for the ONNX exporter."""
+    before = _Export.fused_nodes
+    _Export.fused_nodes = True
+    try:
+        yield
+    finally:
+        _Export.fused_nodes = before
 
 
 def _node(g, name: str, *inputs, **attributes):

@@ -12,8 +12,10 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.library import wrap_triton
 
-from .backend import interpreting
+from .dispatch import interpreting
 
 
 # kernel name -> generation (compute capability major*10+minor, rounded down to a listed one) -> configs.
@@ -161,10 +163,13 @@ def launch(
 ):
     """Run ``kernel`` with the block sizes autotuned for ``device``'s generation and the power-of-two
     buckets of the sizes ``bucket``; ``reset`` names output buffers that the kernel accumulates into, which
-    the autotuner must zero between its timing runs."""
+    the autotuner must zero between its timing runs. ``wrap_triton`` shows the launch to torch.compile and
+    torch.export (``custom_ops.py``)."""
     if interpreting():
+        if any(isinstance(a, FakeTensor) for a in args):
+            return  # the interpreted op's fake impl: outputs are allocated, nothing to compute
         meta = {**INTERPRETER[name], **FIXED.get(name, {})}
-        kernel[lambda _: grid(meta)](*args, **kwargs, **meta)
+        wrap_triton(kernel)[lambda _: grid(meta)](*args, **kwargs, **meta)
         return
     gen = generation(device)
     cache_key = (name, gen, tuple(size_bucket(n) for n in bucket))
@@ -173,4 +178,4 @@ def launch(
         # one autotuner per bucket, keyed on nothing else (Triton adds the dtypes): tuned once per bucket
         tuned = triton.autotune(configs=configs_for(name, gen), key=[], reset_to_zero=list(reset) or None)(kernel)
         _LAUNCHERS[cache_key] = tuned
-    tuned[grid](*args, **kwargs)
+    wrap_triton(tuned)[grid](*args, **kwargs)

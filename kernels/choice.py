@@ -1,0 +1,121 @@
+"""Which implementation of each fused op is fastest on this card, measured, per op and shape bucket.
+
+``auto`` does not assume that a fused kernel wins (on an H200, cuDNN's flash SDPA beats the adapter kernel 2-4x
+at ViT-B/16 shapes; benchmarks/results/2026-11-26-nvidia-h200.md). For each (op, dtype, fwd or fwd+bwd, shape
+bucket) it times every candidate the op offers (``CANDIDATES`` of the op's module: the Triton kernel, SDPA's
+backends, eager) on inputs of the bucket's shape, each replayed in a CUDA graph
+(``triton.testing.do_bench_cudagraph``) so that launch cost, which a graph removes, does not decide. The
+fastest is kept: by construction never slower than the best alternative measured. A candidate that fails to
+run (an SDPA backend that does not take these shapes) is recorded with its error and never chosen.
+
+Choices are saved as JSON in ``$XDG_CACHE_HOME/fisa-rt/kernel-choices/`` (default ``~/.cache``), one file per
+device name + torch + Triton version, since any of the three can change the winner; ``fisa-rt tune`` fills
+it ahead of time, ``fisa-rt inspect``/``bench`` print it. The timer is a parameter (``ChoiceTable(timer=)``):
+tests inject timings on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
+
+Timer = Callable[[Callable[[], object]], float]
+
+
+def cuda_graph_timer(fn: Callable[[], object]) -> float:
+    """Milliseconds per call of ``fn`` replayed in a CUDA graph (after one eager call, which also lets
+    Triton's autotuner pick its configs outside the capture)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=20))
+
+
+@dataclass
+class Choice:
+    """The measured winner of one (op, bucket): ``times_ms`` per candidate that ran, ``failed`` the error of
+    each that did not."""
+
+    implementation: str
+    times_ms: Dict[str, float]
+    failed: Dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        others = ", ".join(f"{n} {t:.4g}" for n, t in sorted(self.times_ms.items(), key=lambda kv: kv[1])
+                           if n != self.implementation)
+        failed = f"; failed: {', '.join(sorted(self.failed))}" if self.failed else ""
+        return f"{self.implementation} {self.times_ms[self.implementation]:.4g} ms ({others or 'no alternative'}{failed})"
+
+
+def bucket_key(op: str, dtype: str, grad: bool, shape: Iterable[int]) -> str:
+    """``adapter_attention|float16|fwd|1,12,2048,256,64,0``: one table row."""
+    return f"{op}|{dtype}|{'fwd+bwd' if grad else 'fwd'}|{','.join(str(int(n)) for n in shape)}"
+
+
+def table_path(device_name: str, cache_dir: Optional[str] = None) -> str:
+    import torch
+    import triton
+
+    root = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt")
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device_name}-torch{torch.__version__}-triton{triton.__version__}")
+    return os.path.join(root, "kernel-choices", f"{slug.strip('-')}.json")
+
+
+class ChoiceTable:
+    """The choices of one device, loaded from and saved to ``path`` (None: kept in memory only)."""
+
+    def __init__(self, device_name: str, path: Optional[str] = None, timer: Timer = cuda_graph_timer):
+        self.device_name = device_name
+        self.path = path
+        self.timer = timer
+        self.choices: Dict[str, Choice] = {}
+        if path and os.path.exists(path):
+            self.choices = _read(path)
+
+    def get(self, key: str) -> Optional[Choice]:
+        return self.choices.get(key)
+
+    def decide(self, key: str, candidates: Mapping[str, Callable[[], object]]) -> Choice:
+        """Time each candidate (a no-argument call on prepared inputs), keep and save the fastest."""
+        times, failed = {}, {}
+        for name, run in candidates.items():
+            try:
+                times[name] = self.timer(run)
+            except Exception as exc:  # an SDPA backend refusing these shapes, a kernel that cannot compile
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        if not times:
+            raise RuntimeError(f"no implementation of {key} ran: {failed}")
+        choice = Choice(min(times, key=times.get), times, failed)
+        self.choices[key] = choice
+        self.save()
+        return choice
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        data = {"device": self.device_name,
+                "choices": {k: {"implementation": c.implementation, "times_ms": c.times_ms, "failed": c.failed}
+                            for k, c in sorted(self.choices.items())}}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, self.path)
+
+    def lines(self) -> List[str]:
+        """One line per choice, for ``fisa-rt inspect``/``bench``/``tune``."""
+        return [f"{key}: {choice.describe()}" for key, choice in sorted(self.choices.items())]
+
+
+def _read(path: str) -> Dict[str, Choice]:
+    try:
+        with open(path) as f:
+            rows = json.load(f)["choices"]
+        return {k: Choice(r["implementation"], {n: float(t) for n, t in r["times_ms"].items()}, r.get("failed", {}))
+                for k, r in rows.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # a damaged cache only costs a new measurement; it is rewritten whole at the next choice
+        return {}

@@ -1,0 +1,153 @@
+"""Kernel dispatch: which implementation of a fused op runs, in one place for the three ops.
+
+``mode`` is one of ``fisa_rt.config.KERNEL_MODES`` and comes from the model config (``FisaConfig.kernels``):
+
+* ``"reference"``: the PyTorch reference ("eager").
+* ``"triton"``: the fused Triton kernel, forced. On CPU tensors it works only under Triton's interpreter
+  (``TRITON_INTERPRET=1``, set before Triton is imported), which is how CI runs the kernels without a GPU.
+* ``"auto"``: eager on CPU; on CUDA, per op and shape bucket, the fastest of the op's candidates (the Triton
+  kernel, SDPA's flash / cuDNN / efficient backends, eager) as measured on this card under CUDA graphs
+  (``choice.py``). A bucket is measured at its first use, or ahead of time by ``fisa-rt tune``; the lookup
+  is a constant to ``torch.compile`` (``assume_constant_result``), so choosing costs no graph break, and a
+  graph being captured never measures: an unmeasured bucket runs eager there, with a warning.
+
+The fused ONNX nodes are not a mode: ``onnx_ops.fused_nodes()`` switches them on while exporting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from typing import Callable, Dict, Mapping, Sequence, Tuple
+
+import torch
+
+from fisa_rt.config import KERNEL_MODES
+
+from .choice import ChoiceTable, bucket_key, table_path
+
+# op name -> (shape bucket, dtype, device, grad, with_triton) -> {implementation: no-argument call}
+CandidateBuilder = Callable[[Tuple[int, ...], torch.dtype, torch.device, bool, bool], Mapping[str, Callable]]
+_BUILDERS: Dict[str, CandidateBuilder] = {}
+# device name -> this process's view of that device's cached choices
+_TABLES: Dict[str, ChoiceTable] = {}
+
+
+class _Export:
+    """Set only inside ``onnx_ops.fused_nodes()``: the ops then emit their custom ONNX node (timm's
+    ``set_exportable`` switch; one flag for a process-wide, export-time state, never a model setting)."""
+
+    fused_nodes = False
+
+
+def exporting_fused_nodes() -> bool:
+    return _Export.fused_nodes
+
+
+class KernelUnavailableError(RuntimeError):
+    """The Triton path was forced where it cannot run."""
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def size_bucket(n: int) -> int:
+    """The power of two at or above ``n``: shapes in one bucket share one measurement (and one autotuning
+    result, ``tuning.launch``), so a new vocabulary size (K = 133, 150, 171) does not re-time anything."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def check_mode(mode: str) -> None:
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernels must be one of {KERNEL_MODES}; got {mode!r}")
+
+
+def use_triton(mode: str, *tensors: torch.Tensor) -> bool:
+    """Whether ``mode`` forces the Triton kernel (``"triton"``, checked runnable here); ``auto`` never does
+    by itself, it measures (``select``)."""
+    check_mode(mode)
+    if mode != "triton":
+        return False
+    if not triton_available():
+        raise KernelUnavailableError("kernels 'triton' needs the triton package: pip install triton")
+    if not all(t.is_cuda for t in tensors) and not interpreting():
+        raise KernelUnavailableError(
+            "kernels 'triton' got CPU tensors; run on CUDA, or set TRITON_INTERPRET=1 before importing "
+            "triton to run the kernels in Triton's CPU interpreter"
+        )
+    return True
+
+
+def register_op(op: str, build: CandidateBuilder) -> None:
+    """``build(bucket, dtype, device, grad, with_triton)`` returns the op's candidates, each a no-argument
+    call on inputs of the bucket's shape (each op module registers its own)."""
+    _BUILDERS[op] = build
+
+
+def measurable(tensors: Sequence[torch.Tensor]) -> bool:
+    """``auto`` measures on CUDA only: on CPU the references run (tests patch this to measure on CPU)."""
+    return all(t.is_cuda for t in tensors)
+
+
+def device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def choice_table(name: str) -> ChoiceTable:
+    """The cached choices of the device called ``name`` (loaded once per process)."""
+    if name not in _TABLES:
+        _TABLES[name] = ChoiceTable(name, table_path(name))
+    return _TABLES[name]
+
+
+def install_table(table: ChoiceTable) -> None:
+    """Use ``table`` for its device from now on (``fisa-rt tune --force`` starts an empty one; tests inject
+    timers)."""
+    _TABLES[table.device_name] = table
+
+
+def select(op: str, mode: str, tensors: Sequence[torch.Tensor], bucket: Tuple[int, ...]) -> str:
+    """The implementation of ``op`` to run on ``tensors`` under ``mode``: "eager", "triton" or a name from
+    the op's candidates."""
+    if use_triton(mode, *tensors):
+        return "triton"
+    if mode == "reference" or not measurable(tensors):
+        return "eager"
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    dtype = str(tensors[0].dtype).replace("torch.", "")
+    index = tensors[0].device.index if tensors[0].device.index is not None else 0
+    return measured_choice(op, dtype, grad, tuple(int(n) for n in bucket), tensors[0].device.type, index)
+
+
+@torch.compiler.assume_constant_result
+def measured_choice(op: str, dtype: str, grad: bool, bucket: Tuple[int, ...], device_type: str, index: int) -> str:
+    table = choice_table(device_name(index) if device_type == "cuda" else device_type)
+    key = bucket_key(op, dtype, grad, bucket)
+    known = table.get(key)
+    if known is not None:
+        return known.implementation
+    if device_type == "cuda" and torch.cuda.is_current_stream_capturing():
+        warnings.warn(f"{key}: not measured before this CUDA-graph capture (run the model once first, or "
+                      "`fisa-rt tune`); running the PyTorch reference", stacklevel=2)
+        return "eager"
+    device = torch.device(device_type, index) if device_type == "cuda" else torch.device(device_type)
+    candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, triton_available())
+    return table.decide(key, candidates).implementation
+
+
+def timed(forward: Callable[[], torch.Tensor], inputs: Sequence[torch.Tensor], grad: bool) -> Callable[[], object]:
+    """What one timing call runs: ``forward``, or forward then backward of a fixed gradient into ``inputs``."""
+    if not grad:
+        return forward
+
+    def both():
+        out = forward()
+        return torch.autograd.grad(out, inputs, torch.ones_like(out))
+
+    return both

@@ -1,0 +1,185 @@
+"""Kernel dispatch: config switch, the measured choice of ``auto`` (with injected timings), clear refusals."""
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from fisa_rt import ConfigError, create_model
+from fisa_rt.config import get_model_config
+from fisa_rt.kernels import KernelUnavailableError, adapter_attention, dispatch, mask_attention, use_triton
+from fisa_rt.kernels import mask_average_logits
+from fisa_rt.kernels.choice import ChoiceTable, table_path
+
+from kernel_checks import DEVICE, assert_close
+
+
+def test_auto_runs_the_references_on_cpu_and_never_forces_triton():
+    cpu = torch.zeros(1)
+    assert not use_triton("auto", cpu) and not use_triton("reference", cpu)
+    assert dispatch.select("adapter_attention", "auto", (cpu,), (1,)) == "eager"
+    assert dispatch.select("adapter_attention", "reference", (cpu,), (1,)) == "eager"
+
+
+class FakeTimer:
+    """Injected timings: ``ms[name]`` per candidate (found by the call it times); records what it timed."""
+
+    def __init__(self, ms):
+        self.ms, self.timed = ms, []
+
+    def __call__(self, run):
+        name = next(n for n, c in self.candidates.items() if c is run)
+        self.timed.append(name)
+        run()  # the candidate must really run on the bucket's inputs
+        if self.ms[name] is None:
+            raise RuntimeError(f"{name} refuses these shapes")
+        return self.ms[name]
+
+
+@pytest.fixture
+def measured_on_cpu(monkeypatch, tmp_path):
+    """``auto`` measures CPU tensors, into a table of the fake device "cpu" under tmp_path."""
+    monkeypatch.setattr(dispatch, "measurable", lambda tensors: True)
+    monkeypatch.setattr(dispatch, "_TABLES", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def install(ms):
+        timer = FakeTimer(ms)
+        table = ChoiceTable("cpu", table_path("cpu"), timer)
+        build = dispatch._BUILDERS.copy()
+        for op, builder in build.items():
+            def recording(*args, _builder=builder):
+                timer.candidates = dict(_builder(*args))
+                return timer.candidates
+            monkeypatch.setitem(dispatch._BUILDERS, op, recording)
+        dispatch.install_table(table)
+        return timer, table
+
+    return install
+
+
+def adapter_inputs(requires_grad=False):
+    q = torch.randn(2, 2, 9, 16, requires_grad=requires_grad)
+    k, v = (torch.randn(1, 2, 5, 16, requires_grad=requires_grad) for _ in "kv")
+    return q, k, v
+
+
+def test_auto_runs_the_fastest_candidate_measured_and_remembers_it(measured_on_cpu, tmp_path):
+    # cuDNN's SDPA would be fastest but cannot run on CPU: it is recorded as failed, never chosen
+    timer, table = measured_on_cpu({"triton": 0.30, "sdpa-flash": 0.05, "sdpa-cudnn": 0.01,
+                                    "sdpa-efficient": None, "eager": 0.20})
+    q, k, v = adapter_inputs()
+    out = adapter_attention(q, k, v)
+    assert_close(out, adapter_attention_reference_double(q, k, v), 1e-4, what="sdpa-flash's output")
+    (key, choice), = table.choices.items()
+    assert key == "adapter_attention|float32|fwd|2,2,16,8,16,0,1" and choice.implementation == "sdpa-flash"
+    assert {"sdpa-cudnn", "sdpa-efficient"} <= set(choice.failed) and "sdpa-cudnn" not in choice.times_ms
+    assert min(choice.times_ms.values()) == choice.times_ms[choice.implementation]
+    # one measurement per bucket: a second call, and a size of the same bucket, time nothing
+    adapter_attention(q, k, v)
+    adapter_attention(torch.cat([q, q[:, :, :3]], 2), k, v)  # N = 12, the bucket of 9
+    assert len(timer.timed) == 5
+    # saved per device + versions, and a new process reads it back instead of measuring
+    reloaded = ChoiceTable("cpu", table_path("cpu"), timer=None)
+    assert reloaded.get(key).implementation == "sdpa-flash" and str(tmp_path) in table.path
+    assert "torch2.14" in table.path and "triton" in table.path and "kernel-choices" in table.path
+
+
+def adapter_attention_reference_double(q, k, v):
+    from fisa_rt.kernels import adapter_attention_reference
+
+    return adapter_attention_reference(q.double(), k.double(), v.double())
+
+
+def test_training_and_inference_are_measured_apart(measured_on_cpu):
+    timer, table = measured_on_cpu({"triton": 0.3, "sdpa-flash": 0.1, "sdpa-cudnn": 0.1, "sdpa-efficient": 0.1,
+                                    "eager": 0.05})
+    q, k, v = adapter_inputs(requires_grad=True)
+    adapter_attention(q, k, v).sum().backward()
+    with torch.no_grad():
+        adapter_attention(q, k, v)
+    assert sorted(key.split("|")[2] for key in table.choices) == ["fwd", "fwd+bwd"]
+
+
+def test_every_op_registers_candidates_that_match_its_reference(measured_on_cpu):
+    """Each op's candidates run on CPU (the Triton kernel in the interpreter) and the eager choice is used
+    wherever the timings say so; a candidate that cannot run is never picked."""
+    timer, table = measured_on_cpu({"triton": 0.01, "sdpa-flash": None, "sdpa-cudnn": None, "sdpa-efficient": 0.2,
+                                    "eager": 0.1})
+    B, H, Q, Dh, grid = 1, 2, 5, 16, (4, 4)
+    q, ks, vs = (torch.randn(B, H, Q, Dh) for _ in range(3))
+    k, v = (torch.randn(B, H, 16, Dh) for _ in range(2))
+    masks = torch.randn(B, Q, 8, 8)
+    from fisa_rt.kernels import mask_attention_reference, mask_average_logits_reference
+
+    out = mask_attention(q, k, v, ks, vs, masks, grid)
+    assert_close(out, mask_attention_reference(q, k, v, ks, vs, masks, grid).double(), 1e-4, what="mask attention")
+    dense, text = torch.randn(B, 8, 4, 4), torch.randn(3, 8)
+    logits = mask_average_logits(masks, dense, text, 10.0)
+    assert_close(logits, mask_average_logits_reference(masks, dense, text, 10.0).double(), 1e-4, what="pooling")
+    assert {c.implementation for c in table.choices.values()} == {"triton"}
+    assert set(timer.timed) >= {"triton", "eager", "sdpa-efficient"}
+
+
+def test_a_capture_never_measures(measured_on_cpu, monkeypatch):
+    timer, table = measured_on_cpu({"eager": 1.0})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(dispatch, "device_name", lambda index: "cpu")
+    with pytest.warns(UserWarning, match="not measured before this CUDA-graph capture"):
+        assert dispatch.measured_choice("adapter_attention", "float32", False, (1,), "cuda", 0) == "eager"
+    assert not timer.timed and not table.choices
+
+
+def test_a_damaged_choice_file_is_measured_again(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    assert ChoiceTable("x", str(path)).choices == {}
+
+
+def test_onnx_kernel_mode_of_old_configs_loads_as_reference():
+    with pytest.warns(DeprecationWarning, match='kernels="onnx" is deprecated'):
+        cfg = dataclasses.replace(get_model_config("fisa-tiny"), kernels="onnx")
+    assert cfg.kernels == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_model_config("fisa-tiny")
+
+
+def test_forcing_triton_on_cpu_without_the_interpreter_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(KernelUnavailableError, match="TRITON_INTERPRET=1"):
+        use_triton("triton", torch.zeros(1))
+
+
+def test_config_rejects_unknown_backends():
+    with pytest.raises(ConfigError, match="kernels must be one of"):
+        dataclasses.replace(get_model_config("fisa-tiny"), kernels="cuda")
+
+
+@pytest.mark.parametrize("name", ["fisa-tiny", "fisa-tiny-convnext"])
+def test_model_with_kernels_matches_model_with_references(name):
+    """Forward and the SIMO gradients of a whole model (SEVE gates open) agree between the two paths."""
+    torch.manual_seed(0)
+    model = create_model(name).to(DEVICE)
+    with torch.no_grad():
+        for adapter in model.backbone.seve.values():
+            adapter.gate.fill_(0.5)
+    model.apply_simo()
+    images = torch.randn(2, 3, 64, 64, device=DEVICE)
+    text = torch.nn.functional.normalize(torch.randn(5, model.embed_dim, device=DEVICE), dim=-1)
+    results = {}
+    for backend in ("reference", "triton"):
+        model.set_kernels(backend)
+        model.zero_grad()
+        out = model(images, text)
+        out.class_logits.exp().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[backend] = (out.class_logits.detach(), grads)
+    ref_logits, ref_grads = results["reference"]
+    logits, grads = results["triton"]
+    assert model.cfg.kernels == "triton" and all(a.kernels == "triton" for a in model.backbone.seve.values())
+    assert_close(logits, ref_logits.double(), 1e-4, what="class logits")
+    assert grads.keys() == ref_grads.keys() and any("seve" in n for n in grads)
+    for n in grads:
+        assert_close(grads[n], ref_grads[n].double(), 1e-3 * max(1.0, float(ref_grads[n].abs().max())), what=n)
