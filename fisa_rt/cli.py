@@ -39,6 +39,7 @@ EXAMPLES = {
     "encode-vocab": "fisa-rt encode-vocab --engine build/fisa-tiny-synthetic.portable.onnx --vocab ade20k-150 --out ade.npz",
     "bench": "fisa-rt bench --engine build/fisa-tiny-synthetic.portable.onnx --batch 1 --classes 150 --iterations 50",
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
+    "tune": "fisa-rt tune --engine fisa-vit-b16.safetensors --batch 1 --classes 133",
     "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
     "convert": "fisa-rt convert fcclip fcclip_cocopan.pth --out fcclip-convnext-l.safetensors\n"
     "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin "
@@ -295,6 +296,10 @@ def _bench(args: argparse.Namespace) -> None:
         refuse_overwrite(args.json, args.overwrite)  # before the run, not after minutes of it
     report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations)
     print(report.format())
+    if report.backend == "torch":
+        from .kernels.dispatch import describe_choices
+
+        print("\n".join(describe_choices()))
     if args.json:
         write_json(args.json, report.to_dict(), indent=2)
 
@@ -304,6 +309,12 @@ def _inspect(args: argparse.Namespace) -> None:
 
     for line in describe(args.path):
         print(line)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from .runtime.tune import tune
+
+    print("\n".join(tune(args.engine, args.batch, args.classes, args.force)))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -500,6 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
         _inspect,
     )
     ins.add_argument("path", help="engine, ONNX or checkpoint")
+
+    tune = verb(
+        "tune",
+        "time each fused op's implementations (Triton kernel, SDPA, eager) on this GPU under CUDA graphs and cache "
+        "the fastest per op and shape for kernels 'auto' (otherwise measured at first use)",
+        _tune,
+    )
+    tune.add_argument("--engine", required=True, help="FISA checkpoint (.safetensors): its shapes are measured")
+    tune.add_argument("--batch", type=POSITIVE, default=1, help="images per forward pass to measure")
+    tune.add_argument("--classes", type=POSITIVE, default=133, help="vocabulary size to measure")
+    tune.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
+                      help="forget this GPU's cached choices and measure again")
 
     demo = verb("demo", "segment the bundled sample scenes (or your images) and write overlay PNGs", _demo)
     demo.add_argument("--engine", help="FISA checkpoint (default: the embedded fisa-tiny model)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -151,3 +151,25 @@ def timed(forward: Callable[[], torch.Tensor], inputs: Sequence[torch.Tensor], g
         return torch.autograd.grad(out, inputs, torch.ones_like(out))
 
     return both
+
+
+def describe_choices() -> List[str]:
+    """What ``auto`` runs on this machine's GPU, for ``fisa-rt inspect``/``bench``/``tune``."""
+    if not torch.cuda.is_available():
+        return ["  kernel choices: none (no CUDA GPU: kernels 'auto' runs the PyTorch references)"]
+    table = choice_table(device_name(torch.cuda.current_device()))
+    if not table.choices:
+        return [f"  kernel choices on {table.device_name}: none measured yet (each op and shape is measured at "
+                "first use; `fisa-rt tune --engine CKPT` measures ahead)"]
+    return [f"  kernel choices on {table.device_name} (ms per call under CUDA graphs; {table.path}):"] + [
+        f"    {line}" for line in table.lines()
+    ]
+
+
+def reset_choices() -> ChoiceTable:
+    """Forget this GPU's measured choices (``fisa-rt tune --force``): an empty table replaces the file's."""
+    name = device_name(torch.cuda.current_device())
+    table = ChoiceTable(name, None)
+    table.path = table_path(name)
+    install_table(table)
+    return table

@@ -32,6 +32,12 @@ def _onnx_io(path: str) -> List[str]:
     return lines + [f"  output {v.name}: {dtype(v)} [{shape(v)}]" for v in graph.output]
 
 
+def _kernel_choices() -> List[str]:
+    from fisa_rt.kernels.dispatch import describe_choices
+
+    return describe_choices()
+
+
 def describe(path: str) -> List[str]:
     path = resolve_artefact(path)
     if not os.path.isfile(path):
@@ -45,11 +51,11 @@ def describe(path: str) -> List[str]:
         info = read_checkpoint_info(path)
         cfg = info.config
         return [
-            f"{path}: fisa-rt checkpoint (PyTorch backend; Triton kernels on CUDA)",
+            f"{path}: fisa-rt checkpoint (PyTorch backend; on CUDA each fused op runs its measured fastest kernel)",
             f"  model {cfg.name}: CLIP {cfg.clip.model_name}, head {cfg.classifier.head}, image {cfg.image_size}, "
             f"{cfg.mask_generator.num_queries} queries, templates {cfg.text.templates}, synonyms {cfg.text.synonyms}",
             f"  trained vocabulary: {len(info.vocabulary)} classes",
-        ]
+        ] + _kernel_choices()
     from fisa_rt.export.manifest import read_manifest, sha256_file
 
     m = read_manifest(path)
