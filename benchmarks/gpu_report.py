@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_report.py peaks --json peaks.json            # copy-kernel bandwidth, fp16 GEMM FLOP/s
     python benchmarks/gpu_report.py e2e --json e2e.json                 # fisa-vit-b16 at 640 px, eager vs Triton
+    python benchmarks/gpu_report.py choices --json choices.json         # kernels 'auto': each candidate's time
     python benchmarks/gpu_report.py write --tests kernels.xml --bench kernels.json --peaks peaks.json \\
         --e2e e2e.json --out-dir benchmarks/results                     # benchmarks/results/<date>-<gpu>.md
 
@@ -123,6 +124,43 @@ def end_to_end(model_name: str = "fisa-vit-b16", image: int = 640, classes: int 
     return rows
 
 
+def measure_choices(model_name: str = "fisa-vit-b16", image: int = 640, classes: int = 133,
+                    batches=(1, 8)) -> List[Dict[str, object]]:
+    """What kernels 'auto' chooses for ``model_name`` (fp16 forward), measured afresh (a table in memory: the
+    user's cache is neither read nor written), with every candidate's ms per call under CUDA graphs."""
+    require_cuda()
+    import torch
+
+    from fisa_rt import create_model
+    from fisa_rt.kernels import dispatch
+    from fisa_rt.kernels.choice import ChoiceTable
+
+    table = ChoiceTable(dispatch.device_name(torch.cuda.current_device()))
+    dispatch.install_table(table)
+    torch.manual_seed(0)
+    model = create_model(model_name).cuda().half().eval()
+    model.set_kernels("auto")
+    text = torch.nn.functional.normalize(torch.randn(classes, model.embed_dim, device="cuda"), dim=-1).half()
+    with torch.no_grad():
+        for batch in batches:
+            model(torch.randn(batch, 3, image, image, device="cuda", dtype=torch.float16), text)
+    return [{"model": model_name, "image": image, "classes": classes, "key": key, "implementation": c.implementation,
+             "times_ms": c.times_ms, "failed": c.failed} for key, c in sorted(table.choices.items())]
+
+
+def render_choices(rows: List[Dict[str, object]]) -> List[str]:
+    """The per-op choice table: each candidate's time under graphs, the chosen one first and in bold."""
+    lines = ["## Kernel choices of `auto` (ms per call, CUDA-graph replay; `gpu_report.py choices`)", "",
+             "| model | op, dtype, pass, shape bucket | chosen | candidates (ms) | failed |", "|---|---|---|---|---|"]
+    for r in rows:
+        times = sorted(r["times_ms"].items(), key=lambda kv: kv[1])
+        shown = ", ".join(f"**{n} {t:.4f}**" if n == r["implementation"] else f"{n} {t:.4f}" for n, t in times)
+        lines.append(f"| {r['model']} {r['image']} px, {r['classes']} classes | `{r['key']}` | {r['implementation']} "
+                     f"| {shown} | {', '.join(sorted(r['failed'])) or '-'} |")
+    lines.append("")
+    return lines
+
+
 def _graph_replay_ms(fn: Callable[[], object]) -> float:
     """Milliseconds per replay of ``fn`` captured in a CUDA graph: the GPU time without Python's launches."""
     import torch
@@ -211,6 +249,7 @@ def render(
     minutes: Optional[float] = None,
     without_compiled: bool = False,
     profiles: Optional[List[Dict[str, object]]] = None,
+    choices: Optional[List[Dict[str, object]]] = None,
 ) -> str:
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
     lines = [
@@ -255,6 +294,8 @@ def render(
         lines.append("")
     if profiles:
         lines += render_profiles(profiles)
+    if choices:
+        lines += render_choices(choices)
     return "\n".join(lines)
 
 
@@ -294,12 +335,15 @@ def main(argv=None) -> int:
     e2e.add_argument("--json", required=True)
     prof = sub.add_parser("profile", help="fisa-vit-b16: kernel time, launch overhead, CUDA-graph replay")
     prof.add_argument("--json", required=True)
+    choices = sub.add_parser("choices", help="fisa-vit-b16: what kernels 'auto' picks, each candidate timed")
+    choices.add_argument("--json", required=True)
     write = sub.add_parser("write", help="write benchmarks/results/<date>-<gpu>.md")
     write.add_argument("--tests", help="pytest --junitxml of the kernel tests")
     write.add_argument("--bench", help="pytest-benchmark JSON of benchmarks/test_kernels.py")
     write.add_argument("--peaks", required=True)
     write.add_argument("--e2e")
     write.add_argument("--profile", help="JSON of `gpu_report.py profile`")
+    write.add_argument("--choices", help="JSON of `gpu_report.py choices`")
     write.add_argument("--minutes", type=float)
     write.add_argument("--without-compiled", action="store_true", help="the torch.compile baselines were skipped")
     write.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -311,6 +355,8 @@ def main(argv=None) -> int:
             result = end_to_end()
         elif args.command == "profile":
             result = profile()
+        elif args.command == "choices":
+            result = measure_choices()
         else:
             measured = _load(args.peaks)
             if measured is None:
@@ -320,7 +366,7 @@ def main(argv=None) -> int:
             tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
             text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
                           _load(args.e2e) or [], date, args.minutes,
-                          args.without_compiled, _load(args.profile))
+                          args.without_compiled, _load(args.profile), _load(args.choices))
             path = report_path(args.out_dir, measured["device"]["name"], date)
             if os.path.exists(path):
                 raise FileExistsError(f"{path} exists; move it away to write a new report")

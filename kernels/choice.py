@@ -51,8 +51,8 @@ class Choice:
 
 
 def bucket_key(op: str, dtype: str, grad: bool, shape: Iterable[int]) -> str:
-    """``adapter_attention|float16|fwd|1,12,2048,256,64,0``: one table row."""
-    return f"{op}|{dtype}|{'fwd+bwd' if grad else 'fwd'}|{','.join(str(int(n)) for n in shape)}"
+    """``adapter_attention:float16:fwd:1,12,2048,256,64,0,1``: one table row."""
+    return f"{op}:{dtype}:{'fwd+bwd' if grad else 'fwd'}:{','.join(str(int(n)) for n in shape)}"
 
 
 def table_path(device_name: str, cache_dir: Optional[str] = None) -> str:

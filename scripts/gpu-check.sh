@@ -54,8 +54,10 @@ step 600 "kernel benchmarks" "$py" -m pytest benchmarks/test_kernels.py --benchm
   "${benches[@]}" --benchmark-json "$work/kernels.json"
 step 180 "end to end" "$py" benchmarks/gpu_report.py e2e --json "$work/e2e.json"
 step 180 "profile" "$py" benchmarks/gpu_report.py profile --json "$work/profile.json"
+# kernels 'auto': each fused op's candidates timed under CUDA graphs at fisa-vit-b16's shapes (36 s at 9 minutes)
+step 100 "kernel choices" "$py" benchmarks/gpu_report.py choices --json "$work/choices.json"
 "$py" benchmarks/gpu_report.py write --peaks "$work/peaks.json" --tests "$work/kernels.xml" \
-  --bench "$work/kernels.json" --e2e "$work/e2e.json" --profile "$work/profile.json" \
+  --bench "$work/kernels.json" --e2e "$work/e2e.json" --profile "$work/profile.json" --choices "$work/choices.json" \
   --minutes "$(( (SECONDS - start) / 60 ))" ${benches:+--without-compiled} || status=1
 echo "gpu-check: raw files in $work"
 exit $status

@@ -97,3 +97,13 @@ def test_gpu_measurements_refuse_clearly_without_a_gpu(tmp_path, capsys):
         ["bash", script], capture_output=True, text=True, env={**os.environ, "FISA_PYTHON": sys.executable}
     )
     assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_choice_section_shows_every_candidate_and_the_chosen_one():
+    rows = [{"model": "fisa-vit-b16", "image": 640, "classes": 133, "key": "adapter_attention:float16:fwd:1,12,2048",
+             "implementation": "sdpa-cudnn", "times_ms": {"triton": 0.12, "sdpa-cudnn": 0.04, "eager": 0.3},
+             "failed": {"sdpa-flash": "RuntimeError: no"}}]
+    text = "\n".join(gpu_report.render_choices(rows))
+    assert ("| fisa-vit-b16 640 px, 133 classes | `adapter_attention:float16:fwd:1,12,2048` | sdpa-cudnn | "
+            "**sdpa-cudnn 0.0400**, triton 0.1200, eager 0.3000 | sdpa-flash |") in text
+    assert "Kernel choices of `auto`" in gpu_report.render(DEVICE, PEAKS, None, [], [], "2026-12-05", choices=rows)

@@ -73,7 +73,7 @@ def test_auto_runs_the_fastest_candidate_measured_and_remembers_it(measured_on_c
     out = adapter_attention(q, k, v)
     assert_close(out, adapter_attention_reference_double(q, k, v), 1e-4, what="sdpa-flash's output")
     (key, choice), = table.choices.items()
-    assert key == "adapter_attention|float32|fwd|2,2,16,8,16,0,1" and choice.implementation == "sdpa-flash"
+    assert key == "adapter_attention:float32:fwd:2,2,16,8,16,0,1" and choice.implementation == "sdpa-flash"
     assert {"sdpa-cudnn", "sdpa-efficient"} <= set(choice.failed) and "sdpa-cudnn" not in choice.times_ms
     assert min(choice.times_ms.values()) == choice.times_ms[choice.implementation]
     # one measurement per bucket: a second call, and a size of the same bucket, time nothing
@@ -99,7 +99,7 @@ def test_training_and_inference_are_measured_apart(measured_on_cpu):
     adapter_attention(q, k, v).sum().backward()
     with torch.no_grad():
         adapter_attention(q, k, v)
-    assert sorted(key.split("|")[2] for key in table.choices) == ["fwd", "fwd+bwd"]
+    assert sorted(key.split(":")[2] for key in table.choices) == ["fwd", "fwd+bwd"]
 
 
 def test_every_op_registers_candidates_that_match_its_reference(measured_on_cpu):
