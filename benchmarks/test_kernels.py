@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fisa_rt.kernels import (
     adapter_attention,
@@ -24,8 +23,9 @@ from fisa_rt.kernels import (
     mask_attention_reference,
     mask_average_logits,
     mask_average_logits_reference,
-    mask_inside_grid,
 )
+from fisa_rt.kernels.adapter_attention import adapter_attention_sdpa
+from fisa_rt.kernels.mask_attention import mask_attention_sdpa
 
 from fisa_rt.kernels.traffic import bilinear_tap_bytes
 
@@ -126,11 +126,11 @@ def test_adapter_attention(benchmark, peaks, shape, impl, mode):
     q = torch.randn(B, H, N, Dh, device=DEVICE, dtype=DTYPE, requires_grad=True)
     k, v = (torch.randn(1, H, K, Dh, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(2))
     forward = {
-        "triton": lambda: adapter_attention(q, k, v, backend="triton"),
+        "triton": lambda: adapter_attention(q, k, v, kernels="triton"),
         "eager": lambda: adapter_attention_reference(q, k, v),
         "compiled": lambda: compiled(adapter_attention_reference)(q, k, v),
         # every class valid, no mask: SDPA may pick its flash kernel
-        "sdpa": lambda: F.scaled_dot_product_attention(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)),
+        "sdpa": lambda: adapter_attention_sdpa(q, k, v),
     }[impl]
     passes = 1 if mode == "fwd" else 3.5  # backward: ~2.5x the forward's products
     measure(benchmark, peaks, _with_backward(forward, (q, k, v), mode), impl, name, mode,
@@ -147,19 +147,13 @@ def test_mask_attention(benchmark, peaks, shape, impl, mode):
     k, v = (torch.randn(B, H, N, Dh, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(2))
     masks = torch.randn(B, Q, *mask_size, device=DEVICE, dtype=DTYPE)
     # the mask decided once per forward and shared by the layers, as the model does (both paths)
-    layout = mask_attention_layout(masks, grid, 0.0, backend="triton")
-    # SDPA over the image keys plus every mask token's own key, with the mask materialised:
-    # token i sees the image tokens under mask i and only its own key among the Q extra ones.
-    inside = mask_inside_grid(masks, grid, 0.0)[:, None].expand(B, H, Q, N)
-    own = torch.eye(Q, dtype=torch.bool, device=DEVICE)[None, None].expand(B, H, Q, Q)
-    sdpa_mask = torch.cat([inside, own], -1)
+    layout = mask_attention_layout(masks, grid, 0.0, kernels="triton")
     forward = {
-        "triton": lambda: mask_attention(q, k, v, ks, vs, masks, grid, 0.0, backend="triton", layout=layout),
+        "triton": lambda: mask_attention(q, k, v, ks, vs, masks, grid, 0.0, kernels="triton", layout=layout),
         "eager": lambda: mask_attention_reference(q, k, v, ks, vs, masks, grid, 0.0),
         "compiled": lambda: compiled(mask_attention_reference)(q, k, v, ks, vs, masks, grid, 0.0),
-        "sdpa": lambda: F.scaled_dot_product_attention(
-            q, torch.cat([k, ks], 2), torch.cat([v, vs], 2), attn_mask=sdpa_mask
-        ),
+        # SDPA over the image keys plus each mask token's own key, the mask materialised (kernels' candidate)
+        "sdpa": lambda: mask_attention_sdpa(q, k, v, ks, vs, masks, grid, 0.0),
     }[impl]
     passes = 1 if mode == "fwd" else 3.5
     measure(
@@ -183,7 +177,7 @@ def test_mask_pooling_logits(benchmark, peaks, shape, impl, mode):
     dense = torch.randn(B, C, *grid, device=DEVICE, dtype=DTYPE, requires_grad=True)
     text = torch.randn(K, C, device=DEVICE, dtype=DTYPE, requires_grad=True)
     forward = {
-        "triton": lambda: mask_average_logits(masks, dense, text, 50.0, backend="triton"),
+        "triton": lambda: mask_average_logits(masks, dense, text, 50.0, kernels="triton"),
         "eager": lambda: mask_average_logits_reference(masks, dense, text, 50.0),
         "compiled": lambda: compiled(mask_average_logits_reference)(masks, dense, text, 50.0),
     }[impl]

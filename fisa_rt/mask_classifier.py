@@ -123,7 +123,7 @@ class MaskAttentionHead(nn.Module):
             mask_logits,
             grid,
             self.threshold,
-            backend=self.kernels,
+            kernels=self.kernels,
             layout=layout,
         )
         tokens = tokens + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(B, Q, W)))
@@ -144,7 +144,7 @@ class MaskAttentionHead(nn.Module):
         Q = generator.mask_logits.shape[1]
         tokens = features.block_inputs[0][:, :1].expand(-1, Q, -1)
         # every layer attends under the same masks: decide inside/outside once
-        layout = mask_attention_layout(generator.mask_logits, features.grid, self.threshold, backend=self.kernels)
+        layout = mask_attention_layout(generator.mask_logits, features.grid, self.threshold, kernels=self.kernels)
         for block, q_proj, image_in in zip(blocks, self.mask_q_proj, features.block_inputs):
             tokens = self._block(block, q_proj, image_in, tokens, generator.mask_logits, features.grid, layout)
         embeds = visual.ln_post(tokens) @ visual.proj
@@ -178,7 +178,7 @@ class MaskAverageHead(nn.Module):
             out_vocab = best_synonym(
                 mask_average_logits(
                     generator.mask_logits, features.dense_embeds, text_rows(text), logit_scale, cfg.mask_weighting,
-                    cfg.mask_threshold, backend=self.kernels,
+                    cfg.mask_threshold, kernels=self.kernels,
                 ),
                 text,
             )

@@ -41,6 +41,6 @@ class SeveAdapter(nn.Module):
         H = self.num_heads
         q = self.q_proj(self.norm(x)).view(B, N, H, W // H).transpose(1, 2)
         k, v = self.kv_proj(text.to(x.dtype)).view(text.shape[0], text.shape[1], 2, H, W // H).permute(2, 0, 3, 1, 4)
-        attended = adapter_attention(q, k, v, text_valid, backend=self.kernels)
+        attended = adapter_attention(q, k, v, text_valid, kernels=self.kernels)
         update = self.out_proj(attended.transpose(1, 2).reshape(B, N, W))
         return x + torch.tanh(self.gate).to(x.dtype) * update

@@ -110,12 +110,12 @@ register_op("adapter_attention", _candidates)
 
 
 def adapter_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, backend: str = "auto"
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, kernels: str = "auto"
 ) -> torch.Tensor:
-    """The op as the model calls it: the implementation ``backend`` (a kernel mode) selects."""
+    """The op as the model calls it: the implementation the kernel mode ``kernels`` selects."""
     if exporting_fused_nodes():
         from .onnx_ops import adapter_attention_node
 
         return adapter_attention_node(q, k, v, key_valid)
-    chosen = select("adapter_attention", backend, (q, k, v), _bucket(q, k, key_valid))
+    chosen = select("adapter_attention", kernels, (q, k, v), _bucket(q, k, key_valid))
     return CANDIDATES[chosen](q, k, v, key_valid)

@@ -95,12 +95,12 @@ def build_mask_layout(
 
 
 def mask_attention_layout(
-    mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, backend: str = "auto"
+    mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float = 0.0, kernels: str = "auto"
 ) -> MaskLayout:
     """Decide inside/outside once for every ``mask_attention`` call under these masks (same kernel mode).
     The kernel's block lists are built wherever it may run: forced, or ``auto`` on CUDA with Triton."""
-    may_run_kernel = backend == "auto" and measurable([mask_logits]) and triton_available()
-    if not exporting_fused_nodes() and (use_triton(backend, mask_logits) or may_run_kernel):
+    may_run_kernel = kernels == "auto" and measurable([mask_logits]) and triton_available()
+    if not exporting_fused_nodes() and (use_triton(kernels, mask_logits) or may_run_kernel):
         from .mask_attention_triton import layout_tiles
 
         return build_mask_layout(mask_logits, grid, threshold, layout_tiles(mask_logits.device))
@@ -236,15 +236,15 @@ def mask_attention(
     mask_logits: torch.Tensor,
     grid: Tuple[int, int],
     threshold: float = 0.0,
-    backend: str = "auto",
+    kernels: str = "auto",
     layout: Optional[MaskLayout] = None,
 ) -> torch.Tensor:
-    """The op as the model calls it: the implementation ``backend`` (a kernel mode) selects.
+    """The op as the model calls it: the implementation the kernel mode ``kernels`` selects.
     ``layout``: ``mask_attention_layout`` of these mask logits, grid and threshold (built here when None)."""
     if exporting_fused_nodes():
         from .onnx_ops import mask_attention_node
 
         return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
     tensors = (q, k_img, v_img, k_self, v_self, mask_logits)
-    chosen = select("mask_attention", backend, tensors, _bucket(q, mask_logits, grid))
+    chosen = select("mask_attention", kernels, tensors, _bucket(q, mask_logits, grid))
     return CANDIDATES[chosen](q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout=layout)

@@ -108,12 +108,12 @@ def mask_average_logits(
     logit_scale,
     weighting: str = "binary",
     threshold: float = 0.0,
-    backend: str = "auto",
+    kernels: str = "auto",
 ) -> torch.Tensor:
-    """The op as the model calls it: the implementation ``backend`` (a kernel mode) selects."""
+    """The op as the model calls it: the implementation the kernel mode ``kernels`` selects."""
     if exporting_fused_nodes():
         from .onnx_ops import mask_average_logits_node
 
         return mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold)
-    chosen = select("mask_average_logits", backend, (mask_logits, dense, text), _bucket(mask_logits, dense, text, weighting))
+    chosen = select("mask_average_logits", kernels, (mask_logits, dense, text), _bucket(mask_logits, dense, text, weighting))
     return CANDIDATES[chosen](mask_logits, dense, text, logit_scale, weighting, threshold)

@@ -43,7 +43,7 @@ def _inputs(B, Bt, H, N, K, Dh, padded, dtype):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_backward_match_reference(shape, dtype, poisoned):
     q, k, v, valid = _inputs(*shape, dtype)
-    out = adapter_attention(q, k, v, valid, backend="triton")
+    out = adapter_attention(q, k, v, valid, kernels="triton")
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
@@ -63,7 +63,7 @@ def test_strided_views_as_the_adapter_makes_them(poisoned):
     B, N, H, Dh, K = 2, 24, 2, 16, 7
     q = torch.randn(B, N, H, Dh, device=DEVICE).transpose(1, 2)
     kv = torch.randn(1, K, 2, H, Dh, device=DEVICE).permute(2, 0, 3, 1, 4)
-    out = adapter_attention(q, kv[0], kv[1], backend="triton")
+    out = adapter_attention(q, kv[0], kv[1], kernels="triton")
     assert_close(
         out, adapter_attention_reference(q.double(), kv[0].double(), kv[1].double()), TOLERANCE[torch.float32][0]
     )
@@ -74,7 +74,7 @@ def test_auto_uses_the_reference_on_cpu_and_rejects_unknown_backends():
     if DEVICE == "cpu":
         assert torch.equal(adapter_attention(q, k, v), adapter_attention_reference(q, k, v))
     with pytest.raises(ValueError, match="kernels must be one of"):
-        adapter_attention(q, k, v, backend="cuda")
+        adapter_attention(q, k, v, kernels="cuda")
 
 
 def test_realistic_size_and_deterministic_gradients(poisoned):
@@ -85,7 +85,7 @@ def test_realistic_size_and_deterministic_gradients(poisoned):
     for _ in range(2):
         for t in (q, k, v):
             t.grad = None
-        out = adapter_attention(q, k, v, valid, backend="triton")
+        out = adapter_attention(q, k, v, valid, kernels="triton")
         out.backward(torch.ones_like(out))
         grads.append([t.grad.clone() for t in (q, k, v)])
     ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]

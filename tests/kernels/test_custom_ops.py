@@ -42,3 +42,16 @@ def test_compile_sees_one_node_per_op_with_no_graph_break():
     assert_close(out, f(*adapter).double(), 1e-5, what="compiled op")
     out.sum().backward()  # the registered autograd runs the backward op
     assert adapter[0].grad is not None and adapter[1].grad.abs().sum() > 0
+
+
+def test_export_keeps_each_op_as_one_node():
+    adapter, _, _ = small_inputs()
+
+    class Adapter(torch.nn.Module):
+        def forward(self, q, k, v, valid):
+            return adapter_attention_fwd(q, k, v, valid)[0]
+
+    program = torch.export.export(Adapter(), tuple(adapter))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("fisa_rt.adapter_attention_fwd.default") == 1
+    assert_close(program.module()(*adapter), Adapter()(*adapter).double(), 1e-6, what="exported op")

@@ -152,7 +152,7 @@ def test_forcing_triton_on_cpu_without_the_interpreter_says_what_to_do(monkeypat
         use_triton("triton", torch.zeros(1))
 
 
-def test_config_rejects_unknown_backends():
+def test_config_rejects_unknown_kernel_modes():
     with pytest.raises(ConfigError, match="kernels must be one of"):
         dataclasses.replace(get_model_config("fisa-tiny"), kernels="cuda")
 
@@ -183,3 +183,21 @@ def test_model_with_kernels_matches_model_with_references(name):
     assert grads.keys() == ref_grads.keys() and any("seve" in n for n in grads)
     for n in grads:
         assert_close(grads[n], ref_grads[n].double(), 1e-3 * max(1.0, float(ref_grads[n].abs().max())), what=n)
+
+
+def test_compile_takes_the_measured_choice_without_a_graph_break(measured_on_cpu):
+    """The choice is a constant to dynamo: measured while tracing, then baked into one graph."""
+    timer, table = measured_on_cpu({"triton": 0.3, "sdpa-flash": 0.05, "sdpa-cudnn": None, "sdpa-efficient": None,
+                                    "eager": 0.2})
+    q, k, v = adapter_inputs()
+
+    def f(q, k, v):
+        return adapter_attention(q, k, v) * 2
+
+    explained = torch._dynamo.explain(f)(q, k, v)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    assert [c.implementation for c in table.choices.values()] == ["sdpa-flash"]
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+    assert_close(out, 2 * adapter_attention_reference_double(q, k, v), 1e-4, what="compiled sdpa-flash")
+    assert len(timer.timed) == 5  # measured once, while tracing the first time

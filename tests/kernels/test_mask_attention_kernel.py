@@ -38,7 +38,7 @@ def test_forward_and_backward_match_reference(shape, dtype, poisoned):
     ]
     masks, threshold = random_mask_logits((B, Q, *mask_size), [grid])
     masks = masks.to(DEVICE)
-    out = mask_attention(*tensors, masks, grid, threshold, backend="triton")
+    out = mask_attention(*tensors, masks, grid, threshold, kernels="triton")
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_inputs = [t.detach().double().requires_grad_() for t in tensors]
@@ -59,11 +59,11 @@ def test_outside_tokens_cannot_leak_into_the_kernel_output(poisoned):
     q, k, v, ks, vs = (torch.randn(B, H, n, Dh, device=DEVICE) for n in (Q, N, N, Q, Q))
     masks = torch.full((B, Q, 4, 4), -5.0, device=DEVICE)
     masks[:, :, :2] = 5.0  # every mask covers the top half only
-    out = mask_attention(q, k, v, ks, vs, masks, grid, backend="triton")
+    out = mask_attention(q, k, v, ks, vs, masks, grid, kernels="triton")
     k2, v2 = k.clone(), v.clone()
     k2[:, :, N // 2 :] = 1e4
     v2[:, :, N // 2 :] = 1e4 * torch.randn_like(v2[:, :, N // 2 :])
-    again = mask_attention(q, k2, v2, ks, vs, masks, grid, backend="triton")
+    again = mask_attention(q, k2, v2, ks, vs, masks, grid, kernels="triton")
     assert torch.equal(out, again)
 
 
@@ -74,7 +74,7 @@ def test_mask_logits_of_another_dtype_and_layout(poisoned):
     q, k, v, ks, vs = (torch.randn(B, H, n, Dh, device=DEVICE) for n in (Q, N, N, Q, Q))
     masks, threshold = random_mask_logits((B, Q, 10, 10), [grid])
     strided = masks.to(DEVICE).transpose(-1, -2).contiguous().transpose(-1, -2)
-    out = mask_attention(q, k, v, ks, vs, strided, grid, threshold, backend="triton")
+    out = mask_attention(q, k, v, ks, vs, strided, grid, threshold, kernels="triton")
     expected = mask_attention_reference(
         q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double().to(DEVICE), grid, threshold
     )
@@ -88,7 +88,7 @@ def test_realistic_size_block_sparse_forward_and_backward(splits, poisoned):
     N = grid[0] * grid[1]
     tensors = [torch.randn(B, H, n, Dh, device=DEVICE, requires_grad=True) for n in (Q, N, N, Q, Q)]
     masks = box_mask_logits(B, Q, 64).to(DEVICE)
-    layout = mask_attention_layout(masks, grid, 0.0, backend="triton")
+    layout = mask_attention_layout(masks, grid, 0.0, kernels="triton")
     out = mask_attention_triton(*tensors, layout, splits=splits)
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -126,12 +126,12 @@ def test_blocks_outside_every_mask_are_never_read(poisoned):
     masks = torch.full((B, Q, 16, 16), -5.0, device=DEVICE)
     masks[:, :, :4] = 5.0  # every mask covers the top quarter: tokens 0-63
     k, v = (torch.randn(B, H, N, Dh, device=DEVICE) for _ in range(2))
-    layout = mask_attention_layout(masks, grid, 0.0, backend="triton")
+    layout = mask_attention_layout(masks, grid, 0.0, kernels="triton")
     _, block_n = layout.block_q, layout.block_n
     k[:, :, block_n:] = float("nan")
     v[:, :, block_n:] = float("nan")
     assert int(layout.block_counts.max()) == 1
-    out = mask_attention(q, k, v, ks, vs, masks, grid, backend="triton", layout=layout)
+    out = mask_attention(q, k, v, ks, vs, masks, grid, kernels="triton", layout=layout)
     expected = mask_attention_reference(q.double(), k[:, :, :block_n].double(), v[:, :, :block_n].double(), ks.double(),
                                         vs.double(), masks[:, :, :4].double(), (4, 16))
     assert_close(out, expected, TOLERANCE[torch.float32][0])
@@ -142,10 +142,10 @@ def test_one_layout_serves_every_layer_and_head(poisoned):
     N = grid[0] * grid[1]
     masks, threshold = random_mask_logits((B, Q, 12, 12), [grid])
     masks = masks.to(DEVICE)
-    layout = mask_attention_layout(masks, grid, threshold, backend="triton")
+    layout = mask_attention_layout(masks, grid, threshold, kernels="triton")
     for _ in range(2):  # two "layers"
         q, k, v, ks, vs = (torch.randn(B, H, n, Dh, device=DEVICE) for n in (Q, N, N, Q, Q))
-        out = mask_attention(q, k, v, ks, vs, masks, grid, threshold, backend="triton", layout=layout)
+        out = mask_attention(q, k, v, ks, vs, masks, grid, threshold, kernels="triton", layout=layout)
         expected = mask_attention_reference(
             q.double(), k.double(), v.double(), ks.double(), vs.double(), masks.double(), grid, threshold
         )
@@ -155,6 +155,6 @@ def test_one_layout_serves_every_layer_and_head(poisoned):
 def test_a_layout_of_other_masks_is_rejected():
     q, k, v, ks, vs = (torch.randn(1, 1, n, 16, device=DEVICE) for n in (4, 16, 16, 4, 4))
     masks = torch.randn(1, 4, 4, 4, device=DEVICE)
-    layout = mask_attention_layout(torch.randn(1, 5, 4, 4, device=DEVICE), (4, 4), backend="triton")
+    layout = mask_attention_layout(torch.randn(1, 5, 4, 4, device=DEVICE), (4, 4), kernels="triton")
     with pytest.raises(ValueError, match="layout covers"):
-        mask_attention(q, k, v, ks, vs, masks, (4, 4), backend="triton", layout=layout)
+        mask_attention(q, k, v, ks, vs, masks, (4, 4), kernels="triton", layout=layout)

@@ -35,7 +35,7 @@ def test_forward_and_backward_match_reference(shape, dtype, poisoned):
     dense = torch.randn(B, C, *grid, device=DEVICE, dtype=dtype, requires_grad=True)
     text = torch.randn(K, C, device=DEVICE, dtype=dtype, requires_grad=True)
     scale = torch.tensor(12.5, device=DEVICE, requires_grad=True)
-    out = mask_average_logits(masks, dense, text, scale, weighting, threshold, backend="triton")
+    out = mask_average_logits(masks, dense, text, scale, weighting, threshold, kernels="triton")
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_inputs = [t.detach().double().requires_grad_() for t in (dense, text, scale)]
@@ -54,7 +54,7 @@ def test_float_scale_and_channels_last_features(poisoned):
     masks, threshold = random_mask_logits((1, 4, 9, 9), [(3, 3)])
     dense = torch.randn(1, 16, 3, 3, device=DEVICE).to(memory_format=torch.channels_last)
     text = torch.randn(5, 16, device=DEVICE)
-    out = mask_average_logits(masks.to(DEVICE), dense, text, 3.0, "binary", threshold, backend="triton")
+    out = mask_average_logits(masks.to(DEVICE), dense, text, 3.0, "binary", threshold, kernels="triton")
     expected = mask_average_logits_reference(
         masks.double().to(DEVICE), dense.double(), text.double(), 3.0, "binary", threshold
     )
@@ -68,7 +68,7 @@ def test_realistic_size_forward_and_backward(dtype, poisoned):
     masks = box_mask_logits(B, Q, 64).to(DEVICE)
     dense = torch.randn(B, C, 32, 32, device=DEVICE, dtype=dtype, requires_grad=True)
     text = torch.randn(K, C, device=DEVICE, dtype=dtype, requires_grad=True)
-    out = mask_average_logits(masks, dense, text, 20.0, "binary", 0.0, backend="triton")
+    out = mask_average_logits(masks, dense, text, 20.0, "binary", 0.0, kernels="triton")
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_inputs = [t.detach().double().requires_grad_() for t in (dense, text)]
