@@ -1,4 +1,4 @@
-"""Fused adapter attention (SEVE) in Triton: forward, backward and the autograd wrapper.
+"""Fused adapter attention (SEVE) in Triton: forward and backward as custom ops with autograd.
 
 Forward: one program per (block of visual tokens, batch x head); it walks the classes in blocks with an
 online softmax (FlashAttention), so the N x K score matrix never reaches device memory. Padded classes

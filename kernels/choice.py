@@ -47,7 +47,8 @@ class Choice:
         others = ", ".join(f"{n} {t:.4g}" for n, t in sorted(self.times_ms.items(), key=lambda kv: kv[1])
                            if n != self.implementation)
         failed = f"; failed: {', '.join(sorted(self.failed))}" if self.failed else ""
-        return f"{self.implementation} {self.times_ms[self.implementation]:.4g} ms ({others or 'no alternative'}{failed})"
+        best = self.times_ms[self.implementation]
+        return f"{self.implementation} {best:.4g} ms ({others or 'no alternative'}{failed})"
 
 
 def bucket_key(op: str, dtype: str, grad: bool, shape: Iterable[int]) -> str:

@@ -1,4 +1,4 @@
-"""Fused masked attention of mask tokens in Triton: forward, backward and the autograd wrapper.
+"""Fused masked attention of mask tokens in Triton: forward and backward as custom ops with autograd.
 
 The PyTorch path is block-sparse (FlexAttention's block masks, FlashMask):
 1. Inside/outside is decided once per forward, not per head or per layer: ``MaskLayout`` (built in

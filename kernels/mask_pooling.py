@@ -115,5 +115,6 @@ def mask_average_logits(
         from .onnx_ops import mask_average_logits_node
 
         return mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold)
-    chosen = select("mask_average_logits", kernels, (mask_logits, dense, text), _bucket(mask_logits, dense, text, weighting))
+    bucket = _bucket(mask_logits, dense, text, weighting)
+    chosen = select("mask_average_logits", kernels, (mask_logits, dense, text), bucket)
     return CANDIDATES[chosen](mask_logits, dense, text, logit_scale, weighting, threshold)

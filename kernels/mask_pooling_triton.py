@@ -1,4 +1,4 @@
-"""Fused mask-average pooling -> cosine logits in Triton: forward, backward and the autograd wrapper.
+"""Fused mask-average pooling -> cosine logits in Triton: forward and backward as custom ops with autograd.
 
 Forward, three kernels, each input read once:
 1. ``mask_weights_kernel`` samples every mask at the feature cells once (bilinear, as F.interpolate with

@@ -1,8 +1,8 @@
 """The fused ops as single custom ONNX nodes (domain ``fisa_rt``), for TensorRT plugins.
 
 Switched on by ``fused_nodes()`` while exporting the *fused* ONNX flavour (an export-time context, as timm's
-export switch, not a kernel mode): PyTorch runs the reference (so tracing sees real values), and the TorchScript ONNX exporter writes one node per op
-through each Function's ``symbolic``. Node name, inputs and attributes are the contract with the
+export switch, not a kernel mode): PyTorch runs the reference (so tracing sees real values), and the
+TorchScript ONNX exporter writes one node per op through each Function's ``symbolic``. Node name, inputs and attributes are the contract with the
 TensorRT plugins (``export/plugins.py``): ``plugin_namespace``/``plugin_version`` are the attributes
 TensorRT's ONNX parser uses to find a registered plugin for a node it does not know.
 """
