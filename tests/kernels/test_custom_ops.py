@@ -1,5 +1,9 @@
 """The fused ops as torch.library operators: fake implementations, and one graph node under torch.compile."""
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from fisa_rt.kernels.adapter_attention_triton import forward as adapter_attention_fwd
@@ -55,3 +59,35 @@ def test_export_keeps_each_op_as_one_node():
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert targets.count("fisa_rt.adapter_attention_fwd.default") == 1
     assert_close(program.module()(*adapter), Adapter()(*adapter).double(), 1e-6, what="exported op")
+
+
+GPU_REGISTRATION = """
+import os
+import subprocess
+import sys
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.functional_tensor import dispatch_functionalize
+from torch.fx.experimental.proxy_tensor import make_fx
+from fisa_rt.kernels import tuning
+tuning.generation = lambda device: 90  # no GPU to ask: sm_90's config lists
+from fisa_rt.kernels.adapter_attention_triton import forward
+
+assert type(forward).__name__ == "CustomOpDef"
+with FakeTensorMode():
+    q = torch.empty(1, 12, 1600, 64, device="cuda", dtype=torch.float16)
+    k = torch.empty(1, 12, 133, 64, device="cuda", dtype=torch.float16)
+    graph = make_fx(dispatch_functionalize(lambda q, k: forward(q, k, k, None)[0]), tracing_mode="fake")(q, k)
+print(sorted({str(n.target) for n in graph.graph.nodes if n.op == "call_function"}))
+"""
+
+
+def test_on_a_gpu_compile_traces_into_the_op_down_to_its_triton_kernels():
+    """Without the interpreter the ops are triton_ops: AOT's functional decomposition (what torch.compile
+    runs) sees the Triton kernel itself as a graph node, on fake CUDA tensors (no GPU needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", GPU_REGISTRATION], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "triton_kernel_wrapper_functional" in done.stdout and "fisa_rt" not in done.stdout
