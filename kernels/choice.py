@@ -34,6 +34,10 @@ def cuda_graph_timer(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench_cudagraph(fn, rep=20))
 
 
+class NoCandidateRanError(RuntimeError):
+    """Every candidate of a bucket failed to run (or to be timed)."""
+
+
 @dataclass
 class Choice:
     """The measured winner of one (op, bucket): ``times_ms`` per candidate that ran, ``failed`` the error of
@@ -88,7 +92,7 @@ class ChoiceTable:
             except Exception as exc:  # an SDPA backend refusing these shapes, a kernel that cannot compile
                 failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
         if not times:
-            raise RuntimeError(f"no implementation of {key} ran: {failed}")
+            raise NoCandidateRanError(f"no implementation of {key} could be timed: {failed}")
         choice = Choice(min(times, key=times.get), times, failed)
         self.choices[key] = choice
         self.save()

@@ -25,7 +25,7 @@ import torch
 
 from fisa_rt.config import KERNEL_MODES
 
-from .choice import ChoiceTable, bucket_key, table_path
+from .choice import ChoiceTable, NoCandidateRanError, bucket_key, table_path
 
 # op name -> (shape bucket, dtype, device, grad, with_triton) -> {implementation: no-argument call}
 CandidateBuilder = Callable[[Tuple[int, ...], torch.dtype, torch.device, bool, bool], Mapping[str, Callable]]
@@ -138,7 +138,12 @@ def measured_choice(op: str, dtype: str, grad: bool, bucket: Tuple[int, ...], de
         return "eager"
     device = torch.device(device_type, index) if device_type == "cuda" else torch.device(device_type)
     candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, triton_available())
-    return table.decide(key, candidates).implementation
+    try:
+        return table.decide(key, candidates).implementation
+    except NoCandidateRanError as exc:
+        # nothing could be timed (a capture refused even eager): run the reference, measure again next process
+        warnings.warn(f"{exc}; running the PyTorch reference", stacklevel=2)
+        return "eager"
 
 
 def timed(forward: Callable[[], torch.Tensor], inputs: Sequence[torch.Tensor], grad: bool) -> Callable[[], object]:

@@ -201,3 +201,13 @@ def test_compile_takes_the_measured_choice_without_a_graph_break(measured_on_cpu
     out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
     assert_close(out, 2 * adapter_attention_reference_double(q, k, v), 1e-4, what="compiled sdpa-flash")
     assert len(timer.timed) == 5  # measured once, while tracing the first time
+
+
+def test_a_bucket_nothing_could_time_runs_the_reference_and_is_not_cached(measured_on_cpu):
+    timer, table = measured_on_cpu({"triton": None, "sdpa-flash": None, "sdpa-cudnn": None, "sdpa-efficient": None,
+                                    "eager": None})
+    q, k, v = adapter_inputs()
+    with pytest.warns(UserWarning, match="could be timed"):
+        out = adapter_attention(q, k, v)
+    assert_close(out, adapter_attention_reference_double(q, k, v), 1e-4, what="fallback")
+    assert not table.choices
