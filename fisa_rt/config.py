@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ConfigError
