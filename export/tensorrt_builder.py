@@ -23,8 +23,8 @@ PLUGIN_MIN_VERSION = (10, 9)  # tensorrt.plugin AOT implementations
 
 INSTALL_HINT = (
     "TensorRT is not installed. Desktop GPU: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
-    "(TensorRT >= 10.9 for the fused Triton plugins). Jetson: TensorRT comes with JetPack 6 "
-    "(sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
+    "(TensorRT >= 10.9 for the fused Triton plugins; RTX GPUs: or pip install tensorrt-rtx, portable only). "
+    "Jetson: TensorRT comes with JetPack 6/7 (sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
     "The ONNX files were written; build on the target with the trtexec command printed above, or run them with ONNX Runtime."
 )
 

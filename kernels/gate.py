@@ -110,9 +110,11 @@ def _config_key(constants: Dict[str, object]) -> str:
 
 
 def run_gate(kernels: Optional[List[str]] = None, arches: Sequence[int] = ARCHES,
-             on_record: Callable[[GateRecord], None] = lambda r: None) -> List[GateRecord]:
+             on_record: Callable[[GateRecord], None] = lambda r: None,
+             reuse: Optional[Dict[tuple, GateRecord]] = None) -> List[GateRecord]:
     from . import aot
 
+    reuse = reuse or {}
     records = []
     seen = set()  # (kernel, config, arch): compiled once per run
     for arch in arches:
@@ -122,11 +124,13 @@ def run_gate(kernels: Optional[List[str]] = None, arches: Sequence[int] = ARCHES
                 if key in seen:
                     continue
                 seen.add(key)
-                compiled = aot.compile_kernel(kernel, arch, "fp16", dict(constants))
-                records.append(check(kernel, arch, constants, compiled.ptx, compiled.shared_bytes))
+                if key not in reuse:
+                    compiled = aot.compile_kernel(kernel, arch, "fp16", dict(constants))
+                    reuse[key] = check(kernel, arch, constants, compiled.ptx, compiled.shared_bytes)
+                records.append(reuse[key])
                 on_record(records[-1])
         if kernels is None:
-            for record in _plugin_records(arch):
+            for record in _plugin_records(arch, reuse):
                 records.append(record)
                 on_record(record)
     return records
@@ -150,21 +154,39 @@ def record_key(record: Dict[str, object]) -> str:
     return f"{record['kernel']} {_config_key(record['config'])}"
 
 
-def fingerprint(arches: Sequence[int] = ARCHES) -> str:
-    """What a gate report depends on: Triton's version, the kernels' sources, the targets and every config
-    compiled. A report whose fingerprint differs from the working tree's is stale."""
+def sources_digest() -> str:
+    """What one record depends on beyond its (kernel, config, target): Triton's version, the kernels' and the
+    compiler driver's sources, and the target rows (ptxas, PTX ISA, shared-memory limit)."""
     import triton
 
     from . import aot
 
     digest = hashlib.sha256(triton.__version__.encode())
     here = os.path.dirname(os.path.abspath(__file__))
-    for module in sorted({m for m, _ in aot.KERNELS.values()} | {"aot", "targets"}):
+    for module in sorted({m for m, _ in aot.KERNELS.values()} | {"aot"}):
         with open(os.path.join(here, f"{module}.py"), "rb") as f:
             digest.update(f.read())
-    for arch in arches:
-        digest.update(repr((targets.target(arch), gated_specs(arch))).encode())
+    digest.update(repr(sorted(targets.TARGETS.items())).encode())
     return digest.hexdigest()
+
+
+def fingerprint(arches: Sequence[int] = ARCHES) -> str:
+    """What a gate report depends on: ``sources_digest`` and every config compiled per target. A report
+    whose fingerprint differs from the working tree's is stale."""
+    digest = hashlib.sha256(sources_digest().encode())
+    for arch in arches:
+        digest.update(repr((arch, gated_specs(arch))).encode())
+    return digest.hexdigest()
+
+
+def reusable_records(path: str) -> Dict[tuple, GateRecord]:
+    """Records of an earlier report made from the same sources (``sources_digest``), by (kernel, config, arch):
+    a record depends on nothing else, so a rerun after a list change compiles only the new configs."""
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("sources") != sources_digest():
+        return {}
+    return {(r["kernel"], _config_key(r["config"]), r["arch"]): GateRecord(**r) for r in data["records"]}
 
 
 def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) -> None:
@@ -172,8 +194,8 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
     records as JSON beside it, with the fingerprint the CI test compares."""
     import triton
 
-    data = {"fingerprint": fingerprint(arches), "triton": triton.__version__, "arches": list(arches),
-            "records": [asdict(r) for r in records]}
+    data = {"fingerprint": fingerprint(arches), "sources": sources_digest(), "triton": triton.__version__,
+            "arches": list(arches), "records": [asdict(r) for r in records]}
     with open(os.path.splitext(path)[0] + ".json", "w") as f:
         json.dump(data, f, indent=1, default=str)
     lines = [
@@ -203,16 +225,19 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
         f.write("\n".join(lines) + "\n")
 
 
-def _plugin_records(arch: int) -> List[GateRecord]:
+def _plugin_records(arch: int, reuse: Dict[tuple, GateRecord]) -> List[GateRecord]:
     """The TensorRT plugin kernels as the engine build compiles them (export.plugins.example_launches: ViT-B/16
     at 640 px and FC-CLIP's ConvNeXt-L head), with the pointer alignment their launchers check."""
     from fisa_rt.export import plugins
 
     records = []
     for launch in plugins.example_launches(arch).values():
-        compiled = launch.compile()
-        config = {**compiled.constants, "_num_warps": compiled.num_warps}
-        records.append(check(compiled.kernel, arch, config, compiled.ptx, compiled.shared_bytes))
+        config = {**dict(launch.spec.constants), "_num_warps": launch.spec.num_warps}
+        key = (launch.spec.kernel, _config_key(config), arch)
+        if key not in reuse:
+            compiled = launch.compile()
+            reuse[key] = check(compiled.kernel, arch, config, compiled.ptx, compiled.shared_bytes)
+        records.append(reuse[key])
     return records
 
 
@@ -226,6 +251,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, action="append", choices=ARCHES, help="only these targets (default: all)")
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--report", help="write a markdown report here (and its JSON beside it); needs all kernels")
+    parser.add_argument("--reuse", help="an earlier report's JSON: its records of unchanged sources are not recompiled")
     args = parser.parse_args(argv)
     if args.report and args.kernel:
         parser.error("--report covers every kernel; drop --kernel")
@@ -237,7 +263,8 @@ def main(argv=None) -> int:
         print(f"sm_{r.arch} {r.kernel:28s} {json.dumps(blocks):80s} regs {r.registers:3d} spill {r.spill_bytes:5d} "
               f"smem {r.shared_bytes:6d} vec {r.vector_loads:3d} cp.async {r.async_copies:3d}  {status}", flush=True)
 
-    records = run_gate(args.kernel, arches, on_record=show)
+    reuse = reusable_records(args.reuse) if args.reuse else {}
+    records = run_gate(args.kernel, arches, on_record=show, reuse=reuse)
     if args.report:
         write_report(args.report, records, arches)
     if args.json:

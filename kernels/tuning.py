@@ -105,9 +105,22 @@ _RTX50: Dict[str, List[triton.Config]] = {
     "mask_pool_fwd": [*_ORIN["mask_pool_fwd"], _cfg(8, 2, BLOCK_Q=128, BLOCK_C=64)],
     "cosine_logits": [*_ORIN["cosine_logits"], _cfg(8, 2, BLOCK_M=64, BLOCK_K=128)],
 }
-# B200/B300 (sm_100/103) have an H100's shared memory per block and 148 SMs to its 132: Hopper's lists.
+# A100 / RTX 30 / RTX 40 (sm_80/86/89): Orin's lists (gated against 99 KB), except the adapter's dK/dV pass,
+# whose 4-warp config spills 36 B on sm_80 (not on sm_87); 8 warps halve its registers per thread.
+_AMPERE: Dict[str, List[triton.Config]] = {
+    **_ORIN, "adapter_attention_bwd_kv": [_cfg(8, 2, BLOCK_N=64, BLOCK_K=32)],
+}
+# B200/B300 (sm_100/103) have an H100's shared memory per block and 148 SMs to its 132: Hopper's lists, less
+# the two 8-warp configs that spill 8 B on sm_100 (ptxas holds them to 128 registers there).
+_BLACKWELL: Dict[str, List[triton.Config]] = {
+    **_HOPPER,
+    "adapter_attention_fwd": [
+        _cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(4, 3, BLOCK_N=64, BLOCK_K=128), _cfg(8, 3, BLOCK_N=128, BLOCK_K=128),
+    ],
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
+}
 TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
-    name: {80: _ORIN[name], 87: _ORIN[name], 90: _HOPPER[name], 100: _HOPPER[name], 110: _THOR[name],
+    name: {80: _AMPERE[name], 87: _ORIN[name], 90: _HOPPER[name], 100: _BLACKWELL[name], 110: _THOR[name],
            120: _RTX50[name]}
     for name in _HOPPER
 }

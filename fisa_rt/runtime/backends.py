@@ -332,11 +332,12 @@ def resolve_artefact(path: str) -> str:
         return path
     files = sorted(os.listdir(path))
     engines = [f for f in files if f.endswith((".engine", ".plan"))]
-    try:
-        import tensorrt  # noqa: F401
+    from fisa_rt.export.tensorrt_builder import import_tensorrt
 
+    try:
+        import_tensorrt()  # TensorRT or TensorRT-RTX
         has_tensorrt = True
-    except ImportError:
+    except MissingDependencyError:
         has_tensorrt = False
     for candidates in ([engines] if has_tensorrt else []) + [
         [f for f in files if f.endswith(".portable.ort.onnx")],
