@@ -21,5 +21,6 @@ COPY fisa_rt ./fisa_rt
 COPY kernels ./kernels
 COPY export ./export
 # a CUDA build of torch (docker build has no GPU to ask, torch.version.cuda says which build it is)
-RUN python3 -m pip install ".[tensorrt]" && python3 -c "import torch, fisa_rt; assert torch.version.cuda, torch.__version__"
+RUN python3 -m pip install ".[tensorrt]" \
+    && python3 -c "import torch, fisa_rt; assert torch.version.cuda, torch.__version__"
 CMD ["fisa-rt", "--help"]

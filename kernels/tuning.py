@@ -82,9 +82,8 @@ _HOPPER: Dict[str, List[triton.Config]] = {
 # waves (1600 tokens / 64 x 12 heads = 300 programs on 20 SMs) where 128-row tiles would leave SMs idle in
 # the last one.
 _THOR: Dict[str, List[triton.Config]] = {
-    "adapter_attention_fwd": [
-        _cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(4, 3, BLOCK_N=64, BLOCK_K=128), _cfg(8, 3, BLOCK_N=128, BLOCK_K=64),
-    ],
+    # (8 warps, 128 x 64) spills 16 B on sm_101, as it does on sm_100
+    "adapter_attention_fwd": [_cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(4, 3, BLOCK_N=64, BLOCK_K=128)],
     "adapter_attention_bwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
     "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
     "mask_attention_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
