@@ -193,6 +193,7 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
     """``path`` (markdown: registers, spills, shared memory per kernel x config x target) and the same
     records as JSON beside it, with the fingerprint the CI test compares."""
     import triton
+    from triton.knobs import NvidiaTool
 
     data = {"fingerprint": fingerprint(arches), "sources": sources_digest(), "triton": triton.__version__,
             "arches": list(arches), "records": [asdict(r) for r in records]}
@@ -210,8 +211,9 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
     ]
     for arch in arches:
         row = targets.target(arch)
-        isa = f"{row.ptx_isa // 10}.{row.ptx_isa % 10}" if row.ptx_isa else "ptxas default (8.8)"
-        tool = "ptxas 12.9" if arch < 100 or row.legacy_ptxas else "ptxas-blackwell 13.3"
+        path = targets.ptxas_path(row)
+        isa = f"ISA {row.ptx_isa // 10}.{row.ptx_isa % 10}" if row.ptx_isa else "ISA of that ptxas"
+        tool = f"{os.path.basename(path)} (CUDA {NvidiaTool.from_path(path).version})"
         lines.append(f"| {row.gpu_name} {row.name} | {tool}, {isa} | {SHARED_LIMIT[arch] // 1024} KB |")
     lines += ["", "| kernel | config | target | regs | spill B | shared B | vec | cp.async | result |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, action="append", choices=ARCHES, help="only these targets (default: all)")
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--report", help="write a markdown report here (and its JSON beside it); needs all kernels")
-    parser.add_argument("--reuse", help="an earlier report's JSON: its records of unchanged sources are not recompiled")
+    parser.add_argument("--reuse", action="append", default=[],
+                        help="an earlier --json/--report JSON whose records of unchanged sources are not recompiled")
     args = parser.parse_args(argv)
     if args.report and args.kernel:
         parser.error("--report covers every kernel; drop --kernel")
@@ -263,13 +266,13 @@ def main(argv=None) -> int:
         print(f"sm_{r.arch} {r.kernel:28s} {json.dumps(blocks):80s} regs {r.registers:3d} spill {r.spill_bytes:5d} "
               f"smem {r.shared_bytes:6d} vec {r.vector_loads:3d} cp.async {r.async_copies:3d}  {status}", flush=True)
 
-    reuse = reusable_records(args.reuse) if args.reuse else {}
+    reuse = {key: record for path in args.reuse for key, record in reusable_records(path).items()}
     records = run_gate(args.kernel, arches, on_record=show, reuse=reuse)
     if args.report:
         write_report(args.report, records, arches)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in records], f, indent=1, default=str)
+            json.dump({"sources": sources_digest(), "records": [asdict(r) for r in records]}, f, indent=1, default=str)
     return 1 if any(r.failures for r in records) else 0
 
 

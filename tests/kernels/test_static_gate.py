@@ -34,7 +34,7 @@ def records(tmp_path_factory):
         text=True,
     )
     assert out.exists(), result.stderr[-3000:]
-    return json.loads(out.read_text())
+    return json.loads(out.read_text())["records"]
 
 
 def _failures(records):
