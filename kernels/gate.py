@@ -202,18 +202,18 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
     lines = [
         "# ptxas gate: every kernel config x target",
         "",
-        f"`python -m fisa_rt.kernels.gate --report {path}` (Triton {triton.__version__}, fp16; no GPU needed). "
-        "Registers, spill bytes and shared memory from `ptxas -v` / Triton's metadata; vec = vector global "
-        "loads, cp.async = async copies in the PTX. Fingerprint `" + data["fingerprint"][:16] + "`.",
+        f"`python -m fisa_rt.kernels.gate --report {path}` (Triton {triton.__version__}, fp16; no GPU needed).",
+        "Registers, spill bytes and shared memory from `ptxas -v` / Triton's metadata; vec = vector global loads,",
+        "cp.async = async copies in the PTX. Fingerprint `" + data["fingerprint"][:16] + "`.",
         "",
         "| target | ptxas / PTX ISA | shared limit |",
         "|---|---|---|",
     ]
     for arch in arches:
         row = targets.target(arch)
-        path = targets.ptxas_path(row)
+        ptxas = targets.ptxas_path(row)
         isa = f"ISA {row.ptx_isa // 10}.{row.ptx_isa % 10}" if row.ptx_isa else "ISA of that ptxas"
-        tool = f"{os.path.basename(path)} (CUDA {NvidiaTool.from_path(path).version})"
+        tool = f"{os.path.basename(ptxas)} (CUDA {NvidiaTool.from_path(ptxas).version})"
         lines.append(f"| {row.gpu_name} {row.name} | {tool}, {isa} | {SHARED_LIMIT[arch] // 1024} KB |")
     lines += ["", "| kernel | config | target | regs | spill B | shared B | vec | cp.async | result |",
               "|---|---|---|---|---|---|---|---|---|"]

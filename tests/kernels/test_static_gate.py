@@ -98,3 +98,18 @@ def test_every_target_passes_the_gate_in_the_report(report):
         assert r["shared_bytes"] <= SHARED_LIMIT[r["arch"]] and r["spill_bytes"] == 0 and r["registers"] <= 255
     markdown = open(REPORT.replace(".json", ".md")).read()
     assert report["fingerprint"][:16] in markdown  # the table a reader sees is the one checked here
+
+
+def test_the_report_is_written_where_asked_and_nowhere_else(tmp_path, monkeypatch):
+    """write_report writes exactly the .md and the .json it is given (it once wrote over Triton's ptxas)."""
+    from fisa_rt.kernels import targets
+
+    record = gate.GateRecord("cosine_logits", 90, {"BLOCK_M": 64, "_num_warps": 4}, 96, 0, 24576, 0, 18, 0)
+    ptxas = targets.ptxas_path(targets.target(90))
+    before = os.path.getsize(ptxas)
+    monkeypatch.setattr(gate, "fingerprint", lambda arches: "f" * 64)
+    gate.write_report(str(tmp_path / "gate.md"), [record], (90,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate.json", "gate.md"]
+    assert "| cosine_logits | BLOCK_M=64, num_warps=4 | sm_90 | 96 | 0 | 24576 | 0 | 18 | ok |" in (
+        tmp_path / "gate.md").read_text()
+    assert os.path.getsize(ptxas) == before
