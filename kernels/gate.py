@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -162,9 +163,9 @@ def sources_digest() -> str:
     from . import aot
 
     digest = hashlib.sha256(triton.__version__.encode())
-    here = os.path.dirname(os.path.abspath(__file__))
-    for module in sorted({m for m, _ in aot.KERNELS.values()} | {"aot"}):
-        with open(os.path.join(here, f"{module}.py"), "rb") as f:
+    for name in sorted({m for m, _ in aot.KERNELS.values()} | {"aot"}):
+        module = aot if name == "aot" else importlib.import_module(f"fisa_rt.kernels.{name}")
+        with open(module.__file__, "rb") as f:  # wherever the module lives (kernels/ may get sub-folders)
             digest.update(f.read())
     digest.update(repr(sorted(targets.TARGETS.items())).encode())
     return digest.hexdigest()
