@@ -325,3 +325,23 @@ def test_engine_refusals_name_both_targets_in_one_line():
     check_engine_compatibility(rtx, "1.7.1.116", (8, 6), "e.engine", "TensorRT-RTX")  # portable across RTX GPUs
     with pytest.raises(CheckpointError, match="built with TensorRT-RTX 1.7.1.116, this is TensorRT 10.13.3"):
         check_engine_compatibility(rtx, "10.13.3", (8, 6), "e.engine", "TensorRT")
+
+
+def test_the_builder_takes_tensorrt_rtx_where_tensorrt_is_missing(monkeypatch):
+    """TensorRT-RTX is chosen by what is installed, and its missing tensorrt.plugin refuses the fused flavour
+    in one line before any work (a stand-in module: the library cannot run here)."""
+    import sys
+    import types
+
+    from fisa_rt.errors import MissingDependencyError
+    from fisa_rt.export import tensorrt_builder
+
+    rtx = types.ModuleType("tensorrt_rtx")
+    rtx.__version__ = "1.7.1.116"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    trt = tensorrt_builder.import_tensorrt()
+    assert trt is rtx and tensorrt_builder.runtime_name(trt) == "TensorRT-RTX"
+    with pytest.raises(MissingDependencyError, match="TensorRT-RTX 1.7.1.116 does not ship") as refused:
+        tensorrt_builder.build_engine("x.onnx", "x.engine", {}, tensorrt_builder.EngineOptions(), fused=True)
+    assert "\n" not in str(refused.value) and "--flavour portable" in str(refused.value)
