@@ -6,7 +6,7 @@ removed from kernels/tuning.py, not skipped here.
 sm_87 and sm_90 are compiled here in full (30-50 s); the other targets (B200, Thor, RTX 50, sm_80/86/89, ...)
 through the committed report benchmarks/results/ptxas-gate.json, which must cover every config of the
 working tree's lists and carry its fingerprint (kernel sources, Triton, targets, configs), or the test says
-how to regenerate it (~35 min of CPU; docs/design.md)."""
+how to regenerate it (tens of minutes of CPU cold; docs/design.md)."""
 
 import json
 import os
