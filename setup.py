@@ -60,6 +60,9 @@ setup(
             "tensorrt-cu12-bindings>=11,<12",
             "onnxruntime-extensions>=0.13",
             "transformers>=5,<6",
+            # BuildKit's Dockerfile parser (Go, in a wheel): tests/test_dockerfiles.py parses the Dockerfiles
+            # as `docker build` would, where no Docker engine runs
+            "dockerfile>=3.4",
             *MODELOPT,
         ],
     },

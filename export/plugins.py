@@ -26,6 +26,8 @@ Node <-> plugin contract (``kernels/onnx_ops.py``): ``fisa_rt::AdapterAttention(
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from fisa_rt.errors import InputError
+from fisa_rt.kernels import targets
 from fisa_rt.kernels.aot import CompiledKernel, KernelSpec, compile_spec, make_spec
 from fisa_rt.kernels.tuning import block_d, configs_for, dot_precision, generation_of
 
@@ -150,6 +152,27 @@ def launch_jit(launch: PluginLaunch, inputs: Sequence, outputs: Sequence) -> Non
                  num_warps=launch.spec.num_warps, num_stages=launch.spec.num_stages)
 
 
+def plugin_arch(capability: Sequence[int]) -> int:
+    """The compute capability x10 whose PTX a fused engine built on this GPU embeds: the GPU's own. Triton
+    emits architecture-specific PTX (``.target sm_XYa``), which the driver JIT-compiles for that exact GPU
+    only, so there is no "nearest" target to fall back to. Jetson Thor reports 10.1 under CUDA 12.8-12.9
+    and 11.0 under CUDA 13 (JetPack 7): each gets PTX for the name its driver knows (targets.py)."""
+    arch = targets.arch_of(capability)
+    if arch not in targets.TARGETS:
+        raise InputError(
+            f"the fused flavour embeds PTX gated for {', '.join(f'sm_{a}' for a in targets.TARGETS)}; this GPU is "
+            f"{targets.describe(capability)}: build the portable flavour (--flavour portable), which TensorRT "
+            "compiles for any GPU it supports"
+        )
+    return arch
+
+
+def ptx_record(arch: int) -> Dict[str, Any]:
+    """What the manifest records about the embedded PTX's target."""
+    row = targets.target(arch)
+    return {"arch": f"sm_{arch}", "gpu": row.name, "ptx_isa": None if row.ptx_isa is None else row.ptx_isa / 10}
+
+
 _REGISTERED: List[Dict[str, Any]] = []
 
 
@@ -165,8 +188,7 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     if arch is None:
         import torch
 
-        major, minor = torch.cuda.get_device_capability()
-        arch = 10 * major + minor
+        arch = plugin_arch(torch.cuda.get_device_capability())
     # descriptors carry a tensorrt.DataType (tensorrt/plugin/_tensor.py, TensorDesc.dtype)
     dtypes = {trt.float32: "fp32", trt.float16: "fp16", trt.bfloat16: "bf16"}
     AOT = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
@@ -267,4 +289,4 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
 
 
 __all__ = ["PLUGINS", "PluginLaunch", "adapter_attention_launch", "mask_attention_launch", "mask_pool_launch",
-           "register_plugins"]
+           "plugin_arch", "ptx_record", "register_plugins"]

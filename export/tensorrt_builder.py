@@ -23,8 +23,8 @@ PLUGIN_MIN_VERSION = (10, 9)  # tensorrt.plugin AOT implementations
 
 INSTALL_HINT = (
     "TensorRT is not installed. Desktop GPU: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
-    "(TensorRT >= 10.9 for the fused Triton plugins). Jetson: TensorRT comes with JetPack 6 "
-    "(sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
+    "(TensorRT >= 10.9 for the fused Triton plugins; RTX GPUs: or pip install tensorrt-rtx, portable only). "
+    "Jetson: TensorRT comes with JetPack 6/7 (sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
     "The ONNX files were written; build on the target with the trtexec command printed above, or run them with ONNX Runtime."
 )
 
@@ -59,11 +59,21 @@ class EngineOptions:
 
 
 def import_tensorrt():
+    """TensorRT's Python module, or TensorRT for RTX's where only that is installed (same API for what the
+    portable build uses: strongly typed networks, ONNX parser, profiles, timing cache; docs/design.md)."""
     try:
         import tensorrt
     except ImportError:
-        raise MissingDependencyError(INSTALL_HINT) from None
+        try:
+            import tensorrt_rtx as tensorrt
+        except ImportError:
+            raise MissingDependencyError(INSTALL_HINT) from None
     return tensorrt
+
+
+def runtime_name(trt) -> str:
+    """ "TensorRT" or "TensorRT-RTX": the two runtimes' engines and versions are not interchangeable."""
+    return "TensorRT-RTX" if trt.__name__.startswith("tensorrt_rtx") else "TensorRT"
 
 
 def tensorrt_version(trt) -> Tuple[int, ...]:
@@ -125,18 +135,31 @@ def network_flags(trt, fused: bool) -> int:
 
 def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: EngineOptions, fused: bool) -> Dict:
     """Build and write the engine; returns the TensorRT part of its manifest."""
+    import torch
+
     trt = import_tensorrt()
     version = tensorrt_version(trt)
-    plugin_records = []
+    rtx = runtime_name(trt) == "TensorRT-RTX"
+    # TensorRT-RTX builds on the CPU (ahead of time) for every RTX GPU; TensorRT builds for the GPU it runs on
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() and not rtx else None
+    plugin_records, ptx = [], None
+    if fused and rtx:
+        raise MissingDependencyError(
+            f"the fused ONNX needs tensorrt.plugin, which TensorRT-RTX {trt.__version__} does not ship: build the "
+            "portable ONNX instead (--flavour portable), or install TensorRT >= 10.9"
+        )
     if fused:
         if version < PLUGIN_MIN_VERSION:
             raise MissingDependencyError(
                 f"the fused ONNX needs TensorRT >= {'.'.join(map(str, PLUGIN_MIN_VERSION))} (tensorrt.plugin AOT plugins); "
                 f"this is {trt.__version__}: build the portable ONNX instead (--flavour portable)"
             )
-        from .plugins import register_plugins
+        from .plugins import plugin_arch, ptx_record, register_plugins
 
-        plugin_records = register_plugins()
+        if capability is None:
+            raise MissingDependencyError("the fused engine embeds PTX for the GPU it is built on; no GPU is visible")
+        arch = plugin_arch(capability)  # refuses a GPU newer than every gated target before the long build
+        plugin_records, ptx = register_plugins(arch), ptx_record(arch)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, fused))
@@ -168,11 +191,9 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
     if options.timing_cache:
         with open(options.timing_cache, "wb") as f:
             f.write(config.get_timing_cache().serialize())
-    import torch
-
-    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
     return {
         "tensorrt": {
+            "runtime": runtime_name(trt),
             "version": trt.__version__,
             "cuda": torch.version.cuda,
             "compute_capability": list(capability) if capability else None,
@@ -181,6 +202,7 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
             "profiles": used_profiles(inputs, options),
             "version_compatible": options.version_compatible,
             "plugins": plugin_records,
+            "plugin_ptx": ptx,
         }
     }
 

@@ -1,10 +1,12 @@
 """Ahead-of-time compilation of the Triton kernels to PTX for a given GPU, on any machine.
 
-TensorRT's AOT plugins (``tensorrt.plugin.aot_impl``) embed PTX in the engine, so a Jetson (sm_87) or an
-H100 (sm_90) engine can be built and validated where no such GPU exists. ``triton.compile`` needs only
-the CUDA backend that ships with the triton wheel (LLVM + ptxas), not a GPU.
+TensorRT's AOT plugins (``tensorrt.plugin.aot_impl``) embed PTX in the engine, so a Jetson (sm_87, sm_110)
+or an H100/B200/RTX 50 engine can be built and validated where no such GPU exists. ``triton.compile`` needs
+only the CUDA backend that ships with the triton wheel (LLVM + ptxas), not a GPU; ``targets.py`` says which
+ptxas and PTX ISA each compute capability gets.
 
     python -m fisa_rt.kernels.aot --arch 87 --dtype fp16 --out ptx/   # writes <kernel>.sm_87.fp16.ptx + index.json
+    python -m fisa_rt.kernels.aot --out ptx/                          # every target in kernels/targets.py
 
 Must run without ``TRITON_INTERPRET``: the interpreter replaces kernels by Python functions that have
 no compiler path.
@@ -21,6 +23,8 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
+
+from . import targets
 
 # kernel name -> (module, function) in fisa_rt.kernels
 KERNELS: Dict[str, tuple] = {
@@ -205,13 +209,17 @@ def compile_spec(spec: KernelSpec) -> CompiledKernel:
     fn = getattr(importlib.import_module(f"fisa_rt.kernels.{module}"), name)
     if not isinstance(fn, triton.runtime.JITFunction):
         raise RuntimeError("AOT compilation needs real Triton kernels: unset TRITON_INTERPRET and run again")
+    row = targets.target(spec.arch)
     signature, attrs, constants = _signature(fn, spec)
     if spec.aligned_pointers:
         hint = [["tt.divisibility", PLUGIN_POINTER_ALIGNMENT]]
         attrs = {(i,): hint for i, t in enumerate(signature.values()) if t.startswith("*")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
-    compiled = triton.compile(source, target=GPUTarget("cuda", spec.arch, 32), options=options)
+    if row.ptx_isa is not None:
+        options["ptx_version"] = row.ptx_isa
+    with targets.ptxas_for(row):
+        compiled = triton.compile(source, target=GPUTarget("cuda", spec.arch, 32), options=options)
     ptx = compiled.asm["ptx"]
     if spec.params is not None:
         metadata = compiled.metadata
@@ -265,7 +273,8 @@ def exact_entry(ptx: str, entry: str, params: int, scratch_sizes: Tuple[int, int
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Compile fisa-rt's Triton kernels to PTX without a GPU.")
     parser.add_argument(
-        "--arch", type=int, action="append", help="compute capability x10 (87 = Orin, 90 = H100); repeatable"
+        "--arch", type=int, action="append", choices=list(targets.TARGETS),
+        help="compute capability x10 (87 = Orin, 90 = H100, 110 = Thor, 120 = RTX 50); repeatable; default: all",
     )
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     parser.add_argument("--kernel", action="append", choices=list(KERNELS), help="default: all")
@@ -273,7 +282,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     index = []
-    for arch in args.arch or [87, 90]:
+    for arch in args.arch or targets.gated_arches():
         # the plugin kernels' constants depend on the model: export/build_engine.py compiles those
         for kernel in args.kernel or [k for k in KERNELS if not k.endswith("_plugin")]:
             compiled = compile_kernel(kernel, arch, args.dtype)

@@ -2,12 +2,14 @@
 
 Why per generation: Orin (sm_87) has 2/3 of an A100's shared memory per SM (164 KB vs 228 KB on H100,
 and 16 SMs instead of 108/132), so deep pipelines that pay on sm_90 spill or under-occupy on sm_87.
-Each list is what ``triton.autotune`` chooses from on that generation; the interpreter (CPU tests) gets
-one small config, since it would otherwise time every config in NumPy.
+Each list is what ``triton.autotune`` chooses from on that generation (``targets.TARGETS`` maps every
+compute capability to one); the interpreter (CPU tests) gets one small config, since it would otherwise
+time every config in NumPy.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
@@ -15,15 +17,15 @@ import triton
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import wrap_triton
 
+from . import targets
 from .dispatch import interpreting
 
 
-# kernel name -> generation (compute capability major*10+minor, rounded down to a listed one) -> configs.
-# Every config here passes the static gate (``python -m fisa_rt.kernels.gate``, run by
-# tests/kernels/test_static_gate.py: fits the shared memory, no register spills, vector loads or cp.async
-# where memory-bound) on sm_87 and sm_90; the configs that failed it were removed (docs/design.md lists
-# them). Generation 80 (sm_80/86/89) runs Orin's lists: they were gated on sm_87 against 99 KB, the
-# smallest per-block limit of the three.
+# kernel name -> generation (targets.Target.generation) -> configs. Every config here passes the static
+# gate (``python -m fisa_rt.kernels.gate``: fits the target's shared memory, no register spills, vector
+# loads or cp.async where memory-bound) on every target that runs it (benchmarks/results/ptxas-gate.md);
+# the configs that failed it were removed (docs/design.md lists them). Generation 80 (sm_80/86/89) runs
+# Orin's lists: they were gated on sm_87 against 99 KB, the smallest per-block limit of the three.
 def _cfg(warps: int, stages: int, **blocks: int) -> triton.Config:
     return triton.Config(blocks, num_warps=warps, num_stages=stages)
 
@@ -77,9 +79,58 @@ _HOPPER: Dict[str, List[triton.Config]] = {
         _cfg(8, 3, BLOCK_M=128, BLOCK_K=64), _cfg(8, 3, BLOCK_M=128, BLOCK_K=128),
     ],
 }
-TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
-    name: {80: _ORIN[name], 87: _ORIN[name], 90: _HOPPER[name]} for name in _HOPPER
+# Jetson Thor (sm_110; sm_101 before CUDA 13): an H100's 227 KB per block but 20 SMs. Shared memory
+# allows Hopper's 3-stage pipelines; the SM count asks for Orin's 64-row tiles, which give batch 1 several
+# waves (1600 tokens / 64 x 12 heads = 300 programs on 20 SMs) where 128-row tiles would leave SMs idle in
+# the last one.
+_THOR: Dict[str, List[triton.Config]] = {
+    # (8 warps, 128 x 64) spills 16 B on sm_101, as it does on sm_100
+    "adapter_attention_fwd": [_cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(4, 3, BLOCK_N=64, BLOCK_K=128)],
+    "adapter_attention_bwd": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
+    "mask_attention_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
+    "mask_attention_sparse_fwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_N=64)],
+    "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
+    "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
+    "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
+    "mask_pool_fwd": [_cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128)],
+    "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
+    "cosine_logits": [_cfg(4, 3, BLOCK_M=64, BLOCK_K=64), _cfg(8, 3, BLOCK_M=64, BLOCK_K=128)],
 }
+# RTX 50 / RTX PRO / GB10 (sm_120, sm_121): 99 KB per block like sm_86/89 (no wgmma or tcgen05: mma.sync),
+# but 36-188 SMs. Orin's lists fit the shared memory; the wider tiles added here halve the re-reads of the
+# classes and channels when the many SMs are filled anyway (large batches, 1203 classes).
+_RTX50: Dict[str, List[triton.Config]] = {
+    **_ORIN,
+    "adapter_attention_fwd": [*_ORIN["adapter_attention_fwd"], _cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
+    # 128 channels with 8 warps: with Orin's 4 the plugin kernel spills 556 B on sm_120 (255 registers)
+    "mask_pool_fwd": [
+        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=64, BLOCK_C=128), _cfg(8, 2, BLOCK_Q=128, BLOCK_C=64),
+    ],
+    "cosine_logits": [*_ORIN["cosine_logits"], _cfg(8, 2, BLOCK_M=64, BLOCK_K=128)],
+}
+# A100 / RTX 30 / RTX 40 (sm_80/86/89): Orin's lists (gated against 99 KB), except the adapter's dK/dV pass,
+# whose 4-warp config spills 36 B on sm_80 (not on sm_87); 8 warps halve its registers per thread.
+_AMPERE: Dict[str, List[triton.Config]] = {
+    **_ORIN, "adapter_attention_bwd_kv": [_cfg(8, 2, BLOCK_N=64, BLOCK_K=32)],
+}
+# B200/B300 (sm_100/103) have an H100's shared memory per block and 148 SMs to its 132: Hopper's lists, less
+# the two 8-warp configs that spill 8 B on sm_100 (ptxas holds them to 128 registers there).
+_BLACKWELL: Dict[str, List[triton.Config]] = {
+    **_HOPPER,
+    "adapter_attention_fwd": [
+        _cfg(4, 3, BLOCK_N=64, BLOCK_K=64), _cfg(4, 3, BLOCK_N=64, BLOCK_K=128), _cfg(8, 3, BLOCK_N=128, BLOCK_K=128),
+    ],
+    "adapter_attention_bwd_kv": [_cfg(4, 2, BLOCK_N=64, BLOCK_K=64)],
+}
+TUNING: Dict[str, Dict[int, List[triton.Config]]] = {
+    name: {80: _AMPERE[name], 87: _ORIN[name], 90: _HOPPER[name], 100: _BLACKWELL[name], 110: _THOR[name],
+           120: _RTX50[name]}
+    for name in _HOPPER
+}
+# A GPU newer than every row of targets.TARGETS runs these: gated against 99 KB, the smallest per-block
+# limit of any GPU since sm_80, so they launch wherever Triton can compile at all.
+FALLBACK_GENERATION = 80
 
 # What the interpreter runs: few programs (each costs the interpreter a fixed overhead), so CPU tests stay fast.
 INTERPRETER: Dict[str, Dict[str, int]] = {
@@ -105,13 +156,28 @@ FIXED: Dict[str, Dict[str, int]] = {
 
 
 def generation_of(cc: int) -> int:
-    """Compute capability x10 (87 for Orin) -> the listed generation whose configs it uses."""
-    return max((g for g in (80, 87, 90) if g <= cc), default=80) if cc < 100 else 90
+    """Compute capability x10 (87 for Orin) -> the generation whose configs it uses; FALLBACK_GENERATION
+    for one that targets.TARGETS does not know (generation() says so once)."""
+    row = targets.TARGETS.get(cc)
+    return row.generation if row else FALLBACK_GENERATION
+
+
+_WARNED = set()
 
 
 def generation(device: torch.device) -> int:
-    major, minor = torch.cuda.get_device_capability(device)
-    return generation_of(10 * major + minor)
+    cc = targets.arch_of(torch.cuda.get_device_capability(device))
+    if cc not in targets.TARGETS and cc not in _WARNED:
+        _WARNED.add(cc)
+        warnings.warn(fallback_message(cc), RuntimeWarning, stacklevel=2)
+    return generation_of(cc)
+
+
+def fallback_message(cc: int) -> str:
+    return (
+        f"GPU compute capability {cc // 10}.{cc % 10} has no tuned kernel configs; using the sm_80 lists (they fit "
+        "99 KB of shared memory per block); results are correct, speed is untuned (docs/design.md)"
+    )
 
 
 def block_d(head_dim: int) -> int:

@@ -299,8 +299,49 @@ def test_engines_for_another_tensorrt_or_gpu_are_refused_with_the_rebuild_comman
     check_engine_compatibility(manifest, "10.3.0", (8, 7), "e.engine")
     with pytest.raises(CheckpointError, match="TensorRT 10.3.0, this is TensorRT 10.9.0: rebuild .*build_engine.py"):
         check_engine_compatibility(manifest, "10.9.0", (8, 7), "e.engine")
-    with pytest.raises(CheckpointError, match=r"compute capability \(8, 7\), this GPU is \(9, 0\)"):
+    with pytest.raises(CheckpointError, match=r"compute capability 8.7 \(Jetson Orin\), this GPU is compute capability "
+                       r"9.0 \(H100 / H200 / GH200\): rebuild"):
         check_engine_compatibility(manifest, "10.3.0", (9, 0), "e.engine")
     check_engine_compatibility(
         {"tensorrt": {**manifest["tensorrt"], "version_compatible": True}}, "10.9.0", (8, 7), "e.engine"
     )
+
+
+def test_engine_refusals_name_both_targets_in_one_line():
+    """Thor's two names, a desktop engine on a Jetson, a GPU the table does not know, and the two runtimes."""
+    thor_cuda12 = {"tensorrt": {"version": "10.13.3", "compute_capability": [10, 1], "precision": "fp32"}}
+    with pytest.raises(CheckpointError) as refused:
+        check_engine_compatibility(thor_cuda12, "10.13.3", (11, 0), "thor.engine")
+    message = str(refused.value)
+    assert "\n" not in message and "10.1 (Jetson Thor under CUDA 12.8-12.9)" in message
+    assert "11.0 (Jetson Thor (JetPack 7))" in message and "renamed sm_101 -> sm_110 by CUDA 13" in message
+    rtx50 = {"tensorrt": {"version": "11.4.0", "compute_capability": [12, 0], "precision": "fp16"}}
+    with pytest.raises(CheckpointError, match=r"12.0 \(RTX 50 / RTX PRO Blackwell\), this GPU is compute capability "
+                       r"12.1 \(DGX Spark / GB10\): rebuild"):
+        check_engine_compatibility(rtx50, "11.4.0", (12, 1), "e.engine")
+    with pytest.raises(CheckpointError, match=r"this GPU is compute capability 13.0 \(not in fisa-rt's table\)"):
+        check_engine_compatibility(rtx50, "11.4.0", (13, 0), "e.engine")
+    rtx = {"tensorrt": {"runtime": "TensorRT-RTX", "version": "1.7.1.116", "compute_capability": None}}
+    check_engine_compatibility(rtx, "1.7.1.116", (8, 6), "e.engine", "TensorRT-RTX")  # portable across RTX GPUs
+    with pytest.raises(CheckpointError, match="built with TensorRT-RTX 1.7.1.116, this is TensorRT 10.13.3"):
+        check_engine_compatibility(rtx, "10.13.3", (8, 6), "e.engine", "TensorRT")
+
+
+def test_the_builder_takes_tensorrt_rtx_where_tensorrt_is_missing(monkeypatch):
+    """TensorRT-RTX is chosen by what is installed, and its missing tensorrt.plugin refuses the fused flavour
+    in one line before any work (a stand-in module: the library cannot run here)."""
+    import sys
+    import types
+
+    from fisa_rt.errors import MissingDependencyError
+    from fisa_rt.export import tensorrt_builder
+
+    rtx = types.ModuleType("tensorrt_rtx")
+    rtx.__version__ = "1.7.1.116"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    trt = tensorrt_builder.import_tensorrt()
+    assert trt is rtx and tensorrt_builder.runtime_name(trt) == "TensorRT-RTX"
+    with pytest.raises(MissingDependencyError, match="TensorRT-RTX 1.7.1.116 does not ship") as refused:
+        tensorrt_builder.build_engine("x.onnx", "x.engine", {}, tensorrt_builder.EngineOptions(), fused=True)
+    assert "\n" not in str(refused.value) and "--flavour portable" in str(refused.value)

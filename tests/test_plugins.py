@@ -14,11 +14,14 @@ import triton
 
 from fisa_rt.kernels import adapter_attention_reference, mask_attention_reference
 
+# Orin and H100, and the Blackwell targets whose PTX differs in kind: Thor under CUDA 12 (CUDA 12.9 ptxas)
+# and CUDA 13 (ptxas-blackwell, PTX ISA 9.0), RTX 50 (99 KB of shared memory, PTX ISA 8.7)
+ARCHES = (87, 90, 101, 110, 120)
 LAUNCHES = r"""
 import json, sys
 from fisa_rt.export.plugins import example_launches
 out = []
-for arch in (87, 90):
+for arch in ARCHES:
     for name, launch in example_launches(arch, "fp16").items():
         k = launch.compile()
         out.append({"name": name, "arch": arch, "entry": k.entry, "ptx": k.ptx, "grid": [int(g) for g in launch.grid],
@@ -34,7 +37,8 @@ LAYOUT = {"AdapterAttention": (3, 2, 1), "MaskAttention": (6, 1, 1), "MaskPool":
 @pytest.fixture(scope="module")
 def launches():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", LAUNCHES], capture_output=True, text=True, env=env)
+    script = LAUNCHES.replace("ARCHES", repr(ARCHES))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -42,7 +46,9 @@ def launches():
 def test_plugin_ptx_entries_take_exactly_tensorrts_parameters(launches):
     from fisa_rt.kernels.aot import entry_params
 
-    assert len(launches) == 6
+    from fisa_rt.kernels.targets import TARGETS
+
+    assert len(launches) == 3 * len(ARCHES)
     for launch in launches:
         inputs, scalars, outputs = LAYOUT[launch["name"]]
         params = entry_params(launch["ptx"], launch["entry"])
@@ -53,14 +59,31 @@ def test_plugin_ptx_entries_take_exactly_tensorrts_parameters(launches):
             assert kind in param, (launch["name"], params)
         assert (launch["inputs"], len(launch["extra"]), launch["outputs"]) == (inputs, scalars, outputs)
         assert launch["threads"] % 32 == 0
-        assert 0 < launch["shared"] <= (164 if launch["arch"] == 87 else 227) * 1024
-        assert f".target sm_{launch['arch']}" in launch["ptx"]
+        assert 0 < launch["shared"] <= TARGETS[launch["arch"]].shared_per_block
+        assert f".target {TARGETS[launch['arch']].gpu_name}\n" in launch["ptx"]
     adapter = next(x for x in launches if x["name"] == "AdapterAttention")
     # one program per block of 64 or 128 visual tokens (the tuned sizes), one per (image, head)
     assert adapter["extra"] == [1600, 1203] and adapter["grid"][1] == 24 and adapter["grid"][0] in (13, 25)
     pool = next(x for x in launches if x["name"] == "MaskPool")
     # pool-only: one program per (block of masks, 64-128 channels, image); no class dimension
     assert pool["block_c"] >= 64 and pool["grid"][1] == 768 // pool["block_c"] and pool["grid"][2] == 2
+
+
+def test_the_fused_build_embeds_ptx_for_the_gpu_it_runs_on(launches):
+    """Each GPU gets PTX for its own name and an ISA its oldest driver reads: Thor is sm_101a (ISA 8.6) under
+    CUDA 12.8-12.9 and sm_110a (ISA 9.0, CUDA 13 / JetPack 7); a GPU newer than the table is refused with
+    the portable flavour as the way out, before any TensorRT build."""
+    from fisa_rt.errors import InputError
+    from fisa_rt.export.plugins import plugin_arch, ptx_record
+
+    assert plugin_arch((11, 0)) == 110 and plugin_arch((10, 1)) == 101 and plugin_arch((8, 7)) == 87
+    assert ptx_record(110) == {"arch": "sm_110", "gpu": "Jetson Thor (JetPack 7)", "ptx_isa": 9.0}
+    with pytest.raises(InputError, match=r"this GPU is compute capability 13.0 .*--flavour portable"):
+        plugin_arch((13, 0))
+    with pytest.raises(InputError, match="7.5"):
+        plugin_arch((7, 5))
+    versions = {(x["arch"], re.search(r"^\.version (\S+)", x["ptx"], re.M).group(1)) for x in launches}
+    assert versions == {(87, "8.8"), (90, "8.8"), (101, "8.6"), (110, "9.0"), (120, "8.7")}
 
 
 def test_plugin_ptx_assembles_with_ptxas(launches, tmp_path):

@@ -13,8 +13,12 @@ compiled module ``tensorrt.so`` (importing it needs libnvinfer, which is not her
   names (any other attribute raises AttributeError), so ``register_plugins`` goes through the package's
   own ``register``/``impl``/``aot_impl``/``autotune`` decorators and their validation (``_validate.py``).
 
-``FISA_TRT_BINDINGS_WHEELS=a.whl:b.whl`` adds downloaded wheels (e.g. the newest 10.x for JetPack-era
-desktops, 10.3 for JetPack 6) to the installed one; docs/design.md records the versions checked.
+Every TensorRT of the deployment matrix (docs/deploy.md) is checked: the installed wheel (test extra, 11.x),
+and the pinned wheels of ``MATRIX``, which the test downloads once from PyPI (``pip download --no-deps``,
+~1.2 MB each) into ``FISA_TRT_WHEEL_CACHE`` (default ``~/.cache/fisa-rt/tensorrt-bindings``). One pip
+cannot install two versions of one package, so the extra cannot carry them; CI reaches PyPI to install the
+extra anyway. A wheel that cannot be fetched skips its row with pip's reason, unless PyPI answered that the
+pinned version does not exist, which fails. ``FISA_TRT_BINDINGS_WHEELS=a.whl:b.whl`` adds other wheels.
 """
 
 import ast
@@ -51,19 +55,51 @@ def _installed():
     return [("installed", files)]
 
 
+def _wheel_files(path: str):
+    """The bindings package's .py and .so files: tensorrt_bindings/ (TensorRT) or tensorrt_rtx_bindings/."""
+    with zipfile.ZipFile(path) as wheel:
+        listed = wheel.namelist()
+        prefix = next(p for p in ("tensorrt_bindings/", "tensorrt_rtx_bindings/") if p + "__init__.py" in listed)
+        names = [n for n in listed if n.startswith(prefix) and n.endswith((".py", ".so"))]
+        return {n[len(prefix):]: wheel.read(n) for n in names}
+
+
 def _wheels():
-    found = []
-    for path in filter(None, os.environ.get("FISA_TRT_BINDINGS_WHEELS", "").split(os.pathsep)):
-        with zipfile.ZipFile(path) as wheel:
-            prefix = "tensorrt_bindings/"
-            names = [n for n in wheel.namelist() if n.startswith(prefix) and n.endswith((".py", ".so"))]
-            files = {n[len(prefix):]: wheel.read(n) for n in names}
-        found.append((os.path.basename(path), files))
-    return found
+    paths = filter(None, os.environ.get("FISA_TRT_BINDINGS_WHEELS", "").split(os.pathsep))
+    return [(os.path.basename(path), path) for path in paths]
 
 
-BINDINGS = _installed() + _wheels()
-pytestmark = pytest.mark.skipif(not BINDINGS, reason="no TensorRT bindings wheel: pip install -e '.[test]'")
+# The deployment matrix's TensorRTs (docs/deploy.md) -> the bindings wheel of that version on PyPI (11.x
+# is the installed one). Desktop 10.x is JetPack 7's 10.13 (>= 10.9, the first with tensorrt.plugin's AOT
+# plugins); 10.9 and 10.16 were checked too (docs/design.md): add them with FISA_TRT_BINDINGS_WHEELS.
+MATRIX = {
+    "jetpack6-trt10.3": "tensorrt-cu12-bindings==10.3.0",  # JetPack 6.x: CUDA 12.6, TensorRT 10.3
+    "jetpack7-trt10.13": "tensorrt-cu13-bindings==10.13.3.9",  # JetPack 7.x (and desktop 10.x): CUDA 13
+    "tensorrt-rtx-1.7": "tensorrt-rtx-cu13-bindings==1.7.1.116",  # TensorRT for RTX
+}
+
+
+def _cached_wheel(requirement: str) -> str:
+    """The wheel of ``requirement`` from the cache, downloaded from PyPI the first time."""
+    cache = os.environ.get("FISA_TRT_WHEEL_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fisa-rt", "tensorrt-bindings")
+    name, version = requirement.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-"
+    found = [f for f in os.listdir(cache) if f.startswith(pattern)] if os.path.isdir(cache) else []
+    if not found:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", cache,
+                   requirement]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if result.returncode:
+            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            if "No matching distribution" in result.stderr or "Could not find a version" in result.stderr:
+                pytest.fail(f"PyPI has no {requirement} (the matrix pins a wheel that does not exist): {reason}")
+            pytest.skip(f"cannot download {requirement} from PyPI (offline?): {reason}")
+        found = [f for f in os.listdir(cache) if f.startswith(pattern)]
+    return os.path.join(cache, found[0])
+
+
+BINDINGS = _installed() + [(row, None) for row in MATRIX] + _wheels()
 
 
 class Bindings:
@@ -74,6 +110,7 @@ class Bindings:
         self.identifiers = {m.group(0).decode() for m in tails if m}
         version = re.search(rb'__version__ = "([\d.]+)', files["__init__.py"]).group(1)
         self.version = tuple(int(p) for p in version.split(b".")[:2])
+        self.rtx = "tensorrt_rtx.so" in files  # TensorRT for RTX: versions 1.x, its own API
         self.plugin_files = {k[len("plugin/"):]: v for k, v in files.items() if k.startswith("plugin/")}
 
     def has(self, name: str) -> bool:
@@ -82,7 +119,18 @@ class Bindings:
 
 @pytest.fixture(scope="module", params=BINDINGS, ids=[name for name, _ in BINDINGS])
 def bindings(request):
-    return Bindings(request.param[1])
+    name, files = request.param
+    if files is None or isinstance(files, str):
+        files = _wheel_files(files or _cached_wheel(MATRIX[name]))
+    return Bindings(files)
+
+
+def test_the_matrix_checks_each_deployment_rows_tensorrt():
+    """docs/deploy.md's matrix names these versions; each has its row here (and so its wheel checked)."""
+    deploy = open(os.path.join(ROOT, "docs", "deploy.md")).read()
+    for requirement in MATRIX.values():
+        version = requirement.split("==")[1]
+        assert ".".join(version.split(".")[:2]) in deploy, requirement
 
 
 def _attributes(path: str):
@@ -97,7 +145,7 @@ def _attributes(path: str):
             chain.append(base.attr)
             base = base.value
         root = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
-        if root in TRT_OBJECTS and "__version__" not in chain + [node.attr]:  # a str, not TensorRT's
+        if root in TRT_OBJECTS and not any(n.startswith("__") for n in chain + [node.attr]):  # Python's, not TensorRT's
             used.setdefault(node.attr, node.lineno)
     return used
 
@@ -106,8 +154,8 @@ def test_builder_and_backend_use_only_names_the_compiled_module_has(bindings):
     missing = {}
     for path in ("export/tensorrt_builder.py", "fisa_rt/runtime/backends.py"):
         for name, line in _attributes(path).items():
-            if bindings.version < (10, 9) and name in PLUGIN_ONLY:
-                continue
+            if (bindings.rtx or bindings.version < (10, 9)) and name in PLUGIN_ONLY:
+                continue  # the fused flavour, which the builder refuses there
             if not bindings.has(name):
                 missing[name] = f"{path}:{line}"
     assert not missing, f"TensorRT {bindings.version} has no {missing}"
@@ -117,7 +165,8 @@ def test_the_scan_sees_the_weakly_typed_api_tensorrt_11_removed(bindings):
     # The check can fail: TensorRT 11 dropped the FP16 builder flag and OBEY_PRECISION_CONSTRAINTS
     # (10.x has both), which the builder used before it went strongly typed.
     assert bindings.has("STRONGLY_TYPED") and bindings.has("execute_async_v3")
-    assert bindings.has("FP16") == bindings.has("OBEY_PRECISION_CONSTRAINTS") == (bindings.version < (11, 0))
+    weak = bindings.version < (11, 0) and not bindings.rtx  # TensorRT-RTX 1.x is strongly typed only
+    assert bindings.has("FP16") == bindings.has("OBEY_PRECISION_CONSTRAINTS") == weak
     assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"}.isdisjoint(_attributes("export/tensorrt_builder.py"))
 
 

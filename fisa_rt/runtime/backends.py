@@ -230,7 +230,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str):
         from fisa_rt.export.manifest import read_checked_manifest
-        from fisa_rt.export.tensorrt_builder import import_tensorrt
+        from fisa_rt.export.tensorrt_builder import import_tensorrt, runtime_name
 
         if not os.path.isfile(path):
             raise InputError(f"engine {path} does not exist")
@@ -239,14 +239,15 @@ class TensorRTBackend(Backend):
             trt = import_tensorrt()
         except MissingDependencyError:  # the builder's hint speaks of ONNX files it wrote; here none were
             raise MissingDependencyError(
-                "TensorRT is not installed: pip install tensorrt "
-                "(Jetson: it comes with JetPack 6); or run the model's .onnx with ONNX Runtime"
+                "TensorRT is not installed: pip install tensorrt (RTX GPUs: or tensorrt-rtx) "
+                "(Jetson: it comes with JetPack 6/7); or run the model's .onnx with ONNX Runtime"
             ) from None
         check_engine_compatibility(
             self.manifest,
             trt.__version__,
             torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
             path,
+            runtime_name(trt),
         )
         if self.manifest["tensorrt"].get("plugins"):
             from fisa_rt.export.plugins import register_plugins
@@ -296,21 +297,31 @@ class TensorRTBackend(Backend):
         return RawOutput(outputs["mask_logits"], outputs["class_scores"])
 
 
-def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capability, path: str) -> None:
-    """A serialized engine runs only on the TensorRT version and GPU it was built for (unless built
-    version-compatible): refuse early with the command that fixes it."""
+def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capability, path: str,
+                               runtime: str = "TensorRT") -> None:
+    """A serialized engine runs only on the runtime (TensorRT or TensorRT-RTX), version and GPU it was built
+    for (unless built version-compatible; TensorRT-RTX engines run on every RTX GPU): refuse early, in one
+    line naming both sides, with the command that fixes it."""
+    from fisa_rt.kernels.targets import RENAMED, arch_of, describe
+
     built = manifest.get("tensorrt") or {}
+    built_runtime = built.get("runtime", "TensorRT")
     rebuild = f"rebuild it here with `python export/build_engine.py --checkpoint <checkpoint> --precision {built.get('precision', 'fp16')}`"
-    if not built.get("version_compatible") and built.get("version") != trt_version:
+    version_ok = built.get("version") == trt_version or (built.get("version_compatible") and built_runtime == runtime)
+    if not version_ok:
         raise CheckpointError(
-            f"{path} was built with TensorRT {built.get('version')}, this is TensorRT {trt_version}: {rebuild}"
+            f"{path} was built with {built_runtime} {built.get('version')}, this is {runtime} {trt_version}: {rebuild}"
         )
     wanted = built.get("compute_capability")
     if capability is None:
         raise MissingDependencyError(f"{path} is a TensorRT engine and needs an NVIDIA GPU; none is visible")
+    if built_runtime == "TensorRT-RTX":  # compiled for the GPU when it loads (JIT)
+        return
     if wanted is not None and list(wanted) != list(capability):
+        renamed = RENAMED.get(arch_of(wanted)) == arch_of(capability)
+        why = " (the same Jetson Thor GPU, renamed sm_101 -> sm_110 by CUDA 13)" if renamed else ""
         raise CheckpointError(
-            f"{path} was built for compute capability {tuple(wanted)}, this GPU is {tuple(capability)}: {rebuild}"
+            f"{path} was built for {describe(wanted)}, this GPU is {describe(capability)}{why}: {rebuild}"
         )
 
 
@@ -321,11 +332,12 @@ def resolve_artefact(path: str) -> str:
         return path
     files = sorted(os.listdir(path))
     engines = [f for f in files if f.endswith((".engine", ".plan"))]
-    try:
-        import tensorrt  # noqa: F401
+    from fisa_rt.export.tensorrt_builder import import_tensorrt
 
+    try:
+        import_tensorrt()  # TensorRT or TensorRT-RTX
         has_tensorrt = True
-    except ImportError:
+    except MissingDependencyError:
         has_tensorrt = False
     for candidates in ([engines] if has_tensorrt else []) + [
         [f for f in files if f.endswith(".portable.ort.onnx")],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import List
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, MissingDependencyError
+from ..kernels.targets import describe as describe_gpu
 from .backends import SUFFIXES, backend_for, check_engine_compatibility, resolve_artefact
 
 
@@ -85,15 +86,17 @@ def describe(path: str) -> List[str]:
         return lines
     trt = m.get("tensorrt") or {}
     lines.append(
-        f"  TensorRT {trt.get('version')}, CUDA {trt.get('cuda')}, compute capability {trt.get('compute_capability')}, "
+        f"  {trt.get('runtime', 'TensorRT')} {trt.get('version')}, CUDA {trt.get('cuda')}, "
+        f"{describe_gpu(trt.get('compute_capability'))}, plugin PTX {(trt.get('plugin_ptx') or {}).get('arch', '-')}, "
         f"precision {trt.get('precision')}, profiles {trt.get('profiles')}, plugins {len(trt.get('plugins') or [])}"
     )
-    try:
-        import tensorrt
+    from fisa_rt.export.tensorrt_builder import import_tensorrt, runtime_name
 
-        installed = tensorrt.__version__
-    except ImportError:
-        installed = None
+    try:
+        trt_module = import_tensorrt()
+        installed, runtime = trt_module.__version__, runtime_name(trt_module)
+    except MissingDependencyError:
+        installed = runtime = None
     try:
         import torch
 
@@ -104,7 +107,7 @@ def describe(path: str) -> List[str]:
         lines.append("  warning: TensorRT is not installed here; this engine cannot run on this machine")
     else:
         try:
-            check_engine_compatibility(m, installed, capability, path)
+            check_engine_compatibility(m, installed, capability, path, runtime)
         except Exception as exc:  # noqa: BLE001 -- reported as a warning, not raised: inspect must always describe
             lines.append(f"  warning: {exc}")
     return lines

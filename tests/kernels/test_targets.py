@@ -1,0 +1,54 @@
+"""The compute-capability table (fisa_rt.kernels.targets) and what the tuning does with a GPU it does not know."""
+
+import warnings
+
+import pytest
+
+from fisa_rt.kernels import targets, tuning
+
+
+def test_the_table_knows_every_current_nvidia_target():
+    names = {arch: row.name for arch, row in targets.TARGETS.items()}
+    assert "Orin" in names[87] and "H100" in names[90] and "B200" in names[100] and "RTX 50" in names[120]
+    assert "GB10" in names[121] and "Thor" in names[101] and "Thor" in names[110]
+    # Thor is one GPU under two names: 10.1 before CUDA 13, 11.0 from CUDA 13 (JetPack 7)
+    assert targets.TARGETS[101].cuda == "12.8-12.9" and targets.TARGETS[110].cuda == "13.0+"
+    assert targets.RENAMED[101] == 110 and targets.TARGETS[101].generation == targets.TARGETS[110].generation
+    assert targets.describe((11, 0)) == "compute capability 11.0 (Jetson Thor (JetPack 7))"
+    assert targets.describe((13, 0)) == "compute capability 13.0 (not in fisa-rt's table)"
+
+
+def test_shared_memory_and_ptxas_per_target():
+    # opt-in per-block limits (CCCL arch_traits.h: per-SM capacity minus 1 KB reserved per block)
+    kb = {arch: row.shared_per_block // 1024 for arch, row in targets.TARGETS.items()}
+    assert kb == {80: 163, 86: 99, 87: 163, 89: 99, 90: 227, 100: 227, 101: 227, 103: 227, 110: 227, 120: 99, 121: 99}
+    # Triton 3.8's ptxas-blackwell (CUDA 13.3) no longer knows sm_101: that one alone uses the CUDA 12.9 ptxas
+    assert [a for a, row in targets.TARGETS.items() if row.legacy_ptxas] == [101]
+    assert targets.TARGETS[90].gpu_name == "sm_90a" and targets.TARGETS[87].gpu_name == "sm_87"
+    assert targets.TARGETS[110].ptx_isa == 90  # CUDA 13.0, JetPack 7's
+    with pytest.raises(targets.UnknownTarget, match="sm_130 is not a target"):
+        targets.target(130)
+
+
+def test_every_generation_is_tuned_and_sized_for_its_chips():
+    generations = {row.generation for row in targets.TARGETS.values()}
+    for name, per_generation in tuning.TUNING.items():
+        assert generations <= set(per_generation), name
+    # 99 KB chips (sm_86/89/120) never get the 128 x 128 tiles of the 227 KB ones
+    for gen in (80, 120):
+        assert all(c.kwargs.get("BLOCK_C", 0) * c.kwargs.get("BLOCK_Q", 0) < 128 * 128
+                   for c in tuning.TUNING["mask_pool_fwd"][gen])
+    assert tuning.generation_of(110) == tuning.generation_of(101) == 110 and tuning.generation_of(121) == 120
+
+
+def test_a_gpu_newer_than_every_list_falls_back_with_one_warning(monkeypatch):
+    torch = pytest.importorskip("torch")
+    assert tuning.generation_of(130) == tuning.FALLBACK_GENERATION == 80
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (13, 0))
+    monkeypatch.setattr(tuning, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="compute capability 13.0 has no tuned kernel configs; using the sm_80"):
+        assert tuning.generation(torch.device("cuda")) == 80
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tuning.generation(torch.device("cuda")) == 80  # said once
+    assert tuning.configs_for("cosine_logits", tuning.generation_of(130))  # something to run, never a KeyError
