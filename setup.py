@@ -43,6 +43,8 @@ setup(
     extras_require={
         # video files and cameras for `fisa-rt infer --input`
         "video": ["opencv-python-headless"],
+        # `fisa-rt infer --server`, Segmenter.from_server and export-triton's config checks (Triton's model_config_pb2)
+        "serve": ["tritonclient[http,grpc]>=2.51"],
         # build_engine.py's fp16 ONNX (AutoCast) and int8/fp8 Q/DQ: NVIDIA ModelOpt without its [onnx] extra,
         # which pins onnx~=1.21 and onnxruntime-gpu (clashing with onnxruntime); only what AutoCast imports.
         "tensorrt": MODELOPT,
@@ -60,6 +62,8 @@ setup(
             "tensorrt-cu12-bindings>=11,<12",
             "onnxruntime-extensions>=0.13",
             "transformers>=5,<6",
+            # the serving tests' client; the server itself (nvidia-pytriton) installs --no-deps (README)
+            "tritonclient[http,grpc]>=2.51",
             *MODELOPT,
         ],
     },

@@ -155,7 +155,7 @@ GOOD_IMAGE = np.full((1, 40, 60, 3), 128, np.uint8)
 GOOD_CLASSES = np.array([[b"red star", b"wavy wall"]], dtype=np.object_)
 BAD_REQUESTS = {
     "wrong dtype": (GOOD_IMAGE.astype(np.float32), GOOD_CLASSES, None, "uint8"),
-    "wrong shape": (np.zeros((1, 40, 60, 4), np.uint8), GOOD_CLASSES, None, "(1, H, W, 3)"),
+    "wrong shape": (np.zeros((1, 40, 60, 4), np.uint8), GOOD_CLASSES, None, "shape"),
     "empty class list": (GOOD_IMAGE, np.zeros((1, 0), np.object_), None, "empty"),
     "0-byte image": (np.zeros((1, 0, 0, 3), np.uint8), GOOD_CLASSES, None, "empty"),
     "20,000 classes": (GOOD_IMAGE, np.array([[f"class {i}".encode() for i in range(20_000)]], np.object_), None,
@@ -170,7 +170,7 @@ def test_bad_requests_get_one_clear_invalid_argument_and_the_server_goes_on(serv
     for case, (image, classes, parameters, words) in BAD_REQUESTS.items():
         status, message = raw_request(server, protocol, image, classes, parameters)
         assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (case, status, message)
-        assert words in message and "\n" not in message.strip(), (case, message)
+        assert words.lower() in message.lower() and "\n" not in message.strip(), (case, message)
         status, outputs = raw_request(server, protocol, GOOD_IMAGE, GOOD_CLASSES)
         assert status is None, (case, outputs)
         body = json.loads(outputs.as_numpy("result")[0])
@@ -181,17 +181,13 @@ def test_the_model_reloads_after_the_repository_changes(server):
     import tritonclient.http as http
 
     config_path = os.path.join(server.repository_folder, "fisa_python", "config.pbtxt")
-    original = read_config(config_path)
     changed = read_config(config_path)
-    changed.parameters["max_classes"].string_value = "1"
-    try:
-        write_config(os.path.dirname(config_path), changed)
-        http.InferenceServerClient(server.http).load_model("fisa_python")
-        status, message = raw_request(server, "http", GOOD_IMAGE, GOOD_CLASSES)
-        assert status == "400" and "limit of 1" in message
-    finally:
-        write_config(os.path.dirname(config_path), original)
-        http.InferenceServerClient(server.http).load_model("fisa_python")
+    changed.parameters["max_classes"].string_value = "2"  # the later tests send at most 2 classes
+    write_config(os.path.dirname(config_path), changed)
+    http.InferenceServerClient(server.http).load_model("fisa_python")
+    three = np.array([[b"red star", b"wavy wall", b"blue circle"]], dtype=np.object_)
+    status, message = raw_request(server, "http", GOOD_IMAGE, three)
+    assert status == "400" and "limit of 2" in message
     assert raw_request(server, "http", GOOD_IMAGE, GOOD_CLASSES)[0] is None
 
 
@@ -210,7 +206,7 @@ def test_zz_a_server_killed_mid_request_is_one_line_and_no_partial_files(server,
     timer.start()
     try:
         code = main(["infer", "--server", server.http, "--input", str(images), "--out", str(out),
-                     "--classes", "red star, wavy wall", "--fail-fast"])
+                     "--classes", "red star, wavy wall", "--fail-fast", "--no-progress"])
     finally:
         timer.join()
     err = capsys.readouterr().err.strip().splitlines()

@@ -105,8 +105,9 @@ class ServerSegmenter:
             if status in ("400", "StatusCode.INVALID_ARGUMENT"):
                 raise InputError(f"the server refused the request: {message}") from None
             raise ServerError(f"server {self.address} ({self.protocol}) failed: {message}") from None
-        except (OSError, ConnectionError) as exc:
-            raise ServerError(f"server {self.address} ({self.protocol}) unreachable: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the transports raise their own types (gevent, grpc, socket)
+            reason = str(exc) or type(exc).__name__
+            raise ServerError(f"server {self.address} ({self.protocol}) unreachable or gone: {reason}") from None
 
     def segment(self, image: ImageInput, task: str = "panoptic", labels: str = "full",
                 max_side: int = 0) -> SegmentationResult:
