@@ -19,8 +19,12 @@ def test_exported_repository_parses_and_matches_the_onnx_graphs(artefacts, tmp_p
 
     out = tmp_path / "repo"
     lines = repository.export_repository(artefacts["out"], str(out), None, repository.PythonModelOptions())
-    assert sorted(p.name for p in out.iterdir()) == ["fisa_image", "fisa_python", "fisa_text"]
-    assert sum("match" in line for line in lines) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["fisa", "fisa_image", "fisa_post", "fisa_pre", "fisa_python",
+                                                     "fisa_text", "fisa_vocab"]
+    assert sum("parses with Triton's schema" in line for line in lines) == 7 and "fisa: every step" in lines[-1]
+    ensemble = repository.read_config(str(out / "fisa" / "config.pbtxt"))
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "fisa_pre", "fisa_text", "fisa_vocab", "fisa_image", "fisa_post"]
     image = repository.read_config(str(out / "fisa_image" / "config.pbtxt"))
     graph = onnx.load(artefacts["ort"], load_external_data=False).graph
     assert [i.name for i in image.input] == [i.name for i in graph.input]
@@ -44,6 +48,14 @@ def test_a_config_that_disagrees_with_its_graph_is_refused(artefacts, tmp_path):
     repository.write_config(str(path.parent), config)
     with pytest.raises(InputError, match="differ from what it serves"):
         repository.check_repository(str(out), repository.artefact_files(artefacts["ort"])[0])
+    path.unlink()
+    repository.export_repository(artefacts["out"], str(tmp_path / "again"), None, repository.PythonModelOptions())
+    post = tmp_path / "again" / "fisa_post" / "config.pbtxt"
+    config = repository.read_config(str(post))
+    config.input[3].data_type = config.input[1].data_type  # mask_logits as strings: the wiring check catches it
+    repository.write_config(str(post.parent), config)
+    with pytest.raises(InputError, match="ensemble step fisa_post"):
+        repository.check_repository(str(tmp_path / "again"), artefacts["ort"])
     path.write_text("name: 'fisa_image' input { nme: 'x' }")
     with pytest.raises(InputError, match="not a Triton model config"):
         repository.check_repository(str(out), artefacts["ort"])
@@ -94,3 +106,31 @@ def test_bad_requests_fail_alone_and_batches_hold_one_canvas(checkpoint_fcclip):
     for request, outcome in zip(requests[:2] + requests[3:], outcomes[:2] + outcomes[3:]):
         alone = handler.execute([request])[0]
         assert all(np.array_equal(alone[k], outcome[k]) for k in outcome)
+
+
+def test_the_ensemble_steps_return_what_local_segment_returns(artefacts):
+    """fisa_pre -> fisa_text -> fisa_vocab -> fisa_image -> fisa_post, with ONNX Runtime where the server runs
+    fisa_text and fisa_image: the result equals Segmenter.segment on the same artefact."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from fisa_rt.predictor import sample_images
+    from fisa_rt.serving import protocol
+    from fisa_rt.serving.stages import Stages
+
+    artefact, names = artefacts["ort"], ["red star", "blue circle, disc", "wavy wall"]
+    image = np.asarray(Image.open(sample_images()[0]).convert("RGB"))
+    stages = Stages(artefact)
+    pre = stages.pre(image, names)
+    per_prompt = stages.segmenter.text_encoder.session.run(None, {"tokens": pre["tokens"]})[0]
+    vocabulary = stages.vocabulary(names, per_prompt)
+    image_session = ort.InferenceSession(artefact, providers=["CPUExecutionProvider"])
+    mask_logits, class_scores = image_session.run(["mask_logits", "class_scores"],
+                                                  {"image": pre["canvas"], **vocabulary})
+    outputs = stages.post(image, names, pre["content"], mask_logits, class_scores, "panoptic", "full", 0)
+    local = Segmenter.from_engine(artefact, cache_dir="", threads=1)
+    local.set_vocabulary(names)
+    want = local.segment(image)
+    body = __import__("json").loads(outputs[protocol.RESULT][0])
+    assert np.array_equal(outputs[protocol.SEMANTIC][0], want.semantic)
+    assert body["segments"] == want.segments()

@@ -6,6 +6,7 @@ same pixels and returns the same results."""
 from __future__ import annotations
 
 import json
+import threading
 from types import SimpleNamespace
 from typing import List, Optional, Sequence, Union
 
@@ -61,17 +62,27 @@ class ServerSegmenter:
         from tritonclient.utils import InferenceServerException
 
         self._server_exception = InferenceServerException
-        if self.protocol == "http":
-            self.client = self._client_module.InferenceServerClient(
-                self.address, connection_timeout=timeout, network_timeout=timeout)
-        else:
-            self.client = self._client_module.InferenceServerClient(self.address)
+        self._per_thread = threading.local()
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.default_vocabulary = None  # a server's model has no default: the client names its classes
         # what `infer`'s summary line prints for a local backend
         self.backend = SimpleNamespace(name=f"triton:{model}", device=f"{self.protocol}://{self.address}")
         self.max_pixels = DEFAULT_MAX_PIXELS
         self.timings = Timings()
+
+    @property
+    def client(self):
+        """One tritonclient per thread: the HTTP client runs on gevent, whose connections cannot move between
+        threads ("cannot switch to a different thread")."""
+        client = getattr(self._per_thread, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._client_module.InferenceServerClient(
+                    self.address, connection_timeout=self.timeout, network_timeout=self.timeout)
+            else:
+                client = self._client_module.InferenceServerClient(self.address)
+            self._per_thread.client = client
+        return client
 
     def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings=None) -> None:
         if embeddings is not None:

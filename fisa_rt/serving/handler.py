@@ -43,38 +43,39 @@ class _Checked:
 Outcome = Union[Dict[str, np.ndarray], FisaError]
 
 
+def check_request(request: Request, limits: Limits) -> _Checked:
+    """One request's inputs, or one InputError naming what is wrong with them."""
+    task, labels, max_side = protocol.check_parameters(request.parameters)
+    image, classes = request.image, request.classes
+    if image is None or classes is None:
+        raise InputError(f"a request needs both inputs {protocol.IMAGE!r} and {protocol.CLASSES!r}")
+    if image.dtype != np.uint8 or image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3:
+        raise InputError(f"image must be (1, H, W, 3) uint8 RGB; got {tuple(image.shape)} {image.dtype}")
+    if 0 in image.shape:
+        raise InputError(f"image is empty: {tuple(image.shape)} (H and W must be >= 1)")
+    pixels = image.shape[1] * image.shape[2]
+    if limits.max_pixels and pixels > limits.max_pixels:
+        raise InputError(f"image is {image.shape[2]}x{image.shape[1]} = {pixels:,} pixels, more than this "
+                         f"server's limit of {limits.max_pixels:,} (parameter max_pixels)")
+    if classes.dtype != np.object_ or classes.ndim != 2 or classes.shape[0] != 1:
+        raise InputError(f"classes must be (1, K) BYTES; got {tuple(classes.shape)} {classes.dtype}")
+    if classes.shape[1] == 0:
+        raise InputError("the class list is empty: send at least one class name")
+    if classes.shape[1] > limits.max_classes:
+        raise InputError(f"{classes.shape[1]:,} classes exceed this server's limit of {limits.max_classes:,}"
+                         " (parameter max_classes)")
+    try:
+        names = tuple(c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in classes[0])
+    except UnicodeDecodeError as exc:
+        raise InputError(f"class names must be UTF-8: {exc}") from None
+    return _Checked(image[0], names, task, labels, max_side)
+
+
 class Handler:
     def __init__(self, segmenter, limits: Limits):
         self.segmenter = segmenter
         self.limits = limits
         self._embeddings: "OrderedDict[Tuple[str, ...], Tuple[vocab.Vocabulary, np.ndarray]]" = OrderedDict()
-
-    def check(self, request: Request) -> _Checked:
-        """One request's inputs, or one InputError naming what is wrong with them."""
-        task, labels, max_side = protocol.check_parameters(request.parameters)
-        image, classes = request.image, request.classes
-        if image is None or classes is None:
-            raise InputError(f"a request needs both inputs {protocol.IMAGE!r} and {protocol.CLASSES!r}")
-        if image.dtype != np.uint8 or image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3:
-            raise InputError(f"image must be (1, H, W, 3) uint8 RGB; got {tuple(image.shape)} {image.dtype}")
-        if 0 in image.shape:
-            raise InputError(f"image is empty: {tuple(image.shape)} (H and W must be >= 1)")
-        pixels = image.shape[1] * image.shape[2]
-        if self.limits.max_pixels and pixels > self.limits.max_pixels:
-            raise InputError(f"image is {image.shape[2]}x{image.shape[1]} = {pixels:,} pixels, more than this "
-                             f"server's limit of {self.limits.max_pixels:,} (parameter max_pixels)")
-        if classes.dtype != np.object_ or classes.ndim != 2 or classes.shape[0] != 1:
-            raise InputError(f"classes must be (1, K) BYTES; got {tuple(classes.shape)} {classes.dtype}")
-        if classes.shape[1] == 0:
-            raise InputError("the class list is empty: send at least one class name")
-        if classes.shape[1] > self.limits.max_classes:
-            raise InputError(f"{classes.shape[1]:,} classes exceed this server's limit of {self.limits.max_classes:,}"
-                             " (parameter max_classes)")
-        try:
-            names = tuple(c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in classes[0])
-        except UnicodeDecodeError as exc:
-            raise InputError(f"class names must be UTF-8: {exc}") from None
-        return _Checked(image[0], names, task, labels, max_side)
 
     def _vocabulary(self, names: Tuple[str, ...]):
         """(Vocabulary, embeddings) of ``names``, encoded once per vocabulary while it stays in the cache."""
@@ -100,7 +101,7 @@ class Handler:
         checked = {}
         for i, request in enumerate(requests):
             try:
-                checked[i] = self.check(request)
+                checked[i] = check_request(request, self.limits)
             except FisaError as exc:
                 outcomes[i] = exc
                 continue

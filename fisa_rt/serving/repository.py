@@ -143,25 +143,32 @@ def read_config(path: str):
         raise InputError(f"{path} is not a Triton model config: {exc}") from None
 
 
-def write_python_model(repository: str, artefact: str, backend: Optional[str], options: PythonModelOptions,
-                       overwrite: bool = False) -> str:
-    """``repository/fisa_python``: config.pbtxt, 1/model.py, and the artefact's files copied into 1/."""
+def _python_folder(repository: str, name: str, files: List[str], options: PythonModelOptions, config,
+                   overwrite: bool) -> str:
+    """``repository/name``: config.pbtxt, 1/model.py (fisa_rt/serving/triton_model.py), 1/environment.json and
+    ``files`` copied into 1/."""
     from ..atomic import write_json
 
-    folder = os.path.join(repository, PYTHON_MODEL)
+    folder = os.path.join(repository, name)
     refuse_overwrite(folder, overwrite)
     version = os.path.join(folder, "1")
     os.makedirs(version, exist_ok=True)
-    for path in artefact_files(artefact):
+    for path in files:
         shutil.copy2(path, os.path.join(version, os.path.basename(path)))
     # copied, not imported: importing it would set up a stub's sys.path in this process
     shutil.copy2(os.path.join(os.path.dirname(__file__), "triton_model.py"), os.path.join(version, "model.py"))
     site_dirs = default_site_dirs() if options.site_dirs is None else options.site_dirs
     write_json(os.path.join(version, "environment.json"),
                {"site_dirs": site_dirs, "prepend_dirs": list(options.prepend_dirs or [])}, indent=2)
-    write_config(folder, python_model_config(os.path.basename(artefact), backend, options))
+    write_config(folder, config)
     return folder
 
+
+def write_python_model(repository: str, artefact: str, backend: Optional[str], options: PythonModelOptions,
+                       overwrite: bool = False) -> str:
+    """``repository/fisa_python``, serving ``artefact`` with its files copied beside model.py."""
+    config = python_model_config(os.path.basename(artefact), backend, options)
+    return _python_folder(repository, PYTHON_MODEL, artefact_files(artefact), options, config, overwrite)
 
 # ---- the production flavour: the engine and the text encoder on Triton's native backends ----------------------
 
@@ -251,8 +258,59 @@ def check_against_manifest(signature, manifest: Dict, where: str) -> None:
         raise InputError(f"{where}: inputs {got} differ from the manifest's {expected}")
 
 
-def write_production(repository: str, artefact: str, overwrite: bool = False) -> List[str]:
-    """``fisa_image`` (the engine) and ``fisa_text`` (the text encoder) of an exported artefact."""
+def _stage_config(name: str, stage: str, inputs: Dict[str, tuple], outputs: Dict[str, tuple], artefact: str,
+                  options: PythonModelOptions):
+    pb = model_config_pb2()
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=0)
+    for field, table in ((config.input, inputs), (config.output, outputs)):
+        for tensor, (data_type, dims) in table.items():
+            _tensor(field, tensor, data_type, dims)
+    group = config.instance_group.add()
+    group.kind, group.count = pb.ModelInstanceGroup.Kind.Value("KIND_CPU"), 1
+    _parameters(config, {"stage": stage, "artefact": os.path.basename(artefact), "threads": options.threads or 1,
+                         "max_pixels": options.max_pixels, "max_classes": options.max_classes})
+    return config
+
+
+# the ensemble's own tensors: one request = one image ((1, H, W, 3), as fisa_python takes it) and its classes
+IMAGE_IN = ("TYPE_UINT8", (1, -1, -1, 3))
+CLASSES_IN = ("TYPE_STRING", (1, -1))
+RESULT_OUT = {protocol.SEMANTIC: ("TYPE_INT32", (1, -1, -1)), protocol.SEGMENT_MAP: ("TYPE_INT32", (1, -1, -1)),
+              protocol.RESULT: ("TYPE_STRING", (1,))}
+
+
+def ensemble_config(image_sig: Dict, text_sig: Dict):
+    """``fisa``: fisa_pre -> fisa_text -> fisa_vocab -> fisa_image -> fisa_post, the host steps in Python
+    (fisa_rt.serving.stages), the engine and the text encoder on their native backends."""
+    pb = model_config_pb2()
+    config = pb.ModelConfig(name="fisa", platform="ensemble", max_batch_size=0)
+    _tensor(config.input, protocol.IMAGE, *IMAGE_IN)
+    _tensor(config.input, protocol.CLASSES, *CLASSES_IN)
+    for name, (data_type, dims) in RESULT_OUT.items():
+        _tensor(config.output, name, data_type, dims)
+    (tokens,), (embeddings,) = list(text_sig["input"]), list(text_sig["output"])
+    seen = "seen" in image_sig["input"]
+    steps = [
+        ("fisa_pre", {"image": "image", "classes": "classes"},
+         {"canvas": "canvas", "content": "content", "tokens": "tokens"}),
+        ("fisa_text", {tokens: "tokens"}, {embeddings: "prompt_embeddings"}),
+        ("fisa_vocab", {"classes": "classes", "embeddings": "prompt_embeddings"},
+         {"text": "text", **({"seen": "seen"} if seen else {})}),
+        ("fisa_image", {"image": "canvas", "text": "text", **({"seen": "seen"} if seen else {})},
+         {"mask_logits": "mask_logits", "class_scores": "class_scores"}),
+        ("fisa_post", {"image": "image", "classes": "classes", "content": "content", "mask_logits": "mask_logits",
+                       "class_scores": "class_scores"}, {n: n for n in RESULT_OUT}),
+    ]
+    for model, inputs, outputs in steps:
+        step = config.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        step.input_map.update(inputs)  # the step's tensor -> the ensemble's
+        step.output_map.update(outputs)
+    return config
+
+
+def write_production(repository: str, artefact: str, options: PythonModelOptions, overwrite: bool = False) -> List[str]:
+    """``fisa_image`` (the engine), ``fisa_text`` (the text encoder), the Python steps and the ``fisa`` ensemble
+    of an exported artefact (a checkpoint has no production flavour: fisa_python serves it)."""
     from ..export.manifest import read_checked_manifest
 
     if artefact.endswith(".safetensors"):
@@ -262,9 +320,10 @@ def write_production(repository: str, artefact: str, overwrite: bool = False) ->
     signature = artefact_signature(artefact, manifest)
     check_against_manifest(signature, manifest, artefact)
     text = os.path.join(os.path.dirname(os.path.abspath(artefact)), manifest["text_encoder"]["file"])
+    text_sig = onnx_signature(text)
     written = []
     for name, source, sig, is_engine in (("fisa_image", artefact, signature, engine),
-                                         ("fisa_text", text, onnx_signature(text), False)):
+                                         ("fisa_text", text, text_sig, False)):
         folder = os.path.join(repository, name)
         refuse_overwrite(folder, overwrite)
         os.makedirs(os.path.join(folder, "1"), exist_ok=True)
@@ -272,6 +331,28 @@ def write_production(repository: str, artefact: str, overwrite: bool = False) ->
         shutil.copy2(source, os.path.join(folder, "1", config.default_model_filename))
         write_config(folder, config)
         written.append(folder)
+    # the steps read the manifest and the text encoder's tokenizer, not the engine
+    files = [f for f in artefact_files(artefact) if f != artefact]
+    (tokens, tokens_type), = ((n, t) for n, t in text_sig["input"].items())
+    embeddings_type = next(iter(text_sig["output"].values()))
+    image_in, image_out = signature["input"], signature["output"]
+    stages = {
+        "fisa_pre": ("pre", {"image": IMAGE_IN, "classes": CLASSES_IN},
+                     {"canvas": image_in["image"], "content": ("TYPE_INT32", (2,)), "tokens": tokens_type}),
+        "fisa_vocab": ("vocab", {"classes": CLASSES_IN, "embeddings": embeddings_type},
+                       {n: image_in[n] for n in ("text", "seen") if n in image_in}),
+        "fisa_post": ("post", {"image": IMAGE_IN, "classes": CLASSES_IN, "content": ("TYPE_INT32", (2,)),
+                               "mask_logits": image_out["mask_logits"], "class_scores": image_out["class_scores"]},
+                      RESULT_OUT),
+    }
+    for name, (stage, inputs, outputs) in stages.items():
+        config = _stage_config(name, stage, inputs, outputs, artefact, options)
+        written.append(_python_folder(repository, name, files, options, config, overwrite))
+    folder = os.path.join(repository, "fisa")
+    refuse_overwrite(folder, overwrite)
+    os.makedirs(os.path.join(folder, "1"), exist_ok=True)
+    write_config(folder, ensemble_config(signature, text_sig))
+    written.append(folder)
     return written
 
 
@@ -281,7 +362,7 @@ def check_repository(repository: str, artefact: str) -> List[str]:
     the lines it checked otherwise."""
     from ..export.manifest import read_manifest
 
-    lines = []
+    lines, configs = [], {}
     for name in sorted(os.listdir(repository)):
         path = os.path.join(repository, name, "config.pbtxt")
         if not os.path.isfile(path):
@@ -304,13 +385,51 @@ def check_repository(repository: str, artefact: str) -> List[str]:
                            if config.parameters[k].string_value != v}
                 if missing:
                     raise InputError(f"{path} does not carry the engine's profiles {missing}")
-            else:
-                want = onnx_signature(model_file if model_file.endswith(".onnx") else artefact)
+            elif name == "fisa_text":
+                want = onnx_signature(model_file)
+            else:  # the ensemble and its Python steps: checked by their wiring, below
+                want = got
         if got != want:
             raise InputError(f"{path}: inputs/outputs {got} differ from what it serves {want}")
         lines.append(f"{path}: parses with Triton's schema; {len(got['input'])} inputs and {len(got['output'])} "
                      f"outputs match")
+        configs[name] = config
+    if "fisa" in configs:
+        check_ensemble(configs)
+        lines.append("fisa: every step's inputs and outputs agree with the tensors the steps before it produce")
     return lines
+
+
+def _compatible(a: tuple, b: tuple) -> bool:
+    """Two (data type, dims) that can be the same tensor: -1 matches any size."""
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(x == y or -1 in (x, y) for x, y in zip(a[1], b[1]))
+
+
+def check_ensemble(configs: Dict[str, object]) -> None:
+    """Each step of ``fisa`` takes exactly its model's inputs, from tensors of the ensemble or of earlier steps
+    with a compatible data type and shape, and every ensemble output is produced."""
+    ensemble = configs["fisa"]
+    tensors = dict(config_signature(ensemble)["input"])
+    for step in ensemble.ensemble_scheduling.step:
+        if step.model_name not in configs:
+            raise InputError(f"ensemble fisa names {step.model_name}, which the repository lacks")
+        signature = config_signature(configs[step.model_name])
+        if set(step.input_map) != set(signature["input"]):
+            raise InputError(f"ensemble step {step.model_name} maps inputs {sorted(step.input_map)}, but the model "
+                             f"takes {sorted(signature['input'])}")
+        for model_input, tensor in step.input_map.items():
+            if tensor not in tensors:
+                raise InputError(f"ensemble step {step.model_name} reads {tensor!r} before any step writes it")
+            if not _compatible(tensors[tensor], signature["input"][model_input]):
+                raise InputError(f"ensemble step {step.model_name}: {tensor!r} is {tensors[tensor]}, its input "
+                                 f"{model_input!r} takes {signature['input'][model_input]}")
+        for model_output, tensor in step.output_map.items():
+            if model_output not in signature["output"]:
+                raise InputError(f"ensemble step {step.model_name} has no output {model_output!r}")
+            tensors[tensor] = signature["output"][model_output]
+    for name, spec in config_signature(ensemble)["output"].items():
+        if name not in tensors or not _compatible(tensors[name], spec):
+            raise InputError(f"ensemble fisa's output {name!r} {spec} is not what its steps produce")
 
 
 def export_repository(artefact: str, repository: str, backend: Optional[str], options: PythonModelOptions,
@@ -323,5 +442,5 @@ def export_repository(artefact: str, repository: str, backend: Optional[str], op
         raise InputError(f"engine {artefact} does not exist")
     os.makedirs(repository, exist_ok=True)
     folders = [write_python_model(repository, artefact, backend, options, overwrite)]
-    folders += write_production(repository, artefact, overwrite)
+    folders += write_production(repository, artefact, options, overwrite)
     return [f"wrote {f}" for f in folders] + check_repository(repository, artefact)

@@ -31,47 +31,89 @@ _bootstrap(os.path.join(os.path.dirname(os.path.abspath(__file__)), "environment
 
 
 class TritonPythonModel:
+    """``stage`` (a config parameter): ``segment`` (fisa_python), or ``pre`` / ``vocab`` / ``post``, the Python
+    steps of the production ensemble (fisa_rt.serving.stages)."""
+
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        parameters = config.get("parameters", {})
         import triton_python_backend_utils as pb_utils
 
-        from fisa_rt.runtime.segmenter import Segmenter
-        from fisa_rt.serving.handler import Handler, Limits
+        config = json.loads(args["model_config"])
+        parameters = config.get("parameters", {})
 
         def value(key, default=""):
             return parameters.get(key, {}).get("string_value", default)
 
+        self.pb_utils = pb_utils
+        self.stage = value("stage", "segment")
         folder = os.path.join(args["model_repository"], args["model_version"])
+        artefact = os.path.join(folder, value("artefact"))
         threads = int(value("threads", "0")) or None
+        from fisa_rt.serving.handler import Limits
+
+        self.limits = Limits(max_pixels=int(value("max_pixels", "100000000")),
+                             max_classes=int(value("max_classes", "2048")))
+        if self.stage != "segment":
+            from fisa_rt.runtime.threads import apply_torch_threads, resolve_threads
+            from fisa_rt.serving.stages import Stages
+
+            apply_torch_threads(resolve_threads(threads))
+            self.stages = Stages(artefact)
+            return
+        from fisa_rt.runtime.segmenter import Segmenter
+        from fisa_rt.serving.handler import Handler
+
         segmenter = Segmenter.from_engine(
-            os.path.join(folder, value("artefact")), backend=value("backend") or None, device=value("device") or None,
+            artefact, backend=value("backend") or None, device=value("device") or None,
             cache_dir=value("cache_dir") or None, threads=threads,
         )
-        limits = Limits(max_pixels=int(value("max_pixels", "100000000")), max_classes=int(value("max_classes", "2048")))
-        self.handler = Handler(segmenter, limits)
-        self.pb_utils = pb_utils
+        self.handler = Handler(segmenter, self.limits)
+
+    def _inputs(self, request, names):
+        tensors = {}
+        for name in names:
+            tensor = self.pb_utils.get_input_tensor_by_name(request, name)
+            tensors[name] = None if tensor is None else tensor.as_numpy()
+        return tensors
+
+    def _response(self, request, outcome):
+        pb_utils = self.pb_utils
+        if isinstance(outcome, Exception):  # a user's error: INVALID_ARG (HTTP 400), never INTERNAL
+            error = pb_utils.TritonError(str(outcome), pb_utils.TritonError.INVALID_ARG)
+            return pb_utils.InferenceResponse(output_tensors=[], error=error)
+        wanted = set(request.requested_output_names()) or set(outcome)
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in outcome.items() if n in wanted])
 
     def execute(self, requests):
+        if self.stage != "segment":
+            return [self._response(r, self._stage(r)) for r in requests]
         from fisa_rt.serving import protocol
         from fisa_rt.serving.handler import Request
 
-        pb_utils = self.pb_utils
         decoded = []
         for request in requests:
-            tensors = {}
-            for name in (protocol.IMAGE, protocol.CLASSES):
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                tensors[name] = None if tensor is None else tensor.as_numpy()
+            tensors = self._inputs(request, (protocol.IMAGE, protocol.CLASSES))
             parameters = json.loads(request.parameters() or "{}")
             decoded.append(Request(tensors[protocol.IMAGE], tensors[protocol.CLASSES], parameters))
-        responses = []
-        for request, outcome in zip(requests, self.handler.execute(decoded)):
-            if isinstance(outcome, Exception):  # a user's error: INVALID_ARG (HTTP 400), never INTERNAL
-                error = pb_utils.TritonError(str(outcome), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            wanted = set(request.requested_output_names()) or set(outcome)
-            tensors = [pb_utils.Tensor(name, array) for name, array in outcome.items() if name in wanted]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
+        return [self._response(r, o) for r, o in zip(requests, self.handler.execute(decoded))]
+
+    def _stage(self, request):
+        from fisa_rt.errors import FisaError
+        from fisa_rt.serving import protocol
+        from fisa_rt.serving.stages import names_of
+
+        try:
+            if self.stage == "pre":  # the ensemble's first step: fisa_python's checks, one error per request
+                from fisa_rt.serving.handler import Request, check_request
+
+                t = self._inputs(request, ("image", "classes"))
+                checked = check_request(Request(t["image"], t["classes"], {}), self.limits)
+                return self.stages.pre(checked.picture, checked.names)
+            if self.stage == "vocab":
+                t = self._inputs(request, ("classes", "embeddings"))
+                return self.stages.vocabulary(names_of(t["classes"]), t["embeddings"])
+            t = self._inputs(request, ("image", "classes", "content", "mask_logits", "class_scores"))
+            task, labels, max_side = protocol.check_parameters(json.loads(request.parameters() or "{}"))
+            return self.stages.post(t["image"][0], names_of(t["classes"]), t["content"], t["mask_logits"],
+                                    t["class_scores"], task, labels, max_side)
+        except FisaError as exc:
+            return exc
