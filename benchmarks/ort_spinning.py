@@ -9,6 +9,7 @@ import statistics
 import time
 
 import numpy as np
+from PIL import Image
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
         segmenter = Segmenter(OnnxRuntimeBackend(path, threads=threads, spinning=spinning), path, cache_dir="")
         segmenter.set_vocabulary(["red star", "blue circle", "wavy wall"])
         segmenters[spinning] = segmenter
-    image = np.asarray(__import__("PIL.Image").Image.open(sample_images()[0]).convert("RGB"))
+    image = np.asarray(Image.open(sample_images()[0]).convert("RGB"))
     calls = {True: [], False: []}
     for _ in range(args.rounds):
         for spinning, segmenter in segmenters.items():
@@ -43,9 +44,11 @@ def main():
     for spinning, segmenter in segmenters.items():
         t = segmenter.timings
         n = max(t.images, 1)
+        rounds = ", ".join(f"{c:.1f}" for c in calls[spinning])
+        stages = (f"pre {1000 * t.preprocess / n:.1f}, model {1000 * t.model / n:.1f}, "
+                  f"post {1000 * t.postprocess / n:.1f}")
         print(f"spinning={'on ' if spinning else 'off'} threads={threads}: segment median "
-              f"{statistics.median(calls[spinning]):.1f} ms (rounds {', '.join(f'{c:.1f}' for c in calls[spinning])});"
-              f" pre {1000 * t.preprocess / n:.1f}, model {1000 * t.model / n:.1f}, post {1000 * t.postprocess / n:.1f} ms")
+              f"{statistics.median(calls[spinning]):.1f} ms (rounds {rounds}); {stages} ms")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import os
+import textwrap
 import threading
 import time
 
@@ -130,7 +131,7 @@ def test_serving_load(benchmark, tmp_path):
         "",
         "Shared machine: other jobs ran on the same cores; figures vary run to run.",
     ]
-    report = "\n".join(lines) + "\n"
+    report = "\n".join(line if line.startswith("|") else textwrap.fill(line, 118) for line in lines) + "\n"
     print(report)
     folder = os.path.join(os.path.dirname(__file__), "results")
     with open(os.path.join(folder, f"{datetime.date.today()}-serving-{cores}-cores.md"), "w") as f:

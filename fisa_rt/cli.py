@@ -454,10 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), or a build_engine.py folder (its best artefact here)",
     )
-    inf.add_argument("--server", help="HOST:PORT of a Triton server serving fisa-rt (instead of --engine; docs/serving.md)")
+    inf.add_argument("--server",
+                     help="HOST:PORT of a Triton server serving fisa-rt (instead of --engine; docs/serving.md)")
     inf.add_argument("--protocol", choices=["http", "grpc"], help="with --server (default: http)")
     inf.add_argument("--model", default="fisa_python", help="with --server: the served model (default: fisa_python)")
-    inf.add_argument("--threads", type=POSITIVE, help="CPU threads for torch and ONNX Runtime (default: the available cores)")
+    inf.add_argument("--threads", type=POSITIVE,
+                     help="CPU threads for torch and ONNX Runtime (default: the available cores)")
     inf.add_argument(
         "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
     )
@@ -493,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     tri = verb("export-triton", "write a Triton Inference Server model repository for an artefact", _export_triton)
     tri.add_argument("--engine", required=True, help="any artefact: .safetensors, .onnx, .engine/.plan")
     tri.add_argument("--out", required=True, help="the model repository folder to write")
-    tri.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend of fisa_python")
+    tri.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
+                     help="override the backend of fisa_python")
     tri.add_argument("--instances", type=POSITIVE, default=1, help="fisa_python instances (default 1)")
     tri.add_argument("--threads", type=POSITIVE, help="CPU threads per instance (default: the cores / instances)")
     tri.add_argument("--max-batch-size", type=POSITIVE, default=8, help="dynamic batching's largest batch (default 8)")

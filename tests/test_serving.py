@@ -17,7 +17,6 @@ from fisa_rt.runtime.segmenter import Segmenter
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[test]'")
 
 from fisa_rt.serving import bundled  # noqa: E402
-from fisa_rt.serving.client import ServerError  # noqa: E402
 from fisa_rt.serving.repository import PythonModelOptions, read_config, write_config, write_python_model  # noqa: E402
 
 VOCABULARIES = [["red star", "blue circle", "wavy wall"], ["green triangle", "yellow square"], ["red star"]]

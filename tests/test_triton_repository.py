@@ -134,3 +134,22 @@ def test_the_ensemble_steps_return_what_local_segment_returns(artefacts):
     body = __import__("json").loads(outputs[protocol.RESULT][0])
     assert np.array_equal(outputs[protocol.SEMANTIC][0], want.semantic)
     assert body["segments"] == want.segments()
+
+
+def test_thread_settings_reach_torch_and_onnxruntime(artefacts):
+    import torch
+
+    from fisa_rt.runtime.threads import available_cores, resolve_threads
+
+    before = torch.get_num_threads()
+    try:
+        segmenter = Segmenter.from_engine(artefacts["ort"], cache_dir="", threads=1)
+        assert torch.get_num_threads() == 1
+        options = segmenter.backend.session.get_session_options()
+        assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert resolve_threads(None) <= available_cores()
+        with pytest.raises(InputError, match="threads must be"):
+            Segmenter.from_engine(artefacts["ort"], threads=0)
+    finally:
+        torch.set_num_threads(before)

@@ -125,7 +125,8 @@ class Segmenter:
     @classmethod
     def from_server(cls, url: str, model: str = "fisa_python", protocol: Optional[str] = None, **options):
         """A client of a Triton server serving fisa-rt (``fisa-rt export-triton``) with this class's
-        ``set_vocabulary`` / ``segment`` / ``segment_batch``; ``url`` HOST:PORT, or http://, grpc:// (docs/serving.md)."""
+        ``set_vocabulary`` / ``segment`` / ``segment_batch``; ``url``: HOST:PORT, http://... or grpc://...
+        (docs/serving.md)."""
         from ..serving.client import ServerSegmenter
 
         return ServerSegmenter(url, model=model, protocol=protocol, **options)

@@ -1,10 +1,11 @@
 """CPU threads of both runtimes a ``Segmenter`` drives: torch (pre- and post-processing, the PyTorch backend) and
 ONNX Runtime (the model). They run one after the other, so each may use every core, but no more: the default
-is the cores this process may run on (its affinity mask, which containers and ``taskset`` narrow), and a
-Triton instance gets cores / instances (fisa_rt.serving.repository).
+is torch's own count (OMP_NUM_THREADS, ``torch.set_num_threads``) capped at the cores this process may run on
+(its affinity mask, which containers and ``taskset`` narrow), and a Triton instance gets cores / instances
+(fisa_rt.serving.repository).
 
 ONNX Runtime's workers spin after each run by default, waiting for the next one, and compete with torch's
-pre- and post-processing for the same cores; ``segment`` turns spinning off (measured: docs/design.md,
+pre- and post-processing for the same cores; fisa-rt turns spinning off (measured: docs/design.md,
 "Threads")."""
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ def available_cores() -> int:
 
 
 def resolve_threads(threads: Optional[int]) -> int:
-    """``threads`` checked, or the default: the available cores."""
+    """``threads`` checked, or the default: torch's thread count (which OMP_NUM_THREADS and
+    ``torch.set_num_threads`` set), at most the available cores."""
     if threads is None:
-        return available_cores()
+        return max(1, min(torch.get_num_threads(), available_cores()))
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads must be an integer >= 1; got {threads!r}")
     return threads

@@ -141,6 +141,8 @@ class ServerSegmenter:
         self.timings.images += 1
         return result
 
-    def segment_batch(self, images: Sequence[ImageInput], task: str = "panoptic", **options) -> List[SegmentationResult]:
+    def segment_batch(
+        self, images: Sequence[ImageInput], task: str = "panoptic", **options
+    ) -> List[SegmentationResult]:
         """One request per image: the server's dynamic batcher forms the batches."""
         return [self.segment(image, task, **options) for image in images]

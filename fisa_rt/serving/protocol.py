@@ -54,7 +54,8 @@ def label_size(size: Tuple[int, int], max_side: int) -> Tuple[int, int]:
 
 def _label_rle(labels: np.ndarray) -> Dict[str, object]:
     """A label map as one COCO RLE per value present."""
-    return {"size": list(labels.shape), "values": {int(v): rle_encode(labels == v)["counts"] for v in np.unique(labels)}}
+    values = {int(v): rle_encode(labels == v)["counts"] for v in np.unique(labels)}
+    return {"size": list(labels.shape), "values": values}
 
 
 def _label_unrle(encoded: Dict[str, object]) -> np.ndarray:

@@ -69,8 +69,8 @@ class Stages:
             segmenter.vocabulary = vocab.Vocabulary(list(names))
         raw = RawOutput(torch.from_numpy(mask_logits), torch.from_numpy(class_scores))
         S = segmenter.backend.image_size
-        result = segmenter._postprocess(image, raw.class_logits()[0], raw.mask_logits[0], tuple(int(c) for c in content),
-                                        task, (S, S))
+        content = tuple(int(c) for c in content)
+        result = segmenter._postprocess(image, raw.class_logits()[0], raw.mask_logits[0], content, task, (S, S))
         return protocol.encode_result(result, labels, max_side)
 
 
