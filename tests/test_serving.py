@@ -190,6 +190,19 @@ def test_the_model_reloads_after_the_repository_changes(server):
     assert raw_request(server, "http", GOOD_IMAGE, GOOD_CLASSES)[0] is None
 
 
+def test_infer_through_the_server_writes_the_files_local_infer_writes(server, tmp_path):
+    from fisa_rt.cli import main
+
+    image = sample_images()[0]
+    common = ["--input", image, "--classes", "red star, wavy wall", "--task", "panoptic", "--no-progress"]
+    assert main(["infer", "--server", server.grpc, "--protocol", "grpc", "--out", str(tmp_path / "s"), *common]) == 0
+    assert main(["infer", "--engine", default_checkpoint(), "--out", str(tmp_path / "l"), *common]) == 0
+    served = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert served == sorted(p.name for p in (tmp_path / "l").iterdir()) and len(served) == 4
+    for name in served:
+        assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "l" / name).read_bytes(), name
+
+
 def test_zz_a_server_killed_mid_request_is_one_line_and_no_partial_files(server, tmp_path, capsys):
     """Runs last (it kills the module's server)."""
     import threading
