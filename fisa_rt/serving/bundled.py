@@ -53,7 +53,8 @@ def free_port() -> int:
 
 class BundledServer:
     """``with BundledServer(repo) as server:`` a tritonserver on 127.0.0.1 with free ports, stopped on exit,
-    whatever happened inside. ``server.http`` / ``server.grpc``: HOST:PORT; ``server.log``: its output file.
+    whatever happened inside. ``server.http`` / ``server.grpc``: HOST:PORT; ``server.log``: its output file
+    (a temporary one, removed on stop, unless ``log`` names one).
     Models load explicitly (``--model-control-mode explicit``) so a client can reload one after the repository
     changes."""
 
@@ -154,8 +155,8 @@ class BundledServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if self._scratch:
-            shutil.rmtree(os.path.join(self._scratch, "backends"), ignore_errors=True)  # the log stays for reading
+        if self._scratch:  # the log too, unless the caller chose where it goes (``log=``)
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> "BundledServer":
         return self.start()
