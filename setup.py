@@ -16,7 +16,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.runtime", "fisa_rt.kernels", "fisa_rt.export"],
+    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.runtime", "fisa_rt.serving", "fisa_rt.kernels",
+              "fisa_rt.export"],
     # `kernels/` and `export/` sit at the top of the repository beside the model (the folders show the
     # pipeline), but install as fisa_rt.kernels / fisa_rt.export so their names cannot clash with
     # other packages.
@@ -43,6 +44,8 @@ setup(
     extras_require={
         # video files and cameras for `fisa-rt infer --input`
         "video": ["opencv-python-headless"],
+        # `fisa-rt infer --server`, Segmenter.from_server and export-triton's config checks (Triton's model_config_pb2)
+        "serve": ["tritonclient[http,grpc]>=2.51"],
         # build_engine.py's fp16 ONNX (AutoCast) and int8/fp8 Q/DQ: NVIDIA ModelOpt without its [onnx] extra,
         # which pins onnx~=1.21 and onnxruntime-gpu (clashing with onnxruntime); only what AutoCast imports.
         "tensorrt": MODELOPT,
@@ -63,6 +66,8 @@ setup(
             # BuildKit's Dockerfile parser (Go, in a wheel): tests/test_dockerfiles.py parses the Dockerfiles
             # as `docker build` would, where no Docker engine runs
             "dockerfile>=3.4",
+            # the serving tests' client; the server itself (nvidia-pytriton) installs --no-deps (README)
+            "tritonclient[http,grpc]>=2.51",
             *MODELOPT,
         ],
     },

@@ -34,8 +34,10 @@ EXAMPLES = {
         "fisa-rt infer --engine build --vocab synthetic --out out/   # build/ from `python export/build_engine.py`\n"
         "  fisa-rt infer --engine model.engine --input photos/ --vocab coco-panoptic --task panoptic --out out/\n"
         "  fisa-rt infer --engine model.onnx --input 'shots/*.jpg' --classes 'cat, dog, grass' --task semantic --out out/\n"
-        "  fisa-rt infer --engine model.engine --input street.mp4 --embeddings coco.npz --batch 4 --out out/"
+        "  fisa-rt infer --engine model.engine --input street.mp4 --embeddings coco.npz --batch 4 --out out/\n"
+        "  fisa-rt infer --server localhost:8001 --protocol grpc --input photos/ --classes 'cat, dog' --out out/"
     ),
+    "export-triton": "fisa-rt export-triton --engine build --out triton-repo   # then: docs/serving.md",
     "encode-vocab": "fisa-rt encode-vocab --engine build/fisa-tiny-synthetic.portable.onnx --vocab ade20k-150 --out ade.npz",
     "bench": "fisa-rt bench --engine build/fisa-tiny-synthetic.portable.onnx --batch 1 --classes 150 --iterations 50",
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
@@ -231,7 +233,13 @@ def _infer(args: argparse.Namespace) -> None:
     _output_folder(args.out)
     _refuse_existing_outputs(args.out, source.names, args.overwrite)
     request = _read_vocabulary(args)
-    segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None)
+    if (args.engine is None) == (args.server is None):
+        raise InputError("give one of --engine (run here) or --server HOST:PORT (a Triton server, docs/serving.md)")
+    if args.server:
+        segmenter = Segmenter.from_server(args.server, model=args.model, protocol=args.protocol)
+    else:
+        segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None,
+                                          threads=args.threads)
     _set_vocabulary(segmenter, args, request)
     total = len(source)
     # Made at the first result, so an input that fails to open prints its error line and nothing else.
@@ -273,6 +281,18 @@ def _infer(args: argparse.Namespace) -> None:
     print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
     if failed:
         raise PartialFailure(f"{len(failed)} of {total} inputs failed (each named above); the others are in {args.out}")
+
+
+def _export_triton(args: argparse.Namespace) -> None:
+    from .serving.repository import PythonModelOptions, export_repository
+
+    options = PythonModelOptions(
+        instances=args.instances, threads=args.threads, max_batch_size=args.max_batch_size, device=args.device,
+        kind="KIND_GPU" if args.device.startswith("cuda") else "KIND_CPU", max_pixels=args.max_pixels,
+        max_classes=args.max_classes, prepend_dirs=[os.path.abspath(args.numpy1)] if args.numpy1 else None,
+    )
+    for line in export_repository(args.engine, args.out, args.backend, options, args.overwrite):
+        print(line)
 
 
 def _encode_vocab(args: argparse.Namespace) -> None:
@@ -443,9 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     inf = verb("infer", "segment images, folders, globs, videos or a camera with any engine", _infer)
     inf.add_argument(
         "--engine",
-        required=True,
         help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), or a build_engine.py folder (its best artefact here)",
     )
+    inf.add_argument("--server",
+                     help="HOST:PORT of a Triton server serving fisa-rt (instead of --engine; docs/serving.md)")
+    inf.add_argument("--protocol", choices=["http", "grpc"], help="with --server (default: http)")
+    inf.add_argument("--model", default="fisa_python", help="with --server: the served model (default: fisa_python)")
+    inf.add_argument("--threads", type=POSITIVE,
+                     help="CPU threads for torch and ONNX Runtime (default: the available cores)")
     inf.add_argument(
         "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
     )
@@ -477,6 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop at the first bad input (default: skip it with one line, go on, exit 1 at the end)")
     inf.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS,
                      help=f"refuse larger images, e.g. decompression bombs (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
+
+    tri = verb("export-triton", "write a Triton Inference Server model repository for an artefact", _export_triton)
+    tri.add_argument("--engine", required=True, help="any artefact: .safetensors, .onnx, .engine/.plan")
+    tri.add_argument("--out", required=True, help="the model repository folder to write")
+    tri.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
+                     help="override the backend of fisa_python")
+    tri.add_argument("--instances", type=POSITIVE, default=1, help="fisa_python instances (default 1)")
+    tri.add_argument("--threads", type=POSITIVE, help="CPU threads per instance (default: the cores / instances)")
+    tri.add_argument("--max-batch-size", type=POSITIVE, default=8, help="dynamic batching's largest batch (default 8)")
+    tri.add_argument("--device", default="cpu", help="fisa_python's device: cpu or cuda (default cpu)")
+    tri.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    tri.add_argument("--max-classes", type=POSITIVE, default=2048, help="refuse larger vocabularies (default 2048)")
+    tri.add_argument("--numpy1", help="a numpy<2 folder the Python stub imports first (nvidia-pytriton 0.7.0's stub)")
+    tri.add_argument("--overwrite", action="store_true", help="replace an existing model of the same name")
 
     enc = verb(
         "encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab

@@ -185,8 +185,11 @@ def onnx_providers(ort) -> List[str]:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str, providers: Optional[List[str]] = None):
+    def __init__(self, path: str, providers: Optional[List[str]] = None, threads: Optional[int] = None,
+                 spinning: bool = False):
         from fisa_rt.export.manifest import read_checked_manifest
+
+        from .threads import onnxruntime_options, resolve_threads
 
         ort = _onnxruntime()
         if not os.path.isfile(path):
@@ -199,7 +202,10 @@ class OnnxRuntimeBackend(Backend):
                 f"{path} is the fused ONNX (custom fisa_rt ops for TensorRT plugins); run the portable one in ONNX Runtime"
             )
         try:
-            self.session = ort.InferenceSession(path, providers=providers or onnx_providers(ort))
+            self.session = ort.InferenceSession(
+                path, onnxruntime_options(ort, resolve_threads(threads), spinning),
+                providers=providers or onnx_providers(ort),
+            )
         except Exception as exc:  # ORT raises its own exception types for corrupt files
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
         inputs = [i.name for i in self.session.get_inputs()]
@@ -350,12 +356,15 @@ def resolve_artefact(path: str) -> str:
     )
 
 
-def open_backend(path: str, backend: Optional[str] = None, device: Optional[str] = None) -> Backend:
+def open_backend(
+    path: str, backend: Optional[str] = None, device: Optional[str] = None, threads: Optional[int] = None
+) -> Backend:
+    """``threads``: ONNX Runtime's intra-op threads (default: the available cores; fisa_rt.runtime.threads)."""
     kind = backend_for(path, backend)
     if not os.path.isfile(path):
         raise InputError(f"engine {path} does not exist")
     if kind == "torch":
         return TorchBackend(path, device)
     if kind == "onnxruntime":
-        return OnnxRuntimeBackend(path)
+        return OnnxRuntimeBackend(path, threads=threads)
     return TensorRTBackend(path)

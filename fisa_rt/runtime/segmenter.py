@@ -44,9 +44,25 @@ from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
+from .threads import apply_torch_threads, resolve_threads
 
 TASKS = ("semantic", "panoptic", "instance")
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]  # a file, or decoded RGB pixels
+
+
+def picture_of(image: ImageInput, max_pixels: Optional[int]) -> np.ndarray:
+    """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files (also the server client's)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        check_pixels(image.size, max_pixels, "given as a PIL.Image")
+        return decode_image(image)
+    if not isinstance(image, np.ndarray):
+        kind = type(image).__name__
+        raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
+    return image
 
 
 @dataclass
@@ -94,12 +110,26 @@ class Segmenter:
 
     @classmethod
     def from_engine(
-        cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None
+        cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None,
+        threads: Optional[int] = None,
     ) -> "Segmenter":
+        """``threads``: CPU threads for torch (process-wide: torch has one pool) and for ONNX Runtime; default
+        the cores this process may use (fisa_rt.runtime.threads)."""
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"engine must be a path; got {type(path).__name__}")
+        threads = resolve_threads(threads)
+        apply_torch_threads(threads)
         path = resolve_artefact(os.fspath(path))
-        return cls(open_backend(path, backend, device), path, cache_dir)
+        return cls(open_backend(path, backend, device, threads), path, cache_dir)
+
+    @classmethod
+    def from_server(cls, url: str, model: str = "fisa_python", protocol: Optional[str] = None, **options):
+        """A client of a Triton server serving fisa-rt (``fisa-rt export-triton``) with this class's
+        ``set_vocabulary`` / ``segment`` / ``segment_batch``; ``url``: HOST:PORT, http://... or grpc://...
+        (docs/serving.md)."""
+        from ..serving.client import ServerSegmenter
+
+        return ServerSegmenter(url, model=model, protocol=protocol, **options)
 
     def set_vocabulary(
         self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None
@@ -120,18 +150,7 @@ class Segmenter:
                  "the .safetensors applies it")
 
     def _picture(self, image: ImageInput) -> np.ndarray:
-        """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files."""
-        if isinstance(image, (str, os.PathLike)):
-            return load_image(image, self.max_pixels)
-        if isinstance(image, Image.Image):
-            check_pixels(image.size, self.max_pixels, "given as a PIL.Image")
-            return decode_image(image)
-        if not isinstance(image, np.ndarray):
-            kind = type(image).__name__
-            raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-            raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
-        return image
+        return picture_of(image, self.max_pixels)
 
     def _canvas_size(self, pictures: Sequence[np.ndarray]) -> Tuple[int, int]:
         """(H, W) a batch of ``pictures`` is padded to: the backend's S x S canvas; where the backend takes a

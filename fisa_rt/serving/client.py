@@ -1,0 +1,148 @@
+"""``Segmenter.from_server(url)``: the ``Segmenter`` API (``set_vocabulary``, ``segment``, ``segment_batch``) over
+a Triton server serving fisa-rt, through ``tritonclient`` (HTTP or gRPC). Images are decoded here exactly as
+local ``segment`` decodes them (EXIF orientation, 16-bit, transparency, ``max_pixels``), so the server sees the
+same pixels and returns the same results."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import FisaError, InputError, MissingDependencyError
+from ..predictor import DEFAULT_MAX_PIXELS
+from ..runtime import vocabulary as vocab
+from ..runtime.results import SegmentationResult
+from ..runtime.segmenter import ImageInput, Timings, picture_of
+from . import protocol
+
+PROTOCOLS = ("http", "grpc")
+
+
+class ServerError(FisaError):
+    """The server could not be reached, or failed (not the request's fault)."""
+
+
+def parse_url(url: str, protocol_name: Optional[str]) -> tuple:
+    """(protocol, HOST:PORT) of ``url``: HOST:PORT, http://HOST:PORT or grpc://HOST:PORT."""
+    scheme, _, address = url.rpartition("://")
+    if scheme and scheme not in PROTOCOLS:
+        raise InputError(f"server URL {url!r}: the scheme must be one of {PROTOCOLS}")
+    if protocol_name is not None and protocol_name not in PROTOCOLS:
+        raise InputError(f"--protocol must be one of {PROTOCOLS}; got {protocol_name!r}")
+    if scheme and protocol_name and scheme != protocol_name:
+        raise InputError(f"server URL {url!r} says {scheme} but the protocol asked is {protocol_name}")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"server must be HOST:PORT (e.g. localhost:8000); got {url!r}")
+    return scheme or protocol_name or "http", address
+
+
+def _module(name: str):
+    try:
+        if name == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError:
+        raise MissingDependencyError("the server client needs tritonclient: pip install 'tritonclient[http,grpc]' "
+                                     "(or pip install -e '.[serve]')") from None
+    return module
+
+
+class ServerSegmenter:
+    def __init__(self, url: str, model: str = "fisa_python", protocol: Optional[str] = None, timeout: float = 120.0):
+        self.protocol, self.address = parse_url(url, protocol)
+        self.model = model
+        self.timeout = timeout
+        self._client_module = _module(self.protocol)
+        from tritonclient.utils import InferenceServerException
+
+        self._server_exception = InferenceServerException
+        self._per_thread = threading.local()
+        self.vocabulary: Optional[vocab.Vocabulary] = None
+        self.default_vocabulary = None  # a server's model has no default: the client names its classes
+        # what `infer`'s summary line prints for a local backend
+        self.backend = SimpleNamespace(name=f"triton:{model}", device=f"{self.protocol}://{self.address}")
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.timings = Timings()
+
+    @property
+    def client(self):
+        """One tritonclient per thread: the HTTP client runs on gevent, whose connections cannot move between
+        threads ("cannot switch to a different thread")."""
+        client = getattr(self._per_thread, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._client_module.InferenceServerClient(
+                    self.address, connection_timeout=self.timeout, network_timeout=self.timeout)
+            else:
+                client = self._client_module.InferenceServerClient(self.address)
+            self._per_thread.client = client
+        return client
+
+    def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings=None) -> None:
+        if embeddings is not None:
+            raise InputError("a server encodes its vocabularies: pass class names, not embeddings")
+        if isinstance(classes, str) or not isinstance(classes, (vocab.Vocabulary, Sequence)):
+            raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
+        self.vocabulary = classes if isinstance(classes, vocab.Vocabulary) else vocab.Vocabulary(list(classes))
+
+    def _inputs(self, picture: np.ndarray) -> list:
+        m = self._client_module
+        image = m.InferInput(protocol.IMAGE, [1, *picture.shape], "UINT8")
+        image.set_data_from_numpy(np.ascontiguousarray(picture[None]))
+        names = np.array([[n.encode("utf-8") for n in self.vocabulary.names]], dtype=np.object_)
+        classes = m.InferInput(protocol.CLASSES, list(names.shape), "BYTES")
+        classes.set_data_from_numpy(names)
+        return [image, classes]
+
+    def infer_raw(self, picture: np.ndarray, task: str, labels: str, max_side: int):
+        """One request; the response, or InputError (the server refused the request) / ServerError."""
+        parameters = {"task": task, "labels": labels, "max_side": max_side}
+        protocol.check_parameters(parameters)
+        names = [protocol.RESULT] + ([protocol.SEMANTIC, protocol.SEGMENT_MAP] if labels == "full" else [])
+        outputs = [self._client_module.InferRequestedOutput(n) for n in names]
+        try:
+            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+            return self.client.infer(self.model, self._inputs(picture), outputs=outputs, parameters=parameters,
+                                     **kwargs)
+        except self._server_exception as exc:
+            status = str(exc.status() or "")
+            message = exc.message() or str(exc)
+            if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+                raise InputError(f"the server refused the request: {message}") from None
+            raise ServerError(f"server {self.address} ({self.protocol}) failed: {message}") from None
+        except Exception as exc:  # noqa: BLE001 - the transports raise their own types (gevent, grpc, socket)
+            reason = str(exc) or type(exc).__name__
+            raise ServerError(f"server {self.address} ({self.protocol}) unreachable or gone: {reason}") from None
+
+    def segment(self, image: ImageInput, task: str = "panoptic", labels: str = "full",
+                max_side: int = 0) -> SegmentationResult:
+        """As ``Segmenter.segment``; ``labels="rle"`` / ``max_side`` shrink what travels (docs/serving.md)."""
+        import time
+
+        if self.vocabulary is None:
+            raise InputError("no vocabulary set: call set_vocabulary([...]) first")
+        picture = picture_of(image, self.max_pixels)
+        start = time.perf_counter()
+        response = self.infer_raw(picture, task, labels, max_side)
+        body = json.loads(response.as_numpy(protocol.RESULT)[0])
+        full = labels == "full"
+        result = protocol.decode_result(
+            picture, self.vocabulary.names, self.vocabulary.is_thing, task, body,
+            response.as_numpy(protocol.SEMANTIC)[0] if full else None,
+            response.as_numpy(protocol.SEGMENT_MAP)[0] if full else None,
+        )
+        self.timings.model += time.perf_counter() - start
+        self.timings.images += 1
+        return result
+
+    def segment_batch(
+        self, images: Sequence[ImageInput], task: str = "panoptic", **options
+    ) -> List[SegmentationResult]:
+        """One request per image: the server's dynamic batcher forms the batches."""
+        return [self.segment(image, task, **options) for image in images]

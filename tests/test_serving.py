@@ -1,0 +1,227 @@
+"""The fisa_python model against the REAL Triton server: the tritonserver bundled in nvidia-pytriton, on
+127.0.0.1 with free ports, serving the embedded model on CPU (one server for the module, always stopped).
+Skips, saying what to install, only where that wheel or its numpy<2 folder is absent (README's test command
+installs both, so CI runs these)."""
+
+import concurrent.futures
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fisa_rt.errors import InputError, MissingDependencyError
+from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime.segmenter import Segmenter
+
+pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[test]'")
+
+from fisa_rt.serving import bundled  # noqa: E402
+from fisa_rt.serving.repository import PythonModelOptions, read_config, write_config, write_python_model  # noqa: E402
+
+VOCABULARIES = [["red star", "blue circle", "wavy wall"], ["green triangle", "yellow square"], ["red star"]]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    try:
+        numpy1 = bundled.numpy1_dir()
+        bundled.pytriton_dir()
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    repository = str(tmp_path_factory.mktemp("repository"))
+    # a 100 ms queue delay so concurrent requests meet in one execution; 1 instance x 1 thread on the 2 CI cores
+    options = PythonModelOptions(prepend_dirs=[numpy1], instances=1, threads=1, queue_delay_us=100_000,
+                                 max_pixels=1_000_000)
+    write_python_model(repository, default_checkpoint(), None, options)
+    server = bundled.BundledServer(repository)
+    server.start()
+    server.repository_folder = repository
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def local():
+    segmenter = Segmenter.from_engine(default_checkpoint(), threads=1, cache_dir="")
+    return segmenter
+
+
+def local_result(local, image, names, task="panoptic"):
+    local.set_vocabulary(names)
+    return local.segment(image, task)
+
+
+def same(a, b):
+    return np.array_equal(a.semantic, b.semantic) and a.segments() == b.segments()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_results_equal_local_segmenter(server, local, protocol):
+    remote = Segmenter.from_server(server.http if protocol == "http" else server.grpc, protocol=protocol)
+    image = sample_images()[0]
+    remote.set_vocabulary(VOCABULARIES[0])
+    for task in ("panoptic", "instance"):
+        got, want = remote.segment(image, task), local_result(local, image, VOCABULARIES[0], task)
+        assert same(got, want), task
+        if task == "panoptic":
+            assert np.array_equal(got.panoptic.segment_map.numpy(), want.panoptic.segment_map.numpy())
+        else:
+            assert np.array_equal(got.instances.masks.numpy(), want.instances.masks.numpy())
+
+
+def test_label_maps_downscaled_or_run_length_encoded(server, local):
+    remote = Segmenter.from_server(server.http)
+    image = np.asarray(sample_images_array()[0])
+    remote.set_vocabulary(VOCABULARIES[0])
+    want = local_result(local, image, VOCABULARIES[0])
+    rle = remote.segment(image, labels="rle")
+    assert same(rle, want) and np.array_equal(rle.panoptic.segment_map.numpy(), want.panoptic.segment_map.numpy())
+    small = remote.segment(image, max_side=32)
+    assert max(small.semantic.shape) == 32 and small.segments() == want.segments()
+
+
+def sample_images_array():
+    from PIL import Image
+
+    return [np.asarray(Image.open(p).convert("RGB")) for p in sample_images()]
+
+
+def concurrent_requests(server, jobs):
+    """``jobs`` [(image, names)] sent at once, one client each; [result or exception]."""
+    def one(job):
+        image, names = job
+        remote = Segmenter.from_server(server.http)
+        remote.set_vocabulary(names)
+        try:
+            return remote.segment(image)
+        except Exception as exc:  # noqa: BLE001 - returned for the test to inspect
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def statistics(server):
+    import tritonclient.http as http
+
+    stats = http.InferenceServerClient(server.http).get_inference_statistics("fisa_python")
+    return stats["model_stats"][0]["batch_stats"]
+
+
+def test_concurrent_mixed_vocabularies_are_batched_and_equal_single_requests(server, local):
+    images = sample_images_array()
+    jobs = [(images[i % len(images)], VOCABULARIES[i % len(VOCABULARIES)]) for i in range(6)]
+    results = concurrent_requests(server, jobs)
+    for (image, names), got in zip(jobs, results):
+        assert not isinstance(got, Exception), got
+        assert same(got, local_result(local, image, names))
+    assert max(int(s["batch_size"]) for s in statistics(server)) > 1  # the dynamic batcher really batched
+
+
+def test_a_bad_request_in_a_batch_fails_alone(server, local):
+    images = sample_images_array()
+    jobs = [(images[0], VOCABULARIES[0])] * 3 + [(np.zeros((1200, 1000, 3), np.uint8), VOCABULARIES[0])]
+    results = concurrent_requests(server, jobs)
+    assert isinstance(results[-1], InputError) and "pixels" in str(results[-1])
+    for got in results[:-1]:
+        assert not isinstance(got, Exception), got
+        assert same(got, local_result(local, images[0], VOCABULARIES[0]))
+
+
+def raw_request(server, protocol, image, classes, parameters=None):
+    """One request as any client could send it; (status, message), or (None, outputs) on success."""
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+    module = http if protocol == "http" else grpc
+    client = module.InferenceServerClient(server.http if protocol == "http" else server.grpc)
+    inputs = []
+    for name, array in (("image", image), ("classes", classes)):
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    try:
+        return None, client.infer("fisa_python", inputs, parameters=parameters)
+    except InferenceServerException as exc:
+        return str(exc.status()), exc.message()
+
+
+GOOD_IMAGE = np.full((1, 40, 60, 3), 128, np.uint8)
+GOOD_CLASSES = np.array([[b"red star", b"wavy wall"]], dtype=np.object_)
+BAD_REQUESTS = {
+    "wrong dtype": (GOOD_IMAGE.astype(np.float32), GOOD_CLASSES, None, "uint8"),
+    "wrong shape": (np.zeros((1, 40, 60, 4), np.uint8), GOOD_CLASSES, None, "shape"),
+    "empty class list": (GOOD_IMAGE, np.zeros((1, 0), np.object_), None, "empty"),
+    "0-byte image": (np.zeros((1, 0, 0, 3), np.uint8), GOOD_CLASSES, None, "empty"),
+    "20,000 classes": (GOOD_IMAGE, np.array([[f"class {i}".encode() for i in range(20_000)]], np.object_), None,
+                       "20,000 classes exceed"),
+    "image above max_pixels": (np.zeros((1, 1001, 1000, 3), np.uint8), GOOD_CLASSES, None, "more than"),
+    "unknown task": (GOOD_IMAGE, GOOD_CLASSES, {"task": "depth"}, "task must be"),
+}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_requests_get_one_clear_invalid_argument_and_the_server_goes_on(server, protocol):
+    for case, (image, classes, parameters, words) in BAD_REQUESTS.items():
+        status, message = raw_request(server, protocol, image, classes, parameters)
+        assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (case, status, message)
+        assert words.lower() in message.lower() and "\n" not in message.strip(), (case, message)
+        status, outputs = raw_request(server, protocol, GOOD_IMAGE, GOOD_CLASSES)
+        assert status is None, (case, outputs)
+        body = json.loads(outputs.as_numpy("result")[0])
+        assert body["size"] == [40, 60] and outputs.as_numpy("semantic").shape == (1, 40, 60)
+
+
+def test_the_model_reloads_after_the_repository_changes(server):
+    import tritonclient.http as http
+
+    config_path = os.path.join(server.repository_folder, "fisa_python", "config.pbtxt")
+    changed = read_config(config_path)
+    changed.parameters["max_classes"].string_value = "2"  # the later tests send at most 2 classes
+    write_config(os.path.dirname(config_path), changed)
+    http.InferenceServerClient(server.http).load_model("fisa_python")
+    three = np.array([[b"red star", b"wavy wall", b"blue circle"]], dtype=np.object_)
+    status, message = raw_request(server, "http", GOOD_IMAGE, three)
+    assert status == "400" and "limit of 2" in message
+    assert raw_request(server, "http", GOOD_IMAGE, GOOD_CLASSES)[0] is None
+
+
+def test_infer_through_the_server_writes_the_files_local_infer_writes(server, tmp_path):
+    from fisa_rt.cli import main
+
+    image = sample_images()[0]
+    common = ["--input", image, "--classes", "red star, wavy wall", "--task", "panoptic", "--no-progress"]
+    assert main(["infer", "--server", server.grpc, "--protocol", "grpc", "--out", str(tmp_path / "s"), *common]) == 0
+    assert main(["infer", "--engine", default_checkpoint(), "--out", str(tmp_path / "l"), *common]) == 0
+    served = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert served == sorted(p.name for p in (tmp_path / "l").iterdir()) and len(served) == 4
+    for name in served:
+        assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "l" / name).read_bytes(), name
+
+
+def test_zz_a_server_killed_mid_request_is_one_line_and_no_partial_files(server, tmp_path, capsys):
+    """Runs last (it kills the module's server)."""
+    import threading
+
+    from fisa_rt.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, path in enumerate(sample_images()[:2]):
+        (images / f"scene{i}.png").write_bytes(open(path, "rb").read())
+    out = tmp_path / "out"
+    timer = threading.Timer(0.3, server.kill)
+    timer.start()
+    try:
+        code = main(["infer", "--server", server.http, "--input", str(images), "--out", str(out),
+                     "--classes", "red star, wavy wall", "--fail-fast", "--no-progress"])
+    finally:
+        timer.join()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "server" in err[0], err
+    leftovers = [p.name for p in out.iterdir()] if out.exists() else []
+    assert not [n for n in leftovers if ".tmp" in n], leftovers  # whole files or none

@@ -1,0 +1,155 @@
+"""``fisa-rt export-triton`` without a server: every config.pbtxt parses with Triton's own schema
+(tritonclient's model_config_pb2) and agrees with the artefact it serves; the fisa_python model's request
+handling batches only what batching cannot change (FC-CLIP's padding: one canvas per batch)."""
+
+import numpy as np
+import pytest
+
+from fisa_rt.errors import InputError
+from fisa_rt.runtime.segmenter import Segmenter
+from fisa_rt.serving.handler import Handler, Limits, Request
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install -e '.[test]'")
+
+from fisa_rt.serving import repository  # noqa: E402
+
+
+def test_exported_repository_parses_and_matches_the_onnx_graphs(artefacts, tmp_path):
+    import onnx
+
+    out = tmp_path / "repo"
+    lines = repository.export_repository(artefacts["out"], str(out), None, repository.PythonModelOptions())
+    assert sorted(p.name for p in out.iterdir()) == ["fisa", "fisa_image", "fisa_post", "fisa_pre", "fisa_python",
+                                                     "fisa_text", "fisa_vocab"]
+    assert sum("parses with Triton's schema" in line for line in lines) == 7 and "fisa: every step" in lines[-1]
+    ensemble = repository.read_config(str(out / "fisa" / "config.pbtxt"))
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "fisa_pre", "fisa_text", "fisa_vocab", "fisa_image", "fisa_post"]
+    image = repository.read_config(str(out / "fisa_image" / "config.pbtxt"))
+    graph = onnx.load(artefacts["ort"], load_external_data=False).graph
+    assert [i.name for i in image.input] == [i.name for i in graph.input]
+    assert [o.name for o in image.output] == [o.name for o in graph.output]
+    assert image.backend == "onnxruntime" and image.max_batch_size == 0
+    assert image.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    python = repository.read_config(str(out / "fisa_python" / "config.pbtxt"))
+    assert python.backend == "python" and all(i.allow_ragged_batch for i in python.input)
+    assert python.dynamic_batching.max_queue_delay_microseconds > 0
+    # instances x threads <= cores by default
+    assert python.instance_group[0].count * int(python.parameters["threads"].string_value) <= max(
+        2, repository.PythonModelOptions().instances * 2)
+
+
+def test_a_config_that_disagrees_with_its_graph_is_refused(artefacts, tmp_path):
+    out = tmp_path / "repo"
+    repository.export_repository(artefacts["out"], str(out), None, repository.PythonModelOptions())
+    path = out / "fisa_image" / "config.pbtxt"
+    config = repository.read_config(str(path))
+    config.input[1].dims[1] = 512  # the text width the graph does not take
+    repository.write_config(str(path.parent), config)
+    with pytest.raises(InputError, match="differ from what it serves"):
+        repository.check_repository(str(out), repository.artefact_files(artefacts["ort"])[0])
+    path.unlink()
+    repository.export_repository(artefacts["out"], str(tmp_path / "again"), None, repository.PythonModelOptions())
+    post = tmp_path / "again" / "fisa_post" / "config.pbtxt"
+    config = repository.read_config(str(post))
+    config.input[3].data_type = config.input[1].data_type  # mask_logits as strings: the wiring check catches it
+    repository.write_config(str(post.parent), config)
+    with pytest.raises(InputError, match="ensemble step fisa_post"):
+        repository.check_repository(str(tmp_path / "again"), artefacts["ort"])
+    path.write_text("name: 'fisa_image' input { nme: 'x' }")
+    with pytest.raises(InputError, match="not a Triton model config"):
+        repository.check_repository(str(out), artefacts["ort"])
+
+
+def test_engine_profiles_are_carried_into_the_config():
+    manifest = {"tensorrt": {"profiles": {"classes": {"min": 1, "opt": 133, "max": 1203},
+                                          "synonyms": {"min": 1, "opt": 1, "max": 8}}}, "synonyms": "max"}
+    signature = {"input": {"text": ("TYPE_FP32", (-1, -1, 64))}, "output": {"class_scores": ("TYPE_FP16", (-1,))}}
+    config = repository.graph_model_config("fisa_image", signature, True, manifest)
+    assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
+    assert config.parameters["classes_profile"].string_value == "1,133,1203"
+    assert config.parameters["synonyms_profile"].string_value == "1,1,8"
+    assert config.parameters["synonyms"].string_value == "max"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_fcclip(tmp_path_factory):
+    """FC-CLIP's padding rule (resize.pad "divisible") on a tiny random model."""
+    import torch
+    from test_segmenter_padding import fcclip_tiny
+
+    from fisa_rt.checkpoint import save_checkpoint
+    from fisa_rt.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model(fcclip_tiny()).eval()
+    path = str(tmp_path_factory.mktemp("pad") / "fcclip-tiny.safetensors")
+    save_checkpoint(path, model, vocabulary=["cat", "grass"], is_thing=[True, False])
+    return path
+
+
+def test_bad_requests_fail_alone_and_batches_hold_one_canvas(checkpoint_fcclip):
+    segmenter = Segmenter.from_engine(checkpoint_fcclip, device="cpu", cache_dir="", threads=1)
+    fed = []
+    run = segmenter.backend.run
+    segmenter.backend.run = lambda images, *args: (fed.append(tuple(images.shape)), run(images, *args))[1]
+    handler = Handler(segmenter, Limits(max_pixels=10_000))
+    rng = np.random.default_rng(0)
+    names = np.array([[b"cat", b"grass"]], dtype=np.object_)
+    images = [rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) for h, w in ((50, 70), (40, 100), (52, 68))]
+    requests = [Request(images[0], names, {}), Request(images[1], names, {}),
+                Request(np.zeros((1, 200, 100, 3), np.uint8), names, {}), Request(images[2], names, {})]
+    outcomes = handler.execute(requests)
+    assert isinstance(outcomes[2], InputError) and "pixels" in str(outcomes[2])
+    assert sorted(fed) == [(1, 3, 64, 128), (2, 3, 64, 96)]  # 50x70 and 52x68 share a canvas; 40x100 alone
+    fed.clear()
+    for request, outcome in zip(requests[:2] + requests[3:], outcomes[:2] + outcomes[3:]):
+        alone = handler.execute([request])[0]
+        assert all(np.array_equal(alone[k], outcome[k]) for k in outcome)
+
+
+def test_the_ensemble_steps_return_what_local_segment_returns(artefacts):
+    """fisa_pre -> fisa_text -> fisa_vocab -> fisa_image -> fisa_post, with ONNX Runtime where the server runs
+    fisa_text and fisa_image: the result equals Segmenter.segment on the same artefact."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from fisa_rt.predictor import sample_images
+    from fisa_rt.serving import protocol
+    from fisa_rt.serving.stages import Stages
+
+    artefact, names = artefacts["ort"], ["red star", "blue circle, disc", "wavy wall"]
+    image = np.asarray(Image.open(sample_images()[0]).convert("RGB"))
+    stages = Stages(artefact)
+    pre = stages.pre(image, names)
+    per_prompt = stages.segmenter.text_encoder.session.run(None, {"tokens": pre["tokens"]})[0]
+    vocabulary = stages.vocabulary(names, per_prompt)
+    image_session = ort.InferenceSession(artefact, providers=["CPUExecutionProvider"])
+    mask_logits, class_scores = image_session.run(["mask_logits", "class_scores"],
+                                                  {"image": pre["canvas"], **vocabulary})
+    outputs = stages.post(image, names, pre["content"], mask_logits, class_scores, "panoptic", "full", 0)
+    local = Segmenter.from_engine(artefact, cache_dir="", threads=1)
+    local.set_vocabulary(names)
+    want = local.segment(image)
+    body = __import__("json").loads(outputs[protocol.RESULT][0])
+    assert np.array_equal(outputs[protocol.SEMANTIC][0], want.semantic)
+    assert body["segments"] == want.segments()
+
+
+def test_thread_settings_reach_torch_and_onnxruntime(artefacts):
+    import torch
+
+    from fisa_rt.runtime.threads import available_cores, resolve_threads
+
+    before = torch.get_num_threads()
+    try:
+        segmenter = Segmenter.from_engine(artefacts["ort"], cache_dir="", threads=1)
+        assert torch.get_num_threads() == 1
+        options = segmenter.backend.session.get_session_options()
+        assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert resolve_threads(None) <= available_cores()
+        with pytest.raises(InputError, match="threads must be"):
+            Segmenter.from_engine(artefacts["ort"], threads=0)
+    finally:
+        torch.set_num_threads(before)
