@@ -119,6 +119,13 @@ def _panoptic_whole_image(class_logits, mask_logits, is_thing, cfg):
     return segment_map, [tuple(s) for s in segments]
 
 
+def _owner_classes(class_logits, mask_logits, cfg):
+    """The panoptic task's semantic labels: per pixel, the class of the kept proposal that owns it."""
+    scores, labels = class_logits.softmax(-1).max(-1)
+    keep = labels.ne(class_logits.shape[-1] - 1) & (scores > cfg.object_mask_threshold)
+    return labels[keep][(scores[keep][:, None, None] * mask_logits.sigmoid()[keep]).argmax(0)]
+
+
 def _discs(generator, Q, K, H, W):
     """Class logits (Q, K + 1) and mask logits (Q, H, W) of noisy discs, so proposals overlap partly and
     some fail the overlap threshold."""
@@ -199,7 +206,9 @@ def test_images_up_to_the_model_size_are_post_processed_at_full_resolution(segme
     is_thing = segmenter.vocabulary.is_thing
     segment_map, segments = _panoptic_whole_image(class_logits, logits, is_thing, segmenter.postprocess)
     result = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "panoptic")
-    assert np.array_equal(result.semantic, labels.numpy())
+    semantic = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "semantic")
+    assert np.array_equal(semantic.semantic, labels.numpy())
+    assert np.array_equal(result.semantic, _owner_classes(class_logits, logits, segmenter.postprocess).numpy())
     assert np.array_equal(result.panoptic.segment_map.numpy(), segment_map.numpy())
     assert [(s.id, s.category_id, s.score, s.area) for s in result.panoptic.segments] == segments and len(segments) >= 2
 
