@@ -135,14 +135,16 @@ class TorchBackend(Backend):
         cuda_graphs: Optional[bool] = None,
         compile: bool = False,
         graph_seam=None,
+        autocast: Optional[torch.dtype] = None,
     ):
         """``cuda_graphs``: replay the forward as CUDA graphs (default: on CUDA; fisa_rt.runtime.cuda_graphs);
         ``compile``: torch.compile the model first (fisa_rt.runtime.compiled); ``graph_seam``: the capture and
-        replay to use instead of CUDA's (tests drive the runner on CPU with it)."""
+        replay to use instead of CUDA's (tests drive the runner on CPU with it); ``autocast``: run the forward
+        under torch.autocast to this dtype (fp16/bf16 on a GPU; the weights stay fp32)."""
         from fisa_rt.export.onnx_export import ImageModelForExport
 
         from ..checkpoint import load_model, read_checkpoint_info
-        from .compiled import compile_forward
+        from .compiled import autocast_forward, compile_forward
         from .cuda_graphs import GraphRunner, TorchGraphs
 
         info = read_checkpoint_info(path)
@@ -151,6 +153,8 @@ class TorchBackend(Backend):
         self.model = model.float().eval().to(self.device)
         self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
         self.forward = compile_forward(self.wrapper) if compile else self.wrapper
+        if autocast is not None:
+            self.forward = autocast_forward(self.forward, self.device, autocast)
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         if cuda_graphs and graph_seam is None and self.device.type != "cuda":

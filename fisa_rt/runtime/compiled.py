@@ -1,4 +1,4 @@
-"""``--compile``: the PyTorch backend's forward through ``torch.compile``.
+"""``--compile``: the PyTorch backend's forward through ``torch.compile``; and under autocast.
 
 Mode ``max-autotune-no-cudagraphs``: Inductor's autotuned kernels without its own CUDA graphs, since the
 runner (fisa_rt.runtime.cuda_graphs) captures the compiled forward itself, per (batch, canvas, vocabulary
@@ -25,3 +25,13 @@ def compile_forward(module: torch.nn.Module):
     """``module`` compiled (lazily: the first call of each shape compiles)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())
     return torch.compile(module, mode=MODE, dynamic=False)
+
+
+def autocast_forward(forward, device: torch.device, dtype: torch.dtype):
+    """``forward`` run under ``torch.autocast(device.type, dtype)``; the outputs as it returns them."""
+
+    def run(*args):
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(*args)
+
+    return run

@@ -70,6 +70,15 @@ class Timings:
         )
 
 
+@dataclass
+class Prepared:
+    """A pre-processed batch: the model input on the backend's device, and where each picture lies in it."""
+
+    batch: torch.Tensor  # (B, 3, H, W) uint8 (float32 [0, 255] on a variable canvas)
+    contents: List[Tuple[int, int]]  # (h, w) of each resized picture, top left of the canvas
+    canvas: Tuple[int, int]  # (H, W)
+
+
 class Segmenter:
     def __init__(self, backend: Backend, artefact: str, cache_dir: Optional[str] = None):
         self.backend = backend
@@ -185,19 +194,13 @@ class Segmenter:
         sync = torch.cuda.synchronize if self.backend.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         pictures = [self._picture(i) for i in images]
-        canvas = self._canvas_size(pictures)
-        canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
-        batch = torch.cat(canvases)
+        prepared = self.prepare(pictures)
         sync()
         t1 = time.perf_counter()
-        raw = self.backend.run(batch, self.text, self.seen_in_training)
+        raw = self.backend.run(prepared.batch, self.text, self.seen_in_training)
         sync()
         t2 = time.perf_counter()
-        class_logits = raw.class_logits()
-        results = [
-            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, canvas)
-            for b, (picture, content) in enumerate(zip(pictures, contents))
-        ]
+        results = self.merge(pictures, raw, prepared, task)
         sync()
         t3 = time.perf_counter()
         self.timings.preprocess += t1 - t0
@@ -205,6 +208,22 @@ class Segmenter:
         self.timings.postprocess += t3 - t2
         self.timings.images += len(pictures)
         return results
+
+    def prepare(self, pictures: Sequence[np.ndarray]) -> "Prepared":
+        """The pre-processing stage: (H, W, 3) uint8 pictures -> the backend's input batch on its device.
+        ``segment_batch`` times this, the backend's ``run`` and :meth:`merge` as its three stages; the
+        stage benchmarks (benchmarks/test_latency.py) time the same three calls."""
+        canvas = self._canvas_size(pictures)
+        canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
+        return Prepared(torch.cat(canvases), list(contents), canvas)
+
+    def merge(self, pictures: Sequence[np.ndarray], raw, prepared: "Prepared", task: str) -> List[SegmentationResult]:
+        """The post-processing stage: the backend's raw outputs -> one result per picture, on the host."""
+        class_logits = raw.class_logits()
+        return [
+            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, prepared.canvas)
+            for b, (picture, content) in enumerate(zip(pictures, prepared.contents))
+        ]
 
     def _postprocess(self, picture, class_logits, mask_logits, content, task, canvas=None) -> SegmentationResult:
         """``mask_logits`` (Q, h, w) as the model predicted them on its ``canvas`` (H, W) (default: 4 x the
