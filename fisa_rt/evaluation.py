@@ -231,7 +231,7 @@ def evaluate_segmenter(
 
 def _repad(images: torch.Tensor, sizes, fill) -> torch.Tensor:
     """Float ``images`` (B, 3, H, W) with everything outside each one's top-left ``sizes[b]`` set to ``fill``."""
-    return torch.stack([pad_to_canvas(image[:, :h, :w], image.shape[-2:], fill) for image, (h, w) in zip(images, sizes)])
+    return torch.stack([pad_to_canvas(im[:, :h, :w], im.shape[-2:], fill) for im, (h, w) in zip(images, sizes)])
 
 
 def evaluate_predictions(
