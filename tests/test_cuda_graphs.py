@@ -12,6 +12,7 @@ from fisa_rt.errors import FisaWarning, InputError
 from fisa_rt.model import create_model
 from fisa_rt.predictor import default_checkpoint, load_image, sample_images
 from fisa_rt.runtime.backends import TorchBackend
+from fisa_rt.runtime import cuda_graphs
 from fisa_rt.runtime.cuda_graphs import MIN_BUCKET, CaptureSeam, class_bucket
 from fisa_rt.runtime.segmenter import Segmenter
 
@@ -92,7 +93,7 @@ def test_text_valid_masks_padding_in_either_head(config):
     torch.testing.assert_close(torch.cat([scores[..., :5], scores[..., -1:]], -1), want, rtol=1e-4, atol=1e-6)
 
 
-def test_a_vocabulary_of_the_same_bucket_refills_the_text_without_recapture(eager):
+def test_a_vocabulary_of_the_same_bucket_refills_the_text_without_recapture(eager, monkeypatch):
     seam = ReplaySeam()
     backend = graphed(seam)
     images, _ = _inputs(eager, 1)
@@ -103,6 +104,9 @@ def test_a_vocabulary_of_the_same_bucket_refills_the_text_without_recapture(eage
     assert (seam.captures, seam.replays) == (1, 3)
     backend.run(images, _inputs(eager, 9)[1])  # the next bucket
     backend.run(torch.cat([images, images]), _inputs(eager, 3)[1])  # another batch size
+    assert seam.captures == 3 and len(backend.graphs.graphs) == 3
+    monkeypatch.setattr(cuda_graphs, "MAX_GRAPHS", 3)  # past the cap a new shape runs eagerly, uncaptured
+    backend.run(torch.cat([images] * 3), _inputs(eager, 3)[1])
     assert seam.captures == 3 and len(backend.graphs.graphs) == 3
 
 
@@ -156,3 +160,13 @@ def test_segmenter_labels_equal_with_and_without_graphs(eager):
 def test_graphs_on_cpu_without_a_seam_are_refused():
     with pytest.raises(InputError, match="CUDA graphs need a CUDA device"):
         TorchBackend(default_checkpoint(), "cpu", cuda_graphs=True)
+
+
+def test_graph_and_compile_flags_are_refused_by_other_backends(tmp_path):
+    from fisa_rt.runtime.backends import open_backend
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not read: the flags are checked first")
+    for flags in ({"cuda_graphs": True}, {"compile": True}):
+        with pytest.raises(InputError, match="applies to the PyTorch backend"):
+            open_backend(str(onnx), **flags)

@@ -286,3 +286,15 @@ def test_small_cpu_merges_run_on_one_thread_and_restore_the_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_copy_packs_mixed_dtypes_and_unpacks_them_exactly():
+    """to_host's packing (one flat byte buffer, widest elements first so each view stays aligned)."""
+    from fisa_rt.postprocess import pack_bytes, unpack_bytes
+
+    tensors = [torch.arange(7, dtype=torch.int32).reshape(1, 7), torch.tensor([True, False, True]),
+               torch.randn(2, 3), torch.tensor([2**40, -3]), torch.zeros(0, dtype=torch.int64)]
+    packed = pack_bytes(tensors)
+    assert packed.dtype == torch.uint8 and packed.numel() == 28 + 3 + 24 + 16
+    for array, tensor in zip(unpack_bytes(packed, tensors), tensors):
+        assert array.dtype == tensor.numpy().dtype and np.array_equal(array, tensor.numpy())

@@ -371,14 +371,15 @@ def open_backend(
     compile: bool = False,
 ) -> Backend:
     """``cuda_graphs`` (default: on CUDA) and ``compile`` are the PyTorch backend's; the others launch
-    their own way (TensorRT, ONNX Runtime), so ``compile`` asked of them is an error, not ignored."""
+    their own way (TensorRT, ONNX Runtime), so either asked of them is an error, not ignored."""
     kind = backend_for(path, backend)
     if not os.path.isfile(path):
         raise InputError(f"engine {path} does not exist")
     if kind == "torch":
         return TorchBackend(path, device, cuda_graphs, compile)
-    if compile:
-        raise InputError(f"--compile applies to the PyTorch backend (.safetensors); {path} runs in {kind}")
+    for asked, flag in ((compile, "--compile"), (cuda_graphs, "--cuda-graphs")):
+        if asked:
+            raise InputError(f"{flag} applies to the PyTorch backend (.safetensors); {path} runs in {kind}")
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(path)
     return TensorRTBackend(path)

@@ -32,6 +32,10 @@ MIN_BUCKET = 8
 # Triton kernels and fill caches (the position table), none of which may happen inside a capture.
 WARMUP_RUNS = 3
 
+# Graphs kept per model: each holds its buffers and its share of the pool. A variable canvas (FC-CLIP's
+# padding to multiples of 32) can meet many shapes; past this many, new shapes run eagerly.
+MAX_GRAPHS = 16
+
 Forward = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor], Tuple[torch.Tensor, ...]]
 
 
@@ -114,6 +118,8 @@ class GraphRunner:
             return self._eager(images, text, seen)
         key = self.key(images, text, seen)
         graph = self.graphs.get(key)
+        if graph is None and len(self.graphs) >= MAX_GRAPHS:
+            return self._eager(images, text, seen)
         if graph is None:
             try:
                 graph = self._capture(images, text, seen)
