@@ -344,6 +344,7 @@ def main(argv=None) -> int:
     write.add_argument("--e2e")
     write.add_argument("--profile", help="JSON of `gpu_report.py profile`")
     write.add_argument("--choices", help="JSON of `gpu_report.py choices`")
+    write.add_argument("--runtime", help="gpu-e2e.md of benchmarks/test_gpu_e2e.py (appended as it is)")
     write.add_argument("--minutes", type=float)
     write.add_argument("--without-compiled", action="store_true", help="the torch.compile baselines were skipped")
     write.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -367,6 +368,9 @@ def main(argv=None) -> int:
             text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
                           _load(args.e2e) or [], date, args.minutes,
                           args.without_compiled, _load(args.profile), _load(args.choices))
+            if args.runtime and os.path.exists(args.runtime):
+                with open(args.runtime) as f:
+                    text += "\n## Runtime end to end (benchmarks/test_gpu_e2e.py)\n\n" + f.read()
             path = report_path(args.out_dir, measured["device"]["name"], date)
             if os.path.exists(path):
                 raise FileExistsError(f"{path} exists; move it away to write a new report")

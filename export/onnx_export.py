@@ -49,11 +49,14 @@ class ImageModelForExport(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None):
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None, text_valid=None
+    ):
         """``seen`` (K,) bool: classes the generator was trained on (the mask-average head's ensemble);
-        None scores every class as unseen."""
+        None scores every class as unseen. ``text_valid`` (K,) bool: padding classes are False (their
+        scores are 0; the CUDA-graph runner pads vocabularies, fisa_rt.runtime.cuda_graphs)."""
         x = (image.float() - self.mean) / self.std
-        out = self.model(x, text, seen=seen)
+        out = self.model(x, text, seen=seen, text_valid=text_valid)
         scores = out.class_logits.softmax(-1)
         if not self.semantic:
             return out.mask_logits, scores

@@ -104,7 +104,8 @@ class VitBackbone(nn.Module):
         patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
         return torch.cat([pos[:1], patch_pos.flatten(2).transpose(1, 2)[0]], dim=0)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> BackboneOutput:
+    def forward(self, images: torch.Tensor, text: torch.Tensor, text_valid=None) -> BackboneOutput:
+        """``text_valid`` (K,) bool: rows of ``text`` that are real classes (None: all); SEVE ignores the rest."""
         v = self.visual
         x = v.conv1(images)
         grid = (x.shape[-2], x.shape[-1])
@@ -120,7 +121,7 @@ class VitBackbone(nn.Module):
                 block_inputs.append(x)
             x = block(x)
             if str(i) in self.seve:
-                x = self.seve[str(i)](x, text)
+                x = self.seve[str(i)](x, text, text_valid)
         patches = x[:, 1:]
         feature = patches.transpose(1, 2).reshape(x.shape[0], self.width, grid[0], grid[1])
         dense = None
@@ -144,7 +145,8 @@ class ConvNextBackbone(nn.Module):
         self.feature_strides = {f"res{i + 2}": stage_info["reduction"] for i, stage_info in enumerate(info)}
         self.feature_channels = {f"res{i + 2}": stage_info["num_chs"] for i, stage_info in enumerate(info)}
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> BackboneOutput:
+    def forward(self, images: torch.Tensor, text: torch.Tensor, text_valid=None) -> BackboneOutput:
+        """``text_valid`` (K,) bool: rows of ``text`` that are real classes (None: all); SEVE ignores the rest."""
         trunk = self.visual.trunk
         x = trunk.stem(images)
         features = {}
@@ -152,7 +154,8 @@ class ConvNextBackbone(nn.Module):
             x = stage(x)
             if str(i) in self.seve:
                 B, C, H, W = x.shape
-                x = self.seve[str(i)](x.flatten(2).transpose(1, 2), text).transpose(1, 2).reshape(B, C, H, W)
+                tokens = self.seve[str(i)](x.flatten(2).transpose(1, 2), text, text_valid)
+                x = tokens.transpose(1, 2).reshape(B, C, H, W)
             features[f"res{i + 2}"] = x
         x = trunk.norm_pre(x)
         # The CLIP head (LayerNorm2d + MLP) at each location instead of after global pooling, so the

@@ -239,7 +239,8 @@ def _infer(args: argparse.Namespace) -> None:
         segmenter = Segmenter.from_server(args.server, model=args.model, protocol=args.protocol)
     else:
         segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None,
-                                          threads=args.threads)
+                                          threads=args.threads, cuda_graphs=args.cuda_graphs,
+                                          compile=args.compile)
     _set_vocabulary(segmenter, args, request)
     total = len(source)
     # Made at the first result, so an input that fails to open prints its error line and nothing else.
@@ -314,7 +315,8 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.json:
         refuse_overwrite(args.json, args.overwrite)  # before the run, not after minutes of it
-    report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations)
+    report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations,
+                       args.cuda_graphs, args.compile)
     print(report.format())
     if report.backend == "torch":
         from .kernels.dispatch import describe_choices
@@ -454,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                     help="replace an existing --json file and --predictions folder")
 
+    def speed_options(sub):
+        sub.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                         help="PyTorch backend: replay the model as CUDA graphs, one per batch, canvas and "
+                         "vocabulary-size bucket (default: on CUDA; --no-cuda-graphs runs it eagerly)")
+        sub.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                         help="PyTorch backend: torch.compile the model (max-autotune-no-cudagraphs; compiles on "
+                         "the first image of each shape, cached under ~/.cache/fisa-rt/inductor)")
+
     def vocabulary_options(sub):
         sub.add_argument("--classes", help='comma-separated class names, e.g. "cat, dog, grass"')
         sub.add_argument(
@@ -491,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder: overlay PNG, label PNG, COCO panoptic PNG+JSON or instance RLE JSON",
     )
     inf.add_argument("--batch", type=POSITIVE, default=1, help="images per engine call")
+    speed_options(inf)
     inf.add_argument("--no-cache", action="store_true", help="do not read or write the vocabulary embedding cache")
     inf.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar for folders and videos"
@@ -539,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--classes", type=POSITIVE, default=150, help="vocabulary size K (random unit embeddings)")
     be.add_argument("--warmup", type=COUNT, default=5, help="untimed calls first")
     be.add_argument("--iterations", type=POSITIVE, default=30, help="timed calls")
+    speed_options(be)
     be.add_argument("--json", help="also write the report as JSON")
     be.add_argument(
         "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace an existing --json file"

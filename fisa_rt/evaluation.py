@@ -24,7 +24,7 @@ from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segm
 from .data.synthetic import ids_to_rgb
 from .errors import InputError
 from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits, semantic_inference
-from .preprocess import fill_padding, normalize_images, padded_canvas
+from .preprocess import normalize_images, pad_to_canvas, padded_canvas
 
 IGNORE = 255
 PREDICTIONS_JSON = "predictions.json"
@@ -191,7 +191,7 @@ def evaluate(
     def predict(images: torch.Tensor, sizes):
         images = images.to(device)
         if divisible:  # FC-CLIP's padding: the mean colour unrounded, exactly 0 once normalised
-            images = fill_padding(images.float() / 255.0, sizes, cfg.resize.pad_fill(cfg.image_mean))
+            images = _repad(images.float() / 255.0, sizes, cfg.resize.pad_fill(cfg.image_mean))
         out = model(normalize_images(images, cfg.image_mean, cfg.image_std), text, seen=seen)
         return out.class_logits, out.mask_logits
 
@@ -215,18 +215,23 @@ def evaluate_segmenter(
     backend = segmenter.backend
     divisible = segmenter.resize.divisible if backend.variable_canvas else None
     # float32 mean x 255 as the model's normalisation computes it, so the padding becomes exactly 0
-    fill = torch.tensor(segmenter.resize.pad_fill(segmenter.image_mean), dtype=torch.float32) * 255.0
+    fill = (torch.tensor(segmenter.resize.pad_fill(segmenter.image_mean), dtype=torch.float32) * 255.0).tolist()
 
     def predict(images: torch.Tensor, sizes):
         images = images.to(backend.device)
         if divisible:  # as Segmenter pads for this backend: float, the mean colour unrounded
-            images = fill_padding(images.float(), sizes, fill)
+            images = _repad(images.float(), sizes, fill)
         raw = backend.run(images, segmenter.text, seen)
         return raw.class_logits(), raw.mask_logits.float()
 
     return evaluate_predictions(
         predict, dataset, segmenter.postprocess, batch_size, limit, predictions_dir, overwrite, divisible
     )
+
+
+def _repad(images: torch.Tensor, sizes, fill) -> torch.Tensor:
+    """Float ``images`` (B, 3, H, W) with everything outside each one's top-left ``sizes[b]`` set to ``fill``."""
+    return torch.stack([pad_to_canvas(im[:, :h, :w], im.shape[-2:], fill) for im, (h, w) in zip(images, sizes)])
 
 
 def evaluate_predictions(

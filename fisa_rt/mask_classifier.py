@@ -137,8 +137,10 @@ class MaskAttentionHead(nn.Module):
         text,
         logit_scale,
         seen=None,
+        text_valid=None,
     ):
-        """``logit_scale`` (CLIP's) is not used: this head scores with its own learned temperature."""
+        """``logit_scale`` (CLIP's) is not used: this head scores with its own learned temperature. Each
+        class's logit depends on its text only, so ``text_valid`` needs nothing here (the model masks)."""
         visual = backbone.visual
         blocks = visual.transformer.resblocks[len(visual.transformer.resblocks) - len(self.mask_q_proj):]
         Q = generator.mask_logits.shape[1]
@@ -166,9 +168,11 @@ class MaskAverageHead(nn.Module):
         text,
         logit_scale,
         seen: Optional[torch.Tensor] = None,
+        text_valid: Optional[torch.Tensor] = None,
     ):
         """``seen`` (K,) bool marks classes the mask generator was trained on (FC-CLIP's category
-        overlap); None treats every class as unseen."""
+        overlap); None treats every class as unseen. ``text_valid`` (K,) bool: False for padded classes,
+        which then take no probability in either softmax (None: every class is real)."""
         cfg = self.cfg
         if cfg.pooled_input == "features":
             last = features.features["res5"]
@@ -187,6 +191,9 @@ class MaskAverageHead(nn.Module):
         if generator.logit_scale is not None:
             in_scale = generator.logit_scale.exp().clamp(max=100).to(text.dtype)
         in_vocab = with_void(generator.class_embeds, text, generator.void_embedding, in_scale)
+        if text_valid is not None:
+            in_vocab = in_vocab.masked_fill(~torch.cat([text_valid, text_valid.new_ones(1)]), float("-inf"))
+            out_vocab = out_vocab.masked_fill(~text_valid, float("-inf"))
         in_probs = in_vocab[..., :-1].softmax(-1)
         out_probs = out_vocab.softmax(-1)
         if seen is None:

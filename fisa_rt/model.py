@@ -101,19 +101,36 @@ class FisaModel(nn.Module):
                 f"seen must be a bool tensor of shape ({text.shape[0]},); got {seen.dtype} {tuple(seen.shape)}"
             )
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None) -> FisaOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        seen: Optional[torch.Tensor] = None,
+        text_valid: Optional[torch.Tensor] = None,
+    ) -> FisaOutput:
         """images (B, 3, H, W) normalised with the config's mean/std, H and W multiples of 32;
         text (K, D) class embeddings, or (K, M, D) one row per synonym (see :meth:`encode_vocabulary`);
-        seen (K,) bool, classes the mask generator was trained on (used by the mask-average ensemble)."""
+        seen (K,) bool, classes the mask generator was trained on (used by the mask-average ensemble);
+        text_valid (K,) bool, False for padding classes (a vocabulary padded to a CUDA graph's size,
+        fisa_rt.runtime.cuda_graphs): no token attends to them and their class logits are -inf."""
         self.check_inputs(images, text, seen)
+        if text_valid is not None and (text_valid.dtype != torch.bool or text_valid.shape != (text.shape[0],)):
+            raise InputError(f"text_valid must be bool of shape ({text.shape[0]},); got {tuple(text_valid.shape)}")
         text = text.to(device=images.device, dtype=images.dtype)
+        rows_valid = text_valid
+        if text_valid is not None and text.dim() == 3:
+            rows_valid = text_valid.repeat_interleave(text.shape[1])
         # SEVE attends to every text row; (K, M, D) puts M rows per class, so each class weighs the same
-        features = self.backbone(images, text_rows(text))
+        features = self.backbone(images, text_rows(text), rows_valid)
         generated = self.mask_generator(features.features)
-        classified = self.classifier(self.backbone, features, generated, text, self.logit_scale.to(images.dtype), seen)
+        scale = self.logit_scale.to(images.dtype)
+        classified = self.classifier(self.backbone, features, generated, text, scale, seen, text_valid)
+        class_logits = classified.logits
+        if text_valid is not None:
+            class_logits = class_logits.masked_fill(~torch.cat([text_valid, text_valid.new_ones(1)]), float("-inf"))
         return FisaOutput(
             mask_logits=generated.mask_logits,
-            class_logits=classified.logits,
+            class_logits=class_logits,
             class_embeds=generated.class_embeds,
             aux=generated.aux,
         )

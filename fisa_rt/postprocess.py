@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -167,39 +167,62 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     return SemanticResult(label_map=label_map, confidence=confidence)
 
 
-def panoptic_inference(
-    class_logits: torch.Tensor, mask_logits: torch.Tensor, is_thing: Sequence[bool], cfg: PostprocessConfig
-) -> PanopticResult:
-    """Keep confident non-void proposals, give each pixel to the proposal with the highest
-    score x mask probability, and drop proposals that keep less than ``overlap_threshold`` of their
-    own mask; stuff proposals of one class merge into one segment."""
+@dataclass
+class PanopticProposals:
+    """The device half of panoptic inference: per pixel, who owns it; per kept proposal, its numbers."""
+
+    # (H, W) int32: 1 + the index (among kept proposals) of the proposal that owns the pixel, negated where
+    # the pixel lies outside that proposal's own mask; 0 everywhere when no proposal is kept.
+    owners: torch.Tensor
+    labels: torch.Tensor  # (N,) int64 class of each kept proposal
+    scores: torch.Tensor  # (N,) float32 its class probability
+    own_area: torch.Tensor  # (N,) int64 pixels of its own mask (probability >= 0.5)
+
+
+def panoptic_proposals(class_logits: torch.Tensor, mask_logits: torch.Tensor, cfg: PostprocessConfig):
+    """Keep confident non-void proposals and give each pixel to the one with the highest score x mask
+    probability, in row tiles; nothing here depends on the vocabulary size past the (Q, K + 1) softmax."""
     num_classes = class_logits.shape[-1] - 1
-    if len(is_thing) != num_classes:
-        raise ValueError(f"is_thing has {len(is_thing)} entries for {num_classes} classes")
     scores, labels = class_logits.softmax(-1).max(-1)
     keep = labels.ne(num_classes) & (scores > cfg.object_mask_threshold)
     scores, labels = scores[keep], labels[keep]
     H, W = mask_logits.shape[-2:]
-    segments: List[Segment] = []
-    if scores.shape[0] == 0:
-        empty = torch.zeros((H, W), dtype=torch.int32, device=mask_logits.device)
-        return PanopticResult(segment_map=empty, segments=segments)
-    # Per pixel: the kept proposal that owns it when the pixel is also inside that proposal's own mask,
-    # else -1; and per proposal the area of its own mask.
-    owned = torch.empty((H, W), dtype=torch.int64, device=mask_logits.device)
+    owners = torch.zeros((H, W), dtype=torch.int32, device=mask_logits.device)
     own_area = torch.zeros(scores.shape[0], dtype=torch.int64, device=mask_logits.device)
-    for rows in _row_tiles(H, W, scores.shape[0]):
-        masks = mask_logits[:, rows][keep].sigmoid()
-        owner = (scores[:, None, None] * masks).flatten(1).T.contiguous().argmax(1).view(masks.shape[1:])  # see above
-        inside = masks.gather(0, owner[None])[0] >= 0.5
-        owned[rows] = torch.where(inside, owner, -1)
-        own_area += (masks >= 0.5).sum((1, 2))
-    areas = torch.bincount(owned[owned >= 0], minlength=scores.shape[0]).tolist()
-    segment_of = torch.zeros(scores.shape[0] + 1, dtype=torch.int32, device=mask_logits.device)  # proposal+1 -> id
+    if scores.shape[0]:
+        for rows in _row_tiles(H, W, scores.shape[0]):
+            masks = mask_logits[:, rows][keep].sigmoid()
+            owner = (scores[:, None, None] * masks).flatten(1).T.contiguous().argmax(1).view(masks.shape[1:])  # above
+            inside = masks.gather(0, owner[None])[0] >= 0.5
+            owners[rows] = torch.where(inside, owner + 1, -(owner + 1)).to(torch.int32)
+            own_area += (masks >= 0.5).sum((1, 2))
+    return PanopticProposals(owners, labels, scores, own_area)
+
+
+def owned_areas(owners: torch.Tensor, proposals: int, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """(proposals,) pixels each kept proposal owns inside its own mask, counted on ``owners`` as
+    :func:`resize_labels` would resize it to ``size`` (default: its own)."""
+    owned = owners.clamp(min=0).long()  # 0: not owned; k + 1: proposal k
+    if size is None or tuple(size) == tuple(owners.shape):
+        return torch.bincount(owned.flatten(), minlength=proposals + 1)[1:]
+    return resized_areas(owned, size, proposals + 1)[1:]
+
+
+def panoptic_segments(
+    owners: np.ndarray, labels: Sequence[int], scores: Sequence[float], own_area: Sequence[int],
+    areas: Sequence[int], is_thing: Sequence[bool], cfg: PostprocessConfig,
+    output_areas: Optional[Sequence[int]] = None,
+) -> PanopticResult:
+    """The host half: drop proposals that keep less than ``overlap_threshold`` of their own mask (``areas``
+    and ``own_area`` counted where they were merged); stuff proposals of one class merge into one segment;
+    ``owners`` (H, W) as :class:`PanopticProposals` holds it becomes the segment map, whose segments report
+    ``output_areas`` (the areas on ``owners`` when it was resized; default ``areas``)."""
+    segments: List[Segment] = []
+    segment_of = np.zeros(len(labels) + 1, np.int32)  # proposal + 1 -> segment id
     stuff_segment = {}
-    proposals = zip(labels.tolist(), scores.tolist(), own_area.tolist(), areas)
-    for k, (category, score, original_area, area) in enumerate(proposals):
-        if area == 0 or original_area == 0 or area / original_area < cfg.overlap_threshold:
+    counted = zip(labels, scores, own_area, areas, areas if output_areas is None else output_areas)
+    for k, (category, score, original_area, merged_area, area) in enumerate(counted):
+        if merged_area == 0 or original_area == 0 or merged_area / original_area < cfg.overlap_threshold:
             continue
         thing = bool(is_thing[category])
         if not thing and category in stuff_segment:
@@ -212,7 +235,55 @@ def panoptic_inference(
             if not thing:
                 stuff_segment[category] = segment
         segment_of[k + 1] = segment.id
-    return PanopticResult(segment_map=segment_of[owned + 1], segments=segments)
+    return PanopticResult(segment_map=torch.from_numpy(segment_of[np.maximum(owners, 0)]), segments=segments)
+
+
+def panoptic_inference(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, is_thing: Sequence[bool], cfg: PostprocessConfig
+) -> PanopticResult:
+    """Mask2Former's panoptic inference (:func:`panoptic_proposals`, then :func:`panoptic_segments`); the
+    segment map comes back on the host."""
+    num_classes = class_logits.shape[-1] - 1
+    if len(is_thing) != num_classes:
+        raise ValueError(f"is_thing has {len(is_thing)} entries for {num_classes} classes")
+    found = panoptic_proposals(class_logits, mask_logits, cfg)
+    areas = owned_areas(found.owners, found.scores.shape[0])
+    owners, labels, scores, own_area, areas = to_host([found.owners, found.labels, found.scores, found.own_area, areas])
+    return panoptic_segments(
+        owners, labels.tolist(), scores.tolist(), own_area.tolist(), areas.tolist(), is_thing, cfg
+    )
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> List[np.ndarray]:
+    """NumPy copies of ``tensors`` in one device-to-host copy: on a GPU their bytes are packed into one
+    buffer there and copied once into pinned memory (each small copy would cost a sync and a launch)."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return [t.numpy() for t in tensors]
+    packed = pack_bytes(tensors)
+    host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(packed, non_blocking=True)
+    torch.cuda.current_stream(packed.device).synchronize()
+    return unpack_bytes(host, tensors)
+
+
+def _widest_first(tensors: Sequence[torch.Tensor]) -> List[int]:
+    # widest elements first, so every tensor starts at a multiple of its own element size
+    return sorted(range(len(tensors)), key=lambda i: -tensors[i].element_size())
+
+
+def pack_bytes(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The bytes of ``tensors``, one flat uint8 tensor on their device (:func:`unpack_bytes` reverses it)."""
+    return torch.cat([tensors[i].contiguous().view(-1).view(torch.uint8) for i in _widest_first(tensors)])
+
+
+def unpack_bytes(packed: torch.Tensor, like: Sequence[torch.Tensor]) -> List[np.ndarray]:
+    """NumPy views of host ``packed`` bytes as arrays of the dtypes and shapes of ``like``."""
+    arrays, start = {}, 0
+    for i in _widest_first(like):
+        size = like[i].numel() * like[i].element_size()
+        arrays[i] = packed[start : start + size].view(like[i].dtype).view(like[i].shape).numpy()
+        start += size
+    return [arrays[i] for i in range(len(like))]
 
 
 def instance_inference(

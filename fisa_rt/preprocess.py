@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import ResizeConfig
 from .errors import InputError
@@ -43,14 +45,43 @@ def padded_canvas(
     return tuple(-(-max(size[i] for size in sizes) // divisible) * divisible for i in (0, 1))
 
 
-def fill_padding(images: torch.Tensor, sizes: Sequence[Tuple[int, int]], colour: Sequence[float]) -> torch.Tensor:
-    """Set, in place, every pixel of float ``images`` (B, 3, H, W) outside the top-left ``sizes[b]`` (h, w)
-    to ``colour`` (3 values, in the images' scale); returns ``images``."""
-    value = torch.as_tensor(colour, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    for image, (h, w) in zip(images, sizes):
-        image[:, h:] = value
-        image[:, :h, w:] = value
-    return images
+def upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host ``pixels`` as a tensor on ``device``: on CUDA through pinned memory (torch's caching host
+    allocator reuses it) with a non-blocking copy; on CPU the array itself, copied only when read-only."""
+    host = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
+    if device.type != "cuda":
+        return host
+    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    pinned.copy_(host)
+    return pinned.to(device, non_blocking=True)
+
+
+def pad_to_canvas(image: torch.Tensor, canvas: Tuple[int, int], fill: Sequence[float]) -> torch.Tensor:
+    """``image`` (..., C, h, w) at the top left of a (..., C, H, W) ``canvas`` of its dtype and device, the
+    rest (bottom and right) ``fill``, C values (or one) in the image's scale. The one padding of the
+    project: the Segmenter, the datasets and the evaluation pad through it."""
+    h, w = image.shape[-2:]
+    if h > canvas[0] or w > canvas[1]:
+        raise InputError(f"a {h} x {w} image does not fit a {canvas[0]} x {canvas[1]} canvas")
+    value = torch.as_tensor(fill, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    out = value.expand(*image.shape[:-2], *canvas).clone()
+    out[..., :h, :w] = image
+    return out
+
+
+def resize_and_pad(
+    image: torch.Tensor, size: Tuple[int, int], canvas: Tuple[int, int], fill: Sequence[float],
+    dtype: torch.dtype = torch.uint8,
+) -> torch.Tensor:
+    """(3, H, W) uint8 image, on any device -> (3, canvas) ``dtype`` model input: resized to ``size``
+    (bilinear, antialiased, rounded to whole pixel values) and padded with ``fill`` in [0, 255]
+    (:func:`pad_to_canvas`): a uint8 colour, or, in float32, FC-CLIP's unrounded mean colour.
+    Resized one channel at a time in float: a third of the memory of the whole image, the same values."""
+    channels = (image[None, c : c + 1].float() for c in range(3))  # a generator: one float channel alive
+    resized = torch.cat(
+        [F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
+    )[0].round_().clamp_(0, 255)
+    return pad_to_canvas(resized.to(dtype), canvas, fill)
 
 
 def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

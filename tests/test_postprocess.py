@@ -119,6 +119,13 @@ def _panoptic_whole_image(class_logits, mask_logits, is_thing, cfg):
     return segment_map, [tuple(s) for s in segments]
 
 
+def _owner_classes(class_logits, mask_logits, cfg):
+    """The panoptic task's semantic labels: per pixel, the class of the kept proposal that owns it."""
+    scores, labels = class_logits.softmax(-1).max(-1)
+    keep = labels.ne(class_logits.shape[-1] - 1) & (scores > cfg.object_mask_threshold)
+    return labels[keep][(scores[keep][:, None, None] * mask_logits.sigmoid()[keep]).argmax(0)]
+
+
 def _discs(generator, Q, K, H, W):
     """Class logits (Q, K + 1) and mask logits (Q, H, W) of noisy discs, so proposals overlap partly and
     some fail the overlap threshold."""
@@ -199,7 +206,9 @@ def test_images_up_to_the_model_size_are_post_processed_at_full_resolution(segme
     is_thing = segmenter.vocabulary.is_thing
     segment_map, segments = _panoptic_whole_image(class_logits, logits, is_thing, segmenter.postprocess)
     result = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "panoptic")
-    assert np.array_equal(result.semantic, labels.numpy())
+    semantic = segmenter._postprocess(np.zeros((*size, 3), np.uint8), class_logits, mask_logits, content, "semantic")
+    assert np.array_equal(semantic.semantic, labels.numpy())
+    assert np.array_equal(result.semantic, _owner_classes(class_logits, logits, segmenter.postprocess).numpy())
     assert np.array_equal(result.panoptic.segment_map.numpy(), segment_map.numpy())
     assert [(s.id, s.category_id, s.score, s.area) for s in result.panoptic.segments] == segments and len(segments) >= 2
 
@@ -277,3 +286,15 @@ def test_small_cpu_merges_run_on_one_thread_and_restore_the_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_copy_packs_mixed_dtypes_and_unpacks_them_exactly():
+    """to_host's packing (one flat byte buffer, widest elements first so each view stays aligned)."""
+    from fisa_rt.postprocess import pack_bytes, unpack_bytes
+
+    tensors = [torch.arange(7, dtype=torch.int32).reshape(1, 7), torch.tensor([True, False, True]),
+               torch.randn(2, 3), torch.tensor([2**40, -3]), torch.zeros(0, dtype=torch.int64)]
+    packed = pack_bytes(tensors)
+    assert packed.dtype == torch.uint8 and packed.numel() == 28 + 3 + 24 + 16
+    for array, tensor in zip(unpack_bytes(packed, tensors), tensors):
+        assert array.dtype == tensor.numpy().dtype and np.array_equal(array, tensor.numpy())

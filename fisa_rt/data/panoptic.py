@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..config import OPENAI_MEAN, ResizeConfig
 from ..errors import InputError
-from ..preprocess import resized_shape
+from ..preprocess import pad_to_canvas, resized_shape
 from .synthetic import rgb_to_ids
 
 
@@ -193,14 +193,10 @@ class PanopticDataset(torch.utils.data.Dataset):
         if self.augment and rng.random() < 0.5:
             image, ids = image[:, ::-1], ids[:, ::-1]
         h, w = ids.shape
-        canvas = np.zeros((S, S, 3), np.uint8)
-        if not self.augment and self.resize is not None:
-            canvas[:] = self.resize.pad_colour(self.image_mean)
-        canvas[:h, :w] = image
-        id_canvas = np.zeros((S, S), np.int64)
-        id_canvas[:h, :w] = ids
-        valid = np.zeros((S, S), bool)
-        valid[:h, :w] = True
+        colour = self.resize.pad_colour(self.image_mean) if not self.augment and self.resize is not None else [0]
+        canvas = pad_to_canvas(torch.from_numpy(np.array(image)).permute(2, 0, 1), (S, S), colour)  # writable copy
+        id_canvas = pad_to_canvas(torch.from_numpy(ids.astype(np.int64))[None], (S, S), [0])[0]
+        valid = pad_to_canvas(torch.ones((1, h, w), dtype=torch.bool), (S, S), [False])[0]
         masks, labels = [], []
         for segment in ann["segments_info"]:
             if segment.get("iscrowd", 0):
@@ -210,10 +206,10 @@ class PanopticDataset(torch.utils.data.Dataset):
                 masks.append(mask)
                 labels.append(self.contiguous[segment["category_id"]])
         return Sample(
-            image=torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1),
-            masks=torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, S, S, dtype=torch.bool),
+            image=canvas,
+            masks=torch.stack(masks) if masks else torch.zeros(0, S, S, dtype=torch.bool),
             labels=torch.tensor(labels, dtype=torch.int64),
-            valid=torch.from_numpy(valid),
+            valid=valid,
             size=(h, w),
             index=index,
         )

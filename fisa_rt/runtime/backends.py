@@ -128,16 +128,39 @@ class TorchBackend(Backend):
     name = "torch"
     applies_seen = True
 
-    def __init__(self, path: str, device: Optional[str] = None):
+    def __init__(
+        self,
+        path: str,
+        device: Optional[str] = None,
+        cuda_graphs: Optional[bool] = None,
+        compile: bool = False,
+        graph_seam=None,
+        autocast: Optional[torch.dtype] = None,
+    ):
+        """``cuda_graphs``: replay the forward as CUDA graphs (default: on CUDA; fisa_rt.runtime.cuda_graphs);
+        ``compile``: torch.compile the model first (fisa_rt.runtime.compiled); ``graph_seam``: the capture and
+        replay to use instead of CUDA's (tests drive the runner on CPU with it); ``autocast``: run the forward
+        under torch.autocast to this dtype (fp16/bf16 on a GPU; the weights stay fp32)."""
         from fisa_rt.export.onnx_export import ImageModelForExport
 
         from ..checkpoint import load_model, read_checkpoint_info
+        from .compiled import autocast_forward, compile_forward
+        from .cuda_graphs import GraphRunner, TorchGraphs
 
         info = read_checkpoint_info(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, _ = load_model(path)
         self.model = model.float().eval().to(self.device)
         self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
+        self.forward = compile_forward(self.wrapper) if compile else self.wrapper
+        if autocast is not None:
+            self.forward = autocast_forward(self.forward, self.device, autocast)
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        if cuda_graphs and graph_seam is None and self.device.type != "cuda":
+            raise InputError(f"CUDA graphs need a CUDA device; this backend runs on {self.device}")
+        seam = graph_seam or (TorchGraphs(self.device) if cuda_graphs else None)
+        self.graphs = GraphRunner(self.forward, seam) if seam is not None else None
         cfg = model.cfg
         self.variable_canvas = cfg.resize.pad == "divisible"  # ViT configs cannot have it (VitBackbone)
         self.manifest = {
@@ -157,8 +180,10 @@ class TorchBackend(Backend):
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         text = self.check_text(text)
         flags = None if seen is None else torch.as_tensor(self.seen_flags(text, seen), device=self.device)
-        mask_logits, scores = self.wrapper(images.to(self.device), torch.from_numpy(text).to(self.device), flags)
-        return RawOutput(mask_logits, scores)
+        images, text = images.to(self.device, non_blocking=True), torch.from_numpy(text).to(self.device)
+        if self.graphs is not None:
+            return RawOutput(*self.graphs(images, text, flags))
+        return RawOutput(*self.forward(images, text, flags))
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -357,14 +382,24 @@ def resolve_artefact(path: str) -> str:
 
 
 def open_backend(
-    path: str, backend: Optional[str] = None, device: Optional[str] = None, threads: Optional[int] = None
+    path: str,
+    backend: Optional[str] = None,
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    cuda_graphs: Optional[bool] = None,
+    compile: bool = False,
 ) -> Backend:
-    """``threads``: ONNX Runtime's intra-op threads (default: the available cores; fisa_rt.runtime.threads)."""
+    """``threads``: ONNX Runtime's intra-op threads (default: the available cores; fisa_rt.runtime.threads).
+    ``cuda_graphs`` (default: on CUDA) and ``compile`` are the PyTorch backend's; the others launch their own
+    way (TensorRT, ONNX Runtime), so either asked of them is an error, not ignored."""
     kind = backend_for(path, backend)
     if not os.path.isfile(path):
         raise InputError(f"engine {path} does not exist")
     if kind == "torch":
-        return TorchBackend(path, device)
+        return TorchBackend(path, device, cuda_graphs, compile)
+    for asked, flag in ((compile, "--compile"), (cuda_graphs, "--cuda-graphs")):
+        if asked:
+            raise InputError(f"{flag} applies to the PyTorch backend (.safetensors); {path} runs in {kind}")
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(path, threads=threads)
     return TensorRTBackend(path)

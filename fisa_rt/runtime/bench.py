@@ -49,8 +49,11 @@ def percentiles(samples: List[float]) -> Dict[str, float]:
     }
 
 
-def benchmark(path: str, backend: Optional[str], batch: int, classes: int, warmup: int, iterations: int) -> BenchReport:
-    engine = open_backend(resolve_artefact(path), backend)
+def benchmark(
+    path: str, backend: Optional[str], batch: int, classes: int, warmup: int, iterations: int,
+    cuda_graphs: Optional[bool] = None, compile: bool = False,
+) -> BenchReport:
+    engine = open_backend(resolve_artefact(path), backend, cuda_graphs=cuda_graphs, compile=compile)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     S = engine.image_size
     rng = np.random.default_rng(0)

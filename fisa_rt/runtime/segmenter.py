@@ -22,23 +22,25 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
 from ..errors import InputError, warn
 from ..postprocess import (
+    InstanceResult,
     cpu_threads_for,
     instance_inference,
-    panoptic_inference,
+    owned_areas,
+    panoptic_proposals,
+    panoptic_segments,
     resize_labels,
-    resized_areas,
     restore_mask_logits,
     semantic_inference,
+    to_host,
     working_size,
 )
 from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
-from ..preprocess import padded_canvas, resized_shape
+from ..preprocess import padded_canvas, resize_and_pad, resized_shape, upload
 from ..prompts import seen_classes
 from . import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
@@ -83,6 +85,15 @@ class Timings:
         )
 
 
+@dataclass
+class Prepared:
+    """A pre-processed batch: the model input on the backend's device, and where each picture lies in it."""
+
+    batch: torch.Tensor  # (B, 3, H, W) uint8 (float32 [0, 255] on a variable canvas)
+    contents: List[Tuple[int, int]]  # (h, w) of each resized picture, top left of the canvas
+    canvas: Tuple[int, int]  # (H, W)
+
+
 class Segmenter:
     def __init__(self, backend: Backend, artefact: str, cache_dir: Optional[str] = None):
         self.backend = backend
@@ -110,17 +121,25 @@ class Segmenter:
 
     @classmethod
     def from_engine(
-        cls, path: str, backend: Optional[str] = None, device: Optional[str] = None, cache_dir: Optional[str] = None,
+        cls,
+        path: str,
+        backend: Optional[str] = None,
+        device: Optional[str] = None,
+        cache_dir: Optional[str] = None,
         threads: Optional[int] = None,
+        cuda_graphs: Optional[bool] = None,
+        compile: bool = False,
     ) -> "Segmenter":
         """``threads``: CPU threads for torch (process-wide: torch has one pool) and for ONNX Runtime; default
-        the cores this process may use (fisa_rt.runtime.threads)."""
+        the cores this process may use (fisa_rt.runtime.threads). ``cuda_graphs`` (PyTorch backend; default: on
+        CUDA) replays the model as CUDA graphs; ``compile`` torch.compiles it first (fisa_rt.runtime.cuda_graphs,
+        fisa_rt.runtime.compiled)."""
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"engine must be a path; got {type(path).__name__}")
         threads = resolve_threads(threads)
         apply_torch_threads(threads)
         path = resolve_artefact(os.fspath(path))
-        return cls(open_backend(path, backend, device, threads), path, cache_dir)
+        return cls(open_backend(path, backend, device, threads, cuda_graphs, compile), path, cache_dir)
 
     @classmethod
     def from_server(cls, url: str, model: str = "fisa_python", protocol: Optional[str] = None, **options):
@@ -162,30 +181,19 @@ class Segmenter:
 
     def _canvas(self, image: np.ndarray, canvas: Optional[Tuple[int, int]] = None):
         """(1, 3, H, W) model input of ``image`` on a ``canvas`` (H, W) (default: its own, see _canvas_size),
-        and the (h, w) of the resized image at its top left."""
+        and the (h, w) of the resized image at its top left. The uint8 pixels cross to the backend's device
+        once (from pinned memory on CUDA); resizing and padding run there."""
         S = self.backend.image_size
         canvas = canvas or self._canvas_size([image])
-        h, w = resized_shape(*image.shape[:2], S, self.resize)
-        pixels = image if image.flags.writeable else image.copy()  # frames from PIL are read-only
-        tensor = torch.from_numpy(pixels).to(self.backend.device).permute(2, 0, 1)[None]
-        # one channel at a time in float: a third of the memory of the whole image, the same values
-        channels = (tensor[:, c : c + 1].float() for c in range(3))  # a generator: one float channel alive
-        resized = torch.cat(
-            [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for x in channels], 1
-        )
-        pixels = resized.round().clamp(0, 255)
+        size = resized_shape(*image.shape[:2], S, self.resize)
+        pixels = upload(image, self.backend.device).permute(2, 0, 1)
         if self.backend.variable_canvas:
             # FC-CLIP's padding exactly: float pixels in [0, 255], padded with the mean colour unrounded, which
             # the model's normalisation turns into exactly 0, as detectron2 pads the normalised image with 0
             # (a uint8 mean colour is up to 0.0075 off)
-            fill = self.resize.pad_fill(self.image_mean)
-            colour = torch.tensor(fill, dtype=torch.float32, device=self.backend.device) * 255.0
-        else:
-            colour = torch.tensor(self.pad_colour, dtype=torch.uint8, device=self.backend.device)
-            pixels = pixels.to(torch.uint8)
-        padded = colour.view(1, 3, 1, 1).repeat(1, 1, *canvas)
-        padded[..., :h, :w] = pixels
-        return padded, (h, w)
+            fill = (torch.tensor(self.resize.pad_fill(self.image_mean), dtype=torch.float32) * 255.0).tolist()
+            return resize_and_pad(pixels, size, canvas, fill, torch.float32)[None], size
+        return resize_and_pad(pixels, size, canvas, self.pad_colour)[None], size
 
     def segment(self, image: ImageInput, task: str = "panoptic") -> SegmentationResult:
         return self.segment_batch([image], task)[0]
@@ -204,19 +212,13 @@ class Segmenter:
         sync = torch.cuda.synchronize if self.backend.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         pictures = [self._picture(i) for i in images]
-        canvas = self._canvas_size(pictures)
-        canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
-        batch = torch.cat(canvases)
+        prepared = self.prepare(pictures)
         sync()
         t1 = time.perf_counter()
-        raw = self.backend.run(batch, self.text, self.seen_in_training)
+        raw = self.backend.run(prepared.batch, self.text, self.seen_in_training)
         sync()
         t2 = time.perf_counter()
-        class_logits = raw.class_logits()
-        results = [
-            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, canvas)
-            for b, (picture, content) in enumerate(zip(pictures, contents))
-        ]
+        results = self.merge(pictures, raw, prepared, task)
         sync()
         t3 = time.perf_counter()
         self.timings.preprocess += t1 - t0
@@ -225,13 +227,30 @@ class Segmenter:
         self.timings.images += len(pictures)
         return results
 
+    def prepare(self, pictures: Sequence[np.ndarray]) -> "Prepared":
+        """The pre-processing stage: (H, W, 3) uint8 pictures -> the backend's input batch on its device.
+        ``segment_batch`` times this, the backend's ``run`` and :meth:`merge` as its three stages; the
+        stage benchmarks (benchmarks/test_latency.py) time the same three calls."""
+        canvas = self._canvas_size(pictures)
+        canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
+        return Prepared(torch.cat(canvases), list(contents), canvas)
+
+    def merge(self, pictures: Sequence[np.ndarray], raw, prepared: "Prepared", task: str) -> List[SegmentationResult]:
+        """The post-processing stage: the backend's raw outputs -> one result per picture, on the host."""
+        class_logits = raw.class_logits()
+        return [
+            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, prepared.canvas)
+            for b, (picture, content) in enumerate(zip(pictures, prepared.contents))
+        ]
+
     def _postprocess(self, picture, class_logits, mask_logits, content, task, canvas=None) -> SegmentationResult:
         """``mask_logits`` (Q, h, w) as the model predicted them on its ``canvas`` (H, W) (default: 4 x the
-        masks' size), whose top-left ``content`` holds the resized picture; merged at the working size, label
-        maps returned at the picture's."""
+        masks' size), whose top-left ``content`` holds the resized picture; merged at the working size, on
+        the device the model ran on; label maps come back at the picture's size in one copy."""
         work = working_size(content, picture.shape[:2])
-        multiply_adds = class_logits.numel() * work[0] * work[1]  # the semantic (Q, K) x (Q, pixels) product
-        with cpu_threads_for(multiply_adds, mask_logits.device):
+        # the semantic (Q, K) x (Q, pixels) product; the panoptic merge reads each proposal's mask once
+        classes = 1 if task == "panoptic" else class_logits.shape[-1]
+        with cpu_threads_for(class_logits.shape[0] * classes * work[0] * work[1], mask_logits.device):
             return self._merge(picture, class_logits, mask_logits, content, work, task, canvas)
 
     def _merge(self, picture, class_logits, mask_logits, content, work, task, canvas=None) -> SegmentationResult:
@@ -239,19 +258,34 @@ class Segmenter:
         size = picture.shape[:2]
         canvas = canvas or tuple(4 * n for n in mask_logits.shape[-2:])  # masks are at stride 4
         logits = restore_mask_logits(mask_logits.float(), canvas, content, work)
-        semantic = resize_labels(semantic_inference(class_logits, logits).label_map, size).cpu().numpy()
-        panoptic = instances = None
         if task == "panoptic":
-            panoptic = panoptic_inference(class_logits, logits, things, self.postprocess)
-            if tuple(panoptic.segment_map.shape) != size:
-                areas = resized_areas(panoptic.segment_map, size, len(panoptic.segments) + 1).tolist()
-                for segment in panoptic.segments:
-                    segment.area = areas[segment.id]
-                panoptic.segment_map = resize_labels(panoptic.segment_map, size)
-        if task == "instance":
-            instances = instance_inference(class_logits, logits, things, self.postprocess)
-            instances.masks = resize_labels(instances.masks, size)
-        return SegmentationResult(picture, names, things, semantic, panoptic, instances)
+            semantic, panoptic = self._panoptic(class_logits, logits, size)
+            return SegmentationResult(picture, names, things, semantic, panoptic)
+        semantic = resize_labels(semantic_inference(class_logits, logits).label_map, size)
+        if task == "semantic":
+            return SegmentationResult(picture, names, things, *to_host([semantic]))
+        found = instance_inference(class_logits, logits, things, self.postprocess)
+        semantic, masks, labels, scores = to_host([semantic, resize_labels(found.masks, size), found.labels,
+                                                   found.scores])
+        instances = InstanceResult(*(torch.from_numpy(a) for a in (masks, labels, scores)))
+        return SegmentationResult(picture, names, things, semantic, None, instances)
+
+    def _panoptic(self, class_logits, logits, size):
+        """Panoptic segments and, as the semantic labels, each pixel's owning proposal's class: no (Q, K) x
+        (Q, pixels) product (the cost stays flat in K). With no proposal kept, Mask2Former's semantic map."""
+        found = panoptic_proposals(class_logits, logits, self.postprocess)
+        kept = found.scores.shape[0]
+        areas, output_areas = owned_areas(found.owners, kept), owned_areas(found.owners, kept, size)
+        owners = resize_labels(found.owners, size)
+        fallback = [] if kept else [resize_labels(semantic_inference(class_logits, logits).label_map, size)]
+        owners, labels, scores, own_area, areas, output_areas, *semantic = to_host(
+            [owners, found.labels, found.scores, found.own_area, areas, output_areas, *fallback]
+        )
+        panoptic = panoptic_segments(
+            owners, labels.tolist(), scores.tolist(), own_area.tolist(), areas.tolist(), self.vocabulary.is_thing,
+            self.postprocess, output_areas.tolist(),
+        )
+        return (semantic[0] if semantic else labels[np.abs(owners) - 1]), panoptic
 
     def info(self) -> Dict[str, object]:
         return {"backend": self.backend.name, "device": str(self.backend.device), "image_size": self.backend.image_size}

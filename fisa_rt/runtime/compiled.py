@@ -1,0 +1,37 @@
+"""``--compile``: the PyTorch backend's forward through ``torch.compile``; and under autocast.
+
+Mode ``max-autotune-no-cudagraphs``: Inductor's autotuned kernels without its own CUDA graphs, since the
+runner (fisa_rt.runtime.cuda_graphs) captures the compiled forward itself, per (batch, canvas, vocabulary
+bucket), and a graph inside a graph is refused. ``dynamic=False``: each shape the runner meets is a shape
+it replays, so specialised kernels cost nothing. Inductor's caches (FX graphs, autotuning results) are on by
+default; they go to ``$XDG_CACHE_HOME/fisa-rt/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise,
+so a second process with the same model, shapes and versions skips the compile's longest parts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+MODE = "max-autotune-no-cudagraphs"
+
+
+def inductor_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt", "inductor")
+
+
+def compile_forward(module: torch.nn.Module):
+    """``module`` compiled (lazily: the first call of each shape compiles)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())
+    return torch.compile(module, mode=MODE, dynamic=False)
+
+
+def autocast_forward(forward, device: torch.device, dtype: torch.dtype):
+    """``forward`` run under ``torch.autocast(device.type, dtype)``; the outputs as it returns them."""
+
+    def run(*args):
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(*args)
+
+    return run

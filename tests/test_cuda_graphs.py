@@ -1,0 +1,172 @@
+"""The CUDA-graph runner (fisa_rt/runtime/cuda_graphs.py) on CPU, through its capture/replay seam: a
+"capture" records the function and its output buffers, a "replay" reruns it into those buffers, so static
+buffers, bucket choice, refill without recapture, padded-class masking and the fallback are all exercised."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fisa_rt.errors import FisaWarning, InputError
+from fisa_rt.model import create_model
+from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.backends import TorchBackend
+from fisa_rt.runtime import cuda_graphs
+from fisa_rt.runtime.cuda_graphs import MIN_BUCKET, CaptureSeam, class_bucket
+from fisa_rt.runtime.segmenter import Segmenter
+
+from helpers import random_text
+
+
+class ReplaySeam(CaptureSeam):
+    """Counts warm-ups, captures and replays; a replay writes the function's outputs into the captured ones."""
+
+    def __init__(self, fail: str = ""):
+        self.fail, self.warmups, self.captures, self.replays = fail, 0, 0, 0
+
+    def warm_up(self, fn):
+        self.warmups += 1
+        fn()
+
+    def capture(self, fn):
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.captures += 1
+        outputs = fn()
+        return (fn, outputs), outputs
+
+    def replay(self, handle):
+        self.replays += 1
+        fn, outputs = handle
+        for static, fresh in zip(outputs, fn()):
+            static.copy_(fresh)
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return TorchBackend(default_checkpoint(), "cpu", cuda_graphs=False)
+
+
+def graphed(seam):
+    return TorchBackend(default_checkpoint(), "cpu", graph_seam=seam)
+
+
+def _inputs(backend, classes, batch=1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, 128, 128), dtype=torch.uint8, generator=generator)
+    text = random_text(classes, backend.embed_dim).numpy()
+    return images, text
+
+
+def test_buckets_are_powers_of_two_from_the_minimum():
+    assert [class_bucket(k) for k in (1, 8, 9, 16, 17, 133, 1203)] == [MIN_BUCKET, 8, 16, 16, 32, 256, 2048]
+    with pytest.raises(ValueError, match="at least one class"):
+        class_bucket(0)
+
+
+def test_padded_classes_are_masked_so_scores_equal_the_unpadded_run(eager):
+    seam = ReplaySeam()
+    backend = graphed(seam)
+    for classes in (5, 13):  # padded to 8 and 16
+        images, text = _inputs(eager, classes)
+        want, got = eager.run(images, text), backend.run(images, text)
+        assert got.class_scores.shape == want.class_scores.shape == (1, 20, classes + 1)
+        torch.testing.assert_close(got.class_scores, want.class_scores, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got.mask_logits, want.mask_logits, rtol=1e-4, atol=1e-4)
+    assert seam.captures == 2
+
+
+@pytest.mark.parametrize("config", ["fisa-tiny", "fisa-tiny-convnext"])  # mask-attention, mask-average heads
+def test_text_valid_masks_padding_in_either_head(config):
+    torch.manual_seed(0)
+    model = create_model(config).eval()
+    images, text = torch.randn(1, 3, 128, 128), random_text(5, model.embed_dim)
+    seen = torch.tensor([True, False, True, False, False])
+    padded = torch.cat([text, torch.zeros(3, model.embed_dim)])
+    valid = torch.arange(8) < 5
+    with torch.no_grad():
+        want = model(images, text, seen=seen).class_logits.softmax(-1)
+        got = model(images, padded, seen=torch.cat([seen, torch.zeros(3, dtype=torch.bool)]), text_valid=valid)
+    scores = got.class_logits.softmax(-1)
+    assert torch.equal(scores[..., 5:8], torch.zeros_like(scores[..., 5:8]))
+    torch.testing.assert_close(torch.cat([scores[..., :5], scores[..., -1:]], -1), want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_vocabulary_of_the_same_bucket_refills_the_text_without_recapture(eager, monkeypatch):
+    seam = ReplaySeam()
+    backend = graphed(seam)
+    images, _ = _inputs(eager, 1)
+    for classes, seed in ((3, 0), (7, 1), (8, 2)):
+        _, text = _inputs(eager, classes, seed=seed)
+        torch.testing.assert_close(backend.run(images, text).class_scores, eager.run(images, text).class_scores,
+                                   rtol=1e-4, atol=1e-6)
+    assert (seam.captures, seam.replays) == (1, 3)
+    backend.run(images, _inputs(eager, 9)[1])  # the next bucket
+    backend.run(torch.cat([images, images]), _inputs(eager, 3)[1])  # another batch size
+    assert seam.captures == 3 and len(backend.graphs.graphs) == 3
+    monkeypatch.setattr(cuda_graphs, "MAX_GRAPHS", 3)  # past the cap a new shape runs eagerly, uncaptured
+    backend.run(torch.cat([images] * 3), _inputs(eager, 3)[1])
+    assert seam.captures == 3 and len(backend.graphs.graphs) == 3
+
+
+def test_static_buffers_are_reused_and_results_are_not_overwritten(eager):
+    backend = graphed(ReplaySeam())
+    first_images, text = _inputs(eager, 4, seed=0)
+    first = backend.run(first_images, text)
+    (graph,) = backend.graphs.graphs.values()
+    buffers = [graph.images.data_ptr(), graph.text.data_ptr(), *(o.data_ptr() for o in graph.outputs)]
+    kept = first.mask_logits.clone()
+    second_images, _ = _inputs(eager, 4, seed=1)
+    second = backend.run(second_images, text)
+    assert buffers == [graph.images.data_ptr(), graph.text.data_ptr(), *(o.data_ptr() for o in graph.outputs)]
+    assert torch.equal(first.mask_logits, kept) and not torch.equal(first.mask_logits, second.mask_logits)
+    assert torch.equal(graph.images, second_images)
+
+
+def test_seen_flags_reach_the_graph(eager):
+    backend = graphed(ReplaySeam())
+    images, text = _inputs(eager, 3)
+    backend.run(images, text, np.array([True, False, True]))
+    (graph,) = backend.graphs.graphs.values()
+    assert graph.seen.tolist() == [True, False, True] + [False] * 5 and graph.valid.sum() == 3
+
+
+def test_a_failed_capture_falls_back_with_one_line(eager):
+    seam = ReplaySeam(fail="operation not permitted when stream is capturing")
+    backend = graphed(seam)
+    images, text = _inputs(eager, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = backend.run(images, text)
+        backend.run(images, text)  # no second attempt, no second line
+    lines = [str(w.message) for w in caught if issubclass(w.category, FisaWarning)]
+    assert len(lines) == 1 and "CUDA graphs are off" in lines[0] and "stream is capturing" in lines[0]
+    assert "\n" not in lines[0] and seam.warmups == 1
+    torch.testing.assert_close(got.class_scores, eager.run(images, text).class_scores)
+
+
+def test_segmenter_labels_equal_with_and_without_graphs(eager):
+    with_graphs = Segmenter(graphed(ReplaySeam()), default_checkpoint(), cache_dir="")
+    without = Segmenter(eager, default_checkpoint(), cache_dir="")
+    image = load_image(sample_images()[0])
+    for seg in (with_graphs, without):
+        seg.set_vocabulary(seg.default_vocabulary)
+    a, b = with_graphs.segment(image), without.segment(image)
+    assert np.array_equal(a.semantic, b.semantic)
+    assert torch.equal(a.panoptic.segment_map, b.panoptic.segment_map)
+
+
+def test_graphs_on_cpu_without_a_seam_are_refused():
+    with pytest.raises(InputError, match="CUDA graphs need a CUDA device"):
+        TorchBackend(default_checkpoint(), "cpu", cuda_graphs=True)
+
+
+def test_graph_and_compile_flags_are_refused_by_other_backends(tmp_path):
+    from fisa_rt.runtime.backends import open_backend
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not read: the flags are checked first")
+    for flags in ({"cuda_graphs": True}, {"compile": True}):
+        with pytest.raises(InputError, match="applies to the PyTorch backend"):
+            open_backend(str(onnx), **flags)
