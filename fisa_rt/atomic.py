@@ -73,6 +73,21 @@ def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
         raise
 
 
+def refuse_unwritable(path: str, overwrite: bool) -> None:
+    """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
+    ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable."""
+    from .errors import refuse_overwrite
+
+    refuse_overwrite(path, overwrite)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {path}: its folder {folder} is not writable")
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {path}: it is a folder")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

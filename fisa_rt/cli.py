@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .atomic import write_json
+from .atomic import refuse_unwritable, write_json
 from .config import TRAINABLE_PRESETS
 from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
 from .predictor import DEFAULT_MAX_PIXELS
@@ -134,7 +134,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .runtime.backends import backend_for, resolve_artefact
 
     if args.json:
-        refuse_overwrite(args.json, args.overwrite)
+        refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
     args.engine = resolve_artefact(args.engine)
     if backend_for(args.engine, args.backend) == "torch":
         from .checkpoint import load_model
@@ -254,7 +254,7 @@ def _bench(args: argparse.Namespace) -> None:
     from .runtime.bench import benchmark
 
     if args.json:
-        refuse_overwrite(args.json, args.overwrite)  # before the run, not after minutes of it
+        refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
     report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations)
     print(report.format())
     if args.json:

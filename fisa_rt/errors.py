@@ -54,6 +54,17 @@ def warn(message: str) -> None:
     warnings.warn(message, FisaWarning, stacklevel=3)
 
 
+def missing_file_error(path: str, what: str) -> InputError:
+    """The error for a ``path`` that should name a readable file and does not, saying which case it is."""
+    import os
+
+    if os.path.isdir(path):
+        return InputError(f"{what} {path} is a folder, not a file")
+    if os.path.islink(path):
+        return InputError(f"{what} {path} is a symbolic link that loops or leads nowhere")
+    return InputError(f"{what} {path} does not exist")
+
+
 def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> None:
     """Nothing is replaced silently: an existing ``path`` is an error unless ``overwrite``."""
     import os

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, InputError, MissingDependencyError
+from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -41,6 +41,8 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
         if backend not in BACKENDS:
             raise InputError(f"--backend must be one of {BACKENDS}; got {backend!r}")
         return backend
+    if not os.path.exists(path):
+        raise missing_file_error(path, "engine")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise InputError(f"cannot tell the backend of {path}: expected {', '.join(SUFFIXES)} (or pass --backend)")
@@ -339,9 +341,9 @@ def resolve_artefact(path: str) -> str:
 
 
 def open_backend(path: str, backend: Optional[str] = None, device: Optional[str] = None) -> Backend:
-    kind = backend_for(path, backend)
     if not os.path.isfile(path):
-        raise InputError(f"engine {path} does not exist")
+        raise missing_file_error(path, "engine")
+    kind = backend_for(path, backend)
     if kind == "torch":
         return TorchBackend(path, device)
     if kind == "onnxruntime":
