@@ -69,7 +69,12 @@ def _load_tensors(path: str, what: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:  # mapped, not read: pages are read once, as the tensors are written out
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError) as exc:
         # torch's message: its advice (lines naming weights_only, "please file an issue"), then the reason
         advice = ("weights_only", "Please file an issue", "Check the documentation")
@@ -193,8 +198,11 @@ def convert_fcclip(
     refuse_overwrite(out, overwrite, CheckpointError)
     cfg = get_model_config(config) if isinstance(config, str) else config
     state = read_detectron2_state(checkpoint)
+    # built on the meta device and given the loaded tensors themselves (assign): no randomly initialised copy
+    # of the model's 1.6 GB beside them (docs/weights.md, "Converting FC-CLIP")
     with torch.device("meta"), _quiet_open_clip():
-        expected = {k: v.shape for k, v in create_model(cfg).state_dict().items()}
+        model = create_model(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     tensors = map_fcclip_state(state, expected)
     text_missing = [k for k in expected if k not in tensors]
     clip_source = ""
@@ -208,9 +216,7 @@ def convert_fcclip(
                 raise CheckpointError(f"{clip_source} has no tensor {wanted}")
             tensors[name] = source
         del clip_state  # the vision tower's tensors of the CLIP file: not kept while the model is built
-    with _quiet_open_clip():
-        model = create_model(cfg)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(tensors, strict=True, assign=True)
     vocabulary, is_thing = _coco_vocabulary()
     save_checkpoint(
         out, model, vocabulary=vocabulary, is_thing=is_thing, overwrite=overwrite,
