@@ -165,16 +165,6 @@ def _eval(args: argparse.Namespace) -> None:
         write_json(args.json, results, indent=2)
 
 
-def _output_folder(path: str) -> None:
-
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise InputError(f"output folder {path} is not writable")
-
-
 def _read_vocabulary(args: argparse.Namespace):
     """--embeddings, --classes or --vocab, read and checked before the engine is loaded, so a bad one is
     refused at once: (vocabulary or None for the engine's default, embeddings or None, encoder sha256)."""
@@ -273,18 +263,19 @@ def _demo(args: argparse.Namespace) -> None:
     from .atomic import save_image
     from .predictor import default_checkpoint, load_image, sample_images
     from .runtime import vocabulary as vocab
+    from .runtime.folder_run import output_folder
     from .runtime.segmenter import Segmenter
 
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
     segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))
-    _output_folder(args.out)
-    for path in args.input or sample_images():
-        stem = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(args.out, stem + "_overlay.png")
-        refuse_overwrite(target, args.overwrite)
-        result = segmenter.segment(load_image(path))
-        save_image(result.overlay(), target)
-        print(f"{target}: {result.summary()}")
+    with output_folder(args.out):
+        for path in args.input or sample_images():
+            stem = os.path.splitext(os.path.basename(path))[0]
+            target = os.path.join(args.out, stem + "_overlay.png")
+            refuse_overwrite(target, args.overwrite)
+            result = segmenter.segment(load_image(path))
+            save_image(result.overlay(), target, overwrite=args.overwrite)
+            print(f"{target}: {result.summary()}")
 
 
 def _convert(args: argparse.Namespace) -> None:

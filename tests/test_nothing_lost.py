@@ -311,5 +311,6 @@ def test_written_pngs_decode_to_the_same_pixels(monkeypatch, shape, dtype):
     assert decoded.dtype == dtype and np.array_equal(decoded, pixels)
     data = buffer.getvalue()
     length = int.from_bytes(data[33:37], "big")
-    assert data[37:41] == b"IDAT" and zlib.crc32(data[37 : 41 + length]) == int.from_bytes(data[41 + length :][:4], "big")
+    crc = int.from_bytes(data[41 + length : 45 + length], "big")
+    assert data[37:41] == b"IDAT" and zlib.crc32(data[37 : 41 + length]) == crc
     zlib.decompress(data[41 : 41 + length])  # checks the stream's Adler-32
