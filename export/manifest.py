@@ -51,8 +51,10 @@ def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, An
     try:
         with open(path) as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read manifest {path}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} is not a fisa-rt manifest: it holds a {type(manifest).__name__}, not an object")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})"

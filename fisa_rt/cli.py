@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .atomic import write_json
+from .atomic import refuse_unwritable, write_json
 from .config import TRAINABLE_PRESETS
 from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
 from .predictor import DEFAULT_MAX_PIXELS
@@ -137,7 +137,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .runtime.backends import backend_for, resolve_artefact
 
     if args.json:
-        refuse_overwrite(args.json, args.overwrite)
+        refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
     args.engine = resolve_artefact(args.engine)
     if backend_for(args.engine, args.backend) == "torch":
         from .checkpoint import load_model
@@ -166,16 +166,6 @@ def _eval(args: argparse.Namespace) -> None:
     print(format_report(results))
     if args.json:
         write_json(args.json, results, indent=2)
-
-
-def _output_folder(path: str) -> None:
-
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise InputError(f"output folder {path} is not writable")
 
 
 def _read_vocabulary(args: argparse.Namespace):
@@ -208,80 +198,42 @@ def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
         segmenter.set_vocabulary(vocabulary or vocab.resolve(default=segmenter.default_vocabulary))
 
 
-def _refuse_existing_outputs(folder: str, names: List[str], overwrite: bool) -> None:
-    """Checked before any work, so a rerun is refused at once rather than after the first result."""
-    from .runtime.results import OUTPUT_SUFFIXES
-
-    if overwrite:
-        return
-    targets = [os.path.join(folder, name + suffix) for name in names for suffix in OUTPUT_SUFFIXES.values()]
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise InputError(f"{existing[0]} exists{more}; pass --overwrite to replace outputs")
-
-
 def _infer(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from .errors import FisaError
     from .predictor import sample_images
+    from .runtime.folder_run import output_folder, refuse_existing_outputs, segment_to_folder
     from .runtime.inputs import Source
     from .runtime.segmenter import Segmenter
 
     source = Source(args.input or os.path.dirname(sample_images()[0]), max_pixels=args.max_pixels)
-    _output_folder(args.out)
-    _refuse_existing_outputs(args.out, source.names, args.overwrite)
-    request = _read_vocabulary(args)
     if (args.engine is None) == (args.server is None):
         raise InputError("give one of --engine (run here) or --server HOST:PORT (a Triton server, docs/serving.md)")
-    if args.server:
-        segmenter = Segmenter.from_server(args.server, model=args.model, protocol=args.protocol)
-    else:
-        segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None,
-                                          threads=args.threads, cuda_graphs=args.cuda_graphs,
-                                          compile=args.compile)
-    _set_vocabulary(segmenter, args, request)
     total = len(source)
-    # Made at the first result, so an input that fails to open prints its error line and nothing else.
-    bars = []
-    batch = []
-    failed = []
 
-    def skip(exc: FisaError) -> None:
-        """One bad input: fatal with --fail-fast, else one line naming it and the rest go on."""
-        if args.fail_fast or total <= 1:
-            raise exc
-        failed.append(exc)
-        tqdm.write(f"fisa-rt: skipped: {exc}", file=sys.stderr)
+    def show(name, result):
+        if total == 1 or not args.progress:
+            print(f"{os.path.join(args.out, name)}_overlay.png: {result.summary()}")
 
-    def flush():
-        if not bars:
-            bars.append(tqdm(total=total or None, unit="img", disable=not args.progress or total <= 1, desc="infer"))
-        for (name, _), result in zip(batch, segmenter.segment_batch([frame for _, frame in batch], args.task)):
-            try:
-                result.save(args.out, name, overwrite=args.overwrite)
-            except FisaError as exc:
-                skip(exc)
-                continue
-            if total == 1 or not args.progress:
-                print(f"{os.path.join(args.out, name)}_overlay.png: {result.summary()}")
-        bars[0].update(len(batch))
-        batch.clear()
+    with output_folder(args.out):  # a bad vocabulary or engine below leaves no empty folder
+        refuse_existing_outputs(args.out, source.names, args.overwrite)  # before the engine loads
+        request = _read_vocabulary(args)
+        if args.server:
+            segmenter = Segmenter.from_server(args.server, model=args.model, protocol=args.protocol)
+        else:
+            segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None,
+                                              threads=args.threads, cuda_graphs=args.cuda_graphs,
+                                              compile=args.compile)
+        _set_vocabulary(segmenter, args, request)
+        try:
+            segment_to_folder(segmenter, source, args.out, args.task, args.batch, args.overwrite, args.fail_fast,
+                              args.progress, on_result=show)
+        except PartialFailure:  # the timings of what was written, then the failure line
+            _print_timings(segmenter)
+            raise
+        _print_timings(segmenter)
 
-    try:
-        for item in source.frames(skip):
-            batch.append(item)
-            if len(batch) == args.batch:
-                flush()
-        if batch:
-            flush()
-    finally:  # an error line after the bar, not inside it
-        if bars:
-            bars[0].close()
+
+def _print_timings(segmenter) -> None:
     print(f"{segmenter.backend.name} on {segmenter.backend.device}: {segmenter.timings.summary()}")
-    if failed:
-        raise PartialFailure(f"{len(failed)} of {total} inputs failed (each named above); the others are in {args.out}")
 
 
 def _export_triton(args: argparse.Namespace) -> None:
@@ -314,7 +266,7 @@ def _bench(args: argparse.Namespace) -> None:
     from .runtime.bench import benchmark
 
     if args.json:
-        refuse_overwrite(args.json, args.overwrite)  # before the run, not after minutes of it
+        refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
     report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations,
                        args.cuda_graphs, args.compile)
     print(report.format())
@@ -344,18 +296,19 @@ def _demo(args: argparse.Namespace) -> None:
     from .atomic import save_image
     from .predictor import default_checkpoint, load_image, sample_images
     from .runtime import vocabulary as vocab
+    from .runtime.folder_run import output_folder
     from .runtime.segmenter import Segmenter
 
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
     segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))
-    _output_folder(args.out)
-    for path in args.input or sample_images():
-        stem = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(args.out, stem + "_overlay.png")
-        refuse_overwrite(target, args.overwrite)
-        result = segmenter.segment(load_image(path))
-        save_image(result.overlay(), target)
-        print(f"{target}: {result.summary()}")
+    with output_folder(args.out):
+        for path in args.input or sample_images():
+            stem = os.path.splitext(os.path.basename(path))[0]
+            target = os.path.join(args.out, stem + "_overlay.png")
+            refuse_overwrite(target, args.overwrite)
+            result = segmenter.segment(load_image(path))
+            save_image(result.overlay(), target, overwrite=args.overwrite)
+            print(f"{target}: {result.summary()}")
 
 
 def _convert(args: argparse.Namespace) -> None:

@@ -5,6 +5,8 @@ checkpoint from elsewhere) raises a subclass of :class:`FisaError`, so the CLI c
 exit non-zero while programming errors still surface as tracebacks.
 """
 
+import contextlib
+
 
 class FisaError(Exception):
     """Base class of every error a user can trigger."""
@@ -28,9 +30,18 @@ class MissingDependencyError(FisaError, ImportError):
 
 class PartialFailure(FisaError):
     """Some inputs of a batch failed (each already reported) while the others were processed: exit code 1,
-    apart from the 2 of a run that did nothing."""
+    apart from the 2 of a run that did nothing (``written == 0``)."""
 
-    exit_code = 1
+    def __init__(self, message: str, written: int = 1):
+        super().__init__(message)
+        self.written = written
+        self.exit_code = 1 if written else 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as for Ctrl-C (temporary files removed)."""
+
+    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process the signal killed
 
 
 class FisaWarning(UserWarning):
@@ -43,6 +54,17 @@ def warn(message: str) -> None:
     warnings.warn(message, FisaWarning, stacklevel=3)
 
 
+def missing_file_error(path: str, what: str) -> InputError:
+    """The error for a ``path`` that should name a readable file and does not, saying which case it is."""
+    import os
+
+    if os.path.isdir(path):
+        return InputError(f"{what} {path} is a folder, not a file")
+    if os.path.islink(path):
+        return InputError(f"{what} {path} is a symbolic link that loops or leads nowhere")
+    return InputError(f"{what} {path} does not exist")
+
+
 def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> None:
     """Nothing is replaced silently: an existing ``path`` is an error unless ``overwrite``."""
     import os
@@ -51,10 +73,35 @@ def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> No
         raise error(f"{path} exists; pass --overwrite to replace it")
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) instead of killing the
+    process where it stands, so writes in progress are undone as for Ctrl-C. Only the main thread can take
+    signals, and a handler someone else installed is kept: elsewhere, and then, this changes nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL, None
+    ):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_reporting_errors(job, debug: bool, prog: str) -> int:
     """Run ``job()``; a FisaError becomes one ``prog: error: ...`` line on stderr and exit code 2
     (the traceback only with ``debug``). Shared by every command-line entry point."""
     import sys
+    import traceback
     import warnings
 
     def one_line(message, category, *args, **kwargs):
@@ -64,19 +111,35 @@ def run_reporting_errors(job, debug: bool, prog: str) -> int:
             shown(message, category, *args, **kwargs)
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_as_interrupt():
             shown = warnings.showwarning
             if not debug:
                 warnings.showwarning = one_line
             job()
+            sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at the interpreter's exit
     except FisaError as exc:
-        if debug:
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if debug:  # the traceback, and still the exit code of a user error
+            traceback.print_exc()
+        else:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:  # Ctrl-C: files are written atomically, so there is nothing half-done to report
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: files are written atomically, nothing is half-done
         if debug:
-            raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+            traceback.print_exc()
+        terminated = isinstance(exc, Terminated)
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
+    except BrokenPipeError:  # `fisa-rt models | head -1`: the reader left; say nothing, as other tools do
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of the closed pipe does not print
+    "Exception ignored ... BrokenPipeError" (Python's documented recipe, docs.python.org, signal module)."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

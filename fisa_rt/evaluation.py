@@ -249,6 +249,7 @@ def evaluate_predictions(
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
     if predictions_dir:
+        refuse_predictions_inside(predictions_dir, dataset.root)
         names = [dataset.records[i][1]["file_name"] for i in range(count)]
         prepare_predictions_folder(predictions_dir, names, overwrite)
     with torch.no_grad():
@@ -274,6 +275,18 @@ def evaluate_predictions(
         predictions = {"annotations": annotations, "categories": dataset.categories}
         write_json(os.path.join(predictions_dir, PREDICTIONS_JSON), predictions)
     return report(pq, miou, dataset.is_thing, dataset.held_out, dataset.groups)
+
+
+def refuse_predictions_inside(predictions_dir: str, data_root: str) -> None:
+    """Prediction PNGs carry the ground truth's file names: written anywhere inside the dataset (its
+    ``panoptic/<split>`` folder above all) they could replace the ground truth, so that is refused whatever
+    ``overwrite`` says."""
+    predictions, root = os.path.realpath(predictions_dir), os.path.realpath(data_root)
+    if os.path.commonpath([predictions, root]) == root:
+        raise InputError(
+            f"--predictions {predictions_dir} is inside the dataset {data_root}: predictions could replace its "
+            "ground truth; choose a folder outside it"
+        )
 
 
 def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite: bool) -> None:

@@ -13,9 +13,12 @@ so does the converter: through open_clip's loader, or from a local open_clip wei
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
+import logging
+import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Dict, List, Optional, Union
@@ -23,7 +26,6 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from .checkpoint import save_checkpoint
-from .clip import create_clip
 from .config import FisaConfig, get_model_config
 from .errors import CheckpointError, refuse_overwrite
 from .model import create_model
@@ -59,25 +61,96 @@ class ConversionReport:
         return line
 
 
-def read_detectron2_state(path: str) -> Dict[str, torch.Tensor]:
-    """The ``model`` state dict of a detectron2 checkpoint, read without unpickling code."""
+def _load_tensors(path: str, what: str):
+    """``torch.load(weights_only=True)`` of ``path``, every failure one CheckpointError: torch's own warnings
+    are silenced and its advice to retry with ``weights_only=False`` (unpickling code) is never repeated."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a plain-tensor PyTorch checkpoint (torch.load weights_only: {reason})"
-        ) from None
-    state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:  # mapped, not read: pages are read once, as the tensors are written out
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError) as exc:
+        # torch's message: its advice (lines naming weights_only, "please file an issue"), then the reason
+        advice = ("weights_only", "Please file an issue", "Check the documentation")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reasons = [line for line in lines if not any(a in line for a in advice)]
+        reason = reasons[0].rstrip(".") if reasons else type(exc).__name__
+        raise CheckpointError(f"{path} is not a plain-tensor PyTorch checkpoint ({reason})") from None
+
+
+def _tensor_dict(obj, path: str, entry: str, expected: str) -> Dict[str, torch.Tensor]:
+    state = obj[entry] if isinstance(obj, dict) and entry in obj else obj
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)] if isinstance(state, dict) else []
     if not isinstance(state, dict) or not state or bad:
         raise CheckpointError(
-            f"{path} holds no state dict of tensors (expected a detectron2 checkpoint with a 'model' entry"
+            f"{path} holds no state dict of tensors (expected {expected}"
             + (f"; not tensors: {bad[:LISTED]})" if bad else ")")
         )
     return state
+
+
+def read_detectron2_state(path: str) -> Dict[str, torch.Tensor]:
+    """The ``model`` state dict of a detectron2 checkpoint, read without unpickling code."""
+    obj = _load_tensors(path, "checkpoint")
+    return _tensor_dict(obj, path, "model", "a detectron2 checkpoint with a 'model' entry")
+
+
+def read_open_clip_state(path: str) -> Dict[str, torch.Tensor]:
+    """An open_clip weights file's state dict (as open_clip's load_checkpoint reads it: a plain state dict,
+    or one under ``state_dict`` with DDP's ``module.`` prefixes), read without unpickling code."""
+    state = _tensor_dict(_load_tensors(path, "--clip file"), path, "state_dict", "open_clip CLIP weights")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _open_clip_weights(cfg: FisaConfig) -> str:
+    """The local file of open_clip's pretrained weights for ``cfg``: from the Hugging Face cache, else
+    downloaded; offline and not cached, a CheckpointError at once that asks for ``--clip`` (rather than
+    huggingface_hub's retries for a minute and a long traceback)."""
+    import socket
+
+    import open_clip
+    from huggingface_hub import hf_hub_download
+
+    hub = (open_clip.get_pretrained_cfg(cfg.clip.model_name, cfg.clip.pretrained) or {}).get("hf_hub", "")
+    if not hub:
+        raise CheckpointError(f"open_clip names no download for {cfg.clip.model_name}/{cfg.clip.pretrained}: "
+                              "pass --clip FILE")
+    repo, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    try:
+        return hf_hub_download(repo, filename, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any reason it is not in the cache: try the network
+        pass
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError:
+        raise CheckpointError(
+            f"the text tower's weights ({repo}/{filename}) are not in the Hugging Face cache and huggingface.co "
+            "cannot be reached: pass --clip with a local copy of that file"
+        ) from None
+    try:
+        return hf_hub_download(repo, filename)
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub's errors have no common base
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot download {repo}/{filename} ({first}): pass --clip with a local copy") from None
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs "No pretrained weights loaded" on the root logger when it builds a model to be filled
+    later, as the converter does: not a line for the user."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def _listing(kind: str, names: List[str]) -> str:
@@ -125,24 +198,25 @@ def convert_fcclip(
     refuse_overwrite(out, overwrite, CheckpointError)
     cfg = get_model_config(config) if isinstance(config, str) else config
     state = read_detectron2_state(checkpoint)
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in create_model(cfg).state_dict().items()}
+    # built on the meta device and given the loaded tensors themselves (assign): no randomly initialised copy
+    # of the model's 1.6 GB beside them (docs/weights.md, "Converting FC-CLIP")
+    with torch.device("meta"), _quiet_open_clip():
+        model = create_model(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     tensors = map_fcclip_state(state, expected)
     text_missing = [k for k in expected if k not in tensors]
     clip_source = ""
     if text_missing:
         clip_source = clip or f"open_clip {cfg.clip.model_name}/{cfg.clip.pretrained}"
-        clip_cfg = dataclasses.replace(cfg.clip, pretrained=clip or cfg.clip.pretrained)
-        clip_model = create_clip(clip_cfg, load_pretrained=True)
-        clip_state = clip_model.state_dict()
+        clip_state = read_open_clip_state(clip or _open_clip_weights(cfg))
         for name in text_missing:
             source = clip_state.get(name[len(TEXT_TOWER):])
             if source is None or source.shape != expected[name]:
                 wanted = f"{name[len(TEXT_TOWER):]} of shape {tuple(expected[name])}"
                 raise CheckpointError(f"{clip_source} has no tensor {wanted}")
             tensors[name] = source
-    model = create_model(cfg)
-    model.load_state_dict(tensors, strict=True)
+        del clip_state  # the vision tower's tensors of the CLIP file: not kept while the model is built
+    model.load_state_dict(tensors, strict=True, assign=True)
     vocabulary, is_thing = _coco_vocabulary()
     save_checkpoint(
         out, model, vocabulary=vocabulary, is_thing=is_thing, overwrite=overwrite,

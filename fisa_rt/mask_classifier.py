@@ -174,6 +174,10 @@ class MaskAverageHead(nn.Module):
         overlap); None treats every class as unseen. ``text_valid`` (K,) bool: False for padded classes,
         which then take no probability in either softmax (None: every class is real)."""
         cfg = self.cfg
+        # CLIP's temperature capped at 100 as FC-CLIP caps it (get_classification_logits,
+        # fcclip/modeling/transformer_decoder/fcclip_transformer_decoder.py:44); a CLIP whose learned
+        # scale went past 100 would otherwise sharpen the out-of-vocabulary scores FC-CLIP's weights expect
+        logit_scale = logit_scale.clamp(max=100)
         if cfg.pooled_input == "features":
             last = features.features["res5"]
             masks = F.interpolate(generator.mask_logits, size=last.shape[-2:], mode="bilinear", align_corners=False)

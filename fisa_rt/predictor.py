@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, missing_file_error
 
 DEFAULT_CHECKPOINT = "fisa-tiny-synthetic.safetensors"
 # 100 megapixels (10000 x 10000): above any camera's photo but far below what a bomb claims.
@@ -78,7 +78,7 @@ def load_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.
     an InputError naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputError(f"image {path} does not exist")
+        raise missing_file_error(path, "image")
     try:
         with _own_pixel_limit(), Image.open(path) as im:
             check_pixels(im.size, max_pixels, path)

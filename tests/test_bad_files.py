@@ -249,15 +249,16 @@ def test_interrupted_writes_leave_no_partial_file(tmp_path, monkeypatch):
     out = tmp_path / "out"
     written = result.save(str(out), "scene")
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
-    real_save = Image.Image.save
+    import fisa_rt.png
 
-    def interrupted_save(self, fp, *args, **kwargs):
-        real_save(self, fp, *args, **kwargs)
-        with open(fp, "r+b") as f:
-            f.truncate(33)  # as far as the write got
+    real_write = fisa_rt.png.write_png
+
+    def interrupted_write(file, pixels, *args, **kwargs):
+        real_write(file, pixels, *args, **kwargs)
+        file.truncate(33)  # as far as the write got
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    monkeypatch.setattr(fisa_rt.png, "write_png", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         result.save(str(out), "scene", overwrite=True)
     with pytest.raises(KeyboardInterrupt):

@@ -1,4 +1,5 @@
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -35,7 +36,18 @@ def test_user_error_is_one_line_without_traceback():
 
 def test_debug_shows_the_traceback():
     result = run("--debug", "config", "fisa-huge")
-    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert result.returncode == 2 and "Traceback" in result.stderr  # a user error stays one (exit 2)
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`fisa-rt models | head -1`: the reader is gone before the output is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([str(EXE), "models"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert result.stderr == "" and result.returncode == 141
 
 
 @pytest.mark.parametrize("verb", ["models", "config", "make-data", "train", "eval", "demo"])

@@ -174,7 +174,7 @@ def test_eval_predictions_stay_in_their_folder_and_respect_overwrite(synthetic_d
     victim.write_bytes(b"keep me")
     data = _dataset_copy(synthetic_data, tmp_path / "d", escaping("../victim.png"))
     result = run("eval", "--engine", CHECKPOINT, "--data", data, "--limit", 1, "--predictions", tmp_path / "d" / "pred")
-    one_line_error(result, "'../victim.png' is not a plain file name")
+    one_line_error(result, "'../victim.png', which leads outside the dataset's folder")
     assert victim.read_bytes() == b"keep me"
     predictions = tmp_path / "pred"
     predictions.mkdir()

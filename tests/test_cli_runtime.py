@@ -229,6 +229,7 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
             run("infer", "--engine", engine, "--input", "7", "--vocab", "synthetic", "--out", tmp_path / "o"),
             "cannot open camera 7",
         )
+    (tmp_path / "model.xyz").write_bytes(b"x")
     one_line_error(run("infer", "--engine", tmp_path / "model.xyz", "--out", tmp_path / "o"), "cannot tell the backend")
     one_line_error(run("infer", "--engine", tmp_path / "missing.onnx", "--out", tmp_path / "o"), "does not exist")
     one_line_error(

@@ -229,3 +229,70 @@ def test_mask_pool_is_fcclip_mask_pooling():
     pooled = mask_pool(features, logits)
     torch.testing.assert_close(pooled[0, 0], features[0, :, 1, 1:3].mean(-1))
     torch.testing.assert_close(pooled[0, 1], torch.zeros(2))
+
+
+def test_bad_clip_files_and_no_clip_offline_are_one_checkpoint_error(reduced, tmp_path, monkeypatch):
+    """Issue 21, row 7: before, IndexError, UnpicklingError and a 112-line download error after a minute."""
+    import pickle
+
+    import fisa_rt.fcclip as fcclip
+
+    cfg, model = reduced
+    checkpoint, _ = fcclip_checkpoint(model, str(tmp_path))
+    clips = {"random.pt": {"a": torch.randn(3, 3)}, "shapes.pt": {"token_embedding.weight": torch.randn(2, 2)}}
+    for name, state in clips.items():
+        torch.save(state, tmp_path / name)
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"x": [1, 2]}, f)
+    for name, message in [("random.pt", "has no tensor"), ("shapes.pt", "shapes.pt has no tensor .* of shape"),
+                          ("plain.pkl", "is not a plain-tensor PyTorch checkpoint (Unsupported operand"),
+                          ("missing.pt", "does not exist")]:
+        with pytest.raises(CheckpointError, match=message.replace(" (", r" \(")):
+            convert_fcclip(checkpoint, str(tmp_path / "out.safetensors"), clip=str(tmp_path / name), config=cfg)
+    assert not (tmp_path / "out.safetensors").exists()
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: offline())
+    monkeypatch.setattr("socket.create_connection", offline)
+    with pytest.raises(CheckpointError, match="cannot be reached: pass --clip"):
+        fcclip._open_clip_weights(get_model_config("fcclip-convnext-l"))
+
+
+def test_convert_prints_one_line_and_never_suggests_unpickling(tmp_path, capsys):
+    """Issue 21, row 8: no torch warnings, no open_clip log line, no advice to load with weights_only=False."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil_zip.pth")
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"model": {}}, f, protocol=4)  # torch warns about the protocol
+    torch.save({"model": {"sem_seg_head.predictor.query_feat.weight": torch.zeros(3)}}, tmp_path / "shape.pth")
+    for name in ("evil_zip.pth", "plain.pkl", "shape.pth"):
+        assert main(["convert", "fcclip", str(tmp_path / name), "--out", str(tmp_path / "o.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "weights_only" not in err and "WARNING" not in err, err
+
+
+def test_clip_temperature_is_capped_at_100_as_fcclip_caps_it(tiny_convnext):
+    """fcclip_transformer_decoder.py:44 (get_classification_logits): clamp(logit_scale.exp(), max=100), also
+    for CLIP's own scale in the out-of-vocabulary branch."""
+    model = tiny_convnext
+    assert model.cfg.classifier.head == "mask-average"
+    images, text = torch.randn(1, 3, 64, 64), random_text(3, model.embed_dim)
+    scale = model.text.clip.logit_scale
+    saved = scale.detach().clone()
+    try:
+        outputs = []
+        for value in (100.0, 1000.0):
+            with torch.no_grad():
+                scale.fill_(torch.log(torch.tensor(value)))
+                outputs.append(model(images, text).class_logits)
+    finally:
+        with torch.no_grad():
+            scale.copy_(saved)
+    assert torch.equal(outputs[0], outputs[1])

@@ -28,3 +28,15 @@ def test_banded_blend_equals_the_whole_image_blend(monkeypatch, band_rows):
     expected = _overlay_whole_image(image, segment_map, segment_classes, visualize.class_colours(3), 0.55)
     picture = np.asarray(visualize.overlay(image, segment_map, segment_classes, names))
     assert np.array_equal(picture[:23, :17], expected)
+
+
+def test_blend_with_more_segments_than_a_16_bit_table_index_holds():
+    """Above 256 painted segments the blend's table index no longer fits 16 bits (visualize._blend)."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    segment_map = rng.integers(0, 400, (40, 50)).astype(np.int32)
+    segment_classes = {s: s % 7 for s in range(1, 400, 1)}
+    names = [str(k) for k in range(7)]
+    expected = _overlay_whole_image(image, segment_map, segment_classes, visualize.class_colours(7), 0.55)
+    picture = np.asarray(visualize.overlay(image, segment_map, segment_classes, names))
+    assert np.array_equal(picture[:40, :50], expected)

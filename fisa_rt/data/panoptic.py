@@ -89,6 +89,15 @@ def ground_truth_segments(
     return segments, crowd
 
 
+def check_file_name(name, where: str) -> None:
+    """A dataset's ``file_name`` is a relative path that stays inside its split's folder: an absolute one or
+    one that climbs out with ``..`` would read (or, for predictions, write) files outside the dataset."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{where} has file_name {name!r}: expected a non-empty string")
+    if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+        raise InputError(f"{where} has file_name {name!r}, which leads outside the dataset's folder")
+
+
 def load_panoptic_json(path: str) -> Dict:
     """The annotation file, checked once here so that a malformed one is a single clear error rather than
     a KeyError in the middle of training or evaluation: the three lists, the fields each entry needs,
@@ -115,11 +124,17 @@ def load_panoptic_json(path: str) -> Dict:
             missing = [n for n in needed if not isinstance(entry, dict) or n not in entry]
             if missing:
                 raise InputError(f"{path}: {key}[{i}] has no {missing[0]!r}")
+    for key in ("images", "annotations"):
+        for i, entry in enumerate(data[key]):
+            check_file_name(entry["file_name"], f"{path}: {key}[{i}]")
     images = {im["id"] for im in data["images"]}
     categories = {c["id"] for c in data["categories"]}
     for i, ann in enumerate(data["annotations"]):
         if ann["image_id"] not in images:
             raise InputError(f"{path}: annotations[{i}] names image_id {ann['image_id']!r}, which is not in 'images'")
+        if not isinstance(ann["segments_info"], list):
+            kind = type(ann["segments_info"]).__name__
+            raise InputError(f"{path}: annotations[{i}] has 'segments_info' {kind}, not a list of segments")
         for segment in ann["segments_info"]:
             if not isinstance(segment, dict) or "id" not in segment or "category_id" not in segment:
                 raise InputError(f"{path}: annotations[{i}] has a segment without 'id' and 'category_id'")

@@ -281,11 +281,13 @@ def caption(segments: List[Dict], names: Dict[int, str], rng: np.random.Generato
 
 
 def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """(H, W) ids < 2^24 of any integer type -> (H, W, 3) uint8 (R + 256 G + 256² B), one channel at a
-    time so a large map needs no (H, W, 3) array of its own type."""
+    """(H, W) ids < 2^24 of any integer type -> (H, W, 3) uint8 (R + 256 G + 256² B): the three low bytes of
+    each id as a little-endian uint32, a row band at a time so a large map needs no (H, W) uint32 copy."""
     rgb = np.empty((*ids.shape, 3), np.uint8)
-    for channel in range(3):
-        rgb[..., channel] = (ids >> (8 * channel)) & 255
+    rows = max(1, (16 << 20) // max(4 * ids.shape[-1], 1))
+    for top in range(0, ids.shape[0], rows):
+        band = ids[top : top + rows].astype("<u4")
+        rgb[top : top + rows] = band.view(np.uint8).reshape(*band.shape, 4)[..., :3]
     return rgb
 
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, InputError, MissingDependencyError
+from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -41,6 +41,8 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
         if backend not in BACKENDS:
             raise InputError(f"--backend must be one of {BACKENDS}; got {backend!r}")
         return backend
+    if not os.path.exists(path):
+        raise missing_file_error(path, "engine")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise InputError(f"cannot tell the backend of {path}: expected {', '.join(SUFFIXES)} (or pass --backend)")
@@ -392,9 +394,9 @@ def open_backend(
     """``threads``: ONNX Runtime's intra-op threads (default: the available cores; fisa_rt.runtime.threads).
     ``cuda_graphs`` (default: on CUDA) and ``compile`` are the PyTorch backend's; the others launch their own
     way (TensorRT, ONNX Runtime), so either asked of them is an error, not ignored."""
-    kind = backend_for(path, backend)
     if not os.path.isfile(path):
-        raise InputError(f"engine {path} does not exist")
+        raise missing_file_error(path, "engine")
+    kind = backend_for(path, backend)
     if kind == "torch":
         return TorchBackend(path, device, cuda_graphs, compile)
     for asked, flag in ((compile, "--compile"), (cuda_graphs, "--cuda-graphs")):

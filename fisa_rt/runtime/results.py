@@ -10,11 +10,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from ..atomic import save_image, write_json
+from ..atomic import write_json
 from ..data.synthetic import ids_to_rgb
 from ..errors import InputError
+from ..png import save_png
 from ..postprocess import InstanceResult, PanopticResult
-from ..visualize import overlay
+from ..visualize import overlay_pixels
 
 
 def rle_encode(mask: np.ndarray) -> Dict[str, object]:
@@ -98,8 +99,11 @@ class SegmentationResult:
         return self.semantic.astype(np.int32) + 1, {int(c) + 1: int(c) for c in np.unique(self.semantic)}
 
     def overlay(self) -> Image.Image:
+        return Image.fromarray(self._overlay_pixels())
+
+    def _overlay_pixels(self) -> np.ndarray:
         ids, classes = self._segment_map()
-        return overlay(self.image, ids, classes, self.class_names)
+        return overlay_pixels(self.image, ids, classes, self.class_names)
 
     def save(
         self,
@@ -118,17 +122,24 @@ class SegmentationResult:
         kinds += ["instances"] if self.instances is not None else []
         files = {k: stem + OUTPUT_SUFFIXES[k] for k in kinds}
         targets = {k: os.path.join(folder, v) for k, v in files.items() if k.replace("_json", "") in formats}
-        os.makedirs(folder, exist_ok=True)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise InputError(f"cannot write results into {folder}: it is a file, not a folder")
         existing = [t for t in targets.values() if os.path.exists(t)]
         if existing and not overwrite:
             raise InputError(f"{existing[0]} exists; pass --overwrite to replace outputs")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+        # the check above refuses early; each write below also refuses, atomically, a file another process
+        # wrote meanwhile (fisa_rt.atomic)
         for kind, path in targets.items():
             if kind == "overlay":
-                save_image(self.overlay(), path)
+                save_png(self._overlay_pixels(), path, overwrite)
             elif kind == "labels":
-                save_image(Image.fromarray(self.semantic.astype(np.uint16)), path)
+                save_png(self.semantic.astype(np.uint16), path, overwrite)
             elif kind == "panoptic":
-                save_image(Image.fromarray(ids_to_rgb(self.panoptic.segment_map.cpu().numpy())), path)
+                save_png(ids_to_rgb(self.panoptic.segment_map.cpu().numpy()), path, overwrite)
             elif kind == "panoptic_json":
                 write_json(
                     path,
@@ -140,9 +151,10 @@ class SegmentationResult:
                             for k, (n, t) in enumerate(zip(self.class_names, self.is_thing))
                         ],
                     },
+                    overwrite,
                 )
             elif kind == "instances":
                 masks = self.instances.masks.cpu().numpy()
                 instances = [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())]
-                write_json(path, instances)
+                write_json(path, instances, overwrite)
         return list(targets.values())

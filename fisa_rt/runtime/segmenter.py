@@ -64,25 +64,29 @@ def picture_of(image: ImageInput, max_pixels: Optional[int]) -> np.ndarray:
         raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
-    return image
+    return np.ascontiguousarray(image)  # any strides (a view such as image[:, :, ::-1]) as a plain array
 
 
 @dataclass
 class Timings:
-    """Accumulated seconds per stage and images seen."""
+    """Accumulated seconds per stage and images seen; ``read`` (decoding input files) and ``write`` (result
+    files) are counted by whoever does them (fisa_rt.runtime.folder_run), not by ``segment``."""
 
     preprocess: float = 0.0
     model: float = 0.0
     postprocess: float = 0.0
     images: int = 0
+    read: float = 0.0
+    write: float = 0.0
 
     def summary(self) -> str:
         n = max(self.images, 1)
-        total = self.preprocess + self.model + self.postprocess
-        return (
-            f"{self.images} images: pre-process {1000 * self.preprocess / n:.1f} ms, model {1000 * self.model / n:.1f} ms, "
-            f"post-process {1000 * self.postprocess / n:.1f} ms per image; {self.images / total if total else 0:.1f} FPS end to end"
-        )
+        total = self.read + self.preprocess + self.model + self.postprocess + self.write
+        stages = [("read", self.read), ("pre-process", self.preprocess), ("model", self.model),
+                  ("post-process", self.postprocess), ("write", self.write)]
+        shown = ", ".join(f"{name} {1000 * seconds / n:.1f} ms" for name, seconds in stages)
+        fps = self.images / total if total else 0
+        return f"{self.images} images: {shown} per image; {fps:.1f} FPS end to end"
 
 
 @dataclass

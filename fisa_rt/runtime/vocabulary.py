@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, List, Optional, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..config import SYNONYM_MODES
-from ..errors import InputError, refuse_overwrite, warn
+from ..errors import InputError, missing_file_error, refuse_overwrite, warn
 from ..prompts import expand_prompts, validate_vocabulary
 
 SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
@@ -50,6 +51,11 @@ def from_classes(text: str) -> Vocabulary:
 
 
 def _from_json(data: dict, where: str) -> Vocabulary:
+    shape = 'an object {"classes": [{"name": ..., "isthing": ...}, ...]}'
+    if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+        raise InputError(f"{where} is not a vocabulary file: expected {shape}, got a {type(data).__name__}")
+    if not all(isinstance(c, dict) for c in data["classes"]):
+        raise InputError(f"{where} is not a vocabulary file: each class must be an object, as in {shape}")
     try:
         classes = data["classes"]
         return Vocabulary([c["name"] for c in classes], [bool(c.get("isthing", True)) for c in classes])
@@ -71,7 +77,7 @@ def named(name: str) -> Vocabulary:
 
 def from_file(path: str) -> Vocabulary:
     if not os.path.isfile(path):
-        raise InputError(f"vocabulary file {path} does not exist")
+        raise missing_file_error(path, "vocabulary file")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -190,7 +196,7 @@ def load_embeddings(path: str):
     else (empty, truncated, a plain ``.npy``, missing or malformed fields) is an InputError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputError(f"embeddings file {path} does not exist")
+        raise missing_file_error(path, "embeddings file")
     not_ours = f"{path} is not an embeddings file written by `fisa-rt encode-vocab`"
     try:
         data = np.load(path, allow_pickle=False)
@@ -201,7 +207,7 @@ def load_embeddings(path: str):
             names, is_thing, sha = data["names"], data["is_thing"], data["text_encoder"]
     except InputError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InputError(f"{not_ours}: {exc or type(exc).__name__}") from None
     if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
         found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"

@@ -1,0 +1,316 @@
+"""Issue 21 ("Nothing lost, round 2"): each row of the sweep that failed, as a test. Most run in-process
+(`fisa_rt.cli.main`, the library) to stay cheap; SIGTERM needs a real process."""
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fisa_rt import CheckpointError, InputError
+from fisa_rt.atomic import atomic_path, remove_stale_temporaries
+from fisa_rt.cli import main
+from fisa_rt.data.panoptic import load_panoptic_json
+from fisa_rt.errors import PartialFailure
+from fisa_rt.export.manifest import read_manifest
+from fisa_rt.png import write_png
+from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime import bench, vocabulary as vocab
+from fisa_rt.runtime.backends import open_backend
+from fisa_rt.runtime.folder_run import output_folder, segment_to_folder
+from fisa_rt.runtime.inputs import Source
+from fisa_rt.runtime.segmenter import Segmenter
+
+from helpers import EXE
+
+CHECKPOINT = default_checkpoint()
+CLASSES = "red star, wavy wall"
+
+
+def one_line(capsys, code, *phrases):
+    """``code`` is exit 2 and stderr one ``fisa-rt: error:`` line holding ``phrases``."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("fisa-rt: error:"), (code, err)
+    for phrase in phrases:
+        assert phrase in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    seg = Segmenter.from_engine(CHECKPOINT, backend="torch", cache_dir="")
+    seg.set_vocabulary([n.strip() for n in CLASSES.split(",")])
+    return seg
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+# --- row 1: SIGTERM, and the temporary files of a killed run --------------------------------------------------
+
+
+def test_sigterm_mid_folder_is_handled_like_ctrl_c(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        shutil.copy(sample_images()[i % len(sample_images())], photos / f"im{i:02d}.png")
+    out = tmp_path / "out"
+    command = [str(EXE), "infer", "--engine", CHECKPOINT, "--input", photos, "--classes", CLASSES, "--out", out,
+               "--no-cache", "--no-progress", "--task", "semantic"]
+    run = subprocess.Popen([str(a) for a in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(f.endswith("_labels.png") for f in os.listdir(out))):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["fisa-rt: terminated"], stderr
+    assert not [f for f in os.listdir(out) if f.startswith(".")], os.listdir(out)
+
+
+def test_the_next_run_removes_the_temporaries_of_a_dead_one(tmp_path):
+    dead = tmp_path / f".im10_overlay.fisa-tmp{_dead_pid()}.png"
+    alive = tmp_path / f".im11_overlay.fisa-tmp{os.getpid()}.png"  # a writer at work: kept
+    foreign = tmp_path / f".notes.tmp{_dead_pid()}.png"  # not this project's name: kept
+    for path in (dead, alive, foreign):
+        path.write_bytes(b"partial")
+    with output_folder(str(tmp_path)):
+        pass
+    assert not dead.exists() and alive.exists() and foreign.exists()
+    assert remove_stale_temporaries(str(tmp_path)) == []
+
+
+# --- row 2: the no-clobber check and the rename are one step --------------------------------------------------
+
+
+def test_a_file_written_meanwhile_is_never_replaced(tmp_path):
+    target = tmp_path / "x_labels.png"
+    with pytest.raises(InputError, match="x_labels.png exists"):
+        with atomic_path(str(target), overwrite=False) as tmp:
+            open(tmp, "wb").write(b"ours")
+            target.write_bytes(b"theirs")  # a concurrent run, between any check and the rename
+    assert target.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["x_labels.png"]
+    with atomic_path(str(target), overwrite=True) as tmp:  # --overwrite still replaces
+        open(tmp, "wb").write(b"ours")
+    assert target.read_bytes() == b"ours"
+
+
+# --- rows 3 and 4: a damaged deflate stream in an .npz -----------------------------------------------------------
+
+
+def _damage_deflate(path):
+    """``path`` rewritten as a compressed .npz whose embeddings member has a corrupt deflate stream."""
+    with np.load(path) as data:
+        fields = {k: data[k] for k in data.files}
+    np.savez_compressed(path, **fields)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("embeddings.npy")
+    raw = bytearray(open(path, "rb").read())
+    header = info.header_offset  # the local header's own name and extra lengths (its extra is not the directory's)
+    start = header + 30 + int.from_bytes(raw[header + 26 : header + 28], "little")
+    start += int.from_bytes(raw[header + 28 : header + 30], "little")
+    raw[start : start + 16] = b"\xff" * 16
+    open(path, "wb").write(bytes(raw))
+
+
+def test_a_cache_entry_with_a_corrupt_deflate_stream_is_encoded_again(segmenter, tmp_path):
+    names = vocab.Vocabulary(["red star", "wavy wall"])
+    expected = segmenter.text_encoder.encode(names, str(tmp_path))
+    (entry,) = tmp_path.iterdir()
+    _damage_deflate(entry)
+    with pytest.raises(zlib.error):
+        np.load(entry)["embeddings"]
+    assert np.array_equal(segmenter.text_encoder.encode(names, str(tmp_path)), expected)
+    assert np.array_equal(vocab.load_embeddings(str(entry))[0], expected)  # replaced by a sound one
+
+
+def test_embeddings_with_a_corrupt_deflate_stream_are_one_line(segmenter, tmp_path, capsys):
+    path = str(tmp_path / "bad.npz")
+    vocab.save_embeddings(path, segmenter.text, segmenter.vocabulary, "x")
+    _damage_deflate(path)
+    code = main(["infer", "--engine", CHECKPOINT, "--embeddings", path, "--out", str(tmp_path / "o")])
+    one_line(capsys, code, "bad.npz is not an embeddings file")
+
+
+# --- row 5: a manifest that is not an object ---------------------------------------------------------------------
+
+
+def test_a_manifest_holding_a_list_is_one_line(tmp_path, capsys):
+    engine = tmp_path / "x.onnx"
+    engine.write_bytes(b"onnx")
+    (tmp_path / "x.onnx.manifest.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="holds a list, not an object"):
+        read_manifest(str(engine))
+    one_line(capsys, main(["inspect", str(engine)]), "not a fisa-rt manifest")
+    one_line(capsys, main(["infer", "--engine", str(engine), "--out", str(tmp_path / "o")]), "not a fisa-rt manifest")
+
+
+# --- rows 6 and 14: malformed annotations, and paths that leave the dataset -----------------------------------
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["annotations"][0].__setitem__("segments_info", None), "annotations[0] has 'segments_info' NoneType"),
+    (lambda d: d["annotations"][1].__setitem__("file_name", 123), "annotations[1] has file_name 123"),
+    (lambda d: d["images"][2].__setitem__("file_name", "../../outside.png"), "images[2] has file_name '../../outside"),
+    (lambda d: d["images"][0].__setitem__("file_name", "/etc/hostname"), "leads outside the dataset's folder"),
+    (lambda d: d["annotations"][0].__setitem__("file_name", "a/../../x.png"), "leads outside the dataset's folder"),
+])
+def test_malformed_or_escaping_annotations_are_one_error(synthetic_data, tmp_path, edit, message):
+    data = json.loads(open(os.path.join(synthetic_data, "annotations", "panoptic_val.json")).read())
+    edit(data)
+    path = tmp_path / "panoptic_val.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=str(path).replace(".", r"\.")) as caught:
+        load_panoptic_json(str(path))
+    assert message in str(caught.value)
+
+
+# --- row 9: the Python API ----------------------------------------------------------------------------------------
+
+
+def test_any_strided_array_is_accepted_and_a_file_as_folder_is_an_input_error(segmenter, tmp_path):
+    image = load_image(sample_images()[0])
+    flipped = segmenter.segment(image[:, ::-1, ::-1])
+    assert np.array_equal(flipped.semantic, segmenter.segment(np.ascontiguousarray(image[:, ::-1, ::-1])).semantic)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        flipped.save(str(blocker), "x")
+    with pytest.raises(InputError, match="cannot create output folder"):
+        flipped.save(str(blocker / "below"), "x")
+
+
+# --- rows 11, 16 and 17 (empty folder), and issue 20: the folder loop in the library ---------------------------
+
+
+def test_the_library_folder_loop_skips_counts_writing_and_fails_as_the_cli_does(segmenter, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"\x89PNG broken")
+    (photos / "b.jpg").write_bytes(b"")
+    lines = []
+    with pytest.raises(PartialFailure) as caught:
+        segment_to_folder(segmenter, str(photos), str(tmp_path / "none"), task="semantic", log=lines.append)
+    assert caught.value.exit_code == 2 and "2 of 2 inputs failed" in str(caught.value)
+    assert "nothing was written" in str(caught.value) and "others" not in str(caught.value)
+    assert len(lines) == 2 and not (tmp_path / "none").exists()  # no empty folder left
+    shutil.copy(sample_images()[0], photos / "c.png")
+    written = []
+    with pytest.raises(PartialFailure) as caught:
+        segment_to_folder(segmenter, str(photos), str(tmp_path / "out"), task="semantic", batch=2,
+                          on_result=lambda name, result: written.append(name), log=lines.append)
+    assert caught.value.exit_code == 1 and "the others are in" in str(caught.value) and written == ["c"]
+    assert segmenter.timings.write > 0 and "write" in segmenter.timings.summary()
+    with pytest.raises(InputError, match="exists"):  # a rerun is refused before any work
+        segment_to_folder(segmenter, str(photos / "c.png"), str(tmp_path / "out"))
+
+
+def test_the_cli_exits_2_when_every_input_fails(tmp_path, capsys):
+    photos = tmp_path / "allbad"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        (photos / name).write_bytes(b"no image")
+    code = main(["infer", "--engine", CHECKPOINT, "--input", str(photos), "--classes", CLASSES, "--out",
+                 str(tmp_path / "o"), "--no-cache", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("2 of 2 inputs failed (each named above); nothing was written"), err
+    assert not (tmp_path / "o").exists()
+
+
+# --- row 12: --json that cannot be written, refused before the run ------------------------------------------------
+
+
+def test_an_unwritable_json_is_refused_before_running(synthetic_data, tmp_path, capsys):
+    code = main(["eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--json", str(tmp_path / "no" / "r.json")])
+    one_line(capsys, code, "its folder", "does not exist")
+    code = main(["bench", "--engine", CHECKPOINT, "--json", str(tmp_path / "nodir" / "b.json")])
+    assert capsys.readouterr().out == ""  # refused, not run
+    assert code == 2
+
+
+# --- row 13: eval never writes predictions into the dataset -------------------------------------------------------
+
+
+def test_eval_refuses_predictions_inside_the_dataset(synthetic_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    ground_truth = data / "panoptic" / "val"
+    before = {p.name: p.read_bytes() for p in ground_truth.iterdir()}
+    for predictions in (ground_truth, data / "elsewhere"):
+        code = main(["eval", "--engine", CHECKPOINT, "--data", str(data), "--limit", "2", "--predictions",
+                     str(predictions), "--overwrite"])
+        one_line(capsys, code, "is inside the dataset", "could replace its ground truth")
+    assert {p.name: p.read_bytes() for p in ground_truth.iterdir()} == before
+
+
+# --- row 15: memory ------------------------------------------------------------------------------------------------
+
+
+def test_bench_refuses_a_batch_or_vocabulary_beyond_memory(monkeypatch):
+    monkeypatch.setattr(bench, "available_memory", lambda: 2 << 30)
+    with pytest.raises(InputError, match=r"--batch 100000 with --classes 150 needs at least [0-9.]+ GiB"):
+        bench.benchmark(CHECKPOINT, "torch", 100000, 150, 0, 1)
+    with pytest.raises(InputError, match="--classes 10000000 needs at least"):
+        bench.benchmark(CHECKPOINT, "torch", 1, 10_000_000, 0, 1)
+
+
+# --- row 17: messages that say what is wrong -----------------------------------------------------------------------
+
+
+def test_messages_say_what_is_wrong(tmp_path, capsys):
+    gifs = tmp_path / "gifs"
+    gifs.mkdir()
+    Image.open(sample_images()[0]).convert("P").save(gifs / "a.gif")
+    assert Source(str(gifs)).names == ["a"]
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(InputError, match="x.png is a folder, not a file"):
+        load_image(str(tmp_path / "x.png"))
+    os.symlink("loop.png", tmp_path / "loop.png")
+    with pytest.raises(InputError, match="loop.png is a symbolic link that loops or leads nowhere"):
+        load_image(str(tmp_path / "loop.png"))
+    with pytest.raises(InputError, match="vocabulary file .* is a folder"):
+        vocab.resolve(vocab=str(gifs))
+    with pytest.raises(InputError, match="engine nope does not exist"):
+        open_backend("nope")
+    lists = tmp_path / "v.json"
+    lists.write_text('[["cat"], ["dog"]]')
+    with pytest.raises(InputError, match="v.json is not a vocabulary file: expected an object"):
+        vocab.resolve(vocab=str(lists))
+    out = tmp_path / "never"
+    one_line(capsys, main(["infer", "--engine", CHECKPOINT, "--vocab", str(lists), "--out", str(out)]), "v.json")
+    assert not out.exists()  # a failed run leaves no empty folder
+
+
+# --- output writing: lossless, and the PNGs any decoder reads ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, dtype", [((1, 1, 3), np.uint8), ((301, 257, 3), np.uint8), ((97, 1203), np.uint16),
+                                          ((5, 7), np.uint8), ((2, 2), np.uint16)])
+def test_written_pngs_decode_to_the_same_pixels(monkeypatch, shape, dtype):
+    import fisa_rt.png
+
+    monkeypatch.setattr(fisa_rt.png, "BAND_BYTES", 4096)  # many bands, to check how they join
+    pixels = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    pixels[: shape[0] // 2] //= 7  # runs that compress
+    buffer = io.BytesIO()
+    write_png(buffer, pixels)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+    assert decoded.dtype == dtype and np.array_equal(decoded, pixels)
+    data = buffer.getvalue()
+    length = int.from_bytes(data[33:37], "big")
+    crc = int.from_bytes(data[41 + length : 45 + length], "big")
+    assert data[37:41] == b"IDAT" and zlib.crc32(data[37 : 41 + length]) == crc
+    zlib.decompress(data[41 : 41 + length])  # checks the stream's Adler-32
