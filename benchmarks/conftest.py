@@ -111,7 +111,8 @@ def int8_artefacts(artefacts, tmp_path_factory):
     generate(data, "train", 128, seed=2)
     folder = str(tmp_path_factory.mktemp("build-int8"))
     with contextlib.redirect_stdout(io.StringIO()):
-        build(parse_args(["--out", folder, "--precision", "int8", "--calibration", os.path.join(data, "images", "train")]))
+        build(parse_args(["--out", folder, "--precision", "int8",
+                          "--calibration", os.path.join(data, "images", "train")]))
     return folder
 
 

@@ -209,7 +209,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             engine = engine.replace(f".{args.precision}.engine", ".fp32.engine")
     fused = args.flavour == "fused"
     command = tensorrt_builder.trtexec_command(source, engine, inputs, options, plugins=fused)
-    print(f"TensorRT (trtexec) equivalent{f' (fp32: {args.precision} needs ModelOpt)' if no_fp16 else ''}:\n  {command}")
+    note = f" (fp32: {args.precision} needs ModelOpt)" if no_fp16 else ""
+    print(f"TensorRT (trtexec) equivalent{note}:\n  {command}")
     try:
         if no_fp16:
             tensorrt_builder.import_tensorrt()  # TensorRT missing is the first thing to say

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -70,7 +71,8 @@ class CalibrationSet:
 
     def feeds(self, step: int = STEP_IMAGES) -> List[Dict[str, np.ndarray]]:
         extra = {} if self.seen is None else {"seen": self.seen}
-        return [{"image": self.image[i : i + step], "text": self.text, **extra} for i in range(0, len(self.image), step)]
+        return [{"image": self.image[i : i + step], "text": self.text, **extra}
+                for i in range(0, len(self.image), step)]
 
     def record(self) -> Dict[str, object]:
         return {"images": int(len(self.image)), "classes": int(len(self.text)), "vocabulary": self.vocabulary,
@@ -162,18 +164,20 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
 
     for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.quantization"):
         logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per node otherwise
-    tmp = f"{out_path}.tmp{os.getpid()}.onnx"
-    # ModelOpt writes intermediate files beside its input: give it a private copy's folder
+    # ModelOpt writes intermediate files beside its input and its output: both in a private folder, then the
+    # result moved beside out_path and renamed, so an interrupted run leaves no partial file there
+    tmp = f"{out_path}.tmp{os.getpid()}"
     with tempfile.TemporaryDirectory() as work:
-        source = os.path.join(work, "model.onnx")
+        source, result = os.path.join(work, "model.onnx"), os.path.join(work, "model.qdq.onnx")
         onnx.save(onnx.load(onnx_path), source)
         quantize(
-            onnx_path=source, output_path=tmp, quantize_mode=precision,
+            onnx_path=source, output_path=result, quantize_mode=precision,
             calibration_data_reader=Reader(calibration.feeds()), calibration_method=recipe.calibration_method,
             calibration_eps=["cpu"], op_types_to_exclude=list(recipe.op_types_to_exclude),
             nodes_to_exclude=list(recipe.nodes_to_exclude) or None, high_precision_dtype=recipe.high_precision,
             log_level="WARNING",
         )
+        shutil.move(result, tmp)
     os.replace(tmp, out_path)
     model = onnx.load(out_path, load_external_data=False)
     counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}

@@ -43,7 +43,8 @@ def main():
     from fisa_rt.data.synthetic import generate
     from fisa_rt.export import onnx_checks, onnx_export, parity, quantization as q
 
-    spec = importlib.util.spec_from_file_location("sweep", os.path.join(os.path.dirname(__file__), "int8-sensitivity.py"))
+    here = os.path.dirname(__file__)
+    spec = importlib.util.spec_from_file_location("sweep", os.path.join(here, "int8-sensitivity.py"))
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
     os.makedirs(args.out, exist_ok=True)

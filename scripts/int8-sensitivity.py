@@ -99,7 +99,8 @@ def main():
     reference = parity.run_onnx(portable, feed)
     print(f"calibration: {len(files)} synthetic train scenes; check: {len(feed['image'])} held-out images "
           f"(24 val scenes + 3 photographs), {len(text)} classes", flush=True)
-    header = f"{'configuration':58s} {'QDQ':>4s} {'min prob cos':>12s} {'agree':>7s} {'min agree':>9s} {'mask cos':>9s} {'s':>4s}"
+    header = (f"{'configuration':58s} {'QDQ':>4s} {'min prob cos':>12s} {'agree':>7s} {'min agree':>9s} "
+              f"{'mask cos':>9s} {'s':>4s}")
 
     def row(name, path, seconds):
         import onnx

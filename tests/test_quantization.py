@@ -53,7 +53,8 @@ def test_int8_build_writes_the_qdq_onnx_and_checks_it_without_tensorrt(int8):
     assert manifest["source_onnx"]["sha256"] == sha256_file(int8["portable.onnx"])
     record = manifest["quantization"]
     assert record["recipe"] == quantization.RECIPE.record()
-    assert record["calibration"]["images"] == 2 and record["calibration"]["classes"] == len(manifest["training_vocabulary"]["names"])
+    assert record["calibration"]["images"] == 2
+    assert record["calibration"]["classes"] == len(manifest["training_vocabulary"]["names"])
     assert record["parity"]["images"] == 2 and not record["parity"]["calibrated_on_these_images"]
     model = onnx.load(qdq)
     assert record["qdq_nodes"]["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 100
