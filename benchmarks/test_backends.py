@@ -12,7 +12,13 @@ reference on the same images and vocabulary, so a fast wrong backend fails. Thre
   >= 99 %, |Δ PQ|, |Δ mIoU| <= 1.0 — fp16 has 11 mantissa bits; pixels where two classes tie flip.
 * The fused ONNX with the plugin kernels (``test_fused_onnx_with_plugin_kernels``, ONNX Runtime + Triton's
   interpreter on CPU): fp32 thresholds; its latency is the interpreter's and means nothing.
-* int8/fp8 (ModelOpt Q/DQ): cosine >= 0.99, agreement >= 97 %, |Δ mIoU| <= 2.0 — calibration error.
+* int8/fp8 (ModelOpt Q/DQ, the int8 ONNX on ONNX Runtime and TensorRT engines built from it; calibrated on 128
+  synthetic train scenes): cosine >= 0.99, agreement >= 97 %, |Δ PQ|, |Δ mIoU| <= 2.0 — calibration error;
+  max |Δ mask logit| <= 8.0 (measured 5.9 of 74.6 on the bundled scenes) and max |Δ class prob| <= 0.15 on the
+  queries whose mask stays put (measured 0.075; docs/deploy.md, "int8").
+
+Class probabilities are compared on the queries whose binary mask keeps IoU >= 0.8 with the reference's
+(``export/parity.py``): a query whose mask moves is classified on other pixels, for every precision.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ class Threshold:
 THRESHOLDS = {
     "fp32": Threshold(1e-3, 1e-4, 0.99999, 0.999, 0.1),
     "fp16": Threshold(1.0, 0.01, 0.999, 0.99, 1.0),
-    "int8": Threshold(float("inf"), float("inf"), 0.99, 0.97, 2.0),
-    "fp8": Threshold(float("inf"), float("inf"), 0.99, 0.97, 2.0),
+    "int8": Threshold(8.0, 0.15, 0.99, 0.97, 2.0),
+    "fp8": Threshold(8.0, 0.15, 0.99, 0.97, 2.0),
 }
 
 

@@ -3,6 +3,7 @@ engine where TensorRT exists, else an ONNX Runtime-optimised model; a manifest b
 
     python export/build_engine.py                       # the embedded default model -> build/
     python export/build_engine.py --checkpoint my.safetensors --precision fp16 --classes 1,150,1203 --out engines/
+    python export/build_engine.py --checkpoint my.safetensors --precision int8 --calibration 'photos/*.jpg'
 
 Engines are strongly typed (TensorRT 10.3 - 11.x): for fp16 the script writes <name>.portable.fp16.onnx
 with ModelOpt AutoCast (LayerNorm, Softmax and normalisation reductions kept fp32) and builds from it; for
