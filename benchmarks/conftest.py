@@ -95,6 +95,28 @@ def artefacts(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def int8_artefacts(artefacts, tmp_path_factory):
+    """The embedded model's int8 Q/DQ ONNX (``build_engine.py --precision int8``), calibrated on 128 synthetic
+    *train* scenes: never the validation slice or the images the suite compares on. With FISA_BENCH_BUILD,
+    that folder (an int8 engine built elsewhere is found there too)."""
+    import contextlib
+    import io
+
+    from fisa_rt.data.synthetic import generate
+    from fisa_rt.export.build_engine import build, parse_args
+
+    if os.environ.get("FISA_BENCH_BUILD"):
+        return artefacts
+    data = str(tmp_path_factory.mktemp("calibration"))
+    generate(data, "train", 128, seed=2)
+    folder = str(tmp_path_factory.mktemp("build-int8"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        build(parse_args(["--out", folder, "--precision", "int8",
+                          "--calibration", os.path.join(data, "images", "train")]))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def validation_slice(tmp_path_factory):
     """A fixed slice of the synthetic validation set (seed 0, as docs/training.md uses)."""
     from fisa_rt.data.synthetic import generate

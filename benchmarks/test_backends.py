@@ -12,7 +12,13 @@ reference on the same images and vocabulary, so a fast wrong backend fails. Thre
   >= 99 %, |Δ PQ|, |Δ mIoU| <= 1.0 — fp16 has 11 mantissa bits; pixels where two classes tie flip.
 * The fused ONNX with the plugin kernels (``test_fused_onnx_with_plugin_kernels``, ONNX Runtime + Triton's
   interpreter on CPU): fp32 thresholds; its latency is the interpreter's and means nothing.
-* int8/fp8 (ModelOpt Q/DQ): cosine >= 0.99, agreement >= 97 %, |Δ mIoU| <= 2.0 — calibration error.
+* int8/fp8 (ModelOpt Q/DQ, the int8 ONNX on ONNX Runtime and TensorRT engines built from it; calibrated on 128
+  synthetic train scenes): cosine >= 0.99, agreement >= 97 %, |Δ PQ|, |Δ mIoU| <= 2.0 — calibration error;
+  max |Δ mask logit| <= 8.0 (measured 5.9 of 74.6 on the bundled scenes) and max |Δ class prob| <= 0.15 on the
+  queries whose mask stays put (measured 0.075; docs/deploy.md, "int8").
+
+Class probabilities are compared on the queries whose binary mask keeps IoU >= 0.8 with the reference's
+(``export/parity.py``): a query whose mask moves is classified on other pixels, for every precision.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.evaluation import evaluate_segmenter
+from fisa_rt.export.parity import STABLE_IOU, mask_iou
 from fisa_rt.predictor import default_checkpoint, load_image, sample_images
 from fisa_rt.runtime.segmenter import Segmenter
 from fisa_rt.runtime.vocabulary import named
@@ -46,8 +53,8 @@ class Threshold:
 THRESHOLDS = {
     "fp32": Threshold(1e-3, 1e-4, 0.99999, 0.999, 0.1),
     "fp16": Threshold(1.0, 0.01, 0.999, 0.99, 1.0),
-    "int8": Threshold(float("inf"), float("inf"), 0.99, 0.97, 2.0),
-    "fp8": Threshold(float("inf"), float("inf"), 0.99, 0.97, 2.0),
+    "int8": Threshold(8.0, 0.15, 0.99, 0.97, 2.0),
+    "fp8": Threshold(8.0, 0.15, 0.99, 0.97, 2.0),
 }
 
 
@@ -74,7 +81,8 @@ def reference(validation_slice):
     return segmenter, images, raw, metrics, dataset
 
 
-CANDIDATES = ["torch-triton", "onnxruntime-portable", "onnxruntime-portable.ort", "onnxruntime-portable.fp16"] + [
+CANDIDATES = ["torch-triton", "onnxruntime-portable", "onnxruntime-portable.ort", "onnxruntime-portable.fp16",
+              "onnxruntime-portable.int8.qdq"] + [
     f"tensorrt-{flavour}-{precision}" for flavour in ("portable", "fused") for precision in ("fp32", "fp16", "int8")
 ]
 
@@ -98,8 +106,9 @@ def _artefact(candidate: str, folder: str):
     if candidate.startswith("onnxruntime-"):
         path = os.path.join(folder, f"fisa-tiny-synthetic.{candidate.split('-', 1)[1]}.onnx")
         if not os.path.isfile(path):
-            pytest.skip(f"{path} was not built (the ORT fallback only without TensorRT; fp16 only with ModelOpt)")
-        return path, "onnxruntime", "fp16" if candidate.endswith(".fp16") else "fp32"
+            pytest.skip(f"{path} was not built (the ORT fallback only without TensorRT; fp16/int8 only with ModelOpt)")
+        precision = next((p for p in ("fp16", "int8") if f".{p}" in candidate), "fp32")
+        return path, "onnxruntime", precision
     _, flavour, precision = candidate.split("-")
     reason = _tensorrt_missing()
     if reason:
@@ -113,8 +122,9 @@ def _artefact(candidate: str, folder: str):
 
 
 @pytest.mark.parametrize("candidate", CANDIDATES)
-def test_backend_parity_and_latency(benchmark, candidate, artefacts, reference):
-    path, backend, precision = _artefact(candidate, artefacts)
+def test_backend_parity_and_latency(benchmark, candidate, request, reference):
+    folder = request.getfixturevalue("int8_artefacts" if "int8" in candidate else "artefacts")
+    path, backend, precision = _artefact(candidate, folder)
     name = candidate
     ref_segmenter, images, ref, ref_metrics, dataset = reference
     segmenter = Segmenter.from_engine(path, backend=backend, cache_dir="")
@@ -125,7 +135,9 @@ def test_backend_parity_and_latency(benchmark, candidate, artefacts, reference):
     mask, prob = out.mask_logits.float().cpu(), out.class_scores.float().cpu()
     ref_mask, ref_prob = ref.mask_logits.float(), ref.class_scores.float()
     max_mask = float((mask - ref_mask).abs().max())
-    max_prob = float((prob - ref_prob).abs().max())
+    # over the queries whose binary mask stays put: one whose mask moves is classified on other pixels
+    stable = torch.from_numpy(mask_iou((mask > 0).numpy(), (ref_mask > 0).numpy()) >= STABLE_IOU)
+    max_prob = float((prob - ref_prob).abs().amax(-1)[stable].max())
     cosine = float(torch.nn.functional.cosine_similarity(mask.flatten(), ref_mask.flatten(), dim=0))
     labels = torch.einsum("bqk,bqhw->bkhw", prob[..., :-1], mask.sigmoid()).argmax(1)
     ref_labels = torch.einsum("bqk,bqhw->bkhw", ref_prob[..., :-1], ref_mask.sigmoid()).argmax(1)
@@ -143,6 +155,7 @@ def test_backend_parity_and_latency(benchmark, candidate, artefacts, reference):
             "max_abs_mask_logit": max_mask,
             "mean_abs_mask_logit": float((mask - ref_mask).abs().mean()),
             "max_abs_class_prob": max_prob,
+            "stable_queries": float(stable.float().mean()),
             "cosine": cosine,
             "label_agreement": agreement,
             "delta_pq": delta_pq,

@@ -3,9 +3,12 @@ engine where TensorRT exists, else an ONNX Runtime-optimised model; a manifest b
 
     python export/build_engine.py                       # the embedded default model -> build/
     python export/build_engine.py --checkpoint my.safetensors --precision fp16 --classes 1,150,1203 --out engines/
+    python export/build_engine.py --checkpoint my.safetensors --precision int8 --calibration 'photos/*.jpg'
 
 Engines are strongly typed (TensorRT 10.3 - 11.x): for fp16 the script writes <name>.portable.fp16.onnx
-with ModelOpt AutoCast (LayerNorm, Softmax and normalisation reductions kept fp32) and builds from it.
+with ModelOpt AutoCast (LayerNorm, Softmax and normalisation reductions kept fp32) and builds from it; for
+int8/fp8 it writes <name>.portable.int8.qdq.onnx (ModelOpt Q/DQ calibrated on --calibration images) and
+checks it against fp32 on ONNX Runtime, with or without TensorRT.
 Without TensorRT the script still writes every ONNX file, prints the trtexec command that builds the
 engine on the target, and writes <name>.portable.ort.onnx so `fisa-rt infer --engine` runs here.
 """
@@ -19,6 +22,8 @@ import sys
 from typing import Dict, List, Optional
 
 from fisa_rt.errors import CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors
+from fisa_rt.export.quantization import PRECISIONS as QDQ_PRECISIONS, calibration_files
+from fisa_rt.runtime import vocabulary as vocab
 
 
 def _profile(text: str, what: str):
@@ -49,6 +54,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"],
                         help="engine precision (default: fp16 for portable, fp32 for fused; "
                              "fp16/int8/fp8 need NVIDIA ModelOpt)")
+    parser.add_argument(
+        "--calibration", metavar="DIR|GLOB",
+        help="int8/fp8: images to calibrate on, resized as the runtime resizes them (default: the 4 bundled "
+             "scenes; give >= 100 of your own, e.g. 'photos/*.jpg')",
+    )
+    parser.add_argument("--calibration-count", type=int, default=256, metavar="N",
+                        help="int8/fp8: calibrate on the first N images in name order (default 256)")
+    parser.add_argument(
+        "--calibration-vocab", metavar="NAME|FILE",
+        help="int8/fp8: vocabulary whose text embeddings calibrate the text input, as infer's --vocab "
+             "(coco-panoptic, ade20k-150, synthetic or a file; default: the checkpoint's training vocabulary)",
+    )
     parser.add_argument("--batch", default="1,1,8", help="batch profile MIN,OPT,MAX (default 1,1,8)")
     parser.add_argument(
         "--classes", default="1,150,1203", help="vocabulary-size profile MIN,OPT,MAX (default 1,150,1203)"
@@ -92,6 +109,17 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             "--precision fp16 needs the portable flavour: ModelOpt AutoCast decides fp16 by running the graph on ONNX "
             "Runtime, which cannot run the fused graph's TensorRT plugins; use --flavour portable, or --precision fp32"
         )
+    calibration = None
+    if args.precision in QDQ_PRECISIONS:
+        if args.flavour == "fused":
+            raise InputError(
+                f"--precision {args.precision} needs the portable flavour: ModelOpt calibrates by running the graph "
+                "on ONNX Runtime, which cannot run the fused graph's TensorRT plugins; use --flavour portable"
+            )
+        # a bad --calibration or --calibration-vocab fails before the export
+        calibration = calibration_files(args.calibration, args.calibration_count)
+        if args.calibration_vocab:
+            vocab.resolve(vocab=args.calibration_vocab)
     checkpoint = args.checkpoint or default_checkpoint()
     info = read_checkpoint_info(checkpoint)
     model, _ = load_model(checkpoint)
@@ -110,6 +138,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         "fp16": os.path.join(args.out, f"{name}.portable.fp16.onnx"),
         "engine": os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.engine"),
     }
+    if args.precision in QDQ_PRECISIONS:
+        paths["qdq"] = os.path.join(args.out, f"{name}.portable.{args.precision}.qdq.onnx")
     for path in paths.values():
         refuse_overwrite(path, args.overwrite, CheckpointError)
     os.makedirs(args.out, exist_ok=True)
@@ -168,25 +198,24 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     print(f"wrote {text_path}")
 
     source, engine, no_fp16 = written[args.flavour], paths["engine"], None
-    if args.precision == "fp16":
+    if args.precision != "fp32":
         try:
-            source = fp16_onnx(written, paths["fp16"], model, info, image)
+            if args.precision == "fp16":
+                source = fp16_onnx(written, paths["fp16"], model, info, image)
+            else:
+                source = qdq_onnx(args, calibration, written, paths["qdq"], model, info, image)
         except MissingDependencyError as exc:
             no_fp16 = exc  # no engine either: from the fp32 ONNX it would be fp32, whatever its name says
-            print(f"no fp16 ONNX: {exc}")
-            engine = engine.replace(".fp16.engine", ".fp32.engine")
+            print(f"no {args.precision} ONNX: {exc}")
+            engine = engine.replace(f".{args.precision}.engine", ".fp32.engine")
     fused = args.flavour == "fused"
     command = tensorrt_builder.trtexec_command(source, engine, inputs, options, plugins=fused)
-    print(f"TensorRT (trtexec) equivalent{' (fp32: fp16 needs the fp16 ONNX)' if no_fp16 else ''}:\n  {command}")
+    note = f" (fp32: {args.precision} needs ModelOpt)" if no_fp16 else ""
+    print(f"TensorRT (trtexec) equivalent{note}:\n  {command}")
     try:
         if no_fp16:
             tensorrt_builder.import_tensorrt()  # TensorRT missing is the first thing to say
             raise no_fp16
-        if args.precision in ("int8", "fp8"):
-            tensorrt_builder.import_tensorrt()  # say what is missing before spending time on calibration
-            quantized = os.path.join(args.out, f"{name}.{args.flavour}.{args.precision}.qdq.onnx")
-            source = tensorrt_builder.quantize_onnx(source, quantized, args.precision, calibration_inputs(model, info))
-            print(f"wrote {quantized} (ModelOpt {args.precision} Q/DQ)")
         trt_fields = tensorrt_builder.build_engine(source, paths["engine"], inputs, options, fused=fused)
         write_manifest(
             paths["engine"],
@@ -219,6 +248,60 @@ def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> s
     return path
 
 
+def qdq_onnx(args: argparse.Namespace, files: List[str], written: Dict[str, str], path: str, model, info,
+             image: Dict) -> str:
+    """The int8/fp8 Q/DQ ONNX (ModelOpt, calibrated on ``files``), checked on ONNX Runtime against the fp32
+    portable ONNX on the bundled scenes it was not calibrated on; MissingDependencyError without ModelOpt."""
+    from fisa_rt.export import onnx_checks, quantization
+    from fisa_rt.export.manifest import sha256_file, write_manifest
+
+    trained = vocab.Vocabulary(list(info.vocabulary), list(info.is_thing))
+    vocabulary = vocab.resolve(vocab=args.calibration_vocab, default=trained)
+    calibration = quantization.calibration_set(
+        written["portable"], files, vocabulary, model.encode_vocabulary(vocabulary.names).numpy(), info.vocabulary
+    )
+    calibration.vocabulary = args.calibration_vocab or "training vocabulary"
+    record = quantization.quantize_onnx(written["portable"], path, args.precision, calibration)
+    onnx_checks.check_graph(path, "portable")
+    print(f"wrote {path} (ModelOpt {args.precision} Q/DQ: {record['qdq_nodes']['QuantizeLinear']} QuantizeLinear "
+          f"nodes, calibrated on {len(files)} images)")
+    record["parity"] = _qdq_parity(written["portable"], path, files, calibration)
+    source = {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}
+    write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": args.precision,
+                          "opset": _opset(path), "source_onnx": source, "quantization": record})
+    written["qdq"] = path
+    return path
+
+
+def _qdq_parity(portable: str, quantized: str, calibrated_on, calibration) -> Dict:
+    """Parity figures of the Q/DQ ONNX on ONNX Runtime (``export/parity.py``), printed in one line; a warning
+    below the benchmark suite's int8 thresholds; an empty record where ONNX Runtime cannot run the graph."""
+    from fisa_rt.errors import warn
+    from fisa_rt.export import parity, quantization
+    from fisa_rt.predictor import sample_images
+    from fisa_rt.runtime.segmenter import Segmenter
+
+    used = {os.path.abspath(f) for f in calibrated_on}
+    scenes = [p for p in sample_images() if os.path.abspath(p) not in used]
+    unseen = bool(scenes)
+    segmenter = Segmenter.from_engine(portable, backend="onnxruntime", device="cpu", cache_dir="")
+    feed = {"image": quantization.runtime_images(segmenter, scenes or sample_images()), "text": calibration.text}
+    if calibration.seen is not None:
+        feed["seen"] = calibration.seen
+    try:
+        figures = parity.check_onnx(portable, quantized, feed)
+    except Exception as exc:  # ONNX Runtime's errors have no common public base (e.g. fp8 kernels it lacks)
+        print(f"not checked on ONNX Runtime: it cannot run this Q/DQ graph on the CPU ({str(exc).splitlines()[0]})")
+        return {}
+    figures["calibrated_on_these_images"] = not unseen
+    print(f"ONNX Runtime check against fp32 on the bundled scenes{'' if unseen else ' (calibrated on them)'}: "
+          f"{parity.summary(figures)}")
+    if figures["min_prob_cosine"] < 0.99 or figures["label_agreement"] < 0.97:
+        warn("the Q/DQ graph is below the int8 thresholds (cosine >= 0.99, label agreement >= 97 %): calibrate on "
+             "more images like yours (--calibration), or see docs/deploy.md, int8")
+    return figures
+
+
 def _opset(path: str) -> int:
     import onnx
 
@@ -227,8 +310,8 @@ def _opset(path: str) -> int:
 
 
 def calibration_inputs(model, info) -> Dict[str, "object"]:
-    """int8/fp8 calibration batch: the bundled scenes at the engine's size with the training vocabulary.
-    A real deployment should calibrate on its own images (a few hundred): pass them through ModelOpt."""
+    """AutoCast's fp16 calibration batch: the bundled scenes at the engine's size with the training vocabulary
+    (it only looks for values beyond fp16's safe range; int8/fp8 calibrate on --calibration instead)."""
     import numpy as np
     from PIL import Image
 

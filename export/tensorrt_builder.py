@@ -7,7 +7,7 @@ recipe serves TensorRT 10.3 (JetPack 6) to 11.x. TensorRT 11 removed every weak-
 INT8, BF16 and FP8 builder flags, OBEY_PRECISION_CONSTRAINTS, the int8 calibrator; docs/design.md,
 "TensorRT 10.3 - 11.x"). fp16 builds the fp16 ONNX that ``mixed_precision.convert_fp16`` writes with
 ModelOpt AutoCast (LayerNorm, Softmax and the normalisation reductions stay fp32 in the graph itself);
-int8/fp8 build a ModelOpt-quantised ONNX (explicit Q/DQ; ``quantize_onnx``).
+int8/fp8 build a ModelOpt-quantised ONNX (explicit Q/DQ; ``quantization.quantize_onnx``).
 """
 
 from __future__ import annotations
@@ -206,18 +206,3 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
         }
     }
 
-
-def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: "object") -> str:
-    """ModelOpt explicit quantization (Q/DQ) for int8/fp8, keeping LayerNorm, Softmax and the residual
-    adds in higher precision (the ops whose ranges CLIP's outliers make unsafe to quantise)."""
-    try:
-        from modelopt.onnx.quantization import quantize
-    except ImportError:
-        from .mixed_precision import MODELOPT_HINT
-
-        raise MissingDependencyError(f"{precision} engines need Q/DQ from ModelOpt. {MODELOPT_HINT}") from None
-    quantize(
-        onnx_path=onnx_path, output_path=out_path, quantize_mode=precision, calibration_data=calibration,
-        op_types_to_exclude=["LayerNormalization", "Softmax", "Add"],
-    )
-    return out_path

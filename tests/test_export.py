@@ -185,16 +185,3 @@ def test_manifest_checks(tmp_path):
     (tmp_path / "y.onnx.manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(CheckpointError, match="not a fisa-rt manifest"):
         read_manifest(str(tmp_path / "y.onnx"))
-
-
-def test_int8_without_tensorrt_stops_before_calibration(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "b"), "--precision", "int8", "--no-simplify"]) == 0
-    out = capsys.readouterr().out
-    assert "no TensorRT engine: TensorRT is not installed" in out and "Q/DQ" not in out
-    from fisa_rt.export.build_engine import calibration_inputs
-
-    model, info = load_model(default_checkpoint())
-    batch = calibration_inputs(model, info)
-    assert (
-        batch["image"].dtype == np.uint8 and batch["image"].shape[1:] == (3, 128, 128) and batch["text"].shape[1] == 64
-    )

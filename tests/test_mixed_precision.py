@@ -29,6 +29,7 @@ import torch
 from fisa_rt import MissingDependencyError
 from fisa_rt.export.manifest import read_manifest, sha256_file
 from fisa_rt.export.mixed_precision import FP32_OP_TYPES
+from fisa_rt.export.parity import mask_iou
 from fisa_rt.postprocess import semantic_inference
 from fisa_rt.runtime.segmenter import Segmenter
 
@@ -83,7 +84,7 @@ def test_fp16_onnx_meets_its_parity_thresholds_against_fp32(fp16, artefacts, ref
     assert cosine >= 0.999
     assert np.abs(masks - ref_masks).max() <= 0.01 * np.abs(ref_masks).max()
     assert np.mean((masks > 0) != (ref_masks > 0)) <= 1e-3
-    stable = _mask_iou(masks > 0, ref_masks > 0) >= 0.8
+    stable = mask_iou(masks > 0, ref_masks > 0) >= 0.8
     assert stable.mean() >= 0.99, np.argwhere(~stable)
     assert np.abs(probs - ref_probs).max(-1)[stable].max() <= 0.01
     agreement = []
@@ -94,20 +95,13 @@ def test_fp16_onnx_meets_its_parity_thresholds_against_fp32(fp16, artefacts, ref
     assert np.mean(agreement) >= 0.99, agreement
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(B, Q, H, W) bool x2 -> (B, Q) IoU; two empty masks agree (IoU 1)."""
-    inter = (a & b).sum((-2, -1))
-    union = (a | b).sum((-2, -1))
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
 def test_mask_iou_treats_two_empty_masks_as_equal_and_a_grown_mask_as_moved():
     a = np.zeros((1, 3, 4, 4), bool)
     b = a.copy()
     a[0, 1, :2] = True
     b[0, 1, :1] = True
     a[0, 2, :] = b[0, 2, :] = True
-    assert np.allclose(_mask_iou(a, b), [[1.0, 0.5, 1.0]])
+    assert np.allclose(mask_iou(a, b), [[1.0, 0.5, 1.0]])
 
 
 def test_fp16_onnx_scores_the_validation_slice_like_fp32(fp16, artefacts, synthetic_data):

@@ -1,0 +1,196 @@
+"""fp32 portable ONNX -> int8 / fp8 Q/DQ ONNX through NVIDIA ModelOpt, calibrated on the user's images.
+
+TensorRT 11 has no int8 calibrator: a strongly typed engine takes its int8 scales from explicit
+QuantizeLinear / DequantizeLinear pairs in the ONNX (docs/design.md, "TensorRT 10.3 - 11.x"). ModelOpt
+calibrates them on ONNX Runtime (CPU), so the Q/DQ graph is written, and checked, without TensorRT.
+
+Calibration inputs are the runtime's: each picture resized and padded exactly as ``Segmenter`` does for the
+model, the text side the embeddings of a vocabulary (a runtime input, so its range must be calibrated too),
+the same whole vocabulary beside every image batch. ModelOpt's own ``calibration_data`` dict would split the
+vocabulary into one slice per image batch (``calib_utils.CalibrationDataProvider`` splits every input along
+axis 0), so the batches go through a reader instead.
+
+The recipe (``RECIPE``) was chosen by measurement: ``scripts/int8-sensitivity.py``, docs/deploy.md "int8".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fisa_rt.errors import InputError, MissingDependencyError, warn
+
+PRECISIONS = ("int8", "fp8")
+ENOUGH_IMAGES = 100  # below this, activation ranges follow the few scenes given (issue 24: 1 scene -> cosine 0.94)
+DEFAULT_COUNT = 256
+STEP_IMAGES = 8  # images per calibration step: one ONNX Runtime call each
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """What ModelOpt quantises and how (``modelopt.onnx.quantization.quantize`` arguments).
+
+    Weights are per output channel and activations per tensor, symmetric: ModelOpt's int8 path fixes both
+    (``int8.py`` calls ORT's ``quantize_static(per_channel=True)``), which is also the only scheme TensorRT's
+    int8 kernels take. ``calibration_method`` is "entropy" or "max": ModelOpt maps anything else,
+    "percentile" included, to max.
+    """
+
+    # LayerNorm/Softmax: CLIP's outlier channels make their ranges unsafe; Add: the residual stream carries
+    # those outliers; ReduceL2 & co. are never quantised by ModelOpt anyway
+    op_types_to_exclude: Tuple[str, ...] = ("LayerNormalization", "Softmax", "Add")
+    # node-name regexes kept in high precision (what the sensitivity sweep found fragile)
+    nodes_to_exclude: Tuple[str, ...] = ()
+    calibration_method: str = "max"
+    # dtype of everything not quantised: fp16 as the fp16 engine has it (TensorRT runs the rest in fp16)
+    high_precision: str = "fp16"
+
+    def record(self) -> Dict[str, object]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+RECIPE = QuantRecipe()
+
+
+@dataclass
+class CalibrationSet:
+    """Model inputs for calibration: ``image`` (N, 3, S, S) as the runtime feeds the engine, ``text`` the
+    vocabulary's embeddings, ``seen`` (K,) bool for mask-average models; where they came from."""
+
+    image: np.ndarray
+    text: np.ndarray
+    seen: Optional[np.ndarray] = None
+    sources: List[str] = field(default_factory=list)
+    vocabulary: str = ""
+
+    def feeds(self, step: int = STEP_IMAGES) -> List[Dict[str, np.ndarray]]:
+        extra = {} if self.seen is None else {"seen": self.seen}
+        return [{"image": self.image[i : i + step], "text": self.text, **extra}
+                for i in range(0, len(self.image), step)]
+
+    def record(self) -> Dict[str, object]:
+        return {"images": int(len(self.image)), "classes": int(len(self.text)), "vocabulary": self.vocabulary,
+                "files": [os.path.basename(s) for s in self.sources[:20]] + (["..."] if len(self.sources) > 20 else [])}
+
+
+def calibration_files(spec: Optional[str], count: int) -> List[str]:
+    """The image files of ``--calibration DIR|GLOB`` (default: the bundled scenes), the first ``count`` in
+    name order; a warning when fewer than ENOUGH_IMAGES are used."""
+    from fisa_rt.predictor import sample_images
+    from fisa_rt.runtime.inputs import Source
+
+    if count < 1:
+        raise InputError(f"--calibration-count must be >= 1; got {count}")
+    if spec is None:
+        files = list(sample_images())
+        where = "the bundled scenes (--calibration DIR|GLOB calibrates on your images)"
+    else:
+        source = Source(spec)
+        if source.kind != "images":
+            raise InputError(f"--calibration {spec}: give a folder of images or a glob, not a {source.kind}")
+        files, where = source.items, spec
+    files = files[:count]
+    if len(files) < ENOUGH_IMAGES:
+        warn(f"calibrating on {len(files)} images from {where}: fewer than {ENOUGH_IMAGES}, the int8 ranges may "
+             "fit these images and not others")
+    return files
+
+
+def calibration_set(portable_onnx: str, files: Sequence[str], vocabulary, embeddings: np.ndarray,
+                    trained_names: Sequence[str]) -> CalibrationSet:
+    """Resize and pad ``files`` as the runtime does for ``portable_onnx`` (its manifest's resize rule) and
+    pair them with the vocabulary's ``embeddings``."""
+    from fisa_rt.prompts import seen_classes
+    from fisa_rt.runtime.segmenter import Segmenter
+
+    segmenter = Segmenter.from_engine(portable_onnx, backend="onnxruntime", device="cpu", cache_dir="")
+    seen = None
+    if "seen" in segmenter.backend.manifest.get("inputs", {}):
+        seen = np.array(seen_classes(vocabulary.names, trained_names), bool)
+    images = runtime_images(segmenter, files)
+    return CalibrationSet(images, np.ascontiguousarray(embeddings, np.float32), seen, list(files),
+                          vocabulary=f"{len(vocabulary.names)} classes")
+
+
+def runtime_images(segmenter, files: Sequence[str]) -> np.ndarray:
+    """(N, 3, S, S) model inputs of image ``files``: resized and padded by the runtime's own pre-processing
+    (``Segmenter._canvas``), so calibration sees the pixels an engine will see."""
+    from fisa_rt.predictor import load_image
+
+    return np.concatenate([segmenter._canvas(load_image(f))[0].cpu().numpy() for f in files])
+
+
+def _modelopt_quantize():
+    try:
+        from modelopt.onnx.quantization import quantize
+        from onnxruntime.quantization import CalibrationDataReader
+    except ImportError:
+        from .mixed_precision import MODELOPT_HINT
+
+        raise MissingDependencyError(f"int8/fp8 Q/DQ needs NVIDIA ModelOpt. {MODELOPT_HINT}") from None
+    return quantize, CalibrationDataReader
+
+
+def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: CalibrationSet,
+                  recipe: QuantRecipe = RECIPE) -> Dict[str, object]:
+    """Writes the Q/DQ ONNX; returns the manifest's ``quantization`` record."""
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise InputError(f"Q/DQ precision must be one of {PRECISIONS}; got {precision!r}")
+    quantize, reader_base = _modelopt_quantize()
+
+    class Reader(reader_base):
+        """ModelOpt reads the batches several times (MHA and GEMV detection, then calibration)."""
+
+        def __init__(self, feeds):
+            self.feeds = feeds
+            self.rewind()
+
+        def get_next(self):
+            return next(self._next, None)
+
+        def get_first(self):
+            return self.feeds[0]
+
+        def rewind(self):
+            self._next = iter(self.feeds)
+
+    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.quantization"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per node otherwise
+    # ModelOpt writes intermediate files beside its input and its output: both in a private folder, then the
+    # result moved beside out_path and renamed, so an interrupted run leaves no partial file there
+    tmp = f"{out_path}.tmp{os.getpid()}"
+    with tempfile.TemporaryDirectory() as work:
+        source, result = os.path.join(work, "model.onnx"), os.path.join(work, "model.qdq.onnx")
+        onnx.save(onnx.load(onnx_path), source)
+        quantize(
+            onnx_path=source, output_path=result, quantize_mode=precision,
+            calibration_data_reader=Reader(calibration.feeds()), calibration_method=recipe.calibration_method,
+            calibration_eps=["cpu"], op_types_to_exclude=list(recipe.op_types_to_exclude),
+            nodes_to_exclude=list(recipe.nodes_to_exclude) or None, high_precision_dtype=recipe.high_precision,
+            log_level="WARNING",
+        )
+        shutil.move(result, tmp)
+    os.replace(tmp, out_path)
+    model = onnx.load(out_path, load_external_data=False)
+    counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
+    return {"tool": "modelopt.onnx.quantization", "precision": precision, "recipe": recipe.record(),
+            "calibration": calibration.record(), "qdq_nodes": counts,
+            "quantized_ops": quantized_op_counts(model)}
+
+
+def quantized_op_counts(model) -> Dict[str, int]:
+    """op type -> how many nodes of it read a DequantizeLinear output (compute in int8/fp8 on TensorRT)."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    counts: Dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized.intersection(node.input):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
