@@ -82,8 +82,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     from fisa_rt.checkpoint import load_model, read_checkpoint_info
     from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
     from fisa_rt.export.manifest import sha256_file, write_manifest
-    from fisa_rt.predictor import default_checkpoint
-    from fisa_rt.runtime.tokenizer import VOCAB_FILE, find_vocab_file
+    from fisa_rt.runtime.assets import default_checkpoint
+    from fisa_rt.vocab.tokenizer import VOCAB_FILE, find_vocab_file
 
     if args.precision is None:
         args.precision = "fp32" if args.flavour == "fused" else "fp16"
@@ -233,7 +233,8 @@ def calibration_inputs(model, info) -> Dict[str, "object"]:
     from PIL import Image
 
     from fisa_rt.export import onnx_export
-    from fisa_rt.predictor import load_image, sample_images
+    from fisa_rt.runtime.assets import sample_images
+    from fisa_rt.runtime.images import load_image
 
     S = model.cfg.image_size
     images = np.stack(

@@ -14,7 +14,7 @@ from typing import List, Optional
 from .atomic import write_json
 from .config import TRAINABLE_PRESETS
 from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
-from .predictor import DEFAULT_MAX_PIXELS
+from .runtime.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = {
     "models": "fisa-rt models\n  fisa-rt models --simo",
@@ -178,7 +178,7 @@ def _output_folder(path: str) -> None:
 def _read_vocabulary(args: argparse.Namespace):
     """--embeddings, --classes or --vocab, read and checked before the engine is loaded, so a bad one is
     refused at once: (vocabulary or None for the engine's default, embeddings or None, encoder sha256)."""
-    from .runtime import vocabulary as vocab
+    from .vocab import vocabulary as vocab
 
     if args.embeddings:
         if args.classes or args.vocab:
@@ -191,7 +191,7 @@ def _read_vocabulary(args: argparse.Namespace):
 
 
 def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
-    from .runtime import vocabulary as vocab
+    from .vocab import vocabulary as vocab
 
     vocabulary, embeddings, sha = request
     if embeddings is not None:
@@ -222,7 +222,7 @@ def _infer(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from .errors import FisaError
-    from .predictor import sample_images
+    from .runtime.assets import sample_images
     from .runtime.inputs import Source
     from .runtime.segmenter import Segmenter
 
@@ -275,7 +275,7 @@ def _infer(args: argparse.Namespace) -> None:
 
 
 def _encode_vocab(args: argparse.Namespace) -> None:
-    from .runtime import vocabulary as vocab
+    from .vocab import vocabulary as vocab
     from .runtime.segmenter import Segmenter
 
     refuse_overwrite(args.out, args.overwrite)
@@ -309,8 +309,9 @@ def _inspect(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """The checkpoint path of `infer`, with the synthetic set's 32 classes as the default vocabulary."""
     from .atomic import save_image
-    from .predictor import default_checkpoint, load_image, sample_images
-    from .runtime import vocabulary as vocab
+    from .runtime.assets import default_checkpoint, sample_images
+    from .runtime.images import load_image
+    from .vocab import vocabulary as vocab
     from .runtime.segmenter import Segmenter
 
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")

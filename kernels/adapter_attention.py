@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from .backend import use_triton
+from .onnx_ops import custom_node
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]) -> None:
@@ -52,13 +53,27 @@ def adapter_attention_reference(
     return torch.matmul(probs, v)
 
 
+class AdapterAttentionNode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v):
+        return adapter_attention_reference(q, k, v)
+
+    @staticmethod
+    def symbolic(g, q, k, v):
+        return custom_node(g, "AdapterAttention", q, k, v).setType(q.type())
+
+
+def adapter_attention_node(q, k, v, key_valid=None):
+    if key_valid is not None:
+        raise ValueError("the AdapterAttention node takes unpadded text: export with one vocabulary tensor (K, D)")
+    return AdapterAttentionNode.apply(q, k, v)
+
+
 def adapter_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> torch.Tensor:
     """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference."""
     if backend == "onnx":
-        from .onnx_ops import adapter_attention_node
-
         return adapter_attention_node(q, k, v, key_valid)
     if not use_triton(backend, q, k, v):
         return adapter_attention_reference(q, k, v, key_valid)

@@ -121,12 +121,12 @@ def run_gate(kernels: Optional[List[str]] = None, arches=ARCHES) -> List[GateRec
 
 
 def _plugin_records(arch: int) -> List[GateRecord]:
-    """The TensorRT plugin kernels as the engine build compiles them (export.plugins.example_launches: ViT-B/16
+    """The TensorRT plugin kernels as the engine build compiles them (plugin_launches.example_launches: ViT-B/16
     at 640 px and FC-CLIP's ConvNeXt-L head), with the pointer alignment their launchers check."""
-    from fisa_rt.export import plugins
+    from . import plugin_launches
 
     records = []
-    for launch in plugins.example_launches(arch).values():
+    for launch in plugin_launches.example_launches(arch).values():
         compiled = launch.compile()
         config = {**compiled.constants, "_num_warps": compiled.num_warps}
         records.append(check(compiled.kernel, arch, config, compiled.ptx, compiled.shared_bytes))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import use_triton
+from .onnx_ops import custom_node
 
 
 def mask_inside_grid(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold: float) -> torch.Tensor:
@@ -132,6 +133,24 @@ def mask_attention_reference(
     return torch.matmul(probs[..., :-1], v_img) + probs[..., -1:] * v_self
 
 
+class MaskAttentionNode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold):
+        return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, (grid_h, grid_w), threshold)
+
+    @staticmethod
+    def symbolic(g, q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold):
+        out = custom_node(g, "MaskAttention", q, k_img, v_img, k_self, v_self, mask_logits, grid_h_i=grid_h,
+                          grid_w_i=grid_w, threshold_f=threshold)
+        return out.setType(q.type())
+
+
+def mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold):
+    return MaskAttentionNode.apply(
+        q, k_img, v_img, k_self, v_self, mask_logits, int(grid[0]), int(grid[1]), float(threshold)
+    )
+
+
 def mask_attention(
     q: torch.Tensor,
     k_img: torch.Tensor,
@@ -147,8 +166,6 @@ def mask_attention(
     """The op as the model calls it: the fused kernel where ``backend`` selects it, else the reference.
     ``layout``: ``mask_attention_layout`` of these mask logits, grid and threshold (built here when None)."""
     if backend == "onnx":
-        from .onnx_ops import mask_attention_node
-
         return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
     if not use_triton(backend, q, k_img, v_img, k_self, v_self, mask_logits):
         return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout)

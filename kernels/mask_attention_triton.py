@@ -22,7 +22,7 @@ Supported: fp32, fp16, bf16 (GPU); any head dim (padded to a power of two >= 16)
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 import triton
@@ -30,9 +30,11 @@ import triton.language as tl
 
 from .adapter_attention_triton import LOG2E, online_softmax_step
 from .backend import interpreting
-from .mask_attention import MaskLayout
 from .mask_grid_triton import mask_logits_tile
 from .tuning import block_d, dot_precision, launch, mask_tiles
+
+if TYPE_CHECKING:  # annotations only: mask_attention.py imports this module when it runs the kernel
+    from .mask_attention import MaskLayout
 
 
 @triton.jit

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import use_triton
+from .onnx_ops import custom_node
 
 WEIGHTINGS = ("binary", "sigmoid")
 
@@ -66,6 +67,23 @@ def cosine_logits_reference(pooled: torch.Tensor, text: torch.Tensor, logit_scal
     return logit_scale * torch.matmul(F.normalize(pooled, dim=-1), F.normalize(text, dim=-1).t())
 
 
+class MaskPoolNode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mask_logits, dense, sigmoid, threshold):
+        return mask_pool_reference(mask_logits, dense, "sigmoid" if sigmoid else "binary", threshold)
+
+    @staticmethod
+    def symbolic(g, mask_logits, dense, sigmoid, threshold):
+        return custom_node(g, "MaskPool", mask_logits, dense, sigmoid_i=int(sigmoid), threshold_f=threshold)
+
+
+def mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold):
+    # Pooling is the plugin; normalisation and the (Q, C) x (C, K) product stay standard ops, which
+    # TensorRT runs with its own GEMMs. The scale is a learned constant at export time.
+    pooled = MaskPoolNode.apply(mask_logits, dense, weighting == "sigmoid", float(threshold))
+    return cosine_logits_reference(pooled, text, float(logit_scale))
+
+
 def mask_average_logits(
     mask_logits: torch.Tensor,
     dense: torch.Tensor,
@@ -77,8 +95,6 @@ def mask_average_logits(
 ) -> torch.Tensor:
     """The op as the model calls it: the fused kernels where ``backend`` selects them, else the reference."""
     if backend == "onnx":
-        from .onnx_ops import mask_average_logits_node
-
         return mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold)
     if not use_triton(backend, mask_logits, dense, text):
         return mask_average_logits_reference(mask_logits, dense, text, logit_scale, weighting, threshold)

@@ -14,8 +14,8 @@ from fisa_rt import CheckpointError, InputError
 from fisa_rt.atomic import write_json
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.export.manifest import write_manifest
-from fisa_rt.predictor import default_checkpoint, sample_images
-from fisa_rt.runtime import vocabulary as vocab
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.vocab import vocabulary as vocab
 from fisa_rt.runtime.segmenter import Segmenter
 from fisa_rt.train.trainer import _load_state, _save_state
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
 
 from helpers import one_line_error, run_cli as run
 from test_image_inputs import png

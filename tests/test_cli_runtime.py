@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fisa_rt import CheckpointError, InputError
-from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.backends import Backend, check_engine_compatibility
 from fisa_rt.runtime.results import rle_decode
 

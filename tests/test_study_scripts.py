@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fisa_rt.cli import main
-from fisa_rt.predictor import default_checkpoint
+from fisa_rt.runtime.assets import default_checkpoint
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 

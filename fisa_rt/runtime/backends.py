@@ -129,15 +129,14 @@ class TorchBackend(Backend):
     applies_seen = True
 
     def __init__(self, path: str, device: Optional[str] = None):
-        from fisa_rt.export.onnx_export import ImageModelForExport
-
         from ..checkpoint import load_model, read_checkpoint_info
+        from ..inference import InferenceWrapper
 
         info = read_checkpoint_info(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, _ = load_model(path)
         self.model = model.float().eval().to(self.device)
-        self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
+        self.wrapper = InferenceWrapper(self.model, semantic=False).to(self.device).eval()
         cfg = model.cfg
         self.variable_canvas = cfg.resize.pad == "divisible"  # ViT configs cannot have it (VitBackbone)
         self.manifest = {

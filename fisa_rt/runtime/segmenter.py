@@ -37,10 +37,10 @@ from ..postprocess import (
     semantic_inference,
     working_size,
 )
-from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
+from .images import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
 from ..preprocess import padded_canvas, resized_shape
-from ..prompts import seen_classes
-from . import vocabulary as vocab
+from ..vocab.prompts import seen_classes
+from ..vocab import vocabulary as vocab
 from .backends import Backend, open_backend, resolve_artefact
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
