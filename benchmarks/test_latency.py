@@ -12,8 +12,8 @@ import torch
 
 from fisa_rt.config import get_model_config
 from fisa_rt.model import create_model
-from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.preprocess import normalize_images
+from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.segmenter import Segmenter
 from fisa_rt.vocab.vocabulary import named
 

@@ -11,9 +11,9 @@ Each plugin has two implementations of one kernel launch:
 
 The TensorRT-free half of each plugin - which kernel, which compile-time constants, which grid and which
 scalar arguments for given tensor shapes - is a plain function of ``fisa_rt.kernels.plugin_launches``
-(``*_launch``) that returns a ``PluginLaunch``; tests run it without TensorRT or a GPU (``tests/test_plugins.py``), ONNX Runtime runs
-it in Triton's interpreter (``fused_ort.py``), and ``register_plugins`` only wraps it in
-``tensorrt.plugin``'s decorators.
+(``*_launch``) that returns a ``PluginLaunch``; tests run it without TensorRT or a GPU
+(``tests/test_plugins.py``), ONNX Runtime runs it in Triton's interpreter (``fused_onnxruntime.py``), and
+``register_plugins`` only wraps it in ``tensorrt.plugin``'s decorators.
 
 Calling convention (TensorRT's, for AOT kernels): ``kernel(inputs..., extra_args..., outputs...)``.
 Node <-> plugin contract (``kernels/onnx_ops.py``): ``fisa_rt::AdapterAttention(q, k, v)``,

@@ -275,8 +275,8 @@ def _infer(args: argparse.Namespace) -> None:
 
 
 def _encode_vocab(args: argparse.Namespace) -> None:
-    from .vocab import vocabulary as vocab
     from .runtime.segmenter import Segmenter
+    from .vocab import vocabulary as vocab
 
     refuse_overwrite(args.out, args.overwrite)
     segmenter = Segmenter.from_engine(args.engine, args.backend)
@@ -311,8 +311,8 @@ def _demo(args: argparse.Namespace) -> None:
     from .atomic import save_image
     from .runtime.assets import default_checkpoint, sample_images
     from .runtime.images import load_image
-    from .vocab import vocabulary as vocab
     from .runtime.segmenter import Segmenter
+    from .vocab import vocabulary as vocab
 
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
     segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))

@@ -152,13 +152,16 @@ def test_every_module_has_a_layer_and_the_walk_sees_lazy_imports():
     assert "fisa_rt.kernels.plugin_launches" in {t for t, _ in edges["fisa_rt.kernels.gate"]}
 
 
-def test_the_checks_catch_an_upward_lazy_import_and_a_cycle(tmp_path):
+def test_the_checks_catch_an_upward_lazy_import_and_a_cycle_but_not_type_checking_imports(tmp_path):
     package = tmp_path / "fisa_rt"
     (package / "runtime").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "runtime" / "__init__.py").write_text("")
     (package / "runtime" / "backends.py").write_text("from .. import model\n")
     (package / "model.py").write_text("def f():\n    from .runtime import backends\n")
+    (package / "config.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runtime import backends\n"
+    )
     edges = graph({"fisa_rt": "fisa_rt"}, tmp_path)
     assert upward_edges(edges) == ["fisa_rt.model:2 (model) imports fisa_rt.runtime.backends (runtime)"]
     assert cycles(edges) == [["fisa_rt.model", "fisa_rt.runtime.backends"]]

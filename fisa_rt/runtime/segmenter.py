@@ -37,11 +37,11 @@ from ..postprocess import (
     semantic_inference,
     working_size,
 )
-from .images import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
 from ..preprocess import padded_canvas, resized_shape
-from ..vocab.prompts import seen_classes
 from ..vocab import vocabulary as vocab
+from ..vocab.prompts import seen_classes
 from .backends import Backend, open_backend, resolve_artefact
+from .images import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
 

@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CheckpointError, InputError, warn
-from ..vocab.prompts import prompt_templates
 from ..vocab import vocabulary as vocab
+from ..vocab.prompts import prompt_templates
 from ..vocab.tokenizer import Tokenizer, find_vocab_file
 
 
