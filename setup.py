@@ -16,8 +16,10 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.runtime", "fisa_rt.serving", "fisa_rt.kernels",
-              "fisa_rt.export"],
+    packages=[
+        "fisa_rt", "fisa_rt.data", "fisa_rt.train", "fisa_rt.runtime", "fisa_rt.serving", "fisa_rt.vocab",
+        "fisa_rt.kernels", "fisa_rt.export",
+    ],
     # `kernels/` and `export/` sit at the top of the repository beside the model (the folders show the
     # pipeline), but install as fisa_rt.kernels / fisa_rt.export so their names cannot clash with
     # other packages.

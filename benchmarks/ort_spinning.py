@@ -13,7 +13,7 @@ from PIL import Image
 
 
 def main():
-    from fisa_rt.predictor import sample_images
+    from fisa_rt.runtime.assets import sample_images
     from fisa_rt.runtime.backends import OnnxRuntimeBackend, resolve_artefact
     from fisa_rt.runtime.segmenter import Segmenter
     from fisa_rt.runtime.threads import apply_torch_threads, resolve_threads

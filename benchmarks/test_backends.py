@@ -34,9 +34,10 @@ import torch
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.evaluation import evaluate_segmenter
 from fisa_rt.export.parity import STABLE_IOU, mask_iou
-from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime.segmenter import Segmenter
-from fisa_rt.runtime.vocabulary import named
+from fisa_rt.vocab.vocabulary import named
 
 from conftest import DEVICE, timed
 

@@ -25,7 +25,7 @@ from fisa_rt.model import create_model
 from fisa_rt.runtime.backends import TorchBackend
 from fisa_rt.runtime.compiled import autocast_forward
 from fisa_rt.runtime.segmenter import Segmenter
-from fisa_rt.runtime.vocabulary import Vocabulary
+from fisa_rt.vocab.vocabulary import Vocabulary
 
 import gpu_e2e_report as report
 

@@ -13,10 +13,10 @@ import torch
 
 from fisa_rt.config import get_model_config
 from fisa_rt.model import create_model
-from fisa_rt.predictor import default_checkpoint
 from fisa_rt.preprocess import normalize_images
+from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.segmenter import Segmenter, Timings
-from fisa_rt.runtime.vocabulary import Vocabulary, named
+from fisa_rt.vocab.vocabulary import Vocabulary, named
 
 from conftest import DEVICE, synchronize, timed
 

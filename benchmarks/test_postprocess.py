@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 from fisa_rt.postprocess import panoptic_inference, restore_mask_logits, semantic_inference
-from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime.segmenter import Segmenter
-from fisa_rt.runtime.vocabulary import named
+from fisa_rt.vocab.vocabulary import named
 
 from conftest import timed
 

@@ -60,7 +60,7 @@ def test_serving_load(benchmark, tmp_path):
     pytest.importorskip("tritonclient.http")
     from PIL import Image
 
-    from fisa_rt.predictor import default_checkpoint, sample_images
+    from fisa_rt.runtime.assets import default_checkpoint, sample_images
     from fisa_rt.runtime.segmenter import Segmenter
     from fisa_rt.runtime.threads import available_cores
     from fisa_rt.serving import bundled

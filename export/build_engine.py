@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from fisa_rt.errors import CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors
 from fisa_rt.export.quantization import PRECISIONS as QDQ_PRECISIONS, calibration_files
-from fisa_rt.runtime import vocabulary as vocab
+from fisa_rt.vocab import vocabulary as vocab
 
 
 def _profile(text: str, what: str):
@@ -99,8 +99,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     from fisa_rt.checkpoint import load_model, read_checkpoint_info
     from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
     from fisa_rt.export.manifest import sha256_file, write_manifest
-    from fisa_rt.predictor import default_checkpoint
-    from fisa_rt.runtime.tokenizer import VOCAB_FILE, find_vocab_file
+    from fisa_rt.runtime.assets import default_checkpoint
+    from fisa_rt.vocab.tokenizer import VOCAB_FILE, find_vocab_file
 
     if args.precision is None:
         args.precision = "fp32" if args.flavour == "fused" else "fp16"
@@ -278,7 +278,7 @@ def _qdq_parity(portable: str, quantized: str, calibrated_on, calibration) -> Di
     below the benchmark suite's int8 thresholds; an empty record where ONNX Runtime cannot run the graph."""
     from fisa_rt.errors import warn
     from fisa_rt.export import parity, quantization
-    from fisa_rt.predictor import sample_images
+    from fisa_rt.runtime.assets import sample_images
     from fisa_rt.runtime.segmenter import Segmenter
 
     used = {os.path.abspath(f) for f in calibrated_on}
@@ -316,7 +316,8 @@ def calibration_inputs(model, info) -> Dict[str, "object"]:
     from PIL import Image
 
     from fisa_rt.export import onnx_export
-    from fisa_rt.predictor import load_image, sample_images
+    from fisa_rt.runtime.assets import sample_images
+    from fisa_rt.runtime.images import load_image
 
     S = model.cfg.image_size
     images = np.stack(

@@ -4,7 +4,7 @@ The closest this project gets to running the fused engine without a GPU: onnxrun
 custom ops stand in for TensorRT's plugin layer. Each node's inputs, in the graph's order, with its
 attributes, go through the same ``*_launch`` function that the plugin's ``aot_impl`` calls, and the
 resulting kernel runs with exactly the parameters TensorRT passes (inputs, extra_args, outputs; constants
-and grid from the launch) through ``plugins.launch_jit`` - in Triton's interpreter when
+and grid from the launch) through ``plugin_launches.launch_jit`` - in Triton's interpreter when
 ``TRITON_INTERPRET=1`` was set before the kernels were imported (what tests/conftest.py does on CPU).
 
 onnxruntime-extensions registers Python ops in its own domain (``ai.onnx.contrib``), so the session runs a
@@ -21,35 +21,34 @@ from typing import Callable, Dict
 import numpy as np
 
 from fisa_rt.errors import MissingDependencyError
+from fisa_rt.kernels import plugin_launches
 from fisa_rt.kernels.onnx_ops import DOMAIN
-
-from . import plugins
 
 ARCH = 90  # whose tuned block sizes the launches take (the interpreter ignores warps and stages)
 HINT = "running the fused ONNX on ONNX Runtime needs onnxruntime-extensions: pip install 'fisa-rt[test]'"
 
 
-def _run(launch: plugins.PluginLaunch, inputs, out_shape) -> np.ndarray:
+def _run(launch: plugin_launches.PluginLaunch, inputs, out_shape) -> np.ndarray:
     import torch
 
     tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs]
     out = torch.full(out_shape, float("nan"), dtype=torch.float32)  # poisoned: every element must be written
-    plugins.launch_jit(launch, tensors, [out])
+    plugin_launches.launch_jit(launch, tensors, [out])
     return out.numpy()
 
 
 def _adapter_attention(q, k, v, **attributes):
-    return _run(plugins.adapter_attention_launch(q.shape, k.shape, "fp32", ARCH), (q, k, v), q.shape)
+    return _run(plugin_launches.adapter_attention_launch(q.shape, k.shape, "fp32", ARCH), (q, k, v), q.shape)
 
 
 def _mask_attention(q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold, **attributes):
     shapes = (q.shape, k_img.shape, mask_logits.shape)
-    launch = plugins.mask_attention_launch(*shapes, (grid_h, grid_w), threshold, "fp32", ARCH)
+    launch = plugin_launches.mask_attention_launch(*shapes, (grid_h, grid_w), threshold, "fp32", ARCH)
     return _run(launch, (q, k_img, v_img, k_self, v_self, mask_logits), q.shape)
 
 
 def _mask_pool(mask_logits, dense, sigmoid, threshold, **attributes):
-    launch = plugins.mask_pool_launch(mask_logits.shape, dense.shape, bool(sigmoid), threshold, "fp32", ARCH)
+    launch = plugin_launches.mask_pool_launch(mask_logits.shape, dense.shape, bool(sigmoid), threshold, "fp32", ARCH)
     return _run(launch, (mask_logits, dense), mask_logits.shape[:2] + dense.shape[1:2])
 
 

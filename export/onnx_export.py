@@ -27,44 +27,18 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fisa_rt.errors import CheckpointError, InputError, refuse_overwrite
+from fisa_rt.inference import InferenceWrapper
 from fisa_rt.kernels.onnx_ops import fused_nodes
 
 FLAVOURS = ("portable", "fused")
 OPSET = 17
-
-
-class ImageModelForExport(nn.Module):
-    def __init__(self, model, semantic: bool = True):
-        super().__init__()
-        self.model = model
-        self.semantic = semantic
-        cfg = model.cfg
-        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255.0, persistent=False)
-
-    def forward(
-        self, image: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None, text_valid=None
-    ):
-        """``seen`` (K,) bool: classes the generator was trained on (the mask-average head's ensemble);
-        None scores every class as unseen. ``text_valid`` (K,) bool: padding classes are False (their
-        scores are 0; the CUDA-graph runner pads vocabularies, fisa_rt.runtime.cuda_graphs)."""
-        x = (image.float() - self.mean) / self.std
-        out = self.model(x, text, seen=seen, text_valid=text_valid)
-        scores = out.class_logits.softmax(-1)
-        if not self.semantic:
-            return out.mask_logits, scores
-        # Mask2Former's semantic inference: class scores (void dropped) x mask probabilities, at the
-        # input resolution.
-        seg = torch.einsum("bqk,bqhw->bkhw", scores[..., :-1], out.mask_logits.sigmoid())
-        seg = F.interpolate(seg, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return out.mask_logits, scores, seg.argmax(1).to(torch.int32)
 
 
 class TextEncoderForExport(nn.Module):
@@ -135,7 +109,7 @@ def export_image_model(
         raise InputError(f"input dtype must be uint8 or float32; got {input_dtype!r}")
     refuse_overwrite(path, overwrite, CheckpointError)
     model = model.float().eval().cpu()
-    wrapper = ImageModelForExport(model, semantic).eval()
+    wrapper = InferenceWrapper(model, semantic).eval()
     inputs = graph_inputs(model.cfg, model.embed_dim)
     example = example_inputs(inputs, torch.uint8 if input_dtype == "uint8" else torch.float32)
     outputs = ["mask_logits", "class_scores"] + (["semantic"] if semantic else [])

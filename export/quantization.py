@@ -82,7 +82,7 @@ class CalibrationSet:
 def calibration_files(spec: Optional[str], count: int) -> List[str]:
     """The image files of ``--calibration DIR|GLOB`` (default: the bundled scenes), the first ``count`` in
     name order; a warning when fewer than ENOUGH_IMAGES are used."""
-    from fisa_rt.predictor import sample_images
+    from fisa_rt.runtime.assets import sample_images
     from fisa_rt.runtime.inputs import Source
 
     if count < 1:
@@ -106,7 +106,7 @@ def calibration_set(portable_onnx: str, files: Sequence[str], vocabulary, embedd
                     trained_names: Sequence[str]) -> CalibrationSet:
     """Resize and pad ``files`` as the runtime does for ``portable_onnx`` (its manifest's resize rule) and
     pair them with the vocabulary's ``embeddings``."""
-    from fisa_rt.prompts import seen_classes
+    from fisa_rt.vocab.prompts import seen_classes
     from fisa_rt.runtime.segmenter import Segmenter
 
     segmenter = Segmenter.from_engine(portable_onnx, backend="onnxruntime", device="cpu", cache_dir="")
@@ -121,7 +121,7 @@ def calibration_set(portable_onnx: str, files: Sequence[str], vocabulary, embedd
 def runtime_images(segmenter, files: Sequence[str]) -> np.ndarray:
     """(N, 3, S, S) model inputs of image ``files``: resized and padded by the runtime's own pre-processing
     (``Segmenter._canvas``), so calibration sees the pixels an engine will see."""
-    from fisa_rt.predictor import load_image
+    from fisa_rt.runtime.images import load_image
 
     return np.concatenate([segmenter._canvas(load_image(f))[0].cpu().numpy() for f in files])
 

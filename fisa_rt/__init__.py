@@ -1,7 +1,7 @@
 """fisa-rt: FISA open-vocabulary segmentation, from PyTorch training to TensorRT inference.
 
-The names below load on first use (PEP 562), so that ``fisa_rt.runtime`` — tokenizer, vocabulary
-encoding and the ONNX Runtime / TensorRT backends — imports on a device that has no PyTorch.
+The names below load on first use (PEP 562), so that ``import fisa_rt`` costs nothing: what needs no model
+(``fisa-rt --help``, the tokenizer) does not pay for PyTorch.
 """
 
 import importlib

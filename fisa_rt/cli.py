@@ -14,7 +14,7 @@ from typing import List, Optional
 from .atomic import refuse_unwritable, write_json
 from .config import TRAINABLE_PRESETS
 from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
-from .predictor import DEFAULT_MAX_PIXELS
+from .runtime.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = {
     "models": "fisa-rt models\n  fisa-rt models --simo",
@@ -171,7 +171,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _read_vocabulary(args: argparse.Namespace):
     """--embeddings, --classes or --vocab, read and checked before the engine is loaded, so a bad one is
     refused at once: (vocabulary or None for the engine's default, embeddings or None, encoder sha256)."""
-    from .runtime import vocabulary as vocab
+    from .vocab import vocabulary as vocab
 
     if args.embeddings:
         if args.classes or args.vocab:
@@ -184,7 +184,7 @@ def _read_vocabulary(args: argparse.Namespace):
 
 
 def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
-    from .runtime import vocabulary as vocab
+    from .vocab import vocabulary as vocab
 
     vocabulary, embeddings, sha = request
     if embeddings is not None:
@@ -199,7 +199,7 @@ def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
 
 
 def _infer(args: argparse.Namespace) -> None:
-    from .predictor import sample_images
+    from .runtime.assets import sample_images
     from .runtime.folder_run import output_folder, refuse_existing_outputs, segment_to_folder
     from .runtime.inputs import Source
     from .runtime.segmenter import Segmenter
@@ -249,8 +249,8 @@ def _export_triton(args: argparse.Namespace) -> None:
 
 
 def _encode_vocab(args: argparse.Namespace) -> None:
-    from .runtime import vocabulary as vocab
     from .runtime.segmenter import Segmenter
+    from .vocab import vocabulary as vocab
 
     refuse_overwrite(args.out, args.overwrite)
     segmenter = Segmenter.from_engine(args.engine, args.backend)
@@ -294,10 +294,11 @@ def _tune(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """The checkpoint path of `infer`, with the synthetic set's 32 classes as the default vocabulary."""
     from .atomic import save_image
-    from .predictor import default_checkpoint, load_image, sample_images
-    from .runtime import vocabulary as vocab
+    from .runtime.assets import default_checkpoint, sample_images
     from .runtime.folder_run import output_folder
+    from .runtime.images import load_image
     from .runtime.segmenter import Segmenter
+    from .vocab import vocabulary as vocab
 
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
     segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))

@@ -126,7 +126,7 @@ class SimoConfig:
 
 @dataclass
 class TextConfig:
-    # Prompt-template set used to embed class names (see fisa_rt.text.PROMPT_TEMPLATES).
+    # Prompt-template set used to embed class names (see fisa_rt.vocab.prompts.PROMPT_TEMPLATES).
     templates: str = "vild"
     # Class names encoded per text-tower call.
     batch_size: int = 256

@@ -21,7 +21,7 @@ from PIL import Image
 from .atomic import save_image, write_json
 from .config import ResizeConfig
 from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segments, read_segment_ids
-from .data.synthetic import ids_to_rgb
+from .data.panoptic_png import ids_to_rgb
 from .errors import InputError
 from .postprocess import PanopticResult, panoptic_inference, restore_mask_logits, semantic_inference
 from .preprocess import normalize_images, pad_to_canvas, padded_canvas
@@ -206,7 +206,7 @@ def evaluate_segmenter(
 ):
     """The same evaluation through any runtime backend (ONNX Runtime, TensorRT, PyTorch) of
     :class:`fisa_rt.runtime.segmenter.Segmenter`, on the dataset's vocabulary."""
-    from .runtime.vocabulary import Vocabulary
+    from .vocab.vocabulary import Vocabulary
 
     if dataset.image_size != segmenter.backend.image_size or (dataset.resize or ResizeConfig()) != segmenter.resize:
         raise ValueError("the dataset must be read at the engine's image size and by its resize rule")

@@ -1,89 +1,30 @@
-"""Where the bundled pieces are (the embedded default model, the sample scenes) and how an image file
-is read; segmentation itself is :class:`fisa_rt.runtime.segmenter.Segmenter`."""
+"""Deprecated: the old home of the bundled assets and of image decoding, kept for one release.
 
-from __future__ import annotations
+``default_checkpoint`` and ``sample_images`` moved to :mod:`fisa_rt.runtime.assets`; ``load_image``,
+``decode_image``, ``check_pixels`` and ``DEFAULT_MAX_PIXELS`` to :mod:`fisa_rt.runtime.images`. Each name
+still resolves here, with a DeprecationWarning naming its new module.
+"""
 
-import contextlib
-import os
-from importlib import resources
-from typing import List, Optional, Tuple
+import importlib
+import warnings
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from .errors import CheckpointError, InputError, missing_file_error
-
-DEFAULT_CHECKPOINT = "fisa-tiny-synthetic.safetensors"
-# 100 megapixels (10000 x 10000): above any camera's photo but far below what a bomb claims.
-DEFAULT_MAX_PIXELS = 100_000_000
-WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def default_checkpoint() -> str:
-    """Path of the embedded default model (fisa-tiny trained on the synthetic set)."""
-    path = str(resources.files("fisa_rt") / "assets" / DEFAULT_CHECKPOINT)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"the embedded default model is missing from the installation ({path})")
-    return path
+_MOVED = {
+    "DEFAULT_CHECKPOINT": "fisa_rt.runtime.assets",
+    "default_checkpoint": "fisa_rt.runtime.assets",
+    "sample_images": "fisa_rt.runtime.assets",
+    "DEFAULT_MAX_PIXELS": "fisa_rt.runtime.images",
+    "check_pixels": "fisa_rt.runtime.images",
+    "decode_image": "fisa_rt.runtime.images",
+    "load_image": "fisa_rt.runtime.images",
+}
 
 
-def sample_images() -> List[str]:
-    """The bundled sample scenes."""
-    folder = resources.files("fisa_rt") / "assets" / "samples"
-    return sorted(str(p) for p in folder.iterdir() if p.name.endswith(".png"))
-
-
-def check_pixels(size: Tuple[int, int], max_pixels: Optional[int], name: str) -> None:
-    """Refuse a (width, height) above ``max_pixels`` (None or 0: no limit) before anything is decoded:
-    a small compressed file can claim billions of pixels (a decompression bomb)."""
-    if max_pixels and size[0] * size[1] > max_pixels:
-        raise InputError(
-            f"image {name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
-            f"more than the limit of {max_pixels:,}; "
-            "raise it with --max-pixels (0: no limit) if the image is genuine"
-        )
-
-
-def decode_image(im: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as the model must see it: turned upright by its EXIF orientation, 16-bit
-    (and 32-bit integer) grayscale scaled to 8 bits rather than clipped, and transparency composited
-    over white (the background a viewer shows) rather than dropped with whatever colour it hid."""
-    # in place, and no RGB -> RGB convert below: each copy of an 8000 x 8000 photo is 192 MB
-    ImageOps.exif_transpose(im, in_place=True)
-    if im.mode in WIDE_GRAY_MODES:
-        gray = np.asarray(im).astype(np.float64)
-        gray = (np.clip(gray, 0, 65535) / 257).round().astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-
-
-@contextlib.contextmanager
-def _own_pixel_limit():
-    """Pillow's decompression-bomb check raises its own exception (a traceback) at its own fixed limit;
-    :func:`check_pixels` applies ours instead."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
-def load_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(H, W, 3) uint8 RGB (see :func:`decode_image`); a missing, unreadable, corrupt or too large file is
-    an InputError naming it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise missing_file_error(path, "image")
-    try:
-        with _own_pixel_limit(), Image.open(path) as im:
-            check_pixels(im.size, max_pixels, path)
-            return decode_image(im)
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+def __getattr__(name):
+    if name not in _MOVED:
+        raise AttributeError(f"module 'fisa_rt.predictor' has no attribute {name!r}")
+    warnings.warn(
+        f"fisa_rt.predictor.{name} moved to {_MOVED[name]}.{name}; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(_MOVED[name]), name)

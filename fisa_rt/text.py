@@ -23,8 +23,8 @@ from torch import nn
 from .atomic import atomic_path
 from .config import TextConfig
 from .errors import InputError, warn
-from .prompts import PROMPT_TEMPLATES, prompt_templates, validate_vocabulary  # noqa: F401
-from .runtime.vocabulary import Vocabulary, encode
+from .vocab.prompts import prompt_templates, validate_vocabulary
+from .vocab.vocabulary import Vocabulary, encode
 
 class TextTower(nn.Module):
     """CLIP's text encoder and logit scale (the open_clip model with its visual tower removed; the
@@ -57,7 +57,7 @@ def encode_vocabulary(
     tower: TextTower, tokenizer: Callable[[List[str]], torch.Tensor], class_names: Sequence[str], cfg: TextConfig
 ) -> torch.Tensor:
     """Normalised float32 class embeddings for ``class_names``: (K, D), or (K, M, D) for
-    ``cfg.synonyms == "max"`` (see :func:`fisa_rt.runtime.vocabulary.encode`)."""
+    ``cfg.synonyms == "max"`` (see :func:`fisa_rt.vocab.vocabulary.encode`)."""
     device = next(tower.parameters()).device
 
     def encode_tokens(tokens) -> np.ndarray:

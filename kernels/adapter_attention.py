@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .onnx_ops import custom_node
 from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, timed
 
 
@@ -106,6 +107,17 @@ def _candidates(bucket, dtype, device, grad, with_triton):
     return {n: timed(functools.partial(CANDIDATES[n], q, k, v, valid), (q, k, v), grad) for n in names}
 
 
+class AdapterAttentionNode(torch.autograd.Function):
+    """The op as one ``fisa_rt::AdapterAttention`` ONNX node (the fused export; kernels/onnx_ops.py)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        return adapter_attention_reference(q, k, v)
+
+    @staticmethod
+    def symbolic(g, q, k, v):
+        return custom_node(g, "AdapterAttention", q, k, v).setType(q.type())
+
 register_op("adapter_attention", _candidates)
 
 
@@ -114,8 +126,8 @@ def adapter_attention(
 ) -> torch.Tensor:
     """The op as the model calls it: the implementation the kernel mode ``kernels`` selects."""
     if exporting_fused_nodes():
-        from .onnx_ops import adapter_attention_node
-
-        return adapter_attention_node(q, k, v, key_valid)
+        if key_valid is not None:
+            raise ValueError("the AdapterAttention node takes unpadded text: export with one vocabulary tensor (K, D)")
+        return AdapterAttentionNode.apply(q, k, v)
     chosen = select("adapter_attention", kernels, (q, k, v), _bucket(q, k, key_valid))
     return CANDIDATES[chosen](q, k, v, key_valid)

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .custom_ops import fused_op
+from .tiles_triton import batch_head, load_rows, load_rows_t, row_block, span
 from .tuning import block_d, dot_precision, launch
 
 LOG2E = 1.4426950408889634
@@ -57,33 +58,19 @@ def adapter_attention_fwd_kernel(
     HAS_VALID: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_LSE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    n_ok = offs_n < N
-    d_ok = offs_d < D
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
-        mask=n_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    b, h = batch_head(pid_bh, H)
+    offs_n, offs_d, n_ok, d_ok, nd_ok = row_block(tl.program_id(0), N, D, BLOCK_N, BLOCK_D)
+    q = load_rows(Q + b * sqb + h * sqh, offs_n, offs_d, sqn, sqd, nd_ok)
     m_i = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     for start in range(0, KN, BLOCK_K):
-        offs_k = start + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < KN
-        kt = tl.load(
-            k_base + offs_k[None, :] * skk + offs_d[:, None] * skd, mask=k_ok[None, :] & d_ok[:, None], other=0.0
-        )
-        v = tl.load(
-            v_base + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=k_ok[:, None] & d_ok[None, :], other=0.0
-        )
+        offs_k, k_ok = span(start, KN, BLOCK_K)
+        kt = load_rows_t(k_base, offs_k, offs_d, skk, skd, k_ok, d_ok)
+        v = load_rows(v_base, offs_k, offs_d, svk, svd, k_ok[:, None] & d_ok[None, :])
         if HAS_VALID:
             k_ok = k_ok & (tl.load(VALID + b * s_valid_b + offs_k * s_valid_k, mask=k_ok, other=0) != 0)
         # scores in log2 units: exp2 is the native instruction
@@ -95,7 +82,7 @@ def adapter_attention_fwd_kernel(
     tl.store(
         O + b * sob + h * soh + offs_n[:, None] * son + offs_d[None, :] * sod,
         out.to(O.dtype.element_ty),
-        mask=n_ok[:, None] & d_ok[None, :],
+        mask=nd_ok,
     )
     # log2-sum-exp2; +inf for empty rows makes every recomputed probability 0 in the backward pass
     lse = tl.where(has_any, m_i + tl.math.log2(tl.where(has_any, l_i, 1.0)), float("inf"))
@@ -115,16 +102,10 @@ def adapter_attention_bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # dQ = sm_scale * sum_k P * (dO v_k - delta) k_k. DO and DQ are contiguous (B, H, N, D).
-    pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    n_ok = offs_n < N
-    d_ok = offs_d < D
-    nd_ok = n_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd, mask=nd_ok, other=0.0)
+    b, h = batch_head(pid_bh, H)
+    offs_n, offs_d, n_ok, d_ok, nd_ok = row_block(tl.program_id(0), N, D, BLOCK_N, BLOCK_D)
+    q = load_rows(Q + b * sqb + h * sqh, offs_n, offs_d, sqn, sqd, nd_ok)
     row = pid_bh * N * D + offs_n[:, None] * D + offs_d[None, :]
     do = tl.load(DO + row, mask=nd_ok, other=0.0)
     lse = tl.load(LSE + pid_bh * N + offs_n, mask=n_ok, other=float("inf"))
@@ -133,11 +114,10 @@ def adapter_attention_bwd_kernel(
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     for start in range(0, KN, BLOCK_K):
-        offs_k = start + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < KN
+        offs_k, k_ok = span(start, KN, BLOCK_K)
         kd_ok = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + offs_k[:, None] * skk + offs_d[None, :] * skd, mask=kd_ok, other=0.0)
-        v = tl.load(v_base + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=kd_ok, other=0.0)
+        k = load_rows(k_base, offs_k, offs_d, skk, skd, kd_ok)
+        v = load_rows(v_base, offs_k, offs_d, svk, svd, kd_ok)
         if HAS_VALID:
             k_ok = k_ok & (tl.load(VALID + b * s_valid_b + offs_k * s_valid_k, mask=k_ok, other=0) != 0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -161,27 +141,20 @@ def adapter_attention_bwd_kv_kernel(
 ):
     # dV = sum over images and tokens of P^T dO; dK = sm_scale * sum of dS^T q, dS = P * (dO v - delta).
     # DO (B, H, N, D), LSE and DELTA (B, H, N) contiguous; DK and DV contiguous (Bt, H, KN, D).
-    pid_k = tl.program_id(0)
     pid_th = tl.program_id(1)
-    bt = pid_th // H
-    h = pid_th % H
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-    k_ok = offs_k < KN
-    d_ok = offs_d < D
-    kd_ok = k_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + bt * skb + h * skh + offs_k[:, None] * skk + offs_d[None, :] * skd, mask=kd_ok, other=0.0)
-    v = tl.load(V + bt * svb + h * svh + offs_k[:, None] * svk + offs_d[None, :] * svd, mask=kd_ok, other=0.0)
+    bt, h = batch_head(pid_th, H)
+    offs_k, offs_d, k_ok, d_ok, kd_ok = row_block(tl.program_id(0), KN, D, BLOCK_K, BLOCK_D)
+    k = load_rows(K + bt * skb + h * skh, offs_k, offs_d, skk, skd, kd_ok)
+    v = load_rows(V + bt * svb + h * svh, offs_k, offs_d, svk, svd, kd_ok)
     if HAS_VALID:
         k_ok = k_ok & (tl.load(VALID + bt * s_valid_b + offs_k * s_valid_k, mask=k_ok, other=0) != 0)
     dk = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
     for b in range(bt * images_per_kv, (bt + 1) * images_per_kv):
         for start in range(0, N, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < N
+            offs_n, n_ok = span(start, N, BLOCK_N)
             nd_ok = n_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd, mask=nd_ok, other=0.0)
+            q = load_rows(Q + b * sqb + h * sqh, offs_n, offs_d, sqn, sqd, nd_ok)
             row = (b * H + h) * N
             do = tl.load(DO + (row + offs_n[:, None]) * D + offs_d[None, :], mask=nd_ok, other=0.0)
             lse = tl.load(LSE + row + offs_n, mask=n_ok, other=float("inf"))

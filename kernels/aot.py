@@ -69,7 +69,7 @@ PLUGIN_POINTER_ALIGNMENT = 16
 class KernelSpec:
     """Everything one PTX is specialised for: the registry that ``compile_spec`` compiles, that the engine
     build and the ptxas gate iterate (``default_spec`` for the PyTorch-path kernels,
-    ``fisa_rt.export.plugins.example_launches`` for the plugin kernels)."""
+    ``plugin_launches.example_launches`` for the plugin kernels)."""
 
     kernel: str  # a KERNELS key
     arch: int  # compute capability x10

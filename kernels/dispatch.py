@@ -23,9 +23,13 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
-from fisa_rt.config import KERNEL_MODES
 
 from .choice import ChoiceTable, NoCandidateRanError, bucket_key, table_path
+
+# The values of FisaConfig.kernels. fisa_rt.config keeps its own copy (tests/kernels/test_dispatch.py keeps the
+# two equal): kernels/ imports nothing of the model, and the config imports no kernels module (and so no torch,
+# which `fisa-rt --help` must not wait for).
+KERNEL_MODES = ("auto", "triton", "reference")
 
 # op name -> (shape bucket, dtype, device, grad, with_triton) -> {implementation: no-argument call}
 CandidateBuilder = Callable[[Tuple[int, ...], torch.dtype, torch.device, bool, bool], Mapping[str, Callable]]

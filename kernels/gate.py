@@ -139,13 +139,11 @@ def run_gate(kernels: Optional[List[str]] = None, arches: Sequence[int] = ARCHES
 
 def gated_specs(arch: int) -> List[str]:
     """Every (kernel, config) the gate compiles for ``arch``, as sorted keys: what a report must cover."""
-    from fisa_rt.export import plugins
-
-    from . import aot
+    from . import aot, plugin_launches
 
     keys = {f"{kernel} {_config_key(c)}" for kernel in aot.KERNELS if not kernel.endswith("_plugin")
             for c in aot.compile_specs(kernel, arch)}
-    for launch in plugins.example_launches(arch).values():
+    for launch in plugin_launches.example_launches(arch).values():
         config = {**dict(launch.spec.constants), "_num_warps": launch.spec.num_warps}
         keys.add(f"{launch.spec.kernel} {_config_key(config)}")
     return sorted(keys)
@@ -229,12 +227,12 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
 
 
 def _plugin_records(arch: int, reuse: Dict[tuple, GateRecord]) -> List[GateRecord]:
-    """The TensorRT plugin kernels as the engine build compiles them (export.plugins.example_launches: ViT-B/16
+    """The TensorRT plugin kernels as the engine build compiles them (plugin_launches.example_launches: ViT-B/16
     at 640 px and FC-CLIP's ConvNeXt-L head), with the pointer alignment their launchers check."""
-    from fisa_rt.export import plugins
+    from . import plugin_launches
 
     records = []
-    for launch in plugins.example_launches(arch).values():
+    for launch in plugin_launches.example_launches(arch).values():
         config = {**dict(launch.spec.constants), "_num_warps": launch.spec.num_warps}
         key = (launch.spec.kernel, _config_key(config), arch)
         if key not in reuse:

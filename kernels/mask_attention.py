@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .mask_layout import MaskLayout
+from .onnx_ops import custom_node
 from .dispatch import (
     exporting_fused_nodes,
     measurable,
@@ -49,24 +50,6 @@ def mask_inside_grid(mask_logits: torch.Tensor, grid: Tuple[int, int], threshold
     """(B, Q, h*w) bool: which grid cells each mask covers, as the mask-attention op sees them."""
     resized = F.interpolate(mask_logits, size=tuple(grid), mode="bilinear", align_corners=False)
     return (resized > threshold).flatten(2)
-
-
-@dataclass(frozen=True)
-class MaskLayout:
-    """Which image tokens each mask covers, decided once and shared by every head and layer.
-
-    inside         (B, Q, N): True / 1 where the token lies inside the mask; bool for the reference,
-                   an int8 view of it (contiguous, no copy) when block lists are built for the kernels
-    block_counts   (B, ceil(Q / block_q)) int32: per block of mask tokens, how many blocks of block_n
-                   image tokens hold at least one inside token (None: no block lists, reference only)
-    block_indices  (B, ceil(Q / block_q), ceil(N / block_n)) int32: those blocks' indices first, ascending
-    """
-
-    inside: torch.Tensor
-    block_counts: Optional[torch.Tensor] = None
-    block_indices: Optional[torch.Tensor] = None
-    block_q: int = 0
-    block_n: int = 0
 
 
 def build_mask_layout(
@@ -224,6 +207,21 @@ def _candidates(bucket, dtype, device, grad, with_triton):
             for n in names}
 
 
+class MaskAttentionNode(torch.autograd.Function):
+    """The op as one ``fisa_rt::MaskAttention`` ONNX node (the fused export; kernels/onnx_ops.py)."""
+
+    @staticmethod
+    def forward(ctx, q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold):
+        return mask_attention_reference(q, k_img, v_img, k_self, v_self, mask_logits, (grid_h, grid_w), threshold)
+
+    @staticmethod
+    def symbolic(g, q, k_img, v_img, k_self, v_self, mask_logits, grid_h, grid_w, threshold):
+        out = custom_node(
+            g, "MaskAttention", q, k_img, v_img, k_self, v_self, mask_logits,
+            grid_h_i=grid_h, grid_w_i=grid_w, threshold_f=threshold,
+        )
+        return out.setType(q.type())
+
 register_op("mask_attention", _candidates)
 
 
@@ -242,9 +240,9 @@ def mask_attention(
     """The op as the model calls it: the implementation the kernel mode ``kernels`` selects.
     ``layout``: ``mask_attention_layout`` of these mask logits, grid and threshold (built here when None)."""
     if exporting_fused_nodes():
-        from .onnx_ops import mask_attention_node
-
-        return mask_attention_node(q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold)
+        return MaskAttentionNode.apply(
+            q, k_img, v_img, k_self, v_self, mask_logits, int(grid[0]), int(grid[1]), float(threshold)
+        )
     tensors = (q, k_img, v_img, k_self, v_self, mask_logits)
     chosen = select("mask_attention", kernels, tensors, _bucket(q, mask_logits, grid))
     return CANDIDATES[chosen](q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout=layout)

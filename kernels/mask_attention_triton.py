@@ -31,100 +31,55 @@ import triton.language as tl
 from .adapter_attention_triton import LOG2E, online_softmax_step
 from .custom_ops import fused_op
 from .dispatch import interpreting
-from .mask_attention import MaskLayout
+from .mask_layout import MaskLayout
 from .mask_grid_triton import mask_logits_tile
+from .tiles_triton import batch_head, load_rows, load_rows_t, row_block, span
 from .tuning import block_d, dot_precision, launch, mask_tiles
+
+@triton.jit
+def mask_token_rows(Q, KS, VS, b, h, offs_q, offs_d, qd_ok,
+                    sqb, sqh, sqq, sqd, ssb, ssh, ssq, ssd, stb, sth, stq, std):
+    """A block of mask tokens' queries with their own keys and values (each token attends to itself)."""
+    q = load_rows(Q + b * sqb + h * sqh, offs_q, offs_d, sqq, sqd, qd_ok)
+    k_self = load_rows(KS + b * ssb + h * ssh, offs_q, offs_d, ssq, ssd, qd_ok)
+    v_self = load_rows(VS + b * stb + h * sth, offs_q, offs_d, stq, std, qd_ok)
+    return q, k_self, v_self
 
 
 @triton.jit
 def mask_attention_fwd_kernel(
-    Q,
-    KI,
-    VI,
-    KS,
-    VS,
-    M,
-    O,
-    LSE,
-    sqb,
-    sqh,
-    sqq,
-    sqd,
-    skb,
-    skh,
-    skn,
-    skd,
-    svb,
-    svh,
-    svn,
-    svd,
-    ssb,
-    ssh,
-    ssq,
-    ssd,
-    stb,
-    sth,
-    stq,
-    std,
-    smb,
-    smq,
-    smy,
-    smx,
-    sob,
-    soh,
-    soq,
-    sod,
-    H,
-    NQ,
-    N,
-    D,
-    grid_w,
-    in_h,
-    in_w,
-    scale_y,
-    scale_x,
-    threshold,
-    qk_scale,
-    DOT_PRECISION: tl.constexpr,
-    STORE_LSE: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
+    Q, KI, VI, KS, VS, M, O, LSE,
+    sqb, sqh, sqq, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    ssb, ssh, ssq, ssd,
+    stb, sth, stq, std,
+    smb, smq, smy, smx,
+    sob, soh, soq, sod,
+    H, NQ, N, D, grid_w, in_h, in_w, scale_y, scale_x, threshold, qk_scale,
+    DOT_PRECISION: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_ok = offs_q < NQ
-    d_ok = offs_d < D
-    qd_ok = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_q[:, None] * sqq + offs_d[None, :] * sqd, mask=qd_ok, other=0.0)
-    k_self = tl.load(KS + b * ssb + h * ssh + offs_q[:, None] * ssq + offs_d[None, :] * ssd, mask=qd_ok, other=0.0)
-    v_self = tl.load(VS + b * stb + h * sth + offs_q[:, None] * stq + offs_d[None, :] * std, mask=qd_ok, other=0.0)
+    b, h = batch_head(pid_bh, H)
+    offs_q, offs_d, q_ok, d_ok, qd_ok = row_block(pid_q, NQ, D, BLOCK_Q, BLOCK_D)
+    q, k_self, v_self = mask_token_rows(
+        Q, KS, VS, b, h, offs_q, offs_d, qd_ok, sqb, sqh, sqq, sqd, ssb, ssh, ssq, ssd, stb, sth, stq, std
+    )
     # the token's own score starts the online softmax (log2 units)
     m_i = tl.sum(q.to(tl.float32) * k_self.to(tl.float32), 1) * qk_scale
     l_i = tl.full((BLOCK_Q,), 1.0, tl.float32)
     acc = v_self.to(tl.float32)
     mask_base = M + b * smb
     for start in range(0, N, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < N
+        offs_n, n_ok = span(start, N, BLOCK_N)
         logits = mask_logits_tile(
             mask_base, smq, smy, smx, offs_q, offs_n, q_ok, n_ok, grid_w, in_h, in_w, scale_y, scale_x
         )
         inside = (logits > threshold) & n_ok[None, :]
-        kt = tl.load(
-            KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
-            mask=n_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )
-        v = tl.load(
-            VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-            mask=n_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+        kt = load_rows_t(KI + b * skb + h * skh, offs_n, offs_d, skn, skd, n_ok, d_ok)
+        v = load_rows(VI + b * svb + h * svh, offs_n, offs_d, svn, svd, n_ok[:, None] & d_ok[None, :])
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(inside, s, float("-inf"))
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
@@ -138,51 +93,15 @@ def mask_attention_fwd_kernel(
 
 @triton.jit
 def mask_attention_sparse_fwd_kernel(
-    Q,
-    KI,
-    VI,
-    KS,
-    VS,
-    INSIDE,
-    COUNTS,
-    INDICES,
-    O,
-    LSE,
-    sqb,
-    sqh,
-    sqq,
-    sqd,
-    skb,
-    skh,
-    skn,
-    skd,
-    svb,
-    svh,
-    svn,
-    svd,
-    ssb,
-    ssh,
-    ssq,
-    ssd,
-    stb,
-    sth,
-    stq,
-    std,
-    sob,
-    soh,
-    soq,
-    sod,
-    H,
-    NQ,
-    N,
-    D,
-    NB,
-    n_splits,
-    qk_scale,
-    PARTIAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
+    Q, KI, VI, KS, VS, INSIDE, COUNTS, INDICES, O, LSE,
+    sqb, sqh, sqq, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    ssb, ssh, ssq, ssd,
+    stb, sth, stq, std,
+    sob, soh, soq, sod,
+    H, NQ, N, D, NB, n_splits, qk_scale,
+    PARTIAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     # INSIDE (B, NQ, N) int8, COUNTS (B, QB) int32, INDICES (B, QB, NB) int32: contiguous (MaskLayout).
@@ -190,16 +109,11 @@ def mask_attention_sparse_fwd_kernel(
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_ok = offs_q < NQ
-    d_ok = offs_d < D
-    qd_ok = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_q[:, None] * sqq + offs_d[None, :] * sqd, mask=qd_ok, other=0.0)
-    k_self = tl.load(KS + b * ssb + h * ssh + offs_q[:, None] * ssq + offs_d[None, :] * ssd, mask=qd_ok, other=0.0)
-    v_self = tl.load(VS + b * stb + h * sth + offs_q[:, None] * stq + offs_d[None, :] * std, mask=qd_ok, other=0.0)
+    b, h = batch_head(pid_bh, H)
+    offs_q, offs_d, q_ok, d_ok, qd_ok = row_block(pid_q, NQ, D, BLOCK_Q, BLOCK_D)
+    q, k_self, v_self = mask_token_rows(
+        Q, KS, VS, b, h, offs_q, offs_d, qd_ok, sqb, sqh, sqq, sqd, ssb, ssh, ssq, ssd, stb, sth, stq, std
+    )
     # split 0 starts the online softmax from the token's own score (log2 units); the others start empty
     own = pid_s == 0
     m_i = tl.where(own, tl.sum(q.to(tl.float32) * k_self.to(tl.float32), 1) * qk_scale, float("-inf"))
@@ -216,16 +130,8 @@ def mask_attention_sparse_fwd_kernel(
         inside = tl.load(
             INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0
         )
-        kt = tl.load(
-            KI + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
-            mask=n_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )
-        v = tl.load(
-            VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-            mask=n_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+        kt = load_rows_t(KI + b * skb + h * skh, offs_n, offs_d, skn, skd, n_ok, d_ok)
+        v = load_rows(VI + b * svb + h * svh, offs_n, offs_d, svn, svd, n_ok[:, None] & d_ok[None, :])
         s = tl.where(inside != 0, tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale, float("-inf"))
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
     if PARTIAL:
@@ -253,13 +159,9 @@ def mask_attention_combine_kernel(
 ):
     # out = sum_s 2^(lse_s - lse) out_s with lse = log2 sum_s 2^lse_s; split 0 holds the token's own key,
     # so lse is finite and no row divides by zero.
-    pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     BH = tl.num_programs(1)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_ok = offs_q < NQ
-    qd_ok = q_ok[:, None] & (offs_d < D)[None, :]
+    offs_q, offs_d, q_ok, d_ok, qd_ok = row_block(tl.program_id(0), NQ, D, BLOCK_Q, BLOCK_D)
     m = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
     for s in range(0, n_splits):
         m = tl.maximum(m, tl.load(LP + (s * BH + pid_bh) * NQ + offs_q, mask=q_ok, other=0.0))
@@ -270,8 +172,7 @@ def mask_attention_combine_kernel(
         w = tl.math.exp2(tl.load(LP + part, mask=q_ok, other=0.0) - m)
         l += w
         acc += w[:, None] * tl.load(OP + part[:, None] * D + offs_d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
-    b = pid_bh // H
-    h = pid_bh % H
+    b, h = batch_head(pid_bh, H)
     tl.store(
         O + b * sob + h * soh + offs_q[:, None] * soq + offs_d[None, :] * sod,
         (acc / l[:, None]).to(O.dtype.element_ty),
@@ -295,16 +196,11 @@ def mask_attention_sparse_bwd_kernel(
     # (INSIDE, COUNTS, INDICES) is the forward's.
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_ok = offs_q < NQ
-    d_ok = offs_d < D
-    qd_ok = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_q[:, None] * sqq + offs_d[None, :] * sqd, mask=qd_ok, other=0.0)
-    k_self = tl.load(KS + b * ssb + h * ssh + offs_q[:, None] * ssq + offs_d[None, :] * ssd, mask=qd_ok, other=0.0)
-    v_self = tl.load(VS + b * stb + h * sth + offs_q[:, None] * stq + offs_d[None, :] * std, mask=qd_ok, other=0.0)
+    b, h = batch_head(pid_bh, H)
+    offs_q, offs_d, q_ok, d_ok, qd_ok = row_block(pid_q, NQ, D, BLOCK_Q, BLOCK_D)
+    q, k_self, v_self = mask_token_rows(
+        Q, KS, VS, b, h, offs_q, offs_d, qd_ok, sqb, sqh, sqq, sqd, ssb, ssh, ssq, ssd, stb, sth, stq, std
+    )
     row = pid_bh * NQ * D + offs_q[:, None] * D + offs_d[None, :]
     do = tl.load(DO + row, mask=qd_ok, other=0.0)
     lse = tl.load(LSE + pid_bh * NQ + offs_q, mask=q_ok, other=0.0)
@@ -324,8 +220,8 @@ def mask_attention_sparse_bwd_kernel(
         inside = tl.load(
             INSIDE + (b * NQ + offs_q[:, None]) * N + offs_n[None, :], mask=q_ok[:, None] & n_ok[None, :], other=0
         )
-        k = tl.load(KI + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=nd_ok, other=0.0)
-        v = tl.load(VI + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=nd_ok, other=0.0)
+        k = load_rows(KI + b * skb + h * skh, offs_n, offs_d, skn, skd, nd_ok)
+        v = load_rows(VI + b * svb + h * svh, offs_n, offs_d, svn, svd, nd_ok)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.where(inside != 0, tl.math.exp2(s - lse[:, None]), 0.0)
         dv = tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)

@@ -24,6 +24,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .onnx_ops import custom_node
 from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, timed
 
 WEIGHTINGS = ("binary", "sigmoid")
@@ -98,6 +99,17 @@ def _candidates(bucket, dtype, device, grad, with_triton):
             for n in names}
 
 
+class MaskPoolNode(torch.autograd.Function):
+    """Mask pooling as one ``fisa_rt::MaskPool`` ONNX node (the fused export; kernels/onnx_ops.py)."""
+
+    @staticmethod
+    def forward(ctx, mask_logits, dense, sigmoid, threshold):
+        return mask_pool_reference(mask_logits, dense, "sigmoid" if sigmoid else "binary", threshold)
+
+    @staticmethod
+    def symbolic(g, mask_logits, dense, sigmoid, threshold):
+        return custom_node(g, "MaskPool", mask_logits, dense, sigmoid_i=int(sigmoid), threshold_f=threshold)
+
 register_op("mask_average_logits", _candidates)
 
 
@@ -112,9 +124,10 @@ def mask_average_logits(
 ) -> torch.Tensor:
     """The op as the model calls it: the implementation the kernel mode ``kernels`` selects."""
     if exporting_fused_nodes():
-        from .onnx_ops import mask_average_logits_node
-
-        return mask_average_logits_node(mask_logits, dense, text, logit_scale, weighting, threshold)
+        # Pooling is the plugin; normalisation and the (Q, C) x (C, K) product stay standard ops, which
+        # TensorRT runs with its own GEMMs. The scale is a learned constant at export time.
+        pooled = MaskPoolNode.apply(mask_logits, dense, weighting == "sigmoid", float(threshold))
+        return cosine_logits_reference(pooled, text, float(logit_scale))
     bucket = _bucket(mask_logits, dense, text, weighting)
     chosen = select("mask_average_logits", kernels, (mask_logits, dense, text), bucket)
     return CANDIDATES[chosen](mask_logits, dense, text, logit_scale, weighting, threshold)

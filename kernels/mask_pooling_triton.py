@@ -28,6 +28,7 @@ import triton.language as tl
 
 from .custom_ops import fused_op
 from .mask_grid_triton import mask_logits_tile
+from .tiles_triton import mask_weights_at, span
 from .tuning import dot_precision, launch
 
 NORM_EPS = 1e-12  # F.normalize's
@@ -42,38 +43,17 @@ def _weights(logits, threshold, SIGMOID: tl.constexpr):
 
 @triton.jit
 def mask_pool_tile(
-    mask_base,
-    smq,
-    smy,
-    smx,
-    feat_base,
-    sfc,
-    sfy,
-    sfx,
-    offs_q,
-    offs_c,
-    q_ok,
-    c_ok,
-    HW,
-    grid_w,
-    in_h,
-    in_w,
-    scale_y,
-    scale_x,
-    threshold,
-    SIGMOID: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    mask_base, smq, smy, smx, feat_base, sfc, sfy, sfx,
+    offs_q, offs_c, q_ok, c_ok, HW, grid_w, in_h, in_w, scale_y, scale_x, threshold,
+    SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """(mask weights @ features, mask areas) of one block of masks and channels of one image, over all
     HW cells: the weights are sampled from the logits in registers, never stored."""
     acc = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
     area = tl.zeros((BLOCK_Q,), tl.float32)
     for start in range(0, HW, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        hw_ok = offs_hw < HW
+        offs_hw, hw_ok = span(start, HW, BLOCK_HW)
         logits = mask_logits_tile(
             mask_base, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x
         )
@@ -98,22 +78,15 @@ def mask_weights_kernel(
     SIGMOID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     # W (B, NQ, HW) contiguous, in the features' dtype
-    pid_q = tl.program_id(0)
-    pid_hw = tl.program_id(1)
+    offs_q, q_ok = span(tl.program_id(0) * BLOCK_Q, NQ, BLOCK_Q)
+    offs_hw, hw_ok = span(tl.program_id(1) * BLOCK_HW, HW, BLOCK_HW)
     b = tl.program_id(2)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    q_ok = offs_q < NQ
-    hw_ok = offs_hw < HW
     logits = mask_logits_tile(
         M + b * smb, smq, smy, smx, offs_q, offs_hw, q_ok, hw_ok, grid_w, in_h, in_w, scale_y, scale_x
     )
     w = _weights(logits, threshold, SIGMOID)
-    tl.store(
-        W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :],
-        w.to(W.dtype.element_ty),
-        mask=q_ok[:, None] & hw_ok[None, :],
-    )
+    tiles = mask_weights_at(W, b, offs_q, offs_hw, NQ, HW)
+    tl.store(tiles, w.to(W.dtype.element_ty), mask=q_ok[:, None] & hw_ok[None, :])
 
 
 @triton.jit
@@ -128,21 +101,15 @@ def mask_pool_fwd_kernel(
     # divides by. P and DENOM contiguous. The loop's area has one use on purpose: Triton 3.6-3.8 abort
     # (OptimizeThreadLocality, `loopResult.hasOneUse()`) on an fp32 tile reduced in the loop whose sum is
     # both divided by and stored.
-    pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
+    offs_q, q_ok = span(tl.program_id(0) * BLOCK_Q, NQ, BLOCK_Q)
+    offs_c, c_ok = span(pid_c * BLOCK_C, C, BLOCK_C)
     b = tl.program_id(2)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    q_ok = offs_q < NQ
-    c_ok = offs_c < C
     acc = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
     area = tl.zeros((BLOCK_Q,), tl.float32)
     for start in range(0, HW, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        hw_ok = offs_hw < HW
-        w = tl.load(
-            W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0
-        )
+        offs_hw, hw_ok = span(start, HW, BLOCK_HW)
+        w = tl.load(mask_weights_at(W, b, offs_q, offs_hw, NQ, HW), mask=q_ok[:, None] & hw_ok[None, :], other=0.0)
         f = tl.load(
             F_ + b * sfb + offs_c[None, :] * sfc + offs_hw[:, None] * sf_hw,
             mask=hw_ok[:, None] & c_ok[None, :],
@@ -163,18 +130,13 @@ def cosine_logits_kernel(
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # P (ML, C) fp32 contiguous; OUT (ML, KN) contiguous; scale * cos(P rows, T rows).
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    m_ok = offs_m < ML
-    k_ok = offs_k < KN
+    offs_m, m_ok = span(tl.program_id(0) * BLOCK_M, ML, BLOCK_M)
+    offs_k, k_ok = span(tl.program_id(1) * BLOCK_K, KN, BLOCK_K)
     dots = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
     p_sq = tl.zeros((BLOCK_M,), tl.float32)
     t_sq = tl.zeros((BLOCK_K,), tl.float32)
     for start in range(0, C, BLOCK_C):
-        offs_c = start + tl.arange(0, BLOCK_C)
-        c_ok = offs_c < C
+        offs_c, c_ok = span(start, C, BLOCK_C)
         p = tl.load(P + offs_m[:, None] * C + offs_c[None, :], mask=m_ok[:, None] & c_ok[None, :], other=0.0)
         t = tl.load(T + offs_k[None, :] * st_k + offs_c[:, None] * st_c, mask=k_ok[None, :] & c_ok[:, None], other=0.0)
         # the product in the text's dtype (tensor cores for 16-bit), both norms in fp32
@@ -198,21 +160,14 @@ def mask_pool_bwd_kernel(
     DOT_PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
     # G (B, Q, C) fp32 gradient of the pooled embeddings; DF[b, c, hw] = sum_q G[b,q,c] W[b,q,hw] / denom[b,q]
-    pid_c = tl.program_id(0)
-    pid_hw = tl.program_id(1)
+    offs_c, c_ok = span(tl.program_id(0) * BLOCK_C, C, BLOCK_C)
+    offs_hw, hw_ok = span(tl.program_id(1) * BLOCK_HW, HW, BLOCK_HW)
     b = tl.program_id(2)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_ok = offs_c < C
-    hw_ok = offs_hw < HW
     acc = tl.zeros((BLOCK_C, BLOCK_HW), tl.float32)
     for start in range(0, NQ, BLOCK_Q):
-        offs_q = start + tl.arange(0, BLOCK_Q)
-        q_ok = offs_q < NQ
+        offs_q, q_ok = span(start, NQ, BLOCK_Q)
         denom = tl.load(DENOM + b * NQ + offs_q, mask=q_ok, other=1.0)
-        w = tl.load(
-            W + (b * NQ + offs_q[:, None]) * HW + offs_hw[None, :], mask=q_ok[:, None] & hw_ok[None, :], other=0.0
-        )
+        w = tl.load(mask_weights_at(W, b, offs_q, offs_hw, NQ, HW), mask=q_ok[:, None] & hw_ok[None, :], other=0.0)
         w = w.to(tl.float32) / denom[:, None]
         gt = tl.load(
             G + (b * NQ + offs_q[None, :]) * C + offs_c[:, None], mask=q_ok[None, :] & c_ok[:, None], other=0.0
@@ -242,15 +197,9 @@ def mask_weights(mask_logits, dense, weighting, threshold) -> torch.Tensor:
     HW = dense.shape[-2] * dense.shape[-1]
     weights = torch.empty(B, Q, HW, device=dense.device, dtype=dense.dtype)
     args = (mask_logits, weights, *mask_logits.stride(), Q, *_sampling(mask_logits, dense), float(threshold))
-    launch(
-        "mask_weights",
-        mask_weights_kernel,
-        lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
-        args,
-        dict(SIGMOID=weighting == "sigmoid"),
-        dense.device,
-        bucket=(Q, HW),
-    )
+    launch("mask_weights", mask_weights_kernel,
+           lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
+           args, dict(SIGMOID=weighting == "sigmoid"), dense.device, bucket=(Q, HW))
     return weights
 
 
@@ -261,15 +210,9 @@ def pool(weights, dense):
     pooled = torch.empty(B, Q, C, device=dense.device, dtype=torch.float32)
     denom = torch.empty(B, Q, device=dense.device, dtype=torch.float32)
     args = (weights, dense, pooled, denom, dense.stride(0), dense.stride(1), dense.stride(3), Q, C, HW)
-    launch(
-        "mask_pool_fwd",
-        mask_pool_fwd_kernel,
-        lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
-        args,
-        dict(DOT_PRECISION=dot_precision(dense.dtype)),
-        dense.device,
-        bucket=(Q, C, HW),
-    )
+    launch("mask_pool_fwd", mask_pool_fwd_kernel,
+           lambda m: (triton.cdiv(Q, m["BLOCK_Q"]), triton.cdiv(C, m["BLOCK_C"]), B),
+           args, dict(DOT_PRECISION=dot_precision(dense.dtype)), dense.device, bucket=(Q, C, HW))
     return pooled, denom
 
 
@@ -279,15 +222,9 @@ def cosine_logits(pooled: torch.Tensor, text: torch.Tensor, scale: float, out_dt
     out = torch.empty(B, Q, K, device=pooled.device, dtype=out_dtype)
     args = (pooled, text, out, text.stride(0), text.stride(1), B * Q, K, C, float(scale))
     meta = dict(DOT_PRECISION=dot_precision(text.dtype))
-    launch(
-        "cosine_logits",
-        cosine_logits_kernel,
-        lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
-        args,
-        meta,
-        pooled.device,
-        bucket=(B * Q, K, C),
-    )
+    launch("cosine_logits", cosine_logits_kernel,
+           lambda m: (triton.cdiv(B * Q, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_K"])),
+           args, meta, pooled.device, bucket=(B * Q, K, C))
     return out
 
 
@@ -299,27 +236,11 @@ def pool_backward(
     B, Q, HW = weights.shape
     C = dense.shape[1]
     grad_dense = _cell_stride(torch.empty_like(dense))
-    args = (
-        weights,
-        grad_pooled.contiguous(),
-        denom,
-        grad_dense,
-        grad_dense.stride(0),
-        grad_dense.stride(1),
-        grad_dense.stride(3),
-        Q,
-        C,
-        HW,
-    )
-    launch(
-        "mask_pool_bwd",
-        mask_pool_bwd_kernel,
-        lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
-        args,
-        dict(DOT_PRECISION=dot_precision(torch.float32)),
-        dense.device,
-        bucket=(Q, C, HW),
-    )
+    strides = (grad_dense.stride(0), grad_dense.stride(1), grad_dense.stride(3))
+    args = (weights, grad_pooled.contiguous(), denom, grad_dense, *strides, Q, C, HW)
+    launch("mask_pool_bwd", mask_pool_bwd_kernel,
+           lambda m: (triton.cdiv(C, m["BLOCK_C"]), triton.cdiv(HW, m["BLOCK_HW"]), B),
+           args, dict(DOT_PRECISION=dot_precision(torch.float32)), dense.device, bucket=(Q, C, HW))
     return grad_dense
 
 

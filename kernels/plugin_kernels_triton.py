@@ -16,6 +16,7 @@ import triton.language as tl
 from .adapter_attention_triton import adapter_attention_fwd_kernel
 from .mask_attention_triton import mask_attention_fwd_kernel
 from .mask_pooling_triton import mask_pool_tile
+from .tiles_triton import span
 
 
 @triton.jit
@@ -114,13 +115,9 @@ def mask_pool_plugin_kernel(
     # mask logits (B, NQ, HM, WM), features (B, C, HF, WF), out (B, NQ, C) area-normalised: contiguous.
     # One program per (block of masks, wide block of channels, image): each mask tile is sampled once per
     # BLOCK_C channels (64-128: 6-12 times at C = 768), sums and areas accumulate in fp32.
-    pid_q = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    offs_q, q_ok = span(tl.program_id(0) * BLOCK_Q, NQ, BLOCK_Q)
+    offs_c, c_ok = span(tl.program_id(1) * BLOCK_C, C, BLOCK_C)
     b = tl.program_id(2)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    q_ok = offs_q < NQ
-    c_ok = offs_c < C
     acc, area = mask_pool_tile(
         M + b * NQ * HM * WM, HM * WM, WM, 1, F_ + b * C * HF * WF, HF * WF, WF, 1, offs_q, offs_c, q_ok, c_ok,
         HF * WF, WF, HM, WM, HM / HF, WM / WF, THRESHOLD, SIGMOID, DOT_PRECISION, BLOCK_Q, BLOCK_C, BLOCK_HW,

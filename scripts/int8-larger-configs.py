@@ -23,7 +23,7 @@ import torch
 def pictures(files, size):
     from PIL import Image
 
-    from fisa_rt.predictor import load_image
+    from fisa_rt.runtime.images import load_image
 
     return np.stack([np.asarray(Image.fromarray(load_image(f)).resize((size, size), Image.BILINEAR)) for f in files]
                     ).transpose(0, 3, 1, 2).copy()

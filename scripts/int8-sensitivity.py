@@ -29,7 +29,7 @@ def held_out(size: int, root: str):
     from PIL import Image
 
     from fisa_rt.data.synthetic import generate
-    from fisa_rt.predictor import load_image
+    from fisa_rt.runtime.images import load_image
 
     generate(root, "val", 24, seed=0, image_size=size, overwrite=True)
     pictures = [load_image(p) for p in sorted(glob.glob(os.path.join(root, "images", "val", "*.png")))]
@@ -81,8 +81,8 @@ def main():
     from fisa_rt.data.synthetic import generate
     from fisa_rt.export import parity, quantization as q
     from fisa_rt.export.build_engine import build, parse_args
-    from fisa_rt.predictor import default_checkpoint
-    from fisa_rt.runtime.vocabulary import named
+    from fisa_rt.runtime.assets import default_checkpoint
+    from fisa_rt.vocab.vocabulary import named
 
     os.makedirs(args.out, exist_ok=True)
     portable = os.path.join(args.out, "build", "fisa-tiny-synthetic.portable.onnx")

@@ -10,7 +10,7 @@ import skimage.data
 import torch
 
 from fisa_rt.runtime.segmenter import Segmenter
-from fisa_rt.runtime.vocabulary import Vocabulary
+from fisa_rt.vocab.vocabulary import Vocabulary
 
 
 def main() -> None:

@@ -17,6 +17,15 @@ def run_cli(*args, cache=None):
     return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
 
 
+def run_infer(engine, source, out, *flags, classes=None, task=None, cache=None):
+    """`fisa-rt infer --engine ENGINE --input SOURCE --out OUT` (with --classes and --task where given) and
+    ``flags`` as written."""
+    args = ["infer", "--engine", engine, "--input", source, "--out", out]
+    for flag, value in (("--classes", classes), ("--task", task)):
+        args += [flag, value] if value is not None else []
+    return run_cli(*args, *flags, cache=cache)
+
+
 def one_line_error(result, *phrases):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()

@@ -14,12 +14,12 @@ from fisa_rt import CheckpointError, InputError
 from fisa_rt.atomic import write_json
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.export.manifest import write_manifest
-from fisa_rt.predictor import default_checkpoint, sample_images
-from fisa_rt.runtime import vocabulary as vocab
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.segmenter import Segmenter
 from fisa_rt.train.trainer import _load_state, _save_state
+from fisa_rt.vocab import vocabulary as vocab
 
-from helpers import one_line_error, run_cli as run
+from helpers import one_line_error, run_cli as run, run_infer
 
 CHECKPOINT = default_checkpoint()
 
@@ -102,19 +102,8 @@ def test_a_damaged_cache_entry_is_re_encoded_and_replaced(segmenter, tmp_path):
 def test_a_cache_folder_that_is_a_file_costs_one_warning_line(tmp_path):
     home = tmp_path / "cache-home"
     home.write_text("not a folder")
-    result = run(
-        "infer",
-        "--engine",
-        CHECKPOINT,
-        "--input",
-        sample_images()[0],
-        "--classes",
-        "red star, wavy wall",
-        "--task",
-        "semantic",
-        "--out",
-        tmp_path / "o",
-        cache=home,
+    result = run_infer(
+        CHECKPOINT, sample_images()[0], tmp_path / "o", classes="red star, wavy wall", task="semantic", cache=home,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines() == [

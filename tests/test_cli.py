@@ -1,17 +1,10 @@
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-# The installed console script of the interpreter running the tests: the real entry point.
-EXE = pathlib.Path(sys.executable).parent / "fisa-rt"
-
-
-def run(*args):
-    return subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=300)
+from helpers import run_cli as run
 
 
 def test_models_lists_every_config():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
 
-from helpers import one_line_error, run_cli as run
+from helpers import one_line_error, run_cli as run, run_infer
 from test_image_inputs import png
 
 CHECKPOINT = default_checkpoint()
@@ -31,20 +31,8 @@ def test_a_folder_goes_on_past_bad_files_and_names_each(tmp_path):
     exif[0x0112] = 6
     Image.new("RGB", (128, 64), (0, 90, 200)).save(folder / "phone.png", exif=exif)
     out = tmp_path / "out"
-    result = run(
-        "infer",
-        "--engine",
-        CHECKPOINT,
-        "--input",
-        folder,
-        "--classes",
-        CLASSES,
-        "--task",
-        "semantic",
-        "--out",
-        out,
-        "--no-progress",
-        "--no-cache",
+    result = run_infer(
+        CHECKPOINT, folder, out, "--no-progress", "--no-cache", classes=CLASSES, task="semantic",
     )
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -57,41 +45,19 @@ def test_a_folder_goes_on_past_bad_files_and_names_each(tmp_path):
     assert np.asarray(Image.open(out / "phone_labels.png")).shape == (128, 64)  # upright, as EXIF says
     # a rerun is refused at once, before the engine loads, naming what exists
     one_line_error(
-        run("infer", "--engine", CHECKPOINT, "--input", folder, "--classes", CLASSES, "--out", out),
+        run_infer(CHECKPOINT, folder, out, classes=CLASSES),
         "exists (and",
         "--overwrite",
     )
     # --fail-fast: the first bad file ends the run (in sorted order, bomb.png comes after a.png)
-    result = run(
-        "infer",
-        "--engine",
-        CHECKPOINT,
-        "--input",
-        folder,
-        "--classes",
-        CLASSES,
-        "--task",
-        "semantic",
-        "--out",
-        tmp_path / "ff",
-        "--no-cache",
-        "--no-progress",
-        "--fail-fast",
+    result = run_infer(
+        CHECKPOINT, folder, tmp_path / "ff", "--no-cache", "--no-progress", "--fail-fast", classes=CLASSES,
+        task="semantic",
     )
     one_line_error(result, "bomb.png", "more than the limit")
     assert sorted(os.listdir(tmp_path / "ff")) == ["a_labels.png", "a_overlay.png"]
     one_line_error(
-        run(
-            "infer",
-            "--engine",
-            CHECKPOINT,
-            "--input",
-            sample_images()[0],
-            "--max-pixels",
-            1000,
-            "--out",
-            tmp_path / "mp",
-        ),
+        run_infer(CHECKPOINT, sample_images()[0], tmp_path / "mp", "--max-pixels", 1000),
         "more than the limit of 1,000",
     )
 
@@ -179,40 +145,14 @@ def test_eval_predictions_stay_in_their_folder_and_respect_overwrite(synthetic_d
     predictions = tmp_path / "pred"
     predictions.mkdir()
     (predictions / "old.txt").write_text("x")
-    one_line_error(
-        run("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--limit", 1, "--predictions", predictions),
-        "is not empty",
-        "--overwrite",
-    )
+    evaluate = ("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--predictions", predictions)
+    one_line_error(run(*evaluate, "--limit", 1), "is not empty", "--overwrite")
     table = tmp_path / "table.json"
     table.write_text("{}")
-    result = run(
-        "eval",
-        "--engine",
-        CHECKPOINT,
-        "--data",
-        synthetic_data,
-        "--limit",
-        1,
-        "--predictions",
-        predictions,
-        "--json",
-        table,
-    )
+    result = run(*evaluate, "--limit", 1, "--json", table)
     one_line_error(result, "table.json exists")
     assert result.stdout == ""  # refused before evaluating, not after
-    result = run(
-        "eval",
-        "--engine",
-        CHECKPOINT,
-        "--data",
-        synthetic_data,
-        "--limit",
-        2,
-        "--predictions",
-        predictions,
-        "--overwrite",
-    )
+    result = run(*evaluate, "--limit", 2, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert len(json.loads((predictions / "predictions.json").read_text())["annotations"]) == 2
 
@@ -260,17 +200,8 @@ def test_bad_embeddings_files_are_one_line(tmp_path):
 
 
 def test_small_ones(tmp_path):
-    result = run(
-        "infer",
-        "--engine",
-        CHECKPOINT,
-        "--input",
-        sample_images()[0],
-        "--classes",
-        "red star, red star, wavy wall",
-        "--out",
-        tmp_path / "o",
-        "--no-cache",
+    result = run_infer(
+        CHECKPOINT, sample_images()[0], tmp_path / "o", "--no-cache", classes="red star, red star, wavy wall",
     )
     assert result.returncode == 0 and result.stderr.strip().splitlines() == [
         "fisa-rt: warning: class names repeat ('red star'): their pixels split between the copies"
@@ -290,6 +221,6 @@ def test_a_bad_video_prints_one_line_not_ffmpeg_logs(tmp_path):
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     one_line_error(
-        run("infer", "--engine", CHECKPOINT, "--input", video, "--classes", CLASSES, "--out", tmp_path / "o"),
+        run_infer(CHECKPOINT, video, tmp_path / "o", classes=CLASSES),
         "broken.mp4",
     )

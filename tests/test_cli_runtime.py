@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from fisa_rt import CheckpointError, InputError
-from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.backends import Backend, check_engine_compatibility
 from fisa_rt.runtime.results import rle_decode
 
-from helpers import one_line_error, run_cli as run
+from helpers import one_line_error, run_cli as run, run_infer
 
 
 @pytest.mark.parametrize("engine_kind", ["ort", "checkpoint"])
@@ -37,18 +37,8 @@ def test_infer_writes_overlays_labels_and_panoptic_files(artefacts, tmp_path, en
 
 def test_semantic_and_instance_tasks_on_one_image(artefacts, tmp_path):
     scene = sample_images()[0]
-    result = run(
-        "infer",
-        "--engine",
-        artefacts["portable"],
-        "--input",
-        scene,
-        "--classes",
-        "red star, blue circle, wavy wall",
-        "--task",
-        "instance",
-        "--out",
-        tmp_path / "i",
+    result = run_infer(
+        artefacts["portable"], scene, tmp_path / "i", classes="red star, blue circle, wavy wall", task="instance",
         cache=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -56,8 +46,9 @@ def test_semantic_and_instance_tasks_on_one_image(artefacts, tmp_path):
     assert isinstance(instances, list)
     for instance in instances:
         assert rle_decode(instance["segmentation"]).shape == np.asarray(Image.open(scene)).shape[:2]
-    result = run("infer", "--engine", artefacts["portable"], "--input", scene, "--classes", "red star, wavy wall",
-                 "--task", "semantic", "--out", tmp_path / "s", cache=tmp_path)
+    result = run_infer(
+        artefacts["portable"], scene, tmp_path / "s", classes="red star, wavy wall", task="semantic", cache=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "s")) == ["scene-1_labels.png", "scene-1_overlay.png"]
 
@@ -66,19 +57,9 @@ def test_folder_glob_and_video_inputs(artefacts, tmp_path):
     cv2 = pytest.importorskip("cv2")
     folder = os.path.dirname(sample_images()[0])
     assert (
-        run(
-            "infer",
-            "--engine",
-            artefacts["ort"],
-            "--input",
-            os.path.join(folder, "scene-[12].png"),
-            "--vocab",
-            "synthetic",
-            "--task",
-            "semantic",
-            "--out",
-            tmp_path / "g",
-            cache=tmp_path,
+        run_infer(
+            artefacts["ort"], os.path.join(folder, "scene-[12].png"), tmp_path / "g", "--vocab", "synthetic",
+            task="semantic", cache=tmp_path,
         ).returncode
         == 0
     )
@@ -93,19 +74,8 @@ def test_folder_glob_and_video_inputs(artefacts, tmp_path):
     for path in sample_images()[:3]:
         writer.write(np.asarray(Image.open(path).convert("RGB").resize((128, 128)))[:, :, ::-1].copy())
     writer.release()
-    result = run(
-        "infer",
-        "--engine",
-        artefacts["ort"],
-        "--input",
-        video,
-        "--vocab",
-        "synthetic",
-        "--task",
-        "semantic",
-        "--out",
-        tmp_path / "v",
-        cache=tmp_path,
+    result = run_infer(
+        artefacts["ort"], video, tmp_path / "v", "--vocab", "synthetic", task="semantic", cache=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert len([f for f in os.listdir(tmp_path / "v") if f.endswith("_overlay.png")]) == 3
@@ -120,16 +90,8 @@ def test_encode_vocab_then_infer_with_embeddings(artefacts, tmp_path):
     assert np.load(embeddings)["embeddings"].shape == (150, 64)
     cached = list((tmp_path / "fisa-rt" / "vocab").glob("*.npz"))
     assert len(cached) == 1 and np.array_equal(np.load(cached[0])["embeddings"], np.load(embeddings)["embeddings"])
-    result = run(
-        "infer",
-        "--engine",
-        artefacts["ort"],
-        "--input",
-        sample_images()[0],
-        "--embeddings",
-        embeddings,
-        "--out",
-        tmp_path / "o",
+    result = run_infer(
+        artefacts["ort"], sample_images()[0], tmp_path / "o", "--embeddings", embeddings,
     )
     assert result.returncode == 0, result.stderr
     one_line_error(
@@ -206,27 +168,17 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG not really")
     one_line_error(
-        run(
-            "infer",
-            "--engine",
-            engine,
-            "--input",
-            tmp_path / "none.png",
-            "--vocab",
-            "synthetic",
-            "--out",
-            tmp_path / "o",
-        ),
+        run_infer(engine, tmp_path / "none.png", tmp_path / "o", "--vocab", "synthetic"),
         "is not an image",
     )
     one_line_error(
-        run("infer", "--engine", engine, "--input", corrupt, "--vocab", "synthetic", "--out", tmp_path / "o"),
+        run_infer(engine, corrupt, tmp_path / "o", "--vocab", "synthetic"),
         "cannot read image",
     )
     one_line_error(run("infer", "--engine", engine, "--classes", " , ", "--out", tmp_path / "o"), "no class name")
     if __import__("importlib").util.find_spec("cv2"):
         one_line_error(
-            run("infer", "--engine", engine, "--input", "7", "--vocab", "synthetic", "--out", tmp_path / "o"),
+            run_infer(engine, "7", tmp_path / "o", "--vocab", "synthetic"),
             "cannot open camera 7",
         )
     (tmp_path / "model.xyz").write_bytes(b"x")
@@ -244,27 +196,16 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     )
     out = tmp_path / "twice"
     assert (
-        run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out).returncode
+        run_infer(engine, sample_images()[0], out, "--vocab", "synthetic").returncode
         == 0
     )
     one_line_error(
-        run("infer", "--engine", engine, "--input", sample_images()[0], "--vocab", "synthetic", "--out", out),
+        run_infer(engine, sample_images()[0], out, "--vocab", "synthetic"),
         "exists",
         "--overwrite",
     )
     assert (
-        run(
-            "infer",
-            "--engine",
-            engine,
-            "--input",
-            sample_images()[0],
-            "--vocab",
-            "synthetic",
-            "--out",
-            out,
-            "--overwrite",
-        ).returncode
+        run_infer(engine, sample_images()[0], out, "--vocab", "synthetic", "--overwrite").returncode
         == 0
     )
     wrong = tmp_path / "wrong.npz"

@@ -3,7 +3,7 @@
 import pytest
 
 from fisa_rt.cli import build_parser
-from fisa_rt.predictor import default_checkpoint
+from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.inspect import describe
 
 from helpers import one_line_error, run_cli as run

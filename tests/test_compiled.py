@@ -4,7 +4,7 @@ eager backend's outputs, and its cache goes where it is told; the mode the GPU g
 import torch
 
 import fisa_rt.runtime.compiled as compiled_module
-from fisa_rt.predictor import default_checkpoint
+from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.backends import TorchBackend
 
 from helpers import random_text

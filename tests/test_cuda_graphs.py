@@ -10,7 +10,8 @@ import torch
 
 from fisa_rt.errors import FisaWarning, InputError
 from fisa_rt.model import create_model
-from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime.backends import TorchBackend
 from fisa_rt.runtime import cuda_graphs
 from fisa_rt.runtime.cuda_graphs import MIN_BUCKET, CaptureSeam, class_bucket

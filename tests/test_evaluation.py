@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from fisa_rt.data.panoptic import ground_truth_segments
-from fisa_rt.data.synthetic import generate, ids_to_rgb, rgb_to_ids
+from fisa_rt.data.panoptic_png import ids_to_rgb, rgb_to_ids
+from fisa_rt.data.synthetic import generate
 from fisa_rt.errors import InputError
 from fisa_rt.evaluation import PanopticQuality, SemanticIoU, evaluate_files
 

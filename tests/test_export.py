@@ -15,9 +15,11 @@ from fisa_rt.checkpoint import load_model
 from fisa_rt.export import onnx_checks, tensorrt_builder
 from fisa_rt.export.build_engine import build, main, parse_args
 from fisa_rt.export.manifest import read_manifest, sha256_file
-from fisa_rt.export.onnx_export import ImageModelForExport, export_image_model
+from fisa_rt.export.onnx_export import export_image_model
+from fisa_rt.inference import InferenceWrapper
 from fisa_rt.kernels.onnx_ops import NODES
-from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime.segmenter import Segmenter
 
 
@@ -116,7 +118,7 @@ def test_onnxruntime_matches_pytorch_on_photographs_and_scenes(artefacts, refere
     images = _photos(model.cfg.image_size)
     text = model.encode_vocabulary(info.vocabulary)
     with torch.no_grad():
-        masks, scores, labels = ImageModelForExport(model, semantic=True)(images, text)
+        masks, scores, labels = InferenceWrapper(model, semantic=True)(images, text)
     semantic = export_image_model(model, str(tmp_path / "semantic.onnx"), "portable", semantic=True)
     for path in (artefacts["portable"], artefacts["ort"], semantic):
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -143,7 +145,7 @@ def test_validation_slice_scores_identically_on_onnxruntime_and_pytorch(artefact
 def test_text_encoder_onnx_with_plain_python_tokenizer_matches_pytorch(artefacts, reference):
     model, _ = reference
     segmenter = Segmenter.from_engine(artefacts["portable"], cache_dir="")
-    from fisa_rt.runtime.vocabulary import named
+    from fisa_rt.vocab.vocabulary import named
 
     vocabulary = named("ade20k-150")
     onnx_embeddings = segmenter.text_encoder.encode(vocabulary, cache_dir="")

@@ -194,7 +194,7 @@ def test_build_engine_exports_converted_checkpoint_with_portable_parity(converte
 
     from fisa_rt.export import onnx_checks
     from fisa_rt.export.build_engine import build, parse_args
-    from fisa_rt.export.onnx_export import ImageModelForExport
+    from fisa_rt.inference import InferenceWrapper
 
     artefacts = build(parse_args(["--checkpoint", converted, "--out", str(tmp_path), "--no-simplify"]))
     graph = onnx.load(artefacts["portable"])
@@ -210,7 +210,7 @@ def test_build_engine_exports_converted_checkpoint_with_portable_parity(converte
     text = random_text(27, model.embed_dim).view(9, 3, -1)
     seen = torch.tensor([True, False, False, True, False, True, False, False, True])
     with torch.no_grad():
-        masks, scores = ImageModelForExport(model, semantic=False)(images, text, seen)
+        masks, scores = InferenceWrapper(model, semantic=False)(images, text, seen)
     session = ort.InferenceSession(artefacts["portable"], providers=["CPUExecutionProvider"])
     feed = {"image": images.numpy(), "text": text.numpy(), "seen": seen.numpy()}
     got_masks, got_scores = session.run(None, feed)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fisa_rt.export import plugins
+from fisa_rt.kernels import plugin_launches
 from fisa_rt.kernels.onnx_ops import DOMAIN
 
 from test_export import _photos
@@ -31,13 +31,13 @@ def interpreter():
 def launches(monkeypatch):
     """Counts the plugin kernels launched, by kernel."""
     counts = {}
-    launch_jit = plugins.launch_jit
+    launch_jit = plugin_launches.launch_jit
 
     def counting(launch, inputs, outputs):
         counts[launch.spec.kernel] = counts.get(launch.spec.kernel, 0) + 1
         launch_jit(launch, inputs, outputs)
 
-    monkeypatch.setattr(plugins, "launch_jit", counting)
+    monkeypatch.setattr(plugin_launches, "launch_jit", counting)
     return counts
 
 
@@ -58,7 +58,7 @@ def _compare(fused_path, portable_path, feed, launches):
 
 def test_fused_onnx_with_the_plugin_kernels_equals_the_portable_onnx(artefacts, launches):
     from fisa_rt.checkpoint import load_model
-    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.assets import default_checkpoint
 
     model, info = load_model(default_checkpoint())
     images = _photos(model.cfg.image_size)[[0, 3, 4, 5, 6]]  # a photograph (astronaut) and the bundled scenes

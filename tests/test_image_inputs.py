@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from fisa_rt import InputError
-from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime.segmenter import Segmenter
 
 SIDE = 128  # the embedded model's input size: images with this longer side reach the model unresized

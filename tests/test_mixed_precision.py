@@ -41,7 +41,7 @@ pytest.importorskip("modelopt", reason="ModelOpt is in the test extra: pip insta
 @pytest.fixture(scope="module")
 def reference():
     from fisa_rt.checkpoint import load_model
-    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.assets import default_checkpoint
 
     model, info = load_model(default_checkpoint())
     return model.float().eval(), info

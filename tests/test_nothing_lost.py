@@ -23,7 +23,8 @@ from fisa_rt.data.panoptic import load_panoptic_json
 from fisa_rt.errors import PartialFailure
 from fisa_rt.export.manifest import read_manifest
 from fisa_rt.png import write_png
-from fisa_rt.predictor import default_checkpoint, load_image, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
+from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime import bench, vocabulary as vocab
 from fisa_rt.runtime.backends import open_backend
 from fisa_rt.runtime.folder_run import output_folder, segment_to_folder

@@ -19,7 +19,7 @@ from fisa_rt.kernels import adapter_attention_reference, mask_attention_referenc
 ARCHES = (87, 90, 101, 110, 120)
 LAUNCHES = r"""
 import json, sys
-from fisa_rt.export.plugins import example_launches
+from fisa_rt.kernels.plugin_launches import example_launches
 out = []
 for arch in ARCHES:
     for name, launch in example_launches(arch, "fp16").items():
@@ -114,7 +114,7 @@ def test_exact_entry_refuses_kernels_that_use_scratch():
 
 
 def test_launch_needs_static_head_and_image_sizes():
-    from fisa_rt.export.plugins import mask_attention_launch
+    from fisa_rt.kernels.plugin_launches import mask_attention_launch
 
     class Symbolic:
         is_constant = False
@@ -190,7 +190,7 @@ def test_mask_pool_plugin_kernel_matches_reference(plugin_kernels, sigmoid):
 
 def test_jit_launch_refuses_buffers_the_aligned_ptx_cannot_take(plugin_kernels):
     """The plugin kernels are compiled for 16-byte aligned pointers; the JIT/ONNX Runtime launcher checks."""
-    from fisa_rt.export.plugins import launch_jit, mask_pool_launch
+    from fisa_rt.kernels.plugin_launches import launch_jit, mask_pool_launch
 
     launch = mask_pool_launch((1, 4, 8, 8), (1, 16, 4, 4), False, 0.0, "fp32", 90)
     masks, dense = torch.randn(1, 4, 8, 8), torch.randn(1, 16, 4, 4)

@@ -175,9 +175,9 @@ CLASSES = 60  # more classes than the embedded model's 20 proposals: K x H x W i
 def segmenter():
     """The embedded model's Segmenter (128 px input, 32 x 32 masks) with random class embeddings; the
     tests feed it raw outputs directly, so no model runs."""
-    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.assets import default_checkpoint
     from fisa_rt.runtime.segmenter import Segmenter
-    from fisa_rt.runtime.vocabulary import Vocabulary
+    from fisa_rt.vocab.vocabulary import Vocabulary
 
     seg = Segmenter.from_engine(default_checkpoint(), backend="torch", cache_dir="")
     embeddings = torch.randn(CLASSES, seg.backend.embed_dim, generator=torch.Generator().manual_seed(0))

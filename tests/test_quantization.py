@@ -24,7 +24,7 @@ from fisa_rt import InputError, MissingDependencyError
 from fisa_rt.export import parity, quantization
 from fisa_rt.export.build_engine import main
 from fisa_rt.export.manifest import read_manifest, sha256_file
-from fisa_rt.predictor import sample_images
+from fisa_rt.runtime.assets import sample_images
 from fisa_rt.runtime.segmenter import Segmenter
 
 from test_export import _photos
@@ -86,7 +86,7 @@ def test_int8_onnx_stays_within_its_measured_bounds_on_images_it_was_not_calibra
 
 def read_text(int8) -> np.ndarray:
     from fisa_rt.checkpoint import load_model
-    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.assets import default_checkpoint
 
     model, info = load_model(default_checkpoint())
     return model.encode_vocabulary(info.vocabulary).numpy()

@@ -11,9 +11,9 @@ from fisa_rt.checkpoint import save_checkpoint
 from fisa_rt.errors import FisaWarning
 from fisa_rt.model import create_model
 from fisa_rt.preprocess import normalize_images
-from fisa_rt.prompts import seen_classes
 from fisa_rt.runtime.segmenter import Segmenter
-from fisa_rt.runtime.vocabulary import named
+from fisa_rt.vocab.prompts import seen_classes
+from fisa_rt.vocab.vocabulary import named
 
 
 def test_seen_is_fcclips_category_overlap():

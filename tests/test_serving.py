@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fisa_rt.errors import InputError, MissingDependencyError
-from fisa_rt.predictor import default_checkpoint, sample_images
+from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.segmenter import Segmenter
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[test]'")

@@ -1,4 +1,4 @@
-"""The study's measuring scripts (scripts/run-study.sh) still run against the package's current API: a
+"""The study's measuring scripts (benchmarks/study/run-study.sh) still run against the package's current API: a
 script that no test runs broke once when a function's return value changed, and stopped the study."""
 
 import json
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fisa_rt.cli import main
-from fisa_rt.predictor import default_checkpoint
+from fisa_rt.runtime.assets import default_checkpoint
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "study")
 
 
 def run_script(name, *args):

@@ -16,9 +16,9 @@ from fisa_rt.errors import ConfigError, InputError
 from fisa_rt.export import onnx_export, tensorrt_builder
 from fisa_rt.mask_classifier import with_void
 from fisa_rt.preprocess import normalize_images
-from fisa_rt.runtime import vocabulary as vocab
 from fisa_rt.runtime.segmenter import Segmenter
 from fisa_rt.text import EmbeddingCache
+from fisa_rt.vocab import vocabulary as vocab
 
 from helpers import open_gates, random_text
 
@@ -193,7 +193,7 @@ def test_onnx_runtime_applies_synonyms_and_seen_like_pytorch(artefacts):
 
 
 def test_a_mean_artefact_refuses_synonym_rows_in_one_line():
-    from fisa_rt.predictor import default_checkpoint
+    from fisa_rt.runtime.assets import default_checkpoint
     from fisa_rt.runtime.backends import TorchBackend
 
     backend = TorchBackend(default_checkpoint(), "cpu")

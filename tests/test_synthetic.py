@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fisa_rt.data.synthetic import GROUPS, HELD_OUT, WORLDS, categories, generate, rgb_to_ids
+from fisa_rt.data.panoptic_png import rgb_to_ids
+from fisa_rt.data.synthetic import GROUPS, HELD_OUT, WORLDS, categories, generate
 from fisa_rt.errors import InputError
 
 

@@ -3,7 +3,8 @@ import torch
 
 from fisa_rt import ConfigError, InputError
 from fisa_rt import text as text_module
-from fisa_rt.text import EmbeddingCache, prompt_templates
+from fisa_rt.text import EmbeddingCache
+from fisa_rt.vocab.prompts import prompt_templates
 
 
 def test_vocabulary_embeddings_are_normalised_and_ordered(tiny_vit):

@@ -3,9 +3,9 @@
 import numpy as np
 import open_clip
 
-from fisa_rt.prompts import PROMPT_TEMPLATES, expand_prompts
-from fisa_rt.runtime.tokenizer import Tokenizer, find_vocab_file
-from fisa_rt.runtime.vocabulary import SHIPPED, named
+from fisa_rt.vocab.prompts import PROMPT_TEMPLATES, expand_prompts
+from fisa_rt.vocab.tokenizer import Tokenizer, find_vocab_file
+from fisa_rt.vocab.vocabulary import SHIPPED, named
 
 
 def test_ids_equal_open_clip_on_every_shipped_vocabulary_and_template():

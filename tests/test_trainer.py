@@ -46,19 +46,24 @@ def test_only_the_chosen_parameters_change(synthetic_data, generator_checkpoint,
     assert result.trainable < 0.05 * result.total
 
 
-def test_resumed_run_equals_uninterrupted_run(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
-    whole = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "whole.safetensors"))
-    interrupted = tmp_path / "resumed.safetensors"
-    calls = {"n": 0}
-    real_loss = trainer._Stage.loss
+def interrupt_at_step(monkeypatch, step: int):
+    """Ctrl-C during the ``step``-th step's loss (counting from 1); returns the real loss, to put back."""
+    real_loss, calls = trainer._Stage.loss, {"n": 0}
 
-    def crash_at_step_3(self, keys):
+    def interrupting(self, keys):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == step:
             raise KeyboardInterrupt
         return real_loss(self, keys)
 
-    monkeypatch.setattr(trainer._Stage, "loss", crash_at_step_3)
+    monkeypatch.setattr(trainer._Stage, "loss", interrupting)
+    return real_loss
+
+
+def test_resumed_run_equals_uninterrupted_run(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
+    whole = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "whole.safetensors"))
+    interrupted = tmp_path / "resumed.safetensors"
+    real_loss = interrupt_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(_adapt(synthetic_data, generator_checkpoint, interrupted))
     assert os.path.exists(str(interrupted) + ".state.safetensors") and not interrupted.exists()
@@ -128,15 +133,7 @@ def test_clip_stage_pretrains_on_the_split_it_is_given(tmp_path):
 
 def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "curve.safetensors"
-    real_loss, calls = trainer._Stage.loss, {"n": 0}
-
-    def stop_during_step_3(self, keys):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_loss(self, keys)
-
-    monkeypatch.setattr(trainer._Stage, "loss", stop_during_step_3)
+    interrupt_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(_adapt(synthetic_data, generator_checkpoint, out, snapshots=(2,)))
     snapshot = trainer.snapshot_path(str(out), 2)

@@ -114,7 +114,7 @@ def test_the_ensemble_steps_return_what_local_segment_returns(artefacts):
     import onnxruntime as ort
     from PIL import Image
 
-    from fisa_rt.predictor import sample_images
+    from fisa_rt.runtime.assets import sample_images
     from fisa_rt.serving import protocol
     from fisa_rt.serving.stages import Stages
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fisa_rt import InputError
-from fisa_rt.runtime import vocabulary as vocab
+from fisa_rt.vocab import vocabulary as vocab
 
 
 def test_shipped_vocabularies():

@@ -21,7 +21,7 @@ from PIL import Image
 from ..config import OPENAI_MEAN, ResizeConfig
 from ..errors import InputError
 from ..preprocess import pad_to_canvas, resized_shape
-from .synthetic import rgb_to_ids
+from .panoptic_png import rgb_to_ids
 
 
 @dataclass

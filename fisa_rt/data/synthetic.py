@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import save_image, write_json
 from ..errors import InputError, refuse_overwrite
+from .panoptic_png import ids_to_rgb
 
 COLOURS = {
     "red": (215, 45, 40),
@@ -278,22 +279,6 @@ def caption(segments: List[Dict], names: Dict[int, str], rng: np.random.Generato
     places = " above a ".join(stuff) if stuff else "an empty scene"
     template = ["a photo of {o} in front of a {p}.", "{o}, with a {p}.", "there is {o} on a {p}."][int(rng.integers(3))]
     return template.format(o=objects, p=places)
-
-
-def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """(H, W) ids < 2^24 of any integer type -> (H, W, 3) uint8 (R + 256 G + 256² B): the three low bytes of
-    each id as a little-endian uint32, a row band at a time so a large map needs no (H, W) uint32 copy."""
-    rgb = np.empty((*ids.shape, 3), np.uint8)
-    rows = max(1, (16 << 20) // max(4 * ids.shape[-1], 1))
-    for top in range(0, ids.shape[0], rows):
-        band = ids[top : top + rows].astype("<u4")
-        rgb[top : top + rows] = band.view(np.uint8).reshape(*band.shape, 4)[..., :3]
-    return rgb
-
-
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 def _scene_classes(cats: List[Category], split: str, world: World, rng: np.random.Generator) -> Tuple[List, List]:

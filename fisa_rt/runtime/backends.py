@@ -143,9 +143,8 @@ class TorchBackend(Backend):
         ``compile``: torch.compile the model first (fisa_rt.runtime.compiled); ``graph_seam``: the capture and
         replay to use instead of CUDA's (tests drive the runner on CPU with it); ``autocast``: run the forward
         under torch.autocast to this dtype (fp16/bf16 on a GPU; the weights stay fp32)."""
-        from fisa_rt.export.onnx_export import ImageModelForExport
-
         from ..checkpoint import load_model, read_checkpoint_info
+        from ..inference import InferenceWrapper
         from .compiled import autocast_forward, compile_forward
         from .cuda_graphs import GraphRunner, TorchGraphs
 
@@ -153,7 +152,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, _ = load_model(path)
         self.model = model.float().eval().to(self.device)
-        self.wrapper = ImageModelForExport(self.model, semantic=False).to(self.device).eval()
+        self.wrapper = InferenceWrapper(self.model, semantic=False).to(self.device).eval()
         self.forward = compile_forward(self.wrapper) if compile else self.wrapper
         if autocast is not None:
             self.forward = autocast_forward(self.forward, self.device, autocast)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import write_json
-from ..data.synthetic import ids_to_rgb
+from ..data.panoptic_png import ids_to_rgb
 from ..errors import InputError
 from ..png import save_png
 from ..postprocess import InstanceResult, PanopticResult

@@ -39,56 +39,17 @@ from ..postprocess import (
     to_host,
     working_size,
 )
-from ..predictor import DEFAULT_MAX_PIXELS, check_pixels, decode_image, load_image
 from ..preprocess import padded_canvas, resize_and_pad, resized_shape, upload
-from ..prompts import seen_classes
-from . import vocabulary as vocab
+from ..vocab import vocabulary as vocab
+from ..vocab.prompts import seen_classes
 from .backends import Backend, open_backend, resolve_artefact
+from .images import DEFAULT_MAX_PIXELS, ImageInput, picture_of
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
 from .threads import apply_torch_threads, resolve_threads
+from .timings import Timings
 
 TASKS = ("semantic", "panoptic", "instance")
-ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]  # a file, or decoded RGB pixels
-
-
-def picture_of(image: ImageInput, max_pixels: Optional[int]) -> np.ndarray:
-    """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files (also the server client's)."""
-    if isinstance(image, (str, os.PathLike)):
-        return load_image(image, max_pixels)
-    if isinstance(image, Image.Image):
-        check_pixels(image.size, max_pixels, "given as a PIL.Image")
-        return decode_image(image)
-    if not isinstance(image, np.ndarray):
-        kind = type(image).__name__
-        raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
-    return np.ascontiguousarray(image)  # any strides (a view such as image[:, :, ::-1]) as a plain array
-
-
-@dataclass
-class Timings:
-    """Accumulated seconds per stage and images seen; ``read`` (decoding input files) and ``write`` (result
-    files) are counted by whoever does them (fisa_rt.runtime.folder_run), not by ``segment``."""
-
-    preprocess: float = 0.0
-    model: float = 0.0
-    postprocess: float = 0.0
-    images: int = 0
-    read: float = 0.0
-    write: float = 0.0
-
-    def summary(self) -> str:
-        n = max(self.images, 1)
-        total = self.read + self.preprocess + self.model + self.postprocess + self.write
-        stages = [("read", self.read), ("pre-process", self.preprocess), ("model", self.model),
-                  ("post-process", self.postprocess), ("write", self.write)]
-        shown = ", ".join(f"{name} {1000 * seconds / n:.1f} ms" for name, seconds in stages)
-        fps = self.images / total if total else 0
-        return f"{self.images} images: {shown} per image; {fps:.1f} FPS end to end"
-
-
 @dataclass
 class Prepared:
     """A pre-processed batch: the model input on the backend's device, and where each picture lies in it."""

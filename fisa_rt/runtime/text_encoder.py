@@ -11,9 +11,9 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CheckpointError, InputError, warn
-from ..prompts import prompt_templates
-from . import vocabulary as vocab
-from .tokenizer import Tokenizer, find_vocab_file
+from ..vocab import vocabulary as vocab
+from ..vocab.prompts import prompt_templates
+from ..vocab.tokenizer import Tokenizer, find_vocab_file
 
 
 def default_cache_dir() -> str:

@@ -13,10 +13,10 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import FisaError, InputError, MissingDependencyError
-from ..predictor import DEFAULT_MAX_PIXELS
-from ..runtime import vocabulary as vocab
+from ..runtime.images import DEFAULT_MAX_PIXELS, ImageInput, picture_of
+from ..vocab import vocabulary as vocab
 from ..runtime.results import SegmentationResult
-from ..runtime.segmenter import ImageInput, Timings, picture_of
+from ..runtime.timings import Timings
 from . import protocol
 
 PROTOCOLS = ("http", "grpc")

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import FisaError, InputError
-from ..runtime import vocabulary as vocab
+from ..vocab import vocabulary as vocab
 from . import protocol
 
 

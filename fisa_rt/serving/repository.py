@@ -66,7 +66,7 @@ def artefact_files(artefact: str) -> List[str]:
     """The files ``artefact`` needs beside it: its manifest, and for exported graphs the text encoder it names
     (with its manifest) and the tokenizer's vocabulary."""
     from ..export.manifest import manifest_path, read_manifest
-    from ..runtime.tokenizer import VOCAB_FILE
+    from ..vocab.tokenizer import VOCAB_FILE
 
     files = [artefact]
     if artefact.endswith(".safetensors"):

@@ -16,8 +16,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from ..prompts import expand_prompts, prompt_templates
-from ..runtime import vocabulary as vocab
+from ..vocab.prompts import expand_prompts, prompt_templates
+from ..vocab import vocabulary as vocab
 from ..runtime.backends import Backend, RawOutput
 from ..runtime.segmenter import Segmenter
 from . import protocol

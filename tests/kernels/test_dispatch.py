@@ -211,3 +211,9 @@ def test_a_bucket_nothing_could_time_runs_the_reference_and_is_not_cached(measur
         out = adapter_attention(q, k, v)
     assert_close(out, adapter_attention_reference_double(q, k, v), 1e-4, what="fallback")
     assert not table.choices
+
+
+def test_the_config_and_the_dispatch_name_the_same_kernel_modes():
+    from fisa_rt import config
+
+    assert config.KERNEL_MODES == dispatch.KERNEL_MODES

@@ -3,9 +3,9 @@
 # where CLIP's pre-training knows concepts segmentation training never shows, so there is something to lose.
 # Every step is a project command; a finished step is skipped when the script is run again.
 #
-#   nice -n 19 scripts/run-study.sh                         # the study (RUNS=runs/study)
+#   nice -n 19 benchmarks/study/run-study.sh        # the study (RUNS=runs/study)
 #   RUNS=runs/smoke PRETRAIN=64 TRAIN=64 VAL=24 CLIP_STEPS=4 GEN_STEPS=4 ADAPT_STEPS=6 SNAPSHOTS="2 4" \
-#     SEEDS=0 COST_STEPS=1 COST_ROUNDS=1 scripts/run-study.sh    # a smoke run: proves the pipeline, measures nothing
+#     SEEDS=0 COST_STEPS=1 COST_ROUNDS=1 benchmarks/study/run-study.sh   # a smoke run: proves the pipeline only
 #
 # Lengths: about 115 minutes of one thread's CPU time, measured step by step (docs/training.md, "The study"),
 # before simo-only was added (its 600 steps: about 6 minutes per seed, 590-599 ms/step on one thread).
@@ -26,12 +26,12 @@ mkdir -p "$RUNS"
 [ -f "$RUNS/clip.safetensors" ] || fisa-rt train clip --split pretrain --data "$DATA" --out "$RUNS/clip.safetensors" \
   --steps "$CLIP_STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --weight-decay 0.1 --region-captions 0.5 --no-progress \
   | tee "$RUNS/clip.log"
-python scripts/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$DATA" | tee "$RUNS/clip-crop-accuracy.txt"
+python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$DATA" | tee "$RUNS/clip-crop-accuracy.txt"
 # 3. stage 2: the mask generator, on seen classes only; its masks on each group
 [ -f "$RUNS/generator.safetensors" ] || fisa-rt train generator --data "$DATA" --init "$RUNS/clip.safetensors" \
   --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --no-progress \
   | tee "$RUNS/generator.log"
-python scripts/mask-quality.py "$RUNS/generator.safetensors" "$DATA" --json "$RUNS/mask-quality.json"
+python benchmarks/study/mask-quality.py "$RUNS/generator.safetensors" "$DATA" --json "$RUNS/mask-quality.json"
 # 4. stage 3, four ways, each seed; snapshots give the accuracy-against-length curve of one schedule
 for seed in $SEEDS; do
   for method in frozen simo full simo-only; do  # simo-only: FISA without SEVE, added after the ablation
@@ -50,7 +50,8 @@ for seed in $SEEDS; do
   done
 done
 # 5. cost per step (interleaved, CPU time and memory) on the study's own generator checkpoint
-[ -f "$RUNS/step-cost.json" ] || python scripts/step-cost.py --data "$DATA" --init "$RUNS/generator.safetensors" \
-  --steps "$COST_STEPS" --rounds "$COST_ROUNDS" --threads 1 --json "$RUNS/step-cost.json" | tee "$RUNS/step-cost.md"
+[ -f "$RUNS/step-cost.json" ] || python benchmarks/study/step-cost.py --data "$DATA" \
+  --init "$RUNS/generator.safetensors" --steps "$COST_STEPS" --rounds "$COST_ROUNDS" --threads 1 \
+  --json "$RUNS/step-cost.json" | tee "$RUNS/step-cost.md"
 # 6. the tables docs/training.md quotes
-python scripts/study-table.py "$RUNS" --steps $SNAPSHOTS "$ADAPT_STEPS" --seeds $SEEDS | tee "$RUNS/tables.md"
+python benchmarks/study/study-table.py "$RUNS" --steps $SNAPSHOTS "$ADAPT_STEPS" --seeds $SEEDS | tee "$RUNS/tables.md"

@@ -3,7 +3,7 @@
 The check to run before stage 2: if a CLIP cannot name one object in a crop, no mask classifier built on
 it can name a masked region. Usage:
 
-    python scripts/clip-crop-accuracy.py runs/clip.safetensors runs/data [--model fisa-tiny] [--limit 300]
+    python benchmarks/study/clip-crop-accuracy.py runs/clip.safetensors runs/data [--model fisa-tiny] [--limit 300]
 """
 
 import argparse
@@ -20,11 +20,11 @@ from fisa_rt.preprocess import normalize_images
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("weights")
-    parser.add_argument("data")
-    parser.add_argument("--model", default="fisa-tiny")
-    parser.add_argument("--limit", type=int, default=300)
-    parser.add_argument("--split", default="val")
+    parser.add_argument("weights", help="the stage-1 CLIP weights (fisa-rt train clip --out)")
+    parser.add_argument("data", help="dataset root (fisa-rt make-data --out)")
+    parser.add_argument("--model", default="fisa-tiny", help="model config whose CLIP the weights are for")
+    parser.add_argument("--limit", type=int, default=300, help="at most this many crops")
+    parser.add_argument("--split", default="val", help="dataset split the crops come from")
     args = parser.parse_args()
     cfg = get_model_config(args.model)
     clip = create_clip(dataclasses.replace(cfg.clip, pretrained=args.weights), load_pretrained=True).eval()

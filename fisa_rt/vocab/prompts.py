@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 
 PROMPT_TEMPLATES = {
     "single": ("a photo of a {}.",),

@@ -22,7 +22,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..config import SYNONYM_MODES
 from ..errors import InputError, missing_file_error, refuse_overwrite, warn
-from ..prompts import expand_prompts, validate_vocabulary
+from .prompts import expand_prompts, validate_vocabulary
 
 SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
 

@@ -16,7 +16,7 @@ colour (at most 0.0075 from FC-CLIP's 0 once normalised). Random weights are so 
 change moves outputs about as much as the canvas does, so these figures show that the padding matters, not
 how much PQ moves with the real weights.
 
-    python scripts/padding-fidelity.py [--images 6] [--classes 20] [--seed 0]
+    python benchmarks/padding-fidelity.py [--images 6] [--classes 20] [--seed 0]
 """
 
 import argparse

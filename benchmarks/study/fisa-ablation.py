@@ -3,7 +3,8 @@ encoder) or SIMO's mask-token query projections. Writes two checkpoints beside O
 put back to its state in INIT (the stage-2 checkpoint FISA started from); void embedding and temperature
 stay FISA's, as the frozen baseline trains them too. Evaluate them with `fisa-rt eval`:
 
-    python scripts/fisa-ablation.py runs/study/simo-s0.safetensors runs/study/generator.safetensors runs/study/ablate-s0
+    python benchmarks/study/fisa-ablation.py runs/study/simo-s0.safetensors runs/study/generator.safetensors \
+        runs/study/ablate-s0
     for v in seve-only simo-only; do fisa-rt eval --engine runs/study/ablate-s0.$v.safetensors --data runs/study/data \
         --split val --object-threshold 0.1 --json runs/study/ablate-s0.$v.eval.json; done
 

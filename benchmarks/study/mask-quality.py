@@ -5,7 +5,7 @@ For each ground-truth segment, the best IoU of any proposal (sigmoid(mask logit)
 size); reported as the share of segments with a proposal of IoU > 0.5 and the mean best IoU, per group
 and (in the JSON) per word of the class names, to see which concept the masks miss. Usage:
 
-    python scripts/mask-quality.py runs/study/generator.safetensors runs/study/data [--split val] [--limit 300]
+    python benchmarks/study/mask-quality.py runs/study/generator.safetensors runs/study/data [--split val] [--limit 300]
 """
 
 import argparse
@@ -35,10 +35,10 @@ def best_ious(proposals: torch.Tensor, ids: np.ndarray, segments: dict) -> dict:
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("data")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("checkpoint", help="a FISA checkpoint whose mask generator is measured")
+    parser.add_argument("data", help="dataset root (fisa-rt make-data --out)")
+    parser.add_argument("--split", default="val", help="dataset split to measure on")
+    parser.add_argument("--limit", type=int, default=300, help="at most this many images")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     model, _ = load_model(args.checkpoint)

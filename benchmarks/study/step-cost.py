@@ -18,7 +18,7 @@ Variants — the presets of `fisa-rt train adapt --trainable`, then FISA run dif
 
 Usage (the embedded model's weights stand in for a stage-2 checkpoint; cost does not depend on them):
 
-    nice -n 19 python scripts/step-cost.py --data runs/data --steps 8 --rounds 2 [--json cost.json]
+    nice -n 19 python benchmarks/study/step-cost.py --data runs/data --steps 8 --rounds 2 [--json cost.json]
 """
 
 import argparse
@@ -34,7 +34,7 @@ import time
 
 VARIANTS = ("frozen", "simo", "full", "simo-only",
             "simo-late", "simo-nograd-prefix", "simo-checkpoint", "simo-detach-generator")
-EMBEDDED = os.path.join(os.path.dirname(__file__), "..", "fisa_rt", "assets", "fisa-tiny-synthetic.safetensors")
+EMBEDDED = os.path.join(os.path.dirname(__file__), "..", "..", "fisa_rt", "assets", "fisa-tiny-synthetic.safetensors")
 
 
 def _rss_kib(field: str) -> int:
@@ -135,8 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="dataset root with a train split")
     parser.add_argument("--init", default=EMBEDDED, help="a stage-2 (or any) FISA checkpoint (default: the embedded)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="what to train per step (default: all)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step (the study's: 16)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run (after two warm-up steps)")
     parser.add_argument("--rounds", type=int, default=2, help="runs per variant, interleaved")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")

@@ -1,11 +1,11 @@
-"""The markdown tables of issue 15's study (scripts/run-study.sh) from its evaluation and cost files.
+"""The markdown tables of issue 15's study (benchmarks/study/run-study.sh) from its evaluation and cost files.
 
-    python scripts/study-table.py runs/study --steps 100 300 600 --seeds 0 1
+    python benchmarks/study/study-table.py runs/study --steps 100 300 600 --seeds 0 1
 
 1. accuracy after the full schedule: seen / novel-composition / novel-concept mIoU and PQ, mean over
    seeds with each seed's value;
 2. the adaptation-length curve: the same at every evaluated step (mean over seeds);
-3. cost: CPU time per step (scripts/step-cost.py) and, for a fixed held-out accuracy — the lower of FISA's
+3. cost: CPU time per step (benchmarks/study/step-cost.py) and, for a fixed held-out accuracy — the lower of FISA's
    and full fine-tuning's best mean novel-concept mIoU, so both reach it — the first evaluated step that
    reaches it and the CPU time that many steps take.
 """
@@ -33,9 +33,9 @@ def cell(values):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs")
+    parser.add_argument("runs", help="the study's folder (RUNS of run-study.sh): *.eval.json and step-cost.json")
     parser.add_argument("--steps", type=int, nargs="+", required=True, help="evaluated steps; the last is the full run")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds the study ran")
     args = parser.parse_args()
     present = [(m, label) for m, label in METHODS if m in REQUIRED or all(
         os.path.exists(os.path.join(args.runs, f"{m}-s{s}.step{t}.eval.json")) for s in args.seeds for t in args.steps)]
@@ -67,7 +67,7 @@ def main() -> None:
     measured = {v for v, _ in step_ms}
     cpu = {m: statistics.median(ms for v, ms in step_ms if v == m) for m, _ in present if m in measured}
     target = min(max(curve[m, t]["miou", "novel_concept"] for t in args.steps) for m in ("simo", "full"))
-    print(f"\nCost (CPU time, one thread, scripts/step-cost.py); target: novel-concept mIoU {target:.1f}\n")
+    print(f"\nCost (CPU time, one thread, benchmarks/study/step-cost.py); target: novel-concept mIoU {target:.1f}\n")
     print("| method | CPU ms / step | first evaluated step reaching the target | CPU time to reach it |")
     print("|---|---|---|---|")
     for method, label in present:

@@ -1,0 +1,91 @@
+"""How an image file (or a PIL image) becomes the (H, W, 3) uint8 RGB array the runtime segments; the
+bundled model and sample scenes are in :mod:`fisa_rt.runtime.assets`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import InputError, missing_file_error
+
+# 100 megapixels (10000 x 10000): above any camera's photo but far below what a bomb claims.
+DEFAULT_MAX_PIXELS = 100_000_000
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def check_pixels(size: Tuple[int, int], max_pixels: Optional[int], name: str) -> None:
+    """Refuse a (width, height) above ``max_pixels`` (None or 0: no limit) before anything is decoded:
+    a small compressed file can claim billions of pixels (a decompression bomb)."""
+    if max_pixels and size[0] * size[1] > max_pixels:
+        raise InputError(
+            f"image {name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
+            f"more than the limit of {max_pixels:,}; "
+            "raise it with --max-pixels (0: no limit) if the image is genuine"
+        )
+
+
+def decode_image(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as the model must see it: turned upright by its EXIF orientation, 16-bit
+    (and 32-bit integer) grayscale scaled to 8 bits rather than clipped, and transparency composited
+    over white (the background a viewer shows) rather than dropped with whatever colour it hid."""
+    # in place, and no RGB -> RGB convert below: each copy of an 8000 x 8000 photo is 192 MB
+    ImageOps.exif_transpose(im, in_place=True)
+    if im.mode in WIDE_GRAY_MODES:
+        gray = np.asarray(im).astype(np.float64)
+        gray = (np.clip(gray, 0, 65535) / 257).round().astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+@contextlib.contextmanager
+def _own_pixel_limit():
+    """Pillow's decompression-bomb check raises its own exception (a traceback) at its own fixed limit;
+    :func:`check_pixels` applies ours instead."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 RGB (see :func:`decode_image`); a missing, unreadable, corrupt or too large file is
+    an InputError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise missing_file_error(path, "image")
+    try:
+        with _own_pixel_limit(), Image.open(path) as im:
+            check_pixels(im.size, max_pixels, path)
+            return decode_image(im)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]  # a file, or decoded RGB pixels
+
+
+def picture_of(image: ImageInput, max_pixels: Optional[int]) -> np.ndarray:
+    """Any accepted image -> (H, W, 3) uint8 RGB, decoded as ``infer`` decodes files (also the server client's)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        check_pixels(image.size, max_pixels, "given as a PIL.Image")
+        return decode_image(image)
+    if not isinstance(image, np.ndarray):
+        kind = type(image).__name__
+        raise InputError(f"an image must be a path, a PIL.Image or an (H, W, 3) uint8 RGB array; got {kind}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise InputError(f"image must be (H, W, 3) uint8 RGB with H, W >= 1; got {image.shape} {image.dtype}")
+    return np.ascontiguousarray(image)  # any strides (a view such as image[:, :, ::-1]) as a plain array
