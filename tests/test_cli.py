@@ -1,10 +1,11 @@
 import json
 import os
 import pathlib
+import subprocess
 
 import pytest
 
-from helpers import run_cli as run
+from helpers import EXE, run_cli as run
 
 
 def test_models_lists_every_config():

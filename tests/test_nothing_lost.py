@@ -25,7 +25,8 @@ from fisa_rt.export.manifest import read_manifest
 from fisa_rt.png import write_png
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.images import load_image
-from fisa_rt.runtime import bench, vocabulary as vocab
+from fisa_rt.runtime import bench
+from fisa_rt.vocab import vocabulary as vocab
 from fisa_rt.runtime.backends import open_backend
 from fisa_rt.runtime.folder_run import output_folder, segment_to_folder
 from fisa_rt.runtime.inputs import Source
