@@ -56,7 +56,9 @@ def evaluate_with_seen_text(args, info) -> None:
     with torch.no_grad():
         seen_text = model.encode_vocabulary(info.vocabulary)
     backbone = model.backbone.forward
-    model.backbone.forward = lambda images, text: backbone(images, seen_text)
+    # SEVE sees the seen texts in place of the evaluated vocabulary; its padding mask (CUDA-graph buckets) is the
+    # evaluated vocabulary's, so it does not apply to them (evaluation pads nothing: it is None here)
+    model.backbone.forward = lambda images, text, text_valid=None: backbone(images, seen_text)
     dataset = PanopticDataset(args.data, "val", model.cfg.image_size, augment=False, resize=model.cfg.resize,
                               image_mean=model.cfg.image_mean)
     results = evaluate(model, dataset)
