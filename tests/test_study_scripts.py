@@ -88,3 +88,10 @@ def test_fisa_ablation_puts_one_half_back(broad_val, tmp_path):
             assert torch.equal(tensor, want.to(tensor.dtype)), (variant, name)
     with open(f"{out}.seve-seen-text.eval.json") as f:
         assert set(json.load(f)) >= {"seen", "novel_composition", "novel_concept"}
+
+
+@pytest.mark.parametrize("script", ["run-study.sh", "compare-baselines.sh"])
+def test_the_shell_scripts_answer_help_with_their_settings(script):
+    done = subprocess.run(["bash", os.path.join(SCRIPTS, script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "RUNS" in done.stdout and "-h/--help" in done.stdout and "set -euo" not in done.stdout

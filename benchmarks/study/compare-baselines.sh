@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Evaluates FISA and its two baselines (from scripts/train-default-model.sh) on the synthetic
 # validation split and prints the markdown table that docs/training.md quotes.
+#
+#   RUNS=runs benchmarks/study/compare-baselines.sh   # RUNS: the folder train-default-model.sh wrote
+# -h/--help prints this header.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the header above is the help
+  sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 RUNS=${RUNS:-runs}
 # At Mask2Former's threshold (0.8, what every checkpoint is trained with) and at the one calibrated for
 # the embedded model on training images (0.1, scripts/train-default-model.sh step 4), for all three.

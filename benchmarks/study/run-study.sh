@@ -9,7 +9,13 @@
 #
 # Lengths: about 115 minutes of one thread's CPU time, measured step by step (docs/training.md, "The study"),
 # before simo-only was added (its 600 steps: about 6 minutes per seed, 590-599 ms/step on one thread).
+# Settings are environment variables (defaults below): RUNS, PRETRAIN, TRAIN, VAL, CLIP_STEPS, GEN_STEPS,
+# ADAPT_STEPS, SNAPSHOTS, SEEDS, THRESHOLD, COST_STEPS, COST_ROUNDS. -h/--help prints this header.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the header above is the help
+  sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 RUNS=${RUNS:-runs/study}
 PRETRAIN=${PRETRAIN:-3000}; TRAIN=${TRAIN:-3000}; VAL=${VAL:-300}
 CLIP_STEPS=${CLIP_STEPS:-1000}; GEN_STEPS=${GEN_STEPS:-1000}
