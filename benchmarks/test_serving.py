@@ -21,14 +21,11 @@ import numpy as np
 import pytest
 
 from fisa_rt.errors import MissingDependencyError
+from fisa_rt.runtime.bench import percentiles
 
 CLIENTS, REQUESTS = 8, 25
 VOCABULARIES = [["red star", "blue circle", "wavy wall"], ["green triangle", "yellow square"],
                 ["red star", "purple hexagon", "orange ring", "striped floor"], ["blue circle"]]
-
-
-def percentiles(latencies):
-    return {p: 1000 * float(np.percentile(latencies, p)) for p in (50, 90, 99)}
 
 
 def run_load(call, jobs):
@@ -111,7 +108,7 @@ def test_serving_load(benchmark, tmp_path):
     rows = []
     for name, (latencies, errors, seconds, _) in (("local Segmenter", local_run), ("Triton fisa_python", server_run)):
         p = percentiles(latencies)
-        rows.append((name, len(errors), p[50], p[90], p[99], len(latencies) / seconds))
+        rows.append((name, len(errors), p["p50"], p["p90"], p["p99"], len(latencies) / seconds))
     ratio = rows[1][5] / rows[0][5]
     lines = [
         f"# Serving load test, {datetime.date.today()} ({cores} cores)",

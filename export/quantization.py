@@ -120,10 +120,10 @@ def calibration_set(portable_onnx: str, files: Sequence[str], vocabulary, embedd
 
 def runtime_images(segmenter, files: Sequence[str]) -> np.ndarray:
     """(N, 3, S, S) model inputs of image ``files``: resized and padded by the runtime's own pre-processing
-    (``Segmenter._canvas``), so calibration sees the pixels an engine will see."""
+    (``Segmenter.prepare``, one image at a time), so calibration sees the pixels an engine will see."""
     from fisa_rt.runtime.images import load_image
 
-    return np.concatenate([segmenter._canvas(load_image(f))[0].cpu().numpy() for f in files])
+    return np.concatenate([segmenter.prepare([load_image(f)]).batch.cpu().numpy() for f in files])
 
 
 def _modelopt_quantize():

@@ -18,7 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import wrap_triton
 
 from . import targets
-from .dispatch import interpreting
+from .dispatch import interpreting, size_bucket
 
 
 # kernel name -> generation (targets.Target.generation) -> configs. Every config here passes the static
@@ -206,12 +206,6 @@ def mask_tiles(device: torch.device) -> Tuple[int, int]:
         else configs_for("mask_attention_sparse_fwd", generation(device))[0].kwargs
     )
     return meta["BLOCK_Q"], meta["BLOCK_N"]
-
-
-def size_bucket(n: int) -> int:
-    """The power of two at or above ``n``: shapes in one bucket share one autotuning result, so a new
-    vocabulary size (K = 133, 150, 171, ...) or image size does not re-time every config."""
-    return triton.next_power_of_2(max(int(n), 1))
 
 
 _LAUNCHERS: Dict[Tuple, Callable] = {}

@@ -12,7 +12,6 @@ the image model's latency at batch 1 (median of ``--runs``, ORT's default graph 
 
 import argparse
 import contextlib
-import glob
 import io
 import os
 import time
