@@ -18,14 +18,10 @@ import os
 import re
 from typing import Any, Iterator, List
 
-from .errors import InputError
+from .errors import InputError, exists_error, refuse_overwrite
 
 # ".<stem>.fisa-tmp<pid><suffix>": only names of this form are ever removed as stale
 TEMPORARY = re.compile(r"^\..+\.fisa-tmp(?P<pid>[0-9]+)(\.[A-Za-z0-9]+)?$")
-
-
-def exists_error(path: str) -> InputError:
-    return InputError(f"{path} exists; pass --overwrite to replace it")
 
 
 def _link_no_clobber(tmp: str, path: str) -> None:
@@ -76,8 +72,6 @@ def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
 def refuse_unwritable(path: str, overwrite: bool) -> None:
     """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
     ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable."""
-    from .errors import refuse_overwrite
-
     refuse_overwrite(path, overwrite)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

@@ -65,12 +65,17 @@ def missing_file_error(path: str, what: str) -> InputError:
     return InputError(f"{what} {path} does not exist")
 
 
+def exists_error(path: str, error: type = InputError) -> FisaError:
+    """The one error for an output that would replace ``path`` without ``--overwrite``."""
+    return error(f"{path} exists; pass --overwrite to replace it")
+
+
 def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> None:
     """Nothing is replaced silently: an existing ``path`` is an error unless ``overwrite``."""
     import os
 
     if os.path.exists(path) and not overwrite:
-        raise error(f"{path} exists; pass --overwrite to replace it")
+        raise exists_error(path, error)
 
 
 @contextlib.contextmanager
