@@ -104,8 +104,11 @@ class VitBackbone(nn.Module):
         patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
         return torch.cat([pos[:1], patch_pos.flatten(2).transpose(1, 2)[0]], dim=0)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, text_valid=None) -> BackboneOutput:
-        """``text_valid`` (K,) bool: rows of ``text`` that are real classes (None: all); SEVE ignores the rest."""
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, text_valid=None, adapters: bool = True
+    ) -> BackboneOutput:
+        """``text_valid`` (K,) bool: rows of ``text`` that are real classes (None: all); SEVE ignores the rest.
+        ``adapters=False`` skips SEVE: the pre-trained encoder's own features (training's feature preservation)."""
         v = self.visual
         x = v.conv1(images)
         grid = (x.shape[-2], x.shape[-1])
@@ -120,7 +123,7 @@ class VitBackbone(nn.Module):
             if i >= first_mask_layer:
                 block_inputs.append(x)
             x = block(x)
-            if str(i) in self.seve:
+            if adapters and str(i) in self.seve:
                 x = self.seve[str(i)](x, text, text_valid)
         patches = x[:, 1:]
         feature = patches.transpose(1, 2).reshape(x.shape[0], self.width, grid[0], grid[1])
@@ -145,14 +148,16 @@ class ConvNextBackbone(nn.Module):
         self.feature_strides = {f"res{i + 2}": stage_info["reduction"] for i, stage_info in enumerate(info)}
         self.feature_channels = {f"res{i + 2}": stage_info["num_chs"] for i, stage_info in enumerate(info)}
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, text_valid=None) -> BackboneOutput:
-        """``text_valid`` (K,) bool: rows of ``text`` that are real classes (None: all); SEVE ignores the rest."""
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, text_valid=None, adapters: bool = True
+    ) -> BackboneOutput:
+        """As :meth:`VitBackbone.forward`."""
         trunk = self.visual.trunk
         x = trunk.stem(images)
         features = {}
         for i, stage in enumerate(trunk.stages):
             x = stage(x)
-            if str(i) in self.seve:
+            if adapters and str(i) in self.seve:
                 B, C, H, W = x.shape
                 tokens = self.seve[str(i)](x.flatten(2).transpose(1, 2), text, text_valid)
                 x = tokens.transpose(1, 2).reshape(B, C, H, W)

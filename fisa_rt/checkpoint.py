@@ -99,6 +99,18 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
 NEW_IN_CONFIG = ("backbone.seve.",)
 
 
+def _without_identity_adapters(unexpected: List[str], tensors: Dict[str, torch.Tensor]) -> List[str]:
+    """``unexpected`` less the SEVE adapters the new config no longer places, where their gate is exactly 0:
+    such an adapter is an identity, so a config that moves it (``train adapt --seve-layers``) loses nothing.
+    A trained adapter (gate opened) stays unexpected: dropping it would change the model."""
+    def identity(key: str) -> bool:
+        layer = key[len(NEW_IN_CONFIG[0]):].split(".")[0]
+        gate = tensors.get(f"{NEW_IN_CONFIG[0]}{layer}.gate")
+        return gate is not None and not bool(gate.any())
+
+    return [k for k in unexpected if not (k.startswith(NEW_IN_CONFIG) and identity(k))]
+
+
 def load_model(
     path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None, config: Optional[FisaConfig] = None
 ) -> Tuple[FisaModel, CheckpointInfo]:
@@ -118,6 +130,7 @@ def load_model(
         raise CheckpointError(f"{path} does not fit config {name}: {'; '.join(lines[:3])}") from None
     if config is not None:
         missing = [k for k in missing if not k.startswith(NEW_IN_CONFIG)]
+        unexpected = _without_identity_adapters(unexpected, tensors)
     if missing or unexpected:
         name = (config or info.config).name
         raise CheckpointError(

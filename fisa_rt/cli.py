@@ -117,8 +117,9 @@ def _train(args: argparse.Namespace) -> None:
         stage=args.stage, data=args.data, out=args.out, model=args.model, init=args.init, trainable=args.trainable,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         seed=args.seed, region_captions=args.region_captions, split=args.split, snapshots=tuple(args.snapshots),
-        save_every=args.save_every, amp=args.amp,
-        overwrite=args.overwrite, progress=args.progress,
+        save_every=args.save_every, amp=args.amp, overwrite=args.overwrite, progress=args.progress,
+        seve_layers=None if args.seve_layers is None else tuple(args.seve_layers),
+        feature_distill=args.feature_distill, seve_gate_lr=args.seve_gate_lr,
     )
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -380,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--snapshots", type=POSITIVE, nargs="*", default=[],
                     help="also write the weights after these steps to OUT.stepN.safetensors "
                          "(an adaptation-length curve)")
+    tr.add_argument("--seve-layers", type=COUNT, nargs="+",
+                    help="adapt --trainable simo: move the SEVE adapters to these blocks/stages (0-based; the "
+                         "--init checkpoint's must be untrained)")
+    tr.add_argument("--feature-distill", type=_number(float, 0), default=0.0,
+                    help="adapt --trainable simo: weight of a term keeping the adapted image features close to the "
+                         "pre-trained encoder's (cosine; 0 = off)")
+    tr.add_argument("--seve-gate-lr", type=_number(float, 0), default=1.0,
+                    help="adapt --trainable simo: the SEVE gates' learning rate as a multiple of --lr")
     tr.add_argument("--save-every", type=POSITIVE, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument(

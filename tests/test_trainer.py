@@ -159,3 +159,49 @@ def test_simo_only_trains_fisa_without_its_adapters(synthetic_data, generator_ch
     }
     assert any(n.startswith("classifier.mask_q_proj") for n in changed)
     assert changed and not any(n.startswith("backbone.") for n in changed)
+
+
+def test_seve_variants_train_what_they_say(synthetic_data, generator_checkpoint, tmp_path):
+    """Issue 23's variants: adapters moved to blocks 3-4, their gates frozen by a 0 learning-rate multiple, and
+    the feature-preservation term in the loss."""
+    before, _ = load_model(generator_checkpoint)
+    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "late.safetensors", steps=2,
+                          seve_layers=(3, 4), seve_gate_lr=0.0, feature_distill=10.0))
+    after, info = load_model(result.out)
+    assert after.cfg.seve.layers == [3, 4] and set(after.backbone.seve) == {"3", "4"}
+    assert info.extra["feature_distill"] == "10.0" and info.extra["seve_gate_lr"] == "0.0"
+    for adapter in after.backbone.seve.values():  # a gate that cannot move keeps tanh(0) = 0
+        assert float(adapter.gate.detach()) == 0.0
+    shared = {n: p for n, p in after.state_dict().items() if not n.startswith("backbone.seve.")}
+    changed = {n for n, p in shared.items() if not torch.equal(p, before.state_dict()[n])}
+    assert changed and all(n.startswith(tuple(before.cfg.simo.trainable)) for n in changed)
+
+
+def test_feature_preservation_is_zero_only_for_the_pretrained_features(generator_checkpoint):
+    from fisa_rt.mask_classifier import text_rows
+    from fisa_rt.train.losses import feature_preservation
+
+    model, info = load_model(generator_checkpoint)
+    images, text = torch.randn(2, 3, 128, 128), model.encode_vocabulary(info.vocabulary[:5])
+    pretrained = model.backbone(images, text_rows(text), adapters=False)
+    same = feature_preservation(model.backbone(images, text_rows(text)), pretrained)  # gates at 0: identities
+    assert float(same) < 1e-6  # cosine of equal vectors rounds to 1 within fp32
+    for adapter in model.backbone.seve.values():
+        adapter.gate.data.fill_(1.0)
+    adapted = model.backbone(images, text_rows(text))
+    distance = feature_preservation(adapted, pretrained)
+    assert 0 < float(distance) < 2
+    distance.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.seve.parameters())
+
+
+def test_trained_adapters_are_not_dropped_by_a_moving_config(synthetic_data, generator_checkpoint, tmp_path):
+    fisa = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2))
+    with pytest.raises(CheckpointError, match="unexpected.*backbone.seve.1"):
+        train(_adapt(synthetic_data, fisa.out, tmp_path / "moved.safetensors", steps=2, seve_layers=(3, 4)))
+    for bad in (dict(trainable="simo-only", feature_distill=1.0), dict(stage="generator", seve_gate_lr=0.5),
+                dict(trainable="full", seve_layers=(3,))):
+        with pytest.raises(ConfigError, match="need `adapt --trainable simo`"):
+            _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", **bad)
+    with pytest.raises(ConfigError, match=">= 0"):
+        _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", feature_distill=-1.0)

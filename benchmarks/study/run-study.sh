@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 15's study: FISA against a frozen-CLIP classifier and full fine-tuning on the broad synthetic world,
-# where CLIP's pre-training knows concepts segmentation training never shows, so there is something to lose.
+# Issues 15 and 23's study: FISA against a frozen-CLIP classifier and full fine-tuning on the broad synthetic world,
+# where CLIP's pre-training knows concepts segmentation training never shows, so there is something to lose; then
+# SIMO alone and SEVE variants meant to keep that knowledge, each on 3 seeds.
 # Every step is a project command; a finished step is skipped when the script is run again.
 #
 #   nice -n 19 benchmarks/study/run-study.sh        # the study (RUNS=runs/study)
@@ -10,7 +11,8 @@
 # Lengths: about 115 minutes of one thread's CPU time, measured step by step (docs/training.md, "The study"),
 # before simo-only was added (its 600 steps: about 6 minutes per seed, 590-599 ms/step on one thread).
 # Settings are environment variables (defaults below): RUNS, PRETRAIN, TRAIN, VAL, CLIP_STEPS, GEN_STEPS,
-# ADAPT_STEPS, SNAPSHOTS, SEEDS, THRESHOLD, COST_STEPS, COST_ROUNDS. -h/--help prints this header.
+# ADAPT_STEPS, SNAPSHOTS, SEEDS, METHODS, DISTILL_WEIGHTS, SELECT_SEED, JOBS, THRESHOLD, COST_STEPS, COST_ROUNDS.
+# -h/--help prints this header.
 set -euo pipefail
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the header above is the help
   sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -20,7 +22,10 @@ RUNS=${RUNS:-runs/study}
 PRETRAIN=${PRETRAIN:-3000}; TRAIN=${TRAIN:-3000}; VAL=${VAL:-300}
 CLIP_STEPS=${CLIP_STEPS:-1000}; GEN_STEPS=${GEN_STEPS:-1000}
 ADAPT_STEPS=${ADAPT_STEPS:-600}; SNAPSHOTS=${SNAPSHOTS:-"100 300"}
-SEEDS=${SEEDS:-"0 1"}
+SEEDS=${SEEDS:-"0 1 2"}
+METHODS=${METHODS:-"frozen simo full simo-only seve-late seve-slow-gate"}
+DISTILL_WEIGHTS=${DISTILL_WEIGHTS:-"10 100"}; SELECT_SEED=${SELECT_SEED:-0}
+JOBS=${JOBS:-2}
 THRESHOLD=${THRESHOLD:-0.1}  # panoptic object threshold for every method (calibrated for the default world's model)
 COST_STEPS=${COST_STEPS:-8}; COST_ROUNDS=${COST_ROUNDS:-2}
 DATA="$RUNS/data"
@@ -38,23 +43,48 @@ python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$DATA" |
   --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --no-progress \
   | tee "$RUNS/generator.log"
 python benchmarks/study/mask-quality.py "$RUNS/generator.safetensors" "$DATA" --json "$RUNS/mask-quality.json"
-# 4. stage 3, four ways, each seed; snapshots give the accuracy-against-length curve of one schedule
-for seed in $SEEDS; do
-  for method in frozen simo full simo-only; do  # simo-only: FISA without SEVE, added after the ablation
-    out="$RUNS/$method-s$seed.safetensors"
-    lr=1e-3; [ "$method" = full ] && lr=2e-4
-    # shellcheck disable=SC2086  # SNAPSHOTS is a list of step counts
-    [ -f "$out" ] || fisa-rt train adapt --trainable "$method" --data "$DATA" --init "$RUNS/generator.safetensors" \
-      --out "$out" --steps "$ADAPT_STEPS" --batch-size 16 --lr "$lr" --seed "$seed" --snapshots $SNAPSHOTS \
-      --no-progress | tee "$RUNS/$method-s$seed.log"
-    for step in $SNAPSHOTS "$ADAPT_STEPS"; do
-      weights="$out"; [ "$step" = "$ADAPT_STEPS" ] || weights="$RUNS/$method-s$seed.step$step.safetensors"
-      result="$RUNS/$method-s$seed.step$step.eval.json"
-      [ -f "$result" ] || fisa-rt eval --engine "$weights" --data "$DATA" --split val --object-threshold "$THRESHOLD" \
-        --json "$result" > /dev/null
-    done
+# 4. stage 3, each method and seed; snapshots give the accuracy-against-length curve of one schedule.
+#    frozen, simo (FISA), full, simo-only: the presets (simo-only added after the ablation, issue 15); then issue 23's
+#    SEVE variants: adapters after blocks 3-4, gates opening at a tenth of the rate, and feature preservation, whose
+#    weight is chosen among DISTILL_WEIGHTS on seed SELECT_SEED by seen-class accuracy alone (pick-distill-weight.py)
+adapt_flags() {
+  case $1 in
+    frozen|simo|simo-only) echo "--trainable $1 --lr 1e-3" ;;
+    full) echo "--trainable full --lr 2e-4" ;;
+    seve-late) echo "--trainable simo --lr 1e-3 --seve-layers 3 4" ;;
+    seve-slow-gate) echo "--trainable simo --lr 1e-3 --seve-gate-lr 0.1" ;;
+    seve-distill-w*) echo "--trainable simo --lr 1e-3 --feature-distill ${1#seve-distill-w}" ;;
+    *) echo "unknown study method $1" >&2; return 2 ;;
+  esac
+}
+adapt_run() {  # METHOD SEED: train with snapshots, then evaluate every snapshot; finished parts are skipped
+  local method=$1 seed=$2 out="$RUNS/$1-s$2.safetensors" flags
+  flags=$(adapt_flags "$method")
+  # shellcheck disable=SC2086  # flags and SNAPSHOTS are word lists
+  [ -f "$out" ] || fisa-rt train adapt $flags --data "$DATA" --init "$RUNS/generator.safetensors" --out "$out" \
+    --steps "$ADAPT_STEPS" --batch-size 16 --seed "$seed" --snapshots $SNAPSHOTS --no-progress > "$RUNS/$method-s$seed.log"
+  for step in $SNAPSHOTS "$ADAPT_STEPS"; do
+    weights="$out"; [ "$step" = "$ADAPT_STEPS" ] || weights="$RUNS/$method-s$seed.step$step.safetensors"
+    result="$RUNS/$method-s$seed.step$step.eval.json"
+    [ -f "$result" ] || fisa-rt eval --engine "$weights" --data "$DATA" --split val --object-threshold "$THRESHOLD" \
+      --json "$result" > /dev/null
   done
-done
+  tail -n 1 "$RUNS/$method-s$seed.log"
+}
+export -f adapt_flags adapt_run
+export RUNS DATA ADAPT_STEPS SNAPSHOTS THRESHOLD
+# JOBS runs side by side, one thread each: FISA took 611 ms/step on two threads (2026-11-25 logs) against 985 ms
+# of one thread's CPU time (step-cost.md), so two one-thread runs finish about 1.2x more steps per second
+[ "$JOBS" = 1 ] || export OMP_NUM_THREADS=1
+runs() { xargs -P "$JOBS" -L 1 bash -c 'adapt_run "$@"' _; }
+{  # the weight candidates first, so the choice is known early
+  for weight in $DISTILL_WEIGHTS; do echo "seve-distill-w$weight $SELECT_SEED"; done
+  for seed in $SEEDS; do for method in $METHODS; do echo "$method $seed"; done; done
+} | runs
+# shellcheck disable=SC2086
+chosen=$(python benchmarks/study/pick-distill-weight.py "$RUNS" --weights $DISTILL_WEIGHTS --seed "$SELECT_SEED" \
+  --step "$ADAPT_STEPS")
+for seed in $SEEDS; do [ "$seed" = "$SELECT_SEED" ] || echo "seve-distill-w$chosen $seed"; done | runs
 # 5. cost per step (interleaved, CPU time and memory) on the study's own generator checkpoint
 [ -f "$RUNS/step-cost.json" ] || python benchmarks/study/step-cost.py --data "$DATA" \
   --init "$RUNS/generator.safetensors" --steps "$COST_STEPS" --rounds "$COST_ROUNDS" --threads 1 \

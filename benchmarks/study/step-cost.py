@@ -11,7 +11,10 @@ bytes, and the peak resident memory the steps add (Linux VmHWM, reset before tim
 Variants — the presets of `fisa-rt train adapt --trainable`, then FISA run differently:
   frozen, simo, full       as trained
   simo-only                FISA's SIMO parameters without SEVE (no gradient into the image encoder)
-  simo-late                SEVE adapters moved from layers 1, 2 to 3, 4 (gradient crosses fewer blocks)
+  simo-late                SEVE adapters moved from layers 1, 2 to 3, 4 (gradient crosses fewer blocks; the study's
+                           seve-late)
+  seve-distill             FISA with the feature-preservation term (`--feature-distill`; the cost does not depend on
+                           its weight; the study's seve-slow-gate costs what simo does: only a learning rate differs)
   simo-nograd-prefix       the blocks before the first adapter under torch.no_grad
   simo-checkpoint          blocks after the first adapter recomputed in backward (activation checkpointing)
   simo-detach-generator    no gradient through the frozen mask generator into the adapters
@@ -33,7 +36,7 @@ import tempfile
 import time
 
 VARIANTS = ("frozen", "simo", "full", "simo-only",
-            "simo-late", "simo-nograd-prefix", "simo-checkpoint", "simo-detach-generator")
+            "simo-late", "seve-distill", "simo-nograd-prefix", "simo-checkpoint", "simo-detach-generator")
 EMBEDDED = os.path.join(os.path.dirname(__file__), "..", "..", "fisa_rt", "assets", "fisa-tiny-synthetic.safetensors")
 
 
@@ -74,7 +77,8 @@ def measure_one(variant: str, data: str, init: str, batch_size: int, steps: int)
     preset = variant if variant in TRAINABLE_PRESETS else "simo"  # the others are FISA rewired
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(stage="adapt", data=data, init=init, out=os.path.join(tmp, "x.safetensors"), trainable=preset,
-                          batch_size=batch_size, steps=steps, progress=False)
+                          batch_size=batch_size, steps=steps, progress=False,
+                          feature_distill=1.0 if variant == "seve-distill" else 0.0)
         torch.manual_seed(0)
         stage = _Stage(cfg, Distributed())
     model = stage.model

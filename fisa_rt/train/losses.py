@@ -99,3 +99,17 @@ def set_loss(
         "mask": weights.mask_weight * torch.stack(terms["mask"]).mean(),
         "dice": weights.dice_weight * torch.stack(terms["dice"]).mean(),
     }
+
+
+def feature_preservation(adapted, pretrained) -> torch.Tensor:
+    """Mean cosine distance, per token or location, between two :class:`fisa_rt.backbone.BackboneOutput` of one
+    batch: the adapted encoder's and the pre-trained one's (SEVE skipped). It covers everything downstream reads:
+    the generator's feature maps, the mask-attention head's block inputs and the dense CLIP embeddings. MAFT and
+    MasQCLIP keep a fine-tuned CLIP near the frozen one the same way, so the adapters may refocus features on
+    segmentation without overwriting what pre-training knew (issue 23; docs/training.md)."""
+    pairs = [(adapted.features[k], pretrained.features[k], 1) for k in adapted.features]
+    pairs += [(a, p, -1) for a, p in zip(adapted.block_inputs, pretrained.block_inputs)]
+    if adapted.dense_embeds is not None:
+        pairs.append((adapted.dense_embeds, pretrained.dense_embeds, 1))
+    distances = [(1 - F.cosine_similarity(a.float(), p.float(), dim=dim)).mean() for a, p, dim in pairs]
+    return torch.stack(distances).mean()

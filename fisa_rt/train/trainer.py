@@ -30,7 +30,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
-from ..checkpoint import load_model, save_checkpoint
+from ..checkpoint import load_model, read_checkpoint_info, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
@@ -39,7 +39,7 @@ from ..mask_classifier import text_rows, with_void
 from ..model import FisaModel, create_model
 from ..preprocess import normalize_images
 from ..simo import select_trainable
-from .losses import LossWeights, resize_targets, set_loss
+from .losses import LossWeights, feature_preservation, resize_targets, set_loss
 
 STAGES = ("clip", "generator", "adapt")
 @dataclass
@@ -62,6 +62,14 @@ class TrainConfig:
     # Steps after which the weights are also written to snapshot_path(out, step): one run gives the curve
     # of accuracy against adaptation length, all points on the schedule of the full run.
     snapshots: Tuple[int, ...] = ()
+    # SEVE variants of the adapt stage (issue 23; they need the adapters trained: --trainable simo).
+    # Blocks (ViT) or stages (ConvNeXt) the adapters move to; the --init checkpoint's must still be identities.
+    seve_layers: Optional[Tuple[int, ...]] = None
+    # Weight of the feature-preservation term (losses.feature_preservation): adapted features kept close to
+    # the encoder's own, SEVE skipped. 0 trains without it.
+    feature_distill: float = 0.0
+    # The SEVE gates' learning rate as a multiple of --lr: below 1 the adapters open more slowly.
+    seve_gate_lr: float = 1.0
     save_every: int = 200
     amp: bool = True  # bf16 autocast, on CUDA only
     overwrite: bool = False
@@ -74,6 +82,13 @@ class TrainConfig:
             raise ConfigError(f"trainable must be one of {TRAINABLE_PRESETS}; got {self.trainable!r}")
         if any(not 0 < s < self.steps for s in self.snapshots):
             raise ConfigError(f"snapshot steps must lie between 0 and --steps {self.steps}; got {list(self.snapshots)}")
+        variants = {"--seve-layers": self.seve_layers is not None, "--feature-distill": self.feature_distill != 0,
+                    "--seve-gate-lr": self.seve_gate_lr != 1}
+        asked = [flag for flag, given in variants.items() if given]
+        if asked and (self.stage != "adapt" or self.trainable != "simo"):
+            raise ConfigError(f"{', '.join(asked)} change how SEVE trains: they need `adapt --trainable simo`")
+        if self.feature_distill < 0 or self.seve_gate_lr < 0:
+            raise ConfigError("--feature-distill and --seve-gate-lr must be >= 0")
         if self.stage != "clip" and self.init is None:
             raise ConfigError(
                 f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)"
@@ -172,7 +187,11 @@ class _Stage:
             self.model = create_model(dataclasses.replace(model_cfg, clip=clip_cfg), load_pretrained_clip=True)
             prefixes = ["mask_generator"]
         else:
-            self.model, _ = load_model(cfg.init, config=model_cfg if cfg.model else None)
+            config = model_cfg if cfg.model else None
+            if cfg.seve_layers is not None:
+                base = config or read_checkpoint_info(cfg.init).config
+                config = dataclasses.replace(base, seve=dataclasses.replace(base.seve, layers=list(cfg.seve_layers)))
+            self.model, _ = load_model(cfg.init, config=config)
             prefixes = {
                 "simo": self.model.cfg.simo.trainable,
                 # FISA without SEVE: no gradient reaches the image encoder (docs/training.md, the ablation)
@@ -221,9 +240,19 @@ class _Stage:
                 ).items():
                     total[name] = total.get(name, 0.0) + value / len(layers)
             return total
-        out = model(images, self.text)
+        adapted = []
+        hook = model.backbone.register_forward_hook(lambda _module, _inputs, output: adapted.append(output))
+        try:
+            out = model(images, self.text)
+        finally:
+            hook.remove()
         targets = resize_targets(batch.masks, out.mask_logits.shape[-2:])
-        return set_loss(out.class_logits, out.mask_logits, labels, targets, self.weights)
+        terms = set_loss(out.class_logits, out.mask_logits, labels, targets, self.weights)
+        if self.cfg.feature_distill:
+            with torch.no_grad():
+                pretrained = model.backbone(images, text_rows(self.text), adapters=False)
+            terms["features"] = self.cfg.feature_distill * feature_preservation(adapted[0], pretrained)
+        return terms
 
     def save(self, path: str, step: Optional[int] = None) -> None:
         if self.cfg.stage == "clip":
@@ -233,8 +262,19 @@ class _Stage:
         else:
             save_checkpoint(
                 path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
-                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(step or self.cfg.steps)},
+                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(step or self.cfg.steps),
+                       **self.recipe()},
             )
+
+
+    def recipe(self) -> Dict[str, str]:
+        """The SEVE variant's settings, kept in the checkpoint so an evaluation can say what was trained."""
+        recipe = {}
+        if self.cfg.feature_distill:
+            recipe["feature_distill"] = str(self.cfg.feature_distill)
+        if self.cfg.seve_gate_lr != 1:
+            recipe["seve_gate_lr"] = str(self.cfg.seve_gate_lr)
+        return recipe
 
 
 def snapshot_path(out: str, step: int) -> str:
@@ -296,6 +336,14 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
     return step, losses
 
 
+def _param_groups(params: Dict[str, torch.nn.Parameter], cfg: TrainConfig) -> List[dict]:
+    """AdamW groups, each with its multiple of the scheduled rate: the SEVE gates take --seve-gate-lr."""
+    gates = [p for n, p in params.items() if n.startswith("backbone.seve.") and n.endswith(".gate")]
+    rest = [p for n, p in params.items() if not (n.startswith("backbone.seve.") and n.endswith(".gate"))]
+    groups = [{"params": rest, "lr_scale": 1.0}, {"params": gates, "lr_scale": cfg.seve_gate_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     env = Distributed()
     if cfg.batch_size % env.world:
@@ -312,7 +360,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     params = {n: p for n, p in stage.model.named_parameters() if p.requires_grad}
     trainable = list(params.values())
     env.broadcast(trainable)
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg)
     start, losses = 0, []
     if os.path.exists(state_path) and not cfg.overwrite:
@@ -334,7 +382,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         env.average_gradients(trainable)
         # The rate is a function of the step alone, so a resumed run needs no scheduler state.
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * schedule(step)
+            group["lr"] = cfg.lr * group["lr_scale"] * schedule(step)
         optimizer.step()
         value = float(loss.detach())
         if env.world > 1:
