@@ -25,7 +25,7 @@ ADAPT_STEPS=${ADAPT_STEPS:-600}; SNAPSHOTS=${SNAPSHOTS:-"100 300"}
 SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"frozen simo full simo-only seve-late seve-slow-gate"}
 DISTILL_WEIGHTS=${DISTILL_WEIGHTS:-"10 100"}; SELECT_SEED=${SELECT_SEED:-0}
-JOBS=${JOBS:-2}
+JOBS=${JOBS:-1}
 THRESHOLD=${THRESHOLD:-0.1}  # panoptic object threshold for every method (calibrated for the default world's model)
 COST_STEPS=${COST_STEPS:-8}; COST_ROUNDS=${COST_ROUNDS:-2}
 DATA="$RUNS/data"
@@ -37,12 +37,14 @@ mkdir -p "$RUNS"
 [ -f "$RUNS/clip.safetensors" ] || fisa-rt train clip --split pretrain --data "$DATA" --out "$RUNS/clip.safetensors" \
   --steps "$CLIP_STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --weight-decay 0.1 --region-captions 0.5 --no-progress \
   | tee "$RUNS/clip.log"
-python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$DATA" | tee "$RUNS/clip-crop-accuracy.txt"
+[ -s "$RUNS/clip-crop-accuracy.txt" ] || python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" \
+  "$DATA" | tee "$RUNS/clip-crop-accuracy.txt"
 # 3. stage 2: the mask generator, on seen classes only; its masks on each group
 [ -f "$RUNS/generator.safetensors" ] || fisa-rt train generator --data "$DATA" --init "$RUNS/clip.safetensors" \
   --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --no-progress \
   | tee "$RUNS/generator.log"
-python benchmarks/study/mask-quality.py "$RUNS/generator.safetensors" "$DATA" --json "$RUNS/mask-quality.json"
+[ -s "$RUNS/mask-quality.json" ] || python benchmarks/study/mask-quality.py "$RUNS/generator.safetensors" "$DATA" \
+  --json "$RUNS/mask-quality.json"
 # 4. stage 3, each method and seed; snapshots give the accuracy-against-length curve of one schedule.
 #    frozen, simo (FISA), full, simo-only: the presets (simo-only added after the ablation, issue 15); then issue 23's
 #    SEVE variants: adapters after blocks 3-4, gates opening at a tenth of the rate, and feature preservation, whose
@@ -58,11 +60,14 @@ adapt_flags() {
   esac
 }
 adapt_run() {  # METHOD SEED: train with snapshots, then evaluate every snapshot; finished parts are skipped
-  local method=$1 seed=$2 out="$RUNS/$1-s$2.safetensors" flags
+  local method=$1 seed=$2 out="$RUNS/$1-s$2.safetensors" flags step missing=0
+  for step in $SNAPSHOTS "$ADAPT_STEPS"; do [ -f "$RUNS/$method-s$seed.step$step.eval.json" ] || missing=1; done
+  [ "$missing" = 1 ] || return 0  # every evaluation is there (kept from an earlier run of the same study)
   flags=$(adapt_flags "$method")
   # shellcheck disable=SC2086  # flags and SNAPSHOTS are word lists
   [ -f "$out" ] || fisa-rt train adapt $flags --data "$DATA" --init "$RUNS/generator.safetensors" --out "$out" \
-    --steps "$ADAPT_STEPS" --batch-size 16 --seed "$seed" --snapshots $SNAPSHOTS --no-progress > "$RUNS/$method-s$seed.log"
+    --steps "$ADAPT_STEPS" --batch-size 16 --seed "$seed" --snapshots $SNAPSHOTS --no-progress \
+    > "$RUNS/$method-s$seed.log"
   for step in $SNAPSHOTS "$ADAPT_STEPS"; do
     weights="$out"; [ "$step" = "$ADAPT_STEPS" ] || weights="$RUNS/$method-s$seed.step$step.safetensors"
     result="$RUNS/$method-s$seed.step$step.eval.json"
@@ -73,18 +78,17 @@ adapt_run() {  # METHOD SEED: train with snapshots, then evaluate every snapshot
 }
 export -f adapt_flags adapt_run
 export RUNS DATA ADAPT_STEPS SNAPSHOTS THRESHOLD
-# JOBS runs side by side, one thread each: FISA took 611 ms/step on two threads (2026-11-25 logs) against 985 ms
-# of one thread's CPU time (step-cost.md), so two one-thread runs finish about 1.2x more steps per second
+# JOBS > 1: that many runs side by side, one thread each. On a machine shared with other work a one-thread run does
+# not stall at torch's per-op thread barriers when a core is taken; alone, two threads per run did as well
+# (docs/training.md, "Time budget").
 [ "$JOBS" = 1 ] || export OMP_NUM_THREADS=1
 runs() { xargs -P "$JOBS" -L 1 bash -c 'adapt_run "$@"' _; }
-{  # the weight candidates first, so the choice is known early
-  for weight in $DISTILL_WEIGHTS; do echo "seve-distill-w$weight $SELECT_SEED"; done
-  for seed in $SEEDS; do for method in $METHODS; do echo "$method $seed"; done; done
-} | runs
+# the weight candidates first (side by side), so the chosen weight then runs beside the other methods
+for weight in $DISTILL_WEIGHTS; do echo "seve-distill-w$weight $SELECT_SEED"; done | runs
 # shellcheck disable=SC2086
 chosen=$(python benchmarks/study/pick-distill-weight.py "$RUNS" --weights $DISTILL_WEIGHTS --seed "$SELECT_SEED" \
   --step "$ADAPT_STEPS")
-for seed in $SEEDS; do [ "$seed" = "$SELECT_SEED" ] || echo "seve-distill-w$chosen $seed"; done | runs
+for seed in $SEEDS; do for method in $METHODS "seve-distill-w$chosen"; do echo "$method $seed"; done; done | runs
 # 5. cost per step (interleaved, CPU time and memory) on the study's own generator checkpoint
 [ -f "$RUNS/step-cost.json" ] || python benchmarks/study/step-cost.py --data "$DATA" \
   --init "$RUNS/generator.safetensors" --steps "$COST_STEPS" --rounds "$COST_ROUNDS" --threads 1 \
