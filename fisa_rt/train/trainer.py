@@ -240,12 +240,14 @@ class _Stage:
                 ).items():
                     total[name] = total.get(name, 0.0) + value / len(layers)
             return total
-        adapted = []
-        hook = model.backbone.register_forward_hook(lambda _module, _inputs, output: adapted.append(output))
+        adapted = []  # the backbone's output, for the feature-preservation term
+        hook = model.backbone.register_forward_hook(lambda _module, _inputs, output: adapted.append(output)) \
+            if self.cfg.feature_distill else None
         try:
             out = model(images, self.text)
         finally:
-            hook.remove()
+            if hook is not None:
+                hook.remove()
         targets = resize_targets(batch.masks, out.mask_logits.shape[-2:])
         terms = set_loss(out.class_logits, out.mask_logits, labels, targets, self.weights)
         if self.cfg.feature_distill:
@@ -265,7 +267,6 @@ class _Stage:
                 extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(step or self.cfg.steps),
                        **self.recipe()},
             )
-
 
     def recipe(self) -> Dict[str, str]:
         """The SEVE variant's settings, kept in the checkpoint so an evaluation can say what was trained."""
@@ -338,8 +339,11 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
 
 def _param_groups(params: Dict[str, torch.nn.Parameter], cfg: TrainConfig) -> List[dict]:
     """AdamW groups, each with its multiple of the scheduled rate: the SEVE gates take --seve-gate-lr."""
-    gates = [p for n, p in params.items() if n.startswith("backbone.seve.") and n.endswith(".gate")]
-    rest = [p for n, p in params.items() if not (n.startswith("backbone.seve.") and n.endswith(".gate"))]
+    def is_gate(name: str) -> bool:
+        return name.startswith("backbone.seve.") and name.endswith(".gate")
+
+    gates = [p for n, p in params.items() if is_gate(n)]
+    rest = [p for n, p in params.items() if not is_gate(n)]
     groups = [{"params": rest, "lr_scale": 1.0}, {"params": gates, "lr_scale": cfg.seve_gate_lr}]
     return [g for g in groups if g["params"]]
 
