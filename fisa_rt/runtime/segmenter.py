@@ -207,7 +207,9 @@ class Segmenter:
 
     def merge(self, pictures: Sequence[np.ndarray], raw, prepared: "Prepared", task: str) -> List[SegmentationResult]:
         """The post-processing stage: the backend's raw outputs -> one result per picture, on the host."""
-        class_logits = raw.class_logits()
+        # (B, Q, K + 1) logarithms: microseconds on one core, and a scheduler slice on two (7 ms at K = 1203)
+        with cpu_threads_for(raw.class_scores.numel(), raw.class_scores.device):
+            class_logits = raw.class_logits()
         return [
             self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, prepared.canvas)
             for b, (picture, content) in enumerate(zip(pictures, prepared.contents))
