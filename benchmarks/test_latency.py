@@ -42,12 +42,18 @@ def segmenter(request, artefacts):
     return seg
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "model", "postprocess", "end-to-end"])
+STAGES = ["preprocess", "model", "postprocess", "end-to-end"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_latency(benchmark, segmenter, stage):
     """The three calls ``Segmenter.segment_batch`` times (``prepare``, the backend's ``run``, ``merge``), so
     these rows and ``fisa-rt infer``'s summary measure the same stages; the end-to-end row also records the
     Segmenter's own per-stage split over its rounds (``segmenter_ms``), to compare with the stage rows."""
-    photo = _photo()
+    _time_stage(benchmark, segmenter, _photo(), stage, rounds=10, warmup=2)
+
+
+def _time_stage(benchmark, segmenter, photo, stage: str, rounds: int, warmup: int):
     prepared = segmenter.prepare([photo])
     raw = segmenter.backend.run(prepared.batch, segmenter.text, segmenter.seen_in_training)
     fn = {
@@ -57,12 +63,57 @@ def test_stage_latency(benchmark, segmenter, stage):
         "end-to-end": lambda: segmenter.segment(photo),
     }[stage]
     segmenter.timings = Timings()
-    timed(benchmark, fn, rounds=10, warmup=2)
-    benchmark.extra_info.update(
-        {"backend": segmenter.backend.name, "device": str(segmenter.backend.device), "stage": stage, "image": "512x512"}
-    )
+    timed(benchmark, fn, rounds=rounds, warmup=warmup)
+    benchmark.extra_info.update({"backend": segmenter.backend.name, "device": str(segmenter.backend.device),
+                                 "model": segmenter.backend.manifest.get("model"), "stage": stage,
+                                 "image": f"{photo.shape[1]}x{photo.shape[0]}"})
     if stage == "end-to-end":
         benchmark.extra_info["segmenter_ms"] = _stage_split(segmenter.timings)
+
+
+@pytest.fixture(scope="module")
+def vit_b16_build(tmp_path_factory):
+    """fisa-vit-b16 with random weights (the weights do not change the work), its checkpoint and
+    ``build_engine.py --precision fp32`` artefacts in one folder; FISA_BENCH_VIT_BUILD=<folder> reuses one."""
+    import contextlib
+    import io
+
+    from fisa_rt.checkpoint import save_checkpoint
+    from fisa_rt.export.build_engine import build, parse_args
+
+    folder = os.environ.get("FISA_BENCH_VIT_BUILD")
+    if folder:
+        return folder
+    folder = str(tmp_path_factory.mktemp("build-vit-b16"))
+    checkpoint = os.path.join(folder, "fisa-vit-b16-random.safetensors")
+    vocabulary = named("coco-panoptic")
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, create_model("fisa-vit-b16").eval(), vocabulary=vocabulary.names,
+                    is_thing=vocabulary.is_thing)
+    with contextlib.redirect_stdout(io.StringIO()):
+        build(parse_args(["--checkpoint", checkpoint, "--precision", "fp32", "--out", folder]))
+    return folder
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def vit_b16_segmenter(request, vit_b16_build):
+    suffix = ".portable.onnx" if request.param == "onnxruntime" else ".safetensors"
+    path = next((os.path.join(vit_b16_build, f) for f in sorted(os.listdir(vit_b16_build)) if f.endswith(suffix)), None)
+    if path is None:
+        pytest.skip(f"no {suffix} in {vit_b16_build}")
+    segmenter = Segmenter.from_engine(path, backend=request.param, cache_dir="")
+    segmenter.set_vocabulary(*_vocabulary(segmenter, 133))
+    return segmenter
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_latency_vit_b16_1080p(benchmark, vit_b16_segmenter, stage):
+    """The stage rows for fisa-vit-b16 (640 px canvas) on a 1920 x 1080 photo with COCO's 133 classes:
+    issue 19's goal is pre- and post-processing each no more than the model, here as for fisa-tiny."""
+    from PIL import Image
+
+    photo = np.asarray(Image.fromarray(_photo()).resize((1920, 1080), Image.BILINEAR))
+    _time_stage(benchmark, vit_b16_segmenter, photo, stage, rounds=3, warmup=1)
 
 
 def _stage_split(timings: Timings) -> dict:
