@@ -13,7 +13,7 @@ import torch
 
 from fisa_rt.config import get_model_config
 from fisa_rt.model import create_model
-from fisa_rt.preprocess import normalize_images
+from fisa_rt.preprocess import normalize_images, resize_and_pad, resized_shape, upload
 from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.segmenter import Segmenter, Timings
 from fisa_rt.vocab.vocabulary import Vocabulary, named
@@ -114,6 +114,25 @@ def test_stage_latency_vit_b16_1080p(benchmark, vit_b16_segmenter, stage):
 
     photo = np.asarray(Image.fromarray(_photo()).resize((1920, 1080), Image.BILINEAR))
     _time_stage(benchmark, vit_b16_segmenter, photo, stage, rounds=3, warmup=1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("picture, canvas", [((512, 512), 128), ((1080, 1920), 640), ((4000, 6000), 640)])
+def test_resize_and_pad(benchmark, picture, canvas, threads):
+    """Pre-processing's resize and padding of one random photo on the CPU with ``threads`` torch threads
+    (``Segmenter.prepare`` picks one below ``SINGLE_THREAD_WORK``; docs/design.md, "Stage and vocabulary cost
+    on CPU")."""
+    pixels = np.random.default_rng(0).integers(0, 256, (*picture, 3), dtype=np.uint8)
+    size = resized_shape(*picture, canvas)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        timed(benchmark, lambda: resize_and_pad(upload(pixels, torch.device("cpu")).permute(2, 0, 1), size,
+                                                (canvas, canvas), (0, 0, 0)), rounds=5, warmup=1)
+    finally:
+        torch.set_num_threads(before)
+    benchmark.extra_info.update({"stage": "resize-and-pad", "image": f"{picture[1]}x{picture[0]}",
+                                 "threads": threads})
 
 
 def _stage_split(timings: Timings) -> dict:
