@@ -88,10 +88,11 @@ def resize_and_pad(
     colour.
 
     On CPU the resize runs on the uint8 pixels themselves (torch's channels-last uint8 kernel), which gives
-    Pillow's ``Image.resize(BILINEAR)`` exactly: the resize the training data and detectron2 (FC-CLIP's
-    test-time ``ResizeTransform`` on uint8 images) apply, ~10x faster than in float (docs/design.md,
-    "Stage and vocabulary cost on CPU"). Elsewhere (CUDA has no uint8 kernel) it runs one channel at a time
-    in float, rounded: a third of the memory of the whole image, within one grey level of the CPU's."""
+    Pillow's ``Image.resize(BILINEAR)`` to within one level on under 1 % of values: the resize the training
+    data and detectron2 (FC-CLIP's test-time ``ResizeTransform`` on uint8 images) apply, ~10x faster than in
+    float (docs/design.md, "Stage and vocabulary cost on CPU"). Elsewhere (CUDA has no uint8 kernel) it runs
+    one channel at a time in float, rounded: a third of the memory of the whole image, within one level of
+    the CPU's."""
     if tuple(size) == tuple(image.shape[-2:]):
         resized = image
     elif image.device.type == "cpu":
