@@ -13,7 +13,7 @@ import torch
 
 from fisa_rt.config import get_model_config
 from fisa_rt.model import create_model
-from fisa_rt.preprocess import normalize_images
+from fisa_rt.preprocess import normalize_images, resize_and_pad, resized_shape, upload
 from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.segmenter import Segmenter, Timings
 from fisa_rt.vocab.vocabulary import Vocabulary, named
@@ -42,12 +42,18 @@ def segmenter(request, artefacts):
     return seg
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "model", "postprocess", "end-to-end"])
+STAGES = ["preprocess", "model", "postprocess", "end-to-end"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_latency(benchmark, segmenter, stage):
     """The three calls ``Segmenter.segment_batch`` times (``prepare``, the backend's ``run``, ``merge``), so
     these rows and ``fisa-rt infer``'s summary measure the same stages; the end-to-end row also records the
     Segmenter's own per-stage split over its rounds (``segmenter_ms``), to compare with the stage rows."""
-    photo = _photo()
+    _time_stage(benchmark, segmenter, _photo(), stage, rounds=10, warmup=2)
+
+
+def _time_stage(benchmark, segmenter, photo, stage: str, rounds: int, warmup: int):
     prepared = segmenter.prepare([photo])
     raw = segmenter.backend.run(prepared.batch, segmenter.text, segmenter.seen_in_training)
     fn = {
@@ -57,12 +63,76 @@ def test_stage_latency(benchmark, segmenter, stage):
         "end-to-end": lambda: segmenter.segment(photo),
     }[stage]
     segmenter.timings = Timings()
-    timed(benchmark, fn, rounds=10, warmup=2)
-    benchmark.extra_info.update(
-        {"backend": segmenter.backend.name, "device": str(segmenter.backend.device), "stage": stage, "image": "512x512"}
-    )
+    timed(benchmark, fn, rounds=rounds, warmup=warmup)
+    benchmark.extra_info.update({"backend": segmenter.backend.name, "device": str(segmenter.backend.device),
+                                 "model": segmenter.backend.manifest.get("model"), "stage": stage,
+                                 "image": f"{photo.shape[1]}x{photo.shape[0]}"})
     if stage == "end-to-end":
         benchmark.extra_info["segmenter_ms"] = _stage_split(segmenter.timings)
+
+
+@pytest.fixture(scope="module")
+def vit_b16_build(tmp_path_factory):
+    """fisa-vit-b16 with random weights (the weights do not change the work), its checkpoint and
+    ``build_engine.py --precision fp32`` artefacts in one folder; FISA_BENCH_VIT_BUILD=<folder> reuses one."""
+    import contextlib
+    import io
+
+    from fisa_rt.checkpoint import save_checkpoint
+    from fisa_rt.export.build_engine import build, parse_args
+
+    folder = os.environ.get("FISA_BENCH_VIT_BUILD")
+    if folder:
+        return folder
+    folder = str(tmp_path_factory.mktemp("build-vit-b16"))
+    checkpoint = os.path.join(folder, "fisa-vit-b16-random.safetensors")
+    vocabulary = named("coco-panoptic")
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, create_model("fisa-vit-b16").eval(), vocabulary=vocabulary.names,
+                    is_thing=vocabulary.is_thing)
+    with contextlib.redirect_stdout(io.StringIO()):
+        build(parse_args(["--checkpoint", checkpoint, "--precision", "fp32", "--out", folder]))
+    return folder
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def vit_b16_segmenter(request, vit_b16_build):
+    suffix = ".portable.onnx" if request.param == "onnxruntime" else ".safetensors"
+    path = next((os.path.join(vit_b16_build, f) for f in sorted(os.listdir(vit_b16_build)) if f.endswith(suffix)), None)
+    if path is None:
+        pytest.skip(f"no {suffix} in {vit_b16_build}")
+    segmenter = Segmenter.from_engine(path, backend=request.param, cache_dir="")
+    segmenter.set_vocabulary(*_vocabulary(segmenter, 133))
+    return segmenter
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_latency_vit_b16_1080p(benchmark, vit_b16_segmenter, stage):
+    """The stage rows for fisa-vit-b16 (640 px canvas) on a 1920 x 1080 photo with COCO's 133 classes:
+    issue 19's goal is pre- and post-processing each no more than the model, here as for fisa-tiny."""
+    from PIL import Image
+
+    photo = np.asarray(Image.fromarray(_photo()).resize((1920, 1080), Image.BILINEAR))
+    _time_stage(benchmark, vit_b16_segmenter, photo, stage, rounds=3, warmup=1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("picture, canvas", [((512, 512), 128), ((1080, 1920), 640), ((4000, 6000), 640)])
+def test_resize_and_pad(benchmark, picture, canvas, threads):
+    """Pre-processing's resize and padding of one random photo on the CPU with ``threads`` torch threads
+    (``Segmenter.prepare`` picks one below ``SINGLE_THREAD_WORK``; docs/design.md, "Stage and vocabulary cost
+    on CPU")."""
+    pixels = np.random.default_rng(0).integers(0, 256, (*picture, 3), dtype=np.uint8)
+    size = resized_shape(*picture, canvas)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        timed(benchmark, lambda: resize_and_pad(upload(pixels, torch.device("cpu")).permute(2, 0, 1), size,
+                                                (canvas, canvas), (0, 0, 0)), rounds=5, warmup=1)
+    finally:
+        torch.set_num_threads(before)
+    benchmark.extra_info.update({"stage": "resize-and-pad", "image": f"{picture[1]}x{picture[0]}",
+                                 "threads": threads})
 
 
 def _stage_split(timings: Timings) -> dict:

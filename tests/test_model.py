@@ -48,6 +48,28 @@ def test_zero_gate_seve_equals_bare_vit(tiny_vit):
     assert torch.equal(ours.flatten(2).transpose(1, 2), bare)
 
 
+@pytest.mark.parametrize("shared_text", [True, False])
+def test_seve_adapter_is_gated_attention_over_kv_proj(shared_text):
+    """SEVE written out: keys the first half of kv_proj's outputs, values the second, softmax(q k^T / sqrt(Dh))
+    over the valid classes; its graph-friendly form (q scaled, two projections) must stay this."""
+    from fisa_rt.seve import SeveAdapter
+
+    torch.manual_seed(0)
+    adapter = SeveAdapter(32, 16, 4, gate_init=0.7, kernels="reference").double()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    text = torch.randn(*(() if shared_text else (2,)), 5, 16, dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True, True])
+    kv = adapter.kv_proj(text if text.dim() == 3 else text[None])
+    k, v = (t.view(kv.shape[0], 5, 4, 8).transpose(1, 2) for t in kv.split(32, -1))
+    q = adapter.q_proj(adapter.norm(x)).view(2, 9, 4, 8).transpose(1, 2)
+    probs = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~valid, float("-inf")).softmax(-1)
+    update = adapter.out_proj((probs @ v).transpose(1, 2).reshape(2, 9, 32))
+    expected = x + torch.tanh(adapter.gate) * update
+    with torch.no_grad():
+        ours = adapter(x, text, valid if shared_text else valid.expand(2, 5))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+
 def test_zero_gate_seve_equals_bare_convnext(tiny_convnext):
     trunk = tiny_convnext.backbone.visual.trunk
     images = torch.randn(2, 3, 128, 128)

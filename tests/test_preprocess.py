@@ -7,12 +7,13 @@ import types
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fisa_rt.checkpoint import save_checkpoint
 from fisa_rt.config import OPENAI_MEAN, OPENAI_STD, ConfigError, FisaConfig, ResizeConfig, get_model_config
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.model import create_model
-from fisa_rt.preprocess import resized_shape
+from fisa_rt.preprocess import resize_and_pad, resized_shape
 from fisa_rt.runtime.segmenter import Segmenter
 
 FCCLIP_TEST = ResizeConfig(
@@ -114,3 +115,38 @@ def test_evaluation_samples_follow_the_rule(synthetic_data):
     padded = PanopticDataset(synthetic_data, "val", 64, augment=False, resize=mean_padded)[0]
     assert padded.image[:, 50, 50].tolist() == [123, 117, 104]
     assert torch.equal(padded.image[:, :40, :40], sample.image[:, :40, :40])
+
+
+@pytest.mark.parametrize("size, target", [((50, 70), (32, 45)), ((37, 41), (128, 100)), ((480, 640), (96, 128)),
+                                          ((7, 300), (3, 128)), ((64, 64), (64, 64))])
+def test_cpu_resize_is_pillows_the_resize_training_saw(size, target):
+    """On CPU the resize runs in uint8: Pillow's BILINEAR (the training data's and detectron2's resize) to
+    within one level on under 1 % of values (the float path it replaced differed on 8-18 %); an image already
+    at its size is copied unchanged; the padding is the given colour."""
+    picture = np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8)
+    canvas = (target[0] + 3, target[1] + 5)
+    out = resize_and_pad(torch.from_numpy(picture).permute(2, 0, 1), target, canvas, (1, 2, 3))
+    assert out.shape == (3, *canvas) and out.dtype == torch.uint8
+    pillow = np.asarray(Image.fromarray(picture).resize(target[::-1], Image.BILINEAR)).transpose(2, 0, 1)
+    differs = out[:, : target[0], : target[1]].numpy().astype(int) - pillow
+    assert np.abs(differs).max() <= 1 and (differs != 0).mean() < 0.01
+    if size == target:
+        assert not differs.any()
+    assert (out[:, target[0]:] == torch.tensor([1, 2, 3]).view(3, 1, 1)).all()
+    assert (out[:, :, target[1]:] == torch.tensor([1, 2, 3]).view(3, 1, 1)).all()
+
+
+def test_cpu_preprocessing_runs_on_one_thread():
+    """A photo's pre-processing is a few ms of work on one core; a second torch thread would cost each of its
+    small ops a scheduler slice whenever the other core is busy (docs/design.md)."""
+    segmenter = _segmenter(96, ResizeConfig())
+    seen, canvas = [], segmenter._canvas
+    segmenter._canvas = lambda *a: seen.append(torch.get_num_threads()) or canvas(*a)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        prepared = segmenter.prepare([np.zeros((1080, 1920, 3), np.uint8)])
+        assert seen == [1] and torch.get_num_threads() == 2
+        assert prepared.batch.shape == (1, 3, 96, 96) and prepared.contents == [(54, 96)]
+    finally:
+        torch.set_num_threads(before)

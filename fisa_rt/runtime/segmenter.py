@@ -39,7 +39,7 @@ from ..postprocess import (
     to_host,
     working_size,
 )
-from ..preprocess import padded_canvas, resize_and_pad, resized_shape, upload
+from ..preprocess import padded_canvas, resize_and_pad, resize_work, resized_shape, upload
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import seen_classes
 from .backends import Backend, open_backend, resolve_artefact
@@ -197,12 +197,19 @@ class Segmenter:
         ``segment_batch`` times this, the backend's ``run`` and :meth:`merge` as its three stages; the
         stage benchmarks (benchmarks/test_latency.py) time the same three calls."""
         canvas = self._canvas_size(pictures)
-        canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
-        return Prepared(torch.cat(canvases), list(contents), canvas)
+        S = self.backend.image_size
+        # one torch thread for an ordinary photo, as in post-processing: a second thread costs each small op
+        # a scheduler slice whenever the other core is busy (docs/design.md, "Stage and vocabulary cost on CPU")
+        work = sum(resize_work(p.shape[:2], resized_shape(*p.shape[:2], S, self.resize)) for p in pictures)
+        with cpu_threads_for(work, self.backend.device):
+            canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
+            return Prepared(torch.cat(canvases), list(contents), canvas)
 
     def merge(self, pictures: Sequence[np.ndarray], raw, prepared: "Prepared", task: str) -> List[SegmentationResult]:
         """The post-processing stage: the backend's raw outputs -> one result per picture, on the host."""
-        class_logits = raw.class_logits()
+        # (B, Q, K + 1) logarithms: microseconds on one core, and a scheduler slice on two (7 ms at K = 1203)
+        with cpu_threads_for(raw.class_scores.numel(), raw.class_scores.device):
+            class_logits = raw.class_logits()
         return [
             self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, prepared.canvas)
             for b, (picture, content) in enumerate(zip(pictures, prepared.contents))
