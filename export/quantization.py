@@ -32,6 +32,19 @@ DEFAULT_COUNT = 256
 STEP_IMAGES = 8  # images per calibration step: one ONNX Runtime call each
 
 
+# The model's parts as node-name scopes (``re.match`` patterns, as ModelOpt reads ``nodes_to_exclude``). The
+# ONNX exporter names each node after its module path, so one pattern holds for every config: the CLIP image
+# encoder's blocks are ``resblocks.N`` in a ViT, ``stages.N`` (+ the per-location CLIP ``head``) in a ConvNeXt.
+SCOPES = {
+    "clip_encoder": r"/model/backbone/(resblocks\.\d+|stages\.\d+|head)/",
+    "seve": r"/model/backbone/seve\.\d+/",
+    "classifier": r"/model/classifier/",
+    "neck": r"/model/mask_generator/neck/",
+    "mask_embed": r"/model/mask_generator/mask_embed/",
+    "mask_generator": r"/model/mask_generator/",
+}
+
+
 @dataclass(frozen=True)
 class QuantRecipe:
     """What ModelOpt quantises and how (``modelopt.onnx.quantization.quantize`` arguments).
@@ -45,11 +58,14 @@ class QuantRecipe:
     # LayerNorm/Softmax: CLIP's outlier channels make their ranges unsafe; Add: the residual stream carries
     # those outliers; ReduceL2 & co. are never quantised by ModelOpt anyway
     op_types_to_exclude: Tuple[str, ...] = ("LayerNormalization", "Softmax", "Add")
-    # node-name regexes kept in high precision (what the sensitivity sweep found fragile)
-    nodes_to_exclude: Tuple[str, ...] = ()
+    # node-name patterns kept in high precision, by module role (SCOPES): the CLIP image encoder and the
+    # classifier that re-enters its last blocks carry the texture classes' small margins (docs/deploy.md)
+    nodes_to_exclude: Tuple[str, ...] = (SCOPES["clip_encoder"], SCOPES["classifier"])
     calibration_method: str = "max"
     # dtype of everything not quantised: fp16 as the fp16 engine has it (TensorRT runs the rest in fp16)
     high_precision: str = "fp16"
+    # True: the attention MatMuls (Q.K^T, P.V) stay high precision (ModelOpt's ``disable_mha_qdq``)
+    disable_mha_qdq: bool = False
 
     def record(self) -> Dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -175,7 +191,7 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
             calibration_data_reader=Reader(calibration.feeds()), calibration_method=recipe.calibration_method,
             calibration_eps=["cpu"], op_types_to_exclude=list(recipe.op_types_to_exclude),
             nodes_to_exclude=list(recipe.nodes_to_exclude) or None, high_precision_dtype=recipe.high_precision,
-            log_level="WARNING",
+            disable_mha_qdq=recipe.disable_mha_qdq, log_level="WARNING",
         )
         shutil.move(result, tmp)
     os.replace(tmp, out_path)

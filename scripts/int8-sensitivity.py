@@ -9,15 +9,21 @@ minimum per-image class-probability cosine (stable-mask queries, ``export/parity
 Part 1 quantises the whole model under each recipe variant (what stays high precision, entropy vs max, fp16
 vs fp32 for the rest). Part 2 calibrates once with every quantisable node in int8 (fp32 elsewhere) and
 then keeps the Q/DQ pairs of one block only (the others bypassed: each consumer reads the tensor the pair
-was quantising), so each block's own damage is measured without recalibrating.
+was quantising), so each block's own damage is measured without recalibrating. Part 3 uses that same
+calibration to screen module roles: the parts named by ``export/quantization.SCOPES`` kept high precision
+(with RECIPE's op types), then RECIPE's parts with one CLIP block back in int8. Recipe figures can hinge on
+one image, so part 1 reruns on other calibration sets with ``--calibration-count``/``--calibration-seed``,
+``--variants`` naming the rows to run.
 
-    python scripts/int8-sensitivity.py --out /tmp/int8-sweep [--calibration-count 64] [--part 1 2]
+    python scripts/int8-sensitivity.py --out /tmp/int8-sweep [--calibration-count 64] [--calibration-seed 2]
+        [--part 1 2 3] [--variants "CLIP encoder"]
 """
 
 import argparse
 import collections
 import glob
 import os
+import re
 import time
 
 import numpy as np
@@ -38,6 +44,26 @@ def held_out(size: int, root: str):
                     ).transpose(0, 3, 1, 2).copy()
 
 
+# part 3: which scopes stay high precision (the last set, RECIPE's, is the base of the per-block rows)
+SCOPE_SETS = [(), ("clip_encoder",), ("clip_encoder", "seve"), ("clip_encoder", "seve", "classifier"),
+              ("clip_encoder", "seve", "classifier", "neck"), ("clip_encoder", "classifier")]
+
+
+def scopes(*names):
+    """The node-name patterns of ``names`` (keys of ``export/quantization.SCOPES``)."""
+    from fisa_rt.export.quantization import SCOPES
+
+    return tuple(SCOPES[name] for name in names)
+
+
+def in_int8(kept):
+    """Node -> whether it reads int8 under RECIPE's op types with the ``kept`` scopes in high precision."""
+    from fisa_rt.export.quantization import RECIPE
+
+    return lambda node: node.op_type not in RECIPE.op_types_to_exclude and not any(
+        re.match(pattern, node.name) for pattern in scopes(*kept))
+
+
 def block_of(name: str) -> str:
     """Node name -> block: backbone/resblocks.3, mask_generator/layers.1, classifier, ..."""
     parts = name.strip("/").split("/")
@@ -46,8 +72,8 @@ def block_of(name: str) -> str:
     return parts[1] if parts[1] == "classifier" else "/".join(parts[1:3])
 
 
-def keep_only(model, blocks):
-    """A copy of a Q/DQ model with the Q/DQ pairs feeding nodes outside ``blocks`` bypassed."""
+def keep_only(model, keep):
+    """A copy of a Q/DQ model with the Q/DQ pairs feeding nodes for which ``keep(node)`` is false bypassed."""
     import onnx
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -56,7 +82,7 @@ def keep_only(model, blocks):
     original = {n.output[0]: quantized_by[n.input[0]] for n in nodes
                 if n.op_type == "DequantizeLinear" and n.input[0] in quantized_by}
     for node in nodes:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or block_of(node.name) in blocks:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or keep(node):
             continue
         for i, name in enumerate(node.input):
             node.input[i] = original.get(name, name)
@@ -74,7 +100,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--calibration-count", type=int, default=64)
-    parser.add_argument("--part", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--calibration-seed", type=int, default=2)
+    parser.add_argument("--part", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--variants", nargs="+", help="part 1: only the variants whose name contains one of these")
     args = parser.parse_args()
 
     from fisa_rt.checkpoint import load_model
@@ -91,14 +119,14 @@ def main():
     model, info = load_model(default_checkpoint())
     vocabulary = named("synthetic")
     text = model.encode_vocabulary(vocabulary.names).numpy()
-    generate(os.path.join(args.out, "train"), "train", args.calibration_count, seed=2,
+    generate(os.path.join(args.out, "train"), "train", args.calibration_count, seed=args.calibration_seed,
              image_size=model.cfg.image_size, overwrite=True)
     files = sorted(glob.glob(os.path.join(args.out, "train", "images", "train", "*.png")))[: args.calibration_count]
     calibration = q.calibration_set(portable, files, vocabulary, text, info.vocabulary)
     feed = {"image": held_out(model.cfg.image_size, os.path.join(args.out, "val")), "text": text}
     reference = parity.run_onnx(portable, feed)
-    print(f"calibration: {len(files)} synthetic train scenes; check: {len(feed['image'])} held-out images "
-          f"(24 val scenes + 3 photographs), {len(text)} classes", flush=True)
+    print(f"calibration: {len(files)} synthetic train scenes (seed {args.calibration_seed}); check: "
+          f"{len(feed['image'])} held-out images (24 val scenes + 3 photographs), {len(text)} classes", flush=True)
     header = (f"{'configuration':58s} {'QDQ':>4s} {'min prob cos':>12s} {'agree':>7s} {'min agree':>9s} "
               f"{'mask cos':>9s} {'s':>4s}")
 
@@ -113,39 +141,73 @@ def main():
     if 1 in args.part:
         base = q.RECIPE
         variants = {
-            "shipped before (entropy, fp16 rest)": q.QuantRecipe(calibration_method="entropy"),
-            "max, fp16 rest": q.QuantRecipe(calibration_method="max"),
-            "max, fp32 rest": q.QuantRecipe(calibration_method="max", high_precision="fp32"),
-            "entropy, fp32 rest": q.QuantRecipe(calibration_method="entropy", high_precision="fp32"),
+            "shipped before (entropy, fp16 rest)": q.QuantRecipe(calibration_method="entropy", nodes_to_exclude=()),
+            "max, fp16 rest": q.QuantRecipe(calibration_method="max", nodes_to_exclude=()),
+            "max, fp32 rest": q.QuantRecipe(calibration_method="max", high_precision="fp32", nodes_to_exclude=()),
+            "entropy, fp32 rest": q.QuantRecipe(
+                calibration_method="entropy", high_precision="fp32", nodes_to_exclude=()),
             "max, fp32 rest, classifier high precision": q.QuantRecipe(
-                calibration_method="max", high_precision="fp32", nodes_to_exclude=("/model/classifier/",)),
+                calibration_method="max", high_precision="fp32", nodes_to_exclude=scopes("classifier")),
             "max, fp32 rest, mask generator high precision": q.QuantRecipe(
-                calibration_method="max", high_precision="fp32", nodes_to_exclude=("/model/mask_generator/",)),
+                calibration_method="max", high_precision="fp32", nodes_to_exclude=scopes("mask_generator")),
             "max, fp32 rest, SEVE adapters high precision": q.QuantRecipe(
-                calibration_method="max", high_precision="fp32", nodes_to_exclude=("/model/backbone/seve",)),
+                calibration_method="max", high_precision="fp32", nodes_to_exclude=scopes("seve")),
+            "max, fp16 rest, CLIP encoder + classifier high precision": q.QuantRecipe(
+                nodes_to_exclude=scopes("clip_encoder", "classifier")),
+            "max, fp16 rest, CLIP encoder + classifier + mask embedding high precision": q.QuantRecipe(
+                nodes_to_exclude=scopes("clip_encoder", "classifier", "mask_embed")),
+            "entropy, fp16 rest, CLIP encoder + classifier high precision": q.QuantRecipe(
+                calibration_method="entropy", nodes_to_exclude=scopes("clip_encoder", "classifier")),
+            "max, fp16 rest, CLIP encoder + SEVE + classifier high precision": q.QuantRecipe(
+                nodes_to_exclude=scopes("clip_encoder", "seve", "classifier")),
+            "entropy, fp16 rest, CLIP encoder + SEVE + classifier high precision": q.QuantRecipe(
+                calibration_method="entropy", nodes_to_exclude=scopes("clip_encoder", "seve", "classifier")),
+            "max, fp16 rest, CLIP encoder + SEVE + classifier + neck high precision": q.QuantRecipe(
+                nodes_to_exclude=scopes("clip_encoder", "seve", "classifier", "neck")),
+            "max, fp16 rest, CLIP encoder + classifier high precision, no attention Q/DQ": q.QuantRecipe(
+                nodes_to_exclude=scopes("clip_encoder", "classifier"), disable_mha_qdq=True),
             "shipped recipe (RECIPE)": base,
         }
         print("\nPart 1: recipe variants (whole model)\n" + header, flush=True)
         for i, (name, recipe) in enumerate(variants.items()):
+            if args.variants and not any(v in name for v in args.variants):
+                continue
             path = os.path.join(args.out, f"variant{i}.onnx")
             start = time.time()
             q.quantize_onnx(portable, path, "int8", calibration, recipe)
             row(name, path, time.time() - start)
-    if 2 in args.part:
+    if {2, 3} & set(args.part):
         import onnx
 
         path = os.path.join(args.out, "all-int8.onnx")
         start = time.time()
         q.quantize_onnx(portable, path, "int8", calibration,
-                        q.QuantRecipe(op_types_to_exclude=(), calibration_method="max", high_precision="fp32"))
+                        q.QuantRecipe(op_types_to_exclude=(), nodes_to_exclude=(), high_precision="fp32"))
         full = onnx.load(path)
+        print(f"\nevery quantisable node in int8 (max calibration, fp32 elsewhere): {time.time() - start:.0f} s")
+    if 3 in args.part:
+        print("\nPart 3: parts of the model kept high precision by node-name scope (export/quantization.SCOPES), "
+              f"{', '.join(q.RECIPE.op_types_to_exclude)} by op type\n" + header)
+        single = os.path.join(args.out, "single.onnx")
+        onnx.save(keep_only(full, lambda node: False), single)
+        row("no node in int8 (what no bypass removes)", single, 0)
+        for kept in SCOPE_SETS:
+            onnx.save(keep_only(full, in_int8(kept)), single)
+            row("all in int8" if not kept else " + ".join(kept) + " kept", single, 0)
+        clip_blocks = sorted({block_of(n.name) for n in full.graph.node
+                              if re.match(q.SCOPES["clip_encoder"], n.name)})
+        for block in clip_blocks:  # the first row's recipe with one CLIP block back in int8
+            onnx.save(keep_only(full, lambda node: in_int8(SCOPE_SETS[-1])(node) or (
+                block_of(node.name) == block and node.op_type not in q.RECIPE.op_types_to_exclude)), single)
+            row(f"{' + '.join(SCOPE_SETS[-1])} kept, but {block} in int8", single, 0)
+    if 2 in args.part:
         print("\nPart 2: one block quantised at a time (max calibration, nothing excluded, fp32 elsewhere)\n" + header)
-        row("every quantisable node", path, time.time() - start)
+        row("every quantisable node", path, 0)
         blocks = collections.Counter(block_of(n.name) for n in full.graph.node
                                      if n.op_type not in ("QuantizeLinear", "DequantizeLinear"))
         for block in blocks:
             single = os.path.join(args.out, "single.onnx")
-            onnx.save(keep_only(full, {block}), single)
+            onnx.save(keep_only(full, lambda node: block_of(node.name) == block), single)
             if sum(n.op_type == "QuantizeLinear" for n in onnx.load(single).graph.node):
                 row(f"only {block}", single, 0)
 
