@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fisa_rt.kernels import adapter_attention
@@ -36,23 +35,12 @@ class SeveAdapter(nn.Module):
         """x (B, N, width); text (K, text_dim) shared by the batch or (B, K, text_dim); text_valid
         (K,) or (B, K) bool marking real (not padded) classes. Returns x with the gated update added."""
         B, N, W = x.shape
-        if text.dim() == 2 and text_valid is not None:
-            text_valid = text_valid.unsqueeze(0)
+        if text.dim() == 2:
+            text = text.unsqueeze(0)
+            text_valid = None if text_valid is None else text_valid.unsqueeze(0)
         H = self.num_heads
         q = self.q_proj(self.norm(x)).view(B, N, H, W // H).transpose(1, 2)
-        k, v = self._keys_values(text.to(x.dtype))
+        k, v = self.kv_proj(text.to(x.dtype)).view(text.shape[0], text.shape[1], 2, H, W // H).permute(2, 0, 3, 1, 4)
         attended = adapter_attention(q, k, v, text_valid, kernels=self.kernels)
         update = self.out_proj(attended.transpose(1, 2).reshape(B, N, W))
         return x + torch.tanh(self.gate).to(x.dtype) * update
-
-    def _keys_values(self, text: torch.Tensor):
-        """(Bt, H, K, width / H) keys and values of text (K, text_dim) or (Bt, K, text_dim): each half of
-        ``kv_proj`` applied on its own, before any batch axis is added, so that an exported graph holds two
-        Gemms on constant weights and no (K, 2 x width) output to split (work that grows with K)."""
-        H, K, width = self.num_heads, text.shape[-2], self.out_proj.in_features  # a constant, not x's shape
-        weight, bias = self.kv_proj.weight, self.kv_proj.bias
-        return [
-            F.linear(text, weight[i * width : (i + 1) * width], bias[i * width : (i + 1) * width])
-            .view(-1, K, H, width // H).transpose(1, 2)
-            for i in (0, 1)
-        ]

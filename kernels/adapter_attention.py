@@ -48,8 +48,7 @@ def adapter_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     _check(q, k, v, key_valid)
-    # scaled on q (N x Dh values) rather than on the scores (N x K): the same product, less work that grows with K
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if key_valid is None:
         return torch.matmul(scores.softmax(-1), v)
     valid = key_valid[:, None, None, :]
