@@ -117,7 +117,8 @@ def _artefact(candidate: str, folder: str):
     engines = glob.glob(os.path.join(folder, f"*.{flavour}.{precision}.engine"))
     if not engines:
         pytest.skip(
-            f"no {flavour} {precision} engine in {folder} (python export/build_engine.py --flavour {flavour} --precision {precision})"
+            f"no {flavour} {precision} engine in {folder} "
+            f"(python export/build_engine.py --flavour {flavour} --precision {precision})"
         )
     return engines[0], "tensorrt", precision
 

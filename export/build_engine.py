@@ -49,7 +49,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--flavour",
         choices=["portable", "fused"],
         default="portable",
-        help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, TensorRT >= 10.9); both ONNX files are always written",
+        help="which ONNX the engine is built from: portable (TensorRT >= 10.0, JetPack 6) or fused (Triton plugins, "
+        "TensorRT >= 10.9); both ONNX files are always written",
     )
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "fp8"],
                         help="engine precision (default: fp16 for portable, fp32 for fused; "
@@ -83,7 +84,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--semantic",
         action="store_true",
-        help="add the semantic label map as a graph output (costs K x S x S work per image; fisa-rt computes it on the host)",
+        help="add the semantic label map as a graph output (costs K x S x S work per image; fisa-rt computes it on the "
+        "host)",
     )
     parser.add_argument("--no-simplify", action="store_true", help="skip constant folding of the ONNX")
     parser.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB")

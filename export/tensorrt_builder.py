@@ -25,7 +25,8 @@ INSTALL_HINT = (
     "TensorRT is not installed. Desktop GPU: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
     "(TensorRT >= 10.9 for the fused Triton plugins; RTX GPUs: or pip install tensorrt-rtx, portable only). "
     "Jetson: TensorRT comes with JetPack 6/7 (sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
-    "The ONNX files were written; build on the target with the trtexec command printed above, or run them with ONNX Runtime."
+    "The ONNX files were written; build on the target with the trtexec command printed above, "
+    "or run them with ONNX Runtime."
 )
 
 
@@ -117,7 +118,8 @@ def trtexec_command(onnx_path: str, engine_path: str, inputs: Inputs, options: E
         parts.append("--versionCompatible")
     if plugins:
         parts.append(
-            "# the fused ONNX needs the fisa_rt plugins: build it from Python (export/build_engine.py), trtexec cannot register tensorrt.plugin plugins"
+            "# the fused ONNX needs the fisa_rt plugins: build it from Python (export/build_engine.py), "
+            "trtexec cannot register tensorrt.plugin plugins"
         )
     return " ".join(parts)
 
@@ -151,7 +153,8 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
     if fused:
         if version < PLUGIN_MIN_VERSION:
             raise MissingDependencyError(
-                f"the fused ONNX needs TensorRT >= {'.'.join(map(str, PLUGIN_MIN_VERSION))} (tensorrt.plugin AOT plugins); "
+                f"the fused ONNX needs TensorRT >= {'.'.join(map(str, PLUGIN_MIN_VERSION))} "
+                "(tensorrt.plugin AOT plugins); "
                 f"this is {trt.__version__}: build the portable ONNX instead (--flavour portable)"
             )
         from .plugins import plugin_arch, ptx_record, register_plugins

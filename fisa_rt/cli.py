@@ -22,7 +22,8 @@ EXAMPLES = {
     "make-data": "fisa-rt make-data --out data/synthetic --train 3000 --val 300 --seed 0",
     "train": (
         "fisa-rt train clip --data data/synthetic --out runs/clip.safetensors --steps 1200\n"
-        "  fisa-rt train generator --data data/synthetic --init runs/clip.safetensors --out runs/generator.safetensors\n"
+        "  fisa-rt train generator --data data/synthetic --init runs/clip.safetensors "
+        "--out runs/generator.safetensors\n"
         "  fisa-rt train adapt --data data/synthetic --init runs/generator.safetensors --out runs/fisa.safetensors\n"
         "  torchrun --nproc_per_node 2 -m fisa_rt.cli train adapt ...   # DDP, same result as one process"
     ),
@@ -33,16 +34,19 @@ EXAMPLES = {
     "infer": (
         "fisa-rt infer --engine build --vocab synthetic --out out/   # build/ from `python export/build_engine.py`\n"
         "  fisa-rt infer --engine model.engine --input photos/ --vocab coco-panoptic --task panoptic --out out/\n"
-        "  fisa-rt infer --engine model.onnx --input 'shots/*.jpg' --classes 'cat, dog, grass' --task semantic --out out/\n"
+        "  fisa-rt infer --engine model.onnx --input 'shots/*.jpg' --classes 'cat, dog, grass' --task semantic "
+        "--out out/\n"
         "  fisa-rt infer --engine model.engine --input street.mp4 --embeddings coco.npz --batch 4 --out out/\n"
         "  fisa-rt infer --server localhost:8001 --protocol grpc --input photos/ --classes 'cat, dog' --out out/"
     ),
     "export-triton": "fisa-rt export-triton --engine build --out triton-repo   # then: docs/serving.md",
-    "encode-vocab": "fisa-rt encode-vocab --engine build/fisa-tiny-synthetic.portable.onnx --vocab ade20k-150 --out ade.npz",
+    "encode-vocab": "fisa-rt encode-vocab --engine build/fisa-tiny-synthetic.portable.onnx --vocab ade20k-150 "
+    "--out ade.npz",
     "bench": "fisa-rt bench --engine build/fisa-tiny-synthetic.portable.onnx --batch 1 --classes 150 --iterations 50",
     "inspect": "fisa-rt inspect build/fisa-tiny-synthetic.portable.onnx",
     "tune": "fisa-rt tune --engine fisa-vit-b16.safetensors --batch 1 --classes 133",
-    "demo": "fisa-rt demo --out demo-out\n  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
+    "demo": "fisa-rt demo --out demo-out\n"
+    "  fisa-rt demo --input my.png --classes 'red star, blue circle' --out demo-out",
     "convert": "fisa-rt convert fcclip fcclip_cocopan.pth --out fcclip-convnext-l.safetensors\n"
     "  fisa-rt convert fcclip fcclip_cocopan.pth --clip open_clip_pytorch_model.bin "
     "--out fcclip-convnext-l.safetensors",
@@ -410,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--object-threshold",
         type=_number(float, 0, 1),
-        help="panoptic: keep proposals whose class probability exceeds this (default: the model's; calibrate it on training images)",
+        help="panoptic: keep proposals whose class probability exceeds this (default: the model's; "
+        "calibrate it on training images)",
     )
     ev.add_argument(
         "--predictions", help="also write COCO-panoptic predictions (PNG + predictions.json) to this folder"
@@ -436,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf = verb("infer", "segment images, folders, globs, videos or a camera with any engine", _infer)
     inf.add_argument(
         "--engine",
-        help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), or a build_engine.py folder (its best artefact here)",
+        help=".engine/.plan (TensorRT), .onnx (ONNX Runtime), .safetensors (PyTorch), "
+        "or a build_engine.py folder (its best artefact here)",
     )
     inf.add_argument("--server",
                      help="HOST:PORT of a Triton server serving fisa-rt (instead of --engine; docs/serving.md)")

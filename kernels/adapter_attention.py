@@ -30,7 +30,8 @@ from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, t
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            f"q, k, v must be 4-D (batch, heads, tokens, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"q, k, v must be 4-D (batch, heads, tokens, head_dim); "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
@@ -40,7 +41,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optiona
         raise TypeError(f"q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if key_valid is not None and (key_valid.dtype != torch.bool or key_valid.shape != (k.shape[0], k.shape[2])):
         raise ValueError(
-            f"key_valid must be bool of shape {(k.shape[0], k.shape[2])}; got {key_valid.dtype} {tuple(key_valid.shape)}"
+            f"key_valid must be bool of shape {(k.shape[0], k.shape[2])}; "
+            f"got {key_valid.dtype} {tuple(key_valid.shape)}"
         )
 
 

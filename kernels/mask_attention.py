@@ -97,7 +97,8 @@ def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout: Optional[
         raise ValueError(f"layout covers {tuple(layout.inside.shape)} (B, Q, N); these inputs need {(B, Q, N)}")
     if k_img.shape != (B, H, N, Dh) or v_img.shape != k_img.shape:
         raise ValueError(
-            f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; got {tuple(k_img.shape)}, {tuple(v_img.shape)}"
+            f"k_img/v_img must be {(B, H, N, Dh)} for grid {tuple(grid)}; "
+            f"got {tuple(k_img.shape)}, {tuple(v_img.shape)}"
         )
     if k_self.shape != q.shape or v_self.shape != q.shape:
         raise ValueError(

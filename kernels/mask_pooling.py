@@ -35,7 +35,8 @@ def _check(mask_logits, dense, text, weighting) -> None:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
     if mask_logits.dim() != 4 or dense.dim() != 4 or mask_logits.shape[0] != dense.shape[0]:
         raise ValueError(
-            f"need mask_logits (B, Q, Hm, Wm) and dense (B, C, Hf, Wf); got {tuple(mask_logits.shape)}, {tuple(dense.shape)}"
+            f"need mask_logits (B, Q, Hm, Wm) and dense (B, C, Hf, Wf); "
+            f"got {tuple(mask_logits.shape)}, {tuple(dense.shape)}"
         )
     if text.dim() != 2 or text.shape[1] != dense.shape[1]:
         raise ValueError(f"text must be (K, C={dense.shape[1]}); got {tuple(text.shape)}")

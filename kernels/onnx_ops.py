@@ -3,9 +3,9 @@
 Switched on by ``fused_nodes()`` while exporting the *fused* ONNX flavour (an export-time context, as timm's
 export switch, not a kernel mode): PyTorch runs the reference (so tracing sees real values), and the
 TorchScript ONNX exporter writes one node per op through the ``symbolic`` of each op's ``*Node`` Function (in
-the op's module, beside its reference, so that this module imports no op). Node name, inputs and attributes are the contract with the
-TensorRT plugins (``export/plugins.py``): ``plugin_namespace``/``plugin_version`` are the attributes
-TensorRT's ONNX parser uses to find a registered plugin for a node it does not know.
+the op's module, beside its reference, so that this module imports no op). Node name, inputs and attributes are
+the contract with the TensorRT plugins (``export/plugins.py``): ``plugin_namespace``/``plugin_version`` are the
+attributes TensorRT's ONNX parser uses to find a registered plugin for a node it does not know.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ except ImportError:
           file=sys.stderr)
     sys.exit(2)
 if not torch.cuda.is_available():
-    print("gpu-check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a GPU machine", file=sys.stderr)
+    print("gpu-check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a GPU machine",
+          file=sys.stderr)
     sys.exit(2)
 PY
 work="${FISA_GPU_CHECK_WORK:-$(mktemp -d)}"

@@ -4,22 +4,29 @@
 set -euo pipefail
 RUNS=${RUNS:-runs}
 mkdir -p "$RUNS"
-[ -f "$RUNS/data/annotations/panoptic_val.json" ] || fisa-rt make-data --out "$RUNS/data" --train 3000 --val 300 --seed 0
+[ -f "$RUNS/data/annotations/panoptic_val.json" ] || fisa-rt make-data --out "$RUNS/data" --train 3000 --val 300 \
+  --seed 0
 # 1. tiny CLIP, contrastive on scene captions and (half of the pairs) single-segment crops with their class prompt
-fisa-rt train clip --data "$RUNS/data" --out "$RUNS/clip.safetensors" --steps 1000 --batch-size 32 --lr 1e-3 --warmup 100 --weight-decay 0.1 --region-captions 0.5
+fisa-rt train clip --data "$RUNS/data" --out "$RUNS/clip.safetensors" --steps 1000 --batch-size 32 --lr 1e-3 \
+  --warmup 100 --weight-decay 0.1 --region-captions 0.5
 python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$RUNS/data" | tee "$RUNS/clip-crop-accuracy.txt"
 # 2. mask generator on the frozen CLIP
-fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" --steps 1000 --batch-size 16 --lr 5e-4 --warmup 100
+fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" \
+  --steps 1000 --batch-size 16 --lr 5e-4 --warmup 100
 # 3. FISA (SIMO parameters only) and the two baselines, same recipe and budget
-fisa-rt train adapt --trainable simo --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
-fisa-rt train adapt --trainable frozen --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
-fisa-rt train adapt --trainable full --data "$RUNS/data" --init "$RUNS/generator.safetensors" --out "$RUNS/full-finetune.safetensors" --steps 600 --batch-size 16 --lr 2e-4
+fisa-rt train adapt --trainable simo --data "$RUNS/data" \
+  --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+fisa-rt train adapt --trainable frozen --data "$RUNS/data" \
+  --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+fisa-rt train adapt --trainable full --data "$RUNS/data" \
+  --init "$RUNS/generator.safetensors" --out "$RUNS/full-finetune.safetensors" --steps 600 --batch-size 16 --lr 2e-4
 # 4. calibrate the panoptic object threshold on training images (seen classes; val stays untouched)
 for t in 0.1 0.2 0.3 0.4 0.8; do
   fisa-rt eval --engine "$RUNS/fisa.safetensors" --data "$RUNS/data" --split train --limit 300 \
     --object-threshold "$t" --json "$RUNS/calibrate-$t.json" --overwrite > /dev/null
 done
-THRESHOLD=$(python3 -c "import json,sys; r={t: json.load(open(f'$RUNS/calibrate-{t}.json'))['all']['pq'] for t in sys.argv[1:]}; print(max(r, key=r.get))" 0.1 0.2 0.3 0.4 0.8)
+THRESHOLD=$(python3 -c "import json,sys; r={t: json.load(open(f'$RUNS/calibrate-{t}.json'))['all']['pq'] \
+for t in sys.argv[1:]}; print(max(r, key=r.get))" 0.1 0.2 0.3 0.4 0.8)
 echo "object threshold: $THRESHOLD"
 # 5. ship FISA in fp16, with the calibrated threshold, as the embedded default
 python3 - "$RUNS/fisa.safetensors" "$THRESHOLD" <<'PY'

@@ -225,7 +225,8 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"{path} is a {self.manifest.get('kind')}, not an image model")
         if self.manifest.get("flavour") == "fused":
             raise InputError(
-                f"{path} is the fused ONNX (custom fisa_rt ops for TensorRT plugins); run the portable one in ONNX Runtime"
+                f"{path} is the fused ONNX (custom fisa_rt ops for TensorRT plugins); "
+                "run the portable one in ONNX Runtime"
             )
         try:
             self.session = ort.InferenceSession(
@@ -338,7 +339,10 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
 
     built = manifest.get("tensorrt") or {}
     built_runtime = built.get("runtime", "TensorRT")
-    rebuild = f"rebuild it here with `python export/build_engine.py --checkpoint <checkpoint> --precision {built.get('precision', 'fp16')}`"
+    rebuild = (
+        "rebuild it here with `python export/build_engine.py --checkpoint <checkpoint> "
+        f"--precision {built.get('precision', 'fp16')}`"
+    )
     version_ok = built.get("version") == trt_version or (built.get("version_compatible") and built_runtime == runtime)
     if not version_ok:
         raise CheckpointError(

@@ -32,7 +32,8 @@ class BenchReport:
         return (
             f"{self.backend} on {self.device}, batch {self.batch}, {self.classes} classes, {self.iterations} runs\n"
             f"  model   p50 {m['p50']:.2f} ms  p90 {m['p90']:.2f} ms  p99 {m['p99']:.2f} ms  mean {m['mean']:.2f} ms\n"
-            f"  copies  host->device {self.upload_ms:.2f} ms  device->host {self.download_ms:.2f} ms (per call, median)\n"
+            f"  copies  host->device {self.upload_ms:.2f} ms  device->host {self.download_ms:.2f} ms "
+            "(per call, median)\n"
             f"  throughput {self.throughput:.1f} images/s"
         )
 

@@ -30,7 +30,9 @@ def _byte_alphabet() -> Dict[int, str]:
     """Every byte -> a printable unicode character (GPT-2's table), so BPE never sees whitespace or
     control characters."""
     printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
     )
     others = [b for b in range(256) if b not in printable]
     # Order matters: the vocabulary lists these characters in this order (printable bytes first).

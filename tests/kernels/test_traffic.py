@@ -36,7 +36,8 @@ def test_masked_attention_counts_by_hand():
     fused = traffic.mask_attention_fused(
         B, H, Q, N, D, e, taps=100, e_mask=2, stats=stats, layers=1, tiles=(2, 4), splits=1
     )
-    # layout: interpolate 100 -> 16, > 16 -> 8, any 8 -> 2, pad 2 -> 2, any 2 -> 1, sort 1 -> 8, count 1 -> 4, int32 8 -> 4
+    # layout: interpolate 100 -> 16, > 16 -> 8, any 8 -> 2, pad 2 -> 2, any 2 -> 1, sort 1 -> 8, count 1 -> 4,
+    # int32 8 -> 4
     layout_read, layout_write = 100 + 16 + 8 + 2 + 2 + 1 + 1 + 8, 16 + 8 + 2 + 2 + 1 + 8 + 4 + 4
     # attention: q, k_self, v_self 24, k and v 32, int8 mask 8, lists 8; writes out 8 and the log-sum-exp 8
     assert (fused.read, fused.write) == (layout_read + 24 + 32 + 8 + 8, layout_write + 8 + 8)
