@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,17 +33,45 @@ DEFAULT_COUNT = 256
 STEP_IMAGES = 8  # images per calibration step: one ONNX Runtime call each
 
 
-# The model's parts as node-name scopes (``re.match`` patterns, as ModelOpt reads ``nodes_to_exclude``). The
-# ONNX exporter names each node after its module path, so one pattern holds for every config: the CLIP image
-# encoder's blocks are ``resblocks.N`` in a ViT, ``stages.N`` (+ the per-location CLIP ``head``) in a ConvNeXt.
+@dataclass(frozen=True)
+class Scope:
+    """One part of the model by module role. ``nodes``: a ``re.match`` pattern on node names, which the ONNX
+    exporter writes from module paths (one pattern holds for every config: the CLIP image encoder's blocks are
+    ``resblocks.N`` in a ViT, ``stages.N`` + the per-location CLIP ``head`` in a ConvNeXt). ``weights``: one on
+    initializer names, for the nodes the exporter leaves without a module path (``node_Conv_157``: every
+    depthwise convolution of fcclip-convnext-l), which are placed by the weights they read."""
+
+    nodes: str
+    weights: str
+
+
 SCOPES = {
-    "clip_encoder": r"/model/backbone/(resblocks\.\d+|stages\.\d+|head)/",
-    "seve": r"/model/backbone/seve\.\d+/",
-    "classifier": r"/model/classifier/",
-    "neck": r"/model/mask_generator/neck/",
-    "mask_embed": r"/model/mask_generator/mask_embed/",
-    "mask_generator": r"/model/mask_generator/",
+    "clip_encoder": Scope(r"/model/backbone/(resblocks\.\d+|stages\.\d+|head)/",
+                          r"model\.backbone\.visual\.(transformer\.resblocks\.\d+|trunk\.(stages\.\d+|head)|head)\."),
+    "seve": Scope(r"/model/backbone/seve\.\d+/", r"model\.backbone\.seve\.\d+\."),
+    "classifier": Scope(r"/model/classifier/", r"model\.classifier\."),
+    "neck": Scope(r"/model/mask_generator/neck/", r"model\.mask_generator\.neck\."),
+    "mask_embed": Scope(r"/model/mask_generator/mask_embed/", r"model\.mask_generator\.mask_embed\."),
+    "mask_generator": Scope(r"/model/mask_generator/", r"model\.mask_generator\."),
 }
+
+
+def in_scope(node, scope: Scope, initializers: Collection[str]) -> bool:
+    """Whether ONNX ``node`` belongs to ``scope``: by its name where it has a module path, else by the
+    weights (``initializers``) it reads."""
+    if node.name.startswith("/"):
+        return re.match(scope.nodes, node.name) is not None
+    return any(re.match(scope.weights, name) for name in node.input if name in initializers)
+
+
+def nodes_to_exclude(graph, scopes: Sequence[str]) -> List[str]:
+    """ModelOpt's ``nodes_to_exclude`` (``re.match`` patterns) keeping ``scopes`` (SCOPES keys) of ``graph``
+    in high precision: each scope's node-name pattern, and the exact name of each node without a module path
+    whose weights belong to one."""
+    initializers = {i.name for i in graph.initializer}
+    unnamed = [n.name for n in graph.node if n.name and not n.name.startswith("/")
+               and any(in_scope(n, SCOPES[s], initializers) for s in scopes)]
+    return [SCOPES[s].nodes for s in scopes] + [re.escape(name) + "$" for name in unnamed]
 
 
 @dataclass(frozen=True)
@@ -58,14 +87,19 @@ class QuantRecipe:
     # LayerNorm/Softmax: CLIP's outlier channels make their ranges unsafe; Add: the residual stream carries
     # those outliers; ReduceL2 & co. are never quantised by ModelOpt anyway
     op_types_to_exclude: Tuple[str, ...] = ("LayerNormalization", "Softmax", "Add")
-    # node-name patterns kept in high precision, by module role (SCOPES): the CLIP image encoder and the
-    # classifier that re-enters its last blocks carry the texture classes' small margins (docs/deploy.md)
-    nodes_to_exclude: Tuple[str, ...] = (SCOPES["clip_encoder"], SCOPES["classifier"])
+    # module roles (SCOPES keys) kept in high precision: the CLIP image encoder and the classifier that
+    # re-enters its last blocks carry the texture classes' small margins (docs/deploy.md)
+    scopes_kept: Tuple[str, ...] = ("clip_encoder", "classifier")
     calibration_method: str = "max"
     # dtype of everything not quantised: fp16 as the fp16 engine has it (TensorRT runs the rest in fp16)
     high_precision: str = "fp16"
     # True: the attention MatMuls (Q.K^T, P.V) stay high precision (ModelOpt's ``disable_mha_qdq``)
     disable_mha_qdq: bool = False
+
+    def __post_init__(self):
+        unknown = sorted(set(self.scopes_kept) - set(SCOPES))
+        if unknown:
+            raise InputError(f"unknown model parts {unknown} in scopes_kept; known: {sorted(SCOPES)}")
 
     def record(self) -> Dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -185,12 +219,14 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
     tmp = f"{out_path}.tmp{os.getpid()}"
     with tempfile.TemporaryDirectory() as work:
         source, result = os.path.join(work, "model.onnx"), os.path.join(work, "model.qdq.onnx")
-        onnx.save(onnx.load(onnx_path), source)
+        model = onnx.load(onnx_path)
+        onnx.save(model, source)
+        excluded = nodes_to_exclude(model.graph, recipe.scopes_kept)
         quantize(
             onnx_path=source, output_path=result, quantize_mode=precision,
             calibration_data_reader=Reader(calibration.feeds()), calibration_method=recipe.calibration_method,
             calibration_eps=["cpu"], op_types_to_exclude=list(recipe.op_types_to_exclude),
-            nodes_to_exclude=list(recipe.nodes_to_exclude) or None, high_precision_dtype=recipe.high_precision,
+            nodes_to_exclude=excluded or None, high_precision_dtype=recipe.high_precision,
             disable_mha_qdq=recipe.disable_mha_qdq, log_level="WARNING",
         )
         shutil.move(result, tmp)
@@ -199,6 +235,7 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
     counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
     return {"tool": "modelopt.onnx.quantization", "precision": precision, "recipe": recipe.record(),
             "calibration": calibration.record(), "qdq_nodes": counts,
+            "unnamed_nodes_kept": len(excluded) - len(recipe.scopes_kept),
             "quantized_ops": quantized_op_counts(model)}
 
 

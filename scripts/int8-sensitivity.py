@@ -23,7 +23,6 @@ import argparse
 import collections
 import glob
 import os
-import re
 import time
 
 import numpy as np
@@ -49,19 +48,12 @@ SCOPE_SETS = [(), ("clip_encoder",), ("clip_encoder", "seve"), ("clip_encoder", 
               ("clip_encoder", "seve", "classifier", "neck"), ("clip_encoder", "classifier")]
 
 
-def scopes(*names):
-    """The node-name patterns of ``names`` (keys of ``export/quantization.SCOPES``)."""
-    from fisa_rt.export.quantization import SCOPES
-
-    return tuple(SCOPES[name] for name in names)
-
-
-def in_int8(kept):
+def in_int8(kept, initializers):
     """Node -> whether it reads int8 under RECIPE's op types with the ``kept`` scopes in high precision."""
-    from fisa_rt.export.quantization import RECIPE
+    from fisa_rt.export.quantization import RECIPE, SCOPES, in_scope
 
     return lambda node: node.op_type not in RECIPE.op_types_to_exclude and not any(
-        re.match(pattern, node.name) for pattern in scopes(*kept))
+        in_scope(node, SCOPES[name], initializers) for name in kept)
 
 
 def block_of(name: str) -> str:
@@ -141,31 +133,31 @@ def main():
     if 1 in args.part:
         base = q.RECIPE
         variants = {
-            "shipped before (entropy, fp16 rest)": q.QuantRecipe(calibration_method="entropy", nodes_to_exclude=()),
-            "max, fp16 rest": q.QuantRecipe(calibration_method="max", nodes_to_exclude=()),
-            "max, fp32 rest": q.QuantRecipe(calibration_method="max", high_precision="fp32", nodes_to_exclude=()),
+            "shipped before (entropy, fp16 rest)": q.QuantRecipe(calibration_method="entropy", scopes_kept=()),
+            "max, fp16 rest": q.QuantRecipe(calibration_method="max", scopes_kept=()),
+            "max, fp32 rest": q.QuantRecipe(calibration_method="max", high_precision="fp32", scopes_kept=()),
             "entropy, fp32 rest": q.QuantRecipe(
-                calibration_method="entropy", high_precision="fp32", nodes_to_exclude=()),
+                calibration_method="entropy", high_precision="fp32", scopes_kept=()),
             "max, fp32 rest, classifier high precision": q.QuantRecipe(
-                calibration_method="max", high_precision="fp32", nodes_to_exclude=scopes("classifier")),
+                calibration_method="max", high_precision="fp32", scopes_kept=("classifier",)),
             "max, fp32 rest, mask generator high precision": q.QuantRecipe(
-                calibration_method="max", high_precision="fp32", nodes_to_exclude=scopes("mask_generator")),
+                calibration_method="max", high_precision="fp32", scopes_kept=("mask_generator",)),
             "max, fp32 rest, SEVE adapters high precision": q.QuantRecipe(
-                calibration_method="max", high_precision="fp32", nodes_to_exclude=scopes("seve")),
+                calibration_method="max", high_precision="fp32", scopes_kept=("seve",)),
             "max, fp16 rest, CLIP encoder + classifier high precision": q.QuantRecipe(
-                nodes_to_exclude=scopes("clip_encoder", "classifier")),
+                scopes_kept=("clip_encoder", "classifier")),
             "max, fp16 rest, CLIP encoder + classifier + mask embedding high precision": q.QuantRecipe(
-                nodes_to_exclude=scopes("clip_encoder", "classifier", "mask_embed")),
+                scopes_kept=("clip_encoder", "classifier", "mask_embed")),
             "entropy, fp16 rest, CLIP encoder + classifier high precision": q.QuantRecipe(
-                calibration_method="entropy", nodes_to_exclude=scopes("clip_encoder", "classifier")),
+                calibration_method="entropy", scopes_kept=("clip_encoder", "classifier")),
             "max, fp16 rest, CLIP encoder + SEVE + classifier high precision": q.QuantRecipe(
-                nodes_to_exclude=scopes("clip_encoder", "seve", "classifier")),
+                scopes_kept=("clip_encoder", "seve", "classifier")),
             "entropy, fp16 rest, CLIP encoder + SEVE + classifier high precision": q.QuantRecipe(
-                calibration_method="entropy", nodes_to_exclude=scopes("clip_encoder", "seve", "classifier")),
+                calibration_method="entropy", scopes_kept=("clip_encoder", "seve", "classifier")),
             "max, fp16 rest, CLIP encoder + SEVE + classifier + neck high precision": q.QuantRecipe(
-                nodes_to_exclude=scopes("clip_encoder", "seve", "classifier", "neck")),
+                scopes_kept=("clip_encoder", "seve", "classifier", "neck")),
             "max, fp16 rest, CLIP encoder + classifier high precision, no attention Q/DQ": q.QuantRecipe(
-                nodes_to_exclude=scopes("clip_encoder", "classifier"), disable_mha_qdq=True),
+                scopes_kept=("clip_encoder", "classifier"), disable_mha_qdq=True),
             "shipped recipe (RECIPE)": base,
         }
         print("\nPart 1: recipe variants (whole model)\n" + header, flush=True)
@@ -182,7 +174,7 @@ def main():
         path = os.path.join(args.out, "all-int8.onnx")
         start = time.time()
         q.quantize_onnx(portable, path, "int8", calibration,
-                        q.QuantRecipe(op_types_to_exclude=(), nodes_to_exclude=(), high_precision="fp32"))
+                        q.QuantRecipe(op_types_to_exclude=(), scopes_kept=(), high_precision="fp32"))
         full = onnx.load(path)
         print(f"\nevery quantisable node in int8 (max calibration, fp32 elsewhere): {time.time() - start:.0f} s")
     if 3 in args.part:
@@ -191,13 +183,14 @@ def main():
         single = os.path.join(args.out, "single.onnx")
         onnx.save(keep_only(full, lambda node: False), single)
         row("no node in int8 (what no bypass removes)", single, 0)
+        initializers = {i.name for i in full.graph.initializer}
         for kept in SCOPE_SETS:
-            onnx.save(keep_only(full, in_int8(kept)), single)
+            onnx.save(keep_only(full, in_int8(kept, initializers)), single)
             row("all in int8" if not kept else " + ".join(kept) + " kept", single, 0)
         clip_blocks = sorted({block_of(n.name) for n in full.graph.node
-                              if re.match(q.SCOPES["clip_encoder"], n.name)})
+                              if q.in_scope(n, q.SCOPES["clip_encoder"], initializers)})
         for block in clip_blocks:  # the first row's recipe with one CLIP block back in int8
-            onnx.save(keep_only(full, lambda node: in_int8(SCOPE_SETS[-1])(node) or (
+            onnx.save(keep_only(full, lambda node: in_int8(SCOPE_SETS[-1], initializers)(node) or (
                 block_of(node.name) == block and node.op_type not in q.RECIPE.op_types_to_exclude)), single)
             row(f"{' + '.join(SCOPE_SETS[-1])} kept, but {block} in int8", single, 0)
     if 2 in args.part:

@@ -66,10 +66,12 @@ def test_int8_build_writes_the_qdq_onnx_and_checks_it_without_tensorrt(int8):
     # and by module role (the CLIP encoder's blocks, the classifier), reads no dequantised tensor
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     products = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
-    generator = [n for n in products if re.match(quantization.SCOPES["mask_generator"], n.name)]
-    assert sum(bool(dequantized & set(n.input)) for n in generator) > len(generator) / 2
+    weights = {i.name for i in model.graph.initializer}
+    part = {name: [n for n in products if quantization.in_scope(n, scope, weights)]
+            for name, scope in quantization.SCOPES.items()}
+    assert sum(bool(dequantized & set(n.input)) for n in part["mask_generator"]) > len(part["mask_generator"]) / 2
     kept = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")] + [
-        n for n in products if any(re.match(p, n.name) for p in quantization.RECIPE.nodes_to_exclude)]
+        n for name in quantization.RECIPE.scopes_kept for n in part[name]]
     assert {"MatMul", "LayerNormalization", "Softmax"} <= {n.op_type for n in kept}
     assert not any(dequantized & set(n.input) for n in kept)
     # the interface is unchanged: uint8 image, fp32 text in; fp32 outputs
@@ -119,6 +121,32 @@ def test_calibration_images_are_resized_and_padded_as_the_runtime_does(int8, tmp
     assert image.shape == (3, 128, 128) and image.dtype == np.uint8
     assert (image[:, :32] == np.array([200, 10, 10])[:, None, None]).all()  # 40 x 160 -> 32 x 128 at the top
     assert (image[:, 32:] == np.array(segmenter.pad_colour)[:, None, None]).all()  # then the runtime's padding
+
+
+def test_kept_parts_include_the_nodes_the_exporter_leaves_unnamed():
+    """fcclip-convnext-l's exported graph names its depthwise convolutions ``node_Conv_157``, no module path:
+    they are kept by the weights they read, and only those whose weights are the kept part's."""
+    from onnx import helper
+
+    weights = ["model.backbone.visual.trunk.stages.0.blocks.0.conv_dw.weight",
+               "model.backbone.visual.trunk.stem.0.weight", "model.mask_generator.layers.0.cross.out_proj.weight",
+               "model.classifier.mask_q_proj.0.weight", "model.backbone.visual.transformer.resblocks.3.mlp.w"]
+    nodes = [helper.make_node("Conv", ["x", weights[0]], ["a"], name="node_Conv_157"),
+             helper.make_node("Conv", ["x", weights[1]], ["b"], name="node_Conv_156"),  # the stem: not a block
+             helper.make_node("Gemm", ["x", weights[2]], ["c"], name="node_Gemm_212"),
+             helper.make_node("MatMul", ["x", weights[3]], ["d"], name="node_MatMul_9"),
+             helper.make_node("MatMul", ["x", weights[4]], ["e"], name="node_MatMul_10"),
+             helper.make_node("MatMul", ["x", "y"], ["f"], name="/model/backbone/stages.2/blocks/blocks.1/MatMul"),
+             helper.make_node("MatMul", ["x", "y"], ["g"], name="/model/mask_generator/layers.0/MatMul")]
+    graph = helper.make_graph(nodes, "g", [], [], [helper.make_tensor(w, onnx.TensorProto.FLOAT, [1], [0.0])
+                                                  for w in weights])
+    patterns = quantization.nodes_to_exclude(graph, ("clip_encoder", "classifier"))
+    excluded = {n.name for n in nodes if any(re.match(p, n.name) for p in patterns)}  # as ModelOpt matches
+    assert excluded == {"node_Conv_157", "node_MatMul_9", "node_MatMul_10",
+                        "/model/backbone/stages.2/blocks/blocks.1/MatMul"}
+    assert quantization.nodes_to_exclude(graph, ()) == []
+    with pytest.raises(InputError, match="unknown model parts"):
+        quantization.QuantRecipe(scopes_kept=("clip",))
 
 
 def test_every_calibration_step_sees_the_whole_vocabulary():
