@@ -66,6 +66,8 @@ def test_study_table_reads_the_evaluations_and_costs(tmp_path):
     # paired with the frozen classifier: +4.0 in every seed, beyond either method's spread
     assert "| FISA (SEVE + SIMO) | +4.0* | +4.0* | +4.0* | +4.0* | +4.0* | +4.0* |" in table
     assert "SIMO alone" not in table and "feature preservation" not in table  # no evaluations, no row
+    one_seed = run_script("study-table.py", str(tmp_path), "--steps", "10", "20", "--seeds", "0")
+    assert "| FISA (SEVE + SIMO) | +4.0 | +4.0 | +4.0 | +4.0 | +4.0 | +4.0 |" in one_seed  # no spread: no star
 
     _write_evaluations(tmp_path, "simo-only", (0, 1), (10, 20), lambda seed, step: {
         g: {"miou": 8.0 + i + (0.4 if seed else 0.0), "pq": 2.0} for i, g in enumerate(groups)})

@@ -7,7 +7,7 @@ files.
    deviation over seeds, each seed's value in brackets;
 2. paired comparison of every method against SIMO alone and against the frozen classifier: the mean over seeds of the
    same-seed difference, marked * where it exceeds the seed spread (every seed's difference has the same sign and the
-   mean is larger than either method's standard deviation, and than 0.05);
+   mean is larger than either method's standard deviation, and than 0.05; never with one seed);
 3. the adaptation-length curve: the same at every evaluated step (mean over seeds);
 4. cost: CPU time per step (benchmarks/study/step-cost.py) and the first evaluated step, and the CPU time it takes,
    at which a method's mean novel-concept mIoU reaches the frozen classifier's;
@@ -69,7 +69,9 @@ def spread_cell(values):
 def paired_cell(mine, theirs):
     differences = [a - b for a, b in zip(mine, theirs)]
     mean = statistics.mean(differences)
-    spread = max(statistics.stdev(mine), statistics.stdev(theirs)) if len(mine) > 1 else 0.0
+    if len(mine) < 2:  # one seed has no spread to exceed: no star
+        return f"{mean:+.1f}"
+    spread = max(statistics.stdev(mine), statistics.stdev(theirs))
     same_sign = all(d > 0 for d in differences) or all(d < 0 for d in differences)
     # at least 0.05, so a star is never on a difference the table prints as 0.0
     return f"{mean:+.1f}{'*' if same_sign and abs(mean) > max(spread, 0.05) else ''}"
