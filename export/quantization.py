@@ -236,7 +236,18 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
     return {"tool": "modelopt.onnx.quantization", "precision": precision, "recipe": recipe.record(),
             "calibration": calibration.record(), "qdq_nodes": counts,
             "unnamed_nodes_kept": len(excluded) - len(recipe.scopes_kept),
-            "quantized_ops": quantized_op_counts(model)}
+            "quantized_ops": quantized_op_counts(model),
+            "kept_products_in_int8": kept_products_in_int8(model.graph, recipe.scopes_kept)}
+
+
+def kept_products_in_int8(graph, scopes: Sequence[str]) -> List[str]:
+    """Names of the matrix products and convolutions of ``scopes`` (meant to stay high precision) that read
+    a dequantised tensor: empty when the scopes held (the check that found fcclip-convnext-l's unnamed
+    convolutions in int8)."""
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and dequantized & set(n.input)
+            and any(in_scope(n, SCOPES[s], weights) for s in scopes)]
 
 
 def quantized_op_counts(model) -> Dict[str, int]:

@@ -17,7 +17,6 @@ import os
 import time
 
 import numpy as np
-import onnx
 import torch
 
 
@@ -81,17 +80,12 @@ def main():
         feed = {"image": check_images, "text": text, **({"seen": seen} if seen is not None else {})}
         figures = parity.check_onnx(portable, quantized, feed)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        graph = onnx.load(quantized, load_external_data=False).graph
-        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        weights = {i.name for i in graph.initializer}
-        leaks = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and dequantized & set(n.input)
-                 and any(q.in_scope(n, q.SCOPES[s], weights) for s in q.RECIPE.scopes_kept)]
         print(f"{name} ({params:.0f} M parameters, random weights, {args.size} px, text {text_shape}): export "
               f"{exported:.0f} s, quantisation {quantize_s:.0f} s on {len(calibration_images)} images\n"
               f"  Q/DQ: {record['qdq_nodes']}; int8 op types: {record['quantized_ops']}\n"
               f"  {parity.summary(figures)}; stable queries {100 * figures['stable_queries']:.1f} %\n"
               f"  products of the parts kept high precision ({', '.join(q.RECIPE.scopes_kept)}) reading int8: "
-              f"{len(leaks)}", flush=True)
+              f"{len(record['kept_products_in_int8'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ def test_int8_build_writes_the_qdq_onnx_and_checks_it_without_tensorrt(int8):
         n for name in quantization.RECIPE.scopes_kept for n in part[name]]
     assert {"MatMul", "LayerNormalization", "Softmax"} <= {n.op_type for n in kept}
     assert not any(dequantized & set(n.input) for n in kept)
+    assert record["kept_products_in_int8"] == []  # the build's own record of the same check
     # the interface is unchanged: uint8 image, fp32 text in; fp32 outputs
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT]
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
