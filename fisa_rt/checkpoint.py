@@ -111,6 +111,13 @@ def _without_identity_adapters(unexpected: List[str], tensors: Dict[str, torch.T
     return [k for k in unexpected if not (k.startswith(NEW_IN_CONFIG) and identity(k))]
 
 
+def identity_adapters(path: str) -> bool:
+    """Whether every SEVE adapter in the checkpoint is an identity (gate exactly 0); reads only the gates."""
+    with safe_open(path, framework="pt") as handle:
+        gates = [k for k in handle.keys() if k.startswith(NEW_IN_CONFIG[0]) and k.endswith(".gate")]
+        return all(not bool(handle.get_tensor(k).any()) for k in gates)
+
+
 def load_model(
     path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None, config: Optional[FisaConfig] = None
 ) -> Tuple[FisaModel, CheckpointInfo]:

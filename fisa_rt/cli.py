@@ -123,7 +123,7 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed, region_captions=args.region_captions, split=args.split, snapshots=tuple(args.snapshots),
         save_every=args.save_every, amp=args.amp, overwrite=args.overwrite, progress=args.progress,
         seve_layers=None if args.seve_layers is None else tuple(args.seve_layers),
-        feature_distill=args.feature_distill, seve_gate_lr=args.seve_gate_lr,
+        feature_distill=args.feature_distill, seve_gate_lr=args.seve_gate_lr, weight_ensemble=args.weight_ensemble,
     )
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -369,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's "
                                    "checkpoint or a converted one (fisa-rt convert), loaded into --model with new "
                                    "SEVE adapters")
-    tr.add_argument("--trainable", default="simo", choices=TRAINABLE_PRESETS,
-                    help="adapt: simo = FISA; simo-only = FISA without its SEVE adapters; frozen = frozen-CLIP "
+    tr.add_argument("--trainable", default="simo-only", choices=TRAINABLE_PRESETS,
+                    help="adapt: simo-only (default) = FISA's SIMO set without the SEVE adapters, which beat FISA "
+                         "on novel concepts (docs/training.md); simo = FISA with SEVE; frozen = frozen-CLIP "
                          "baseline (void embedding + temperature only); full = full fine-tuning baseline")
     tr.add_argument("--steps", type=POSITIVE, default=1000, help="optimizer steps")
     tr.add_argument("--batch-size", type=POSITIVE, default=16, help="global batch, split over torchrun processes")
@@ -393,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "pre-trained encoder's (cosine; 0 = off)")
     tr.add_argument("--seve-gate-lr", type=_number(float, 0), default=1.0,
                     help="adapt --trainable simo: the SEVE gates' learning rate as a multiple of --lr")
+    tr.add_argument("--weight-ensemble", type=_number(float, 0, 1, low_open=True), metavar="ALPHA",
+                    help="adapt: write init + ALPHA * (trained - init) for every trained weight but the temperature "
+                         "and void embedding (WiSE-FT; default 0.5, 1 = the trained weights)")
     tr.add_argument("--save-every", type=POSITIVE, default=200, help="steps between resumable training-state saves")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument(

@@ -13,12 +13,15 @@ python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$RUNS/da
 # 2. mask generator on the frozen CLIP
 fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" \
   --steps 1000 --batch-size 16 --lr 5e-4 --warmup 100
-# 3. FISA (SIMO parameters only) and the two baselines, same recipe and budget
-fisa-rt train adapt --trainable simo --data "$RUNS/data" \
+# 3. the default preset (SIMO alone, weight ensemble 0.5; docs/training.md "Which preset"), FISA with SEVE, and the
+#    two baselines, same recipe and budget
+fisa-rt train adapt --data "$RUNS/data" \
   --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+fisa-rt train adapt --trainable simo --weight-ensemble 1 --data "$RUNS/data" \
+  --init "$RUNS/generator.safetensors" --out "$RUNS/fisa-seve.safetensors" --steps 600 --batch-size 16 --lr 1e-3
 fisa-rt train adapt --trainable frozen --data "$RUNS/data" \
   --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
-fisa-rt train adapt --trainable full --data "$RUNS/data" \
+fisa-rt train adapt --trainable full --weight-ensemble 1 --data "$RUNS/data" \
   --init "$RUNS/generator.safetensors" --out "$RUNS/full-finetune.safetensors" --steps 600 --batch-size 16 --lr 2e-4
 # 4. calibrate the panoptic object threshold on training images (seen classes; val stays untouched)
 for t in 0.1 0.2 0.3 0.4 0.8; do

@@ -36,7 +36,8 @@ def test_short_training_run_lowers_the_loss(synthetic_data, clip_weights, tmp_pa
 
 def test_only_the_chosen_parameters_change(synthetic_data, generator_checkpoint, tmp_path):
     before, _ = load_model(generator_checkpoint)
-    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2))
+    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2,
+                          trainable="simo"))
     after, _ = load_model(result.out)
     simo = tuple(before.cfg.simo.trainable)
     changed = {
@@ -135,7 +136,7 @@ def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_c
     out = tmp_path / "curve.safetensors"
     interrupt_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        train(_adapt(synthetic_data, generator_checkpoint, out, snapshots=(2,)))
+        train(_adapt(synthetic_data, generator_checkpoint, out, snapshots=(2,), weight_ensemble=1.0))
     snapshot = trainer.snapshot_path(str(out), 2)
     assert snapshot == str(tmp_path / "curve.step2.safetensors")
     assert read_checkpoint_info(snapshot).extra["steps"] == "2"
@@ -150,15 +151,66 @@ def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_c
 
 
 def test_simo_only_trains_fisa_without_its_adapters(synthetic_data, generator_checkpoint, tmp_path):
+    """The default preset: SIMO's set less the SEVE adapters, which, untrained identities, are left out of the
+    model altogether; the rest of the model is the --init checkpoint's, bit for bit."""
     before, _ = load_model(generator_checkpoint)
-    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "q.safetensors", steps=2,
-                          trainable="simo-only"))
-    after, _ = load_model(result.out)
-    changed = {
-        n for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()) if not torch.equal(a, b)
-    }
+    assert before.cfg.seve.layers
+    result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "q.safetensors", steps=2))
+    after, info = load_model(result.out)
+    assert info.extra["trainable"] == "simo-only"
+    assert after.cfg.seve.layers == [] and len(after.backbone.seve) == 0
+    old, new = before.state_dict(), after.state_dict()
+    assert set(new) == {n for n in old if not n.startswith("backbone.seve.")}
+    changed = {n for n in new if not torch.equal(new[n], old[n])}
     assert any(n.startswith("classifier.mask_q_proj") for n in changed)
     assert changed and not any(n.startswith("backbone.") for n in changed)
+    from fisa_rt.mask_classifier import text_rows
+
+    images, text = torch.randn(1, 3, 128, 128), text_rows(before.encode_vocabulary(info.vocabulary[:4]))
+    with torch.no_grad():  # the adapters it left out were identities: the image features are the same
+        want, got = before.backbone(images, text).features, after.backbone(images, text).features
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
+def test_a_preset_that_trains_nothing_is_refused(synthetic_data, generator_checkpoint, tmp_path):
+    """The mask-average head's SIMO set is only SEVE adapters: SIMO alone would train nothing there."""
+    model, _ = load_model(generator_checkpoint)
+    cfg = dataclasses.replace(model.cfg, simo=dataclasses.replace(model.cfg.simo, trainable=["backbone.seve"]))
+    init = tmp_path / "average.safetensors"
+    from fisa_rt.checkpoint import save_checkpoint
+
+    model.cfg = cfg
+    save_checkpoint(str(init), model)
+    with pytest.raises(ConfigError, match="simo-only trains nothing.*use --trainable simo"):
+        train(_adapt(synthetic_data, str(init), tmp_path / "out.safetensors"))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_weight_ensemble_writes_the_mix_of_initial_and_trained_weights(synthetic_data, generator_checkpoint,
+                                                                      tmp_path):
+    """WiSE-FT: written = init + alpha * (trained - init), the temperature and void embedding as trained; training
+    runs on the unmixed weights, so the mixed run's trajectory is the unmixed run's."""
+    plain = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "plain.safetensors", steps=3,
+                         trainable="simo", weight_ensemble=1.0, snapshots=(2,)))
+    mixed = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "mixed.safetensors", steps=3,
+                         trainable="simo", weight_ensemble=0.25, snapshots=(2,)))
+    assert mixed.losses == plain.losses
+    init = load_file(generator_checkpoint)
+    for out in ("", ".step2"):
+        trained, written = (load_file(str(tmp_path / f"{name}{out}.safetensors")) for name in ("plain", "mixed"))
+        moved = [n for n in trained if not torch.equal(trained[n], init[n])]
+        assert any(n.startswith("backbone.seve.") for n in moved) and "classifier.logit_scale" in moved
+        for name in trained:
+            calibration = name in ("classifier.logit_scale", "classifier.void_embedding")
+            want = trained[name] if calibration else torch.lerp(init[name], trained[name], 0.25)
+            torch.testing.assert_close(written[name], want, rtol=0, atol=0, msg=name)
+    assert read_checkpoint_info(mixed.out).extra["weight_ensemble"] == "0.25"
+    assert "weight_ensemble" not in read_checkpoint_info(plain.out).extra
+    for bad, message in ((dict(weight_ensemble=0.0), r"\(0, 1\]"), (dict(weight_ensemble=1.5), r"\(0, 1\]"),
+                         (dict(stage="generator", weight_ensemble=0.5), "only `train adapt`")):
+        with pytest.raises(ConfigError, match=message):
+            _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", **bad)
 
 
 def test_seve_variants_train_what_they_say(synthetic_data, generator_checkpoint, tmp_path):
@@ -166,7 +218,7 @@ def test_seve_variants_train_what_they_say(synthetic_data, generator_checkpoint,
     the feature-preservation term in the loss."""
     before, _ = load_model(generator_checkpoint)
     result = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "late.safetensors", steps=2,
-                          seve_layers=(3, 4), seve_gate_lr=0.0, feature_distill=10.0))
+                          trainable="simo", seve_layers=(3, 4), seve_gate_lr=0.0, feature_distill=10.0))
     after, info = load_model(result.out)
     assert after.cfg.seve.layers == [3, 4] and set(after.backbone.seve) == {"3", "4"}
     assert info.extra["feature_distill"] == "10.0" and info.extra["seve_gate_lr"] == "0.0"
@@ -196,12 +248,22 @@ def test_feature_preservation_is_zero_only_for_the_pretrained_features(generator
 
 
 def test_trained_adapters_are_not_dropped_by_a_moving_config(synthetic_data, generator_checkpoint, tmp_path):
-    fisa = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2))
+    fisa = train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "fisa.safetensors", steps=2,
+                        trainable="simo"))
     with pytest.raises(CheckpointError, match="unexpected.*backbone.seve.1"):
-        train(_adapt(synthetic_data, fisa.out, tmp_path / "moved.safetensors", steps=2, seve_layers=(3, 4)))
+        train(_adapt(synthetic_data, fisa.out, tmp_path / "moved.safetensors", steps=2, trainable="simo",
+                     seve_layers=(3, 4)))
     for bad in (dict(trainable="simo-only", feature_distill=1.0), dict(stage="generator", seve_gate_lr=0.5),
                 dict(trainable="full", seve_layers=(3,))):
         with pytest.raises(ConfigError, match="need `adapt --trainable simo`"):
             _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", **bad)
     with pytest.raises(ConfigError, match=">= 0"):
-        _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", feature_distill=-1.0)
+        _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", trainable="simo",
+               feature_distill=-1.0)
+    # a preset that leaves trained adapters alone keeps them (frozen), rather than dropping them
+    kept = train(_adapt(synthetic_data, fisa.out, tmp_path / "kept.safetensors", steps=1))
+    trained, written = load_file(fisa.out), load_file(kept.out)
+    adapters = {n for n in trained if n.startswith("backbone.seve.")}
+    assert adapters == {n for n in written if n.startswith("backbone.seve.")}
+    for name in adapters:
+        assert torch.equal(trained[name], written[name]), name

@@ -23,7 +23,7 @@ PRETRAIN=${PRETRAIN:-3000}; TRAIN=${TRAIN:-3000}; VAL=${VAL:-300}
 CLIP_STEPS=${CLIP_STEPS:-1000}; GEN_STEPS=${GEN_STEPS:-1000}
 ADAPT_STEPS=${ADAPT_STEPS:-600}; SNAPSHOTS=${SNAPSHOTS:-"100 300"}
 SEEDS=${SEEDS:-"0 1 2"}
-METHODS=${METHODS:-"frozen simo full simo-only seve-late seve-slow-gate"}
+METHODS=${METHODS:-"frozen simo full simo-only seve-late seve-slow-gate simo-only-wise simo-wise"}
 DISTILL_WEIGHTS=${DISTILL_WEIGHTS:-"10 100"}; SELECT_SEED=${SELECT_SEED:-0}
 JOBS=${JOBS:-1}
 THRESHOLD=${THRESHOLD:-0.1}  # panoptic object threshold for every method (calibrated for the default world's model)
@@ -49,13 +49,16 @@ mkdir -p "$RUNS"
 #    frozen, simo (FISA), full, simo-only: the presets (simo-only added after the ablation, issue 15); then issue 23's
 #    SEVE variants: adapters after blocks 3-4, gates opening at a tenth of the rate, and feature preservation, whose
 #    weight is chosen among DISTILL_WEIGHTS on seed SELECT_SEED by seen-class accuracy alone (pick-distill-weight.py)
+#    simo-only-wise and simo-wise: the weight ensemble (WiSE-FT, alpha 0.5, fixed in advance) of SIMO alone and of
+#    FISA; every other method writes its trained weights unmixed (--weight-ensemble 1)
 adapt_flags() {
   case $1 in
-    frozen|simo|simo-only) echo "--trainable $1 --lr 1e-3" ;;
-    full) echo "--trainable full --lr 2e-4" ;;
-    seve-late) echo "--trainable simo --lr 1e-3 --seve-layers 3 4" ;;
-    seve-slow-gate) echo "--trainable simo --lr 1e-3 --seve-gate-lr 0.1" ;;
-    seve-distill-w*) echo "--trainable simo --lr 1e-3 --feature-distill ${1#seve-distill-w}" ;;
+    frozen|simo|simo-only) echo "--trainable $1 --lr 1e-3 --weight-ensemble 1" ;;
+    full) echo "--trainable full --lr 2e-4 --weight-ensemble 1" ;;
+    seve-late) echo "--trainable simo --lr 1e-3 --seve-layers 3 4 --weight-ensemble 1" ;;
+    seve-slow-gate) echo "--trainable simo --lr 1e-3 --seve-gate-lr 0.1 --weight-ensemble 1" ;;
+    seve-distill-w*) echo "--trainable simo --lr 1e-3 --feature-distill ${1#seve-distill-w} --weight-ensemble 1" ;;
+    simo-only-wise|simo-wise) echo "--trainable ${1%-wise} --lr 1e-3 --weight-ensemble 0.5" ;;
     *) echo "unknown study method $1" >&2; return 2 ;;
   esac
 }

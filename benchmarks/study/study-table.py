@@ -29,12 +29,15 @@ LABELS = {
     "simo-only": "SIMO alone (no SEVE)",
     "seve-late": "FISA, SEVE after blocks 3-4",
     "seve-slow-gate": "FISA, SEVE gates at 0.1x the rate",
+    "simo-only-wise": "SIMO alone, weight ensemble 0.5",
+    "simo-wise": "FISA, weight ensemble 0.5",
 }
 REQUIRED = ("frozen", "full", "simo")
 GROUPS = ("seen", "novel_composition", "novel_concept")
 CELLS = [(k, g) for k in ("miou", "pq") for g in GROUPS]
 # step-cost.py's variant for each method: seve-slow-gate computes what simo does (only a learning rate differs)
-COST_VARIANT = {"seve-late": "simo-late", "seve-slow-gate": "simo"}
+# and the weight-ensembled runs train as their unmixed method does
+COST_VARIANT = {"seve-late": "simo-late", "seve-slow-gate": "simo", "simo-only-wise": "simo-only", "simo-wise": "simo"}
 
 
 def label(method):

@@ -3,7 +3,7 @@
 1. ``clip``      — contrastive pre-training of a CLIP on image captions (global pooled, like CLIP).
 2. ``generator`` — the mask generator on top of that CLIP, CLIP frozen (FC-CLIP's recipe).
 3. ``adapt``     — FISA adaptation: mask generator frozen, only the ``trainable`` preset learns:
-                   ``simo`` (FISA), ``simo-only`` (FISA's SIMO parameters, no SEVE adapters),
+                   ``simo-only`` (the default: FISA's SIMO parameters, no SEVE adapters), ``simo`` (FISA),
                    ``frozen`` (baseline: frozen CLIP classifier; only its void
                    embedding and temperature learn) or ``full``
                    (baseline: full fine-tuning of the CLIP image encoder and the classifier).
@@ -16,6 +16,7 @@ state is saved every ``save_every`` steps next to the output and resumed from au
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,7 +31,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
-from ..checkpoint import load_model, read_checkpoint_info, save_checkpoint
+from ..checkpoint import identity_adapters, load_model, read_checkpoint_info, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
@@ -42,6 +43,11 @@ from ..simo import select_trainable
 from .losses import LossWeights, feature_preservation, resize_targets, set_loss
 
 STAGES = ("clip", "generator", "adapt")
+# The classifier's temperature and void embedding: all the frozen baseline trains, and no pre-trained value of
+# theirs holds knowledge worth returning to, so the weight ensemble leaves them as trained.
+CALIBRATION = ("classifier.void_embedding", "classifier.logit_scale")
+# adapt's weight ensemble unless --weight-ensemble says otherwise: WiSE-FT's fixed mixing coefficient (docs/design.md)
+DEFAULT_WEIGHT_ENSEMBLE = 0.5
 @dataclass
 class TrainConfig:
     stage: str
@@ -50,7 +56,7 @@ class TrainConfig:
     # model config name; None = fisa-tiny, or for adapt the --init checkpoint's own config
     model: Optional[str] = None
     init: Optional[str] = None  # generator: CLIP weights file; adapt: stage-2 FISA checkpoint
-    trainable: str = "simo"  # adapt stage: one of TRAINABLE_PRESETS
+    trainable: str = "simo-only"  # adapt stage: one of TRAINABLE_PRESETS (issue 23 chose the default)
     steps: int = 1000
     batch_size: int = 16  # global, split evenly over processes
     lr: float = 1e-3
@@ -70,6 +76,10 @@ class TrainConfig:
     feature_distill: float = 0.0
     # The SEVE gates' learning rate as a multiple of --lr: below 1 the adapters open more slowly.
     seve_gate_lr: float = 1.0
+    # Weight-space ensemble (WiSE-FT): every weight written is init + alpha * (trained - init), CALIBRATION
+    # excepted; training itself runs on the unmixed weights. 1 writes the trained weights; None is
+    # DEFAULT_WEIGHT_ENSEMBLE for adapt (the only stage that takes it).
+    weight_ensemble: Optional[float] = None
     save_every: int = 200
     amp: bool = True  # bf16 autocast, on CUDA only
     overwrite: bool = False
@@ -89,6 +99,12 @@ class TrainConfig:
             raise ConfigError(f"{', '.join(asked)} change how SEVE trains: they need `adapt --trainable simo`")
         if self.feature_distill < 0 or self.seve_gate_lr < 0:
             raise ConfigError("--feature-distill and --seve-gate-lr must be >= 0")
+        if self.weight_ensemble is not None and self.stage != "adapt":
+            raise ConfigError("--weight-ensemble mixes adapted weights with their --init values: only `train adapt`")
+        if self.stage == "adapt" and self.weight_ensemble is None:
+            self.weight_ensemble = DEFAULT_WEIGHT_ENSEMBLE
+        if self.weight_ensemble is not None and not 0 < self.weight_ensemble <= 1:
+            raise ConfigError(f"--weight-ensemble must lie in (0, 1]; got {self.weight_ensemble}")
         if self.stage != "clip" and self.init is None:
             raise ConfigError(
                 f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)"
@@ -188,18 +204,30 @@ class _Stage:
             prefixes = ["mask_generator"]
         else:
             config = model_cfg if cfg.model else None
+            base = config or read_checkpoint_info(cfg.init).config
             if cfg.seve_layers is not None:
-                base = config or read_checkpoint_info(cfg.init).config
                 config = dataclasses.replace(base, seve=dataclasses.replace(base.seve, layers=list(cfg.seve_layers)))
+            elif cfg.trainable != "simo" and base.seve.layers and identity_adapters(cfg.init):
+                # Adapters nobody trains stay identities: the model is built without them, so neither training
+                # nor the deployed model computes SEVE's text-dependent attention for nothing.
+                config = dataclasses.replace(base, seve=dataclasses.replace(base.seve, layers=[]))
             self.model, _ = load_model(cfg.init, config=config)
+            simo = self.model.cfg.simo.trainable
             prefixes = {
-                "simo": self.model.cfg.simo.trainable,
+                "simo": simo,
                 # FISA without SEVE: no gradient reaches the image encoder (docs/training.md, the ablation)
-                "simo-only": [p for p in self.model.cfg.simo.trainable if not p.startswith("backbone.seve")],
-                "frozen": ["classifier.void_embedding", "classifier.logit_scale"],
+                "simo-only": [p for p in simo if not p.startswith("backbone.seve")],
+                "frozen": list(CALIBRATION),
                 "full": ["backbone.visual", "classifier"],
             }[cfg.trainable]
+            if not prefixes:
+                raise ConfigError(f"--trainable {cfg.trainable} trains nothing in {self.model.cfg.name}: its SIMO set "
+                                  f"{simo} is only SEVE adapters (the mask-average head); use --trainable simo")
         self.report = select_trainable(self.model, prefixes)
+        # the --init values the weight ensemble mixes back in
+        self.initial = {} if cfg.stage != "adapt" or cfg.weight_ensemble == 1 else {
+            n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad and n not in CALIBRATION
+        }
         self.data = PanopticDataset(cfg.data, cfg.split, self.model.cfg.image_size, augment=True, seed=cfg.seed)
         seen = [i for i, h in enumerate(self.data.held_out) if not h]
         # Training sees only the seen classes: held-out names must not even be negatives.
@@ -262,11 +290,28 @@ class _Stage:
             with atomic_path(path) as tmp:
                 save_file(tensors, tmp, metadata=self.metadata)
         else:
-            save_checkpoint(
-                path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
-                extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable, "steps": str(step or self.cfg.steps),
-                       **self.recipe()},
-            )
+            with self.weight_ensembled():
+                save_checkpoint(
+                    path, self.model, vocabulary=self.vocabulary, is_thing=self.is_thing, overwrite=True,
+                    extra={"stage": self.cfg.stage, "trainable": self.cfg.trainable,
+                           "steps": str(step or self.cfg.steps), **self.recipe()},
+                )
+
+    @contextlib.contextmanager
+    def weight_ensembled(self):
+        """The model's weights mixed with their --init values while the block runs, the trained ones after."""
+        params = dict(self.model.named_parameters())
+        trained = {n: params[n].detach().clone() for n in self.initial}
+        alpha = self.cfg.weight_ensemble
+        with torch.no_grad():
+            for name, initial in self.initial.items():
+                params[name].copy_(torch.lerp(initial.to(params[name].device), trained[name], alpha))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in trained.items():
+                    params[name].copy_(value)
 
     def recipe(self) -> Dict[str, str]:
         """The SEVE variant's settings, kept in the checkpoint so an evaluation can say what was trained."""
@@ -275,6 +320,8 @@ class _Stage:
             recipe["feature_distill"] = str(self.cfg.feature_distill)
         if self.cfg.seve_gate_lr != 1:
             recipe["seve_gate_lr"] = str(self.cfg.seve_gate_lr)
+        if self.initial:
+            recipe["weight_ensemble"] = str(self.cfg.weight_ensemble)
         return recipe
 
 
