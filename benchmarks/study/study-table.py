@@ -5,7 +5,8 @@ files.
 
 1. accuracy after the full schedule: seen / novel-composition / novel-concept mIoU and PQ, mean ± sample standard
    deviation over seeds, each seed's value in brackets;
-2. paired comparison of every method against SIMO alone and against the frozen classifier: the mean over seeds of the
+2. paired comparison of every method against SIMO alone, against the frozen classifier and against the default preset
+   (SIMO alone with the weight ensemble), each where the study ran it: the mean over seeds of the
    same-seed difference, marked * where it exceeds the seed spread (every seed's difference has the same sign and the
    mean is larger than either method's standard deviation, and than 0.05; never with one seed);
 3. the adaptation-length curve: the same at every evaluated step (mean over seeds);
@@ -99,7 +100,7 @@ def main() -> None:
     for method in present:
         print(f"| {label(method)} | " + " | ".join(spread_cell(values(method, final, c)) for c in CELLS) + " |")
 
-    for reference in ("simo-only", "frozen"):
+    for reference in ("simo-only", "frozen", "simo-only-wise"):
         if reference not in present:
             continue
         print(f"\nPaired with {label(reference)}, after {final} steps: mean same-seed difference; * where it exceeds "
