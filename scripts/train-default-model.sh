@@ -13,12 +13,13 @@ python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$RUNS/da
 # 2. mask generator on the frozen CLIP
 fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" \
   --steps 1000 --batch-size 16 --lr 5e-4 --warmup 100
-# 3. the default preset (SIMO alone, weight ensemble 0.5; docs/training.md "Which preset"), FISA with SEVE, and the
-#    two baselines, same recipe and budget
-fisa-rt train adapt --data "$RUNS/data" \
-  --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+# 3. FISA (SEVE + SIMO: the embedded model), train adapt's default preset (SIMO alone, weight ensemble 0.5) and the
+#    two baselines, same recipe and budget. The default preset is not what ships: on this world's held-out classes
+#    (novel compositions of seen words) FISA scores higher (docs/training.md, "Which preset is the default")
 fisa-rt train adapt --trainable simo --weight-ensemble 1 --data "$RUNS/data" \
-  --init "$RUNS/generator.safetensors" --out "$RUNS/fisa-seve.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+  --init "$RUNS/generator.safetensors" --out "$RUNS/fisa.safetensors" --steps 600 --batch-size 16 --lr 1e-3
+fisa-rt train adapt --data "$RUNS/data" \
+  --init "$RUNS/generator.safetensors" --out "$RUNS/default-preset.safetensors" --steps 600 --batch-size 16 --lr 1e-3
 fisa-rt train adapt --trainable frozen --data "$RUNS/data" \
   --init "$RUNS/generator.safetensors" --out "$RUNS/frozen-clip.safetensors" --steps 600 --batch-size 16 --lr 1e-3
 fisa-rt train adapt --trainable full --weight-ensemble 1 --data "$RUNS/data" \
