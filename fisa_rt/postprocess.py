@@ -167,6 +167,19 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     return SemanticResult(label_map=label_map, confidence=confidence)
 
 
+def best_proposal_labels(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """(H, W) int64: per pixel, the best non-void class of the proposal with the highest class x mask
+    probability, over every proposal. The panoptic task's labels when it keeps no proposal: flat in K past the
+    (Q, K + 1) softmax, where Mask2Former's semantic map is a (Q, K) x (Q, pixels) product."""
+    scores, labels = class_logits.softmax(-1)[:, :-1].max(-1)
+    H, W = mask_logits.shape[-2:]
+    label_map = torch.empty((H, W), dtype=torch.int64, device=mask_logits.device)
+    for rows in _row_tiles(H, W, scores.shape[0]):
+        owned = scores[:, None, None] * mask_logits[:, rows].sigmoid()
+        label_map[rows] = labels[owned.flatten(1).T.contiguous().argmax(1)].view(owned.shape[1:])
+    return label_map
+
+
 @dataclass
 class PanopticProposals:
     """The device half of panoptic inference: per pixel, who owns it; per kept proposal, its numbers."""

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from fisa_rt.config import PostprocessConfig
-from fisa_rt.postprocess import instance_inference, panoptic_inference, resize_mask_logits, semantic_inference
+from fisa_rt.postprocess import (
+    best_proposal_labels,
+    instance_inference,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
 
 BIG = 10.0
 
@@ -55,6 +61,20 @@ def test_panoptic_known_answer():
 def test_panoptic_with_nothing_confident_is_empty():
     result = panoptic_inference(_class_logits([("void", BIG)]), _mask(ALL)[None], [True, False], PostprocessConfig())
     assert result.segments == [] and not result.segment_map.any()
+
+
+def test_best_proposal_labels_known_answer():
+    """Every proposal counts, void-first or not confident, by its best non-void class: the one whose class x
+    mask probability is highest owns the pixel."""
+    class_logits = torch.tensor([
+        [1.0, 0.0, 0.0],  # class 0 (p 0.58), left half
+        [0.5, 0.0, BIG],  # void-first, right half: its best non-void class is 0, p 7.5e-5
+        [0.0, 2.0, 0.0],  # class 1 (p 0.79), top right
+    ])
+    masks = torch.stack([_mask(LEFT), _mask(RIGHT), _mask(TOP_RIGHT)])
+    # bottom right: only the void-first proposal's mask covers it (7.5e-5 x 1 beats 0.79 x sigmoid(-10))
+    expected = torch.tensor([[0, 0, 1, 1]] * 2 + [[0, 0, 0, 0]] * 2)
+    assert torch.equal(best_proposal_labels(class_logits, masks), expected)
 
 
 def test_instance_known_answer_keeps_things_only():
@@ -211,6 +231,44 @@ def test_images_up_to_the_model_size_are_post_processed_at_full_resolution(segme
     assert np.array_equal(result.semantic, _owner_classes(class_logits, logits, segmenter.postprocess).numpy())
     assert np.array_equal(result.panoptic.segment_map.numpy(), segment_map.numpy())
     assert [(s.id, s.category_id, s.score, s.area) for s in result.panoptic.segments] == segments and len(segments) >= 2
+
+
+@pytest.mark.parametrize("threshold", [0.1, 1.0])
+def test_the_panoptic_task_does_no_class_by_pixel_product(segmenter, threshold, monkeypatch):
+    """Issue 19: post-processing flat in K. Whether proposals are kept (0.1) or none is (1.0: its labels are then
+    each pixel's best proposal's class), the panoptic merge runs no matrix product, so nothing of (Q, K) x
+    (Q, pixels) size; the semantic task does."""
+    import dataclasses
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fisa_rt.postprocess import restore_mask_logits
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(segmenter, "postprocess",
+                        dataclasses.replace(segmenter.postprocess, object_mask_threshold=threshold))
+    class_logits, mask_logits = _discs(torch.Generator().manual_seed(3), 20, CLASSES, 32, 32)
+    size = (128, 128)
+    content = _content(segmenter, size)
+    picture = np.zeros((*size, 3), np.uint8)
+    products = {"mm", "bmm", "addmm", "baddbmm", "matmul", "einsum"}
+    for task, multiplies in (("panoptic", False), ("semantic", True)):
+        with Ops() as ops:
+            result = segmenter._postprocess(picture, class_logits, mask_logits, content, task)
+        assert bool(ops.names & products) == multiplies, (task, sorted(ops.names & products))
+        if task == "panoptic":
+            assert bool(result.panoptic.segments) == (threshold < 1.0)
+            if threshold == 1.0:
+                logits = restore_mask_logits(mask_logits, (128, 128), content, size)
+                assert np.array_equal(result.semantic, best_proposal_labels(class_logits, logits).numpy())
 
 
 def test_larger_images_are_merged_at_the_model_size_and_resized(segmenter):

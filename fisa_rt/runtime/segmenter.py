@@ -28,6 +28,7 @@ from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
 from ..errors import InputError, warn
 from ..postprocess import (
     InstanceResult,
+    best_proposal_labels,
     cpu_threads_for,
     instance_inference,
     owned_areas,
@@ -244,12 +245,13 @@ class Segmenter:
 
     def _panoptic(self, class_logits, logits, size):
         """Panoptic segments and, as the semantic labels, each pixel's owning proposal's class: no (Q, K) x
-        (Q, pixels) product (the cost stays flat in K). With no proposal kept, Mask2Former's semantic map."""
+        (Q, pixels) product (the cost stays flat in K). With no proposal kept, the best proposal's class over all
+        of them (`best_proposal_labels`), still flat in K."""
         found = panoptic_proposals(class_logits, logits, self.postprocess)
         kept = found.scores.shape[0]
         areas, output_areas = owned_areas(found.owners, kept), owned_areas(found.owners, kept, size)
         owners = resize_labels(found.owners, size)
-        fallback = [] if kept else [resize_labels(semantic_inference(class_logits, logits).label_map, size)]
+        fallback = [] if kept else [resize_labels(best_proposal_labels(class_logits, logits), size)]
         owners, labels, scores, own_area, areas, output_areas, *semantic = to_host(
             [owners, found.labels, found.scores, found.own_area, areas, output_areas, *fallback]
         )
