@@ -155,6 +155,8 @@ def test_eval_bench_and_inspect(artefacts, synthetic_data, tmp_path):
     )
     result = run("inspect", default_checkpoint())
     assert result.returncode == 0 and "fisa-tiny" in result.stdout
+    # the embedded model is FISA with SEVE, not train adapt's default preset (docs/training.md)
+    assert "SEVE adapters: after [1, 2]; trained by: stage adapt, trainable simo, steps 600" in result.stdout
 
 
 def test_every_verb_has_help_with_examples():

@@ -55,6 +55,8 @@ def describe(path: str) -> List[str]:
             f"{path}: fisa-rt checkpoint (PyTorch backend; on CUDA each fused op runs its measured fastest kernel)",
             f"  model {cfg.name}: CLIP {cfg.clip.model_name}, head {cfg.classifier.head}, image {cfg.image_size}, "
             f"{cfg.mask_generator.num_queries} queries, templates {cfg.text.templates}, synonyms {cfg.text.synonyms}",
+            f"  SEVE adapters: {'after ' + str(cfg.seve.layers) if cfg.seve.layers else 'none'}; "
+            f"trained by: {', '.join(f'{k} {v}' for k, v in info.extra.items()) or 'not recorded'}",
             f"  trained vocabulary: {len(info.vocabulary)} classes",
         ] + _kernel_choices()
     from fisa_rt.export.manifest import read_manifest, sha256_file
