@@ -48,6 +48,8 @@ STAGES = ("clip", "generator", "adapt")
 CALIBRATION = ("classifier.void_embedding", "classifier.logit_scale")
 # adapt's weight ensemble unless --weight-ensemble says otherwise: WiSE-FT's fixed mixing coefficient (docs/design.md)
 DEFAULT_WEIGHT_ENSEMBLE = 0.5
+
+
 @dataclass
 class TrainConfig:
     stage: str
