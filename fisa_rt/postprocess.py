@@ -175,9 +175,14 @@ def best_proposal_labels(class_logits: torch.Tensor, mask_logits: torch.Tensor) 
     H, W = mask_logits.shape[-2:]
     label_map = torch.empty((H, W), dtype=torch.int64, device=mask_logits.device)
     for rows in _row_tiles(H, W, scores.shape[0]):
-        owned = scores[:, None, None] * mask_logits[:, rows].sigmoid()
-        label_map[rows] = labels[owned.flatten(1).T.contiguous().argmax(1)].view(owned.shape[1:])
+        label_map[rows] = labels[_owners(scores, mask_logits[:, rows].sigmoid())]
     return label_map
+
+
+def _owners(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(h, w): per pixel, the index of the proposal with the highest ``scores`` (P,) x ``masks`` (P, h, w)."""
+    # argmax over the contiguous inner dimension: see semantic_inference
+    return (scores[:, None, None] * masks).flatten(1).T.contiguous().argmax(1).view(masks.shape[1:])
 
 
 @dataclass
@@ -205,7 +210,7 @@ def panoptic_proposals(class_logits: torch.Tensor, mask_logits: torch.Tensor, cf
     if scores.shape[0]:
         for rows in _row_tiles(H, W, scores.shape[0]):
             masks = mask_logits[:, rows][keep].sigmoid()
-            owner = (scores[:, None, None] * masks).flatten(1).T.contiguous().argmax(1).view(masks.shape[1:])  # above
+            owner = _owners(scores, masks)
             inside = masks.gather(0, owner[None])[0] >= 0.5
             owners[rows] = torch.where(inside, owner + 1, -(owner + 1)).to(torch.int32)
             own_area += (masks >= 0.5).sum((1, 2))
