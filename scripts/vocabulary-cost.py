@@ -1,9 +1,14 @@
 """Segmenter stages at K = 1 and K = 1203 (LVIS size), interleaved call by call (and engine by engine, given
 several, e.g. the builds of two commits), so a loaded machine slows all alike: median pre-process, model,
-post-process and end-to-end ms, and the end-to-end ratio (issue 19's goal: at most 1.3x).
-Usage: python scripts/vocabulary-cost.py ENGINE [ENGINE ...] [--threads N] [--pairs 10]"""
+post-process and end-to-end ms, and the end-to-end ratio (issue 19's goal: at most 1.3x). ``--profile`` adds, for
+ONNX engines, ONNX Runtime's own per-node kernel times on one thread at both sizes: which nodes grow with K.
+Usage: python scripts/vocabulary-cost.py ENGINE [ENGINE ...] [--threads N] [--pairs 10] [--profile]"""
 
 import argparse
+import collections
+import json
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -19,6 +24,7 @@ def main() -> None:
     parser.add_argument("engines", nargs="+", metavar="ENGINE", help="any artefact Segmenter.from_engine takes")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--pairs", type=int, default=10, help="timed (K = 1, K = 1203) pairs, after 2 untimed")
+    parser.add_argument("--profile", action="store_true", help="ONNX engines: the nodes whose time grows with K")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,6 +60,41 @@ def main() -> None:
             print(f"K = {k}: " + ", ".join(f"{stage} {np.median(ms):.1f} ms" for stage, ms in stages.items()))
         ratio = np.median(engine_times[1203]["end to end"]) / np.median(engine_times[1]["end to end"])
         print(f"end to end K = 1203 / K = 1: {ratio:.2f}x")
+    if args.profile:
+        for engine, segmenter in zip(args.engines, segmenters):
+            if engine.endswith(".onnx"):
+                print_node_growth(engine, segmenter, vocabularies, photo, args.pairs)
+
+
+def print_node_growth(engine, segmenter, vocabularies, photo, runs, top=15):
+    """Median kernel time of each node at each K, from ONNX Runtime's profiler, on a session like the backend's
+    but with one thread and profiling on; the nodes that grow most from the smallest K to the largest."""
+    import onnxruntime as ort
+
+    batch = segmenter.prepare([photo]).batch
+    node_ms = {}
+    for k, vocabulary in vocabularies.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
+        segmenter.backend.session = ort.InferenceSession(engine, options, providers=["CPUExecutionProvider"])
+        segmenter.set_vocabulary(*vocabulary)
+        for _ in range(runs + 2):
+            segmenter.backend.run(batch, segmenter.text, segmenter.seen_in_training)
+        with open(segmenter.backend.session.end_profiling()) as f:
+            events = json.load(f)
+        durations = collections.defaultdict(list)
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                durations[event["name"][: -len("_kernel_time")]].append(event["dur"] / 1000)
+        node_ms[k] = {name: float(np.median(ms[2:])) for name, ms in durations.items()}
+    small, large = min(node_ms), max(node_ms)
+    growth = {name: ms - node_ms[small].get(name, 0.0) for name, ms in node_ms[large].items()}
+    print(f"{engine}: sum of node medians {sum(node_ms[small].values()):.1f} ms at K = {small}, "
+          f"{sum(node_ms[large].values()):.1f} ms at K = {large}; the {top} nodes that grow most:")
+    for name in sorted(growth, key=growth.get, reverse=True)[:top]:
+        print(f"  {growth[name]:+6.2f} ms  {node_ms[small].get(name, 0.0):6.2f} -> {node_ms[large][name]:6.2f}  {name}")
 
 
 if __name__ == "__main__":
