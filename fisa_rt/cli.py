@@ -538,15 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = verb(
         "tune",
-        "time each fused op's implementations (Triton kernel, SDPA, eager) on this GPU under CUDA graphs and cache "
-        "the fastest per op and shape for kernels 'auto' (otherwise measured at first use)",
+        "time each fused op's implementations (Triton kernel, SDPA, eager) on this GPU under CUDA graphs (no GPU: "
+        "SDPA and eager on this CPU) and cache the fastest per op and shape for kernels 'auto' (otherwise measured "
+        "at first use)",
         _tune,
     )
     tune.add_argument("--engine", required=True, help="FISA checkpoint (.safetensors): its shapes are measured")
     tune.add_argument("--batch", type=POSITIVE, default=1, help="images per forward pass to measure")
     tune.add_argument("--classes", type=POSITIVE, default=133, help="vocabulary size to measure")
     tune.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
-                      help="forget this GPU's cached choices and measure again")
+                      help="forget this machine's cached choices and measure again")
 
     demo = verb("demo", "segment the bundled sample scenes (or your images) and write overlay PNGs", _demo)
     demo.add_argument("--engine", help="FISA checkpoint (default: the embedded fisa-tiny model)")

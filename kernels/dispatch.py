@@ -5,11 +5,12 @@
 * ``"reference"``: the PyTorch reference ("eager").
 * ``"triton"``: the fused Triton kernel, forced. On CPU tensors it works only under Triton's interpreter
   (``TRITON_INTERPRET=1``, set before Triton is imported), which is how CI runs the kernels without a GPU.
-* ``"auto"``: eager on CPU; on CUDA, per op and shape bucket, the fastest of the op's candidates (the Triton
-  kernel, SDPA's flash / cuDNN / efficient backends, eager) as measured on this card under CUDA graphs
-  (``choice.py``). A bucket is measured at its first use, or ahead of time by ``fisa-rt tune``; the lookup
-  is a constant to ``torch.compile`` (``assume_constant_result``), so choosing costs no graph break, and a
-  graph being captured never measures: an unmeasured bucket runs eager there, with a warning.
+* ``"auto"``: per op and shape bucket, the fastest of the op's candidates (the Triton kernel, SDPA's flash /
+  cuDNN / efficient backends, eager) as measured on this card under CUDA graphs (``choice.py``); on CPU, for
+  inference, the fastest of SDPA and eager on the wall clock (CPU training runs eager). A bucket is measured at
+  its first use, or ahead of time by ``fisa-rt tune``; the lookup is a constant to ``torch.compile``
+  (``assume_constant_result``), so choosing costs no graph break, and a graph being captured never measures:
+  an unmeasured bucket runs eager there, with a warning.
 
 The fused ONNX nodes are not a mode: ``onnx_ops.fused_nodes()`` switches them on while exporting.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import warnings
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
 
-from .choice import ChoiceTable, NoCandidateRanError, bucket_key, table_path
+from .choice import ChoiceTable, NoCandidateRanError, Timer, bucket_key, cuda_graph_timer, table_path, wall_clock_timer
 
 # The values of FisaConfig.kernels. fisa_rt.config keeps its own copy (tests/kernels/test_dispatch.py keeps the
 # two equal): kernels/ imports nothing of the model, and the config imports no kernels module (and so no torch,
@@ -94,20 +96,46 @@ def register_op(op: str, build: CandidateBuilder) -> None:
     _BUILDERS[op] = build
 
 
-def measurable(tensors: Sequence[torch.Tensor]) -> bool:
-    """``auto`` measures on CUDA only: on CPU the references run (tests patch this to measure on CPU)."""
-    return all(t.is_cuda for t in tensors)
+def measurable(tensors: Sequence[torch.Tensor], grad: bool) -> bool:
+    """``auto`` measures CUDA tensors, and CPU tensors outside training: a CPU training step runs the references,
+    so a CPU training run (the study's, docs/training.md) repeats bit for bit whatever a timing decided."""
+    if all(t.is_cuda for t in tensors):
+        return True
+    return not grad and all(t.device.type == "cpu" for t in tensors)
+
+
+def triton_runs_on(device_type: str) -> bool:
+    """Whether the Triton kernel is a candidate: on CUDA; on CPU Triton only interprets (a test tool)."""
+    return device_type == "cuda" and triton_available()
 
 
 def device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
-def choice_table(name: str) -> ChoiceTable:
+def cpu_name() -> str:
+    """The host's CPU model and torch's thread count, both of which decide CPU timings."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu {model} {torch.get_num_threads()} threads"
+
+
+def choice_table(name: str, timer: Timer = cuda_graph_timer) -> ChoiceTable:
     """The cached choices of the device called ``name`` (loaded once per process)."""
     if name not in _TABLES:
-        _TABLES[name] = ChoiceTable(name, table_path(name))
+        _TABLES[name] = ChoiceTable(name, table_path(name), timer)
     return _TABLES[name]
+
+
+def local_table() -> ChoiceTable:
+    """The table ``auto`` uses here: the current GPU's, or the CPU's on a machine without one."""
+    if torch.cuda.is_available():
+        return choice_table(device_name(torch.cuda.current_device()))
+    return choice_table(cpu_name(), wall_clock_timer)
 
 
 def install_table(table: ChoiceTable) -> None:
@@ -121,9 +149,9 @@ def select(op: str, mode: str, tensors: Sequence[torch.Tensor], bucket: Tuple[in
     the op's candidates."""
     if use_triton(mode, *tensors):
         return "triton"
-    if mode == "reference" or not measurable(tensors):
-        return "eager"
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if mode == "reference" or not measurable(tensors, grad):
+        return "eager"
     dtype = str(tensors[0].dtype).replace("torch.", "")
     index = tensors[0].device.index if tensors[0].device.index is not None else 0
     return measured_choice(op, dtype, grad, tuple(int(n) for n in bucket), tensors[0].device.type, index)
@@ -131,17 +159,18 @@ def select(op: str, mode: str, tensors: Sequence[torch.Tensor], bucket: Tuple[in
 
 @torch.compiler.assume_constant_result
 def measured_choice(op: str, dtype: str, grad: bool, bucket: Tuple[int, ...], device_type: str, index: int) -> str:
-    table = choice_table(device_name(index) if device_type == "cuda" else device_type)
+    cuda = device_type == "cuda"
+    table = choice_table(device_name(index)) if cuda else choice_table(cpu_name(), wall_clock_timer)
     key = bucket_key(op, dtype, grad, bucket)
     known = table.get(key)
     if known is not None:
         return known.implementation
-    if device_type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if cuda and torch.cuda.is_current_stream_capturing():
         warnings.warn(f"{key}: not measured before this CUDA-graph capture (run the model once first, or "
                       "`fisa-rt tune`); running the PyTorch reference", stacklevel=2)
         return "eager"
-    device = torch.device(device_type, index) if device_type == "cuda" else torch.device(device_type)
-    candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, triton_available())
+    device = torch.device(device_type, index) if cuda else torch.device(device_type)
+    candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, triton_runs_on(device_type))
     try:
         return table.decide(key, candidates).implementation
     except NoCandidateRanError as exc:
@@ -163,22 +192,22 @@ def timed(forward: Callable[[], torch.Tensor], inputs: Sequence[torch.Tensor], g
 
 
 def describe_choices() -> List[str]:
-    """What ``auto`` runs on this machine's GPU, for ``fisa-rt inspect``/``bench``/``tune``."""
-    if not torch.cuda.is_available():
-        return ["  kernel choices: none (no CUDA GPU: kernels 'auto' runs the PyTorch references)"]
-    table = choice_table(device_name(torch.cuda.current_device()))
+    """What ``auto`` runs on this machine (its GPU, or its CPU without one), for ``fisa-rt inspect``/``bench``/
+    ``tune``."""
+    table = local_table()
     if not table.choices:
         return [f"  kernel choices on {table.device_name}: none measured yet (each op and shape is measured at "
                 "first use; `fisa-rt tune --engine CKPT` measures ahead)"]
-    return [f"  kernel choices on {table.device_name} (ms per call under CUDA graphs; {table.path}):"] + [
+    how = "under CUDA graphs" if torch.cuda.is_available() else "wall clock; CPU training runs the references"
+    return [f"  kernel choices on {table.device_name} (ms per call, {how}; {table.path}):"] + [
         f"    {line}" for line in table.lines()
     ]
 
 
 def reset_choices() -> ChoiceTable:
-    """Forget this GPU's measured choices (``fisa-rt tune --force``): an empty table replaces the file's."""
-    name = device_name(torch.cuda.current_device())
-    table = ChoiceTable(name, None)
-    table.path = table_path(name)
+    """Forget this machine's measured choices (``fisa-rt tune --force``): an empty table replaces the file's."""
+    old = local_table()
+    table = ChoiceTable(old.device_name, None, old.timer)
+    table.path = old.path
     install_table(table)
     return table

@@ -36,12 +36,11 @@ from .mask_layout import MaskLayout
 from .onnx_ops import custom_node
 from .dispatch import (
     exporting_fused_nodes,
-    measurable,
     register_op,
     select,
     size_bucket,
     timed,
-    triton_available,
+    triton_runs_on,
     use_triton,
 )
 
@@ -82,7 +81,7 @@ def mask_attention_layout(
 ) -> MaskLayout:
     """Decide inside/outside once for every ``mask_attention`` call under these masks (same kernel mode).
     The kernel's block lists are built wherever it may run: forced, or ``auto`` on CUDA with Triton."""
-    may_run_kernel = kernels == "auto" and measurable([mask_logits]) and triton_available()
+    may_run_kernel = kernels == "auto" and triton_runs_on(mask_logits.device.type)
     if not exporting_fused_nodes() and (use_triton(kernels, mask_logits) or may_run_kernel):
         from .mask_attention_triton import layout_tiles
 

@@ -2,7 +2,9 @@
 several, e.g. the builds of two commits), so a loaded machine slows all alike: median pre-process, model,
 post-process and end-to-end ms, and the end-to-end ratio (issue 19's goal: at most 1.3x). ``--profile`` adds, for
 ONNX engines, ONNX Runtime's own per-node kernel times on one thread at both sizes: which nodes grow with K.
-Usage: python scripts/vocabulary-cost.py ENGINE [ENGINE ...] [--threads N] [--pairs 10] [--profile]"""
+``--kernels reference auto`` runs each checkpoint once per kernel mode, interleaved with the rest.
+Usage: python scripts/vocabulary-cost.py ENGINE [ENGINE ...] [--threads N] [--pairs 10] [--profile]
+       [--kernels MODE ...]"""
 
 import argparse
 import collections
@@ -25,10 +27,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--pairs", type=int, default=10, help="timed (K = 1, K = 1203) pairs, after 2 untimed")
     parser.add_argument("--profile", action="store_true", help="ONNX engines: the nodes whose time grows with K")
+    parser.add_argument("--kernels", nargs="+", choices=("auto", "triton", "reference"),
+                        help="checkpoints: one run per kernel mode (default: the checkpoint's own)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    segmenters = [Segmenter.from_engine(engine, cache_dir="") for engine in args.engines]
+    engines, segmenters = [], []
+    for engine in args.engines:
+        for mode in (args.kernels or [None]) if engine.endswith(".safetensors") else [None]:
+            segmenter = Segmenter.from_engine(engine, cache_dir="")
+            if mode:
+                segmenter.backend.model.set_kernels(mode)
+            engines.append(f"{engine} (kernels {mode})" if mode else engine)
+            segmenters.append(segmenter)
     photo = skimage.data.astronaut()  # 512 x 512
     rng = np.random.default_rng(0)
     vocabularies = {}
@@ -53,15 +64,15 @@ def main() -> None:
                 if pair >= 2:
                     for stage, seconds in zip(engine_times[k], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                         engine_times[k][stage].append(1000 * seconds)
-    for engine, engine_times in zip(args.engines, times):
-        if len(args.engines) > 1:
+    for engine, engine_times in zip(engines, times):
+        if len(engines) > 1:
             print(engine)
         for k, stages in engine_times.items():
             print(f"K = {k}: " + ", ".join(f"{stage} {np.median(ms):.1f} ms" for stage, ms in stages.items()))
         ratio = np.median(engine_times[1203]["end to end"]) / np.median(engine_times[1]["end to end"])
         print(f"end to end K = 1203 / K = 1: {ratio:.2f}x")
     if args.profile:
-        for engine, segmenter in zip(args.engines, segmenters):
+        for engine, segmenter in zip(engines, segmenters):
             if engine.endswith(".onnx"):
                 print_node_growth(engine, segmenter, vocabularies, photo, args.pairs)
 

@@ -15,11 +15,42 @@ from fisa_rt.kernels.choice import ChoiceTable, table_path
 from kernel_checks import DEVICE, assert_close
 
 
-def test_auto_runs_the_references_on_cpu_and_never_forces_triton():
+def test_auto_never_forces_triton_and_reference_always_runs_eager():
     cpu = torch.zeros(1)
     assert not use_triton("auto", cpu) and not use_triton("reference", cpu)
-    assert dispatch.select("adapter_attention", "auto", (cpu,), (1,)) == "eager"
     assert dispatch.select("adapter_attention", "reference", (cpu,), (1,)) == "eager"
+
+
+def test_auto_measures_cpu_inference_but_not_cpu_training(monkeypatch):
+    monkeypatch.undo()  # the suite's conftest keeps CPU on the references; this is the product's rule
+    cpu = torch.zeros(1)
+    assert dispatch.measurable([cpu], grad=False) and not dispatch.measurable([cpu], grad=True)
+
+    class OnCuda:
+        is_cuda = True
+
+    assert dispatch.measurable([OnCuda()], grad=True)
+    assert not dispatch.triton_runs_on("cpu")  # on CPU Triton only interprets: never a candidate
+    assert "threads" in dispatch.cpu_name() and str(torch.get_num_threads()) in dispatch.cpu_name()
+
+
+def test_on_cpu_auto_times_sdpa_and_eager_on_the_wall_clock_and_runs_the_faster(monkeypatch, tmp_path):
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatch, "_TABLES", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q, k, v = adapter_inputs()
+    with torch.no_grad():
+        out = adapter_attention(q, k, v)
+    assert_close(out, adapter_attention_reference_double(q, k, v), 1e-4, what="the measured choice's output")
+    table = dispatch.local_table()
+    assert table.device_name == dispatch.cpu_name() and str(tmp_path) in table.path
+    (key, choice), = table.choices.items()
+    assert key == "adapter_attention:float32:fwd:2,2,16,8,16,0,1"
+    assert set(choice.times_ms) == {"sdpa-flash", "eager"}  # cuDNN and efficient SDPA cannot run on CPU
+    assert {"sdpa-cudnn", "sdpa-efficient"} <= set(choice.failed) and "triton" not in choice.failed
+    assert choice.implementation == min(choice.times_ms, key=choice.times_ms.get)
+    lines = dispatch.describe_choices()
+    assert "wall clock" in lines[0] and key in lines[1]
 
 
 class FakeTimer:
@@ -39,8 +70,11 @@ class FakeTimer:
 
 @pytest.fixture
 def measured_on_cpu(monkeypatch, tmp_path):
-    """``auto`` measures CPU tensors, into a table of the fake device "cpu" under tmp_path."""
-    monkeypatch.setattr(dispatch, "measurable", lambda tensors: True)
+    """``auto`` measures CPU tensors as it would a card's (the Triton kernel among the candidates, in the
+    interpreter), into a table of the fake device "cpu" under tmp_path."""
+    monkeypatch.setattr(dispatch, "measurable", lambda tensors, grad: True)
+    monkeypatch.setattr(dispatch, "triton_runs_on", lambda device_type: dispatch.triton_available())
+    monkeypatch.setattr(dispatch, "cpu_name", lambda: "cpu")
     monkeypatch.setattr(dispatch, "_TABLES", {})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
