@@ -95,6 +95,7 @@ class ChoiceTable:
         self.path = path
         self.timer = timer
         self.choices: Dict[str, Choice] = {}
+        self.unsaved: Optional[str] = None  # why the last save failed, for ``fisa-rt inspect``/``tune``
         if path and os.path.exists(path):
             self.choices = _read(path)
 
@@ -119,14 +120,23 @@ class ChoiceTable:
     def save(self) -> None:
         if not self.path:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         data = {"device": self.device_name,
                 "choices": {k: {"implementation": c.implementation, "times_ms": c.times_ms, "failed": c.failed}
                             for k, c in sorted(self.choices.items())}}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, self.path)
+        tmp = None
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, self.path)
+            self.unsaved = None
+        except OSError as exc:
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
+            # a cache is an optimisation, never the reason a run fails: the choice holds for this process and is
+            # measured again in the next; `fisa-rt inspect`/`tune` say why it was not kept
+            self.unsaved = f"{exc.strerror or exc} ({exc.filename or self.path})"
 
     def lines(self) -> List[str]:
         """One line per choice, for ``fisa-rt inspect``/``bench``/``tune``."""

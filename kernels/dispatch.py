@@ -17,6 +17,7 @@ The fused ONNX nodes are not a mode: ``onnx_ops.fused_nodes()`` switches them on
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -113,15 +114,19 @@ def device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
-def cpu_name() -> str:
-    """The host's CPU model and torch's thread count, both of which decide CPU timings."""
-    model = platform.processor() or platform.machine()
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return f"cpu {model} {torch.get_num_threads()} threads"
+        return platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The host's CPU model and torch's thread count, both of which decide CPU timings (read at every op call:
+    the thread count may change between calls)."""
+    return f"cpu {_cpu_model()} {torch.get_num_threads()} threads"
 
 
 def choice_table(name: str, timer: Timer = cuda_graph_timer) -> ChoiceTable:
@@ -199,7 +204,8 @@ def describe_choices() -> List[str]:
         return [f"  kernel choices on {table.device_name}: none measured yet (each op and shape is measured at "
                 "first use; `fisa-rt tune --engine CKPT` measures ahead)"]
     how = "under CUDA graphs" if torch.cuda.is_available() else "wall clock; CPU training runs the references"
-    return [f"  kernel choices on {table.device_name} (ms per call, {how}; {table.path}):"] + [
+    where = f"not saved: {table.unsaved}" if table.unsaved else table.path
+    return [f"  kernel choices on {table.device_name} (ms per call, {how}; {where}):"] + [
         f"    {line}" for line in table.lines()
     ]
 

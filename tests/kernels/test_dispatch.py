@@ -171,6 +171,20 @@ def test_a_damaged_choice_file_is_measured_again(tmp_path):
     assert ChoiceTable("x", str(path)).choices == {}
 
 
+def test_an_unwritable_choice_cache_keeps_the_choice_in_memory_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.undo()
+    home = tmp_path / "cache-home"
+    home.write_text("not a folder")  # XDG_CACHE_HOME is a file: nothing can be saved under it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.setattr(dispatch, "_TABLES", {})
+    q, k, v = adapter_inputs()
+    with torch.no_grad():
+        adapter_attention(q, k, v)  # measured, run, not saved: no exception
+    table = dispatch.local_table()
+    assert len(table.choices) == 1 and "Not a directory" in table.unsaved
+    assert "not saved: Not a directory" in dispatch.describe_choices()[0]
+
+
 def test_onnx_kernel_mode_of_old_configs_loads_as_reference():
     with pytest.warns(DeprecationWarning, match='kernels="onnx" is deprecated'):
         cfg = dataclasses.replace(get_model_config("fisa-tiny"), kernels="onnx")
