@@ -9,7 +9,7 @@ from fisa_rt.kernels import dispatch
 from fisa_rt.runtime.assets import default_checkpoint
 from fisa_rt.runtime.inspect import describe
 
-from helpers import run_cli as run
+from helpers import one_line_error, run_cli as run
 
 
 def test_tune_has_help_with_an_example(capsys):
@@ -45,3 +45,9 @@ def test_inspect_says_when_nothing_is_measured_yet(tmp_path, monkeypatch):
     monkeypatch.setattr(dispatch, "_TABLES", {})
     out = "\n".join(describe(default_checkpoint()))
     assert re.search(r"kernel choices on cpu .+: none measured yet .+`fisa-rt tune --engine CKPT`", out), out
+
+
+def test_tune_refuses_an_engine_that_chooses_no_kernels(tmp_path):
+    onnx = tmp_path / "model.portable.onnx"
+    onnx.write_bytes(b"not looked at")
+    one_line_error(run("tune", "--engine", onnx, cache=tmp_path), "takes a FISA checkpoint (.safetensors)")

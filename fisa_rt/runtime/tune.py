@@ -3,11 +3,13 @@ machine without one, on this CPU for inference)."""
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 import numpy as np
 import torch
 
+from ..errors import InputError, missing_file_error
 from .backends import open_backend, resolve_artefact
 
 
@@ -16,7 +18,13 @@ def tune(path: str, batch: int, classes: int, force: bool = False) -> List[str]:
     has no cached choice is timed then (``fisa_rt.kernels.dispatch``). Returns the table's lines."""
     from fisa_rt.kernels import dispatch
 
-    engine = open_backend(resolve_artefact(path), "torch")
+    artefact = resolve_artefact(path)
+    if not os.path.isfile(artefact):
+        raise missing_file_error(artefact, "engine")
+    if not artefact.lower().endswith(".safetensors"):
+        raise InputError(f"tune measures the PyTorch backend's fused ops, so --engine takes a FISA checkpoint "
+                         f"(.safetensors); {path} is not one (ONNX and TensorRT engines choose no kernels)")
+    engine = open_backend(artefact, "torch")
     if force:
         dispatch.reset_choices()
     rng = np.random.default_rng(0)
