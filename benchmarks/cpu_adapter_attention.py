@@ -1,7 +1,7 @@
 """SEVE's adapter attention on the CPU, inference: eager (the reference) against SDPA (its fused CPU kernel), over
 a grid of batch, visual tokens N, classes K, head size and padded classes. What ``kernels='auto'`` chooses between
-on a machine without a GPU (docs/design.md, "Kernel choice by measurement"); each case interleaves the two and
-takes the median of the wall clock.
+on a machine without a GPU (docs/design.md, "Kernel choice by measurement"); each case times eager, then SDPA, each
+the median of a fixed number of calls on the wall clock.
 
     python benchmarks/cpu_adapter_attention.py [--threads 1] [--calls 9]
 """

@@ -137,11 +137,18 @@ def choice_table(name: str, timer: Timer = cuda_graph_timer) -> ChoiceTable:
     return _TABLES[name]
 
 
+def table_for(device_type: str, index: int = 0) -> ChoiceTable:
+    """The choices of CUDA device ``index`` (timed under CUDA graphs) or of this CPU (on the wall clock)."""
+    if device_type == "cuda":
+        return choice_table(device_name(index))
+    return choice_table(cpu_name(), wall_clock_timer)
+
+
 def local_table() -> ChoiceTable:
     """The table ``auto`` uses here: the current GPU's, or the CPU's on a machine without one."""
     if torch.cuda.is_available():
-        return choice_table(device_name(torch.cuda.current_device()))
-    return choice_table(cpu_name(), wall_clock_timer)
+        return table_for("cuda", torch.cuda.current_device())
+    return table_for("cpu")
 
 
 def install_table(table: ChoiceTable) -> None:
@@ -166,7 +173,7 @@ def select(op: str, mode: str, tensors: Sequence[torch.Tensor], bucket: Tuple[in
 @torch.compiler.assume_constant_result
 def measured_choice(op: str, dtype: str, grad: bool, bucket: Tuple[int, ...], device_type: str, index: int) -> str:
     cuda = device_type == "cuda"
-    table = choice_table(device_name(index)) if cuda else choice_table(cpu_name(), wall_clock_timer)
+    table = table_for(device_type, index)
     key = bucket_key(op, dtype, grad, bucket)
     known = table.get(key)
     if known is not None:
