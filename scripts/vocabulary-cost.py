@@ -2,9 +2,10 @@
 several, e.g. the builds of two commits), so a loaded machine slows all alike: median pre-process, model,
 post-process and end-to-end ms, and the end-to-end ratio (issue 19's goal: at most 1.3x). ``--profile`` adds, for
 ONNX engines, ONNX Runtime's own per-node kernel times on one thread at both sizes: which nodes grow with K.
-``--kernels reference auto`` runs each checkpoint once per kernel mode, interleaved with the rest.
+``--kernels reference auto`` runs each checkpoint once per kernel mode, interleaved with the rest; ``--split on off``
+each ONNX engine with and without its vocabulary graph split off (fisa_rt.runtime.vocabulary_graph).
 Usage: python scripts/vocabulary-cost.py ENGINE [ENGINE ...] [--threads N] [--pairs 10] [--profile]
-       [--kernels MODE ...]"""
+       [--kernels MODE ...] [--split on|off ...]"""
 
 import argparse
 import collections
@@ -17,6 +18,7 @@ import numpy as np
 import skimage.data
 import torch
 
+from fisa_rt.runtime.backends import OnnxRuntimeBackend
 from fisa_rt.runtime.segmenter import Segmenter
 from fisa_rt.vocab.vocabulary import Vocabulary
 
@@ -29,16 +31,26 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="ONNX engines: the nodes whose time grows with K")
     parser.add_argument("--kernels", nargs="+", choices=("auto", "triton", "reference"),
                         help="checkpoints: one run per kernel mode (default: the checkpoint's own)")
+    parser.add_argument("--split", nargs="+", choices=("on", "off"),
+                        help="ONNX engines: one run with and/or without the vocabulary graph split off (default: on)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    engines, segmenters = [], []
+    engines, paths, segmenters = [], [], []
     for engine in args.engines:
+        if engine.endswith(".onnx"):
+            for split in args.split or ["on"]:
+                backend = OnnxRuntimeBackend(engine, threads=args.threads, split_graph=split == "on")
+                engines.append(f"{engine} (split {split})" if args.split else engine)
+                paths.append(engine)
+                segmenters.append(Segmenter(backend, engine, cache_dir=""))
+            continue
         for mode in (args.kernels or [None]) if engine.endswith(".safetensors") else [None]:
             segmenter = Segmenter.from_engine(engine, cache_dir="")
             if mode:
                 segmenter.backend.model.set_kernels(mode)
             engines.append(f"{engine} (kernels {mode})" if mode else engine)
+            paths.append(engine)
             segmenters.append(segmenter)
     photo = skimage.data.astronaut()  # 512 x 512
     rng = np.random.default_rng(0)
@@ -72,14 +84,15 @@ def main() -> None:
         ratio = np.median(engine_times[1203]["end to end"]) / np.median(engine_times[1]["end to end"])
         print(f"end to end K = 1203 / K = 1: {ratio:.2f}x")
     if args.profile:
-        for engine, segmenter in zip(engines, segmenters):
-            if engine.endswith(".onnx"):
-                print_node_growth(engine, segmenter, vocabularies, photo, args.pairs)
+        for engine, path, segmenter in zip(engines, paths, segmenters):
+            if isinstance(segmenter.backend, OnnxRuntimeBackend):
+                print_node_growth(engine, path, segmenter, vocabularies, photo, args.pairs)
 
 
-def print_node_growth(engine, segmenter, vocabularies, photo, runs, top=15):
-    """Median kernel time of each node at each K, from ONNX Runtime's profiler, on a session like the backend's
-    but with one thread and profiling on; the nodes that grow most from the smallest K to the largest."""
+def print_node_growth(engine, path, segmenter, vocabularies, photo, runs, top=15):
+    """Median kernel time of each node at each K, from ONNX Runtime's profiler, on a backend like the engine's but
+    with one thread and profiling on; the nodes that grow most from the smallest K to the largest. With the
+    vocabulary graph split off, the image graph's nodes: the vocabulary graph runs once per vocabulary."""
     import onnxruntime as ort
 
     batch = segmenter.prepare([photo]).batch
@@ -89,7 +102,8 @@ def print_node_growth(engine, segmenter, vocabularies, photo, runs, top=15):
         options.intra_op_num_threads = 1
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
-        segmenter.backend.session = ort.InferenceSession(engine, options, providers=["CPUExecutionProvider"])
+        segmenter.backend = OnnxRuntimeBackend(path, options=options,
+                                               split_graph=segmenter.backend.vocabulary is not None)
         segmenter.set_vocabulary(*vocabulary)
         for _ in range(runs + 2):
             segmenter.backend.run(batch, segmenter.text, segmenter.seen_in_training)

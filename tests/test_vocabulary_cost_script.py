@@ -11,13 +11,14 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def test_vocabulary_cost_reports_stages_ratio_and_the_nodes_that_grow(artefacts):
     result = subprocess.run([sys.executable, SCRIPT, artefacts["portable"], "--threads", "1", "--pairs", "1",
-                             "--profile"], capture_output=True, text=True)
+                             "--profile", "--split", "on", "off"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
+    assert out.count("(split on)") == 2 and out.count("(split off)") == 2, out  # stage times and profile each
     for k in (1, 1203):
         assert re.search(rf"K = {k}: pre [\d.]+ ms, model [\d.]+ ms, post [\d.]+ ms, end to end [\d.]+ ms", out), out
     assert re.search(r"end to end K = 1203 / K = 1: [\d.]+x", out), out
     growth = re.findall(r"^ +([+-][\d.]+) ms +[\d.]+ -> +[\d.]+  (\S+)$", out, re.M)
-    assert len(growth) == 15, out
+    assert len(growth) == 30, out
     # the embedded model's SEVE attention over the K class texts is what grows (docs/design.md, "SEVE")
     assert "/seve." in growth[0][1] and float(growth[0][0]) > 0, out

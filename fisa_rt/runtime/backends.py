@@ -14,13 +14,14 @@ last, as torch tensors on the backend's device, so post-processing runs where th
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error
+from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error, warn
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -212,7 +213,11 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str, providers: Optional[List[str]] = None, threads: Optional[int] = None,
-                 spinning: bool = False):
+                 spinning: bool = False, split_graph: bool = True, options=None):
+        """``split_graph``: run the vocabulary-only part of the graph once per vocabulary (``vocabulary_graph``);
+        ``options``: ONNX Runtime SessionOptions instead of fisa-rt's (``threads`` and ``spinning``)."""
+        import onnx
+
         from fisa_rt.export.manifest import read_checked_manifest
 
         from .threads import onnxruntime_options, resolve_threads
@@ -229,19 +234,24 @@ class OnnxRuntimeBackend(Backend):
                 "run the portable one in ONNX Runtime"
             )
         try:
-            self.session = ort.InferenceSession(
-                path, onnxruntime_options(ort, resolve_threads(threads), spinning),
-                providers=providers or onnx_providers(ort),
-            )
-        except Exception as exc:  # ORT raises its own exception types for corrupt files
+            model = onnx.load(path, load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends for corrupt files
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        inputs = [i.name for i in self.session.get_inputs()]
-        if sorted(inputs) not in (["image", "text"], ["image", "seen", "text"]):
+        inputs = sorted(i.name for i in model.graph.input)
+        if inputs not in (["image", "text"], ["image", "seen", "text"]):
             raise CheckpointError(
-                f"{path} takes inputs {sorted(inputs)}, not a fisa-rt image model's image, text (and seen): "
+                f"{path} takes inputs {inputs}, not a fisa-rt image model's image, text (and seen): "
                 "not the file its manifest describes"
             )
         self.applies_seen = "seen" in inputs
+        options = options or onnxruntime_options(ort, resolve_threads(threads), spinning)
+        providers = providers or onnx_providers(ort)
+        handed = [model] if split_graph else []
+        del model
+        try:
+            self.session, self.vocabulary = _sessions(ort, path, handed, options, providers)
+        except Exception as exc:  # ORT raises its own exception types for invalid graphs
+            raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
         self.device = torch.device(
             "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu"
         )
@@ -254,8 +264,46 @@ class OnnxRuntimeBackend(Backend):
             feed["image"] = feed["image"].astype(np.float32)
         if self.applies_seen:
             feed["seen"] = self.seen_flags(text, seen)
+        if self.vocabulary is not None:
+            feed = self.vocabulary.image_feed(feed)
         mask_logits, scores = self.session.run(self.outputs, feed)
         return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
+
+
+def _sessions(ort, path: str, handed: List[Any], options, providers):
+    """The image model's session, and the vocabulary part's (a ``VocabularyCache``) where the model has one to
+    split off; else the whole graph's session and None. ``handed``: [the loaded ``path``], emptied here so its
+    weights are freed before ONNX Runtime reads its own copy, or [] not to split."""
+    import onnx
+
+    from .vocabulary_graph import VocabularyCache, split_vocabulary
+
+    model, split = (handed.pop() if handed else None), None
+    # the image graph goes to ONNX Runtime as a file of its own, which cannot point at another file's external
+    # weights (models over 2 GB): those run whole
+    if model is not None and not any(t.data_location == t.EXTERNAL for t in model.graph.initializer):
+        try:
+            split = split_vocabulary(model)  # model becomes the image graph
+        except ValueError as exc:  # the same results either way: say why it is slower, and run
+            warn(f"{path}: every node runs once per image: {exc}")
+    if split is None:
+        return ort.InferenceSession(path, options, providers=providers), None
+    vocabulary = ort.InferenceSession(split.vocabulary.SerializeToString(), options, providers=providers)
+    # Through a file with its weights beside it, not bytes: ONNX Runtime keeps bytes it is given for the session's
+    # lifetime (a second copy of the weights, 450 MB for a ViT-B), and serialising them all at once doubles the
+    # load's peak memory; the weights file is written tensor by tensor and mapped, not copied (docs/design.md).
+    # The folder goes once the session holds what it needs (on Windows, where mapped files cannot be deleted,
+    # it stays in the temporary folder).
+    try:
+        with tempfile.TemporaryDirectory(prefix="fisa-rt-", ignore_cleanup_errors=True) as folder:
+            graph = os.path.join(folder, "image.onnx")
+            onnx.save(model, graph, save_as_external_data=True, location="image.weights", size_threshold=1024)
+            del model
+            image = ort.InferenceSession(graph, options, providers=providers)
+    except OSError as exc:  # no usable temporary folder (full, read-only): the graph as it is still runs
+        warn(f"{path}: every node runs once per image: cannot write the split graph ({exc})")
+        return ort.InferenceSession(path, options, providers=providers), None
+    return image, VocabularyCache(split, vocabulary)
 
 
 class TensorRTBackend(Backend):

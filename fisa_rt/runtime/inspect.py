@@ -10,13 +10,19 @@ from ..kernels.targets import describe as describe_gpu
 from .backends import SUFFIXES, backend_for, check_engine_compatibility, resolve_artefact
 
 
-def _onnx_io(path: str) -> List[str]:
+def _load_onnx(path: str):
     import onnx
 
     try:
-        graph = onnx.load(path, load_external_data=False).graph
+        return onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends: a corrupt file, reported in one line
         raise CheckpointError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); rebuild it") from None
+
+
+def _onnx_io(model) -> List[str]:
+    import onnx
+
+    graph = model.graph
 
     def shape(value):
         dims = value.type.tensor_type.shape.dim
@@ -31,6 +37,22 @@ def _onnx_io(path: str) -> List[str]:
         if v.name not in {i.name for i in graph.initializer}
     ]
     return lines + [f"  output {v.name}: {dtype(v)} [{shape(v)}]" for v in graph.output]
+
+
+def _vocabulary_part(model) -> List[str]:
+    """What ONNX Runtime runs once per vocabulary rather than once per image (fisa_rt.runtime.vocabulary_graph)."""
+    from .vocabulary_graph import split_vocabulary
+
+    try:
+        split = split_vocabulary(model)
+    except ValueError as exc:
+        return [f"  ONNX Runtime runs every node once per image: {exc}"]
+    if split is None:
+        return ["  ONNX Runtime: every node runs once per image (no vocabulary-only part)"]
+    return [
+        f"  ONNX Runtime runs {len(split.vocabulary.graph.node)} nodes once per vocabulary, not per image "
+        f"({len(split.boundary)} tensors into the image graph; SEVE's keys and values where the model has SEVE)"
+    ]
 
 
 def _kernel_choices() -> List[str]:
@@ -70,7 +92,7 @@ def describe(path: str) -> List[str]:
             f"{path}: text encoder of model {m.get('model')} (ONNX Runtime, CPU), templates {m.get('templates')}, "
             f"context {m.get('context_length')} tokens, text dim {m.get('embed_dim')}, tokenizer {m.get('tokenizer')}",
             f"  built {m.get('created')} from {m.get('checkpoint', {}).get('file')}; sha256 {m.get('sha256', '')[:16]}",
-        ] + mismatch + _onnx_io(path)
+        ] + mismatch + _onnx_io(_load_onnx(path))
     lines = [
         f"{path}: {m.get('kind')} for {m.get('backend')} ({m.get('flavour', '-')} graph), model {m.get('model')}",
         f"  image {m.get('image_size')}x{m.get('image_size')} {m.get('input_dtype')}, text dim {m.get('embed_dim')}, "
@@ -80,12 +102,13 @@ def describe(path: str) -> List[str]:
     ]
     lines += mismatch
     if kind == "onnxruntime":
-        lines += _onnx_io(path)
+        model = _load_onnx(path)
+        lines += _onnx_io(model)
         ops = m.get("ops") or {}
         custom = {k: v for k, v in ops.items() if "::" in k}
         if custom:
             lines.append(f"  custom ops (TensorRT plugins): {custom}")
-        return lines
+        return lines + (_vocabulary_part(model) if m.get("flavour") != "fused" else [])
     trt = m.get("tensorrt") or {}
     lines.append(
         f"  {trt.get('runtime', 'TensorRT')} {trt.get('version')}, CUDA {trt.get('cuda')}, "
