@@ -27,9 +27,11 @@ def _toy_model(with_if: bool = False) -> onnx.ModelProto:
         helper.make_node("MatMul", ["text", "w"], ["projected"]),
         helper.make_node("ReduceL2", ["projected"], ["norm"], keepdims=1, axes=[-1]),
         helper.make_node("Div", ["projected", "norm"], ["unit"]),
-        helper.make_node("Mul", ["unit", "one"], ["unit_scaled"]),
+        helper.make_node("Dropout", ["unit"], ["unit_kept", ""]),  # "" names an omitted output, not a tensor
+        helper.make_node("Mul", ["unit_kept", "one"], ["unit_scaled"]),
         helper.make_node("Transpose", ["unit_scaled"], ["unit_t"], perm=[1, 0]),
-        helper.make_node("Mul", ["image", "one"], ["image_scaled"]),
+        helper.make_node("Clip", ["image", "", "two"], ["image_clipped"]),  # "" an omitted input
+        helper.make_node("Mul", ["image_clipped", "one"], ["image_scaled"]),
         helper.make_node("MatMul", ["image_scaled", "unit_t"], ["logits"]),
         helper.make_node("Neg", ["logits"], ["negated"]),
         helper.make_node("Where", ["seen", "logits", "negated"], ["scores"]),
@@ -65,7 +67,7 @@ def test_split_toy_graph_equals_the_unsplit_one(with_if):
     # the If reads `unit` from the outer scope, so `unit` crosses the cut besides what the MatMul reads
     assert split.boundary == (["unit", "unit_t"] if with_if else ["unit_t"])
     assert {n.op_type for n in split.vocabulary.graph.node} == {"Constant", "Mul", "MatMul", "ReduceL2", "Div",
-                                                                "Transpose"}
+                                                                "Dropout", "Transpose"}
     assert [i.name for i in model.graph.input] == ["image", "seen"] + split.boundary  # model is the image graph now
     vocabulary, image = _session(split.vocabulary), _session(model)
     rng = np.random.default_rng(1)
