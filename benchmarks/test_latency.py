@@ -32,9 +32,12 @@ def _photo():
 @pytest.fixture(scope="module", params=BACKENDS)
 def segmenter(request, artefacts):
     if request.param == "onnxruntime":
-        path = os.path.join(artefacts, "fisa-tiny-synthetic.portable.onnx")
-        if not os.path.isfile(path):
-            pytest.skip(f"{path} was not built")
+        # what `fisa-rt infer --engine <build folder>` runs on ONNX Runtime: the ORT-optimised model where the
+        # build wrote one (no TensorRT), else the portable ONNX
+        paths = [os.path.join(artefacts, f"fisa-tiny-synthetic.{kind}.onnx") for kind in ("portable.ort", "portable")]
+        path = next((p for p in paths if os.path.isfile(p)), None)
+        if path is None:
+            pytest.skip(f"no portable ONNX in {artefacts}")
         seg = Segmenter.from_engine(path, cache_dir="")
     else:
         seg = Segmenter.from_engine(default_checkpoint(), backend="torch", cache_dir="")
