@@ -181,8 +181,23 @@ def test_without_a_usable_temporary_folder_the_whole_graph_runs_with_one_warning
     from fisa_rt.errors import FisaWarning
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    with pytest.warns(FisaWarning, match="every node runs once per image: cannot write the split graph"):
+    with pytest.warns(FisaWarning, match="every node runs once per image: cannot write or load the split graph"):
         backend = OnnxRuntimeBackend(artefacts["ort"], threads=1)
     assert backend.vocabulary is None
     images = torch.zeros((1, 3, backend.image_size, backend.image_size), dtype=torch.uint8)
     assert backend.run(images, np.ones((2, backend.embed_dim), np.float32)).class_scores.shape[-1] == 3
+
+
+def test_a_split_graph_onnxruntime_refuses_falls_back_to_the_whole_graph_with_one_warning(artefacts, monkeypatch):
+    from fisa_rt.errors import FisaWarning
+    from fisa_rt.runtime import vocabulary_graph
+
+    def broken(model):
+        split = split_vocabulary(model)
+        split.vocabulary.graph.node[0].op_type = "NoSuchOp"
+        return split
+
+    monkeypatch.setattr(vocabulary_graph, "split_vocabulary", broken)
+    with pytest.warns(FisaWarning, match="cannot write or load the split graph .*NoSuchOp"):
+        backend = OnnxRuntimeBackend(artefacts["ort"], threads=1)
+    assert backend.vocabulary is None and [i.name for i in backend.session.get_inputs()] == ["image", "text"]
