@@ -91,6 +91,75 @@ def test_graph_without_vocabulary_only_work_is_not_split():
     assert split_vocabulary(model) is None and model.SerializeToString() == before
 
 
+def _split_equals_whole(model: onnx.ModelProto, feeds, atol: float = 0.0):
+    """Split ``model`` and run each feed through one cache: the outputs equal the whole graph's."""
+    whole = _session(model)
+    split = split_vocabulary(model)
+    assert split is not None
+    cache, image = VocabularyCache(split, _session(split.vocabulary)), _session(model)
+    for feed in feeds:
+        for got, want in zip(image.run(None, cache.image_feed(feed)), whole.run(None, feed)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    return split
+
+
+def _graph_model(nodes, inputs, outputs, **graph) -> onnx.ModelProto:
+    model = helper.make_model(helper.make_graph(nodes, "edge", inputs, outputs, **graph),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+_VI = helper.make_tensor_value_info
+
+
+def test_an_initializer_listed_as_an_input_stays_an_input_with_its_default():
+    """keep_initializers_as_inputs / IR < 4 exports: the caller may override such a weight, so it is no constant."""
+    weight = numpy_helper.from_array(np.full((4, 4), 0.5, np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["w", "text"], ["unit"]), helper.make_node("Neg", ["text"], ["negated"]),
+             helper.make_node("MatMul", ["image", "unit"], ["a"]),
+             helper.make_node("MatMul", ["image", "negated"], ["b"]), helper.make_node("Add", ["a", "b"], ["scores"])]
+    model = _graph_model(nodes, [_VI("image", TensorProto.FLOAT, ["B", 4]), _VI("text", TensorProto.FLOAT, [4, "K"]),
+                                 _VI("w", TensorProto.FLOAT, [4, 4])],
+                         [_VI("scores", TensorProto.FLOAT, ["B", "K"])], initializer=[weight])
+    feed = {"image": np.ones((2, 4), np.float32), "text": np.arange(12, dtype=np.float32).reshape(4, 3)}
+    split = _split_equals_whole(model, [feed, {**feed, "w": np.eye(4, dtype=np.float32)}])
+    assert split.boundary == ["negated"] and "w" in split.image_inputs
+
+
+def test_random_nodes_stay_in_the_image_graph():
+    """A draw the vocabulary graph cached would differ from the image graph's fresh one: (text + r) - r."""
+    nodes = [helper.make_node("RandomUniform", [], ["r"], shape=[4], dtype=TensorProto.FLOAT),
+             helper.make_node("Add", ["text", "r"], ["shifted"]), helper.make_node("Neg", ["text"], ["negated"]),
+             helper.make_node("Add", ["image", "shifted"], ["a"]), helper.make_node("Sub", ["a", "r"], ["b"]),
+             helper.make_node("Add", ["b", "negated"], ["scores"])]
+    model = _graph_model(nodes, [_VI("image", TensorProto.FLOAT, ["B", 4]), _VI("text", TensorProto.FLOAT, [4])],
+                         [_VI("scores", TensorProto.FLOAT, ["B", 4])])
+    feed = {"image": np.zeros((1, 4), np.float32), "text": np.ones(4, np.float32)}
+    split = _split_equals_whole(model, [feed] * 3, atol=1e-6)
+    assert split.boundary == ["negated"]
+
+
+def test_a_vocabulary_differing_only_in_a_zero_s_sign_is_another_vocabulary():
+    nodes = [helper.make_node("Reciprocal", ["text"], ["inverse"]),
+             helper.make_node("Add", ["image", "inverse"], ["scores"])]
+    model = _graph_model(nodes, [_VI("image", TensorProto.FLOAT, ["B", 2]), _VI("text", TensorProto.FLOAT, [2])],
+                         [_VI("scores", TensorProto.FLOAT, ["B", 2])])
+    image = np.zeros((1, 2), np.float32)
+    _split_equals_whole(model, [{"image": image, "text": np.array(t, np.float32)} for t in ([0.0, 1], [-0.0, 1])])
+
+
+def test_a_cut_tensor_s_recorded_size_does_not_bind_the_image_graph():
+    """A traced, fixed class count in value_info is only a hint inside a graph; a graph input's sizes are checked."""
+    nodes = [helper.make_node("Neg", ["text"], ["unit"]), helper.make_node("MatMul", ["image", "unit"], ["scores"])]
+    model = _graph_model(nodes, [_VI("image", TensorProto.FLOAT, ["B", 4]), _VI("text", TensorProto.FLOAT, [4, "K"])],
+                         [_VI("scores", TensorProto.FLOAT, ["B", "K"])],
+                         value_info=[_VI("unit", TensorProto.FLOAT, [4, 3])])
+    _split_equals_whole(model, [{"image": np.ones((2, 4), np.float32), "text": np.ones((4, k), np.float32)}
+                                for k in (3, 5)])
+
+
 class _CountingSession:
     def __init__(self, session):
         self.session, self.runs = session, 0

@@ -21,6 +21,8 @@ import onnx
 from onnx import helper
 
 VOCABULARY_INPUTS = ("text", "seen")
+# Nodes whose every run draws anew: never computed once for the image graph to reuse
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 @dataclass
@@ -75,19 +77,23 @@ def split_vocabulary(model: onnx.ModelProto) -> Optional[VocabularySplit]:
     copied); None, with ``model`` untouched, where no node depends on the vocabulary alone.
 
     Nodes are taken in the graph's (topological) order. A node moves when it reads at least one vocabulary
-    tensor and nothing but vocabulary tensors and constants; nodes with subgraphs stay, which is always correct."""
+    tensor and nothing but vocabulary tensors and constants; nodes with subgraphs and random nodes stay, which is
+    always correct."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     vocabulary_inputs = [i.name for i in graph.input if i.name in VOCABULARY_INPUTS]
-    constant: Set[str] = set(initializers) | {""}  # "" is an omitted optional input
+    # an initializer that is also a graph input is a default the caller may override: not a constant
+    constant: Set[str] = (set(initializers) - {i.name for i in graph.input}) | {""}  # "": an omitted optional input
     vocabulary: Set[str] = set(vocabulary_inputs)
     moved, kept = {}, {}  # by index in the graph
     for index, node in enumerate(graph.node):
         reads = set(node.input)
-        if not _has_subgraph(node) and reads <= constant:
+        if _has_subgraph(node) or node.op_type in RANDOM_OPS:
+            kept[index] = node
+        elif reads <= constant:
             constant.update(node.output)  # a Constant and what folds from it: copied where used, never a boundary
             moved[index] = node
-        elif not _has_subgraph(node) and reads & vocabulary and reads <= constant | vocabulary:
+        elif reads & vocabulary and reads <= constant | vocabulary:
             vocabulary.update(node.output)
             moved[index] = node
         else:
@@ -109,10 +115,21 @@ def split_vocabulary(model: onnx.ModelProto) -> Optional[VocabularySplit]:
     _keep_only(graph.node, lambda index, _: index in image_nodes)
     _keep_only(graph.input, lambda _, i: i.name not in vocabulary_inputs or i.name in image_reads)
     image_inputs = [i.name for i in graph.input]
-    graph.input.extend(typed[name] for name in boundary)
+    graph.input.extend(_free_shape(typed[name]) for name in boundary)
     _keep_only(graph.value_info, lambda _, v: v.name not in typed)
-    _keep_only(graph.initializer, lambda _, t: t.name in image_reads)
+    _keep_only(graph.initializer, lambda _, t: t.name in image_reads or t.name in image_inputs)
     return VocabularySplit(vocabulary_model, boundary, used_inputs, image_inputs)
+
+
+def _free_shape(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """``value`` with its rank but no sizes: ONNX Runtime checks a graph input's sizes, while a size the exporter
+    recorded for an inner tensor (a class count fixed by tracing, say) is only a hint it warns about."""
+    free = onnx.ValueInfoProto()
+    free.CopyFrom(value)
+    for i, dim in enumerate(free.type.tensor_type.shape.dim):
+        dim.Clear()
+        dim.dim_param = f"{value.name}_{i}"
+    return free
 
 
 def _vocabulary_model(model: onnx.ModelProto, nodes: List[onnx.NodeProto], inputs: List[str],
@@ -173,8 +190,10 @@ class VocabularyCache:
             outputs = self.session.run(self.boundary, dict(zip(self.inputs, key)))
             hit = [k.copy() for k in key], dict(zip(self.boundary, outputs))
         self._entries = [hit] + [entry for entry in entries if entry is not hit][: self.KEPT - 1]  # most recent first
-        return {**{name: feed[name] for name in self.image_inputs}, **hit[1]}
+        # an input the caller leaves out keeps its default (an initializer listed as an input)
+        return {**{name: feed[name] for name in self.image_inputs if name in feed}, **hit[1]}
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+    """The same bits: -0.0 is not 0.0 to a graph that divides by it, and a NaN vocabulary is its own."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
