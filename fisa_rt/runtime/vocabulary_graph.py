@@ -14,7 +14,7 @@ Measured cost and gain: docs/design.md, "Stage and vocabulary cost on CPU".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -179,21 +179,19 @@ class VocabularyCache:
         """``session`` runs ``split.vocabulary`` (ONNX Runtime, or anything with its ``run``)."""
         self.session = session
         self.boundary, self.inputs, self.image_inputs = split.boundary, split.vocabulary_inputs, split.image_inputs
-        self._entries: List[Tuple[List[np.ndarray], Dict[str, np.ndarray]]] = []
+        self._entries: List[Tuple[List[Tuple[Any, ...]], Dict[str, np.ndarray]]] = []
 
     def image_feed(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """``feed`` (the unsplit graph's inputs) as the image graph takes it."""
         key = [feed[name] for name in self.inputs]
+        # each input's shape, type and bits, taken once per call: -0.0 is not 0.0 to a graph that divides by it,
+        # and a NaN vocabulary is its own
+        signature = [(k.shape, k.dtype, k.tobytes()) for k in key]
         entries = self._entries  # one read: a concurrent call may replace the list, never change it
-        hit = next((entry for entry in entries if all(map(_same, entry[0], key))), None)
+        hit = next((entry for entry in entries if entry[0] == signature), None)
         if hit is None:
             outputs = self.session.run(self.boundary, dict(zip(self.inputs, key)))
-            hit = [k.copy() for k in key], dict(zip(self.boundary, outputs))
+            hit = signature, dict(zip(self.boundary, outputs))
         self._entries = [hit] + [entry for entry in entries if entry is not hit][: self.KEPT - 1]  # most recent first
         # an input the caller leaves out keeps its default (an initializer listed as an input)
         return {**{name: feed[name] for name in self.image_inputs if name in feed}, **hit[1]}
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """The same bits: -0.0 is not 0.0 to a graph that divides by it, and a NaN vocabulary is its own."""
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
