@@ -286,25 +286,23 @@ def _sessions(ort, path: str, handed: List[Any], options, providers):
             split = split_vocabulary(model)  # model becomes the image graph
         except ValueError as exc:  # the same results either way: say why it is slower, and run
             warn(f"{path}: every node runs once per image: {exc}")
-    if split is None:
-        return ort.InferenceSession(path, options, providers=providers), None
     # Through a file with its weights beside it, not bytes: ONNX Runtime keeps bytes it is given for the session's
     # lifetime (a second copy of the weights, 450 MB for a ViT-B), and serialising them all at once doubles the
     # load's peak memory; the weights file is written tensor by tensor and mapped, not copied (docs/design.md).
     # The folder goes once the session holds what it needs (on Windows, where mapped files cannot be deleted,
     # it stays in the temporary folder).
-    try:
-        vocabulary = ort.InferenceSession(split.vocabulary.SerializeToString(), options, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="fisa-rt-", ignore_cleanup_errors=True) as folder:
-            graph = os.path.join(folder, "image.onnx")
-            onnx.save(model, graph, save_as_external_data=True, location="image.weights", size_threshold=1024)
-            del model
-            image = ort.InferenceSession(graph, options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 -- no usable temporary folder, or a cut ORT refuses: the graph as it is
-        # still runs (and a file ORT cannot load at all fails there, with the caller's one error)
-        warn(f"{path}: every node runs once per image: cannot write or load the split graph ({exc})")
-        return ort.InferenceSession(path, options, providers=providers), None
-    return image, VocabularyCache(split, vocabulary)
+    if split is not None:
+        try:
+            vocabulary = ort.InferenceSession(split.vocabulary.SerializeToString(), options, providers=providers)
+            with tempfile.TemporaryDirectory(prefix="fisa-rt-", ignore_cleanup_errors=True) as folder:
+                graph = os.path.join(folder, "image.onnx")
+                onnx.save(model, graph, save_as_external_data=True, location="image.weights", size_threshold=1024)
+                del model
+                return ort.InferenceSession(graph, options, providers=providers), VocabularyCache(split, vocabulary)
+        except Exception as exc:  # noqa: BLE001 -- no usable temporary folder, or a cut ORT refuses: the graph as
+            # it is still runs (and a file ORT cannot load at all fails there, with the caller's one error)
+            warn(f"{path}: every node runs once per image: cannot write or load the split graph ({exc})")
+    return ort.InferenceSession(path, options, providers=providers), None
 
 
 class TensorRTBackend(Backend):
