@@ -14,7 +14,7 @@ import time
 
 def rss_mb() -> int:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 // 2**20
+        return int(f.read().split()[1]) * resource.getpagesize() // 2**20  # 64 KiB pages on some aarch64 kernels
 
 
 def load_once(path: str, split: bool) -> str:

@@ -15,6 +15,14 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def _graph_model(nodes, inputs, outputs, **graph) -> onnx.ModelProto:
+    model = helper.make_model(helper.make_graph(nodes, "toy", inputs, outputs, **graph),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def _toy_model(with_if: bool = False) -> onnx.ModelProto:
     """image (B, 4) and text (K, 4) -> scores (B, K): a text-only projection and normalisation, a constant shared
     by both halves, ``seen`` read by an image node, and optionally an If whose branch reads a vocabulary tensor."""
@@ -45,16 +53,13 @@ def _toy_model(with_if: bool = False) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "K"])]
     if with_if:
         outputs.append(helper.make_tensor_value_info("chosen", TensorProto.FLOAT, ["K", 4]))
-    graph = helper.make_graph(
-        nodes, "toy",
+    model = _graph_model(
+        nodes,
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 4]),
          helper.make_tensor_value_info("text", TensorProto.FLOAT, ["K", 4]),
          helper.make_tensor_value_info("seen", TensorProto.BOOL, ["K"])],
         outputs, initializer=weights,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
     return onnx.shape_inference.infer_shapes(model)
 
 
@@ -101,14 +106,6 @@ def _split_equals_whole(model: onnx.ModelProto, feeds, atol: float = 0.0):
         for got, want in zip(image.run(None, cache.image_feed(feed)), whole.run(None, feed)):
             np.testing.assert_allclose(got, want, rtol=0, atol=atol)
     return split
-
-
-def _graph_model(nodes, inputs, outputs, **graph) -> onnx.ModelProto:
-    model = helper.make_model(helper.make_graph(nodes, "edge", inputs, outputs, **graph),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 _VI = helper.make_tensor_value_info
