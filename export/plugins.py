@@ -25,7 +25,7 @@ Node <-> plugin contract (``kernels/onnx_ops.py``): ``fisa_rt::AdapterAttention(
 # as classes (tensorrt/plugin/_validate.py), and postponed annotations would be strings.
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from fisa_rt.errors import InputError
+from fisa_rt.errors import InputError, MissingDependencyError
 from fisa_rt.kernels import targets
 from fisa_rt.kernels.plugin_launches import (
     PluginLaunch,
@@ -49,6 +49,15 @@ def plugin_arch(capability: Sequence[int]) -> int:
             f"the fused flavour embeds PTX gated for {', '.join(f'sm_{a}' for a in targets.TARGETS)}; this GPU is "
             f"{targets.describe(capability)}: build the portable flavour (--flavour portable), which TensorRT "
             "compiles for any GPU it supports"
+        )
+    row = targets.target(arch)
+    if not targets.assembles(row):  # else ptxas's error surfaces from inside Triton, inside TensorRT's build
+        import triton
+
+        raise MissingDependencyError(
+            f"Triton {triton.__version__}'s ptxas ({targets.ptxas_path(row)}) cannot assemble {row.gpu_name} for "
+            f"{row.name}: use a Triton whose ptxas knows it (Triton 3.8 or newer, as torch 2.14 installs), or build "
+            "the portable flavour (--flavour portable)"
         )
     return arch
 

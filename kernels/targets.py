@@ -13,8 +13,11 @@ Facts and their sources (docs/design.md, "Every current NVIDIA target"):
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 
@@ -115,3 +118,22 @@ def ptxas_path(row: Target) -> str:
     from triton.backends.nvidia.compiler import get_ptxas
 
     return knobs.nvidia.ptxas.path if row.legacy_ptxas else get_ptxas(row.arch).path
+
+
+@lru_cache(maxsize=None)
+def _gpu_names(ptxas: str) -> frozenset:
+    """The --gpu-name values ``ptxas --help`` lists as allowed (empty where it does not run or lists none)."""
+    try:
+        text = subprocess.run([ptxas, "--help"], capture_output=True, text=True).stdout
+    except OSError:
+        return frozenset()
+    allowed = text.partition("--gpu-name")[2].partition("Allowed values for this option:")[2].split("\n\n")[0]
+    return frozenset(re.findall(r"'([^']+)'", allowed))
+
+
+def assembles(row: Target) -> bool:
+    """Whether the installed Triton's ptxas knows ``row``: Triton 3.6's ptxas-blackwell (CUDA 12.9) has no
+    sm_110, so Jetson Thor under JetPack 7 needs Triton 3.8 or newer. A help text that cannot be read says
+    yes, and Triton's compile is the judge."""
+    known = _gpu_names(ptxas_path(row))
+    return not known or row.gpu_name in known

@@ -229,7 +229,8 @@ def launch(
         if any(isinstance(a, FakeTensor) for a in args):
             return  # the interpreted op's fake impl: outputs are allocated, nothing to compute
         meta = {**INTERPRETER[name], **FIXED.get(name, {})}
-        wrap_triton(kernel)[lambda _: grid(meta)](*args, **kwargs, **meta)
+        # launched directly: torch < 2.14 refuses wrap_triton on an InterpretedFunction (Triton 3.6)
+        kernel[lambda _: grid(meta)](*args, **kwargs, **meta)
         return
     gen = generation(device)
     cache_key = (name, gen, tuple(size_bucket(n) for n in bucket))

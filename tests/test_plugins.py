@@ -86,6 +86,29 @@ def test_the_fused_build_embeds_ptx_for_the_gpu_it_runs_on(launches):
     assert versions == {(87, "8.8"), (90, "8.8"), (101, "8.6"), (110, "9.0"), (120, "8.7")}
 
 
+def test_a_target_the_installed_ptxas_does_not_know_is_refused_before_the_build(tmp_path, monkeypatch):
+    """Triton 3.6's ptxas-blackwell (CUDA 12.9) lists sm_101a but no sm_110a: on Thor under JetPack 7 the
+    fused build says which Triton to use, instead of ptxas's error from inside Triton's compiler."""
+    from fisa_rt.errors import MissingDependencyError
+    from fisa_rt.export.plugins import plugin_arch
+    from fisa_rt.kernels import targets
+
+    assert plugin_arch((11, 0)) == 110  # README's Triton assembles every row of the table
+    old = tmp_path / "ptxas-blackwell"
+    old.write_text("#!/bin/sh\ncat <<'EOF'\n--gpu-name <gpu name>    (-arch)\n    Specify name of NVIDIA GPU.\n"
+                   "    Allowed values for this option:  'compute_100','sm_100a','sm_101a',\n    'sm_120a','sm_90a'\n\n"
+                   "--opt-level <N>    (-O)\n    'sm_110a' is not in the gpu-name list\nEOF\n")
+    old.chmod(0o755)
+    monkeypatch.setattr(targets, "ptxas_path", lambda row: str(old))
+    with pytest.raises(MissingDependencyError, match=rf"Triton {re.escape(triton.__version__)}'s ptxas \({old}\) "
+                       r"cannot assemble sm_110a for Jetson Thor \(JetPack 7\): use a Triton .*3\.8 or newer"):
+        plugin_arch((11, 0))
+    assert plugin_arch((10, 0)) == 100 and plugin_arch((12, 0)) == 120
+    # a help text it cannot read (another ptxas's format) refuses nothing: Triton's compile is the judge
+    monkeypatch.setattr(targets, "ptxas_path", lambda row: "/bin/true")
+    assert plugin_arch((11, 0)) == 110
+
+
 def test_plugin_ptx_assembles_with_ptxas(launches, tmp_path):
     """The entry rewrite leaves valid PTX: ptxas (shipped in the triton wheel) assembles it."""
     from triton.backends.nvidia.compiler import get_ptxas

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import triton
 
 from fisa_rt.kernels import gate
 from fisa_rt.kernels.aot import KERNELS, compile_specs
@@ -84,6 +85,9 @@ def report():
 
 
 def test_the_committed_report_is_current_and_covers_every_target(report):
+    # another Triton compiles other code (torch 2.11's 3.6 on the GPU image); CI's is README's and must match
+    if report["triton"] != triton.__version__ and not os.environ.get("CI"):
+        pytest.skip(f"the report was compiled by Triton {report['triton']}, this is {triton.__version__}")
     assert report["arches"] == list(ARCHES)
     assert report["fingerprint"] == gate.fingerprint(ARCHES), f"stale gate report: rerun {REGENERATE}"
     for arch in ARCHES:
