@@ -51,14 +51,10 @@ def plugin_arch(capability: Sequence[int]) -> int:
             "compiles for any GPU it supports"
         )
     row = targets.target(arch)
-    if not targets.assembles(row):  # else ptxas's error surfaces from inside Triton, inside TensorRT's build
-        import triton
-
-        raise MissingDependencyError(
-            f"Triton {triton.__version__}'s ptxas ({targets.ptxas_path(row)}) cannot assemble {row.gpu_name} for "
-            f"{row.name}: use a Triton whose ptxas knows it (Triton 3.8 or newer, as torch 2.14 installs), or build "
-            "the portable flavour (--flavour portable)"
-        )
+    try:
+        targets.check_assembles(row)  # here, not from inside TensorRT's build
+    except targets.TritonTooOld as exc:
+        raise MissingDependencyError(f"{exc}, or build the portable flavour (--flavour portable)") from None
     return arch
 
 

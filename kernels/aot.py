@@ -280,9 +280,11 @@ def main(argv=None) -> None:
     parser.add_argument("--kernel", action="append", choices=list(KERNELS), help="default: all")
     parser.add_argument("--out", required=True, help="folder for <kernel>.sm_<arch>.<dtype>.ptx and index.json")
     args = parser.parse_args(argv)
+    arches = args.arch or targets.gated_arches()
+    targets.exit_unless_assembled(parser, arches)
     os.makedirs(args.out, exist_ok=True)
     index = []
-    for arch in args.arch or targets.gated_arches():
+    for arch in arches:
         # the plugin kernels' constants depend on the model: export/build_engine.py compiles those
         for kernel in args.kernel or [k for k in KERNELS if not k.endswith("_plugin")]:
             compiled = compile_kernel(kernel, arch, args.dtype)

@@ -258,6 +258,7 @@ def main(argv=None) -> int:
     if args.report and args.kernel:
         parser.error("--report covers every kernel; drop --kernel")
     arches = tuple(args.arch or ARCHES)
+    targets.exit_unless_assembled(parser, arches)
 
     def show(r: GateRecord) -> None:
         blocks = {k: v for k, v in r.config.items() if k.startswith("BLOCK") or k.startswith("_num")}

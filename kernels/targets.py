@@ -12,6 +12,7 @@ Facts and their sources (docs/design.md, "Every current NVIDIA target"):
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -103,6 +104,7 @@ def gated_arches() -> Tuple[int, ...]:
 def ptxas_for(row: Target) -> Iterator[None]:
     """Make Triton assemble ``row`` with the ptxas that knows it (Triton picks ptxas-blackwell for every
     arch >= 100; sm_101 needs the CUDA 12.9 one). Scoped: other arches keep Triton's choice."""
+    check_assembles(row)
     if not row.legacy_ptxas:
         yield
         return
@@ -137,3 +139,29 @@ def assembles(row: Target) -> bool:
     yes, and Triton's compile is the judge."""
     known = _gpu_names(ptxas_path(row))
     return not known or row.gpu_name in known
+
+
+class TritonTooOld(RuntimeError):
+    """The installed Triton's ptxas does not know a target of the table."""
+
+
+def check_assembles(row: Target) -> None:
+    """Refuse ``row`` where ``assembles`` says no, naming the ptxas and the Triton to use; else ptxas's own
+    "Value 'sm_110a' is not defined" surfaces from inside Triton's compiler."""
+    if not assembles(row):
+        import triton
+
+        raise TritonTooOld(
+            f"Triton {triton.__version__}'s ptxas ({ptxas_path(row)}) cannot assemble {row.gpu_name} for {row.name}: "
+            "use a Triton whose ptxas knows it (Triton 3.8 or newer, as torch 2.14 installs)"
+        )
+
+
+def exit_unless_assembled(parser: argparse.ArgumentParser, arches: Sequence[int]) -> None:
+    """The command-line tools' refusal: one line and exit 2, before any compile or file (not after minutes of
+    compiling the targets ptxas knows)."""
+    try:
+        for arch in arches:
+            check_assembles(target(arch))
+    except TritonTooOld as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -107,3 +107,20 @@ def artefacts(tmp_path_factory):
     with contextlib.redirect_stdout(log):
         written = build(parse_args(["--out", out]))
     return {"out": out, "log": log.getvalue(), **written}
+
+
+@pytest.fixture
+def old_ptxas_blackwell(tmp_path, monkeypatch):
+    """Triton 3.6's ptxas-blackwell (CUDA 12.9) as Triton finds it (TRITON_PTXAS_BLACKWELL_PATH): it lists
+    sm_101a but no sm_110a, Jetson Thor's name under JetPack 7."""
+    ptxas = tmp_path / "ptxas-blackwell"
+    ptxas.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "Cuda compilation tools, release 12.9, V12.9.86"; exit 0; fi\n'
+        "cat <<'EOF'\n--gpu-name <gpu name>    (-arch)\n    Specify name of NVIDIA GPU.\n"
+        "    Allowed values for this option:  'compute_100','sm_100a','sm_101a',\n    'sm_120a','sm_90a'\n\n"
+        "--opt-level <N>    (-O)\n    'sm_110a' is not in the gpu-name list\nEOF\n"
+    )
+    ptxas.chmod(0o755)
+    monkeypatch.setenv("TRITON_PTXAS_BLACKWELL_PATH", str(ptxas))
+    return ptxas

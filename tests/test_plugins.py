@@ -86,24 +86,20 @@ def test_the_fused_build_embeds_ptx_for_the_gpu_it_runs_on(launches):
     assert versions == {(87, "8.8"), (90, "8.8"), (101, "8.6"), (110, "9.0"), (120, "8.7")}
 
 
-def test_a_target_the_installed_ptxas_does_not_know_is_refused_before_the_build(tmp_path, monkeypatch):
-    """Triton 3.6's ptxas-blackwell (CUDA 12.9) lists sm_101a but no sm_110a: on Thor under JetPack 7 the
-    fused build says which Triton to use, instead of ptxas's error from inside Triton's compiler."""
+def test_a_target_the_installed_ptxas_does_not_know_is_refused_before_the_build(old_ptxas_blackwell, monkeypatch):
+    """On Thor under JetPack 7 with Triton 3.6 the fused build says which Triton to use, instead of ptxas's
+    error from inside Triton's compiler, inside TensorRT's build."""
     from fisa_rt.errors import MissingDependencyError
     from fisa_rt.export.plugins import plugin_arch
     from fisa_rt.kernels import targets
 
-    assert plugin_arch((11, 0)) == 110  # README's Triton assembles every row of the table
-    old = tmp_path / "ptxas-blackwell"
-    old.write_text("#!/bin/sh\ncat <<'EOF'\n--gpu-name <gpu name>    (-arch)\n    Specify name of NVIDIA GPU.\n"
-                   "    Allowed values for this option:  'compute_100','sm_100a','sm_101a',\n    'sm_120a','sm_90a'\n\n"
-                   "--opt-level <N>    (-O)\n    'sm_110a' is not in the gpu-name list\nEOF\n")
-    old.chmod(0o755)
-    monkeypatch.setattr(targets, "ptxas_path", lambda row: str(old))
-    with pytest.raises(MissingDependencyError, match=rf"Triton {re.escape(triton.__version__)}'s ptxas \({old}\) "
-                       r"cannot assemble sm_110a for Jetson Thor \(JetPack 7\): use a Triton .*3\.8 or newer"):
+    with pytest.raises(MissingDependencyError, match=rf"Triton {re.escape(triton.__version__)}'s ptxas "
+                       rf"\({old_ptxas_blackwell}\) cannot assemble sm_110a for Jetson Thor \(JetPack 7\): use a "
+                       r"Triton .*3\.8 or newer.*, or build the portable flavour \(--flavour portable\)$"):
         plugin_arch((11, 0))
     assert plugin_arch((10, 0)) == 100 and plugin_arch((12, 0)) == 120
+    monkeypatch.delenv("TRITON_PTXAS_BLACKWELL_PATH")
+    assert plugin_arch((11, 0)) == 110  # README's Triton assembles every row of the table
     # a help text it cannot read (another ptxas's format) refuses nothing: Triton's compile is the judge
     monkeypatch.setattr(targets, "ptxas_path", lambda row: "/bin/true")
     assert plugin_arch((11, 0)) == 110

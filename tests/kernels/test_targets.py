@@ -1,5 +1,8 @@
 """The compute-capability table (fisa_rt.kernels.targets) and what the tuning does with a GPU it does not know."""
 
+import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -52,3 +55,21 @@ def test_a_gpu_newer_than_every_list_falls_back_with_one_warning(monkeypatch):
         warnings.simplefilter("error")
         assert tuning.generation(torch.device("cuda")) == 80  # said once
     assert tuning.configs_for("cosine_logits", tuning.generation_of(130))  # something to run, never a KeyError
+
+
+def test_a_target_the_installed_ptxas_does_not_know_is_refused_in_one_line(old_ptxas_blackwell, tmp_path):
+    """Every compile for the target stops before Triton's (whose ptxas would say "Value 'sm_110a' is not
+    defined" from deep inside), and the two tools say so in one line before compiling or writing anything."""
+    message = rf"ptxas \({old_ptxas_blackwell}\) cannot assemble sm_110a for Jetson Thor \(JetPack 7\): use a Triton"
+    with pytest.raises(targets.TritonTooOld, match=message):
+        with targets.ptxas_for(targets.target(110)):
+            pytest.fail("entered the compile of a target the ptxas does not know")
+    with targets.ptxas_for(targets.target(100)):  # the targets it knows still compile
+        pass
+    out = tmp_path / "ptx"
+    for tool in (["fisa_rt.kernels.aot", "--out", str(out)], ["fisa_rt.kernels.gate", "--json", str(out) + ".json"]):
+        run = subprocess.run([sys.executable, "-m", *tool, "--arch", "90", "--arch", "110"], capture_output=True,
+                             text=True)
+        assert run.returncode == 2 and not run.stdout, (tool, run.stdout, run.stderr[-2000:])
+        assert len(run.stderr.splitlines()) == 1 and re.search(f"error: .*{message}", run.stderr), run.stderr
+    assert list(tmp_path.iterdir()) == [old_ptxas_blackwell]
