@@ -16,8 +16,13 @@
 # 134 s on 8; peaks, benchmarks without torch.compile and end to end took 3 min. For a 15-minute lease,
 # FISA_GPU_CHECK_MINUTES=9 (limits: tests 172 s, benchmarks 162 s, runtime end to end 54 s, end to end and
 # profile 64 s each).
-# Where the GPU image lacks open_clip and has no network: carry its wheels and install fisa-rt with
-# pip install --no-deps --no-build-isolation --use-pep517 -e .   (plain -e needs the network to build).
+# Where the GPU image lacks open_clip and has no network (the lent H200's, 2026-11-26: torch 2.11, Triton 3.6,
+# python3 only): here, `pip download --no-deps -d .whl open_clip_torch ftfy wcwidth` (2.3 MB; .whl/ is
+# git-ignored), then on the device, carrying .whl, run in the repository (plain -e needs the network to build):
+#   python3 -m pip install -q --no-deps .whl/*.whl && python3 -m pip install -q --no-deps --no-build-isolation \
+#     --use-pep517 -e . && FISA_PYTHON=python3 FISA_GPU_CHECK_MINUTES=9 FISA_GPU_CHECK_WORK=$OUT/raw \
+#     scripts/gpu-check.sh; cp -r benchmarks/results $OUT/
+# and commit the new benchmarks/results/<date>-<gpu>.md and the raw files beside it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${FISA_PYTHON:-python}"
