@@ -50,9 +50,8 @@ def plugin_arch(capability: Sequence[int]) -> int:
             f"{targets.describe(capability)}: build the portable flavour (--flavour portable), which TensorRT "
             "compiles for any GPU it supports"
         )
-    row = targets.target(arch)
     try:
-        targets.check_assembles(row)  # here, not from inside TensorRT's build
+        targets.check_assembles(targets.target(arch))  # here, not from inside TensorRT's build
     except targets.TritonTooOld as exc:
         raise MissingDependencyError(f"{exc}, or build the portable flavour (--flavour portable)") from None
     return arch

@@ -133,26 +133,22 @@ def _gpu_names(ptxas: str) -> frozenset:
     return frozenset(re.findall(r"'([^']+)'", allowed))
 
 
-def assembles(row: Target) -> bool:
-    """Whether the installed Triton's ptxas knows ``row``: Triton 3.6's ptxas-blackwell (CUDA 12.9) has no
-    sm_110, so Jetson Thor under JetPack 7 needs Triton 3.8 or newer. A help text that cannot be read says
-    yes, and Triton's compile is the judge."""
-    known = _gpu_names(ptxas_path(row))
-    return not known or row.gpu_name in known
-
-
 class TritonTooOld(RuntimeError):
     """The installed Triton's ptxas does not know a target of the table."""
 
 
 def check_assembles(row: Target) -> None:
-    """Refuse ``row`` where ``assembles`` says no, naming the ptxas and the Triton to use; else ptxas's own
-    "Value 'sm_110a' is not defined" surfaces from inside Triton's compiler."""
-    if not assembles(row):
+    """Refuse ``row`` where the installed Triton's ptxas does not list it, naming the ptxas and the Triton to use;
+    else ptxas's own "Value 'sm_110a' is not defined" surfaces from inside Triton's compiler (Triton 3.6's
+    ptxas-blackwell, CUDA 12.9, has no sm_110, so Jetson Thor under JetPack 7 needs Triton 3.8 or newer). A help
+    text that cannot be read refuses nothing, and Triton's compile is the judge."""
+    ptxas = ptxas_path(row)
+    known = _gpu_names(ptxas)
+    if known and row.gpu_name not in known:
         import triton
 
         raise TritonTooOld(
-            f"Triton {triton.__version__}'s ptxas ({ptxas_path(row)}) cannot assemble {row.gpu_name} for {row.name}: "
+            f"Triton {triton.__version__}'s ptxas ({ptxas}) cannot assemble {row.gpu_name} for {row.name}: "
             "use a Triton whose ptxas knows it (Triton 3.8 or newer, as torch 2.14 installs)"
         )
 
