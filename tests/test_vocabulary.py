@@ -37,6 +37,21 @@ def test_files_and_classes(tmp_path):
         vocab.resolve(classes="a", vocab="coco-panoptic")
 
 
+def test_files_written_by_other_tools_read_as_meant(tmp_path):
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("cat\ngrass : stuff\nsky: Stuff\nfence :thing\n".encode("utf-8-sig"))
+    v = vocab.from_file(str(bom))
+    assert v.names == ["cat", "grass", "sky", "fence"] and v.is_thing == [True, False, False, True]
+    upper = tmp_path / "v.JSON"
+    upper.write_text('{"classes": [{"name": "cat", "isthing": 1}, {"name": "grass", "isthing": 0}]}')
+    v = vocab.from_file(str(upper))
+    assert v.names == ["cat", "grass"] and v.is_thing == [True, False]
+    for flag in ['"false"', "null", "2", "0.5"]:
+        upper.write_text('{"classes": [{"name": "cat", "isthing": %s}]}' % flag)
+        with pytest.raises(InputError, match="isthing of 'cat'"):
+            vocab.from_file(str(upper))
+
+
 def test_prompt_averaging_and_embeddings_round_trip(tmp_path):
     per_prompt = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
     averaged = vocab.average_prompts(per_prompt, [0, 0, 1], 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..errors import InputError, missing_file_error, refuse_overwrite, warn
 from .prompts import expand_prompts, validate_vocabulary
 
 SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
+_KIND_SUFFIX = re.compile(r"\s*:\s*(stuff|thing)$", re.IGNORECASE)
 
 
 @dataclass
@@ -58,9 +60,14 @@ def _from_json(data: dict, where: str) -> Vocabulary:
         raise InputError(f"{where} is not a vocabulary file: each class must be an object, as in {shape}")
     try:
         classes = data["classes"]
-        return Vocabulary([c["name"] for c in classes], [bool(c.get("isthing", True)) for c in classes])
+        names, flags = [c["name"] for c in classes], [c.get("isthing", True) for c in classes]
     except (KeyError, TypeError) as exc:
         raise InputError(f"{where} is not a vocabulary file: missing {exc}") from None
+    # COCO writes isthing as 1/0; a string such as "false" would otherwise read as true
+    wrong = [(n, f) for n, f in zip(names, flags) if f not in (True, False) or isinstance(f, float)]
+    if wrong:
+        raise InputError(f"{where}: isthing of {wrong[0][0]!r} is {wrong[0][1]!r}; give true/false (or 1/0)")
+    return Vocabulary(names, [bool(f) for f in flags])
 
 
 def named(name: str) -> Vocabulary:
@@ -79,11 +86,11 @@ def from_file(path: str) -> Vocabulary:
     if not os.path.isfile(path):
         raise missing_file_error(path, "vocabulary file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is not part of the first name
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read vocabulary file {path}: {exc}") from None
-    if path.endswith(".json"):
+    if path.lower().endswith(".json"):
         try:
             return _from_json(json.loads(text), path)
         except json.JSONDecodeError as exc:
@@ -93,9 +100,9 @@ def from_file(path: str) -> Vocabulary:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        name, _, kind = line.rpartition(":") if line.endswith((":stuff", ":thing")) else (line, "", "thing")
-        names.append(name.strip())
-        things.append(kind != "stuff")
+        kind = _KIND_SUFFIX.search(line)
+        names.append(line[: kind.start()] if kind else line)
+        things.append(not kind or kind.group(1).lower() != "stuff")
     return Vocabulary(names, things)
 
 
