@@ -85,6 +85,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:  # an empty value (an unset shell variable) would act as "not given"
+            value = getattr(namespace, action.dest, None)
+            if value == "" or (isinstance(value, list) and "" in value):
+                self.error(f"argument {'/'.join(action.option_strings) or action.dest}: is empty")
+        return namespace, extras
+
 
 def _models(args: argparse.Namespace) -> None:
     from .config import get_model_config, list_models
@@ -302,16 +310,18 @@ def _demo(args: argparse.Namespace) -> None:
     from .runtime.assets import default_checkpoint, sample_images
     from .runtime.folder_run import output_folder
     from .runtime.images import load_image
+    from .runtime.inputs import output_names
     from .runtime.segmenter import Segmenter
     from .vocab import vocabulary as vocab
 
+    paths = args.input or sample_images()
+    targets = [os.path.join(args.out, name + "_overlay.png") for name in output_names(paths)]
+    for target in targets:  # all refused before any is written
+        refuse_overwrite(target, args.overwrite)
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
     segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))
     with output_folder(args.out):
-        for path in args.input or sample_images():
-            stem = os.path.splitext(os.path.basename(path))[0]
-            target = os.path.join(args.out, stem + "_overlay.png")
-            refuse_overwrite(target, args.overwrite)
+        for path, target in zip(paths, targets):
             result = segmenter.segment(load_image(path))
             save_image(result.overlay(), target, overwrite=args.overwrite)
             print(f"{target}: {result.summary()}")

@@ -115,6 +115,35 @@ def test_demo_writes_overlays_of_the_bundled_scenes(tmp_path):
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
 
 
+@pytest.mark.parametrize("argv,option", [
+    (["infer", "--engine", "build", "--input", "", "--classes", "cat", "--out"], "--input"),
+    (["infer", "--engine", "build", "--embeddings", "", "--out"], "--embeddings"),
+    (["demo", "--classes", "", "--out"], "--classes"),
+])
+def test_an_empty_argument_is_refused_not_taken_as_not_given(tmp_path, argv, option):
+    result = run(*argv, tmp_path / "o")  # an unset shell variable, e.g. --input "$PHOTOS"
+    assert result.returncode == 2 and f"argument {option}: is empty" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_demo_gives_images_of_one_name_their_own_overlays(tmp_path):
+    from fisa_rt.runtime.assets import sample_images
+
+    inputs = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        inputs.append(tmp_path / folder / "x.png")
+        inputs[-1].write_bytes(open(sample_images()[0], "rb").read())
+    out = tmp_path / "o"
+    result = run("demo", "--input", *map(str, inputs), "--out", str(out), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x_png_2_overlay.png", "x_png_overlay.png"]
+    (out / "x_png_overlay.png").unlink()
+    again = run("demo", "--input", *map(str, inputs), "--out", str(out))  # refused before anything is written
+    assert again.returncode == 2 and "x_png_2_overlay.png exists" in again.stderr
+    assert not (out / "x_png_overlay.png").exists()
+
+
 @pytest.mark.parametrize("content,message", [(None, "does not exist"), (b"GIF89a-broken", "cannot read image")])
 def test_demo_rejects_missing_and_corrupt_images(tmp_path, content, message):
     image = tmp_path / "input.png"

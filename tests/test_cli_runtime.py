@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fisa_rt import CheckpointError, InputError
@@ -191,8 +192,16 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     one_line_error(run("infer", "--engine", tmp_path / "model.xyz", "--out", tmp_path / "o"), "cannot tell the backend")
     one_line_error(run("infer", "--engine", tmp_path / "missing.onnx", "--out", tmp_path / "o"), "does not exist")
     one_line_error(
-        run("infer", "--engine", engine, "--backend", "tensorrt", "--out", tmp_path / "o"), "TensorRT is not installed"
+        run("infer", "--engine", engine, "--backend", "tensorrt", "--out", tmp_path / "o"),
+        "artefact of the onnxruntime backend",
     )
+    from fisa_rt.export.manifest import read_manifest, write_manifest
+
+    plan = tmp_path / "model.engine"  # what a TensorRT build writes, with its manifest; TensorRT is missing here
+    plan.write_bytes(b"serialized engine")
+    write_manifest(str(plan), {k: v for k, v in read_manifest(engine).items() if k not in ("file", "sha256")})
+    one_line_error(run("infer", "--engine", plan, "--vocab", "synthetic", "--out", tmp_path / "o"),
+                   "TensorRT is not installed")
     one_line_error(run("infer", "--engine", artefacts["fused"], "--out", tmp_path / "o"), "fused ONNX")
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -225,6 +234,30 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     one_line_error(
         run("infer", "--engine", engine, "--embeddings", wrong, "--out", tmp_path / "o"), "another text encoder"
     )
+
+
+def test_devices_and_backends_that_do_not_fit_the_artefact_are_refused(artefacts, tmp_path):
+    import onnxruntime
+
+    from fisa_rt.runtime.backends import open_backend
+
+    assert open_backend(artefacts["ort"], device="cpu").device.type == "cpu"
+    refusals = [
+        (artefacts["ort"], {"device": "gpu0"}, "ONNX Runtime runs on cpu, cuda or cuda:N"),
+        (default_checkpoint(), {"device": "gpu0"}, "'gpu0' is not a torch device"),
+        (artefacts["ort"], {"backend": "torch"}, r"artefact of the onnxruntime backend \(.onnx\); the torch backend "
+                                                 "runs .safetensors"),
+        (default_checkpoint(), {"backend": "onnxruntime"}, "artefact of the torch backend"),
+    ]
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        refusals.append((artefacts["ort"], {"device": "cuda"}, "no GPU execution provider.*onnxruntime-gpu"))
+    if not torch.cuda.is_available():
+        refusals.append((default_checkpoint(), {"device": "cuda:0"}, "torch sees no CUDA GPU"))
+    for path, options, message in refusals:
+        with pytest.raises(InputError, match=message):
+            open_backend(path, **options)
+    demo = run("demo", "--engine", artefacts["ort"], "--out", tmp_path / "o")
+    one_line_error(demo, "the torch backend runs .safetensors")
 
 
 def test_backend_refuses_wrong_text_and_vocabularies_beyond_the_profile():

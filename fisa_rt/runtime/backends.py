@@ -14,6 +14,7 @@ last, as torch tensors on the backend's device, so post-processing runs where th
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -38,13 +39,18 @@ class RawOutput:
 
 
 def backend_for(path: str, backend: Optional[str] = None) -> str:
+    suffix = os.path.splitext(path)[1].lower()
     if backend is not None:
         if backend not in BACKENDS:
             raise InputError(f"--backend must be one of {BACKENDS}; got {backend!r}")
+        # --backend is for artefacts named otherwise; a known suffix of another backend is a wrong pairing
+        if SUFFIXES.get(suffix, backend) != backend:
+            wanted = ", ".join(s for s, b in SUFFIXES.items() if b == backend)
+            raise InputError(f"{path} is an artefact of the {SUFFIXES[suffix]} backend ({suffix}); "
+                             f"the {backend} backend runs {wanted}")
         return backend
     if not os.path.exists(path):
         raise missing_file_error(path, "engine")
-    suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise InputError(f"cannot tell the backend of {path}: expected {', '.join(SUFFIXES)} (or pass --backend)")
     return SUFFIXES[suffix]
@@ -149,8 +155,8 @@ class TorchBackend(Backend):
         from .compiled import autocast_forward, compile_forward
         from .cuda_graphs import GraphRunner, TorchGraphs
 
+        self.device = _torch_device(device)
         info = read_checkpoint_info(path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, _ = load_model(path)
         self.model = model.float().eval().to(self.device)
         self.wrapper = InferenceWrapper(self.model, semantic=False).to(self.device).eval()
@@ -202,20 +208,50 @@ def _onnxruntime():
     return onnxruntime
 
 
-def onnx_providers(ort) -> List[str]:
-    """TensorRT EP first where present (it builds engines of its own), then CUDA, then CPU."""
+def _torch_device(device: Optional[str]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__})")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return chosen
+
+
+def onnx_providers(ort, device: Optional[str] = None) -> List[Any]:
+    """TensorRT EP first where present (it builds engines of its own), then CUDA, then CPU; ``device`` "cpu"
+    keeps to the CPU, "cuda[:N]" insists on a GPU provider (on GPU N)."""
     available = ort.get_available_providers()
     order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in order if p in available]
+    chosen = [p for p in order if p in available]
+    if device is None:
+        return chosen
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    gpu = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if gpu is None:
+        raise InputError(f"device {device!r}: ONNX Runtime runs on cpu, cuda or cuda:N")
+    if chosen == ["CPUExecutionProvider"]:
+        raise InputError(
+            f"device {device!r}: this ONNX Runtime ({ort.__version__}) has no GPU execution provider "
+            f"(it has {', '.join(available)}); pip install onnxruntime-gpu"
+        )
+    options = {"device_id": gpu.group(1) or "0"}
+    return [(p, options) if p != "CPUExecutionProvider" else p for p in chosen]
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str, providers: Optional[List[str]] = None, threads: Optional[int] = None,
-                 spinning: bool = False, split_graph: bool = True, options=None):
-        """``split_graph``: run the vocabulary-only part of the graph once per vocabulary (``vocabulary_graph``);
-        ``options``: ONNX Runtime SessionOptions instead of fisa-rt's (``threads`` and ``spinning``)."""
+    def __init__(self, path: str, providers: Optional[List[Any]] = None, threads: Optional[int] = None,
+                 spinning: bool = False, split_graph: bool = True, options=None, device: Optional[str] = None):
+        """``device``: cpu, cuda or cuda:N (default: the first of ``onnx_providers``); ``split_graph``: run the
+        vocabulary-only part of the graph once per vocabulary (``vocabulary_graph``); ``options``: ONNX Runtime
+        SessionOptions instead of fisa-rt's (``threads`` and ``spinning``)."""
         import onnx
 
         from fisa_rt.export.manifest import read_checked_manifest
@@ -245,7 +281,7 @@ class OnnxRuntimeBackend(Backend):
             )
         self.applies_seen = "seen" in inputs
         options = options or onnxruntime_options(ort, resolve_threads(threads), spinning)
-        providers = providers or onnx_providers(ort)
+        providers = providers or onnx_providers(ort, device)
         handed = [model] if split_graph else []
         del model
         try:
@@ -453,5 +489,10 @@ def open_backend(
         if asked:
             raise InputError(f"{flag} applies to the PyTorch backend (.safetensors); {path} runs in {kind}")
     if kind == "onnxruntime":
-        return OnnxRuntimeBackend(path, threads=threads)
+        return OnnxRuntimeBackend(path, threads=threads, device=device)
+    if device is not None:
+        chosen = _torch_device(device)
+        if chosen.type != "cuda" or chosen.index not in (None, torch.cuda.current_device()):
+            raise InputError(f"device {device!r}: a TensorRT engine runs on the current CUDA device "
+                             "(choose it with CUDA_VISIBLE_DEVICES)")
     return TensorRTBackend(path)
