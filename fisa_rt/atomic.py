@@ -16,7 +16,9 @@ import errno
 import json
 import os
 import re
-from typing import Any, Iterator, List
+import shutil
+import tempfile
+from typing import Any, Iterator, List, Sequence
 
 from .errors import InputError, exists_error, refuse_overwrite
 
@@ -44,6 +46,10 @@ def _link_no_clobber(tmp: str, path: str) -> None:
     os.unlink(tmp)
 
 
+def _cannot_write(path: str, exc: OSError) -> InputError:
+    return InputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
     """Yields a temporary path to write to; on success it becomes ``path`` (replacing an existing file only
@@ -65,8 +71,54 @@ def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(exc, OSError):
-            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise _cannot_write(path, exc) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False) -> Iterator[str]:
+    """Yields a hidden temporary folder in ``parent`` (which must exist) to write the folders ``names`` into; on
+    success each becomes ``parent/name``, an earlier one replaced wholly (no file of it stays beside the new ones)
+    and only when ``overwrite``. Without ``overwrite`` an existing ``parent/name`` is an InputError before the
+    caller writes anything. On any failure, the swap included, every ``parent/name`` is as it was and nothing
+    of the new ones remains; a ``parent`` that cannot take them is an InputError naming it."""
+    for name in names:
+        refuse_overwrite(os.path.join(parent, name), overwrite)
+    try:
+        # unique, not just the process id: a container's process ids repeat from run to run
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(parent))}.fisa-tmp{os.getpid()}-",
+                                   dir=parent)
+    except OSError as exc:
+        raise _cannot_write(parent, exc) from None
+    try:
+        try:
+            yield staging
+        except OSError as exc:
+            raise _cannot_write(parent, exc) from None
+        # earlier folders wait in the staging folder until every new one is in place, so a failed swap can undo
+        previous = os.path.join(staging, ".previous")
+        moved, placed = [], []
+        try:
+            os.mkdir(previous)
+            for name in names:
+                target = os.path.join(parent, name)
+                if os.path.lexists(target):
+                    if not overwrite:  # made by someone else since the check above
+                        raise exists_error(target)
+                    os.rename(target, os.path.join(previous, name))
+                    moved.append(name)
+                os.rename(os.path.join(staging, name), target)
+                placed.append(name)
+        except BaseException as exc:
+            for name in reversed(placed):
+                os.rename(os.path.join(parent, name), os.path.join(staging, name))
+            for name in moved:
+                os.rename(os.path.join(previous, name), os.path.join(parent, name))
+            if isinstance(exc, OSError):
+                raise _cannot_write(parent, exc) from None
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def refuse_unwritable(path: str, overwrite: bool) -> None:

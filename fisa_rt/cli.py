@@ -254,7 +254,7 @@ def _export_triton(args: argparse.Namespace) -> None:
 
     options = PythonModelOptions(
         instances=args.instances, threads=args.threads, max_batch_size=args.max_batch_size, device=args.device,
-        kind="KIND_GPU" if args.device.startswith("cuda") else "KIND_CPU", max_pixels=args.max_pixels,
+        kind="KIND_GPU" if args.device == "cuda" else "KIND_CPU", max_pixels=args.max_pixels,
         max_classes=args.max_classes, prepend_dirs=[os.path.abspath(args.numpy1)] if args.numpy1 else None,
     )
     for line in export_repository(args.engine, args.out, args.backend, options, args.overwrite):
@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--instances", type=POSITIVE, default=1, help="fisa_python instances (default 1)")
     tri.add_argument("--threads", type=POSITIVE, help="CPU threads per instance (default: the cores / instances)")
     tri.add_argument("--max-batch-size", type=POSITIVE, default=8, help="dynamic batching's largest batch (default 8)")
-    tri.add_argument("--device", default="cpu", help="fisa_python's device: cpu or cuda (default cpu)")
+    tri.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="fisa_python's device (default cpu)")
     tri.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     tri.add_argument("--max-classes", type=POSITIVE, default=2048, help="refuse larger vocabularies (default 2048)")
     tri.add_argument("--numpy1", help="a numpy<2 folder the Python stub imports first (nvidia-pytriton 0.7.0's stub)")

@@ -2,6 +2,8 @@
 (tritonclient's model_config_pb2) and agrees with the artefact it serves; the fisa_python model's request
 handling batches only what batching cannot change (FC-CLIP's padding: one canvas per batch)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,95 @@ def test_thread_settings_reach_torch_and_onnxruntime(artefacts):
             Segmenter.from_engine(artefacts["ort"], threads=0)
     finally:
         torch.set_num_threads(before)
+
+
+# ---- nothing lost, nothing half-written: the CLI's guarantees for a repository ----------------------------------
+
+def _export(*flags):
+    from fisa_rt.cli import main
+
+    return main(["export-triton", *map(str, flags)])
+
+
+def _one_line(capsys, code, *phrases):
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("fisa-rt: error:"), (code, err)
+    assert all(phrase in err for phrase in phrases), err
+
+
+def _tree(folder):
+    """Every file under ``folder`` (hidden ones included) -> its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_unusable_out_is_one_line_and_a_failed_export_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    from fisa_rt.errors import MissingDependencyError
+    from fisa_rt.runtime.assets import default_checkpoint
+
+    checkpoint, repo = default_checkpoint(), tmp_path / "repo"
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    _one_line(capsys, _export("--engine", checkpoint, "--out", blocker), str(blocker), "File exists")
+    assert blocker.read_text() == "mine"
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(30, "Read-only file system", path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "makedirs", read_only)
+        _one_line(capsys, _export("--engine", checkpoint, "--out", repo), "Read-only file system")
+    text = tmp_path / "t.onnx"
+    text.write_text("not a graph")
+    _one_line(capsys, _export("--engine", text, "--out", repo), "t.onnx")
+    assert not repo.exists()
+    with pytest.raises(SystemExit) as exit_:
+        _export("--engine", checkpoint, "--out", repo, "--device", "foo")
+    assert exit_.value.code == 2 and "invalid choice: 'foo'" in capsys.readouterr().err and not repo.exists()
+
+    def missing():
+        raise MissingDependencyError("Triton's model-config schema comes with tritonclient")
+
+    monkeypatch.setattr(repository, "model_config_pb2", missing)
+    _one_line(capsys, _export("--engine", checkpoint, "--out", repo), "tritonclient")
+    assert not repo.exists()
+
+
+def test_every_model_folder_is_checked_before_any_is_written(artefacts, tmp_path, capsys):
+    out = tmp_path / "repo"
+    (out / "fisa").mkdir(parents=True)
+    _one_line(capsys, _export("--engine", artefacts["out"], "--out", out), "fisa exists", "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["fisa"] and not any((out / "fisa").iterdir())
+
+
+def test_overwrite_replaces_each_model_wholly_and_a_failure_midway_keeps_the_old_one(artefacts, tmp_path, capsys,
+                                                                                     monkeypatch):
+    out = tmp_path / "repo"
+    assert _export("--engine", artefacts["out"], "--out", out) == 0
+    (out / "fisa_python" / "1" / "stale.txt").write_text("from an earlier export")
+    (out / "other" / "1").mkdir(parents=True)  # someone else's model: never touched
+    (out / "other" / "config.pbtxt").write_text("name: 'other'")
+    other = _tree(out / "other")
+    assert _export("--engine", artefacts["portable"], "--out", out, "--overwrite") == 0
+    served = sorted(p.name for p in (out / "fisa_python" / "1").iterdir())
+    assert "stale.txt" not in served and os.path.basename(artefacts["portable"]) in served, served
+    assert _tree(out / "other") == other
+    before = _tree(out)
+
+    def broken(folder, config, source):
+        raise OSError(28, "No space left on device", folder)
+
+    with monkeypatch.context() as patch:  # fisa_image fails after fisa_python is written
+        patch.setattr(repository, "_graph_folder", broken)
+        _one_line(capsys, _export("--engine", artefacts["out"], "--out", out, "--overwrite"), "No space left")
+    assert _tree(out) == before  # and no hidden staging folder
+    renames = []
+
+    def rename(src, dst):
+        renames.append(dst)
+        if len(renames) == 4:  # fisa_python swapped, fisa_image moved aside: both undone
+            raise OSError(5, "Input/output error", dst)
+        os.replace(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    _one_line(capsys, _export("--engine", artefacts["out"], "--out", out, "--overwrite"), "Input/output error")
+    assert _tree(out) == before

@@ -1,23 +1,26 @@
 """``fisa-rt export-triton``: a Triton model repository for an artefact, each ``config.pbtxt`` built as Triton's own
 ``ModelConfig`` message (``tritonclient``'s ``model_config_pb2``), so what is written parses by construction,
-and checked again after writing (``check_repository``).
+and checked again after writing (``check_repository``), before it replaces anything in the repository.
 
 ``fisa_python`` runs fisa-rt's ``Segmenter`` on any artefact in the Python backend, which is all the
-``nvidia-pytriton`` wheel's server has. The production flavour (``production``) is written beside it.
+``nvidia-pytriton`` wheel's server has. The production flavour (``production_models``) is written beside it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import site
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from ..errors import InputError, MissingDependencyError, refuse_overwrite
+from ..errors import InputError, MissingDependencyError
 from . import protocol
 
 PYTHON_MODEL = "fisa_python"
+# a model's name -> what writes it into the (new) folder it is given; all are built before any is written
+Models = Dict[str, Callable[[str], None]]
 
 
 def model_config_pb2():
@@ -143,16 +146,13 @@ def read_config(path: str):
         raise InputError(f"{path} is not a Triton model config: {exc}") from None
 
 
-def _python_folder(repository: str, name: str, files: List[str], options: PythonModelOptions, config,
-                   overwrite: bool) -> str:
-    """``repository/name``: config.pbtxt, 1/model.py (fisa_rt/serving/triton_model.py), 1/environment.json and
-    ``files`` copied into 1/."""
+def _python_folder(folder: str, files: List[str], options: PythonModelOptions, config) -> None:
+    """``folder``: config.pbtxt, 1/model.py (fisa_rt/serving/triton_model.py), 1/environment.json and ``files``
+    copied into 1/."""
     from ..atomic import write_json
 
-    folder = os.path.join(repository, name)
-    refuse_overwrite(folder, overwrite)
     version = os.path.join(folder, "1")
-    os.makedirs(version, exist_ok=True)
+    os.makedirs(version)
     for path in files:
         shutil.copy2(path, os.path.join(version, os.path.basename(path)))
     # copied, not imported: importing it would set up a stub's sys.path in this process
@@ -161,14 +161,42 @@ def _python_folder(repository: str, name: str, files: List[str], options: Python
     write_json(os.path.join(version, "environment.json"),
                {"site_dirs": site_dirs, "prepend_dirs": list(options.prepend_dirs or [])}, indent=2)
     write_config(folder, config)
-    return folder
+
+
+def _graph_folder(folder: str, config, source: Optional[str]) -> None:
+    """``folder``: config.pbtxt, and ``source`` copied to 1/ under the config's model file name."""
+    os.makedirs(os.path.join(folder, "1"))
+    if source:
+        shutil.copy2(source, os.path.join(folder, "1", config.default_model_filename))
+    write_config(folder, config)
+
+
+def python_model(artefact: str, backend: Optional[str], options: PythonModelOptions) -> Models:
+    """``fisa_python``, serving ``artefact`` with its files copied beside model.py."""
+    config = python_model_config(os.path.basename(artefact), backend, options)
+    return {PYTHON_MODEL: functools.partial(_python_folder, files=artefact_files(artefact), options=options,
+                                            config=config)}
+
+
+def write_models(repository: str, artefact: str, models: Models, overwrite: bool = False) -> List[str]:
+    """``models`` into ``repository`` (made if missing), written beside it and checked (``check_repository``)
+    before any replaces a folder there (fisa_rt.atomic.atomic_folders): an existing model only with
+    ``overwrite``, then wholly; on any failure no new file remains. The lines to print."""
+    from ..atomic import atomic_folders
+    from ..runtime.folder_run import output_folder
+
+    with output_folder(repository), atomic_folders(repository, list(models), overwrite) as staging:
+        for name, write in models.items():
+            write(os.path.join(staging, name))
+        lines = check_repository(staging, artefact, shown=repository)
+    return [f"wrote {os.path.join(repository, name)}" for name in models] + lines
 
 
 def write_python_model(repository: str, artefact: str, backend: Optional[str], options: PythonModelOptions,
                        overwrite: bool = False) -> str:
-    """``repository/fisa_python``, serving ``artefact`` with its files copied beside model.py."""
-    config = python_model_config(os.path.basename(artefact), backend, options)
-    return _python_folder(repository, PYTHON_MODEL, artefact_files(artefact), options, config, overwrite)
+    """``repository/fisa_python`` alone."""
+    write_models(repository, artefact, python_model(artefact, backend, options), overwrite)
+    return os.path.join(repository, PYTHON_MODEL)
 
 # ---- the production flavour: the engine and the text encoder on Triton's native backends ----------------------
 
@@ -308,29 +336,23 @@ def ensemble_config(image_sig: Dict, text_sig: Dict):
     return config
 
 
-def write_production(repository: str, artefact: str, options: PythonModelOptions, overwrite: bool = False) -> List[str]:
+def production_models(artefact: str, options: PythonModelOptions) -> Models:
     """``fisa_image`` (the engine), ``fisa_text`` (the text encoder), the Python steps and the ``fisa`` ensemble
     of an exported artefact (a checkpoint has no production flavour: fisa_python serves it)."""
     from ..export.manifest import read_checked_manifest
 
     if artefact.endswith(".safetensors"):
-        return []
+        return {}
     manifest = read_checked_manifest(artefact)
     engine = artefact.endswith((".engine", ".plan"))
     signature = artefact_signature(artefact, manifest)
     check_against_manifest(signature, manifest, artefact)
     text = os.path.join(os.path.dirname(os.path.abspath(artefact)), manifest["text_encoder"]["file"])
     text_sig = onnx_signature(text)
-    written = []
-    for name, source, sig, is_engine in (("fisa_image", artefact, signature, engine),
-                                         ("fisa_text", text, text_sig, False)):
-        folder = os.path.join(repository, name)
-        refuse_overwrite(folder, overwrite)
-        os.makedirs(os.path.join(folder, "1"), exist_ok=True)
-        config = graph_model_config(name, sig, is_engine, manifest)
-        shutil.copy2(source, os.path.join(folder, "1", config.default_model_filename))
-        write_config(folder, config)
-        written.append(folder)
+    models = {name: functools.partial(_graph_folder, config=graph_model_config(name, sig, is_engine, manifest),
+                                      source=source)
+              for name, source, sig, is_engine in (("fisa_image", artefact, signature, engine),
+                                                   ("fisa_text", text, text_sig, False))}
     # the steps read the manifest and the text encoder's tokenizer, not the engine
     files = [f for f in artefact_files(artefact) if f != artefact]
     (tokens, tokens_type), = ((n, t) for n, t in text_sig["input"].items())
@@ -346,28 +368,25 @@ def write_production(repository: str, artefact: str, options: PythonModelOptions
                       RESULT_OUT),
     }
     for name, (stage, inputs, outputs) in stages.items():
-        config = _stage_config(name, stage, inputs, outputs, artefact, options)
-        written.append(_python_folder(repository, name, files, options, config, overwrite))
-    folder = os.path.join(repository, "fisa")
-    refuse_overwrite(folder, overwrite)
-    os.makedirs(os.path.join(folder, "1"), exist_ok=True)
-    write_config(folder, ensemble_config(signature, text_sig))
-    written.append(folder)
-    return written
+        models[name] = functools.partial(_python_folder, files=files, options=options,
+                                         config=_stage_config(name, stage, inputs, outputs, artefact, options))
+    models["fisa"] = functools.partial(_graph_folder, config=ensemble_config(signature, text_sig), source=None)
+    return models
 
 
-def check_repository(repository: str, artefact: str) -> List[str]:
+def check_repository(repository: str, artefact: str, shown: Optional[str] = None) -> List[str]:
     """Every config.pbtxt parsed with Triton's schema and compared with what it serves: fisa_image / fisa_text
     with their graphs and the manifest's profiles, fisa_python with the wire format. One InputError per problem;
-    the lines it checked otherwise."""
+    the lines it checked otherwise. ``shown``: the folder to name instead (models checked before they move there)."""
     from ..export.manifest import read_manifest
 
     lines, configs = [], {}
     for name in sorted(os.listdir(repository)):
-        path = os.path.join(repository, name, "config.pbtxt")
-        if not os.path.isfile(path):
+        written = os.path.join(repository, name, "config.pbtxt")
+        if not os.path.isfile(written):
             continue
-        config = read_config(path)
+        config = read_config(written)
+        path = os.path.join(shown or repository, name, "config.pbtxt")
         if config.name != name:
             raise InputError(f"{path} names model {config.name!r}, but its folder is {name!r}")
         got = config_signature(config)
@@ -440,7 +459,5 @@ def export_repository(artefact: str, repository: str, backend: Optional[str], op
     artefact = resolve_artefact(artefact)
     if not os.path.isfile(artefact):
         raise InputError(f"engine {artefact} does not exist")
-    os.makedirs(repository, exist_ok=True)
-    folders = [write_python_model(repository, artefact, backend, options, overwrite)]
-    folders += write_production(repository, artefact, options, overwrite)
-    return [f"wrote {f}" for f in folders] + check_repository(repository, artefact)
+    models = {**python_model(artefact, backend, options), **production_models(artefact, options)}
+    return write_models(repository, artefact, models, overwrite)
