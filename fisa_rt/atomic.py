@@ -1,5 +1,6 @@
 """Atomic file writes: every file fisa-rt writes (result PNG/JSON, embeddings, manifests, checkpoints,
-training state, benchmark JSON, datasets) appears whole or not at all.
+training state, benchmark JSON, datasets) appears whole or not at all, and so does a folder that is one
+result (``eval --predictions``, :func:`atomic_folder`).
 
 The data goes to a hidden temporary file in the target's folder (same file system, so the final step
 is atomic); an interrupted or failed write removes the temporary file and leaves any earlier file at
@@ -16,6 +17,7 @@ import errno
 import json
 import os
 import re
+import shutil
 from typing import Any, Iterator, List
 
 from .errors import InputError, exists_error, refuse_overwrite
@@ -69,6 +71,53 @@ def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str, overwrite: bool = False) -> Iterator[str]:
+    """Yields a temporary sibling folder to fill; on success it becomes ``path``, so ``path`` never holds part
+    of a run, nor a mix of an earlier run's files and this one's. An existing ``path`` stays as it was until
+    then; at the end an empty one is replaced, a non-empty one only with ``overwrite`` (wholly), else an
+    InputError. On failure, Ctrl-C and SIGTERM included, the temporary folder is removed."""
+    path = os.fspath(path)
+    real = os.path.realpath(path)  # a link to the folder keeps leading to it
+    parent, name = os.path.split(real)
+    tmp = os.path.join(parent, f".{name}.fisa-tmp{os.getpid()}")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        remove_stale_temporaries(parent)
+        os.mkdir(tmp)
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+        try:
+            _swap_folder(tmp, real, path, overwrite)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_folder(tmp: str, real: str, path: str, overwrite: bool) -> None:
+    try:
+        os.rename(tmp, real)  # one step where ``real`` is missing or an empty folder
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        if not overwrite:
+            raise exists_error(path) from None
+    # Set aside under a name remove_stale_temporaries never matches: a crash between the renames loses nothing.
+    old = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.fisa-old{os.getpid()}")
+    os.rename(real, old)
+    try:
+        os.rename(tmp, real)
+    except BaseException:
+        os.rename(old, real)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def refuse_unwritable(path: str, overwrite: bool) -> None:
     """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
     ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable."""
@@ -93,16 +142,23 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:
-    """Removes the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``folder``:
-    names of :data:`TEMPORARY`'s form whose process no longer runs; a live writer's are kept. Returns them."""
+    """Removes the temporary files and folders (:func:`atomic_folder`) that writers killed mid-write (SIGKILL,
+    power loss) left in ``folder``: names of :data:`TEMPORARY`'s form whose process no longer runs; a live
+    writer's are kept. Returns them."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             match = TEMPORARY.match(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match["pid"])):
-                with contextlib.suppress(OSError):
+            if not match or _alive(int(match["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                elif entry.is_file(follow_symlinks=False):
                     os.remove(entry.path)
-                    removed.append(entry.path)
+                else:
+                    continue
+                removed.append(entry.path)
     return removed
 
 
