@@ -1,5 +1,6 @@
 """Atomic file writes: every file fisa-rt writes (result PNG/JSON, embeddings, manifests, checkpoints,
-training state, benchmark JSON, datasets) appears whole or not at all.
+training state, benchmark JSON, datasets) appears whole or not at all, and so does a folder that is one
+result (``eval --predictions``, :func:`atomic_folder`).
 
 The data goes to a hidden temporary file in the target's folder (same file system, so the final step
 is atomic); an interrupted or failed write removes the temporary file and leaves any earlier file at
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Any, Iterator, List, Sequence
 
 from .errors import InputError, exists_error, refuse_overwrite
@@ -78,16 +78,19 @@ def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
 @contextlib.contextmanager
 def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False) -> Iterator[str]:
     """Yields a hidden temporary folder in ``parent`` (which must exist) to write the folders ``names`` into; on
-    success each becomes ``parent/name``, an earlier one replaced wholly (no file of it stays beside the new ones)
-    and only when ``overwrite``. Without ``overwrite`` an existing ``parent/name`` is an InputError before the
-    caller writes anything. On any failure, the swap included, every ``parent/name`` is as it was and nothing
-    of the new ones remains; a ``parent`` that cannot take them is an InputError naming it."""
+    success each becomes ``parent/name``, an earlier one replaced wholly (no file of it stays beside the new
+    ones). An existing, non-empty ``parent/name`` is an InputError before the caller writes anything, unless
+    ``overwrite``. On any failure, the swap, Ctrl-C and SIGTERM included, every ``parent/name`` is as it was and
+    nothing of the new ones remains; a ``parent`` that cannot take them is an InputError naming it."""
     for name in names:
-        refuse_overwrite(os.path.join(parent, name), overwrite)
+        if not _empty_folder(os.path.join(parent, name)):
+            refuse_overwrite(os.path.join(parent, name), overwrite)
+    # TEMPORARY's form, so the next run removes it if this one is killed
+    staging = os.path.join(parent, f".{names[0]}.fisa-tmp{os.getpid()}")
     try:
-        # unique, not just the process id: a container's process ids repeat from run to run
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(parent))}.fisa-tmp{os.getpid()}-",
-                                   dir=parent)
+        remove_stale_temporaries(parent)
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's of the same id: a container's ids repeat
+        os.mkdir(staging)
     except OSError as exc:
         raise _cannot_write(parent, exc) from None
     try:
@@ -95,30 +98,55 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False) -
             yield staging
         except OSError as exc:
             raise _cannot_write(parent, exc) from None
-        # earlier folders wait in the staging folder until every new one is in place, so a failed swap can undo
-        previous = os.path.join(staging, ".previous")
-        moved, placed = [], []
-        try:
-            os.mkdir(previous)
-            for name in names:
-                target = os.path.join(parent, name)
-                if os.path.lexists(target):
-                    if not overwrite:  # made by someone else since the check above
-                        raise exists_error(target)
-                    os.rename(target, os.path.join(previous, name))
-                    moved.append(name)
-                os.rename(os.path.join(staging, name), target)
-                placed.append(name)
-        except BaseException as exc:
-            for name in reversed(placed):
-                os.rename(os.path.join(parent, name), os.path.join(staging, name))
-            for name in moved:
-                os.rename(os.path.join(previous, name), os.path.join(parent, name))
-            if isinstance(exc, OSError):
-                raise _cannot_write(parent, exc) from None
-            raise
+        _swap_folders(staging, parent, names, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str, overwrite: bool = False) -> Iterator[str]:
+    """:func:`atomic_folders` for one folder that is one result (``eval --predictions``): yields the temporary
+    folder to fill, which becomes ``path`` (through a link, the folder it leads to); ``path``'s parent is made
+    if missing."""
+    parent, name = os.path.split(os.path.realpath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    with atomic_folders(parent, [name], overwrite) as staging:
+        os.mkdir(os.path.join(staging, name))
+        yield os.path.join(staging, name)
+
+
+def _empty_folder(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
+
+
+def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bool) -> None:
+    """Each ``staging/name`` -> ``parent/name``; earlier folders are set aside under a name
+    remove_stale_temporaries never matches (a crash between the renames loses nothing) and removed once every
+    new one is in place; a failure puts them back."""
+    moved, placed = [], []
+    try:
+        for name in names:
+            target = os.path.join(parent, name)
+            if os.path.lexists(target):
+                if not overwrite and not _empty_folder(target):  # made by someone else since the check
+                    raise exists_error(target)
+                os.rename(target, os.path.join(parent, f".{name}.fisa-old{os.getpid()}"))
+                moved.append(name)
+            os.rename(os.path.join(staging, name), target)
+            placed.append(name)
+    except BaseException as exc:
+        for name in reversed(placed):
+            os.rename(os.path.join(parent, name), os.path.join(staging, name))
+        for name in moved:
+            os.rename(os.path.join(parent, f".{name}.fisa-old{os.getpid()}"), os.path.join(parent, name))
+        if isinstance(exc, OSError):
+            raise _cannot_write(parent, exc) from None
+        raise
+    for name in moved:
+        shutil.rmtree(os.path.join(parent, f".{name}.fisa-old{os.getpid()}"), ignore_errors=True)
 
 
 def refuse_unwritable(path: str, overwrite: bool) -> None:
@@ -145,16 +173,23 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:
-    """Removes the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``folder``:
-    names of :data:`TEMPORARY`'s form whose process no longer runs; a live writer's are kept. Returns them."""
+    """Removes the temporary files and folders (:func:`atomic_folder`) that writers killed mid-write (SIGKILL,
+    power loss) left in ``folder``: names of :data:`TEMPORARY`'s form whose process no longer runs; a live
+    writer's are kept. Returns them."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             match = TEMPORARY.match(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match["pid"])):
-                with contextlib.suppress(OSError):
+            if not match or _alive(int(match["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                elif entry.is_file(follow_symlinks=False):
                     os.remove(entry.path)
-                    removed.append(entry.path)
+                else:
+                    continue
+                removed.append(entry.path)
     return removed
 
 

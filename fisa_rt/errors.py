@@ -24,6 +24,10 @@ class CheckpointError(FisaError):
     """A checkpoint is missing, unreadable, not a fisa-rt file, or would be overwritten."""
 
 
+class TrainingDiverged(FisaError):
+    """Training's loss became NaN or infinite (most often a learning rate too high for the model)."""
+
+
 class MissingDependencyError(FisaError, ImportError):
     """An optional dependency is needed for the requested feature."""
 

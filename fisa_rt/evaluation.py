@@ -9,6 +9,7 @@ cityscapesscripts' copy of panopticapi on random files with crowd regions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import save_image, write_json
+from .atomic import atomic_folder, save_image, write_json
 from .config import ResizeConfig
 from .data.panoptic import PanopticDataset, check_segment_ids, ground_truth_segments, read_segment_ids
 from .data.panoptic_png import ids_to_rgb
@@ -182,6 +183,7 @@ def evaluate(
 ) -> Dict[str, Dict[str, float]]:
     """Run a PyTorch ``model`` on ``dataset`` with the dataset's whole vocabulary; PQ/SQ/RQ and mIoU per
     group. ``predictions_dir`` also writes COCO-panoptic prediction PNGs + JSON there, for other evaluators."""
+    refuse_no_categories(dataset)
     model = model.eval().to(device)
     text = model.encode_vocabulary(dataset.class_names).to(device)
     seen = torch.tensor([not h for h in dataset.held_out], device=device)  # used by the mask-average head
@@ -210,6 +212,7 @@ def evaluate_segmenter(
 
     if dataset.image_size != segmenter.backend.image_size or (dataset.resize or ResizeConfig()) != segmenter.resize:
         raise ValueError("the dataset must be read at the engine's image size and by its resize rule")
+    refuse_no_categories(dataset)
     segmenter.set_vocabulary(Vocabulary(dataset.class_names, dataset.is_thing))
     seen = np.array([not h for h in dataset.held_out])  # as evaluate() passes them
     backend = segmenter.backend
@@ -248,11 +251,12 @@ def evaluate_predictions(
         raise InputError(f"no images to evaluate: {dataset.json_path} lists {len(dataset)}, limit {limit}")
     pq, miou = PanopticQuality(len(dataset.class_names)), SemanticIoU(len(dataset.class_names))
     annotations = []
+    folder = contextlib.nullcontext()
     if predictions_dir:
         refuse_predictions_inside(predictions_dir, dataset.root)
         names = [dataset.records[i][1]["file_name"] for i in range(count)]
-        prepare_predictions_folder(predictions_dir, names, overwrite)
-    with torch.no_grad():
+        folder = predictions_folder(predictions_dir, names, overwrite)
+    with folder as written, torch.no_grad():
         for start in range(0, count, batch_size):
             samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
             images = torch.stack([s.image for s in samples])
@@ -269,12 +273,19 @@ def evaluate_predictions(
                 pred_segments = {s.id: s.category_id for s in panoptic.segments}
                 pq.add(gt_ids, gt_segments, panoptic.segment_map.cpu().numpy(), pred_segments, crowd)
                 miou.add(gt_semantic, semantic.label_map.cpu().numpy())
-                if predictions_dir:
-                    annotations.append(_write_prediction(predictions_dir, dataset, sample.index, panoptic))
-    if predictions_dir:
-        predictions = {"annotations": annotations, "categories": dataset.categories}
-        write_json(os.path.join(predictions_dir, PREDICTIONS_JSON), predictions)
+                if written:
+                    annotations.append(_write_prediction(written, dataset, sample.index, panoptic))
+        if written:
+            predictions = {"annotations": annotations, "categories": dataset.categories}
+            write_json(os.path.join(written, PREDICTIONS_JSON), predictions)
     return report(pq, miou, dataset.is_thing, dataset.held_out, dataset.groups)
+
+
+def refuse_no_categories(dataset: PanopticDataset) -> None:
+    """The vocabulary is the dataset's categories: without any, the text encoder's "empty vocabulary" would
+    blame class names the user never gave."""
+    if not dataset.class_names:
+        raise InputError(f"the dataset has no categories: {dataset.json_path} lists none to evaluate")
 
 
 def refuse_predictions_inside(predictions_dir: str, data_root: str) -> None:
@@ -289,10 +300,12 @@ def refuse_predictions_inside(predictions_dir: str, data_root: str) -> None:
         )
 
 
-def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite: bool) -> None:
-    """Prediction PNGs are named after the annotations' ``file_name``, which comes from a dataset file:
-    only plain, distinct base names are used, so nothing is written outside ``folder``; an existing,
-    non-empty ``folder`` is replaced only with ``overwrite``."""
+def predictions_folder(folder: str, file_names: Sequence[str], overwrite: bool):
+    """The :func:`~fisa_rt.atomic.atomic_folder` the predictions are written to, checked before the run.
+    Prediction PNGs are named after the annotations' ``file_name``, which comes from a dataset file: only
+    plain, distinct base names are used, so nothing is written outside ``folder``. An existing, non-empty
+    ``folder`` is replaced wholly, so only with ``overwrite`` and only if an earlier eval wrote it (it holds
+    predictions.json): other files are never deleted."""
     seen = set()
     for name in file_names:
         plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
@@ -301,12 +314,15 @@ def prepare_predictions_folder(folder: str, file_names: Sequence[str], overwrite
         if name in seen or name == PREDICTIONS_JSON:
             raise InputError(f"annotation file_name {name!r} appears twice; predictions would overwrite each other")
         seen.add(name)
-    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
-        raise InputError(f"predictions folder {folder} is not empty; pass --overwrite to replace its files")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create predictions folder {folder}: {exc.strerror}") from None
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"predictions folder {folder} is a file, not a folder")
+    if os.path.isdir(folder) and os.listdir(folder):
+        if not os.path.isfile(os.path.join(folder, PREDICTIONS_JSON)):
+            raise InputError(f"predictions folder {folder} is not empty and holds no {PREDICTIONS_JSON}, so not an "
+                             "earlier eval's: even --overwrite does not replace it; choose a new or empty folder")
+        if not overwrite:
+            raise InputError(f"predictions folder {folder} is not empty; pass --overwrite to replace it")
+    return atomic_folder(folder, overwrite)
 
 
 def _write_prediction(folder: str, dataset: PanopticDataset, index: int, panoptic: PanopticResult) -> Dict:

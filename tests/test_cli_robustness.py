@@ -143,8 +143,9 @@ def test_eval_predictions_stay_in_their_folder_and_respect_overwrite(synthetic_d
     one_line_error(result, "'../victim.png', which leads outside the dataset's folder")
     assert victim.read_bytes() == b"keep me"
     predictions = tmp_path / "pred"
-    predictions.mkdir()
-    (predictions / "old.txt").write_text("x")
+    predictions.mkdir()  # an earlier run's predictions
+    (predictions / "predictions.json").write_text("{}")
+    (predictions / "old.png").write_text("x")
     evaluate = ("eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--predictions", predictions)
     one_line_error(run(*evaluate, "--limit", 1), "is not empty", "--overwrite")
     table = tmp_path / "table.json"

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fisa_rt.data.panoptic import ground_truth_segments
+from fisa_rt.data.panoptic import PanopticDataset, ground_truth_segments
 from fisa_rt.data.panoptic_png import ids_to_rgb, rgb_to_ids
 from fisa_rt.data.synthetic import generate
 from fisa_rt.errors import InputError
-from fisa_rt.evaluation import PanopticQuality, SemanticIoU, evaluate_files
+from fisa_rt.evaluation import PanopticQuality, SemanticIoU, evaluate, evaluate_files
 
 
 def test_perfect_prediction_scores_100():
@@ -238,3 +238,15 @@ def test_semantic_labels_outside_the_vocabulary_are_refused():
         iou.add(np.array([[0, 5]]), np.array([[0, 1]]))
     iou.add(np.array([[0, 255]]), np.array([[0, 1]]))  # IGNORE is not a label
     assert iou.confusion.sum() == 1
+
+
+def test_a_dataset_without_categories_is_named_as_the_problem(tmp_path, tiny_vit):
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "panoptic_val.json").write_text(json.dumps(
+        {"images": [{"id": 0, "file_name": "a.png"}], "annotations": [{"image_id": 0, "file_name": "a.png", "segments_info": []}],
+         "categories": []}
+    ))
+    dataset = PanopticDataset(str(tmp_path), "val", tiny_vit.cfg.image_size, augment=False)
+    with pytest.raises(InputError, match="the dataset has no categories: .*panoptic_val.json"):
+        evaluate(tiny_vit, dataset)

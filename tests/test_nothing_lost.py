@@ -89,9 +89,12 @@ def test_the_next_run_removes_the_temporaries_of_a_dead_one(tmp_path):
     foreign = tmp_path / f".notes.tmp{_dead_pid()}.png"  # not this project's name: kept
     for path in (dead, alive, foreign):
         path.write_bytes(b"partial")
+    dead_folder = tmp_path / f".pred.fisa-tmp{_dead_pid()}"  # an eval --predictions run killed mid-way
+    dead_folder.mkdir()
+    (dead_folder / "val_000000.png").write_bytes(b"partial")
     with output_folder(str(tmp_path)):
         pass
-    assert not dead.exists() and alive.exists() and foreign.exists()
+    assert not dead.exists() and alive.exists() and foreign.exists() and not dead_folder.exists()
     assert remove_stale_temporaries(str(tmp_path)) == []
 
 
@@ -256,6 +259,43 @@ def test_eval_refuses_predictions_inside_the_dataset(synthetic_data, tmp_path, c
                      str(predictions), "--overwrite"])
         one_line(capsys, code, "is inside the dataset", "could replace its ground truth")
     assert {p.name: p.read_bytes() for p in ground_truth.iterdir()} == before
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_failed_eval_leaves_no_partial_predictions(synthetic_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    (data / "images" / "val" / "val_000001.png").write_bytes(b"")  # sample 1 cannot be read
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    evaluate = ["eval", "--engine", CHECKPOINT, "--data", str(data), "--batch-size", "1", "--predictions",
+                str(runs / "pred")]
+    one_line(capsys, main(evaluate), "cannot read sample 1")
+    assert os.listdir(runs) == []  # neither sample 0's PNG nor an empty folder
+    assert main(evaluate + ["--limit", "1"]) == 0
+    earlier = _files(runs / "pred")
+    one_line(capsys, main(evaluate + ["--overwrite"]), "cannot read sample 1")
+    assert os.listdir(runs) == ["pred"] and _files(runs / "pred") == earlier  # as the earlier run left it
+
+
+def test_eval_overwrite_replaces_the_predictions_folder_wholly(synthetic_data, tmp_path, capsys):
+    predictions = tmp_path / "pred"
+    evaluate = ["eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--predictions", str(predictions)]
+    assert main(evaluate + ["--limit", "3"]) == 0
+    assert main(evaluate + ["--limit", "1", "--overwrite"]) == 0
+    written = json.loads((predictions / "predictions.json").read_text())["annotations"]
+    assert sorted(os.listdir(predictions)) == ["predictions.json", written[0]["file_name"]]
+    assert sorted(os.listdir(tmp_path)) == ["pred"]  # nor a temporary or set-aside folder beside it
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    code = main(["eval", "--engine", CHECKPOINT, "--data", synthetic_data, "--predictions", str(notes), "--limit",
+                 "1", "--overwrite"])
+    one_line(capsys, code, "holds no predictions.json", "choose a new or empty folder")
+    assert _files(notes) == {"keep.txt": b"mine"}
 
 
 # --- row 15: memory ------------------------------------------------------------------------------------------------

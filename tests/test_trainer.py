@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from fisa_rt import CheckpointError, ConfigError
 from fisa_rt.errors import InputError
 from fisa_rt.checkpoint import load_model, read_checkpoint_info
+from fisa_rt.cli import main
 from fisa_rt.train import trainer
 from fisa_rt.train.trainer import TrainConfig, batch_keys, train
 
@@ -89,6 +90,16 @@ def test_bad_training_configs_are_rejected(synthetic_data):
         TrainConfig(stage="finetune", data=synthetic_data, out="x")
     with pytest.raises(ConfigError, match="needs --init"):
         TrainConfig(stage="adapt", data=synthetic_data, out="x")
+
+
+def test_training_whose_loss_diverges_stops_and_writes_nothing(synthetic_data, tmp_path, capsys):
+    out = tmp_path / "nan.safetensors"
+    code = main(["train", "clip", "--data", synthetic_data, "--out", str(out), "--steps", "3", "--batch-size", "2",
+                 "--lr", "1e12", "--warmup", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("fisa-rt: error: training diverged") and len(err.splitlines()) == 1, err
+    assert "at step 2 of 3" in err and "a lower --lr" in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_processes_share_each_global_batch_exactly():

@@ -210,9 +210,10 @@ def test_an_unusable_out_is_one_line_and_a_failed_export_leaves_no_folder(tmp_pa
 
 def test_every_model_folder_is_checked_before_any_is_written(artefacts, tmp_path, capsys):
     out = tmp_path / "repo"
-    (out / "fisa").mkdir(parents=True)
+    (out / "fisa").mkdir(parents=True)  # an empty folder holds nothing to lose: it is taken
+    (out / "fisa" / "notes.txt").write_text("mine")
     _one_line(capsys, _export("--engine", artefacts["out"], "--out", out), "fisa exists", "--overwrite")
-    assert [p.name for p in out.iterdir()] == ["fisa"] and not any((out / "fisa").iterdir())
+    assert [p.name for p in out.iterdir()] == ["fisa"] and [p.name for p in (out / "fisa").iterdir()] == ["notes.txt"]
 
 
 def test_overwrite_replaces_each_model_wholly_and_a_failure_midway_keeps_the_old_one(artefacts, tmp_path, capsys,

@@ -35,7 +35,7 @@ from ..checkpoint import identity_adapters, load_model, read_checkpoint_info, sa
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..mask_classifier import text_rows, with_void
 from ..model import FisaModel, create_model
 from ..preprocess import normalize_images
@@ -425,34 +425,42 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         progress = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
     began = time.time()
-    for step in range(start, cfg.steps):
-        keys = batch_keys(step, len(stage.data), cfg.batch_size, cfg.seed, env.rank, env.world)
-        with autocast:
-            terms = stage.loss(keys)
-            loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        env.average_gradients(trainable)
-        # The rate is a function of the step alone, so a resumed run needs no scheduler state.
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * group["lr_scale"] * schedule(step)
-        optimizer.step()
-        value = float(loss.detach())
-        if env.world > 1:
-            reduced = torch.tensor([value], device=env.device)
-            dist.all_reduce(reduced)
-            value = float(reduced) / env.world
-        losses.append(value)
+    try:
+        for step in range(start, cfg.steps):
+            keys = batch_keys(step, len(stage.data), cfg.batch_size, cfg.seed, env.rank, env.world)
+            with autocast:
+                terms = stage.loss(keys)
+                loss = sum(terms.values())
+            value = float(loss.detach())
+            if env.world > 1:
+                reduced = torch.tensor([value], device=env.device)
+                dist.all_reduce(reduced)
+                value = float(reduced) / env.world
+            # Every process sees the same mean, so all stop here together, before the update spreads the NaN.
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {value} at step {step + 1} of {cfg.steps}; no checkpoint "
+                    f"written to {cfg.out}: try a lower --lr than {cfg.lr:g}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            env.average_gradients(trainable)
+            # The rate is a function of the step alone, so a resumed run needs no scheduler state.
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * group["lr_scale"] * schedule(step)
+            optimizer.step()
+            losses.append(value)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
+            if env.main and step + 1 in cfg.snapshots:
+                stage.save(snapshot_path(cfg.out, step + 1), step + 1)
+            if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
+                _save_state(state_path, step + 1, params, optimizer, losses)
+            env.barrier()
+    finally:  # the bar ends its line, so an error comes after it on a line of its own
         if progress is not None:
-            progress.update(1)
-            progress.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
-        if env.main and step + 1 in cfg.snapshots:
-            stage.save(snapshot_path(cfg.out, step + 1), step + 1)
-        if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
-            _save_state(state_path, step + 1, params, optimizer, losses)
-        env.barrier()
-    if progress is not None:
-        progress.close()
+            progress.close()
     elapsed = time.time() - began
     if env.main:
         stage.save(cfg.out)
