@@ -16,7 +16,7 @@ import errno
 import json
 import os
 import re
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Sequence
 
 from .errors import InputError, exists_error, refuse_overwrite
 
@@ -80,6 +80,21 @@ def refuse_unwritable(path: str, overwrite: bool) -> None:
         raise InputError(f"cannot write {path}: its folder {folder} is not writable")
     if os.path.isdir(path):
         raise InputError(f"cannot write {path}: it is a folder")
+
+
+@contextlib.contextmanager
+def removed_on_failure(paths: Sequence[str]) -> Iterator[None]:
+    """For a job that writes several files: if it fails (Ctrl-C and SIGTERM included), those of ``paths`` that
+    did not exist when it started are removed, so no partial set is left to block a rerun; files that existed
+    are left alone."""
+    created = [p for p in paths if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
 
 
 def _alive(pid: int) -> bool:
