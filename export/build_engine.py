@@ -16,10 +16,11 @@ engine on the target, and writes <name>.portable.ort.onnx so `fisa-rt infer --en
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from fisa_rt.errors import CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors
 from fisa_rt.export.quantization import PRECISIONS as QDQ_PRECISIONS, calibration_files
@@ -28,13 +29,31 @@ from fisa_rt.vocab import vocabulary as vocab
 
 def _profile(text: str, what: str):
     from fisa_rt.export.tensorrt_builder import Profile
-    from fisa_rt.errors import InputError
 
     try:
         lo, opt, hi = (int(v) for v in text.split(","))
+        return Profile(lo, opt, hi)
+    except ValueError:  # Profile's own InputError too, which cannot know the option's name
+        raise InputError(
+            f"--{what} takes MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX (e.g. 1,150,1203); got {text!r}"
+        ) from None
+
+
+def _stem(text: str) -> str:
+    """--name: a folder in it would put the artefacts outside --out (or in a folder that does not exist)."""
+    if text in ("", ".", "..") or os.path.basename(text) != text:
+        raise argparse.ArgumentTypeError(f"give a file name stem, without folders (e.g. my-model); got {text!r}")
+    return text
+
+
+def _gib(text: str) -> float:
+    try:
+        gib = float(text)
     except ValueError:
-        raise InputError(f"--{what} takes MIN,OPT,MAX (e.g. 1,150,1203); got {text!r}") from None
-    return Profile(lo, opt, hi)
+        gib = math.nan  # refused below, as nan and inf are
+    if not 0 < gib < math.inf:
+        raise argparse.ArgumentTypeError(f"give a size in GiB above 0 (e.g. 4); got {text!r}")
+    return gib
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -44,7 +63,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", help="FISA checkpoint (.safetensors); default: the embedded fisa-tiny model")
     parser.add_argument("--out", default="build", help="output folder (default: build/)")
-    parser.add_argument("--name", help="file name stem (default: the checkpoint's)")
+    parser.add_argument("--name", type=_stem, help="file name stem (default: the checkpoint's)")
     parser.add_argument(
         "--flavour",
         choices=["portable", "fused"],
@@ -88,7 +107,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "host)",
     )
     parser.add_argument("--no-simplify", action="store_true", help="skip constant folding of the ONNX")
-    parser.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB")
+    parser.add_argument("--workspace", type=_gib, default=4.0, help="TensorRT workspace limit in GiB")
     parser.add_argument("--timing-cache", help="persistent TensorRT timing cache file (default: OUT/timing.cache)")
     parser.add_argument("--version-compatible", action="store_true", help="build a version-compatible engine")
     parser.add_argument("--overwrite", action="store_true", help="replace existing artefacts")
@@ -97,12 +116,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> Dict[str, str]:
-    """Writes the artefacts; returns kind -> path of what was written."""
-    from fisa_rt.checkpoint import load_model, read_checkpoint_info
-    from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
-    from fisa_rt.export.manifest import sha256_file, write_manifest
+    """Writes the artefacts; returns kind -> path of what was written. Every option and input is checked
+    before the first file is written, and a build that fails removes the files it created."""
+    from fisa_rt.atomic import removed_on_failure
+    from fisa_rt.checkpoint import read_checkpoint_info
+    from fisa_rt.export import tensorrt_builder
+    from fisa_rt.export.manifest import manifest_path
     from fisa_rt.runtime.assets import default_checkpoint
-    from fisa_rt.vocab.tokenizer import VOCAB_FILE, find_vocab_file
+    from fisa_rt.runtime.folder_run import output_folder
+    from fisa_rt.vocab.tokenizer import VOCAB_FILE
 
     if args.precision is None:
         args.precision = "fp32" if args.flavour == "fused" else "fp16"
@@ -111,6 +133,14 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             "--precision fp16 needs the portable flavour: ModelOpt AutoCast decides fp16 by running the graph on ONNX "
             "Runtime, which cannot run the fused graph's TensorRT plugins; use --flavour portable, or --precision fp32"
         )
+    options = tensorrt_builder.EngineOptions(
+        precision=args.precision, batch=_profile(args.batch, "batch"), classes=_profile(args.classes, "classes"),
+        synonyms=_profile(args.synonyms, "synonyms"), workspace_gib=args.workspace,
+        timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
+        version_compatible=args.version_compatible,
+    )
+    checkpoint = args.checkpoint or default_checkpoint()
+    info = read_checkpoint_info(checkpoint)
     calibration = None
     if args.precision in QDQ_PRECISIONS:
         if args.flavour == "fused":
@@ -118,20 +148,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
                 f"--precision {args.precision} needs the portable flavour: ModelOpt calibrates by running the graph "
                 "on ONNX Runtime, which cannot run the fused graph's TensorRT plugins; use --flavour portable"
             )
-        # a bad --calibration or --calibration-vocab fails before the export
-        calibration = calibration_files(args.calibration, args.calibration_count)
-        if args.calibration_vocab:
-            vocab.resolve(vocab=args.calibration_vocab)
-    checkpoint = args.checkpoint or default_checkpoint()
-    info = read_checkpoint_info(checkpoint)
-    model, _ = load_model(checkpoint)
+        calibration = _calibration(args, info)
     name = args.name or os.path.splitext(os.path.basename(checkpoint))[0]
-    options = tensorrt_builder.EngineOptions(
-        precision=args.precision, batch=_profile(args.batch, "batch"), classes=_profile(args.classes, "classes"),
-        synonyms=_profile(args.synonyms, "synonyms"), workspace_gib=args.workspace,
-        timing_cache=args.timing_cache or os.path.join(args.out, "timing.cache"),
-        version_compatible=args.version_compatible,
-    )
     paths = {
         "portable": os.path.join(args.out, f"{name}.portable.onnx"),
         "fused": os.path.join(args.out, f"{name}.fused.onnx"),
@@ -144,12 +162,38 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         paths["qdq"] = os.path.join(args.out, f"{name}.portable.{args.precision}.qdq.onnx")
     for path in paths.values():
         refuse_overwrite(path, args.overwrite, CheckpointError)
-    os.makedirs(args.out, exist_ok=True)
+    tokenizer = os.path.join(args.out, VOCAB_FILE)
+    outputs = [*paths.values(), *map(manifest_path, paths.values()), tokenizer, options.timing_cache]
+    with output_folder(args.out), removed_on_failure(outputs):
+        return _write(args, checkpoint, info, calibration, paths, tokenizer, options)
+
+
+def _calibration(args: argparse.Namespace, info) -> Tuple[List[str], vocab.Vocabulary]:
+    """The int8/fp8 calibration images and vocabulary, each image decoded once here so that a corrupt one
+    fails before the export, not after it."""
+    from fisa_rt.runtime.images import load_image
+
+    files = calibration_files(args.calibration, args.calibration_count)
+    for file in files:
+        load_image(file)
+    trained = vocab.Vocabulary(list(info.vocabulary), list(info.is_thing))
+    return files, vocab.resolve(vocab=args.calibration_vocab, default=trained, option="--calibration-vocab")
+
+
+def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: Dict[str, str], tokenizer: str,
+           options) -> Dict[str, str]:
+    """The build's writing half, once ``build`` has checked everything it could beforehand."""
+    from fisa_rt.checkpoint import load_model
+    from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
+    from fisa_rt.export.manifest import sha256_file, write_manifest
+    from fisa_rt.vocab.tokenizer import VOCAB_FILE, find_vocab_file
+
+    model, _ = load_model(checkpoint)
     written: Dict[str, str] = {}
 
     text_path = onnx_export.export_text_encoder(model, paths["text"], overwrite=args.overwrite)
     onnx_checks.check_graph(text_path, "portable")
-    shutil.copyfile(find_vocab_file(), os.path.join(args.out, VOCAB_FILE))
+    shutil.copyfile(find_vocab_file(), tokenizer)
     cfg = model.cfg
     common = {
         "model": cfg.name,
@@ -205,7 +249,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             if args.precision == "fp16":
                 source = fp16_onnx(written, paths["fp16"], model, info, image)
             else:
-                source = qdq_onnx(args, calibration, written, paths["qdq"], model, info, image)
+                source = qdq_onnx(args, *calibration, written, paths["qdq"], model, info, image)
         except MissingDependencyError as exc:
             no_fp16 = exc  # no engine either: from the fp32 ONNX it would be fp32, whatever its name says
             print(f"no {args.precision} ONNX: {exc}")
@@ -250,15 +294,14 @@ def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> s
     return path
 
 
-def qdq_onnx(args: argparse.Namespace, files: List[str], written: Dict[str, str], path: str, model, info,
-             image: Dict) -> str:
-    """The int8/fp8 Q/DQ ONNX (ModelOpt, calibrated on ``files``), checked on ONNX Runtime against the fp32
-    portable ONNX on the bundled scenes it was not calibrated on; MissingDependencyError without ModelOpt."""
+def qdq_onnx(args: argparse.Namespace, files: List[str], vocabulary: vocab.Vocabulary, written: Dict[str, str],
+             path: str, model, info, image: Dict) -> str:
+    """The int8/fp8 Q/DQ ONNX (ModelOpt, calibrated on ``files`` and ``vocabulary``), checked on ONNX Runtime
+    against the fp32 portable ONNX on the bundled scenes it was not calibrated on; MissingDependencyError
+    without ModelOpt."""
     from fisa_rt.export import onnx_checks, quantization
     from fisa_rt.export.manifest import sha256_file, write_manifest
 
-    trained = vocab.Vocabulary(list(info.vocabulary), list(info.is_thing))
-    vocabulary = vocab.resolve(vocab=args.calibration_vocab, default=trained)
     calibration = quantization.calibration_set(
         written["portable"], files, vocabulary, model.encode_vocabulary(vocabulary.names).numpy(), info.vocabulary
     )

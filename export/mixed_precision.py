@@ -26,6 +26,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import MissingDependencyError
 
 FP32_OP_TYPES = ("LayerNormalization", "InstanceNormalization", "Softmax", "ReduceL2")
@@ -64,9 +65,8 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
             calibration_data=inputs, providers=["cpu"],
         )
     fp32_nodes = fp32_compute_nodes(model)
-    tmp_path = f"{out_path}.tmp{os.getpid()}"
-    onnx.save(model, tmp_path)
-    os.replace(tmp_path, out_path)
+    with atomic_path(out_path) as tmp_path:
+        onnx.save(model, tmp_path)
     total = sum(1 for n in model.graph.node if n.op_type != "Cast")
     return {
         "tool": "modelopt.onnx.autocast",

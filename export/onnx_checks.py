@@ -9,6 +9,7 @@ from typing import Dict, Set
 
 import onnx
 
+from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import InputError
 from fisa_rt.kernels.onnx_ops import DOMAIN, NODES
 
@@ -73,6 +74,5 @@ def simplify(path: str) -> None:
     from onnxscript import optimizer
 
     model = optimizer.optimize(onnx.load(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, tmp)

@@ -25,7 +25,6 @@ against ~28 s for the dynamo exporter on the 2-core CI machine, and an autograd 
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from typing import Dict, Tuple, Union
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import CheckpointError, InputError, refuse_overwrite
 from fisa_rt.inference import InferenceWrapper
 from fisa_rt.kernels.onnx_ops import fused_nodes
@@ -117,14 +117,12 @@ def export_image_model(
     dynamic.update({"mask_logits": {0: "batch"}, "class_scores": {0: "batch", 2: "classes_plus_void"}})
     if semantic:
         dynamic["semantic"] = {0: "batch"}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with _exporting(model, fused=flavour == "fused"):
+    with atomic_path(path) as tmp, _exporting(model, fused=flavour == "fused"):
         torch.onnx.export(
             wrapper, example, tmp, opset_version=OPSET, dynamo=False, input_names=list(inputs),
             output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True,
             custom_opsets={"fisa_rt": 1} if flavour == "fused" else None,
         )
-    os.replace(tmp, path)
     return path
 
 
@@ -132,8 +130,7 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
     refuse_overwrite(path, overwrite, CheckpointError)
     model = model.float().eval().cpu()
     tokens = torch.as_tensor(model.tokenizer(["a photo of a cat.", "a wall."]))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with _exporting(model):
+    with atomic_path(path) as tmp, _exporting(model):
         torch.onnx.export(
             TextEncoderForExport(model).eval(),
             (tokens,),
@@ -144,7 +141,6 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
             output_names=["embeddings"],
             dynamic_axes={"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}},
         )
-    os.replace(tmp, path)
     return path
 
 

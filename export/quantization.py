@@ -25,6 +25,7 @@ from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import InputError, MissingDependencyError, warn
 
 PRECISIONS = ("int8", "fp8")
@@ -216,8 +217,7 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
         logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per node otherwise
     # ModelOpt writes intermediate files beside its input and its output: both in a private folder, then the
     # result moved beside out_path and renamed, so an interrupted run leaves no partial file there
-    tmp = f"{out_path}.tmp{os.getpid()}"
-    with tempfile.TemporaryDirectory() as work:
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory() as work:
         source, result = os.path.join(work, "model.onnx"), os.path.join(work, "model.qdq.onnx")
         model = onnx.load(onnx_path)
         onnx.save(model, source)
@@ -230,7 +230,6 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
             disable_mha_qdq=recipe.disable_mha_qdq, log_level="WARNING",
         )
         shutil.move(result, tmp)
-    os.replace(tmp, out_path)
     model = onnx.load(out_path, load_external_data=False)
     counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
     return {"tool": "modelopt.onnx.quantization", "precision": precision, "recipe": recipe.record(),

@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
+from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import InputError, MissingDependencyError
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
@@ -187,10 +188,8 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise InputError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    tmp = f"{engine_path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(engine_path) as tmp, open(tmp, "wb") as f:
         f.write(serialized)
-    os.replace(tmp, engine_path)
     if options.timing_cache:
         with open(options.timing_cache, "wb") as f:
             f.write(config.get_timing_cache().serialize())

@@ -162,6 +162,21 @@ def refuse_unwritable(path: str, overwrite: bool) -> None:
         raise InputError(f"cannot write {path}: it is a folder")
 
 
+@contextlib.contextmanager
+def removed_on_failure(paths: Sequence[str]) -> Iterator[None]:
+    """For a job that writes several files: if it fails (Ctrl-C and SIGTERM included), those of ``paths`` that
+    did not exist when it started are removed, so no partial set is left to block a rerun; files that existed
+    are left alone."""
+    created = [p for p in paths if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

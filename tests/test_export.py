@@ -3,6 +3,7 @@ without TensorRT, manifests."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -163,8 +164,6 @@ def test_build_refuses_to_overwrite_and_the_script_exits_with_one_line(artefacts
 
 
 def test_an_artefact_with_a_copied_or_stale_manifest_is_refused_at_open(artefacts, tmp_path):
-    import shutil
-
     from fisa_rt.runtime.backends import open_backend
 
     copy = tmp_path / "model.onnx"
@@ -187,3 +186,65 @@ def test_manifest_checks(tmp_path):
     (tmp_path / "y.onnx.manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(CheckpointError, match="not a fisa-rt manifest"):
         read_manifest(str(tmp_path / "y.onnx"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--name", "a/b"], "argument --name: give a file name stem"),
+        (["--name", ".."], "argument --name: give a file name stem"),
+        (["--workspace", "nan"], "argument --workspace: give a size in GiB above 0"),
+        (["--workspace", "inf"], "argument --workspace: give a size in GiB above 0"),
+        (["--workspace", "-1"], "argument --workspace: give a size in GiB above 0"),
+    ],
+)
+def test_a_bad_name_or_workspace_is_refused_by_the_argument_parser(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "b"), *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "{tmp}/file"], "cannot create output folder {tmp}/file: File exists"),
+        (["--out", "{tmp}/file/b"], "cannot create output folder {tmp}/file/b: Not a directory"),
+        (["--batch", "0,0,0"], "--batch takes MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX"),
+        (["--precision", "int8", "--calibration", "{tmp}/photos"], "cannot read image {tmp}/photos/b.png"),
+        (["--precision", "int8", "--calibration-vocab", "none"], "--calibration-vocab none: no such file"),
+    ],
+)
+def test_bad_options_and_inputs_fail_in_one_line_before_the_export(tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("kept")
+    (tmp_path / "photos").mkdir()
+    shutil.copyfile(sample_images()[0], tmp_path / "photos" / "a.png")
+    (tmp_path / "photos" / "b.png").write_bytes((tmp_path / "photos" / "a.png").read_bytes()[:300])  # truncated
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["--out", str(tmp_path / "b"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and err.count("error:") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and (tmp_path / "file").read_text() == "kept"
+
+
+@pytest.mark.parametrize("failure", [InputError("the ONNX export failed"), KeyboardInterrupt()])
+def test_a_build_that_fails_midway_removes_what_it_wrote_and_keeps_what_was_there(tmp_path, monkeypatch, failure):
+    """The text encoder, its manifest and the tokenizer are written before the image export fails here: those
+    the build created go, with the folder it created, so no partial build refuses a rerun; files that were
+    there before stay."""
+    from fisa_rt.export import onnx_export
+    from fisa_rt.vocab.tokenizer import VOCAB_FILE, find_vocab_file
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(onnx_export, "export_image_model", fail)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    shutil.copyfile(find_vocab_file(), kept / VOCAB_FILE)
+    for out in (kept, tmp_path / "new"):
+        assert main(["--out", str(out)]) == (2 if isinstance(failure, InputError) else 130)
+    assert sorted(os.listdir(tmp_path)) == ["kept"]  # the folder the build created is gone
+    assert sorted(os.listdir(kept)) == sorted(["notes.txt", VOCAB_FILE])
+    assert (kept / "notes.txt").read_text() == "mine"

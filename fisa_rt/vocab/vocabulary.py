@@ -107,9 +107,11 @@ def from_file(path: str) -> Vocabulary:
 
 
 def resolve(
-    classes: Optional[str] = None, vocab: Optional[str] = None, default: Optional[Vocabulary] = None
+    classes: Optional[str] = None, vocab: Optional[str] = None, default: Optional[Vocabulary] = None,
+    option: str = "--vocab",
 ) -> Vocabulary:
-    """--classes, else --vocab (a shipped name or a file), else the artefact's default."""
+    """--classes, else --vocab (a shipped name or a file), else the artefact's default; ``option`` is the name
+    ``vocab`` came by, for the error (build_engine.py's --calibration-vocab)."""
     if classes is not None and vocab is not None:
         raise InputError("give either --classes or --vocab, not both")
     if classes is not None:
@@ -118,7 +120,7 @@ def resolve(
         if vocab in SHIPPED:
             return named(vocab)
         if not os.path.exists(vocab):  # likely a shipped name mistyped: list them
-            raise InputError(f"--vocab {vocab}: no such file, and not a shipped vocabulary ({', '.join(SHIPPED)})")
+            raise InputError(f"{option} {vocab}: no such file, and not a shipped vocabulary ({', '.join(SHIPPED)})")
         return from_file(vocab)
     if default is None:
         raise InputError("no vocabulary: give --classes \"a, b\" or --vocab coco-panoptic|ade20k-150|FILE")
