@@ -124,9 +124,12 @@ def run_reporting_errors(job, debug: bool, prog: str) -> int:
             shown = warnings.showwarning
             if not debug:
                 warnings.showwarning = one_line
-            job()
-            sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at the interpreter's exit
+            with contextlib.redirect_stdout(_GuardedOutput(sys.stdout)):
+                job()
+                sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at the interpreter's exit
     except FisaError as exc:
+        if isinstance(exc, OutputLost):
+            _silence_stdout()
         if debug:  # the traceback, and still the exit code of a user error
             traceback.print_exc()
         else:
@@ -142,6 +145,36 @@ def run_reporting_errors(job, debug: bool, prog: str) -> int:
         _silence_stdout()
         return 141  # 128 + SIGPIPE
     return 0
+
+
+class OutputLost(FisaError):
+    """Standard output cannot be written (``> /dev/full``, a full disk): not the user's input, hence exit 1."""
+
+    exit_code = 1
+
+
+class _GuardedOutput:
+    """sys.stdout whose write errors, other than a closed pipe, become OutputLost."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputLost(f"cannot write standard output: {exc.strerror or exc}") from None
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _silence_stdout() -> None:

@@ -44,6 +44,15 @@ def test_a_closed_pipe_ends_quietly():
     assert result.stderr == "" and result.returncode == 141
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("verb", [["models"], ["config", "fisa-tiny"]])
+def test_output_that_cannot_be_written_is_one_line(verb):
+    with open("/dev/full", "w") as full:  # every write fails: No space left on device
+        result = subprocess.run([str(EXE), *verb], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr == "fisa-rt: error: cannot write standard output: No space left on device\n"
+
+
 @pytest.mark.parametrize("verb", ["models", "config", "make-data", "train", "eval", "demo"])
 def test_every_verb_has_help_with_an_example(verb):
     result = run(verb, "--help")
