@@ -359,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train", type=COUNT, default=3000, help="number of training scenes (seen classes only)")
     data.add_argument("--val", type=COUNT, default=300, help="number of validation scenes (seen and held-out classes)")
     data.add_argument("--seed", type=COUNT, default=0, help="generator seed; the same seed writes the same files")
-    data.add_argument("--image-size", type=_number(int, 16), default=128, help="side of the square scenes in pixels")
+    # 4096 px: a 4K frame's side; the generator holds each scene in memory (112 GiB at 100000 px)
+    data.add_argument("--image-size", type=_number(int, 16, 4096), default=128,
+                      help="side of the square scenes in pixels (16 to 4096)")
     data.add_argument(
         "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing splits"
     )

@@ -89,6 +89,10 @@ EVAL = ["eval", "--engine", "{checkpoint}", "--data", "{data}"]
             ["make-data", "--out", "{tmp}/d", "--train", "1", "--image-size", "0"],
             "argument --image-size: must be >= 16",
         ),
+        (
+            ["make-data", "--out", "{tmp}/d", "--train", "1", "--image-size", "100000"],
+            "argument --image-size: must be <= 4096",
+        ),
         (["make-data", "--out", "{tmp}/d", "--train", "1", "--seed", "-1"], "argument --seed: must be >= 0"),
         (["infer", "--engine", "{checkpoint}"], "the following arguments are required: --out"),
     ],
