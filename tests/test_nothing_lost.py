@@ -331,9 +331,9 @@ def test_messages_say_what_is_wrong(tmp_path, capsys):
     lists.write_text('[["cat"], ["dog"]]')
     with pytest.raises(InputError, match="v.json is not a vocabulary file: expected an object"):
         vocab.resolve(vocab=str(lists))
-    out = tmp_path / "never"
+    out = tmp_path / "never" / "made" / "here"
     one_line(capsys, main(["infer", "--engine", CHECKPOINT, "--vocab", str(lists), "--out", str(out)]), "v.json")
-    assert not out.exists()  # a failed run leaves no empty folder
+    assert not (tmp_path / "never").exists()  # a failed run leaves no empty folder, nor the parents it made
 
 
 # --- output writing: lossless, and the PNGs any decoder reads ------------------------------------------------------

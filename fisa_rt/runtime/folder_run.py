@@ -38,8 +38,12 @@ class RunReport:
 @contextlib.contextmanager
 def output_folder(path: str) -> Iterator[str]:
     """Creates ``path`` (an InputError if it cannot be made or written to) and removes the temporary files
-    killed runs left there; on leaving, a folder this call created is removed again if it stayed empty."""
-    created = not os.path.isdir(path)
+    killed runs left there; on leaving, the folders this call created (``path`` and any missing parents) are
+    removed again where they stayed empty."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
+        created.append(folder)  # deepest first, the order they can be removed in
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -50,9 +54,9 @@ def output_folder(path: str) -> Iterator[str]:
         remove_stale_temporaries(path)
         yield path
     finally:
-        if created:
+        for folder in created:
             with contextlib.suppress(OSError):
-                os.rmdir(path)  # only succeeds while empty
+                os.rmdir(folder)  # only succeeds while empty
 
 
 def refuse_existing_outputs(folder: str, names: Sequence[str], overwrite: bool) -> None:
