@@ -66,6 +66,8 @@ def missing_file_error(path: str, what: str) -> InputError:
         return InputError(f"{what} {path} is a folder, not a file")
     if os.path.islink(path):
         return InputError(f"{what} {path} is a symbolic link that loops or leads nowhere")
+    if os.path.exists(path):  # a FIFO, socket or device: reading one could block forever
+        return InputError(f"{what} {path} is not a regular file (a pipe, socket or device)")
     return InputError(f"{what} {path} does not exist")
 
 

@@ -323,6 +323,9 @@ def test_messages_say_what_is_wrong(tmp_path, capsys):
     os.symlink("loop.png", tmp_path / "loop.png")
     with pytest.raises(InputError, match="loop.png is a symbolic link that loops or leads nowhere"):
         load_image(str(tmp_path / "loop.png"))
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(InputError, match="pipe.png is not a regular file"):
+        load_image(str(tmp_path / "pipe.png"))
     with pytest.raises(InputError, match="vocabulary file .* is a folder"):
         vocab.resolve(vocab=str(gifs))
     with pytest.raises(InputError, match="engine nope does not exist"):
