@@ -76,6 +76,8 @@ def _number(kind, low=None, high=None, low_open=False):
 
 
 POSITIVE, COUNT = _number(int, 1), _number(int, 0)
+# the largest vocabulary in use (ImageNet-21k); a made-up K of millions only runs the machine out of memory
+BENCH_CLASSES = _number(int, 1, 21841)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -532,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
     )
     be.add_argument("--batch", type=POSITIVE, default=1, help="images per call")
-    be.add_argument("--classes", type=POSITIVE, default=150, help="vocabulary size K (random unit embeddings)")
+    be.add_argument("--classes", type=BENCH_CLASSES, default=150,
+                    help="vocabulary size K (random unit embeddings; at most ImageNet-21k's 21841)")
     be.add_argument("--warmup", type=COUNT, default=5, help="untimed calls first")
     be.add_argument("--iterations", type=POSITIVE, default=30, help="timed calls")
     speed_options(be)
@@ -557,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--engine", required=True, help="FISA checkpoint (.safetensors): its shapes are measured")
     tune.add_argument("--batch", type=POSITIVE, default=1, help="images per forward pass to measure")
-    tune.add_argument("--classes", type=POSITIVE, default=133, help="vocabulary size to measure")
+    tune.add_argument("--classes", type=BENCH_CLASSES, default=133,
+                      help="vocabulary size to measure (at most 21841)")
     tune.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
                       help="forget this machine's cached choices and measure again")
 

@@ -94,6 +94,7 @@ EVAL = ["eval", "--engine", "{checkpoint}", "--data", "{data}"]
             "argument --image-size: must be <= 4096",
         ),
         (["make-data", "--out", "{tmp}/d", "--train", "1", "--seed", "-1"], "argument --seed: must be >= 0"),
+        (["bench", "--engine", "{checkpoint}", "--classes", "2000000"], "argument --classes: must be <= 21841"),
         (["infer", "--engine", "{checkpoint}"], "the following arguments are required: --out"),
     ],
 )
