@@ -244,8 +244,8 @@ def test_a_dataset_without_categories_is_named_as_the_problem(tmp_path, tiny_vit
     annotations = tmp_path / "annotations"
     annotations.mkdir()
     (annotations / "panoptic_val.json").write_text(json.dumps(
-        {"images": [{"id": 0, "file_name": "a.png"}], "annotations": [{"image_id": 0, "file_name": "a.png", "segments_info": []}],
-         "categories": []}
+        {"images": [{"id": 0, "file_name": "a.png"}],
+         "annotations": [{"image_id": 0, "file_name": "a.png", "segments_info": []}], "categories": []}
     ))
     dataset = PanopticDataset(str(tmp_path), "val", tiny_vit.cfg.image_size, augment=False)
     with pytest.raises(InputError, match="the dataset has no categories: .*panoptic_val.json"):
