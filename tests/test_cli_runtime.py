@@ -275,6 +275,48 @@ def test_backend_refuses_wrong_text_and_vocabularies_beyond_the_profile():
         backend.check_text(np.zeros((0, 64), np.float32))
 
 
+def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_refuses():
+    """TensorRTBackend.run against a stand-in execution context that keeps to a batch profile of 1..4."""
+    from types import SimpleNamespace
+
+    from fisa_rt.runtime.backends import TensorRTBackend
+
+    class Context:
+        def __init__(self):
+            self.shapes, self.batches = {}, []
+
+        def set_input_shape(self, name, shape):  # TensorRT's answer: False outside the profile
+            self.shapes[name] = shape
+            return shape[0] <= 4 if name == "image" else True
+
+        def set_tensor_address(self, name, address):
+            pass
+
+        def get_tensor_shape(self, name):
+            batch, classes = self.shapes["image"][0], self.shapes["text"][0]
+            return {"mask_logits": (batch, 10, 8, 8), "class_scores": (batch, 10, classes + 1)}[name]
+
+        def execute_async_v3(self, stream):
+            self.batches.append(self.shapes["image"][0])
+            return True
+
+    modes = {"image": "input", "text": "input", "mask_logits": "output", "class_scores": "output"}
+    backend = object.__new__(TensorRTBackend)
+    backend.trt = SimpleNamespace(TensorIOMode=SimpleNamespace(OUTPUT="output"), float32="fp32", float16="fp16",
+                                  int32="int32")
+    backend.engine = SimpleNamespace(num_io_tensors=4, get_tensor_name=list(modes).__getitem__,
+                                     get_tensor_mode=modes.get, get_tensor_dtype=lambda name: "fp32")
+    backend.context, backend.device, backend.applies_seen = Context(), torch.device("cpu"), False
+    backend.stream = SimpleNamespace(cuda_stream=0, synchronize=lambda: None)
+    backend.manifest = {"embed_dim": 64, "tensorrt": {"profiles": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
+    raw = backend.run(torch.zeros(10, 3, 32, 32), np.zeros((5, 64), np.float32))
+    assert backend.context.batches == [4, 4, 2]
+    assert raw.mask_logits.shape == (10, 10, 8, 8) and raw.class_scores.shape == (10, 10, 6)
+    backend.manifest["tensorrt"]["profiles"]["batch"]["max"] = 8  # a manifest the engine disagrees with
+    with pytest.raises(InputError, match=r"takes no image of shape \(8, 3, 32, 32\) .*rebuild it"):
+        backend.run(torch.zeros(10, 3, 32, 32), np.zeros((5, 64), np.float32))
+
+
 def test_engines_for_another_tensorrt_or_gpu_are_refused_with_the_rebuild_command():
     manifest = {"tensorrt": {"version": "10.3.0", "compute_capability": [8, 7], "precision": "fp16"}}
     check_engine_compatibility(manifest, "10.3.0", (8, 7), "e.engine")

@@ -384,6 +384,10 @@ class TensorRTBackend(Backend):
         self.stream = torch.cuda.Stream()
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
+        most = self._profile_max("batch")
+        if most is not None and images.shape[0] > most:  # the engine's profile caps the batch: run it in parts
+            parts = [self.run(images[i:i + most], text, seen) for i in range(0, images.shape[0], most)]
+            return RawOutput(torch.cat([p.mask_logits for p in parts]), torch.cat([p.class_scores for p in parts]))
         text = self.check_text(text)
         trt = self.trt
         inputs = {
@@ -393,7 +397,12 @@ class TensorRTBackend(Backend):
         if self.applies_seen:
             inputs["seen"] = torch.from_numpy(self.seen_flags(text, seen)).to(self.device)
         for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):  # outside the optimisation profile
+                profiles = (self.manifest.get("tensorrt") or {}).get("profiles", {})
+                raise InputError(
+                    f"this engine takes no {name} of shape {tuple(tensor.shape)} (its profiles: {profiles}); "
+                    "rebuild it with `python export/build_engine.py` and wider --batch/--classes/--synonyms"
+                )
             self.context.set_tensor_address(name, tensor.data_ptr())
         outputs = {}
         for i in range(self.engine.num_io_tensors):
