@@ -40,7 +40,14 @@ def write_manifest(artefact: str, fields: Dict[str, Any]) -> str:
     return path
 
 
-def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, Any]]:
+# Per kind, what a runtime reads from a manifest without a fallback, checked once as it reads the manifest
+# (inspect reads any manifest, to describe what is there). The text encoder's own manifest is not read: the
+# image model's records what the text side needs (templates, context_length).
+RUNTIME_FIELDS = {"image-model": ("image_size", "embed_dim", "templates", "context_length")}
+
+
+def read_manifest(artefact: str, required: bool = True, complete: bool = False) -> Optional[Dict[str, Any]]:
+    """``complete``: refuse a manifest lacking a field a runtime needs (``RUNTIME_FIELDS``)."""
     path = manifest_path(artefact)
     if not os.path.isfile(path):
         if required:
@@ -59,6 +66,11 @@ def read_manifest(artefact: str, required: bool = True) -> Optional[Dict[str, An
         raise CheckpointError(
             f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})"
         )
+    missing = [k for k in RUNTIME_FIELDS.get(manifest.get("kind"), ()) if k not in manifest] if complete else []
+    if missing:
+        raise CheckpointError(
+            f"manifest {path} lacks {', '.join(missing)}; rebuild the artefact with `python export/build_engine.py`"
+        )
     return manifest
 
 
@@ -66,7 +78,7 @@ def read_checked_manifest(artefact: str) -> Dict[str, Any]:
     """The manifest of ``artefact``, refused unless it describes this very file (its sha256): a manifest
     copied beside another build, or left behind when the model file was replaced, would otherwise make a
     runtime trust sizes, vocabulary and precision that are not the file's."""
-    manifest = read_manifest(artefact)
+    manifest = read_manifest(artefact, complete=True)
     if manifest.get("sha256") != sha256_file(artefact):
         raise CheckpointError(
             f"{artefact} does not match its manifest {manifest_path(artefact)} (the sha256 differs: a copied or stale "

@@ -86,12 +86,33 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
         config = FisaConfig.from_json(metadata["config"])
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{path} carries no valid model config: {exc}") from None
-    return CheckpointInfo(
-        config=config,
-        vocabulary=json.loads(metadata.get("vocabulary", "[]")),
-        is_thing=json.loads(metadata.get("is_thing", "[]")),
-        extra=json.loads(metadata.get("extra", "{}")),
+    vocabulary = _metadata_entry(
+        path, metadata, "vocabulary", [], "a JSON list of class names",
+        lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
     )
+    is_thing = _metadata_entry(
+        path, metadata, "is_thing", [True] * len(vocabulary), f"a JSON list of {len(vocabulary)} true/false flags",
+        lambda v: isinstance(v, list) and len(v) == len(vocabulary) and all(isinstance(t, bool) for t in v),
+    )
+    extra = _metadata_entry(path, metadata, "extra", {}, "a JSON object", lambda v: isinstance(v, dict))
+    return CheckpointInfo(config=config, vocabulary=vocabulary, is_thing=is_thing, extra=extra)
+
+
+def _metadata_entry(path: str, metadata: Dict[str, str], key: str, default, expected: str, valid):
+    """The JSON value of metadata entry ``key`` (``default`` where absent), checked here so that a checkpoint
+    edited or written elsewhere fails in one line naming the entry, not wherever the value is first used."""
+    if key not in metadata:
+        return default
+    try:
+        value = json.loads(metadata[key])
+        fits = valid(value)
+    except json.JSONDecodeError:
+        fits = False
+    if not fits:
+        found = metadata[key] if len(metadata[key]) <= 40 else metadata[key][:40] + "..."
+        raise CheckpointError(f"{path} is not a valid fisa-rt checkpoint: its metadata entry {key!r} must be "
+                              f"{expected}, not {found!r}")
+    return value
 
 
 # Parameters a config may add on top of a checkpoint's: SEVE adapters, which start as an exact

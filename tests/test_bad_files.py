@@ -210,6 +210,7 @@ def test_inspect_and_infer_on_odd_onnx_files(tmp_path):
         "image_size": 128,
         "embed_dim": 64,
         "templates": "vild",
+        "context_length": 32,
         "flavour": "portable",
         "backend": "onnx",
     }
@@ -227,6 +228,30 @@ def test_inspect_and_infer_on_odd_onnx_files(tmp_path):
     corrupt.write_bytes(unrelated.read_bytes()[:40])
     shutil.copy(f"{unrelated}.manifest.json", f"{corrupt}.manifest.json")
     one_line_error(run("inspect", corrupt), "is not a readable ONNX file")
+
+
+def test_an_image_model_manifest_lacking_runtime_fields_is_one_error(tmp_path):
+    from onnx import TensorProto
+
+    from fisa_rt.export.manifest import read_checked_manifest, read_manifest
+
+    model = _onnx_file(
+        tmp_path / "m.onnx",
+        [("image", TensorProto.UINT8, [1, 3, 128, 128]), ("text", TensorProto.FLOAT, ["classes", 64])],
+        "image-model",
+        model="fisa-tiny",
+        image_size=128,
+        backend="onnx",
+        flavour="portable",
+    )
+    with pytest.raises(CheckpointError, match=r"m.onnx.manifest.json lacks embed_dim, templates, context_length; rebu"):
+        read_checked_manifest(str(model))
+    assert read_manifest(str(model))["image_size"] == 128  # inspect still describes it
+    one_line_error(
+        run("infer", "--engine", model, "--classes", "a", "--out", tmp_path / "o"),
+        "m.onnx.manifest.json lacks embed_dim, templates, context_length",
+        "python export/build_engine.py",
+    )
 
 
 def test_interrupted_writes_leave_no_partial_file(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ from safetensors.torch import save_file
 from fisa_rt import CheckpointError
 from fisa_rt.checkpoint import load_model, read_checkpoint_info, save_checkpoint
 
-from helpers import random_text
+from fisa_rt.runtime.assets import default_checkpoint
+from helpers import one_line_error, random_text, run_cli
 
 
 def test_round_trip_restores_config_vocabulary_and_outputs(tmp_path, tiny_model):
@@ -67,3 +68,46 @@ def test_weights_of_another_config_are_rejected(tmp_path, tiny_vit):
     save_file(tensors, path, metadata=metadata)
     with pytest.raises(CheckpointError, match="does not match config fisa-tiny: missing"):
         load_model(path)
+
+
+def _with_metadata(path, **entries):
+    """The embedded checkpoint rewritten to ``path`` with metadata ``entries`` replaced (None: removed)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(default_checkpoint(), framework="pt") as handle:
+        metadata = handle.metadata()
+    metadata.update(entries)
+    save_file(load_file(default_checkpoint()), str(path), metadata={k: v for k, v in metadata.items() if v is not None})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"vocabulary": "[not json"}, "'vocabulary' must be a JSON list of class names, not '[not json'"),
+        ({"vocabulary": "3"}, "'vocabulary' must be a JSON list of class names, not '3'"),
+        ({"vocabulary": '["a", 2]'}, "'vocabulary' must be"),
+        ({"vocabulary": '["a", "b"]', "is_thing": "[true]"}, "'is_thing' must be a JSON list of 2 true/false flags"),
+        ({"vocabulary": '["a"]', "is_thing": '["yes"]'}, "'is_thing' must be"),
+        ({"extra": "{oops"}, "'extra' must be a JSON object"),
+        ({"extra": "[1, 2]"}, "'extra' must be a JSON object"),
+    ],
+)
+def test_malformed_metadata_is_a_checkpoint_error_naming_the_entry(tmp_path, entries, message):
+    path = _with_metadata(tmp_path / "bad.safetensors", **entries)
+    with pytest.raises(CheckpointError, match="bad.safetensors is not a valid fisa-rt checkpoint") as caught:
+        read_checkpoint_info(path)
+    assert message in str(caught.value)
+
+
+def test_absent_metadata_entries_take_their_defaults(tmp_path):
+    path = _with_metadata(tmp_path / "m.safetensors", vocabulary='["a", "b"]', is_thing=None, extra=None)
+    info = read_checkpoint_info(path)
+    assert (info.vocabulary, info.is_thing, info.extra) == (["a", "b"], [True, True], {})
+
+
+def test_malformed_metadata_is_one_line_in_the_cli(tmp_path):
+    path = _with_metadata(tmp_path / "bad.safetensors", vocabulary="3")
+    one_line_error(run_cli("inspect", path), "metadata entry 'vocabulary'")
+    one_line_error(run_cli("infer", "--engine", path, "--classes", "a", "--out", tmp_path / "o"), "'vocabulary'")

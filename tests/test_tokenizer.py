@@ -1,8 +1,12 @@
 """The plain-Python CLIP tokenizer (what a device without open_clip runs) gives open_clip's ids."""
 
+import gzip
+
 import numpy as np
 import open_clip
+import pytest
 
+from fisa_rt import CheckpointError
 from fisa_rt.vocab.prompts import PROMPT_TEMPLATES, expand_prompts
 from fisa_rt.vocab.tokenizer import Tokenizer, find_vocab_file
 from fisa_rt.vocab.vocabulary import SHIPPED, named
@@ -26,3 +30,19 @@ def test_short_context_truncates_with_the_end_token_last():
         ids,
         open_clip.tokenizer.SimpleTokenizer(context_length=8)(["a photo of a very very very long class name"]).numpy(),
     )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # a copy cut short: gzip's EOFError
+        lambda data: b"not gzip at all",  # gzip.BadGzipFile
+        lambda data: gzip.compress(b"header\nfoo bar baz\n"),  # gzip, but not the merges
+    ],
+)
+def test_a_damaged_vocabulary_file_is_one_checkpoint_error(tmp_path, damage):
+    path = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    with open(find_vocab_file(), "rb") as f:
+        path.write_bytes(damage(f.read()))
+    with pytest.raises(CheckpointError, match=f"tokenizer vocabulary {path} is damaged .*export/build_engine.py"):
+        Tokenizer(str(path))

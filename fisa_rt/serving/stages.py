@@ -40,7 +40,7 @@ class Stages:
         """``artefact``: the exported image model (only its manifest and text encoder are read)."""
         from ..export.manifest import read_manifest
 
-        self.segmenter = Segmenter(ManifestBackend(read_manifest(artefact)), artefact, cache_dir="")
+        self.segmenter = Segmenter(ManifestBackend(read_manifest(artefact, complete=True)), artefact, cache_dir="")
         self.templates = prompt_templates(self.segmenter.text_encoder.templates)
 
     def pre(self, image: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import gzip
 import html
 import os
 import re
+import zlib
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
@@ -55,10 +56,28 @@ def find_vocab_file(folder: str = None) -> str:
         ) from None
 
 
-class Tokenizer:
-    def __init__(self, vocab_file: str, context_length: int = 77):
+def _read_merges(vocab_file: str) -> List[Tuple[str, ...]]:
+    """The BPE merges of ``vocab_file``, or one CheckpointError: a truncated or foreign file (a copy cut short)
+    would otherwise fail deep in gzip, or give other token ids than the text encoder was trained on."""
+    try:
         with gzip.open(vocab_file, "rt", encoding="utf-8") as f:
             merges = [tuple(line.split()) for line in f.read().split("\n")[1 : NUM_MERGES + 1]]
+        problem = None if len(merges) == NUM_MERGES and all(len(m) == 2 for m in merges) else "not CLIP's BPE merges"
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+        problem = str(exc)
+    if problem:
+        from ..errors import CheckpointError
+
+        raise CheckpointError(
+            f"tokenizer vocabulary {vocab_file} is damaged ({problem}); rebuild the folder with "
+            f"`python export/build_engine.py`, or copy {VOCAB_FILE} from the open_clip package"
+        )
+    return merges
+
+
+class Tokenizer:
+    def __init__(self, vocab_file: str, context_length: int = 77):
+        merges = _read_merges(vocab_file)
         self.bytes = _byte_alphabet()
         symbols = list(self.bytes.values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [START, END]
