@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from .atomic import refuse_unwritable, write_json
-from .config import TRAINABLE_PRESETS
+from .config import MAX_THREADS, TRAINABLE_PRESETS
 from .errors import InputError, PartialFailure, refuse_overwrite, run_reporting_errors
 from .runtime.images import DEFAULT_MAX_PIXELS
 
@@ -78,6 +78,7 @@ def _number(kind, low=None, high=None, low_open=False):
 POSITIVE, COUNT = _number(int, 1), _number(int, 0)
 # the largest vocabulary in use (ImageNet-21k); a made-up K of millions only runs the machine out of memory
 BENCH_CLASSES = _number(int, 1, 21841)
+THREADS = _number(int, 1, MAX_THREADS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="HOST:PORT of a Triton server serving fisa-rt (instead of --engine; docs/serving.md)")
     inf.add_argument("--protocol", choices=["http", "grpc"], help="with --server (default: http)")
     inf.add_argument("--model", default="fisa_python", help="with --server: the served model (default: fisa_python)")
-    inf.add_argument("--threads", type=POSITIVE,
+    inf.add_argument("--threads", type=THREADS,
                      help="CPU threads for torch and ONNX Runtime (default: the available cores)")
     inf.add_argument(
         "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
@@ -507,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
                      help="override the backend of fisa_python")
     tri.add_argument("--instances", type=POSITIVE, default=1, help="fisa_python instances (default 1)")
-    tri.add_argument("--threads", type=POSITIVE, help="CPU threads per instance (default: the cores / instances)")
+    tri.add_argument("--threads", type=THREADS, help="CPU threads per instance (default: the cores / instances)")
     tri.add_argument("--max-batch-size", type=POSITIVE, default=8, help="dynamic batching's largest batch (default 8)")
     tri.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="fisa_python's device (default cpu)")
     tri.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS, help="refuse larger images")

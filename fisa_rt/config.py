@@ -36,6 +36,9 @@ RESIZE_PADS = ("canvas", "divisible")
 KERNEL_MODES = ("auto", "triton", "reference")
 # what `train adapt --trainable` may train (fisa_rt.train.trainer)
 TRAINABLE_PRESETS = ("simo", "simo-only", "frozen", "full")
+# CPU threads a runtime may be given (--threads): above today's largest CPUs (384 cores, 768 hardware threads);
+# 100000 made glibc abort and the run hang. Here, not in runtime.threads, so the CLI's parser needs no torch.
+MAX_THREADS = 1024
 
 
 @dataclass

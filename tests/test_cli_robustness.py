@@ -95,6 +95,8 @@ EVAL = ["eval", "--engine", "{checkpoint}", "--data", "{data}"]
         ),
         (["make-data", "--out", "{tmp}/d", "--train", "1", "--seed", "-1"], "argument --seed: must be >= 0"),
         (["bench", "--engine", "{checkpoint}", "--classes", "2000000"], "argument --classes: must be <= 21841"),
+        (["infer", "--engine", "{checkpoint}", "--out", "{tmp}/o", "--threads", "100000"],
+         "argument --threads: must be <= 1024"),
         (["infer", "--engine", "{checkpoint}"], "the following arguments are required: --out"),
     ],
 )

@@ -151,8 +151,9 @@ def test_thread_settings_reach_torch_and_onnxruntime(artefacts):
         assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert resolve_threads(None) <= available_cores()
-        with pytest.raises(InputError, match="threads must be"):
-            Segmenter.from_engine(artefacts["ort"], threads=0)
+        for threads in (0, 10 ** 30):  # 10 ** 30 overflowed inside torch.set_num_threads
+            with pytest.raises(InputError, match="threads must be an integer from 1 to 1024"):
+                Segmenter.from_engine(artefacts["ort"], threads=threads)
     finally:
         torch.set_num_threads(before)
 

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..config import MAX_THREADS
 from ..errors import InputError
 
 
@@ -30,8 +31,8 @@ def resolve_threads(threads: Optional[int]) -> int:
     ``torch.set_num_threads`` set), at most the available cores."""
     if threads is None:
         return max(1, min(torch.get_num_threads(), available_cores()))
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be an integer >= 1; got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise InputError(f"threads must be an integer from 1 to {MAX_THREADS}; got {threads!r}")
     return threads
 
 
