@@ -69,6 +69,22 @@ def test_exif_orientation_is_applied(segmenter, tmp_path):
     np.testing.assert_array_equal(model_input(segmenter, str(tmp_path / "phone.png")), upright)
 
 
+def test_a_callers_pil_image_is_turned_upright_but_left_as_it_was(segmenter, tmp_path):
+    raw = np.random.default_rng(0).integers(0, 256, (64, SIDE, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(raw).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    with Image.open(tmp_path / "phone.jpg") as im:
+        assert model_input(segmenter, im).shape[:2] == (SIDE, 64)  # upright, as from the file
+        assert im.size == (SIDE, 64) and im.getexif()[0x0112] == 6  # the caller's image is unchanged
+
+
+def test_a_float_image_is_refused_not_read_as_black(segmenter, tmp_path):
+    Image.fromarray(np.full((32, 32), 0.5, np.float32)).save(tmp_path / "f.tiff")
+    with pytest.raises(InputError, match=r"f.tiff is 32-bit float \(PIL mode F\)"):
+        model_input(segmenter, str(tmp_path / "f.tiff"))
+
+
 def test_16_bit_grayscale_and_rgb_are_scaled_not_saturated(segmenter, tmp_path):
     gray = np.random.default_rng(1).integers(0, 65536, (SIDE, 96), dtype=np.uint16)
     seen = model_input(segmenter, str(png(tmp_path / "gray16.png", 96, SIDE, 16, 0, rows_of(gray))))

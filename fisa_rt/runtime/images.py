@@ -8,7 +8,7 @@ import os
 from typing import Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError, missing_file_error
 
@@ -28,12 +28,20 @@ def check_pixels(size: Tuple[int, int], max_pixels: Optional[int], name: str) ->
         )
 
 
-def decode_image(im: Image.Image) -> np.ndarray:
+def decode_image(im: Image.Image, owned: bool = False, name: str = "given as a PIL.Image") -> np.ndarray:
     """(H, W, 3) uint8 RGB as the model must see it: turned upright by its EXIF orientation, 16-bit
     (and 32-bit integer) grayscale scaled to 8 bits rather than clipped, and transparency composited
-    over white (the background a viewer shows) rather than dropped with whatever colour it hid."""
+    over white (the background a viewer shows) rather than dropped with whatever colour it hid. A float
+    image (mode F) is refused: nothing says whether its range is [0, 1] or [0, 255]. ``owned``: ``im`` is
+    this package's to change (opened from a file), so it is turned in place; a caller's image is left as it is."""
+    if im.mode == "F":
+        raise InputError(f"image {name} is 32-bit float (PIL mode F), whose range is not known; convert it to "
+                         "8-bit RGB first (e.g. Image.fromarray((pixels * 255).round().astype('uint8')))")
     # in place, and no RGB -> RGB convert below: each copy of an 8000 x 8000 photo is 192 MB
-    ImageOps.exif_transpose(im, in_place=True)
+    if owned:
+        ImageOps.exif_transpose(im, in_place=True)
+    elif im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        im = ImageOps.exif_transpose(im)
     if im.mode in WIDE_GRAY_MODES:
         gray = np.asarray(im).astype(np.float64)
         gray = (np.clip(gray, 0, 65535) / 257).round().astype(np.uint8)
@@ -66,7 +74,7 @@ def load_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.
     try:
         with _own_pixel_limit(), Image.open(path) as im:
             check_pixels(im.size, max_pixels, path)
-            return decode_image(im)
+            return decode_image(im, owned=True, name=path)
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
