@@ -223,6 +223,12 @@ def _infer(args: argparse.Namespace) -> None:
     source = Source(args.input or os.path.dirname(sample_images()[0]), max_pixels=args.max_pixels)
     if (args.engine is None) == (args.server is None):
         raise InputError("give one of --engine (run here) or --server HOST:PORT (a Triton server, docs/serving.md)")
+    local = {"--threads": args.threads, "--backend": args.backend, "--compile": args.compile,
+             "--cuda-graphs": args.cuda_graphs, "--no-cache": args.no_cache}
+    unused = ([flag for flag, value in local.items() if value] if args.server else
+              [flag for flag, value in (("--model", args.model), ("--protocol", args.protocol)) if value])
+    if unused:  # refused, not ignored: each would otherwise look applied
+        raise InputError(f"{', '.join(unused)} apply only with --{'engine' if args.server else 'server'}")
     total = len(source)
 
     def show(name, result):
@@ -233,7 +239,7 @@ def _infer(args: argparse.Namespace) -> None:
         refuse_existing_outputs(args.out, source.names, args.overwrite)  # before the engine loads
         request = _read_vocabulary(args)
         if args.server:
-            segmenter = Segmenter.from_server(args.server, model=args.model, protocol=args.protocol)
+            segmenter = Segmenter.from_server(args.server, model=args.model or "fisa_python", protocol=args.protocol)
         else:
             segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None,
                                               threads=args.threads, cuda_graphs=args.cuda_graphs,
@@ -466,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--server",
                      help="HOST:PORT of a Triton server serving fisa-rt (instead of --engine; docs/serving.md)")
     inf.add_argument("--protocol", choices=["http", "grpc"], help="with --server (default: http)")
-    inf.add_argument("--model", default="fisa_python", help="with --server: the served model (default: fisa_python)")
+    inf.add_argument("--model", help="with --server: the served model (default: fisa_python)")
     inf.add_argument("--threads", type=THREADS,
                      help="CPU threads for torch and ONNX Runtime (default: the available cores)")
     inf.add_argument(

@@ -135,6 +135,16 @@ def test_an_empty_argument_is_refused_not_taken_as_not_given(tmp_path, argv, opt
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--engine", "build", "--model", "fisa"], "--model apply only with --server"),
+    (["--engine", "build", "--protocol", "grpc"], "--protocol apply only with --server"),
+    (["--server", "localhost:1", "--threads", "2", "--compile"], "--threads, --compile apply only with --engine"),
+])
+def test_options_of_the_other_mode_are_refused_not_ignored(tmp_path, argv, message):
+    result = run("infer", *argv, "--classes", "cat", "--out", tmp_path / "o")
+    assert result.returncode == 2 and message in result.stderr and not any(tmp_path.iterdir())
+
+
 def test_demo_gives_images_of_one_name_their_own_overlays(tmp_path):
     from fisa_rt.runtime.assets import sample_images
 
