@@ -154,7 +154,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.json:
         refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
-    args.engine = resolve_artefact(args.engine)
+    args.engine = resolve_artefact(args.engine, args.backend)
     if backend_for(args.engine, args.backend) == "torch":
         from .checkpoint import load_model
 
@@ -323,6 +323,9 @@ def _demo(args: argparse.Namespace) -> None:
     from .runtime.segmenter import Segmenter
     from .vocab import vocabulary as vocab
 
+    if args.engine and not args.engine.lower().endswith(".safetensors"):
+        raise InputError(f"demo runs a FISA checkpoint (.safetensors); for {args.engine} use "
+                         f"`fisa-rt infer --engine {args.engine}`")
     paths = args.input or sample_images()
     targets = [os.path.join(args.out, name + "_overlay.png") for name in output_names(paths)]
     for target in targets:  # all refused before any is written

@@ -58,17 +58,17 @@ def warn(message: str) -> None:
     warnings.warn(message, FisaWarning, stacklevel=3)
 
 
-def missing_file_error(path: str, what: str) -> InputError:
+def missing_file_error(path: str, what: str, error: type = InputError) -> FisaError:
     """The error for a ``path`` that should name a readable file and does not, saying which case it is."""
     import os
 
     if os.path.isdir(path):
-        return InputError(f"{what} {path} is a folder, not a file")
+        return error(f"{what} {path} is a folder, not a file")
     if os.path.islink(path):
-        return InputError(f"{what} {path} is a symbolic link that loops or leads nowhere")
+        return error(f"{what} {path} is a symbolic link that loops or leads nowhere")
     if os.path.exists(path):  # a FIFO, socket or device: reading one could block forever
-        return InputError(f"{what} {path} is not a regular file (a pipe, socket or device)")
-    return InputError(f"{what} {path} does not exist")
+        return error(f"{what} {path} is not a regular file (a pipe, socket or device)")
+    return error(f"{what} {path} does not exist")
 
 
 def exists_error(path: str, error: type = InputError) -> FisaError:

@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .config import FisaConfig, get_model_config
-from .errors import CheckpointError, refuse_overwrite
+from .errors import CheckpointError, missing_file_error, refuse_overwrite
 from .model import create_model
 from .weight_names import FCCLIP
 
@@ -65,7 +65,7 @@ def _load_tensors(path: str, what: str):
     """``torch.load(weights_only=True)`` of ``path``, every failure one CheckpointError: torch's own warnings
     are silenced and its advice to retry with ``weights_only=False`` (unpickling code) is never repeated."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{what} {path} does not exist")
+        raise missing_file_error(path, what, CheckpointError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -256,8 +256,10 @@ def test_devices_and_backends_that_do_not_fit_the_artefact_are_refused(artefacts
     for path, options, message in refusals:
         with pytest.raises(InputError, match=message):
             open_backend(path, **options)
-    demo = run("demo", "--engine", artefacts["ort"], "--out", tmp_path / "o")
-    one_line_error(demo, "the torch backend runs .safetensors")
+    one_line_error(run("demo", "--engine", artefacts["out"], "--out", tmp_path / "o"),
+                   "demo runs a FISA checkpoint (.safetensors)", "fisa-rt infer --engine")
+    one_line_error(run("infer", "--engine", artefacts["out"], "--backend", "tensorrt", "--out", tmp_path / "o"),
+                   "holds nothing the tensorrt backend runs (.engine, .plan)")
 
 
 def test_backend_refuses_wrong_text_and_vocabularies_beyond_the_profile():

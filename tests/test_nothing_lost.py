@@ -326,6 +326,13 @@ def test_messages_say_what_is_wrong(tmp_path, capsys):
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(InputError, match="pipe.png is not a regular file"):
         load_image(str(tmp_path / "pipe.png"))
+    from fisa_rt.fcclip import _load_tensors
+    from fisa_rt.runtime.inspect import describe
+
+    with pytest.raises(InputError, match="artefact .*pipe.png is not a regular file"):
+        describe(str(tmp_path / "pipe.png"))
+    with pytest.raises(CheckpointError, match="checkpoint .* is a folder, not a file"):
+        _load_tensors(str(tmp_path), "checkpoint")
     with pytest.raises(InputError, match="vocabulary file .* is a folder"):
         vocab.resolve(vocab=str(gifs))
     with pytest.raises(InputError, match="engine nope does not exist"):

@@ -65,3 +65,7 @@ def test_prompt_averaging_and_embeddings_round_trip(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not numpy")
     with pytest.raises(InputError, match="not an embeddings file"):
         vocab.load_embeddings(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "objects.npz", embeddings=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="pickled Python objects, which fisa-rt never loads") as refused:
+        vocab.load_embeddings(str(tmp_path / "objects.npz"))
+    assert "allow_pickle" not in str(refused.value)  # NumPy's advice to load it unsafely is not passed on

@@ -453,26 +453,34 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
         )
 
 
-def resolve_artefact(path: str) -> str:
+def resolve_artefact(path: str, backend: Optional[str] = None) -> str:
     """A folder written by ``build_engine.py`` -> its best artefact for this machine: a TensorRT engine
-    when TensorRT is importable, else the ONNX Runtime-optimised model, else the portable ONNX."""
+    when TensorRT is importable, else the ONNX Runtime-optimised model, else the portable ONNX; with
+    ``backend``, the best that backend runs."""
     if not os.path.isdir(path):
         return path
     files = sorted(os.listdir(path))
-    engines = [f for f in files if f.endswith((".engine", ".plan"))]
-    from fisa_rt.export.tensorrt_builder import import_tensorrt
+    ranked = {
+        "tensorrt": [[f for f in files if f.endswith((".engine", ".plan"))]],
+        "onnxruntime": [[f for f in files if f.endswith(".portable.ort.onnx")],
+                        [f for f in files if f.endswith(".portable.onnx")]],
+    }
+    if backend is None:
+        from fisa_rt.export.tensorrt_builder import import_tensorrt
 
-    try:
-        import_tensorrt()  # TensorRT or TensorRT-RTX
-        has_tensorrt = True
-    except MissingDependencyError:
-        has_tensorrt = False
-    for candidates in ([engines] if has_tensorrt else []) + [
-        [f for f in files if f.endswith(".portable.ort.onnx")],
-        [f for f in files if f.endswith(".portable.onnx")],
-    ]:
+        try:
+            import_tensorrt()  # TensorRT or TensorRT-RTX
+            order = ranked["tensorrt"] + ranked["onnxruntime"]
+        except MissingDependencyError:
+            order = ranked["onnxruntime"]
+    else:
+        order = ranked.get(backend, [])
+    for candidates in order:
         if candidates:
             return os.path.join(path, candidates[0])
+    if backend is not None:
+        wanted = ", ".join(s for s, b in SUFFIXES.items() if b == backend)
+        raise InputError(f"folder {path} holds nothing the {backend} backend runs ({wanted})")
     raise InputError(
         f"folder {path} holds no engine or portable ONNX; build one with `python export/build_engine.py --out {path}`"
     )

@@ -89,7 +89,7 @@ def benchmark(
     path: str, backend: Optional[str], batch: int, classes: int, warmup: int, iterations: int,
     cuda_graphs: Optional[bool] = None, compile: bool = False,
 ) -> BenchReport:
-    engine = open_backend(resolve_artefact(path), backend, cuda_graphs=cuda_graphs, compile=compile)
+    engine = open_backend(resolve_artefact(path, backend), backend, cuda_graphs=cuda_graphs, compile=compile)
     refuse_beyond_memory(engine, batch, classes)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     S = engine.image_size

@@ -24,7 +24,7 @@ def check_pixels(size: Tuple[int, int], max_pixels: Optional[int], name: str) ->
         raise InputError(
             f"image {name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"more than the limit of {max_pixels:,}; "
-            "raise it with --max-pixels (0: no limit) if the image is genuine"
+            "raise it with --max-pixels (max_pixels= in Python; 0: no limit) if the image is genuine"
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List
 
-from ..errors import CheckpointError, InputError, MissingDependencyError
+from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error
 from ..kernels.targets import describe as describe_gpu
 from .backends import SUFFIXES, backend_for, check_engine_compatibility, resolve_artefact
 
@@ -64,7 +64,7 @@ def _kernel_choices() -> List[str]:
 def describe(path: str) -> List[str]:
     path = resolve_artefact(path)
     if not os.path.isfile(path):
-        raise InputError(f"{path} does not exist")
+        raise missing_file_error(path, "artefact")
     if os.path.splitext(path)[1].lower() not in SUFFIXES:
         raise InputError(f"cannot tell what {path} is: inspect reads {', '.join(SUFFIXES)} files")
     kind = backend_for(path)

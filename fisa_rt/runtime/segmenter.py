@@ -104,7 +104,7 @@ class Segmenter:
             raise InputError(f"engine must be a path; got {type(path).__name__}")
         threads = resolve_threads(threads)
         apply_torch_threads(threads)
-        path = resolve_artefact(os.fspath(path))
+        path = resolve_artefact(os.fspath(path), backend)
         return cls(open_backend(path, backend, device, threads, cuda_graphs, compile), path, cache_dir)
 
     @classmethod

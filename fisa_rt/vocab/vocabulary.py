@@ -217,6 +217,8 @@ def load_embeddings(path: str):
     except InputError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if "pickle" in str(exc):  # NumPy's own advice is to load it unsafely: never repeated
+            raise InputError(f"{not_ours}: it holds pickled Python objects, which fisa-rt never loads") from None
         raise InputError(f"{not_ours}: {exc or type(exc).__name__}") from None
     if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
         found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"
