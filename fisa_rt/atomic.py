@@ -81,12 +81,14 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False) -
     success each becomes ``parent/name``, an earlier one replaced wholly (no file of it stays beside the new
     ones). An existing, non-empty ``parent/name`` is an InputError before the caller writes anything, unless
     ``overwrite``. On any failure, the swap, Ctrl-C and SIGTERM included, every ``parent/name`` is as it was and
-    nothing of the new ones remains; a ``parent`` that cannot take them is an InputError naming it."""
+    nothing of the new ones remains; a ``parent`` that cannot take them is an InputError naming it. A name may
+    be a path below ``parent`` (``images/val``, missing folders on its way are made) and a file, so that
+    several parts of one result swap as one (a dataset split: its image folders and annotation files)."""
     for name in names:
         if not _empty_folder(os.path.join(parent, name)):
             refuse_overwrite(os.path.join(parent, name), overwrite)
     # TEMPORARY's form, so the next run removes it if this one is killed
-    staging = os.path.join(parent, f".{names[0]}.fisa-tmp{os.getpid()}")
+    staging = os.path.join(parent, f".{os.path.basename(names[0])}.fisa-tmp{os.getpid()}")
     try:
         remove_stale_temporaries(parent)
         shutil.rmtree(staging, ignore_errors=True)  # a killed run's of the same id: a container's ids repeat
@@ -122,18 +124,43 @@ def _empty_folder(path: str) -> bool:
     return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
 
 
+def _set_aside(parent: str, name: str) -> str:
+    folder, base = os.path.split(os.path.join(parent, name))
+    return os.path.join(folder, f".{base}.fisa-old{os.getpid()}")
+
+
+def _missing_folders(folder: str) -> List[str]:
+    """``folder`` and those of its parents that do not exist, outermost first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
+        missing.insert(0, folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
 def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bool) -> None:
     """Each ``staging/name`` -> ``parent/name``; earlier folders are set aside under a name
     remove_stale_temporaries never matches (a crash between the renames loses nothing) and removed once every
-    new one is in place; a failure puts them back."""
-    moved, placed = [], []
+    new one is in place; a failure puts them back and removes the folders made on the way."""
+    moved, placed, made = [], [], []
     try:
         for name in names:
             target = os.path.join(parent, name)
+            missing = _missing_folders(os.path.dirname(target))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            made += missing
             if os.path.lexists(target):
                 if not overwrite and not _empty_folder(target):  # made by someone else since the check
                     raise exists_error(target)
-                os.rename(target, os.path.join(parent, f".{name}.fisa-old{os.getpid()}"))
+                os.rename(target, _set_aside(parent, name))
                 moved.append(name)
             os.rename(os.path.join(staging, name), target)
             placed.append(name)
@@ -141,12 +168,15 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
         for name in reversed(placed):
             os.rename(os.path.join(parent, name), os.path.join(staging, name))
         for name in moved:
-            os.rename(os.path.join(parent, f".{name}.fisa-old{os.getpid()}"), os.path.join(parent, name))
+            os.rename(_set_aside(parent, name), os.path.join(parent, name))
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         if isinstance(exc, OSError):
             raise _cannot_write(parent, exc) from None
         raise
     for name in moved:
-        shutil.rmtree(os.path.join(parent, f".{name}.fisa-old{os.getpid()}"), ignore_errors=True)
+        _remove(_set_aside(parent, name))
 
 
 def refuse_unwritable(path: str, overwrite: bool) -> None:

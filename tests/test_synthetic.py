@@ -62,6 +62,68 @@ def test_existing_split_is_not_overwritten(tmp_path):
         generate(str(tmp_path), "val", 1, seed=0, image_size=32)
 
 
+def _files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+def test_overwrite_replaces_a_split_wholly_and_leaves_the_others(tmp_path):
+    """Before, a 2-image --overwrite of a 4-image split left train_000002/3.png beside the new ones."""
+    root = str(tmp_path)
+    generate(root, "train", 4, seed=0, image_size=32)
+    generate(root, "val", 1, seed=0, image_size=32)
+    val = {f: open(os.path.join(root, f), "rb").read() for f in _files(root) if "val" in f}
+    generate(root, "train", 2, seed=1, image_size=32, overwrite=True)
+    train = [f"{kind}/train/train_00000{i}.png" for kind in ("images", "panoptic") for i in (0, 1)]
+    assert _files(root) == sorted(["annotations/captions_train.json", "annotations/panoptic_train.json", *train, *val])
+    assert all(open(os.path.join(root, f), "rb").read() == data for f, data in val.items())
+
+
+def _interrupted(monkeypatch, after):
+    """render_scene raises KeyboardInterrupt (Ctrl-C) at its call number ``after``."""
+    from fisa_rt.data import synthetic
+
+    calls, render = [], synthetic.render_scene
+
+    def render_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == after:
+            raise KeyboardInterrupt
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_scene", render_then_interrupt)
+
+
+def test_an_interrupted_split_leaves_nothing_and_a_rerun_starts_clean(tmp_path, monkeypatch):
+    """Before, Ctrl-C left the images written so far and no JSON; a rerun kept them beside its own."""
+    fresh, mine = str(tmp_path / "fresh"), tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)  # a folder make-data did not make: its files are not the run's
+    (mine / "notes.txt").write_text("keep")
+    (mine / "images" / "other.png").write_text("keep")
+    for root in (fresh, str(mine)):
+        _interrupted(monkeypatch, after=3)
+        with pytest.raises(KeyboardInterrupt):
+            generate(root, "train", 5, seed=0, image_size=32)
+        monkeypatch.undo()
+    assert not os.path.exists(fresh)
+    assert sorted(os.listdir(mine)) == ["images", "notes.txt"]
+    assert os.listdir(mine / "images") == ["other.png"] and (mine / "notes.txt").read_text() == "keep"
+    generate(str(mine), "train", 2, seed=0, image_size=32)
+    assert [f for f in _files(str(mine)) if "train_" in f] == [
+        f"{kind}/train/train_00000{i}.png" for kind in ("images", "panoptic") for i in (0, 1)
+    ]
+
+
+def test_an_interrupted_overwrite_leaves_the_earlier_split_as_it_was(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    generate(root, "train", 3, seed=0, image_size=32)
+    before = {f: open(os.path.join(root, f), "rb").read() for f in _files(root)}
+    _interrupted(monkeypatch, after=2)
+    with pytest.raises(KeyboardInterrupt):
+        generate(root, "train", 2, seed=1, image_size=32, overwrite=True)
+    assert {f: open(os.path.join(root, f), "rb").read() for f in _files(root)} == before
+    assert not [f for f in os.listdir(root) if f.startswith(".")]
+
+
 @pytest.fixture(scope="module")
 def broad_data(tmp_path_factory):
     """The broad world: 30 pre-training, 20 training and 24 validation scenes of 64 px."""

@@ -32,7 +32,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import save_image, write_json
+from ..atomic import atomic_folders, save_image, write_json
 from ..errors import InputError, refuse_overwrite
 from .panoptic_png import ids_to_rgb
 
@@ -312,38 +312,39 @@ def generate(
     if num_images < 0 or image_size < 16:
         raise InputError(f"need num_images >= 0 and image_size >= 16; got {num_images} and {image_size}")
     spec = get_world(world)
-    json_path = os.path.join(root, "annotations", f"panoptic_{split}.json")
-    refuse_overwrite(json_path, overwrite)
-    try:
-        for folder in (("images", split), ("panoptic", split), ("annotations",)):
-            os.makedirs(os.path.join(root, *folder), exist_ok=True)
-        probe = os.path.join(root, "annotations", f".write-test{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as exc:
-        raise InputError(f"cannot write the dataset under {root}: {exc.strerror or exc}") from None
+    from ..runtime.folder_run import output_folder  # here: that module brings torch, which make-data never needs
+
+    # The split is written into staging and swapped in whole, its panoptic JSON last (what marks it as written):
+    # a failed or interrupted run leaves no partial split, and --overwrite leaves none of the earlier one's files.
+    parts = [os.path.join("images", split), os.path.join("panoptic", split)]
+    parts += [os.path.join("annotations", f"{kind}_{split}.json") for kind in ("captions", "panoptic")]
+    json_path = os.path.join(root, parts[3])
+    refuse_overwrite(json_path, overwrite)  # before the other parts: the JSON is what names the split as there
     cats = spec.categories()
     names = {c.id: c.name for c in cats}
     images, annotations, captions = [], [], []
-    for index in range(num_images):
-        # One generator per image keyed by (seed, split, index): any image can be regenerated alone.
-        rng = np.random.default_rng([seed, sum(map(ord, split)), index])
-        things, stuff = _scene_classes(cats, split, spec, rng)
-        picture, ids, segments = render_scene(image_size, things, stuff, rng, spec.seen_patterns)
-        name = f"{split}_{index:06d}.png"
-        save_image(Image.fromarray(picture), os.path.join(root, "images", split, name))
-        save_image(Image.fromarray(ids_to_rgb(ids)), os.path.join(root, "panoptic", split, name))
-        images.append({"id": index, "file_name": name, "width": image_size, "height": image_size})
-        annotations.append({"image_id": index, "file_name": name, "segments_info": segments})
-        size_words = image_size * image_size if spec.novel_words else 0
-        captions.append({"image_id": index, "caption": caption(segments, names, rng, size_words)})
-    # A training split does not even name the novel concepts.
-    listed = [c for c in cats if not (split == "train" and c.group == "novel_concept")]
-    categories_json = [
-        {"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out, "group": c.group}
-        for c in listed
-    ]
-    write_json(os.path.join(root, "annotations", f"captions_{split}.json"), {"images": images, "annotations": captions})
-    # the panoptic JSON last: it is what marks the split as written (and what --overwrite checks)
-    write_json(json_path, {"images": images, "annotations": annotations, "categories": categories_json})
+    with output_folder(root), atomic_folders(root, parts, overwrite) as staging:
+        for folder in parts[:2] + ["annotations"]:
+            os.makedirs(os.path.join(staging, folder))
+        for index in range(num_images):
+            # One generator per image keyed by (seed, split, index): any image can be regenerated alone.
+            rng = np.random.default_rng([seed, sum(map(ord, split)), index])
+            things, stuff = _scene_classes(cats, split, spec, rng)
+            picture, ids, segments = render_scene(image_size, things, stuff, rng, spec.seen_patterns)
+            name = f"{split}_{index:06d}.png"
+            save_image(Image.fromarray(picture), os.path.join(staging, parts[0], name))
+            save_image(Image.fromarray(ids_to_rgb(ids)), os.path.join(staging, parts[1], name))
+            images.append({"id": index, "file_name": name, "width": image_size, "height": image_size})
+            annotations.append({"image_id": index, "file_name": name, "segments_info": segments})
+            size_words = image_size * image_size if spec.novel_words else 0
+            captions.append({"image_id": index, "caption": caption(segments, names, rng, size_words)})
+        # A training split does not even name the novel concepts.
+        listed = [c for c in cats if not (split == "train" and c.group == "novel_concept")]
+        categories_json = [
+            {"id": c.id, "name": c.name, "isthing": int(c.isthing), "held_out": c.held_out, "group": c.group}
+            for c in listed
+        ]
+        write_json(os.path.join(staging, parts[2]), {"images": images, "annotations": captions})
+        write_json(os.path.join(staging, parts[3]), {"images": images, "annotations": annotations,
+                                                     "categories": categories_json})
     return json_path
