@@ -129,7 +129,7 @@ def _set_aside(parent: str, name: str) -> str:
     return os.path.join(folder, f".{base}.fisa-old{os.getpid()}")
 
 
-def _missing_folders(folder: str) -> List[str]:
+def missing_folders(folder: str) -> List[str]:
     """``folder`` and those of its parents that do not exist, outermost first."""
     missing = []
     while not os.path.lexists(folder) and folder != os.path.dirname(folder):
@@ -154,7 +154,7 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
     try:
         for name in names:
             target = os.path.join(parent, name)
-            missing = _missing_folders(os.path.dirname(target))
+            missing = missing_folders(os.path.dirname(target))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             made += missing
             if os.path.lexists(target):

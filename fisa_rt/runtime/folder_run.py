@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
-from ..atomic import remove_stale_temporaries
+from ..atomic import missing_folders, remove_stale_temporaries
 from ..errors import FisaError, InputError, PartialFailure, sigterm_as_interrupt
 from .inputs import Source
 from .results import OUTPUT_SUFFIXES, SegmentationResult
@@ -40,21 +40,18 @@ def output_folder(path: str) -> Iterator[str]:
     """Creates ``path`` (an InputError if it cannot be made or written to) and removes the temporary files
     killed runs left there; on leaving, the folders this call created (``path`` and any missing parents) are
     removed again where they stayed empty."""
-    created, folder = [], os.path.abspath(path)
-    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
-        created.append(folder)  # deepest first, the order they can be removed in
-        folder = os.path.dirname(folder)
+    created = missing_folders(os.path.abspath(path))
     try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-    try:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
         if not os.access(path, os.W_OK):
             raise InputError(f"output folder {path} is not writable")
         remove_stale_temporaries(path)
         yield path
     finally:
-        for folder in created:
+        for folder in reversed(created):  # deepest first, the order they can be removed in
             with contextlib.suppress(OSError):
                 os.rmdir(folder)  # only succeeds while empty
 
