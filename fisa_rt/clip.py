@@ -33,7 +33,7 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
                     f"{cfg.model_name} is an inline architecture, so `pretrained` must be a local file; "
                     f"{pretrained!r} does not exist"
                 )
-            open_clip.load_checkpoint(model, pretrained)
+            _loading(pretrained, cfg.model_name, lambda: open_clip.load_checkpoint(model, pretrained))
         return model
     if cfg.model_name not in open_clip.list_models():
         raise ConfigError(f"open_clip has no architecture {cfg.model_name!r}; see open_clip.list_models()")
@@ -46,7 +46,20 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
             )
     # open_clip moves the model to `device` (default cpu); the default device keeps a model built under
     # `with torch.device("meta")` on the meta device, so shape checks allocate nothing.
-    return open_clip.create_model(cfg.model_name, pretrained=pretrained, device=torch.get_default_device())
+    return _loading(pretrained, cfg.model_name, lambda: open_clip.create_model(
+        cfg.model_name, pretrained=pretrained, device=torch.get_default_device()))
+
+
+def _loading(path, model_name: str, load):
+    """``load()``, with a failure to read the weights file ``path`` as one CheckpointError naming it."""
+    if path is None or not os.path.isfile(path):
+        return load()  # an open_clip tag: its failures are open_clip's (a download), not a file's
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - whatever open_clip's readers (pickle, safetensors) make of a bad file
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        more = "..." if len(reason) > 200 else ""
+        raise CheckpointError(f"{path} is not CLIP weights of {model_name} ({reason[:200]}{more})") from None
 
 
 def create_tokenizer(cfg: ClipConfig) -> Callable[[list], torch.Tensor]:

@@ -16,7 +16,7 @@ from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.export.manifest import write_manifest
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.segmenter import Segmenter
-from fisa_rt.train.trainer import _load_state, _save_state
+from fisa_rt.train.trainer import TrainConfig, _read_state, _restore_state, _save_state
 from fisa_rt.vocab import vocabulary as vocab
 
 from helpers import one_line_error, run_cli as run, run_infer
@@ -145,20 +145,23 @@ def test_a_corrupt_or_foreign_training_state_is_refused(tmp_path):
     params = {"w": torch.nn.Parameter(torch.ones(3))}
     optimizer = torch.optim.AdamW(params.values())
     state = str(tmp_path / "out.safetensors.state.safetensors")
+    cfg = TrainConfig(stage="clip", data=str(tmp_path), out=str(tmp_path / "out.safetensors"), steps=10)
     open(state, "wb").write(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="not a readable training state"):
-        _load_state(state, params, optimizer)
+        _read_state(state, cfg)
     for other in (
         {"w": torch.nn.Parameter(torch.ones(4))},
         {"v": torch.nn.Parameter(torch.ones(3))},
         {"w": torch.nn.Parameter(torch.ones(3)), "extra": torch.nn.Parameter(torch.ones(1))},
     ):
-        _save_state(state, 5, other, torch.optim.AdamW(other.values()), [1.0])
+        _save_state(state, 1, other, torch.optim.AdamW(other.values()), [1.0], cfg)
         with pytest.raises(CheckpointError, match="another model, stage or --trainable"):
-            _load_state(state, params, optimizer)
+            _restore_state(state, _read_state(state, cfg)[2], params, optimizer)
     assert torch.equal(params["w"].detach(), torch.ones(3))  # untouched by the refused states
-    _save_state(state, 5, params, optimizer, [1.0, 0.5])
-    assert _load_state(state, params, optimizer) == (5, [1.0, 0.5])
+    _save_state(state, 2, params, optimizer, [1.0, 0.5], cfg)
+    step, losses, tensors = _read_state(state, cfg)
+    _restore_state(state, tensors, params, optimizer)
+    assert (step, losses) == (2, [1.0, 0.5])
 
 
 def test_train_with_a_corrupt_state_is_one_line(synthetic_data, tmp_path):

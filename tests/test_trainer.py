@@ -278,3 +278,96 @@ def test_trained_adapters_are_not_dropped_by_a_moving_config(synthetic_data, gen
     assert adapters == {n for n in written if n.startswith("backbone.seve.")}
     for name in adapters:
         assert torch.equal(trained[name], written[name]), name
+
+
+def _train_cli(capsys, *argv):
+    code = main(["train", *map(str, argv), "--batch-size", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("fisa-rt: error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("init", ["fisa", "corrupt", "pickle", "other-model"])
+def test_a_generator_init_that_is_not_clip_weights_is_one_line(init, synthetic_data, clip_weights,
+                                                               generator_checkpoint, tmp_path, capsys):
+    """Each was a traceback from open_clip's loader; the folders made for --out went with it, left behind."""
+    path, model = {"fisa": generator_checkpoint, "other-model": clip_weights}.get(init), "fisa-tiny"
+    if init == "corrupt":
+        (path := tmp_path / "bad.safetensors").write_bytes(b"\x01\x02")
+    elif init == "pickle":
+        (path := tmp_path / "bad.pth").write_bytes(b"not a pickle")
+    elif init == "other-model":
+        model = "fisa-tiny-convnext"
+    err = _train_cli(capsys, "generator", "--data", synthetic_data, "--init", path, "--model", model,
+                     "--out", tmp_path / "made" / "g.safetensors", "--steps", 1)
+    assert str(path) in err and f"the clip stage's output for model {model}" in err
+    assert not (tmp_path / "made").exists()
+
+
+def test_an_adapt_init_named_with_a_model_is_checked_first(synthetic_data, tmp_path, capsys):
+    (bad := tmp_path / "bad.safetensors").write_bytes(b"\x01\x02")
+    err = _train_cli(capsys, "adapt", "--data", synthetic_data, "--init", bad, "--model", "fisa-tiny",
+                     "--out", tmp_path / "a.safetensors", "--steps", 1)
+    assert f"{bad} is not a readable safetensors file" in err
+
+
+def test_a_folder_as_out_is_refused_before_training(synthetic_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trainer._Stage, "__init__", lambda *a: pytest.fail("built a model for an unwritable --out"))
+    err = _train_cli(capsys, "clip", "--data", synthetic_data, "--out", tmp_path, "--overwrite", "--steps", 1)
+    assert err.endswith(f"cannot write {tmp_path}: it is a folder")
+
+
+@pytest.fixture
+def interrupted_state(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
+    """The training state an adapt run of 4 steps leaves when stopped after step 2."""
+    out = tmp_path / "r.safetensors"
+    real_loss = interrupt_at_step(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_adapt(synthetic_data, generator_checkpoint, out))
+    monkeypatch.setattr(trainer._Stage, "loss", real_loss)
+    return out, pathlib.Path(str(out) + ".state.safetensors")
+
+
+def _edit_state(state, metadata=None, tensors=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(state), framework="pt") as handle:
+        old = handle.metadata()
+    save_file({**load_file(str(state)), **(tensors or {})}, str(state), metadata={**old, **(metadata or {})})
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"losses": "5"}, "losses are not a list of 2 finite numbers"),
+    ({"losses": "[1.0, NaN]"}, "losses are not a list of 2 finite numbers"),
+    ({"step": "-3"}, "step '-3' is not a whole number"),
+    ({"step": "1.5"}, "step '1.5' is not a whole number"),
+    ({"options": "[]"}, "options are not a JSON object"),
+    (None, r"optimizer state opt/.*/exp_avg has shape \(7,\)"),
+])
+def test_a_damaged_training_state_is_refused(metadata, message, interrupted_state, synthetic_data,
+                                             generator_checkpoint):
+    out, state = interrupted_state
+    if metadata is None:
+        moment = next(k for k in load_file(str(state)) if k.endswith("/exp_avg"))
+        _edit_state(state, tensors={moment: torch.zeros(7)})
+    else:
+        _edit_state(state, metadata)
+    with pytest.raises(CheckpointError, match=f"cannot resume from {state}: .*{message}.*delete it to start over"):
+        train(_adapt(synthetic_data, generator_checkpoint, out))
+    assert state.exists() and not out.exists()
+
+
+def test_a_state_is_resumed_only_by_a_run_it_fits(interrupted_state, synthetic_data, generator_checkpoint):
+    """A state beyond --steps wrote a checkpoint claiming fewer steps than its weights had; one of another
+    --lr went on with a trajectory no single run follows."""
+    out, state = interrupted_state
+    with pytest.raises(InputError, match="at step 2, beyond --steps 1"):
+        train(_adapt(synthetic_data, generator_checkpoint, out, steps=1))
+    with pytest.raises(InputError, match="trained with --lr 0.001, not 0.5"):
+        train(_adapt(synthetic_data, generator_checkpoint, out, lr=0.5))
+    with pytest.raises(InputError, match="trained with --seed 0, not 3"):
+        train(_adapt(synthetic_data, generator_checkpoint, out, seed=3))
+    assert state.exists() and not out.exists()
+    _edit_state(state, {"options": "{}"})  # a state written before options were recorded still resumes
+    assert len(train(_adapt(synthetic_data, generator_checkpoint, out)).losses) == 4

@@ -30,15 +30,16 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
-from ..checkpoint import identity_adapters, load_model, read_checkpoint_info, save_checkpoint
+from ..atomic import atomic_path, refuse_unwritable
+from ..checkpoint import FORMAT, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, InputError, TrainingDiverged
 from ..mask_classifier import text_rows, with_void
 from ..model import FisaModel, create_model
 from ..preprocess import normalize_images
+from ..runtime.folder_run import output_folder
 from ..simo import select_trainable
 from .losses import LossWeights, feature_preservation, resize_targets, set_loss
 
@@ -202,11 +203,18 @@ class _Stage:
             return
         if cfg.stage == "generator":
             clip_cfg = dataclasses.replace(model_cfg.clip, pretrained=cfg.init)
-            self.model = create_model(dataclasses.replace(model_cfg, clip=clip_cfg), load_pretrained_clip=True)
+            try:
+                _refuse_other_weights(cfg.init, model_cfg.name)
+                self.model = create_model(dataclasses.replace(model_cfg, clip=clip_cfg), load_pretrained_clip=True)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc}; the generator stage's --init must be the clip stage's output for "
+                                      f"model {model_cfg.name}") from None
             prefixes = ["mask_generator"]
         else:
+            # read first, whatever --model says: identity_adapters below reads the file without checking it
+            info = read_checkpoint_info(cfg.init)
             config = model_cfg if cfg.model else None
-            base = config or read_checkpoint_info(cfg.init).config
+            base = config or info.config
             if cfg.seve_layers is not None:
                 config = dataclasses.replace(base, seve=dataclasses.replace(base.seve, layers=list(cfg.seve_layers)))
             elif cfg.trainable != "simo" and base.seve.layers and identity_adapters(cfg.init):
@@ -327,6 +335,22 @@ class _Stage:
         return recipe
 
 
+def _refuse_other_weights(path: str, model: str) -> None:
+    """Weights the clip stage wrote for another model, or a FISA checkpoint, named as such rather than by the
+    missing and unexpected keys open_clip reports for them."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return  # not a safetensors file (a .pt from elsewhere): open_clip reads it or says what is wrong
+    if metadata.get("format") == "open_clip" and metadata.get("model", model) != model:
+        raise CheckpointError(f"{path} holds the CLIP weights of model {metadata['model']}, not of {model}")
+    if metadata.get("format") == FORMAT:
+        raise CheckpointError(f"{path} is a FISA checkpoint (what `train adapt` takes), not CLIP weights")
+
+
 def snapshot_path(out: str, step: int) -> str:
     """runs/fisa.safetensors, 100 -> runs/fisa.step100.safetensors"""
     root, ext = os.path.splitext(out)
@@ -337,41 +361,94 @@ def _state_path(out: str) -> str:
     return f"{out}.state.safetensors"
 
 
-def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], optimizer, losses: List[float]) -> None:
+# What a training run's trajectory depends on besides --steps: a state is resumed only by a run that agrees
+# on each (the path-valued ones compared as absolute paths, so a run from another folder still resumes).
+RESUMED_OPTIONS = ("stage", "model", "init", "data", "split", "trainable", "batch_size", "lr", "weight_decay",
+                   "warmup", "seed", "region_captions", "seve_layers", "feature_distill", "seve_gate_lr", "amp")
+
+
+def _options(cfg: TrainConfig) -> Dict[str, object]:
+    options = {name: getattr(cfg, name) for name in RESUMED_OPTIONS}
+    for name in ("init", "data"):
+        options[name] = options[name] and os.path.abspath(options[name])
+    return json.loads(json.dumps(options))  # tuples as lists, as a state file gives them back
+
+
+def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], optimizer, losses: List[float],
+                cfg: TrainConfig) -> None:
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
     index = {id(p): n for n, p in params.items()}
     for p, state in optimizer.state.items():
         for key, value in state.items():
             tensors[f"opt/{index[id(p)]}/{key}"] = value.detach().cpu().contiguous()
+    metadata = {"step": str(step), "losses": json.dumps(losses), "options": json.dumps(_options(cfg))}
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"step": str(step), "losses": json.dumps(losses)})
+        save_file(tensors, tmp, metadata=metadata)
 
 
-def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> (int, List[float]):
-    """Restores parameters and AdamW moments; a state file that is damaged or belongs to another model,
-    stage or trainable preset is refused before anything is changed."""
+_FIX = "delete it to start over, or pass --overwrite"
+
+
+def _read_state(path: str, cfg: TrainConfig) -> Tuple[int, List[float], Dict[str, torch.Tensor]]:
+    """The step, losses and tensors of a training state, refused (before any model is built) when damaged,
+    beyond --steps, or saved by a run with other options."""
     from safetensors import SafetensorError, safe_open
 
-    fix = "delete it to start over, or pass --overwrite"
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"cannot resume from {path}: not a readable training state ({what}); {_FIX}")
+
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(path)
-        step, losses = int(metadata["step"]), json.loads(metadata["losses"])
+        step, losses = json.loads(metadata["step"]), json.loads(metadata["losses"])
+        options = json.loads(metadata.get("options", "{}"))  # states written before options were recorded: {}
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot resume from {path}: not a readable training state ({exc}); {fix}") from None
+        raise damaged(str(exc)) from None
+    if type(step) is not int or step < 0:
+        raise damaged(f"its step {metadata['step']!r} is not a whole number >= 0")
+    if not (isinstance(losses, list) and len(losses) == step and all(
+            type(v) in (int, float) and math.isfinite(v) for v in losses)):
+        raise damaged(f"its losses are not a list of {step} finite numbers, one a step")
+    if not isinstance(options, dict):
+        raise damaged("its options are not a JSON object")
+    if step > cfg.steps:
+        raise InputError(f"{path} is a training state at step {step}, beyond --steps {cfg.steps}: pass --steps "
+                         f"{step} or more to resume it, or --overwrite to start over")
+    for name, value in _options(cfg).items():
+        if name in options and options[name] != value:
+            flag = name if name == "stage" else "--" + name.replace("_", "-")
+            raise InputError(f"{path} was trained with {flag} {options[name]}, not {value}: pass the same to resume "
+                             f"it, or --overwrite to start over")
+    return step, losses, tensors
+
+
+def _restore_state(path: str, tensors: Dict[str, torch.Tensor], params: Dict[str, torch.nn.Parameter],
+                   optimizer) -> None:
+    """Restores parameters and AdamW moments; a state that belongs to another model, stage or trainable
+    preset, or whose tensors do not fit, is refused before anything is changed."""
+    another = "(a state of another model, stage or --trainable)"
     extra = sorted(k[len("param/"):] for k in tensors if k.startswith("param/") and k[len("param/"):] not in params)
     if extra:
         raise CheckpointError(f"cannot resume from {path}: it trains {extra[0]}, which this run does not "
-                              f"(a state of another model, stage or --trainable); {fix}")
+                              f"{another}; {_FIX}")
     for n, p in params.items():
         saved = tensors.get(f"param/{n}")
         if saved is None or saved.shape != p.shape:
             found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
-            raise CheckpointError(
-                f"cannot resume from {path}: parameter {n} is {found} there, expected {tuple(p.shape)} "
-                f"(a state of another model, stage or --trainable); {fix}"
-            )
+            raise CheckpointError(f"cannot resume from {path}: parameter {n} is {found} there, expected "
+                                  f"{tuple(p.shape)} {another}; {_FIX}")
+    expected = {f"opt/{n}/{key}": shape for n, p in params.items()
+                for key, shape in (("step", ()), ("exp_avg", p.shape), ("exp_avg_sq", p.shape))}
+    for name, tensor in tensors.items():
+        if name.startswith("param/"):
+            continue
+        if name not in expected:
+            raise CheckpointError(f"cannot resume from {path}: it holds {name}, which is no parameter's optimizer "
+                                  f"state {another}; {_FIX}")
+        if tensor.shape != expected[name]:
+            raise CheckpointError(f"cannot resume from {path}: optimizer state {name} has shape "
+                                  f"{tuple(tensor.shape)}, expected {tuple(expected[name])}; {_FIX}")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
@@ -383,7 +460,6 @@ def _load_state(path: str, params: Dict[str, torch.nn.Parameter], optimizer) -> 
                 state[key] = tensors[name].to(p.device)
         if state:
             optimizer.state[p] = state
-    return step, losses
 
 
 def _param_groups(params: Dict[str, torch.nn.Parameter], cfg: TrainConfig) -> List[dict]:
@@ -401,11 +477,18 @@ def train(cfg: TrainConfig) -> TrainResult:
     env = Distributed()
     if cfg.batch_size % env.world:
         raise ConfigError(f"batch size {cfg.batch_size} does not split over {env.world} processes")
+    # Only the main process writes; the folders it makes for --out are removed again if the run fails.
+    with output_folder(os.path.dirname(os.path.abspath(cfg.out))) if env.main else contextlib.nullcontext():
+        return _train(cfg, env)
+
+
+def _train(cfg: TrainConfig, env: Distributed) -> TrainResult:
     state_path = _state_path(cfg.out)
+    if env.main:  # existing files are judged below, where a training state makes one resumable
+        refuse_unwritable(cfg.out, overwrite=True)
     if os.path.exists(cfg.out) and not os.path.exists(state_path) and not cfg.overwrite:
         raise CheckpointError(f"{cfg.out} exists; pass --overwrite to train over it")
-    if env.main:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    resumed = _read_state(state_path, cfg) if os.path.exists(state_path) and not cfg.overwrite else None
     torch.manual_seed(cfg.seed)
     stage = _Stage(cfg, env)
     stage.to(env.device)
@@ -416,8 +499,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     optimizer = torch.optim.AdamW(_param_groups(params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg)
     start, losses = 0, []
-    if os.path.exists(state_path) and not cfg.overwrite:
-        start, losses = _load_state(state_path, params, optimizer)
+    if resumed is not None:
+        start, losses, tensors = resumed
+        _restore_state(state_path, tensors, params, optimizer)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and env.device.type == "cuda")
     progress = None
     if cfg.progress and env.main:
@@ -456,7 +540,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if env.main and step + 1 in cfg.snapshots:
                 stage.save(snapshot_path(cfg.out, step + 1), step + 1)
             if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
-                _save_state(state_path, step + 1, params, optimizer, losses)
+                _save_state(state_path, step + 1, params, optimizer, losses, cfg)
             env.barrier()
     finally:  # the bar ends its line, so an error comes after it on a line of its own
         if progress is not None:
