@@ -182,14 +182,14 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
 def refuse_unwritable(path: str, overwrite: bool) -> None:
     """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
     ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable."""
+    if os.path.isdir(path):  # first: "pass --overwrite" would not help
+        raise InputError(f"cannot write {path}: it is a folder")
     refuse_overwrite(path, overwrite)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"cannot write {path}: its folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise InputError(f"cannot write {path}: its folder {folder} is not writable")
-    if os.path.isdir(path):
-        raise InputError(f"cannot write {path}: it is a folder")
 
 
 @contextlib.contextmanager

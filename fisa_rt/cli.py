@@ -274,7 +274,7 @@ def _encode_vocab(args: argparse.Namespace) -> None:
     from .runtime.segmenter import Segmenter
     from .vocab import vocabulary as vocab
 
-    refuse_overwrite(args.out, args.overwrite)
+    refuse_unwritable(args.out, args.overwrite)  # a folder, a missing folder: before the engine loads
     segmenter = Segmenter.from_engine(args.engine, args.backend)
     vocabulary = vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary)
     # through the on-disk cache, so a later `infer` with the same classes reuses these embeddings

@@ -344,6 +344,9 @@ def test_messages_say_what_is_wrong(tmp_path, capsys):
     out = tmp_path / "never" / "made" / "here"
     one_line(capsys, main(["infer", "--engine", CHECKPOINT, "--vocab", str(lists), "--out", str(out)]), "v.json")
     assert not (tmp_path / "never").exists()  # a failed run leaves no empty folder, nor the parents it made
+    for overwrite in ([], ["--overwrite"]):  # not "pass --overwrite", which then failed after the encoding
+        code = main(["encode-vocab", "--engine", CHECKPOINT, "--classes", "a", "--out", str(tmp_path), *overwrite])
+        one_line(capsys, code, "is a folder")
 
 
 # --- output writing: lossless, and the PNGs any decoder reads ------------------------------------------------------
