@@ -123,7 +123,7 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     from fisa_rt.export import tensorrt_builder
     from fisa_rt.export.manifest import manifest_path
     from fisa_rt.runtime.assets import default_checkpoint
-    from fisa_rt.runtime.folder_run import output_folder
+    from fisa_rt.atomic import output_folder
     from fisa_rt.vocab.tokenizer import VOCAB_FILE
 
     if args.precision is None:

@@ -179,6 +179,27 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
         _remove(_set_aside(parent, name))
 
 
+@contextlib.contextmanager
+def output_folder(path: str) -> Iterator[str]:
+    """Creates ``path`` (an InputError if it cannot be made or written to) and removes the temporary files
+    killed runs left there; on leaving, the folders this call created (``path`` and any missing parents) are
+    removed again where they stayed empty."""
+    created = missing_folders(os.path.abspath(path))
+    try:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+        if not os.access(path, os.W_OK):
+            raise InputError(f"output folder {path} is not writable")
+        remove_stale_temporaries(path)
+        yield path
+    finally:
+        for folder in reversed(created):  # deepest first, the order they can be removed in
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only succeeds while empty
+
+
 def refuse_unwritable(path: str, overwrite: bool) -> None:
     """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
     ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable."""

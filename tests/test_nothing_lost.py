@@ -28,7 +28,8 @@ from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime import bench
 from fisa_rt.vocab import vocabulary as vocab
 from fisa_rt.runtime.backends import open_backend
-from fisa_rt.runtime.folder_run import output_folder, segment_to_folder
+from fisa_rt.atomic import output_folder
+from fisa_rt.runtime.folder_run import segment_to_folder
 from fisa_rt.runtime.inputs import Source
 from fisa_rt.runtime.segmenter import Segmenter
 

@@ -32,7 +32,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import atomic_folders, save_image, write_json
+from ..atomic import atomic_folders, output_folder, save_image, write_json
 from ..errors import InputError, refuse_overwrite
 from .panoptic_png import ids_to_rgb
 
@@ -312,7 +312,6 @@ def generate(
     if num_images < 0 or image_size < 16:
         raise InputError(f"need num_images >= 0 and image_size >= 16; got {num_images} and {image_size}")
     spec = get_world(world)
-    from ..runtime.folder_run import output_folder  # here: that module brings torch, which make-data never needs
 
     # The split is written into staging and swapped in whole, its panoptic JSON last (what marks it as written):
     # a failed or interrupted run leaves no partial split, and --overwrite leaves none of the earlier one's files.

@@ -15,14 +15,13 @@ guarantees of ``fisa-rt infer``, for the CLI and Python users alike:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
-from ..atomic import missing_folders, remove_stale_temporaries
+from ..atomic import output_folder
 from ..errors import FisaError, InputError, PartialFailure, sigterm_as_interrupt
 from .inputs import Source
 from .results import OUTPUT_SUFFIXES, SegmentationResult
@@ -33,27 +32,6 @@ class RunReport:
     total: int  # inputs in the source (0: unknown, a camera)
     written: List[str] = field(default_factory=list)  # output names whose files were written
     failed: List[FisaError] = field(default_factory=list)  # one error per skipped input
-
-
-@contextlib.contextmanager
-def output_folder(path: str) -> Iterator[str]:
-    """Creates ``path`` (an InputError if it cannot be made or written to) and removes the temporary files
-    killed runs left there; on leaving, the folders this call created (``path`` and any missing parents) are
-    removed again where they stayed empty."""
-    created = missing_folders(os.path.abspath(path))
-    try:
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-        if not os.access(path, os.W_OK):
-            raise InputError(f"output folder {path} is not writable")
-        remove_stale_temporaries(path)
-        yield path
-    finally:
-        for folder in reversed(created):  # deepest first, the order they can be removed in
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only succeeds while empty
 
 
 def refuse_existing_outputs(folder: str, names: Sequence[str], overwrite: bool) -> None:

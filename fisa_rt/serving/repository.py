@@ -182,8 +182,7 @@ def write_models(repository: str, artefact: str, models: Models, overwrite: bool
     """``models`` into ``repository`` (made if missing), written beside it and checked (``check_repository``)
     before any replaces a folder there (fisa_rt.atomic.atomic_folders): an existing model only with
     ``overwrite``, then wholly; on any failure no new file remains. The lines to print."""
-    from ..atomic import atomic_folders
-    from ..runtime.folder_run import output_folder
+    from ..atomic import atomic_folders, output_folder
 
     with output_folder(repository), atomic_folders(repository, list(models), overwrite) as staging:
         for name, write in models.items():

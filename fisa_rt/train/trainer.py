@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path, refuse_unwritable
+from ..atomic import atomic_path, output_folder, refuse_unwritable
 from ..checkpoint import FORMAT, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
@@ -39,7 +39,6 @@ from ..errors import CheckpointError, ConfigError, InputError, TrainingDiverged
 from ..mask_classifier import text_rows, with_void
 from ..model import FisaModel, create_model
 from ..preprocess import normalize_images
-from ..runtime.folder_run import output_folder
 from ..simo import select_trainable
 from .losses import LossWeights, feature_preservation, resize_targets, set_loss
 
