@@ -118,12 +118,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def build(args: argparse.Namespace) -> Dict[str, str]:
     """Writes the artefacts; returns kind -> path of what was written. Every option and input is checked
     before the first file is written, and a build that fails removes the files it created."""
-    from fisa_rt.atomic import removed_on_failure
+    from fisa_rt.atomic import output_folder, removed_on_failure
     from fisa_rt.checkpoint import read_checkpoint_info
     from fisa_rt.export import tensorrt_builder
     from fisa_rt.export.manifest import manifest_path
     from fisa_rt.runtime.assets import default_checkpoint
-    from fisa_rt.atomic import output_folder
     from fisa_rt.vocab.tokenizer import VOCAB_FILE
 
     if args.precision is None:

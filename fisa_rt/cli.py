@@ -215,8 +215,8 @@ def _set_vocabulary(segmenter, args: argparse.Namespace, request) -> None:
 
 
 def _infer(args: argparse.Namespace) -> None:
-    from .runtime.assets import sample_images
     from .atomic import output_folder
+    from .runtime.assets import sample_images
     from .runtime.folder_run import refuse_existing_outputs, segment_to_folder
     from .runtime.inputs import Source
     from .runtime.segmenter import Segmenter
@@ -316,9 +316,8 @@ def _tune(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """The checkpoint path of `infer`, with the synthetic set's 32 classes as the default vocabulary."""
-    from .atomic import save_image
+    from .atomic import output_folder, save_image
     from .runtime.assets import default_checkpoint, sample_images
-    from .atomic import output_folder
     from .runtime.images import load_image
     from .runtime.inputs import output_names
     from .runtime.segmenter import Segmenter

@@ -38,6 +38,10 @@ class RawOutput:
         return self.class_scores.float().clamp_min(1e-12).log()
 
 
+def _suffixes_of(backend: str) -> str:
+    return ", ".join(s for s, b in SUFFIXES.items() if b == backend)
+
+
 def backend_for(path: str, backend: Optional[str] = None) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if backend is not None:
@@ -45,9 +49,8 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
             raise InputError(f"--backend must be one of {BACKENDS}; got {backend!r}")
         # --backend is for artefacts named otherwise; a known suffix of another backend is a wrong pairing
         if SUFFIXES.get(suffix, backend) != backend:
-            wanted = ", ".join(s for s, b in SUFFIXES.items() if b == backend)
             raise InputError(f"{path} is an artefact of the {SUFFIXES[suffix]} backend ({suffix}); "
-                             f"the {backend} backend runs {wanted}")
+                             f"the {backend} backend runs {_suffixes_of(backend)}")
         return backend
     if not os.path.exists(path):
         raise missing_file_error(path, "engine")
@@ -479,8 +482,7 @@ def resolve_artefact(path: str, backend: Optional[str] = None) -> str:
         if candidates:
             return os.path.join(path, candidates[0])
     if backend is not None:
-        wanted = ", ".join(s for s, b in SUFFIXES.items() if b == backend)
-        raise InputError(f"folder {path} holds nothing the {backend} backend runs ({wanted})")
+        raise InputError(f"folder {path} holds nothing the {backend} backend runs ({_suffixes_of(backend)})")
     raise InputError(
         f"folder {path} holds no engine or portable ONNX; build one with `python export/build_engine.py --out {path}`"
     )
