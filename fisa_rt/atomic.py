@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from .errors import InputError, exists_error, refuse_overwrite
 
@@ -76,21 +76,26 @@ def atomic_path(path: str, overwrite: bool = True) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False) -> Iterator[str]:
+def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False,
+                   staging_parent: Optional[str] = None) -> Iterator[str]:
     """Yields a hidden temporary folder in ``parent`` (which must exist) to write the folders ``names`` into; on
     success each becomes ``parent/name``, an earlier one replaced wholly (no file of it stays beside the new
     ones). An existing, non-empty ``parent/name`` is an InputError before the caller writes anything, unless
     ``overwrite``. On any failure, the swap, Ctrl-C and SIGTERM included, every ``parent/name`` is as it was and
     nothing of the new ones remains; a ``parent`` that cannot take them is an InputError naming it. A name may
     be a path below ``parent`` (``images/val``, missing folders on its way are made) and a file, so that
-    several parts of one result swap as one (a dataset split: its image folders and annotation files)."""
+    several parts of one result swap as one (a dataset split: its image folders and annotation files).
+    The hidden staging folder, and the earlier folders while they are swapped, live in ``staging_parent`` (default
+    ``parent``; it must be on ``parent``'s file system): a reader that takes every folder of ``parent`` for
+    an item, hidden ones too, must never see them there (a Triton model repository, serving.repository)."""
     for name in names:
         if not _empty_folder(os.path.join(parent, name)):
             refuse_overwrite(os.path.join(parent, name), overwrite)
+    where = staging_parent or parent
     # TEMPORARY's form, so the next run removes it if this one is killed
-    staging = os.path.join(parent, f".{os.path.basename(names[0])}.fisa-tmp{os.getpid()}")
+    staging = os.path.join(where, f".{os.path.basename(names[0])}.fisa-tmp{os.getpid()}")
     try:
-        remove_stale_temporaries(parent)
+        remove_stale_temporaries(where)
         shutil.rmtree(staging, ignore_errors=True)  # a killed run's of the same id: a container's ids repeat
         os.mkdir(staging)
     except OSError as exc:
@@ -100,7 +105,7 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False) -
             yield staging
         except OSError as exc:
             raise _cannot_write(parent, exc) from None
-        _swap_folders(staging, parent, names, overwrite)
+        _swap_folders(staging, parent, names, overwrite, staging_parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -124,9 +129,9 @@ def _empty_folder(path: str) -> bool:
     return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
 
 
-def _set_aside(parent: str, name: str) -> str:
+def _set_aside(parent: str, name: str, where: Optional[str]) -> str:
     folder, base = os.path.split(os.path.join(parent, name))
-    return os.path.join(folder, f".{base}.fisa-old{os.getpid()}")
+    return os.path.join(where or folder, f".{base}.fisa-old{os.getpid()}")
 
 
 def missing_folders(folder: str) -> List[str]:
@@ -146,7 +151,7 @@ def _remove(path: str) -> None:
             os.remove(path)
 
 
-def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bool) -> None:
+def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bool, where: Optional[str]) -> None:
     """Each ``staging/name`` -> ``parent/name``; earlier folders are set aside under a name
     remove_stale_temporaries never matches (a crash between the renames loses nothing) and removed once every
     new one is in place; a failure puts them back and removes the folders made on the way."""
@@ -160,7 +165,7 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
             if os.path.lexists(target):
                 if not overwrite and not _empty_folder(target):  # made by someone else since the check
                     raise exists_error(target)
-                os.rename(target, _set_aside(parent, name))
+                os.rename(target, _set_aside(parent, name, where))
                 moved.append(name)
             os.rename(os.path.join(staging, name), target)
             placed.append(name)
@@ -168,7 +173,7 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
         for name in reversed(placed):
             os.rename(os.path.join(parent, name), os.path.join(staging, name))
         for name in moved:
-            os.rename(_set_aside(parent, name), os.path.join(parent, name))
+            os.rename(_set_aside(parent, name, where), os.path.join(parent, name))
         for folder in reversed(made):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
@@ -176,7 +181,7 @@ def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bo
             raise _cannot_write(parent, exc) from None
         raise
     for name in moved:
-        _remove(_set_aside(parent, name))
+        _remove(_set_aside(parent, name, where))
 
 
 @contextlib.contextmanager

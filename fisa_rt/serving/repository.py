@@ -178,13 +178,29 @@ def python_model(artefact: str, backend: Optional[str], options: PythonModelOpti
                                             config=config)}
 
 
+def staging_parent(repository: str) -> str:
+    """Where the models are written before they replace their folders in ``repository``: its parent folder. Triton
+    takes every folder of a repository for a model, hidden ones too, so a staging folder there made a server that
+    started or polled meanwhile fail ("failed to load all models", tritonserver 2.51; docs/design.md). A repository
+    whose parent is another file system (a mount point) or not writable stages inside itself, the only place a
+    rename can then reach."""
+    repository = os.path.abspath(repository)
+    parent = os.path.dirname(repository)
+    try:
+        same_device = os.stat(parent).st_dev == os.stat(repository).st_dev
+    except OSError:
+        return repository
+    return parent if same_device and os.access(parent, os.W_OK | os.X_OK) else repository
+
+
 def write_models(repository: str, artefact: str, models: Models, overwrite: bool = False) -> List[str]:
-    """``models`` into ``repository`` (made if missing), written beside it and checked (``check_repository``)
-    before any replaces a folder there (fisa_rt.atomic.atomic_folders): an existing model only with
-    ``overwrite``, then wholly; on any failure no new file remains. The lines to print."""
+    """``models`` into ``repository`` (made if missing), written beside it (``staging_parent``) and checked
+    (``check_repository``) before any replaces a folder there (fisa_rt.atomic.atomic_folders): an existing model
+    only with ``overwrite``, then wholly; on any failure no new file remains. The lines to print."""
     from ..atomic import atomic_folders, output_folder
 
-    with output_folder(repository), atomic_folders(repository, list(models), overwrite) as staging:
+    with output_folder(repository), atomic_folders(repository, list(models), overwrite,
+                                                   staging_parent(repository)) as staging:
         for name, write in models.items():
             write(os.path.join(staging, name))
         lines = check_repository(staging, artefact, shown=repository)
