@@ -117,8 +117,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> Dict[str, str]:
     """Writes the artefacts; returns kind -> path of what was written. Every option and input is checked
-    before the first file is written, and a build that fails removes the files it created."""
-    from fisa_rt.atomic import output_folder, removed_on_failure
+    before the first file is written. The artefacts are written into a hidden folder in ``--out`` and moved in
+    together at the end (``atomic_folders``), so a build that fails, with ``--overwrite`` too, leaves the earlier
+    set as it was: never new ONNX files beside an engine built from the old ones."""
+    from fisa_rt.atomic import atomic_folders, output_folder, removed_on_failure
     from fisa_rt.checkpoint import read_checkpoint_info
     from fisa_rt.export import tensorrt_builder
     from fisa_rt.export.manifest import manifest_path
@@ -161,10 +163,19 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
         paths["qdq"] = os.path.join(args.out, f"{name}.portable.{args.precision}.qdq.onnx")
     for path in paths.values():
         refuse_overwrite(path, args.overwrite, CheckpointError)
+    # the tokenizer is shared by every build in the folder and the timing cache is read by the next: both in place
     tokenizer = os.path.join(args.out, VOCAB_FILE)
-    outputs = [*paths.values(), *map(manifest_path, paths.values()), tokenizer, options.timing_cache]
-    with output_folder(args.out), removed_on_failure(outputs):
-        return _write(args, checkpoint, info, calibration, paths, tokenizer, options)
+    names = [os.path.basename(path) for path in (*paths.values(), *map(manifest_path, paths.values()))]
+    with output_folder(args.out), removed_on_failure([tokenizer, options.timing_cache]), \
+            atomic_folders(args.out, names, args.overwrite) as staging:
+        staged = {kind: os.path.join(staging, os.path.basename(path)) for kind, path in paths.items()}
+        written = _write(args, checkpoint, info, calibration, staged, tokenizer, options)
+    return {kind: paths[kind] for kind in written}
+
+
+def _shown(args: argparse.Namespace, path: str) -> str:
+    """Where a staged artefact will be once the build is moved in: the path messages name."""
+    return os.path.join(args.out, os.path.basename(path))
 
 
 def _calibration(args: argparse.Namespace, info) -> Tuple[List[str], vocab.Vocabulary]:
@@ -181,7 +192,8 @@ def _calibration(args: argparse.Namespace, info) -> Tuple[List[str], vocab.Vocab
 
 def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: Dict[str, str], tokenizer: str,
            options) -> Dict[str, str]:
-    """The build's writing half, once ``build`` has checked everything it could beforehand."""
+    """The build's writing half, once ``build`` has checked everything it could beforehand: into ``paths``
+    (staged), naming each artefact by where it will be (``_shown``)."""
     from fisa_rt.checkpoint import load_model
     from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
     from fisa_rt.export.manifest import sha256_file, write_manifest
@@ -239,14 +251,14 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
             },
         )
         written[flavour] = paths[flavour]
-        print(f"wrote {paths[flavour]}")
-    print(f"wrote {text_path}")
+        print(f"wrote {_shown(args, paths[flavour])}")
+    print(f"wrote {_shown(args, text_path)}")
 
     source, engine, no_fp16 = written[args.flavour], paths["engine"], None
     if args.precision != "fp32":
         try:
             if args.precision == "fp16":
-                source = fp16_onnx(written, paths["fp16"], model, info, image)
+                source = fp16_onnx(args, written, paths["fp16"], model, info, image)
             else:
                 source = qdq_onnx(args, *calibration, written, paths["qdq"], model, info, image)
         except MissingDependencyError as exc:
@@ -254,7 +266,8 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
             print(f"no {args.precision} ONNX: {exc}")
             engine = engine.replace(f".{args.precision}.engine", ".fp32.engine")
     fused = args.flavour == "fused"
-    command = tensorrt_builder.trtexec_command(source, engine, inputs, options, plugins=fused)
+    command = tensorrt_builder.trtexec_command(_shown(args, source), _shown(args, engine), inputs, options,
+                                               plugins=fused)
     note = f" (fp32: {args.precision} needs ModelOpt)" if no_fp16 else ""
     print(f"TensorRT (trtexec) equivalent{note}:\n  {command}")
     try:
@@ -267,18 +280,18 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
             {**image, "backend": "tensorrt", "flavour": args.flavour, **source_of(source), **trt_fields},
         )
         written["engine"] = paths["engine"]
-        print(f"wrote {paths['engine']}")
+        print(f"wrote {_shown(args, paths['engine'])}")
     except MissingDependencyError as exc:
         print(f"no TensorRT engine: {exc}")
         written["ort"] = ort_optimised(written["portable"], paths["ort"])
         write_manifest(
             written["ort"], {**image, "backend": "onnxruntime", "flavour": "portable", **source_of(written["portable"])}
         )
-        print(f"wrote {written['ort']} (ONNX Runtime-optimised fallback)")
+        print(f"wrote {_shown(args, written['ort'])} (ONNX Runtime-optimised fallback)")
     return written
 
 
-def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> str:
+def fp16_onnx(args: argparse.Namespace, written: Dict[str, str], path: str, model, info, image: Dict) -> str:
     """The fp16 ONNX a strongly typed fp16 engine is built from; MissingDependencyError (one line saying
     how to get ModelOpt) where ModelOpt is missing: the other ONNX files and the fallback are written anyway."""
     from fisa_rt.export.manifest import sha256_file, write_manifest
@@ -289,7 +302,8 @@ def fp16_onnx(written: Dict[str, str], path: str, model, info, image: Dict) -> s
     write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": "fp16", "opset": _opset(path),
                           "source_onnx": source, "mixed_precision": record})
     written["fp16"] = path
-    print(f"wrote {path} (ModelOpt AutoCast fp16; {len(record['fp32_nodes'])} of {record['nodes']} nodes kept fp32)")
+    print(f"wrote {_shown(args, path)} (ModelOpt AutoCast fp16; {len(record['fp32_nodes'])} of {record['nodes']} "
+          "nodes kept fp32)")
     return path
 
 
@@ -307,8 +321,8 @@ def qdq_onnx(args: argparse.Namespace, files: List[str], vocabulary: vocab.Vocab
     calibration.vocabulary = args.calibration_vocab or "training vocabulary"
     record = quantization.quantize_onnx(written["portable"], path, args.precision, calibration)
     onnx_checks.check_graph(path, "portable")
-    print(f"wrote {path} (ModelOpt {args.precision} Q/DQ: {record['qdq_nodes']['QuantizeLinear']} QuantizeLinear "
-          f"nodes, calibrated on {len(files)} images)")
+    print(f"wrote {_shown(args, path)} (ModelOpt {args.precision} Q/DQ: {record['qdq_nodes']['QuantizeLinear']} "
+          f"QuantizeLinear nodes, calibrated on {len(files)} images)")
     record["parity"] = _qdq_parity(written["portable"], path, files, calibration)
     source = {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}
     write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": args.precision,

@@ -84,7 +84,8 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False,
     ``overwrite``. On any failure, the swap, Ctrl-C and SIGTERM included, every ``parent/name`` is as it was and
     nothing of the new ones remains; a ``parent`` that cannot take them is an InputError naming it. A name may
     be a path below ``parent`` (``images/val``, missing folders on its way are made) and a file, so that
-    several parts of one result swap as one (a dataset split: its image folders and annotation files).
+    several parts of one result swap as one (a dataset split: its image folders and annotation files). A name
+    the caller did not write leaves ``parent/name`` as it was (a build's artefacts depend on what is installed).
     The hidden staging folder, and the earlier folders while they are swapped, live in ``staging_parent`` (default
     ``parent``; it must be on ``parent``'s file system): a reader that takes every folder of ``parent`` for
     an item, hidden ones too, must never see them there (a Triton model repository, serving.repository)."""
@@ -105,7 +106,8 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False,
             yield staging
         except OSError as exc:
             raise _cannot_write(parent, exc) from None
-        _swap_folders(staging, parent, names, overwrite, staging_parent)
+        written = [name for name in names if os.path.lexists(os.path.join(staging, name))]
+        _swap_folders(staging, parent, written, overwrite, staging_parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -248,3 +248,35 @@ def test_a_build_that_fails_midway_removes_what_it_wrote_and_keeps_what_was_ther
     assert sorted(os.listdir(tmp_path)) == ["kept"]  # the folder the build created is gone
     assert sorted(os.listdir(kept)) == sorted(["notes.txt", VOCAB_FILE])
     assert (kept / "notes.txt").read_text() == "mine"
+
+
+def test_an_overwrite_that_fails_at_the_last_step_keeps_the_earlier_build_whole(artefacts, tmp_path, monkeypatch):
+    """Every ONNX file is rewritten before the fallback fails here: none of them may replace the earlier
+    build's, or its engine/fallback would sit beside ONNX files it was not built from."""
+    from fisa_rt.export import build_engine
+
+    out = tmp_path / "build"
+    shutil.copytree(artefacts["out"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+
+    def fail(onnx_path, out_path):
+        written.extend(sorted(os.listdir(os.path.dirname(onnx_path))))
+        raise InputError("cannot write it: No space left on device")
+
+    monkeypatch.setattr(build_engine, "ort_optimised", fail)
+    assert main(["--out", str(out), "--overwrite"]) == 2
+    assert any(name.endswith(".portable.onnx") for name in written)  # the failure came after the ONNX export
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder left either
+
+
+def test_an_overwrite_replaces_the_build_and_names_the_final_paths(artefacts, tmp_path, capsys):
+    out = tmp_path / "build"
+    shutil.copytree(artefacts["out"], out)
+    manifest = out / os.path.basename(artefacts["portable"] + ".manifest.json")
+    manifest.write_text(manifest.read_text().replace('"created": "', '"created": "old '))
+    assert main(["--out", str(out), "--overwrite"]) == 0
+    log = capsys.readouterr().out
+    assert f"wrote {out / os.path.basename(artefacts['portable'])}\n" in log and "fisa-tmp" not in log
+    assert "old " not in manifest.read_text()
+    assert sorted(p.name for p in out.iterdir()) == sorted(os.listdir(artefacts["out"]))
