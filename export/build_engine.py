@@ -119,7 +119,8 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     """Writes the artefacts; returns kind -> path of what was written. Every option and input is checked
     before the first file is written. The artefacts are written into a hidden folder in ``--out`` and moved in
     together at the end (``atomic_folders``), so a build that fails, with ``--overwrite`` too, leaves the earlier
-    set as it was: never new ONNX files beside an engine built from the old ones."""
+    set as it was, and one that succeeds replaces it wholly: never new ONNX files beside an engine built from the
+    old ones."""
     from fisa_rt.atomic import atomic_folders, output_folder, removed_on_failure
     from fisa_rt.checkpoint import read_checkpoint_info
     from fisa_rt.export import tensorrt_builder
@@ -166,10 +167,14 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
     # the tokenizer is shared by every build in the folder and the timing cache is read by the next: both in place
     tokenizer = os.path.join(args.out, VOCAB_FILE)
     names = [os.path.basename(path) for path in (*paths.values(), *map(manifest_path, paths.values()))]
+    earlier = [kind for kind, path in paths.items() if os.path.lexists(path)]
     with output_folder(args.out), removed_on_failure([tokenizer, options.timing_cache]), \
             atomic_folders(args.out, names, args.overwrite) as staging:
         staged = {kind: os.path.join(staging, os.path.basename(path)) for kind, path in paths.items()}
         written = _write(args, checkpoint, info, calibration, staged, tokenizer, options)
+    for kind in earlier:
+        if kind not in written:  # e.g. an engine, rebuilt where TensorRT is missing: it was built from the old ONNX
+            print(f"removed {paths[kind]}: the earlier build's, and this build makes none to replace it")
     return {kind: paths[kind] for kind in written}
 
 

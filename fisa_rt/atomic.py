@@ -85,7 +85,8 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False,
     nothing of the new ones remains; a ``parent`` that cannot take them is an InputError naming it. A name may
     be a path below ``parent`` (``images/val``, missing folders on its way are made) and a file, so that
     several parts of one result swap as one (a dataset split: its image folders and annotation files). A name
-    the caller did not write leaves ``parent/name`` as it was (a build's artefacts depend on what is installed).
+    the caller did not write is a part the new result lacks (a build's artefacts depend on what is installed):
+    an earlier ``parent/name`` goes with the rest of the earlier result.
     The hidden staging folder, and the earlier folders while they are swapped, live in ``staging_parent`` (default
     ``parent``; it must be on ``parent``'s file system): a reader that takes every folder of ``parent`` for
     an item, hidden ones too, must never see them there (a Triton model repository, serving.repository)."""
@@ -106,8 +107,7 @@ def atomic_folders(parent: str, names: Sequence[str], overwrite: bool = False,
             yield staging
         except OSError as exc:
             raise _cannot_write(parent, exc) from None
-        written = [name for name in names if os.path.lexists(os.path.join(staging, name))]
-        _swap_folders(staging, parent, written, overwrite, staging_parent)
+        _swap_folders(staging, parent, names, overwrite, staging_parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -154,22 +154,24 @@ def _remove(path: str) -> None:
 
 
 def _swap_folders(staging: str, parent: str, names: Sequence[str], overwrite: bool, where: Optional[str]) -> None:
-    """Each ``staging/name`` -> ``parent/name``; earlier folders are set aside under a name
+    """Each ``staging/name`` (where written) -> ``parent/name``; earlier folders are set aside under a name
     remove_stale_temporaries never matches (a crash between the renames loses nothing) and removed once every
     new one is in place; a failure puts them back and removes the folders made on the way."""
     moved, placed, made = [], [], []
     try:
         for name in names:
-            target = os.path.join(parent, name)
-            missing = missing_folders(os.path.dirname(target))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            made += missing
+            target, new = os.path.join(parent, name), os.path.join(staging, name)
             if os.path.lexists(target):
                 if not overwrite and not _empty_folder(target):  # made by someone else since the check
                     raise exists_error(target)
                 os.rename(target, _set_aside(parent, name, where))
                 moved.append(name)
-            os.rename(os.path.join(staging, name), target)
+            if not os.path.lexists(new):
+                continue
+            missing = missing_folders(os.path.dirname(target))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            made += missing
+            os.rename(new, target)
             placed.append(name)
     except BaseException as exc:
         for name in reversed(placed):

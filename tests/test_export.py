@@ -280,3 +280,19 @@ def test_an_overwrite_replaces_the_build_and_names_the_final_paths(artefacts, tm
     assert f"wrote {out / os.path.basename(artefacts['portable'])}\n" in log and "fisa-tmp" not in log
     assert "old " not in manifest.read_text()
     assert sorted(p.name for p in out.iterdir()) == sorted(os.listdir(artefacts["out"]))
+
+
+def test_an_overwrite_removes_the_earlier_artefacts_this_build_cannot_make(artefacts, tmp_path, capsys):
+    """An engine built (elsewhere) from the earlier ONNX files would otherwise stay beside the new ones and be
+    the folder's first choice wherever TensorRT runs."""
+    out = tmp_path / "build"
+    shutil.copytree(artefacts["out"], out)
+    stem = os.path.basename(artefacts["portable"])[: -len(".portable.onnx")]
+    engine = out / f"{stem}.portable.fp16.engine"
+    engine.write_bytes(b"an engine of the earlier build")
+    (out / f"{engine.name}.manifest.json").write_text("{}")
+    other = out / f"{stem}.portable.fp32.engine"  # another precision: not this build's to replace
+    other.write_bytes(b"kept")
+    assert main(["--out", str(out), "--overwrite"]) == 0
+    assert f"removed {engine}: the earlier build's" in capsys.readouterr().out
+    assert not engine.exists() and not (out / f"{engine.name}.manifest.json").exists() and other.read_bytes() == b"kept"
