@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import json
 import os
+import reprlib
 from typing import Any, Dict, Optional
 
 from fisa_rt.atomic import write_json
@@ -40,10 +41,19 @@ def write_manifest(artefact: str, fields: Dict[str, Any]) -> str:
     return path
 
 
-# Per kind, what a runtime reads from a manifest without a fallback, checked once as it reads the manifest
-# (inspect reads any manifest, to describe what is there). The text encoder's own manifest is not read: the
+# Per kind, what a runtime reads from a manifest without a fallback, and what each must be, checked once as it
+# reads the manifest (inspect reads any manifest, to describe what is there), so that a hand-edited value fails
+# there, naming the field, not inside NumPy or ONNX Runtime. The text encoder's own manifest is not read: the
 # image model's records what the text side needs (templates, context_length).
-RUNTIME_FIELDS = {"image-model": ("image_size", "embed_dim", "templates", "context_length")}
+_SIZE = ("a whole number > 0", lambda v: type(v) is int and v > 0)
+RUNTIME_FIELDS = {
+    "image-model": {
+        "image_size": _SIZE,
+        "embed_dim": _SIZE,
+        "templates": ("the name of a prompt-template set", lambda v: isinstance(v, str) and v != ""),
+        "context_length": _SIZE,
+    }
+}
 
 
 def read_manifest(artefact: str, required: bool = True, complete: bool = False) -> Optional[Dict[str, Any]]:
@@ -66,11 +76,16 @@ def read_manifest(artefact: str, required: bool = True, complete: bool = False) 
         raise CheckpointError(
             f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})"
         )
-    missing = [k for k in RUNTIME_FIELDS.get(manifest.get("kind"), ()) if k not in manifest] if complete else []
+    fields = RUNTIME_FIELDS.get(manifest.get("kind"), {}) if complete else {}
+    missing = [k for k in fields if k not in manifest]
     if missing:
         raise CheckpointError(
             f"manifest {path} lacks {', '.join(missing)}; rebuild the artefact with `python export/build_engine.py`"
         )
+    for key, (expected, valid) in fields.items():
+        if not valid(manifest[key]):
+            raise CheckpointError(f"manifest {path}: {key} must be {expected}, not {reprlib.repr(manifest[key])}; "
+                                  "rebuild the artefact with `python export/build_engine.py`")
     return manifest
 
 

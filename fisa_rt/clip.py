@@ -34,6 +34,7 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
                     f"{pretrained!r} does not exist"
                 )
             _loading(pretrained, cfg.model_name, lambda: open_clip.load_checkpoint(model, pretrained))
+            _check_finite(pretrained, model)
         return model
     if cfg.model_name not in open_clip.list_models():
         raise ConfigError(f"open_clip has no architecture {cfg.model_name!r}; see open_clip.list_models()")
@@ -46,8 +47,19 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
             )
     # open_clip moves the model to `device` (default cpu); the default device keeps a model built under
     # `with torch.device("meta")` on the meta device, so shape checks allocate nothing.
-    return _loading(pretrained, cfg.model_name, lambda: open_clip.create_model(
+    model = _loading(pretrained, cfg.model_name, lambda: open_clip.create_model(
         cfg.model_name, pretrained=pretrained, device=torch.get_default_device()))
+    if pretrained is not None:
+        _check_finite(pretrained, model)
+    return model
+
+
+def _check_finite(path: str, model: nn.Module) -> None:
+    """The weights just read from ``path`` (or an open_clip tag's download), refused where NaN or infinite, as
+    a FISA checkpoint's are (training's --init)."""
+    from .checkpoint import check_finite  # checkpoint imports the model, which imports this module
+
+    check_finite(path, model.state_dict())
 
 
 def _loading(path, model_name: str, load):

@@ -237,9 +237,9 @@ class FisaConfig:
         ):
             if value not in valid:
                 raise ConfigError(f"{key} must be one of {valid}, got {value!r}")
-        if self.image_size % 32:
+        if self.image_size <= 0 or self.image_size % 32:
             raise ConfigError(
-                f"image_size must be a multiple of 32 (the coarsest feature stride), got {self.image_size}"
+                f"image_size must be a positive multiple of 32 (the coarsest feature stride), got {self.image_size}"
             )
         resize = self.resize
         if resize.mode not in RESIZE_MODES:
@@ -284,6 +284,7 @@ class FisaConfig:
         unknown = set(data) - set(sections)
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(sections)}")
+        _check_scalars(cls, data, "")
         kwargs = {}
         for key, value in data.items():
             if key in nested:
@@ -310,10 +311,28 @@ def _section(section_cls, key: str, value: Any):
     unknown = set(value) - valid
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)} in config section {key!r}; valid keys: {sorted(valid)}")
+    _check_scalars(section_cls, value, f"{key}.")
     try:
         return section_cls(**value)
     except TypeError as exc:
         raise ConfigError(f"config section {key!r}: {exc}") from None
+
+
+# What a JSON value of each scalar field's type must be (a float field takes an int: a hand-written 1 is 1.0).
+_SCALARS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+            "bool": ((bool,), "true or false")}
+
+
+def _check_scalars(section_cls, values: Dict[str, Any], prefix: str) -> None:
+    """A scalar of the wrong type (``"image_size": "128"``, hand-edited) named here, not by whatever first
+    computes with it; annotations are strings here (``from __future__ import annotations``)."""
+    for f in dataclasses.fields(section_cls):
+        if f.name not in values or f.type not in _SCALARS:
+            continue
+        (types, expected), value = _SCALARS[f.type], values[f.name]
+        # true is an int to isinstance, but no image size
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ConfigError(f"{prefix}{f.name} must be {expected}, got {value!r}")
 
 
 def list_models() -> List[str]:

@@ -164,6 +164,16 @@ def test_a_corrupt_or_foreign_training_state_is_refused(tmp_path):
     assert (step, losses) == (2, [1.0, 0.5])
 
 
+def test_a_training_state_with_non_finite_values_is_refused(tmp_path):
+    params = {"w": torch.nn.Parameter(torch.tensor([1.0, float("nan")]))}
+    state = str(tmp_path / "out.safetensors.state.safetensors")
+    cfg = TrainConfig(stage="clip", data=str(tmp_path), out=str(tmp_path / "out.safetensors"), steps=10)
+    _save_state(state, 1, params, torch.optim.AdamW(params.values()), [1.0], cfg)
+    with pytest.raises(CheckpointError, match="cannot resume from .*its tensor 'param/w' holds NaN or infinite values"
+                                              ".*pass --overwrite"):
+        _read_state(state, cfg)
+
+
 def test_train_with_a_corrupt_state_is_one_line(synthetic_data, tmp_path):
     out = tmp_path / "clip.safetensors"
     (tmp_path / "clip.safetensors.state.safetensors").write_bytes(b"garbage")
@@ -255,6 +265,28 @@ def test_an_image_model_manifest_lacking_runtime_fields_is_one_error(tmp_path):
         "m.onnx.manifest.json lacks embed_dim, templates, context_length",
         "python export/build_engine.py",
     )
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", "abc", "image_size must be a whole number > 0, not 'abc'"),
+        ("image_size", 0, "image_size must be a whole number > 0, not 0"),
+        ("embed_dim", 64.0, "embed_dim must be a whole number > 0, not 64.0"),
+        ("templates", ["vild"], "templates must be the name of a prompt-template set, not \\['vild'\\]"),
+        ("context_length", True, "context_length must be a whole number > 0, not True"),
+    ],
+)
+def test_a_hand_edited_manifest_field_is_one_error_naming_it(tmp_path, field, value, message):
+    from onnx import TensorProto
+
+    from fisa_rt.export.manifest import read_checked_manifest
+
+    image = {"model": "fisa-tiny", "image_size": 128, "embed_dim": 64, "templates": "vild", "context_length": 32}
+    model = _onnx_file(tmp_path / "m.onnx", [("image", TensorProto.UINT8, [1, 3, 128, 128])], "image-model",
+                       **{**image, field: value})
+    with pytest.raises(CheckpointError, match=f"manifest .*m.onnx.manifest.json: {message}; rebuild"):
+        read_checked_manifest(str(model))
 
 
 def test_interrupted_writes_leave_no_partial_file(tmp_path, monkeypatch):

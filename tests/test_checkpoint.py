@@ -85,9 +85,11 @@ def _with_metadata(path, **entries):
 @pytest.mark.parametrize(
     "entries, message",
     [
-        ({"vocabulary": "[not json"}, "'vocabulary' must be a JSON list of class names, not '[not json'"),
-        ({"vocabulary": "3"}, "'vocabulary' must be a JSON list of class names, not '3'"),
+        ({"vocabulary": "[not json"}, "'vocabulary' must be a JSON list of non-empty class names, not '[not json'"),
+        ({"vocabulary": "3"}, "'vocabulary' must be a JSON list of non-empty class names, not '3'"),
         ({"vocabulary": '["a", 2]'}, "'vocabulary' must be"),
+        ({"vocabulary": '["a", ""]'}, "'vocabulary' must be a JSON list of non-empty class names"),
+        ({"vocabulary": '[" , "]'}, "'vocabulary' must be a JSON list of non-empty class names"),
         ({"vocabulary": '["a", "b"]', "is_thing": "[true]"}, "'is_thing' must be a JSON list of 2 true/false flags"),
         ({"vocabulary": '["a"]', "is_thing": '["yes"]'}, "'is_thing' must be"),
         ({"extra": "{oops"}, "'extra' must be a JSON object"),
@@ -111,3 +113,64 @@ def test_malformed_metadata_is_one_line_in_the_cli(tmp_path):
     path = _with_metadata(tmp_path / "bad.safetensors", vocabulary="3")
     one_line_error(run_cli("inspect", path), "metadata entry 'vocabulary'")
     one_line_error(run_cli("infer", "--engine", path, "--classes", "a", "--out", tmp_path / "o"), "'vocabulary'")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file_and_tensor(tmp_path, value):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fisa_rt.runtime.segmenter import Segmenter
+
+    with safe_open(default_checkpoint(), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(default_checkpoint())
+    name = sorted(tensors)[-1]
+    tensors[name].view(-1)[-1] = value
+    path = str(tmp_path / "damaged.safetensors")
+    save_file(tensors, path, metadata=metadata)
+    message = f"damaged.safetensors is damaged: its tensor '{name}' holds NaN or infinite values"
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+    with pytest.raises(CheckpointError, match=message):  # every runtime's checkpoint goes through load_model
+        Segmenter.from_engine(path, threads=1)
+    load_model(default_checkpoint())
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"path": None}, "checkpoint must be a path; got NoneType"),
+        ({"device": "bogus"}, "device 'bogus' is not a torch device"),
+        ({"dtype": "float16"}, "dtype must be a floating-point torch.dtype .*; got 'float16'"),
+        ({"dtype": torch.int32}, "dtype must be a floating-point torch.dtype .*; got torch.int32"),
+    ],
+)
+def test_bad_arguments_of_load_model_are_one_error_naming_the_argument(arguments, message):
+    from fisa_rt import InputError
+
+    with pytest.raises(InputError, match=message):
+        load_model(**{"path": default_checkpoint(), **arguments})
+
+
+def test_a_folder_or_a_pipe_is_named_as_such(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    with pytest.raises(CheckpointError, match="pipe.safetensors is not a regular file"):
+        read_checkpoint_info(str(tmp_path / "pipe.safetensors"))
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is a folder, not a file"):
+        load_model(str(tmp_path))
+
+
+def test_a_config_value_of_the_wrong_type_is_named(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(default_checkpoint(), framework="pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+    path = _with_metadata(tmp_path / "c.safetensors", config=json.dumps({**config, "image_size": "128"}))
+    with pytest.raises(CheckpointError, match="c.safetensors carries no valid model config: image_size must be an "
+                                              "integer, got '128'"):
+        read_checkpoint_info(path)

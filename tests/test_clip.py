@@ -21,6 +21,16 @@ def test_local_pretrained_file_loads_through_open_clip(tmp_path):
     assert torch.equal(model.backbone.visual.conv1.weight, source.visual.conv1.weight)
 
 
+def test_local_pretrained_file_with_non_finite_weights_is_refused(tmp_path):
+    cfg = get_model_config("fisa-tiny")
+    state = open_clip.CLIP(**cfg.clip.custom_config).state_dict()
+    state["visual.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "tiny-clip.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="tiny-clip.pt is damaged: its tensor 'visual.conv1.weight' holds NaN"):
+        create_clip(dataclasses.replace(cfg.clip, pretrained=str(path)), load_pretrained=True)
+
+
 def test_missing_local_file_for_inline_architecture_is_a_checkpoint_error(tmp_path):
     cfg = get_model_config("fisa-tiny").clip
     with pytest.raises(CheckpointError, match="must be a local file"):

@@ -42,6 +42,12 @@ def test_unknown_keys_are_rejected():
         ("mask_generator", "pixel_decoder", "fpn", "mask_generator.pixel_decoder must be one of"),
         ("mask_generator", "class_head", "mlp", "mask_generator.class_head must be one of"),
         (None, "image_size", 100, "multiple of 32"),
+        (None, "image_size", -32, "positive multiple of 32"),
+        (None, "image_size", "128", "image_size must be an integer, got '128'"),
+        (None, "image_size", True, "image_size must be an integer, got True"),
+        ("mask_generator", "hidden_dim", 256.0, "mask_generator.hidden_dim must be an integer, got 256.0"),
+        ("classifier", "ensemble_alpha", "0.4", "classifier.ensemble_alpha must be a number"),
+        ("resize", "pad_mean", 1, "resize.pad_mean must be true or false, got 1"),
     ],
 )
 def test_invalid_values_are_rejected(section, key, value, message):
@@ -49,6 +55,12 @@ def test_invalid_values_are_rejected(section, key, value, message):
     (data[section] if section else data)[key] = value
     with pytest.raises(ConfigError, match=message):
         FisaConfig.from_dict(data)
+
+
+def test_an_int_is_a_float_value():
+    data = get_model_config("fisa-tiny").to_dict()
+    data["classifier"]["ensemble_alpha"] = 1
+    assert FisaConfig.from_dict(data).classifier.ensemble_alpha == 1
 
 
 def test_invalid_json_is_a_config_error():

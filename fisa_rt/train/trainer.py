@@ -31,7 +31,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path, output_folder, refuse_unwritable
-from ..checkpoint import FORMAT, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
+from ..checkpoint import FORMAT, check_finite, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
@@ -400,9 +400,10 @@ def _read_state(path: str, cfg: TrainConfig) -> Tuple[int, List[float], Dict[str
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(path)
+        check_finite(path, tensors)
         step, losses = json.loads(metadata["step"]), json.loads(metadata["losses"])
         options = json.loads(metadata.get("options", "{}"))  # states written before options were recorded: {}
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, CheckpointError) as exc:
         raise damaged(str(exc)) from None
     if type(step) is not int or step < 0:
         raise damaged(f"its step {metadata['step']!r} is not a whole number >= 0")
