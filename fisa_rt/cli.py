@@ -237,7 +237,7 @@ def _infer(args: argparse.Namespace) -> None:
             print(f"{os.path.join(args.out, name)}_overlay.png: {result.summary()}")
 
     with output_folder(args.out):  # a bad vocabulary or engine below leaves no empty folder
-        refuse_existing_outputs(args.out, source.names, args.overwrite)  # before the engine loads
+        refuse_existing_outputs(args.out, source, args.overwrite)  # before the engine loads
         request = _read_vocabulary(args)
         if args.server:
             segmenter = Segmenter.from_server(args.server, model=args.model or "fisa_python", protocol=args.protocol)

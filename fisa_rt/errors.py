@@ -71,6 +71,19 @@ def missing_file_error(path: str, what: str, error: type = InputError) -> FisaEr
     return error(f"{what} {path} does not exist")
 
 
+def path_argument(value, name: str) -> str:
+    """``value`` as a path string, or an InputError naming the argument ``name`` (rather than os's TypeError
+    or "embedded null byte", which name neither it nor the value)."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{name} must be a path; got {type(value).__name__}")
+    path = os.fspath(value)
+    if "\0" in path:
+        raise InputError(f"{name} {path!r} holds a NUL character, which no file name can")
+    return path
+
+
 def exists_error(path: str, error: type = InputError) -> FisaError:
     """The one error for an output that would replace ``path`` without ``--overwrite``."""
     return error(f"{path} exists; pass --overwrite to replace it")

@@ -145,3 +145,37 @@ def test_decompression_bombs_are_refused_before_decoding(segmenter, tmp_path):
     assert load_image(sample_images()[0], max_pixels=128 * 128).shape == (128, 128, 3)
     with pytest.raises(InputError, match="more than the limit of 16,383"):
         load_image(sample_images()[0], max_pixels=128 * 128 - 1)
+
+
+def test_32_bit_integer_images_beyond_16_bits_are_refused_not_clipped(segmenter, tmp_path):
+    wide = np.random.default_rng(3).integers(0, 65536, (SIDE, 96)).astype(np.int32)
+    seen = model_input(segmenter, Image.fromarray(wide))  # mode I holding 16-bit values: read as 16-bit
+    assert np.abs(seen[..., 0].astype(np.int16) - np.round(wide / 257.0)).max() <= 1
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "deep.tiff")
+    with pytest.raises(InputError, match=r"deep.tiff is 32-bit integer \(PIL mode I\) with values 70000..70000, "
+                                         r"outside the 16-bit range 0..65535"):
+        segmenter.segment(str(tmp_path / "deep.tiff"))
+    with pytest.raises(InputError, match=r"values -5..0, outside the 16-bit range 0..65535"):
+        segmenter.segment(Image.fromarray(np.array([[-5, 0]], np.int32)))
+
+
+def test_premultiplied_and_closed_pil_images(segmenter):
+    premultiplied = Image.new("La", (SIDE, SIDE), (100, 128))  # 199 at alpha 128 once unpremultiplied
+    over_white = round(199 * 128 / 255 + 255 * 127 / 255)
+    assert np.abs(model_input(segmenter, premultiplied).astype(int) - over_white).max() <= 1
+    closed = Image.open(sample_images()[0])
+    closed.close()
+    with pytest.raises(InputError, match="cannot read the image given as a PIL.Image: Operation on closed image"):
+        segmenter.segment(closed)
+
+
+def test_a_bad_pixel_limit_is_refused_when_set_and_a_bad_batch_item_is_named(segmenter):
+    for bad in ("x", -1, True, 1.5):
+        with pytest.raises(InputError, match=r"max_pixels must be an integer >= 0 \(0 or None: no limit\)"):
+            segmenter.max_pixels = bad
+        with pytest.raises(InputError, match="max_pixels must be an integer >= 0"):
+            load_image(sample_images()[0], max_pixels=bad)
+    assert segmenter.max_pixels == 100_000_000  # unchanged by the refused settings
+    scene = load_image(sample_images()[0])
+    with pytest.raises(InputError, match=r"^images\[2\]: image must be \(H, W, 3\) uint8"):
+        segmenter.segment_batch([scene, scene, scene[:, :, 0]])

@@ -4,6 +4,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,33 @@ def test_any_strided_array_is_accepted_and_a_file_as_folder_is_an_input_error(se
         flipped.save(str(blocker / "below"), "x")
 
 
+def test_save_names_a_bad_format_or_argument_and_writes_nothing(segmenter, tmp_path):
+    result = segmenter.segment(sample_images()[0])  # panoptic: no instances
+    out = tmp_path / "out"
+    for formats, message in [
+        (["bogus"], "unknown output format 'bogus'; the formats are overlay, labels, panoptic, instances"),
+        ("labels,overlay", "formats must be a non-empty list of output formats"),
+        ([], "formats must be a non-empty list"),
+        (["overlay", "instances"], "output format 'instances' needs a result of task 'instance'; this one holds "
+                                   "overlay, labels, panoptic"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            result.save(str(out), "x", formats=formats)
+    for folder, stem, message in [
+        (str(out), None, "stem must be a path; got NoneType"),
+        (str(out), 5, "stem must be a path; got int"),
+        (None, "x", "folder must be a path; got NoneType"),
+        (str(out), "a\x00b", "stem 'a\\x00b' holds a NUL character"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            result.save(folder, stem)
+    assert not out.exists()
+    assert result.save(str(out), "x", formats=("labels", "panoptic")) == [
+        str(out / "x_labels.png"), str(out / "x_panoptic.png"), str(out / "x_panoptic.json")]
+    semantic = segmenter.segment(sample_images()[0], task="semantic")
+    assert len(semantic.save(str(out), "s")) == 2  # by default, what the result holds
+
+
 # --- rows 11, 16 and 17 (empty folder), and issue 20: the folder loop in the library ---------------------------
 
 
@@ -222,6 +250,40 @@ def test_the_library_folder_loop_skips_counts_writing_and_fails_as_the_cli_does(
     assert segmenter.timings.write > 0 and "write" in segmenter.timings.summary()
     with pytest.raises(InputError, match="exists"):  # a rerun is refused before any work
         segment_to_folder(segmenter, str(photos / "c.png"), str(tmp_path / "out"))
+
+
+def test_a_run_never_replaces_its_own_inputs(segmenter, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sample_images()[0], photos / "a.png")
+    shutil.copy(sample_images()[1], photos / "a_overlay.png")  # the user's photo, named as a.png's overlay
+    before = _files(photos)
+    os.symlink(photos, tmp_path / "link")
+    for source, out in [(photos, photos), (photos / "*.png", photos), (photos, tmp_path / "link")]:
+        with pytest.raises(InputError, match=f"output {out / 'a_overlay.png'} would replace an input of this run"):
+            segment_to_folder(segmenter, str(source), str(out), overwrite=True)
+    code = main(["infer", "--engine", CHECKPOINT, "--input", str(photos), "--classes", CLASSES, "--out",
+                 str(photos), "--overwrite", "--no-cache"])
+    one_line(capsys, code, "a_overlay.png would replace an input of this run")
+    assert _files(photos) == before
+    (photos / "a_overlay.png").unlink()
+    assert segment_to_folder(segmenter, str(photos), str(photos), task="semantic").written == ["a"]
+    assert segment_to_folder(segmenter, str(photos / "a.png"), str(photos), task="semantic",
+                             overwrite=True).written == ["a"]
+
+
+def test_the_library_folder_loop_names_a_bad_argument(segmenter, tmp_path):
+    scene = sample_images()[0]
+    for arguments, message in [
+        ((segmenter, None, str(tmp_path / "o")), "source must be a path; got NoneType"),
+        ((segmenter, 0, str(tmp_path / "o")), "source must be a path; got int"),
+        ((segmenter, [scene], str(tmp_path / "o")), "source must be a path; got list"),
+        ((segmenter, scene, None), "out must be a path; got NoneType"),
+        ((None, scene, str(tmp_path / "o")), "segmenter must be a Segmenter"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            segment_to_folder(*arguments)
+    assert os.listdir(tmp_path) == []
 
 
 def test_the_cli_exits_2_when_every_input_fails(tmp_path, capsys):

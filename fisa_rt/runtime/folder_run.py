@@ -3,6 +3,7 @@ guarantees of ``fisa-rt infer``, for the CLI and Python users alike:
 
 - nothing replaced without ``overwrite``, even by a concurrent run (each file's final step refuses an existing
   file atomically, :mod:`fisa_rt.atomic`), and a rerun refused before any work;
+- no input of the run replaced by one of its outputs, even with ``overwrite`` (refused before any work);
 - every file whole or absent: Ctrl-C and SIGTERM unwind the write in progress, and the temporary files of a
   run that was killed outright are removed by the next run into the folder;
 - a bad input skipped with one line and the rest segmented (unless ``fail_fast``), then a
@@ -19,10 +20,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 from ..atomic import output_folder
-from ..errors import FisaError, InputError, PartialFailure, sigterm_as_interrupt
+from ..errors import FisaError, InputError, PartialFailure, path_argument, sigterm_as_interrupt
 from .inputs import Source
 from .results import OUTPUT_SUFFIXES, SegmentationResult
 
@@ -34,11 +35,27 @@ class RunReport:
     failed: List[FisaError] = field(default_factory=list)  # one error per skipped input
 
 
-def refuse_existing_outputs(folder: str, names: Sequence[str], overwrite: bool) -> None:
-    """Checked before any work, so a rerun is refused at once rather than after the first result."""
+def _entry(path: str) -> str:
+    """The folder entry a write to ``path`` replaces (the results' writes rename onto it, replacing a link
+    there rather than the file it leads to): ``path`` with its folder resolved."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.normcase(os.path.join(os.path.realpath(folder), name))
+
+
+def refuse_existing_outputs(folder: str, source: Source, overwrite: bool) -> None:
+    """Checked before any work, so a rerun is refused at once rather than after the first result; and, even
+    with ``overwrite``, an output that would replace an input of the same run (a folder segmented into itself
+    that holds ``a.png`` and the user's ``a_overlay.png``): the user's file would be lost, then read back as
+    an input."""
+    targets = [os.path.join(folder, name + suffix) for name in source.names for suffix in OUTPUT_SUFFIXES.values()]
+    inputs = {_entry(p) for p in source.items} | {os.path.normcase(os.path.realpath(p)) for p in source.items}
+    where = os.path.realpath(folder)  # _entry of each target, the folder resolved once
+    for target in targets:
+        if os.path.normcase(os.path.join(where, os.path.basename(target))) in inputs:
+            raise InputError(f"output {target} would replace an input of this run; write the results to another "
+                             "folder")
     if overwrite:
         return
-    targets = [os.path.join(folder, name + suffix) for name in names for suffix in OUTPUT_SUFFIXES.values()]
     existing = [t for t in targets if os.path.exists(t)]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -71,12 +88,16 @@ def segment_to_folder(
 
     if not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch must be an integer >= 1; got {batch!r}")
+    if not callable(getattr(segmenter, "segment_batch", None)):
+        raise InputError("segmenter must be a Segmenter (Segmenter.from_engine or Segmenter.from_server); "
+                         f"got {type(segmenter).__name__}")
+    out = path_argument(out, "out")
     if not isinstance(source, Source):
-        source = Source(os.fspath(source), max_pixels=segmenter.max_pixels)
+        source = Source(path_argument(source, "source"), max_pixels=segmenter.max_pixels)
     report = RunReport(total=len(source))
     timings = segmenter.timings
     with output_folder(out), sigterm_as_interrupt():
-        refuse_existing_outputs(out, source.names, overwrite)
+        refuse_existing_outputs(out, source, overwrite)
 
         def skip(exc: FisaError) -> None:
             if fail_fast or report.total <= 1:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..atomic import write_json
 from ..data.panoptic_png import ids_to_rgb
-from ..errors import InputError
+from ..errors import InputError, path_argument
 from ..png import save_png
 from ..postprocess import InstanceResult, PanopticResult
 from ..visualize import overlay_pixels
@@ -40,6 +40,7 @@ OUTPUT_SUFFIXES = {
     "overlay": "_overlay.png", "labels": "_labels.png", "panoptic": "_panoptic.png", "panoptic_json": "_panoptic.json",
     "instances": "_instances.json",
 }
+FORMATS = ("overlay", "labels", "panoptic", "instances")  # what ``save(formats=...)`` names; panoptic: .png + .json
 
 
 @dataclass
@@ -110,18 +111,19 @@ class SegmentationResult:
         folder: str,
         stem: str,
         overwrite: bool = False,
-        formats: Sequence[str] = ("overlay", "labels", "panoptic", "instances"),
+        formats: Optional[Sequence[str]] = None,
     ) -> List[str]:
         """Writes <stem>_overlay.png, <stem>_labels.png (16-bit class index per pixel) and, when the task
         produced them, <stem>_panoptic.png + .json (COCO panoptic) and <stem>_instances.json (COCO RLE).
+        ``formats``: a list naming some of these (FORMATS; default: all that this result holds).
         Refuses to replace existing files unless ``overwrite``, and a ``stem`` that is not a plain name."""
-        stem = os.fspath(stem)
+        folder, stem = path_argument(folder, "folder"), path_argument(stem, "stem")
         if not stem or stem in (".", "..") or "/" in stem or os.sep in stem or (os.altsep and os.altsep in stem):
             raise InputError(f"output stem {stem!r} must be a plain name (no folder): results go inside {folder}")
-        kinds = ["overlay", "labels"] + (["panoptic", "panoptic_json"] if self.panoptic is not None else [])
-        kinds += ["instances"] if self.instances is not None else []
+        formats = self._formats(formats)
+        kinds = [k for k in OUTPUT_SUFFIXES if k.replace("_json", "") in formats]
         files = {k: stem + OUTPUT_SUFFIXES[k] for k in kinds}
-        targets = {k: os.path.join(folder, v) for k, v in files.items() if k.replace("_json", "") in formats}
+        targets = {k: os.path.join(folder, v) for k, v in files.items()}
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise InputError(f"cannot write results into {folder}: it is a file, not a folder")
         existing = [t for t in targets.values() if os.path.exists(t)]
@@ -158,3 +160,22 @@ class SegmentationResult:
                 instances = [{**seg, "segmentation": rle_encode(masks[i])} for i, seg in enumerate(self.segments())]
                 write_json(path, instances, overwrite)
         return list(targets.values())
+
+    def _formats(self, formats: Optional[Sequence[str]]) -> Sequence[str]:
+        """``save``'s ``formats``, checked: each known and held by this result (an instance result has no
+        panoptic files), so that none is dropped silently."""
+        held = ["overlay", "labels"] + (["panoptic"] if self.panoptic is not None else [])
+        held += ["instances"] if self.instances is not None else []
+        if formats is None:
+            return held
+        if not isinstance(formats, (list, tuple)) or not formats:
+            raise InputError(f"formats must be a non-empty list of output formats ({', '.join(FORMATS)}); "
+                             f"got {formats!r}")
+        for name in formats:
+            if name not in FORMATS:
+                raise InputError(f"unknown output format {name!r}; the formats are {', '.join(FORMATS)}")
+            if name not in held:  # panoptic or instances
+                task = "panoptic" if name == "panoptic" else "instance"
+                raise InputError(f"output format {name!r} needs a result of task {task!r}; this one holds "
+                                 f"{', '.join(held)}")
+        return formats

@@ -44,7 +44,7 @@ from ..preprocess import padded_canvas, resize_and_pad, resize_work, resized_sha
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import seen_classes
 from .backends import Backend, open_backend, resolve_artefact
-from .images import DEFAULT_MAX_PIXELS, ImageInput, picture_of
+from .images import DEFAULT_MAX_PIXELS, ImageInput, checked_max_pixels, picture_of
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
 from .threads import apply_torch_threads, resolve_threads
@@ -83,7 +83,16 @@ class Segmenter:
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.text: Optional[np.ndarray] = None
         self.timings = Timings()
-        self.max_pixels = DEFAULT_MAX_PIXELS  # larger image files or PIL images are refused (None: no limit)
+        self.max_pixels = DEFAULT_MAX_PIXELS
+
+    @property
+    def max_pixels(self) -> Optional[int]:
+        """Larger image files or PIL images are refused (0 or None: no limit)."""
+        return self._max_pixels
+
+    @max_pixels.setter
+    def max_pixels(self, value: Optional[int]) -> None:
+        self._max_pixels = checked_max_pixels(value)  # a bad limit is refused here, not blamed on each image
 
     @classmethod
     def from_engine(
@@ -177,7 +186,14 @@ class Segmenter:
             self.set_vocabulary(self.default_vocabulary)
         sync = torch.cuda.synchronize if self.backend.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        pictures = [self._picture(i) for i in images]
+        pictures = []
+        for index, image in enumerate(images):
+            try:
+                pictures.append(self._picture(image))
+            except InputError as exc:
+                if len(images) == 1:
+                    raise
+                raise InputError(f"images[{index}]: {exc}") from None  # an array's error cannot name it
         prepared = self.prepare(pictures)
         sync()
         t1 = time.perf_counter()
