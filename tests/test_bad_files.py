@@ -24,12 +24,12 @@ from helpers import one_line_error, run_cli as run, run_infer
 CHECKPOINT = default_checkpoint()
 
 
-def _npz(path, embeddings, names=("a", "b")):
+def _npz(path, embeddings, names=("a", "b"), is_thing=None):
     np.savez(
         path,
         embeddings=embeddings,
         names=np.array(names),
-        is_thing=np.ones(np.shape(names), bool),
+        is_thing=np.ones(np.shape(names), bool) if is_thing is None else np.array(is_thing),
         text_encoder=np.array("x"),
     )
     return str(path)
@@ -55,6 +55,8 @@ def _npz(path, embeddings, names=("a", "b")):
         (lambda p: _npz(p, np.array([[1, 0], [0, 0]], np.float32)), "row 1 is all zeros"),
         (lambda p: _npz(p, np.ones((2, 4), np.int64)), "must be floating point"),
         (lambda p: _npz(p, np.ones((3, 4), np.float32)), "do not match 2 classes"),
+        (lambda p: _npz(p, np.ones((2, 4)) * 1e300), "values beyond float32's range (row 0)"),  # inf as float32
+        (lambda p: _npz(p, np.ones((2, 4)), is_thing=["False", "x"]), "is_thing of 'a' is 'False'"),  # not true
     ],
 )
 def test_bad_embeddings_files_are_input_errors(tmp_path, make, message):
@@ -76,9 +78,37 @@ def test_set_vocabulary_refuses_embeddings_that_would_match_nothing(segmenter):
         (np.zeros((2, D), np.float32), "all zeros"),
         (np.ones((2, D), np.int32), "floating point"),
         (np.ones((3, D), np.float32), "do not match 2"),
+        (np.ones((2, D)) * 1e300, "beyond float32's range"),
+        (np.ones((2, D)) * 1e-300, "all zeros in float32"),
     ]:
         with pytest.raises(InputError, match=message):
             segmenter.set_vocabulary(["a", "b"], embeddings)
+    with pytest.raises(InputError, match="classes must be a list of class names or a Vocabulary; got bytes"):
+        segmenter.set_vocabulary(b"cat")  # not the classes 99, 97, 116
+
+
+def test_set_vocabulary_keeps_its_own_copy_and_unit_rows(segmenter):
+    image = sample_images()[0]
+    names = vocab.Vocabulary(["red star", "blue circle", "wavy wall"])
+    segmenter.set_vocabulary(names)
+    text, expected = segmenter.text.copy(), segmenter.segment(image)
+    found = [s["class"] for s in expected.segments()]
+    assert found  # two segments; "nothing" with the rows scaled by 10 before they were normalised
+    names.names.append("extra")  # the caller's object, changed afterwards
+    names.is_thing[0] = False
+    assert segmenter.vocabulary.names == ["red star", "blue circle", "wavy wall"] and segmenter.vocabulary.is_thing[0]
+    for scale in (10.0, 1e-30):  # the logits are cosine similarities: a scaled row is the same class
+        segmenter.set_vocabulary(["red star", "blue circle", "wavy wall"], text * scale)
+        np.testing.assert_allclose(segmenter.text, text, rtol=1e-6)
+        result = segmenter.segment(image)
+        assert [s["class"] for s in result.segments()] == found
+        np.testing.assert_array_equal(result.semantic, expected.semantic)
+
+
+def test_class_names_cut_by_the_text_encoder_are_named(segmenter):
+    long = "a red star " + "very " * 40
+    with pytest.warns(UserWarning, match=r"longer than the text encoder's 32 tokens are cut \('a red star very"):
+        segmenter.set_vocabulary([long + "big", long + "small", "wavy wall"])
 
 
 def test_a_damaged_cache_entry_is_re_encoded_and_replaced(segmenter, tmp_path):

@@ -69,3 +69,67 @@ def test_prompt_averaging_and_embeddings_round_trip(tmp_path):
     with pytest.raises(InputError, match="pickled Python objects, which fisa-rt never loads") as refused:
         vocab.load_embeddings(str(tmp_path / "objects.npz"))
     assert "allow_pickle" not in str(refused.value)  # NumPy's advice to load it unsafely is not passed on
+
+
+def test_vocabularies_refuse_what_they_would_misread(tmp_path):
+    for names, flags, message in [
+        ("cat", None, "class names must be a list of strings; got 'cat'"),  # not the classes 'c', 'a', 't'
+        (None, None, "class names must be a list of strings; got None"),
+        (["a"], ["false"], "is_thing of 'a' is 'false'"),  # not true, as bool("false") is
+        (["a"], [0.5], "is_thing of 'a' is 0.5"),
+        (["a"], "1", "is_thing must be a list"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            vocab.Vocabulary(names, flags)
+    names, flags = ["cat", "grass"], np.array([1, 0])  # COCO's 1/0, as NumPy integers
+    v = vocab.Vocabulary(names, flags)
+    names.append("dog")
+    assert v.names == ["cat", "grass"] and v.is_thing == [True, False] and type(v.is_thing[0]) is bool
+    for bad, message in [
+        ({"classes": ["cat", "dog"]}, "classes must be one string of comma-separated class names.*got a list"),
+        ({"vocab": ["cat", "dog"]}, "vocab must be a shipped vocabulary name or a file path; got a list"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            vocab.resolve(**bad)
+    (tmp_path / "v.txt").write_text("cat\n")
+    assert vocab.resolve(vocab=tmp_path / "v.txt").names == ["cat"]  # a pathlib path is a path
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="deep.json is not a vocabulary file: its JSON nests too deeply"):
+        vocab.from_file(str(deep))
+
+
+def test_embeddings_are_checked_as_float32_and_normalised():
+    unit = np.array([[0.6, 0.8], [1.0, 0.0]], np.float32)
+    assert vocab.check_embeddings(unit, 2).tobytes() == unit.tobytes()  # unit rows are kept bit for bit
+    np.testing.assert_allclose(vocab.check_embeddings(unit * [[10.0], [1e-30]], 2), unit, rtol=1e-6)  # cosine
+    synonyms = np.stack([unit, 3 * unit[::-1]], axis=1)  # (K, M, D): each synonym row normalised
+    np.testing.assert_allclose(vocab.check_embeddings(synonyms, 2), np.stack([unit, unit[::-1]], 1), rtol=1e-6)
+    for embeddings, message in [
+        (unit.astype(np.float64) * 1e300, r"values beyond float32's range \(row 0\)"),  # inf once float32
+        (unit.astype(np.float64) * [[1.0], [1e-300]], r"row 1 is all zeros in float32"),  # 0 once float32
+        ([[0.6, 0.8], [1.0]], r"cannot be read as a \(K, D\) array of numbers"),  # ragged
+    ]:
+        with pytest.raises(InputError, match=message):
+            vocab.check_embeddings(embeddings, 2)
+
+
+def test_embeddings_tensors_are_read_whatever_their_grad_or_device():
+    import torch
+
+    rows = torch.tensor([[0.6, 0.8]], requires_grad=True)
+    np.testing.assert_allclose(vocab.check_embeddings(rows, 1), [[0.6, 0.8]])
+    np.testing.assert_allclose(vocab.check_embeddings(rows.detach().bfloat16(), 1), [[0.6, 0.8]], atol=0.01)
+    with pytest.raises(InputError, match="cannot be read as a .*meta tensor"):
+        vocab.check_embeddings(torch.ones(1, 2, device="meta"), 1)
+
+
+def test_save_embeddings_refuses_what_load_embeddings_would(tmp_path):
+    v, path = vocab.Vocabulary(["a", "b"]), tmp_path / "e.npz"
+    for embeddings, message in [(np.ones((1, 4), np.float32), "do not match 2 classes"),
+                                (np.full((2, 4), np.nan, np.float32), "NaN")]:
+        with pytest.raises(InputError, match=message):
+            vocab.save_embeddings(str(path), embeddings, v, "sha")
+    with pytest.raises(InputError, match="text_encoder_sha256 must be a str"):  # else saved as a pickled object
+        vocab.save_embeddings(str(path), np.ones((2, 4), np.float32), v, None)
+    assert not path.exists()

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
-from ..vocab.prompts import prompt_templates
+from ..vocab.prompts import expand_prompts, prompt_templates
 from ..vocab.tokenizer import Tokenizer, find_vocab_file
 
 
@@ -56,7 +56,20 @@ class TextEncoder:
     def tokenize(self, prompts):
         return np.asarray(self.tokenizer(prompts), dtype=np.int64)
 
+    def _warn_of_cut_names(self, vocabulary: vocab.Vocabulary, templates) -> None:
+        """The tokenizer cuts a prompt longer than the text encoder's context, silently (CLIP's rule): two
+        names that differ only past the cut would get the same embedding."""
+        room = self.tokenizer.context_length - 2  # the start and end tokens
+        prompts, synonym_of, class_of = expand_prompts(vocabulary.names, templates)
+        cut = sorted({class_of[s] for p, s in zip(prompts, synonym_of) if len(self.tokenizer.encode(p)) > room})
+        if cut:
+            shown = ", ".join([repr(vocabulary.names[k][:40]) for k in cut[:3]] + ["..."] * (len(cut) > 3))
+            warn(f"class names longer than the text encoder's {room + 2} tokens are cut ({shown}): names alike up to "
+                 "the cut get the same embedding")
+
     def encode(self, vocabulary: vocab.Vocabulary, cache_dir: Optional[str] = None) -> np.ndarray:
+        templates = prompt_templates(self.templates)
+        self._warn_of_cut_names(vocabulary, templates)
         cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         path = (
             os.path.join(cache_dir, vocab.cache_key(self.sha256, self.templates, vocabulary, self.synonyms) + ".npz")
@@ -70,7 +83,6 @@ class TextEncoder:
                     return cached
             except InputError:
                 pass  # a damaged entry (truncated, empty, foreign) is re-encoded and replaced below
-        templates = prompt_templates(self.templates)
         embeddings = vocab.encode(vocabulary, templates, self.tokenize, self._encode, synonyms=self.synonyms)
         if path:
             try:

@@ -6,6 +6,7 @@ runtime then averages the text encoder's prompt embeddings per class).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import List, Sequence, Tuple
 
 from ..errors import ConfigError, InputError
@@ -54,6 +55,8 @@ def seen_classes(class_names: Sequence[str], trained_names: Sequence[str]) -> Li
 
 
 def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Iterable):  # "cat" is not 3 classes
+        raise InputError(f"class names must be a list of strings; got {class_names!r:.60}")
     names = list(class_names)
     if not names:
         raise InputError("the vocabulary is empty: give at least one class name")

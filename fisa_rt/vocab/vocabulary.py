@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+import sys
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, List, Optional, Sequence
@@ -39,10 +41,21 @@ class Vocabulary:
         if len(set(self.names)) < len(self.names):
             repeated = ", ".join(repr(n[:40]) for n in sorted({n for n in self.names if self.names.count(n) > 1})[:3])
             warn(f"class names repeat ({repeated}): their pixels split between the copies")
-        if not self.is_thing:
-            self.is_thing = [True] * len(self.names)
-        if len(self.is_thing) != len(self.names):
-            raise InputError(f"vocabulary has {len(self.names)} names but {len(self.is_thing)} thing/stuff flags")
+        flags = [] if self.is_thing is None else self.is_thing  # no flags: every class is a thing
+        if isinstance(flags, (str, bytes)) or not isinstance(flags, Iterable):
+            raise InputError(f"is_thing must be a list of True/False flags, one per class; got {flags!r:.60}")
+        flags = list(flags) or [True] * len(self.names)  # list(): a NumPy array has no truth value
+        if len(flags) != len(self.names):
+            raise InputError(f"vocabulary has {len(self.names)} names but {len(flags)} thing/stuff flags")
+        wrong = [(n, f) for n, f in zip(self.names, flags) if not _is_flag(f)]
+        if wrong:
+            raise InputError(f"is_thing of {wrong[0][0]!r:.40} is {wrong[0][1]!r:.40}; give True/False (or 1/0)")
+        self.is_thing = [bool(f) for f in flags]
+
+
+def _is_flag(value) -> bool:
+    """True/False, or COCO's 1/0 (also as NumPy scalars); a string such as "false" would read as true."""
+    return isinstance(value, (bool, int, np.bool_, np.integer)) and value in (0, 1)
 
 
 def from_classes(text: str) -> Vocabulary:
@@ -63,8 +76,7 @@ def _from_json(data: dict, where: str) -> Vocabulary:
         names, flags = [c["name"] for c in classes], [c.get("isthing", True) for c in classes]
     except (KeyError, TypeError) as exc:
         raise InputError(f"{where} is not a vocabulary file: missing {exc}") from None
-    # COCO writes isthing as 1/0; a string such as "false" would otherwise read as true
-    wrong = [(n, f) for n, f in zip(names, flags) if f not in (True, False) or isinstance(f, float)]
+    wrong = [(n, f) for n, f in zip(names, flags) if not _is_flag(f)]
     if wrong:
         raise InputError(f"{where}: isthing of {wrong[0][0]!r} is {wrong[0][1]!r}; give true/false (or 1/0)")
     return Vocabulary(names, [bool(f) for f in flags])
@@ -83,6 +95,7 @@ def named(name: str) -> Vocabulary:
 
 
 def from_file(path: str) -> Vocabulary:
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise missing_file_error(path, "vocabulary file")
     try:
@@ -95,6 +108,8 @@ def from_file(path: str) -> Vocabulary:
             return _from_json(json.loads(text), path)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path} is not valid JSON: {exc}") from None
+        except RecursionError:  # the json module recurses per level of nesting
+            raise InputError(f"{path} is not a vocabulary file: its JSON nests too deeply to read") from None
     names, things = [], []
     for line in text.splitlines():
         line = line.strip()
@@ -115,8 +130,14 @@ def resolve(
     if classes is not None and vocab is not None:
         raise InputError("give either --classes or --vocab, not both")
     if classes is not None:
+        if not isinstance(classes, str):
+            raise InputError(f'classes must be one string of comma-separated class names, such as "cat, dog"; got a '
+                             f"{type(classes).__name__} (Vocabulary(names) takes a list)")
         return from_classes(classes)
     if vocab is not None:
+        if not isinstance(vocab, (str, os.PathLike)):
+            raise InputError(f"vocab must be a shipped vocabulary name or a file path; got a {type(vocab).__name__}")
+        vocab = os.fspath(vocab)
         if vocab in SHIPPED:
             return named(vocab)
         if not os.path.exists(vocab):  # likely a shipped name mistyped: list them
@@ -173,7 +194,11 @@ def cache_key(text_encoder_sha256: str, templates: str, vocabulary: Vocabulary, 
 def save_embeddings(
     path: str, embeddings: np.ndarray, vocabulary: Vocabulary, text_encoder_sha256: str, overwrite: bool = False
 ) -> str:
-    """An embeddings file (``.npz``) every backend accepts via ``--embeddings``."""
+    """An embeddings file (``.npz``) every backend accepts via ``--embeddings``; what load_embeddings would
+    refuse (rows that do not match the classes, NaN) is refused here, before anything is written."""
+    embeddings = check_embeddings(embeddings, len(vocabulary.names))
+    if not isinstance(text_encoder_sha256, str):
+        raise InputError(f"text_encoder_sha256 must be a str; got a {type(text_encoder_sha256).__name__}")
     refuse_overwrite(path, overwrite)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
         np.savez(f, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
@@ -181,10 +206,27 @@ def save_embeddings(
     return path
 
 
+def _as_array(embeddings, where: str) -> np.ndarray:
+    """``embeddings`` (an array, nested lists, a PyTorch tensor) as a NumPy array, or one InputError."""
+    torch = sys.modules.get("torch")  # a tensor implies PyTorch is loaded: this module never imports it
+    try:
+        if torch is not None and isinstance(embeddings, torch.Tensor):
+            # NumPy refuses a tensor that requires grad, lives on a GPU or is bfloat16; its values are still wanted
+            embeddings = embeddings.detach().cpu()
+            embeddings = embeddings.float() if embeddings.dtype == torch.bfloat16 else embeddings
+        return np.asarray(embeddings)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:  # ragged lists; a meta tensor
+        reason = str(exc).split(". ")[0]
+        raise InputError(f"{where} cannot be read as a (K, D) array of numbers ({reason})") from None
+
+
 def check_embeddings(embeddings, num_classes: int, where: str = "embeddings") -> np.ndarray:
-    """(K, D) or (K, M, D) float32 after refusing what would silently segment nothing: a shape that does not
-    match the K classes, an integer or non-numeric dtype, NaN/Inf values, or an all-zero row (no direction)."""
-    array = np.asarray(embeddings)
+    """(K, D) or (K, M, D) float32 rows of unit length, after refusing what would silently segment nothing: a
+    shape that does not match the K classes, an integer or non-numeric dtype, NaN/Inf values (float32's: a
+    float64 beyond its range becomes inf) or an all-zero row (no direction). Rows are normalised because the
+    class logits are cosine similarities, as for the text encoder's own (normalised) rows: a scaled row would
+    otherwise scale its class's scores."""
+    array = _as_array(embeddings, where)
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where} must be floating point (K, D) text embeddings; got dtype {array.dtype}")
     if array.ndim not in (2, 3) or array.shape[0] != num_classes or 0 in array.shape:
@@ -192,12 +234,19 @@ def check_embeddings(embeddings, num_classes: int, where: str = "embeddings") ->
             f"{where} {array.shape} do not match {num_classes} classes: expected ({num_classes}, D), or "
             f"({num_classes}, M, D) with M synonyms per class"
         )
-    if not np.isfinite(array).all():
-        raise InputError(f"{where} hold NaN or Inf values (row {int(np.argwhere(~np.isfinite(array))[0, 0])})")
-    zero = np.argwhere(~array.any(axis=-1))
+    with np.errstate(over="ignore"):  # an overflow is refused below, naming its row
+        rows = array.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(rows))
+    if bad.size:
+        what = "NaN or Inf values" if not np.isfinite(array[tuple(bad[0])]) else "values beyond float32's range"
+        raise InputError(f"{where} hold {what} (row {int(bad[0, 0])})")
+    norms = np.linalg.norm(rows.astype(np.float64), axis=-1, keepdims=True)  # float64: no underflow of squares
+    zero = np.argwhere(norms[..., 0] == 0)
     if zero.size:
-        raise InputError(f"{where}: row {int(zero[0, 0])} is all zeros, which matches nothing")
-    return array.astype(np.float32)
+        what = "is all zeros" if not array[tuple(zero[0])].any() else "is all zeros in float32 (its values are tiny)"
+        raise InputError(f"{where}: row {int(zero[0, 0])} {what}, which matches nothing")
+    # rows already of unit length to float32's precision are kept bit for bit (a cache entry reads back as written)
+    return (rows / np.where(np.abs(norms - 1) < 1e-6, 1.0, norms)).astype(np.float32)
 
 
 def load_embeddings(path: str):
@@ -223,6 +272,9 @@ def load_embeddings(path: str):
     if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
         found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"
         raise InputError(f"{not_ours}: {found}")
-    vocabulary = Vocabulary([str(n) for n in names], [bool(t) for t in is_thing])
+    try:
+        vocabulary = Vocabulary(names.tolist(), is_thing.tolist())  # flags such as "False" are refused, not true
+    except InputError as exc:
+        raise InputError(f"{not_ours}: {exc}") from None
     embeddings = check_embeddings(embeddings, len(vocabulary.names), f"{path}: embeddings")
     return embeddings, vocabulary, str(sha)
