@@ -86,7 +86,7 @@ def path_argument(value, name: str) -> str:
 
 def exists_error(path: str, error: type = InputError) -> FisaError:
     """The one error for an output that would replace ``path`` without ``--overwrite``."""
-    return error(f"{path} exists; pass --overwrite to replace it")
+    return error(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> None:

@@ -321,7 +321,8 @@ def predictions_folder(folder: str, file_names: Sequence[str], overwrite: bool):
             raise InputError(f"predictions folder {folder} is not empty and holds no {PREDICTIONS_JSON}, so not an "
                              "earlier eval's: even --overwrite does not replace it; choose a new or empty folder")
         if not overwrite:
-            raise InputError(f"predictions folder {folder} is not empty; pass --overwrite to replace it")
+            raise InputError(f"predictions folder {folder} is not empty; "
+                             "pass overwrite=True (--overwrite) to replace it")
     return atomic_folder(folder, overwrite)
 
 

@@ -120,7 +120,7 @@ def _open_clip_weights(cfg: FisaConfig) -> str:
     hub = (open_clip.get_pretrained_cfg(cfg.clip.model_name, cfg.clip.pretrained) or {}).get("hf_hub", "")
     if not hub:
         raise CheckpointError(f"open_clip names no download for {cfg.clip.model_name}/{cfg.clip.pretrained}: "
-                              "pass --clip FILE")
+                              "pass clip=FILE (--clip FILE)")
     repo, filename = os.path.split(hub)
     filename = filename or "open_clip_pytorch_model.bin"
     try:
@@ -132,13 +132,14 @@ def _open_clip_weights(cfg: FisaConfig) -> str:
     except OSError:
         raise CheckpointError(
             f"the text tower's weights ({repo}/{filename}) are not in the Hugging Face cache and huggingface.co "
-            "cannot be reached: pass --clip with a local copy of that file"
+            "cannot be reached: pass clip= (--clip) with a local copy of that file"
         ) from None
     try:
         return hf_hub_download(repo, filename)
     except Exception as exc:  # noqa: BLE001 - huggingface_hub's errors have no common base
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot download {repo}/{filename} ({first}): pass --clip with a local copy") from None
+        raise CheckpointError(f"cannot download {repo}/{filename} ({first}): "
+                              "pass clip= (--clip) with a local copy") from None
 
 
 @contextlib.contextmanager

@@ -343,6 +343,8 @@ def test_interrupted_writes_leave_no_partial_file(tmp_path, monkeypatch):
         result.save(str(out), "fresh")
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before and len(written) == 4
     monkeypatch.undo()
+    with pytest.raises(InputError, match=r"scene\S* exists; pass overwrite=True \(--overwrite\)"):
+        result.save(str(out), "scene")
 
     def interrupted_dump(data, f, **kwargs):
         f.write('{"partial": ')

@@ -84,7 +84,7 @@ def test_eval_prints_the_table_and_writes_json(synthetic_data, generator_checkpo
     assert "held_out" in result.stdout and "PQ" in result.stdout
     assert set(json.loads(out.read_text())) == {"all", "things", "stuff", "seen", "held_out"}
     again = run("eval", "--engine", generator_checkpoint, "--data", synthetic_data, "--limit", "1", "--json", str(out))
-    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    assert again.returncode == 2 and "exists; pass overwrite=True (--overwrite)" in again.stderr
 
 
 def test_eval_of_a_split_without_images_is_an_error_not_zero(synthetic_data, generator_checkpoint, tmp_path):
@@ -121,7 +121,7 @@ def test_demo_writes_overlays_of_the_bundled_scenes(tmp_path):
     with Image.open(overlays[0]) as im:
         assert im.width > im.height  # image plus legend strip
     again = run("demo", "--out", str(out))
-    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    assert again.returncode == 2 and "exists; pass overwrite=True (--overwrite)" in again.stderr
 
 
 @pytest.mark.parametrize("argv,option", [

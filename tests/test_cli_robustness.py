@@ -114,7 +114,7 @@ def test_make_data_refuses_existing_data_and_unusable_folders(tmp_path):
     one_line_error(
         run("make-data", "--out", out, "--train", 1, "--val", 0, "--image-size", 32),
         "panoptic_train.json exists",
-        "pass --overwrite",
+        "pass overwrite=True (--overwrite)",
     )
     assert run("make-data", "--out", out, "--train", 1, "--val", 0, "--image-size", 32, "--overwrite").returncode == 0
     blocker = tmp_path / "file"

@@ -236,6 +236,18 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
     )
 
 
+def test_an_unknown_backend_is_named_with_the_known_ones_for_a_file_or_a_folder(tmp_path):
+    from fisa_rt.runtime.segmenter import Segmenter
+
+    for path in (default_checkpoint(), str(tmp_path)):  # a folder was "holds nothing the bogus backend runs ()"
+        with pytest.raises(InputError, match=r"^backend \(--backend\) must be one of \('torch', 'onnxruntime', "):
+            Segmenter.from_engine(path, backend="bogus")
+    unknown = tmp_path / "model.xyz"
+    unknown.write_bytes(b"")
+    with pytest.raises(InputError, match=r"cannot tell the backend .*\(or name its backend: backend= / --backend\)"):
+        Segmenter.from_engine(str(unknown))
+
+
 def test_devices_and_backends_that_do_not_fit_the_artefact_are_refused(artefacts, tmp_path):
     import onnxruntime
 

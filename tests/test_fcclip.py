@@ -256,7 +256,7 @@ def test_bad_clip_files_and_no_clip_offline_are_one_checkpoint_error(reduced, tm
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: offline())
     monkeypatch.setattr("socket.create_connection", offline)
-    with pytest.raises(CheckpointError, match="cannot be reached: pass --clip"):
+    with pytest.raises(CheckpointError, match=r"cannot be reached: pass clip= \(--clip\)"):
         fcclip._open_clip_weights(get_model_config("fcclip-convnext-l"))
 
 

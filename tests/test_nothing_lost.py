@@ -248,7 +248,7 @@ def test_the_library_folder_loop_skips_counts_writing_and_fails_as_the_cli_does(
                           on_result=lambda name, result: written.append(name), log=lines.append)
     assert caught.value.exit_code == 1 and "the others are in" in str(caught.value) and written == ["c"]
     assert segmenter.timings.write > 0 and "write" in segmenter.timings.summary()
-    with pytest.raises(InputError, match="exists"):  # a rerun is refused before any work
+    with pytest.raises(InputError, match=r"exists.*; pass overwrite=True \(--overwrite\)"):  # refused before any work
         segment_to_folder(segmenter, str(photos / "c.png"), str(tmp_path / "out"))
 
 

@@ -4,8 +4,10 @@ Skips, saying what to install, only where that wheel or its numpy<2 folder is ab
 installs both, so CI runs these)."""
 
 import concurrent.futures
+import gc
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -56,6 +58,44 @@ def local_result(local, image, names, task="panoptic"):
 
 def same(a, b):
     return np.array_equal(a.semantic, b.semantic) and a.segments() == b.segments()
+
+
+def test_bad_client_arguments_are_named_before_any_request(monkeypatch):
+    """No server needed: each is one InputError naming the argument, not a ServerError blaming a server, and
+    tritonclient leaves no half-made client whose __del__ prints "Exception ignored" (port 99999 did)."""
+    from fisa_rt.serving.client import parse_url
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    image = np.zeros((8, 8, 3), np.uint8)
+    bad = [({"url": None}, "url must be a string"), ({"url": 8000}, "url must be a string"),
+           ({"protocol": "ftp"}, r"protocol \(--protocol\) must be one of")]
+    bad += [({"url": url}, r"url \(--server\) must be HOST:PORT with a PORT in 1..65535")
+            for url in ("localhost:99999", "localhost:0", "::1:8000", "[::1:8000", "localhost:+1", "localhost")]
+    bad += [({"timeout": t}, "timeout must be a positive, finite number of seconds; got")
+            for t in ("x", -1, 0, float("nan"), float("inf"), True, None)]
+    for options, message in bad:
+        options = {"url": "localhost:1", **options}
+        with pytest.raises(InputError, match=message):
+            remote = Segmenter.from_server(options.pop("url"), **options)
+            remote.set_vocabulary(["cat"])
+            remote.segment(image)
+        gc.collect()
+    assert not unraisable, [str(u.exc_value) for u in unraisable]
+    assert parse_url("[::1]:8000", None) == ("http", "[::1]:8000")
+    assert parse_url("grpc://my-host.example:65535", "grpc") == ("grpc", "my-host.example:65535")
+    assert Segmenter.from_server("localhost:8000", timeout=np.float32(2.5)).timeout == 2.5
+
+
+def test_segment_batch_refuses_what_the_local_segmenter_refuses(local):
+    remote = Segmenter.from_server("localhost:1")
+    remote.set_vocabulary(["cat"])
+    for images in (sample_images()[0], np.zeros((2, 8, 8, 3), np.uint8)):  # one image, not a list of them
+        with pytest.raises(InputError) as want:
+            local.segment_batch(images)
+        with pytest.raises(InputError, match="segment_batch takes a list of images") as got:
+            remote.segment_batch(images)
+        assert str(got.value) == str(want.value)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

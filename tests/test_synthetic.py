@@ -58,7 +58,7 @@ def test_panoptic_pngs_agree_with_segments_info(synthetic_data):
 
 def test_existing_split_is_not_overwritten(tmp_path):
     generate(str(tmp_path), "val", 1, seed=0, image_size=32)
-    with pytest.raises(InputError, match="exists; pass --overwrite"):
+    with pytest.raises(InputError, match=r"exists; pass overwrite=True \(--overwrite\)"):
         generate(str(tmp_path), "val", 1, seed=0, image_size=32)
 
 

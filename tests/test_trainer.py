@@ -80,7 +80,7 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_data, generator_checkpoi
 def test_existing_output_is_not_overwritten(synthetic_data, generator_checkpoint, tmp_path):
     out = tmp_path / "taken.safetensors"
     out.write_bytes(b"precious")
-    with pytest.raises(CheckpointError, match="exists; pass --overwrite"):
+    with pytest.raises(CheckpointError, match=r"exists; pass overwrite=True \(--overwrite\)"):
         train(_adapt(synthetic_data, generator_checkpoint, out))
     assert out.read_bytes() == b"precious"
 
@@ -362,7 +362,7 @@ def test_a_state_is_resumed_only_by_a_run_it_fits(interrupted_state, synthetic_d
     """A state beyond --steps wrote a checkpoint claiming fewer steps than its weights had; one of another
     --lr went on with a trajectory no single run follows."""
     out, state = interrupted_state
-    with pytest.raises(InputError, match="at step 2, beyond --steps 1"):
+    with pytest.raises(InputError, match=r"at step 2, beyond steps=1 \(--steps\)"):
         train(_adapt(synthetic_data, generator_checkpoint, out, steps=1))
     with pytest.raises(InputError, match="trained with --lr 0.001, not 0.5"):
         train(_adapt(synthetic_data, generator_checkpoint, out, lr=0.5))

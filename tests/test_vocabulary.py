@@ -24,16 +24,16 @@ def test_files_and_classes(tmp_path):
     assert vocab.resolve(classes="cat, dog").names == ["cat", "dog"]
     assert vocab.resolve(vocab="coco-panoptic").names[0].startswith("person")
     for bad, message in [
-        ({"classes": " , "}, "no class name"),
+        ({"classes": " , "}, r"classes \(--classes\) holds no class name"),
         ({"vocab": str(tmp_path / "none.txt")}, "no such file"),
-        ({}, "no vocabulary"),
+        ({}, r"no vocabulary: give classes=.*\(--classes\) or vocab=.*\(--vocab\)"),
     ]:
         with pytest.raises(InputError, match=message):
             vocab.resolve(**bad)
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(InputError, match="empty"):
         vocab.from_file(str(tmp_path / "empty.txt"))
-    with pytest.raises(InputError, match="not both"):
+    with pytest.raises(InputError, match=r"classes= \(--classes\) or vocab= \(--vocab\), not both"):
         vocab.resolve(classes="a", vocab="coco-panoptic")
 
 

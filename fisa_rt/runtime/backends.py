@@ -42,11 +42,15 @@ def _suffixes_of(backend: str) -> str:
     return ", ".join(s for s, b in SUFFIXES.items() if b == backend)
 
 
+def _check_backend(backend: Optional[str]) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"backend (--backend) must be one of {BACKENDS}; got {backend!r}")
+
+
 def backend_for(path: str, backend: Optional[str] = None) -> str:
     suffix = os.path.splitext(path)[1].lower()
+    _check_backend(backend)
     if backend is not None:
-        if backend not in BACKENDS:
-            raise InputError(f"--backend must be one of {BACKENDS}; got {backend!r}")
         # --backend is for artefacts named otherwise; a known suffix of another backend is a wrong pairing
         if SUFFIXES.get(suffix, backend) != backend:
             raise InputError(f"{path} is an artefact of the {SUFFIXES[suffix]} backend ({suffix}); "
@@ -55,7 +59,8 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
     if not os.path.exists(path):
         raise missing_file_error(path, "engine")
     if suffix not in SUFFIXES:
-        raise InputError(f"cannot tell the backend of {path}: expected {', '.join(SUFFIXES)} (or pass --backend)")
+        raise InputError(f"cannot tell the backend of {path}: expected {', '.join(SUFFIXES)} "
+                         "(or name its backend: backend= / --backend)")
     return SUFFIXES[suffix]
 
 
@@ -460,6 +465,7 @@ def resolve_artefact(path: str, backend: Optional[str] = None) -> str:
     """A folder written by ``build_engine.py`` -> its best artefact for this machine: a TensorRT engine
     when TensorRT is importable, else the ONNX Runtime-optimised model, else the portable ONNX; with
     ``backend``, the best that backend runs."""
+    _check_backend(backend)
     if not os.path.isdir(path):
         return path
     files = sorted(os.listdir(path))
@@ -504,7 +510,7 @@ def open_backend(
     kind = backend_for(path, backend)
     if kind == "torch":
         return TorchBackend(path, device, cuda_graphs, compile)
-    for asked, flag in ((compile, "--compile"), (cuda_graphs, "--cuda-graphs")):
+    for asked, flag in ((compile, "compile=True (--compile)"), (cuda_graphs, "cuda_graphs=True (--cuda-graphs)")):
         if asked:
             raise InputError(f"{flag} applies to the PyTorch backend (.safetensors); {path} runs in {kind}")
     if kind == "onnxruntime":

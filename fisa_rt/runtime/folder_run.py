@@ -59,7 +59,7 @@ def refuse_existing_outputs(folder: str, source: Source, overwrite: bool) -> Non
     existing = [t for t in targets if os.path.exists(t)]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise InputError(f"{existing[0]} exists{more}; pass --overwrite to replace outputs")
+        raise InputError(f"{existing[0]} exists{more}; pass overwrite=True (--overwrite) to replace outputs")
 
 
 def _stderr_line(text: str) -> None:

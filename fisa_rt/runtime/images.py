@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -101,6 +101,13 @@ def load_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.
 
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]  # a file, or decoded RGB pixels
+
+
+def check_batch(images: Sequence[ImageInput]) -> None:
+    """What ``segment_batch`` (local or a server's) refuses: one image where a list of them belongs, which it
+    would otherwise take item by item (the characters of a path, the planes of a 4-D array)."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or not isinstance(images, Sequence):
+        raise InputError(f"segment_batch takes a list of images; got {type(images).__name__} (use segment for one)")
 
 
 def picture_of(image: ImageInput, max_pixels: Optional[int]) -> np.ndarray:

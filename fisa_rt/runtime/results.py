@@ -128,7 +128,7 @@ class SegmentationResult:
             raise InputError(f"cannot write results into {folder}: it is a file, not a folder")
         existing = [t for t in targets.values() if os.path.exists(t)]
         if existing and not overwrite:
-            raise InputError(f"{existing[0]} exists; pass --overwrite to replace outputs")
+            raise InputError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace outputs")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:

@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
 from ..errors import InputError, warn
@@ -45,7 +44,7 @@ from ..preprocess import padded_canvas, resize_and_pad, resize_work, resized_sha
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import seen_classes
 from .backends import Backend, open_backend, resolve_artefact
-from .images import DEFAULT_MAX_PIXELS, ImageInput, checked_max_pixels, picture_of
+from .images import DEFAULT_MAX_PIXELS, ImageInput, check_batch, checked_max_pixels, picture_of
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
 from .threads import apply_torch_threads, resolve_threads
@@ -178,8 +177,7 @@ class Segmenter:
     def segment_batch(self, images: Sequence[ImageInput], task: str = "panoptic") -> List[SegmentationResult]:
         if task not in TASKS:
             raise InputError(f"task must be one of {TASKS}; got {task!r}")
-        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or not isinstance(images, Sequence):
-            raise InputError(f"segment_batch takes a list of images; got {type(images).__name__} (use segment for one)")
+        check_batch(images)
         if not images:
             return []
         if self.text is None:

@@ -94,5 +94,5 @@ class TextEncoder:
             except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
                 warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it "
-                     "(set XDG_CACHE_HOME, or --no-cache)")
+                     "(set XDG_CACHE_HOME, or cache_dir=\"\" / --no-cache)")
         return embeddings

@@ -6,6 +6,9 @@ same pixels and returns the same results."""
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import re
 import threading
 from types import SimpleNamespace
 from typing import List, Optional, Sequence, Union
@@ -13,7 +16,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import FisaError, InputError, MissingDependencyError
-from ..runtime.images import DEFAULT_MAX_PIXELS, ImageInput, picture_of
+from ..runtime.images import DEFAULT_MAX_PIXELS, ImageInput, check_batch, picture_of
 from ..vocab import vocabulary as vocab
 from ..runtime.results import SegmentationResult
 from ..runtime.timings import Timings
@@ -26,19 +29,36 @@ class ServerError(FisaError):
     """The server could not be reached, or failed (not the request's fault)."""
 
 
+# HOST:PORT as tritonclient's URL parser (geventhttpclient's) takes it: an IPv6 HOST in brackets, a PORT in
+# 1..65535 (checked in parse_url). An address it refuses leaves the HTTP client half made, and that client's
+# __del__ then prints "Exception ignored ... no attribute '_closed'" to stderr: such an address never gets there.
+_ADDRESS = re.compile(r"(\[[^\[\]\s/]+\]|[^\[\]\s/:?#@]+):([0-9]{1,5})")
+
+
 def parse_url(url: str, protocol_name: Optional[str]) -> tuple:
     """(protocol, HOST:PORT) of ``url``: HOST:PORT, http://HOST:PORT or grpc://HOST:PORT."""
+    if not isinstance(url, str):
+        raise InputError(f"url must be a string HOST:PORT (e.g. localhost:8000); got {type(url).__name__}")
     scheme, _, address = url.rpartition("://")
     if scheme and scheme not in PROTOCOLS:
         raise InputError(f"server URL {url!r}: the scheme must be one of {PROTOCOLS}")
     if protocol_name is not None and protocol_name not in PROTOCOLS:
-        raise InputError(f"--protocol must be one of {PROTOCOLS}; got {protocol_name!r}")
+        raise InputError(f"protocol (--protocol) must be one of {PROTOCOLS}; got {protocol_name!r}")
     if scheme and protocol_name and scheme != protocol_name:
         raise InputError(f"server URL {url!r} says {scheme} but the protocol asked is {protocol_name}")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"server must be HOST:PORT (e.g. localhost:8000); got {url!r}")
+    match = _ADDRESS.fullmatch(address)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise InputError(f"url (--server) must be HOST:PORT with a PORT in 1..65535 (e.g. localhost:8000, [::1]:8000); "
+                         f"got {url!r}")
     return scheme or protocol_name or "http", address
+
+
+def _check_timeout(timeout) -> float:
+    """``timeout`` in seconds as a float, or an InputError: tritonclient takes any value and fails (or waits
+    forever) only at the first request, where the error reads as the server's fault."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
+        raise InputError(f"timeout must be a positive, finite number of seconds; got {timeout!r}")
+    return float(timeout)
 
 
 def _module(name: str):
@@ -57,7 +77,7 @@ class ServerSegmenter:
     def __init__(self, url: str, model: str = "fisa_python", protocol: Optional[str] = None, timeout: float = 120.0):
         self.protocol, self.address = parse_url(url, protocol)
         self.model = model
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self._client_module = _module(self.protocol)
         from tritonclient.utils import InferenceServerException
 
@@ -145,4 +165,5 @@ class ServerSegmenter:
         self, images: Sequence[ImageInput], task: str = "panoptic", **options
     ) -> List[SegmentationResult]:
         """One request per image: the server's dynamic batcher forms the batches."""
+        check_batch(images)
         return [self.segment(image, task, **options) for image in images]

@@ -385,7 +385,7 @@ def _save_state(path: str, step: int, params: Dict[str, torch.nn.Parameter], opt
         save_file(tensors, tmp, metadata=metadata)
 
 
-_FIX = "delete it to start over, or pass --overwrite"
+_FIX = "delete it to start over, or pass overwrite=True (--overwrite)"
 
 
 def _read_state(path: str, cfg: TrainConfig) -> Tuple[int, List[float], Dict[str, torch.Tensor]]:
@@ -413,13 +413,13 @@ def _read_state(path: str, cfg: TrainConfig) -> Tuple[int, List[float], Dict[str
     if not isinstance(options, dict):
         raise damaged("its options are not a JSON object")
     if step > cfg.steps:
-        raise InputError(f"{path} is a training state at step {step}, beyond --steps {cfg.steps}: pass --steps "
-                         f"{step} or more to resume it, or --overwrite to start over")
+        raise InputError(f"{path} is a training state at step {step}, beyond steps={cfg.steps} (--steps): pass "
+                         f"steps={step} or more to resume it, or overwrite=True (--overwrite) to start over")
     for name, value in _options(cfg).items():
         if name in options and options[name] != value:
             flag = name if name == "stage" else "--" + name.replace("_", "-")
             raise InputError(f"{path} was trained with {flag} {options[name]}, not {value}: pass the same to resume "
-                             f"it, or --overwrite to start over")
+                             f"it, or overwrite=True (--overwrite) to start over")
     return step, losses, tensors
 
 
@@ -487,7 +487,7 @@ def _train(cfg: TrainConfig, env: Distributed) -> TrainResult:
     if env.main:  # existing files are judged below, where a training state makes one resumable
         refuse_unwritable(cfg.out, overwrite=True)
     if os.path.exists(cfg.out) and not os.path.exists(state_path) and not cfg.overwrite:
-        raise CheckpointError(f"{cfg.out} exists; pass --overwrite to train over it")
+        raise CheckpointError(f"{cfg.out} exists; pass overwrite=True (--overwrite) to train over it")
     resumed = _read_state(state_path, cfg) if os.path.exists(state_path) and not cfg.overwrite else None
     torch.manual_seed(cfg.seed)
     stage = _Stage(cfg, env)

@@ -61,7 +61,7 @@ def _is_flag(value) -> bool:
 def from_classes(text: str) -> Vocabulary:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise InputError("--classes holds no class name (give e.g. --classes \"cat, dog, grass\")")
+        raise InputError("classes (--classes) holds no class name (give e.g. \"cat, dog, grass\")")
     return Vocabulary(names)
 
 
@@ -89,7 +89,8 @@ def named(name: str) -> Vocabulary:
         cats = categories()
         return Vocabulary([c.name for c in cats], [c.isthing for c in cats])
     if name not in SHIPPED:
-        raise InputError(f"unknown vocabulary {name!r}; shipped: {', '.join(SHIPPED)} (or give a file or --classes)")
+        raise InputError(f"unknown vocabulary {name!r}; shipped: {', '.join(SHIPPED)} "
+                         "(or give a file, or class names: classes= / --classes)")
     text = (resources.files("fisa_rt") / "vocabularies" / f"{name}.json").read_text()
     return _from_json(json.loads(text), name)
 
@@ -128,7 +129,7 @@ def resolve(
     """--classes, else --vocab (a shipped name or a file), else the artefact's default; ``option`` is the name
     ``vocab`` came by, for the error (build_engine.py's --calibration-vocab)."""
     if classes is not None and vocab is not None:
-        raise InputError("give either --classes or --vocab, not both")
+        raise InputError("give either classes= (--classes) or vocab= (--vocab), not both")
     if classes is not None:
         if not isinstance(classes, str):
             raise InputError(f'classes must be one string of comma-separated class names, such as "cat, dog"; got a '
@@ -144,7 +145,8 @@ def resolve(
             raise InputError(f"{option} {vocab}: no such file, and not a shipped vocabulary ({', '.join(SHIPPED)})")
         return from_file(vocab)
     if default is None:
-        raise InputError("no vocabulary: give --classes \"a, b\" or --vocab coco-panoptic|ade20k-150|FILE")
+        raise InputError('no vocabulary: give classes="a, b" (--classes) '
+                         "or vocab=coco-panoptic|ade20k-150|FILE (--vocab)")
     return default
 
 
