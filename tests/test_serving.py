@@ -96,6 +96,21 @@ def test_segment_batch_refuses_what_the_local_segmenter_refuses(local):
         with pytest.raises(InputError, match="segment_batch takes a list of images") as got:
             remote.segment_batch(images)
         assert str(got.value) == str(want.value)
+    for client in (local, remote):  # a bad task is refused even for an empty batch
+        with pytest.raises(InputError, match="task must be one of"):
+            client.segment_batch([], task="bogus")
+
+
+def test_the_server_client_keeps_its_own_copy_of_the_vocabulary():
+    from fisa_rt.vocab.vocabulary import Vocabulary
+
+    remote = Segmenter.from_server("localhost:1")
+    names = Vocabulary(["cat", "dog"])
+    remote.set_vocabulary(names)
+    names.names.append("bird")  # the caller's own object, changed afterwards
+    assert remote.vocabulary.names == ["cat", "dog"]
+    with pytest.raises(InputError, match="got bytes"):
+        remote.set_vocabulary(b"cat")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

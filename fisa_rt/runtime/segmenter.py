@@ -15,7 +15,6 @@ at the model's input size and its label maps resized to the image (memory bounde
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -128,10 +127,7 @@ class Segmenter:
     def set_vocabulary(
         self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings: Optional[np.ndarray] = None
     ) -> None:
-        if isinstance(classes, (str, bytes)) or not isinstance(classes, (vocab.Vocabulary, Sequence)):
-            raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
-        # a copy of a Vocabulary (without its warnings again): the caller may go on changing theirs
-        vocabulary = copy.deepcopy(classes) if isinstance(classes, vocab.Vocabulary) else vocab.Vocabulary(classes)
+        vocabulary = vocab.vocabulary_of(classes)
         if embeddings is None:
             embeddings = self.text_encoder.encode(vocabulary, self.cache_dir)
         embeddings = vocab.check_embeddings(embeddings, len(vocabulary.names))

@@ -107,9 +107,7 @@ class ServerSegmenter:
     def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings=None) -> None:
         if embeddings is not None:
             raise InputError("a server encodes its vocabularies: pass class names, not embeddings")
-        if isinstance(classes, str) or not isinstance(classes, (vocab.Vocabulary, Sequence)):
-            raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
-        self.vocabulary = classes if isinstance(classes, vocab.Vocabulary) else vocab.Vocabulary(list(classes))
+        self.vocabulary = vocab.vocabulary_of(classes)
 
     def _inputs(self, picture: np.ndarray) -> list:
         m = self._client_module
@@ -166,4 +164,5 @@ class ServerSegmenter:
     ) -> List[SegmentationResult]:
         """One request per image: the server's dynamic batcher forms the batches."""
         check_batch(images)
+        protocol.check_parameters({"task": task, **options})  # also for an empty batch, as the local one does
         return [self.segment(image, task, **options) for image in images]

@@ -8,6 +8,7 @@ name (``coco-panoptic`` 133, ``ade20k-150``, ``synthetic`` 32).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -51,6 +52,14 @@ class Vocabulary:
         if wrong:
             raise InputError(f"is_thing of {wrong[0][0]!r:.40} is {wrong[0][1]!r:.40}; give True/False (or 1/0)")
         self.is_thing = [bool(f) for f in flags]
+
+
+def vocabulary_of(classes) -> Vocabulary:
+    """What ``set_vocabulary`` (local or a server's) keeps of its ``classes``: a list of names as a new
+    Vocabulary, a Vocabulary as a copy (without its warnings again), since the caller may go on changing theirs."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (Vocabulary, Sequence)):
+        raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
+    return copy.deepcopy(classes) if isinstance(classes, Vocabulary) else Vocabulary(classes)
 
 
 def _is_flag(value) -> bool:
