@@ -414,3 +414,22 @@ def test_ctrl_c_during_infer_leaves_only_whole_files(tmp_path):
             Image.open(out / name).load()
         else:
             json.loads((out / name).read_text())
+
+
+@pytest.mark.parametrize("field, value, graph", [("image_size", 64, 128), ("embed_dim", 32, 64)])
+def test_a_manifest_size_the_graph_disagrees_with_is_named_at_open(tmp_path, field, value, graph):
+    """A well-formed but edited size (the sweep's image_size 64 beside a 128 px graph) failed inside ONNX Runtime,
+    at the first image."""
+    from onnx import TensorProto
+
+    from fisa_rt.runtime.backends import open_backend
+
+    image = {"model": "fisa-tiny", "image_size": 128, "embed_dim": 64, "templates": "vild", "context_length": 32}
+    model = _onnx_file(tmp_path / "m.onnx", [("image", TensorProto.UINT8, ["batch", 3, 128, 128]),
+                                             ("text", TensorProto.FLOAT, ["classes", 64])], "image-model",
+                       **{**image, field: value})
+    with pytest.raises(CheckpointError, match=f"says {field} {value}, its graph {graph}; rebuild"):
+        open_backend(str(model))
+    _onnx_file(tmp_path / "ok.onnx", [("image", TensorProto.UINT8, ["batch", 3, 128, 128]),
+                                      ("text", TensorProto.FLOAT, ["classes", 64])], "image-model", **image)
+    open_backend(str(tmp_path / "ok.onnx"))  # the sizes agree: it opens

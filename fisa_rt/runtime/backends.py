@@ -252,6 +252,17 @@ def onnx_providers(ort, device: Optional[str] = None) -> List[Any]:
     return [(p, options) if p != "CPUExecutionProvider" else p for p in chosen]
 
 
+def _check_sizes(path: str, model, manifest: Dict) -> None:
+    """The manifest's image_size and embed_dim, which the runtime pads images and checks embeddings to, against
+    the graph's own: an edited manifest otherwise failed inside ONNX Runtime, at the first image."""
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    for field, sizes in (("image_size", dims["image"][2:4]), ("embed_dim", dims["text"][-1:])):
+        found = {d for d in sizes if d > 0}  # 0: a dynamic axis
+        if found and found != {manifest[field]}:
+            raise CheckpointError(f"manifest of {path} says {field} {manifest[field]}, its graph {found.pop()}; "
+                                  "rebuild both with `python export/build_engine.py`")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -288,6 +299,7 @@ class OnnxRuntimeBackend(Backend):
                 "not the file its manifest describes"
             )
         self.applies_seen = "seen" in inputs
+        _check_sizes(path, model, self.manifest)
         options = options or onnxruntime_options(ort, resolve_threads(threads), spinning)
         providers = providers or onnx_providers(ort, device)
         handed = [model] if split_graph else []
