@@ -200,7 +200,7 @@ def test_a_training_state_with_non_finite_values_is_refused(tmp_path):
     cfg = TrainConfig(stage="clip", data=str(tmp_path), out=str(tmp_path / "out.safetensors"), steps=10)
     _save_state(state, 1, params, torch.optim.AdamW(params.values()), [1.0], cfg)
     with pytest.raises(CheckpointError, match="cannot resume from .*its tensor 'param/w' holds NaN or infinite values"
-                                              ".*pass --overwrite"):
+                                              r".*pass overwrite=True \(--overwrite\)"):
         _read_state(state, cfg)
 
 
