@@ -18,9 +18,11 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .atomic import atomic_path
 from .config import FisaConfig
+from .devices import torch_device
 from .errors import CheckpointError, ConfigError, InputError, missing_file_error
 from .model import FisaModel, create_model
 from .vocab.prompts import synonyms
+from .weights import check_finite
 
 FORMAT = "fisa-rt/1"
 
@@ -135,16 +137,6 @@ def _without_identity_adapters(unexpected: List[str], tensors: Dict[str, torch.T
     return [k for k in unexpected if not (k.startswith(NEW_IN_CONFIG) and identity(k))]
 
 
-def check_finite(path: str, tensors: Dict[str, torch.Tensor]) -> None:
-    """Refuse weights holding NaN or infinity, naming the first such tensor: a file damaged so (bytes overwritten,
-    a copy cut short and padded) otherwise loads and runs without an error, every pixel silently class 0.
-    Its cost: one torch.isfinite pass over the floating-point tensors (and a bool mask the size of one at a time),
-    on one CPU core about 20 ms for the 10 MB default checkpoint and 1-2 s per GB, less than building the model."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path} is damaged: its tensor {name!r} holds NaN or infinite values")
-
-
 def identity_adapters(path: str) -> bool:
     """Whether every SEVE adapter in the checkpoint is an identity (gate exactly 0); reads only the gates."""
     with safe_open(path, framework="pt") as handle:
@@ -161,9 +153,7 @@ def load_model(
     may be absent from the checkpoint. Tensors are cast to ``dtype`` (a floating-point torch.dtype) if given,
     else to float32 (checkpoints may be stored in fp16). ``device``: as a runtime's (cpu, cuda or cuda:N; None: a
     GPU where torch sees one)."""
-    from .runtime.backends import _torch_device
-
-    device = _torch_device(device)
+    device = torch_device(device)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"dtype must be a floating-point torch.dtype (such as torch.float16); got {dtype!r}")
     info = read_checkpoint_info(path)

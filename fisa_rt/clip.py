@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import ClipConfig
 from .errors import CheckpointError, ConfigError
+from .weights import check_finite
 
 
 def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
@@ -34,7 +35,7 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
                     f"{pretrained!r} does not exist"
                 )
             _loading(pretrained, cfg.model_name, lambda: open_clip.load_checkpoint(model, pretrained))
-            _check_finite(pretrained, model)
+            check_finite(pretrained, model.state_dict())
         return model
     if cfg.model_name not in open_clip.list_models():
         raise ConfigError(f"open_clip has no architecture {cfg.model_name!r}; see open_clip.list_models()")
@@ -50,16 +51,8 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
     model = _loading(pretrained, cfg.model_name, lambda: open_clip.create_model(
         cfg.model_name, pretrained=pretrained, device=torch.get_default_device()))
     if pretrained is not None:
-        _check_finite(pretrained, model)
+        check_finite(pretrained, model.state_dict())
     return model
-
-
-def _check_finite(path: str, model: nn.Module) -> None:
-    """The weights just read from ``path`` (or an open_clip tag's download), refused where NaN or infinite, as
-    a FISA checkpoint's are (training's --init)."""
-    from .checkpoint import check_finite  # checkpoint imports the model, which imports this module
-
-    check_finite(path, model.state_dict())
 
 
 def _loading(path, model_name: str, load):

@@ -133,7 +133,7 @@ def test_non_finite_weights_are_refused_naming_the_file_and_tensor(tmp_path, val
     with pytest.raises(CheckpointError, match=message):
         load_model(path)
     with pytest.raises(CheckpointError, match=message):  # every runtime's checkpoint goes through load_model
-        Segmenter.from_engine(path, threads=1)
+        Segmenter.from_engine(path)  # no threads=: it would stay set for later tests
     load_model(default_checkpoint())
 
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..devices import torch_device
 from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error, warn
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -163,7 +164,7 @@ class TorchBackend(Backend):
         from .compiled import autocast_forward, compile_forward
         from .cuda_graphs import GraphRunner, TorchGraphs
 
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         info = read_checkpoint_info(path)
         model, _ = load_model(path)
         self.model = model.float().eval().to(self.device)
@@ -214,20 +215,6 @@ def _onnxruntime():
             "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
         ) from None
     return onnxruntime
-
-
-def _torch_device(device: Optional[str]) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__})")
-    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return chosen
 
 
 def onnx_providers(ort, device: Optional[str] = None) -> List[Any]:
@@ -528,7 +515,7 @@ def open_backend(
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(path, threads=threads, device=device)
     if device is not None:
-        chosen = _torch_device(device)
+        chosen = torch_device(device)
         if chosen.type != "cuda" or chosen.index not in (None, torch.cuda.current_device()):
             raise InputError(f"device {device!r}: a TensorRT engine runs on the current CUDA device "
                              "(choose it with CUDA_VISIBLE_DEVICES)")

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path, output_folder, refuse_unwritable
-from ..checkpoint import FORMAT, check_finite, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
+from ..checkpoint import FORMAT, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
 from ..clip import create_clip, create_tokenizer
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
@@ -40,6 +40,7 @@ from ..mask_classifier import text_rows, with_void
 from ..model import FisaModel, create_model
 from ..preprocess import normalize_images
 from ..simo import select_trainable
+from ..weights import check_finite
 from .losses import LossWeights, feature_preservation, resize_targets, set_loss
 
 STAGES = ("clip", "generator", "adapt")
