@@ -207,7 +207,7 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
     model, _ = load_model(checkpoint)
     written: Dict[str, str] = {}
 
-    text_path = onnx_export.export_text_encoder(model, paths["text"], overwrite=args.overwrite)
+    text_path = onnx_export.export_text_encoder(model, paths["text"])  # a new file in the staging folder
     onnx_checks.check_graph(text_path, "portable")
     shutil.copyfile(find_vocab_file(), tokenizer)
     cfg = model.cfg
@@ -240,7 +240,7 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
 
     for flavour in ("portable", "fused"):
         onnx_export.export_image_model(
-            model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic, overwrite=args.overwrite
+            model, paths[flavour], flavour, args.input_dtype, semantic=args.semantic
         )
         if not args.no_simplify:
             onnx_checks.simplify(paths[flavour])
