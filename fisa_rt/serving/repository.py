@@ -466,12 +466,25 @@ def check_ensemble(configs: Dict[str, object]) -> None:
             raise InputError(f"ensemble fisa's output {name!r} {spec} is not what its steps produce")
 
 
-def export_repository(artefact: str, repository: str, backend: Optional[str], options: PythonModelOptions,
-                      overwrite: bool = False) -> List[str]:
-    """The repository for ``artefact`` (a build_engine.py folder: its best artefact here); the lines to print."""
+def served_artefact(path: str) -> str:
+    """A build folder's artefact for a repository: its best one here, except that the portable ONNX stands in for
+    the ONNX Runtime-optimised one. A repository is for a server, most often another machine with a GPU, and that
+    graph holds ONNX Runtime's CPU fusions (BiasGelu, FusedMatMul: contrib ops TensorRT cannot take), which
+    ONNX Runtime says to run only on the hardware and execution provider that made them."""
     from ..runtime.backends import resolve_artefact
 
-    artefact = resolve_artefact(artefact)
+    artefact = resolve_artefact(path)
+    if os.path.isdir(path) and artefact.endswith(".portable.ort.onnx"):
+        portable = artefact[: -len(".ort.onnx")] + ".onnx"
+        if os.path.isfile(portable):
+            return portable
+    return artefact
+
+
+def export_repository(artefact: str, repository: str, backend: Optional[str], options: PythonModelOptions,
+                      overwrite: bool = False) -> List[str]:
+    """The repository for ``artefact`` (a build_engine.py folder: ``served_artefact``); the lines to print."""
+    artefact = served_artefact(artefact)
     if not os.path.isfile(artefact):
         raise InputError(f"engine {artefact} does not exist")
     models = {**python_model(artefact, backend, options), **production_models(artefact, options)}
