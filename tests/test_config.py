@@ -21,6 +21,14 @@ def test_config_json_round_trip(name):
     assert again == cfg
 
 
+def test_the_fisa_adapted_fcclip_is_fcclip_plus_seve_only():
+    """docs/weights.md: trained from FC-CLIP's checkpoint, so it resizes, pads and classifies as FC-CLIP tests."""
+    fcclip, fisa = get_model_config("fcclip-convnext-l").to_dict(), get_model_config("fisa-fcclip-convnext-l").to_dict()
+    changed = sorted(k for k in fcclip if fcclip[k] != fisa[k])
+    assert changed == ["name", "seve", "simo"]
+    assert fisa["seve"] == {**fcclip["seve"], "layers": [1, 2]} and fisa["simo"]["trainable"] == ["backbone.seve"]
+
+
 def test_unknown_config_name_lists_valid_ones():
     with pytest.raises(ConfigError, match="unknown model config 'fisa-huge'.*fisa-tiny"):
         get_model_config("fisa-huge")
