@@ -141,8 +141,9 @@ def _train(args: argparse.Namespace) -> None:
         first, last = result.losses[0] if result.losses else float("nan"), (
             result.losses[-1] if result.losses else float("nan")
         )
+        resumed = f" (resumed at step {result.resumed_at})" if result.resumed_at else ""
         print(
-            f"wrote {result.out}: {result.steps} steps, loss {first:.3f} -> {last:.3f}, "
+            f"wrote {result.out}: {result.steps} steps{resumed}, loss {first:.3f} -> {last:.3f}, "
             f"{result.seconds_per_step * 1000:.0f} ms/step, trainable {result.trainable:,} of {result.total:,}"
         )
 

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Trains the embedded default model (fisa-tiny on the synthetic set) and its two baselines, from
 # nothing, with the project's own commands. CPU: about an hour on 2 cores. Output under $RUNS (runs/).
+#
+#   RUNS=runs scripts/train-default-model.sh      # from any folder; the data is made once, if missing
+# -h/--help prints this header.
 set -euo pipefail
+case "${1:-}" in
+  -h | --help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;  # the header is the help
+  "") ;;
+  *) echo "$0 takes no arguments: settings are environment variables (see --help)" >&2; exit 2 ;;
+esac
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-runs}
 mkdir -p "$RUNS"
 [ -f "$RUNS/data/annotations/panoptic_val.json" ] || fisa-rt make-data --out "$RUNS/data" --train 3000 --val 300 \
@@ -9,7 +18,7 @@ mkdir -p "$RUNS"
 # 1. tiny CLIP, contrastive on scene captions and (half of the pairs) single-segment crops with their class prompt
 fisa-rt train clip --data "$RUNS/data" --out "$RUNS/clip.safetensors" --steps 1000 --batch-size 32 --lr 1e-3 \
   --warmup 100 --weight-decay 0.1 --region-captions 0.5
-python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" "$RUNS/data" | tee "$RUNS/clip-crop-accuracy.txt"
+python "$ROOT/benchmarks/study/clip-crop-accuracy.py" "$RUNS/clip.safetensors" "$RUNS/data" | tee "$RUNS/clip-crop-accuracy.txt"
 # 2. mask generator on the frozen CLIP
 fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" \
   --steps 1000 --batch-size 16 --lr 5e-4 --warmup 100

@@ -72,9 +72,19 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_data, generator_checkpoi
     monkeypatch.setattr(trainer._Stage, "loss", real_loss)
     resumed = train(_adapt(synthetic_data, generator_checkpoint, interrupted))
     assert resumed.losses == pytest.approx(whole.losses, rel=1e-5)
+    assert (whole.resumed_at, resumed.resumed_at) == (0, 2)  # the state saved every 2 steps, before step 3
     a, b = load_file(whole.out), load_file(str(interrupted))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_progress_bar_reads_the_losses_without_a_warning(synthetic_data, generator_checkpoint, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_adapt(synthetic_data, generator_checkpoint, tmp_path / "bar.safetensors", steps=2, progress=True))
+    assert not [str(w.message) for w in caught if "requires_grad" in str(w.message)]
 
 
 def test_existing_output_is_not_overwritten(synthetic_data, generator_checkpoint, tmp_path):

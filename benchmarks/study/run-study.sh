@@ -18,6 +18,7 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the header above is t
   sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'
   exit 0
 fi
+STUDY=$(cd "$(dirname "$0")" && pwd)  # its scripts by their path, so the study runs from any folder
 RUNS=${RUNS:-runs/study}
 PRETRAIN=${PRETRAIN:-3000}; TRAIN=${TRAIN:-3000}; VAL=${VAL:-300}
 CLIP_STEPS=${CLIP_STEPS:-1000}; GEN_STEPS=${GEN_STEPS:-1000}
@@ -37,13 +38,13 @@ mkdir -p "$RUNS"
 [ -f "$RUNS/clip.safetensors" ] || fisa-rt train clip --split pretrain --data "$DATA" --out "$RUNS/clip.safetensors" \
   --steps "$CLIP_STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --weight-decay 0.1 --region-captions 0.5 --no-progress \
   | tee "$RUNS/clip.log"
-[ -s "$RUNS/clip-crop-accuracy.txt" ] || python benchmarks/study/clip-crop-accuracy.py "$RUNS/clip.safetensors" \
+[ -s "$RUNS/clip-crop-accuracy.txt" ] || python "$STUDY/clip-crop-accuracy.py" "$RUNS/clip.safetensors" \
   "$DATA" | tee "$RUNS/clip-crop-accuracy.txt"
 # 3. stage 2: the mask generator, on seen classes only; its masks on each group
 [ -f "$RUNS/generator.safetensors" ] || fisa-rt train generator --data "$DATA" --init "$RUNS/clip.safetensors" \
   --out "$RUNS/generator.safetensors" --steps "$GEN_STEPS" --batch-size 16 --lr 5e-4 --warmup 100 --no-progress \
   | tee "$RUNS/generator.log"
-[ -s "$RUNS/mask-quality.json" ] || python benchmarks/study/mask-quality.py "$RUNS/generator.safetensors" "$DATA" \
+[ -s "$RUNS/mask-quality.json" ] || python "$STUDY/mask-quality.py" "$RUNS/generator.safetensors" "$DATA" \
   --json "$RUNS/mask-quality.json"
 # 4. stage 3, each method and seed; snapshots give the accuracy-against-length curve of one schedule.
 #    frozen, simo (FISA), full, simo-only: the presets (simo-only added after the ablation, issue 15); then issue 23's
@@ -89,12 +90,12 @@ runs() { xargs -P "$JOBS" -L 1 bash -c 'adapt_run "$@"' _; }
 # the weight candidates first (side by side), so the chosen weight then runs beside the other methods
 for weight in $DISTILL_WEIGHTS; do echo "seve-distill-w$weight $SELECT_SEED"; done | runs
 # shellcheck disable=SC2086
-chosen=$(python benchmarks/study/pick-distill-weight.py "$RUNS" --weights $DISTILL_WEIGHTS --seed "$SELECT_SEED" \
+chosen=$(python "$STUDY/pick-distill-weight.py" "$RUNS" --weights $DISTILL_WEIGHTS --seed "$SELECT_SEED" \
   --step "$ADAPT_STEPS")
 for seed in $SEEDS; do for method in $METHODS "seve-distill-w$chosen"; do echo "$method $seed"; done; done | runs
 # 5. cost per step (interleaved, CPU time and memory) on the study's own generator checkpoint
-[ -f "$RUNS/step-cost.json" ] || python benchmarks/study/step-cost.py --data "$DATA" \
+[ -f "$RUNS/step-cost.json" ] || python "$STUDY/step-cost.py" --data "$DATA" \
   --init "$RUNS/generator.safetensors" --steps "$COST_STEPS" --rounds "$COST_ROUNDS" --threads 1 \
   --json "$RUNS/step-cost.json" | tee "$RUNS/step-cost.md"
 # 6. the tables docs/training.md quotes
-python benchmarks/study/study-table.py "$RUNS" --steps $SNAPSHOTS "$ADAPT_STEPS" --seeds $SEEDS | tee "$RUNS/tables.md"
+python "$STUDY/study-table.py" "$RUNS" --steps $SNAPSHOTS "$ADAPT_STEPS" --seeds $SEEDS | tee "$RUNS/tables.md"

@@ -122,6 +122,7 @@ class TrainResult:
     seconds_per_step: float = 0.0
     trainable: int = 0
     total: int = 0
+    resumed_at: int = 0  # the step a run resumed from its training state at (0: a fresh run)
 
 
 class Distributed:
@@ -537,7 +538,7 @@ def _train(cfg: TrainConfig, env: Distributed) -> TrainResult:
             losses.append(value)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
+                progress.set_postfix({k: f"{float(torch.as_tensor(v).detach()):.3f}" for k, v in terms.items()})
             if env.main and step + 1 in cfg.snapshots:
                 stage.save(snapshot_path(cfg.out, step + 1), step + 1)
             if env.main and ((step + 1) % cfg.save_every == 0) and step + 1 < cfg.steps:
@@ -555,5 +556,5 @@ def _train(cfg: TrainConfig, env: Distributed) -> TrainResult:
     total = sum(p.numel() for p in stage.model.parameters())
     return TrainResult(
         out=cfg.out, steps=cfg.steps, losses=losses, seconds_per_step=elapsed / max(1, cfg.steps - start),
-        trainable=sum(p.numel() for p in trainable), total=total,
+        trainable=sum(p.numel() for p in trainable), total=total, resumed_at=start,
     )
