@@ -22,6 +22,9 @@ def test_files_and_classes(tmp_path):
     v = vocab.from_file(str(txt))
     assert v.names == ["person, man, woman", "sky", "car"] and v.is_thing == [True, False, True]
     assert vocab.resolve(classes="cat, dog").names == ["cat", "dog"]
+    # the file's :stuff suffix works in --classes too, so a panoptic run can merge a stuff class into one segment
+    marked = vocab.resolve(classes="cat, grass:stuff, sky : Stuff, car:thing")
+    assert marked.names == ["cat", "grass", "sky", "car"] and marked.is_thing == [True, False, False, True]
     assert vocab.resolve(vocab="coco-panoptic").names[0].startswith("person")
     for bad, message in [
         ({"classes": " , "}, r"classes \(--classes\) holds no class name"),

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,11 +67,19 @@ def _is_flag(value) -> bool:
     return isinstance(value, (bool, int, np.bool_, np.integer)) and value in (0, 1)
 
 
+def _kind(name: str) -> Tuple[str, bool]:
+    """A name with an optional ``:stuff``/``:thing`` suffix -> (name, is_thing): a thing unless marked stuff, as
+    panoptic segmentation has no way to tell from a name alone."""
+    kind = _KIND_SUFFIX.search(name)
+    return (name[: kind.start()] if kind else name), not kind or kind.group(1).lower() != "stuff"
+
+
 def from_classes(text: str) -> Vocabulary:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise InputError("classes (--classes) holds no class name (give e.g. \"cat, dog, grass\")")
-    return Vocabulary(names)
+        raise InputError("classes (--classes) holds no class name (give e.g. \"cat, dog, grass:stuff\")")
+    names, things = zip(*map(_kind, names))
+    return Vocabulary(list(names), list(things))
 
 
 def _from_json(data: dict, where: str) -> Vocabulary:
@@ -125,9 +133,9 @@ def from_file(path: str) -> Vocabulary:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        kind = _KIND_SUFFIX.search(line)
-        names.append(line[: kind.start()] if kind else line)
-        things.append(not kind or kind.group(1).lower() != "stuff")
+        name, is_thing = _kind(line)
+        names.append(name)
+        things.append(is_thing)
     return Vocabulary(names, things)
 
 
