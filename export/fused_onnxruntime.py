@@ -25,7 +25,7 @@ from fisa_rt.kernels import plugin_launches
 from fisa_rt.kernels.onnx_ops import DOMAIN
 
 ARCH = 90  # whose tuned block sizes the launches take (the interpreter ignores warps and stages)
-HINT = "running the fused ONNX on ONNX Runtime needs onnxruntime-extensions: pip install 'fisa-rt[test]'"
+HINT = "running the fused ONNX on ONNX Runtime needs onnxruntime-extensions (pip install onnxruntime-extensions)"
 
 
 def _run(launch: plugin_launches.PluginLaunch, inputs, out_shape) -> np.ndarray:

@@ -14,7 +14,7 @@ and inserts the Casts between the two. The graph's inputs and outputs keep their
 fp32 text, fp32 outputs), so every runtime feeds the fp16 ONNX exactly like the fp32 one.
 
 ModelOpt stays out of the base install (``nvidia-modelopt[onnx]`` pins onnx and onnxruntime-gpu, which
-clashes with onnxruntime): ``pip install fisa-rt[tensorrt]`` installs it with only what AutoCast imports.
+clashes with onnxruntime): ``pip install -e '.[tensorrt]'`` installs it with only what AutoCast imports.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from fisa_rt.errors import MissingDependencyError
 FP32_OP_TYPES = ("LayerNormalization", "InstanceNormalization", "Softmax", "ReduceL2")
 DATA_MAX = 512.0
 MODELOPT_HINT = (
-    "NVIDIA ModelOpt is not installed: pip install 'fisa-rt[tensorrt]' (ModelOpt AutoCast and Q/DQ, without "
-    "its onnxruntime-gpu pin)"
+    "NVIDIA ModelOpt is not installed: pip install -e '.[tensorrt]' in fisa-rt's checkout (ModelOpt "
+    "AutoCast and Q/DQ, without its onnxruntime-gpu pin)"
 )
 
 

@@ -123,5 +123,5 @@ def test_without_modelopt_the_conversion_says_how_to_get_it(monkeypatch, tmp_pat
     from fisa_rt.export.mixed_precision import convert_fp16
 
     monkeypatch.setitem(sys.modules, "modelopt.onnx.autocast", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'fisa-rt\[tensorrt\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[tensorrt\]' in fisa-rt's checkout"):
         convert_fp16("x.onnx", str(tmp_path / "y.onnx"), {})

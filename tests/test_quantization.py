@@ -189,5 +189,5 @@ def test_bad_int8_options_fail_before_the_export(tmp_path, capsys, argv, message
 def test_without_modelopt_the_quantisation_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)
     calibration = quantization.CalibrationSet(np.zeros((1, 3, 8, 8), np.uint8), np.ones((1, 4), np.float32))
-    with pytest.raises(MissingDependencyError, match=r"pip install 'fisa-rt\[tensorrt\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[tensorrt\]' in fisa-rt's checkout"):
         quantization.quantize_onnx("x.onnx", str(tmp_path / "y.onnx"), "int8", calibration)

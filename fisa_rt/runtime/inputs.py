@@ -24,7 +24,7 @@ def _cv2():
         import cv2
     except ImportError:
         raise MissingDependencyError(
-            "video and camera input need OpenCV: pip install 'fisa-rt[video]' (opencv-python-headless)"
+            "video and camera input need OpenCV: pip install opencv-python-headless (or pip install -e '.[video]')"
         ) from None
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # failures are reported once, as an InputError
     return cv2
