@@ -347,16 +347,18 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fisa-rt", description="FISA open-vocabulary segmentation.")
-    parser.add_argument(
-        "--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks of errors"
-    )
+    # --debug before or after the verb; unset, it is absent from the namespace (SUPPRESS), so a verb's parser,
+    # whose namespace argparse copies over the main one, cannot undo `fisa-rt --debug VERB`
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
+    parser = _Parser(prog="fisa-rt", description="FISA open-vocabulary segmentation.", parents=[debug])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help_text: str, func) -> argparse.ArgumentParser:
         sub = verbs.add_parser(
             name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[debug],
         )
         sub.set_defaults(func=func)
         return sub
@@ -599,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_reporting_errors(lambda: args.func(args), args.debug, "fisa-rt")
+    return run_reporting_errors(lambda: args.func(args), getattr(args, "debug", False), "fisa-rt")
 
 
 if __name__ == "__main__":

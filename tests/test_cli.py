@@ -28,9 +28,19 @@ def test_user_error_is_one_line_without_traceback():
     assert "unknown model config 'fisa-huge'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_debug_shows_the_traceback():
-    result = run("--debug", "config", "fisa-huge")
-    assert result.returncode == 2 and "Traceback" in result.stderr  # a user error stays one (exit 2)
+@pytest.mark.parametrize("verb", [["--debug", "config", "fisa-huge"], ["config", "fisa-huge", "--debug"],
+                                  ["infer", "--engine", "{tmp}/none.onnx", "--vocab", "synthetic", "--out", "{tmp}/o",
+                                   "--debug"]])
+def test_debug_shows_the_traceback(verb, tmp_path):
+    """--debug before or after the verb, as build_engine.py takes it anywhere."""
+    result = run(*(arg.format(tmp=tmp_path) for arg in verb))
+    assert result.returncode == 2 and "Traceback" in result.stderr, result.stderr  # a user error stays one (exit 2)
+
+
+def test_debug_after_the_verb_is_in_its_help_and_no_debug_there_turns_it_off():
+    assert "--debug, --no-debug" in run("infer", "--help").stdout
+    result = run("--debug", "config", "fisa-huge", "--no-debug")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
 def test_a_closed_pipe_ends_quietly():

@@ -164,6 +164,46 @@ def test_eval_bench_and_inspect(artefacts, synthetic_data, tmp_path):
     assert "SEVE adapters: after [1, 2]; trained by: stage adapt, trainable simo, steps 600" in result.stdout
 
 
+def test_inspect_names_each_onnx_artefacts_precision_and_the_backend_that_runs_it(artefacts, tmp_path):
+    """The fp16 and Q/DQ builds record their precision in the manifest, the exported graphs none (fp32); the
+    header names the backend as --backend does, whether the manifest says "onnx" or "onnxruntime" (the fallback)."""
+    import shutil
+
+    from fisa_rt.export.manifest import read_manifest, write_manifest
+    from fisa_rt.runtime.inspect import describe
+
+    def inspect(path):
+        return "\n".join(describe(str(path)))
+
+    def edited(name, **fields):  # the portable graph, with a manifest as the fp16 or int8 build writes it
+        path = tmp_path / name
+        shutil.copy(artefacts["portable"], path)
+        kept = {k: v for k, v in read_manifest(artefacts["portable"]).items() if k not in ("file", "sha256")}
+        write_manifest(str(path), {**kept, "precision": fields.pop("precision"), **fields})
+        return inspect(path)
+
+    for artefact in ("portable", "ort"):
+        out = inspect(artefacts[artefact])
+        assert "image-model for onnxruntime (portable graph)" in out and "\n  precision fp32\n" in out, out
+    assert "image-model for tensorrt (fused graph)" in inspect(artefacts["fused"])
+    assert "\n  precision fp32\n" in inspect(artefacts["text"])
+    out = edited("m.portable.fp16.onnx", precision="fp16", mixed_precision={"fp32_nodes": ["a", "b"], "nodes": 9})
+    assert "for onnxruntime" in out and "\n  precision fp16 (ModelOpt AutoCast; 2 of 9 nodes kept fp32)\n" in out
+    figures = {"images": 3, "min_prob_cosine": 0.995, "stable_queries": 0.9, "label_agreement": 0.98,
+               "min_label_agreement": 0.97, "mask_cosine": 0.999, "max_abs_mask_logit": 0.5,
+               "largest_abs_mask_logit": 9.0, "calibrated_on_these_images": False}
+    recipe = {"op_types_to_exclude": ["Softmax"], "scopes_kept": ["classifier"], "calibration_method": "max",
+              "high_precision": "fp16", "disable_mha_qdq": False}
+    quantization = {"precision": "int8", "recipe": recipe, "calibration": {"images": 16},
+                    "qdq_nodes": {"QuantizeLinear": 40, "DequantizeLinear": 80}, "parity": figures}
+    out = edited("m.portable.int8.qdq.onnx", precision="int8", quantization=quantization)
+    assert ("\n  precision int8 (ModelOpt Q/DQ; 40 QuantizeLinear nodes, max calibration on 16 images; kept fp16: "
+            "classifier, Softmax)\n  ONNX Runtime check against fp32: 3 images: class-probability cosine >= 0.9950"
+            in out), out
+    out = edited("m.portable.fp8.qdq.onnx", precision="fp8", quantization={**quantization, "parity": {}})
+    assert "precision fp8 (ModelOpt Q/DQ;" in out and "not checked on ONNX Runtime" in out
+
+
 def test_every_verb_has_help_with_examples():
     for verb in ("infer", "encode-vocab", "eval", "bench", "inspect", "train", "demo"):
         result = run(verb, "--help")

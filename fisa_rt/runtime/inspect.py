@@ -55,6 +55,33 @@ def _vocabulary_part(model) -> List[str]:
     ]
 
 
+def _precision(m) -> List[str]:
+    """What an ONNX graph computes in: the fp16 and Q/DQ builds record it with how they were made; the exported
+    graphs, the ONNX Runtime fallback and the text encoder record none, being fp32."""
+    precision, mixed, quant = m.get("precision", "fp32"), m.get("mixed_precision"), m.get("quantization")
+    if mixed:  # the build's own wording (export/build_engine.py)
+        return [f"  precision {precision} (ModelOpt AutoCast; {len(mixed.get('fp32_nodes', []))} of "
+                f"{mixed.get('nodes')} nodes kept fp32)"]
+    if not quant:
+        return [f"  precision {precision}"]
+    from fisa_rt.export.parity import summary
+
+    recipe, figures = quant.get("recipe") or {}, quant.get("parity")
+    kept = list(recipe.get("scopes_kept") or []) + list(recipe.get("op_types_to_exclude") or [])
+    if figures:
+        seen = " (calibrated on its images)" if figures.get("calibrated_on_these_images") else ""
+        parity = f"  ONNX Runtime check against fp32{seen}: {summary(figures)}"
+    else:  # the build could not run the graph on ONNX Runtime's CPU kernels (fp8) and recorded no figures
+        parity = "  not checked on ONNX Runtime: it could not run this Q/DQ graph on the CPU"
+    return [
+        f"  precision {precision} (ModelOpt Q/DQ; {(quant.get('qdq_nodes') or {}).get('QuantizeLinear')} "
+        f"QuantizeLinear nodes, {recipe.get('calibration_method')} calibration on "
+        f"{(quant.get('calibration') or {}).get('images')} images; kept {recipe.get('high_precision')}: "
+        f"{', '.join(kept) or 'nothing'})",
+        parity,
+    ]
+
+
 def _kernel_choices() -> List[str]:
     from fisa_rt.kernels.dispatch import describe_choices
 
@@ -92,9 +119,12 @@ def describe(path: str) -> List[str]:
             f"{path}: text encoder of model {m.get('model')} (ONNX Runtime, CPU), templates {m.get('templates')}, "
             f"context {m.get('context_length')} tokens, text dim {m.get('embed_dim')}, tokenizer {m.get('tokenizer')}",
             f"  built {m.get('created')} from {m.get('checkpoint', {}).get('file')}; sha256 {m.get('sha256', '')[:16]}",
-        ] + mismatch + _onnx_io(_load_onnx(path))
+        ] + _precision(m) + mismatch + _onnx_io(_load_onnx(path))
+    # the backend that runs it, as --backend names it: a manifest's "backend" is "onnx" for the exported graphs
+    # and "onnxruntime" for the fallback, both run by ONNX Runtime; the fused graph only in a TensorRT engine
+    runs_in = "tensorrt" if kind == "onnxruntime" and m.get("flavour") == "fused" else kind
     lines = [
-        f"{path}: {m.get('kind')} for {m.get('backend')} ({m.get('flavour', '-')} graph), model {m.get('model')}",
+        f"{path}: {m.get('kind')} for {runs_in} ({m.get('flavour', '-')} graph), model {m.get('model')}",
         f"  image {m.get('image_size')}x{m.get('image_size')} {m.get('input_dtype')}, text dim {m.get('embed_dim')}, "
         f"{m.get('num_queries')} queries, templates {m.get('templates')}, synonyms {m.get('synonyms', 'mean')}, "
         f"in-graph semantic map: {m.get('semantic')}",
@@ -103,7 +133,7 @@ def describe(path: str) -> List[str]:
     lines += mismatch
     if kind == "onnxruntime":
         model = _load_onnx(path)
-        lines += _onnx_io(model)
+        lines += _precision(m) + _onnx_io(model)
         ops = m.get("ops") or {}
         custom = {k: v for k, v in ops.items() if "::" in k}
         if custom:
