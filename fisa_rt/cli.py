@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the first image of each shape, cached under ~/.cache/fisa-rt/inductor)")
 
     def vocabulary_options(sub):
-        sub.add_argument("--classes", help='comma-separated class names, e.g. "cat, dog, grass"')
+        sub.add_argument("--classes", help='comma-separated class names, things unless marked :stuff, '
+                         'e.g. "cat, dog, grass:stuff"')
         sub.add_argument(
             "--vocab", help="a shipped vocabulary (coco-panoptic, ade20k-150, synthetic) or a .txt/.json file"
         )
