@@ -18,7 +18,8 @@ mkdir -p "$RUNS"
 # 1. tiny CLIP, contrastive on scene captions and (half of the pairs) single-segment crops with their class prompt
 fisa-rt train clip --data "$RUNS/data" --out "$RUNS/clip.safetensors" --steps 1000 --batch-size 32 --lr 1e-3 \
   --warmup 100 --weight-decay 0.1 --region-captions 0.5
-python "$ROOT/benchmarks/study/clip-crop-accuracy.py" "$RUNS/clip.safetensors" "$RUNS/data" | tee "$RUNS/clip-crop-accuracy.txt"
+python "$ROOT/benchmarks/study/clip-crop-accuracy.py" "$RUNS/clip.safetensors" "$RUNS/data" \
+  | tee "$RUNS/clip-crop-accuracy.txt"
 # 2. mask generator on the frozen CLIP
 fisa-rt train generator --data "$RUNS/data" --init "$RUNS/clip.safetensors" --out "$RUNS/generator.safetensors" \
   --steps 1000 --batch-size 16 --lr 5e-4 --warmup 100

@@ -109,8 +109,8 @@ def test_fisa_ablation_puts_one_half_back(broad_val, tmp_path):
         assert set(json.load(f)) >= {"seen", "novel_composition", "novel_concept"}
 
 
-@pytest.mark.parametrize("script", [os.path.join(SCRIPTS, "run-study.sh"), os.path.join(SCRIPTS, "compare-baselines.sh"),
-                                    os.path.join(SCRIPTS, "..", "..", "scripts", "train-default-model.sh")])
+@pytest.mark.parametrize("script", [os.path.join(SCRIPTS, name) for name in ("run-study.sh", "compare-baselines.sh")]
+                         + [os.path.join(SCRIPTS, "..", "..", "scripts", "train-default-model.sh")])
 def test_the_shell_scripts_answer_help_with_their_settings(script, tmp_path):
     # from another folder, which must stay empty: --help trains nothing
     done = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
