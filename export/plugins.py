@@ -23,6 +23,7 @@ Node <-> plugin contract (``kernels/onnx_ops.py``): ``fisa_rt::AdapterAttention(
 
 # No `from __future__ import annotations`: tensorrt.plugin validates the decorated functions' annotations
 # as classes (tensorrt/plugin/_validate.py), and postponed annotations would be strings.
+import ctypes
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from fisa_rt.errors import InputError, MissingDependencyError
@@ -50,17 +51,45 @@ def plugin_arch(capability: Sequence[int]) -> int:
             f"{targets.describe(capability)}: build the portable flavour (--flavour portable), which TensorRT "
             "compiles for any GPU it supports"
         )
+    row = targets.target(arch)
     try:
-        targets.check_assembles(targets.target(arch))  # here, not from inside TensorRT's build
+        targets.check_assembles(row)  # here, not from inside TensorRT's build
     except targets.TritonTooOld as exc:
         raise MissingDependencyError(f"{exc}, or build the portable flavour (--flavour portable)") from None
+    driver = driver_cuda()
+    if driver is not None:
+        check_driver_reads(targets.declared_isa(row), f"the fused engine for {row.gpu_name}", driver)
     return arch
 
 
 def ptx_record(arch: int) -> Dict[str, Any]:
     """What the manifest records about the embedded PTX's target."""
     row = targets.target(arch)
-    return {"arch": f"sm_{arch}", "gpu": row.name, "ptx_isa": None if row.ptx_isa is None else row.ptx_isa / 10}
+    return {"arch": f"sm_{arch}", "gpu": row.name, "ptx_isa": targets.declared_isa(row) / 10}
+
+
+def driver_cuda() -> Optional[str]:
+    """The newest CUDA release the NVIDIA driver supports ("12.9"), or None where no driver loads."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int()
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return f"{version.value // 1000}.{version.value % 1000 // 10}"  # 12090 -> 12.9
+
+
+def check_driver_reads(isa: int, what: str, driver: Optional[str]) -> None:
+    """Refuse PTX of an ISA (x10) that ``driver`` (a CUDA release; None: not known, nothing refused) cannot JIT:
+    TensorRT would fail on it inside the build or the engine's load, without naming the driver."""
+    if driver is None or targets.isa_of_cuda(driver) >= isa:
+        return
+    raise MissingDependencyError(
+        f"{what} embeds PTX ISA {isa // 10}.{isa % 10}, which this NVIDIA driver (CUDA {driver}) cannot compile: "
+        f"install a driver for CUDA {targets.cuda_of_isa(isa)} or newer, or build the portable flavour "
+        "(--flavour portable)"
+    )
 
 
 _REGISTERED: List[Dict[str, Any]] = []
@@ -178,4 +207,4 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     return _REGISTERED
 
 
-__all__ = ["PLUGINS", "plugin_arch", "ptx_record", "register_plugins"]
+__all__ = ["PLUGINS", "check_driver_reads", "driver_cuda", "plugin_arch", "ptx_record", "register_plugins"]

@@ -215,10 +215,8 @@ def compile_spec(spec: KernelSpec) -> CompiledKernel:
         hint = [["tt.divisibility", PLUGIN_POINTER_ALIGNMENT]]
         attrs = {(i,): hint for i, t in enumerate(signature.values()) if t.startswith("*")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
-    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
-    if row.ptx_isa is not None:
-        options["ptx_version"] = row.ptx_isa
     with targets.ptxas_for(row):
+        options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, "ptx_version": targets.declared_isa(row)}
         compiled = triton.compile(source, target=GPUTarget("cuda", spec.arch, 32), options=options)
     ptx = compiled.asm["ptx"]
     if spec.params is not None:

@@ -211,9 +211,10 @@ def write_report(path: str, records: List[GateRecord], arches: Sequence[int]) ->
     for arch in arches:
         row = targets.target(arch)
         ptxas = targets.ptxas_path(row)
-        isa = f"ISA {row.ptx_isa // 10}.{row.ptx_isa % 10}" if row.ptx_isa else "ISA of that ptxas"
+        isa = targets.declared_isa(row)
         tool = f"{os.path.basename(ptxas)} (CUDA {NvidiaTool.from_path(ptxas).version})"
-        lines.append(f"| {row.gpu_name} {row.name} | {tool}, {isa} | {SHARED_LIMIT[arch] // 1024} KB |")
+        limit = SHARED_LIMIT[arch] // 1024
+        lines.append(f"| {row.gpu_name} {row.name} | {tool}, ISA {isa // 10}.{isa % 10} | {limit} KB |")
     lines += ["", "| kernel | config | target | regs | spill B | shared B | vec | cp.async | result |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r.kernel, _config_key(r.config), r.arch)):

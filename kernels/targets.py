@@ -8,6 +8,8 @@ Facts and their sources (docs/design.md, "Every current NVIDIA target"):
 - which ptxas: Triton 3.8 assembles sm_100 and newer with its ``ptxas-blackwell`` (CUDA 13.3), which no
   longer knows sm_101 (renamed sm_110 in CUDA 13); sm_101 is assembled by its CUDA 12.9 ``ptxas``, whose
   PTX ISA 8.8 is also the only one at which Triton's LLVM still selects sm_101a's tcgen05 instructions.
+  Triton 3.9 moves sm_90 to ``ptxas-blackwell`` (CUDA 13.4), so the PTX ISA is pinned per row, not left to
+  whichever ptxas a Triton bundles.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Target:
     shared_per_block: int  # bytes a block may opt into (dynamic shared memory)
     sms: Tuple[int, ...]  # SM counts of the products named, smallest first
     cuda: str  # CUDA releases whose driver reports this compute capability
-    ptx_isa: Optional[int] = None  # PTX ISA x10 the PTX declares; None: the one of Triton's ptxas for the arch
+    ptx_isa: int  # PTX ISA x10 the PTX declares (declared_isa: lower only where Triton's ptxas reads no higher)
     legacy_ptxas: bool = False  # assembled with Triton's CUDA 12.9 ptxas, not ptxas-blackwell
 
     @property
@@ -49,11 +51,13 @@ class Target:
 
 KB = 1024
 TARGETS: Dict[int, Target] = {t.arch: t for t in (
-    Target(80, "A100", 80, 163 * KB, (108,), "11.0+"),
-    Target(86, "RTX 30 / A10 / A40", 80, 99 * KB, (28, 72, 84), "11.1+"),
-    Target(87, "Jetson Orin", 87, 163 * KB, (8, 16), "11.4+ (JetPack 5-7)"),
-    Target(89, "RTX 40 / L4 / L40S", 80, 99 * KB, (24, 58, 128, 142), "11.8+"),
-    Target(90, "H100 / H200 / GH200", 90, 227 * KB, (114, 132), "11.8+"),
+    # PTX ISA 8.8 (CUDA 12.9), what Triton 3.8 writes: Triton 3.9 would write 9.4 for sm_90, which only CUDA 13.4
+    # drivers JIT, and a fused engine's PTX should not need a newer driver because a newer Triton built it.
+    Target(80, "A100", 80, 163 * KB, (108,), "11.0+", ptx_isa=88),
+    Target(86, "RTX 30 / A10 / A40", 80, 99 * KB, (28, 72, 84), "11.1+", ptx_isa=88),
+    Target(87, "Jetson Orin", 87, 163 * KB, (8, 16), "11.4+ (JetPack 5-7)", ptx_isa=88),
+    Target(89, "RTX 40 / L4 / L40S", 80, 99 * KB, (24, 58, 128, 142), "11.8+", ptx_isa=88),
+    Target(90, "H100 / H200 / GH200", 90, 227 * KB, (114, 132), "11.8+", ptx_isa=88),
     # Blackwell. PTX ISA: the first one that has the target (8.6 for sm_100/101, 8.7 for sm_120, 8.8 for
     # sm_103/121, 9.0 for sm_110), so the PTX JITs on the oldest driver that knows the GPU; ptxas checks that
     # every instruction exists at that ISA, which the static gate runs.
@@ -131,6 +135,36 @@ def _gpu_names(ptxas: str) -> frozenset:
         return frozenset()
     allowed = text.partition("--gpu-name")[2].partition("Allowed values for this option:")[2].split("\n\n")[0]
     return frozenset(re.findall(r"'([^']+)'", allowed))
+
+
+def isa_of_cuda(release: str) -> int:
+    """The highest PTX ISA (x10) CUDA ``release`` reads ("12.9" -> 88), as Triton maps it."""
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    return ptx_get_version(release)
+
+
+def cuda_of_isa(isa: int) -> str:
+    """The first CUDA 12 or newer release that reads PTX ISA ``isa`` (x10): 88 -> "12.9", 90 -> "13.0"."""
+    return next(f"{major}.{minor}" for major in range(12, 20) for minor in range(10)
+                if isa_of_cuda(f"{major}.{minor}") >= isa)
+
+
+@lru_cache(maxsize=None)
+def _ptxas_isa(ptxas: str) -> int:
+    """The highest PTX ISA (x10) ``ptxas`` reads."""
+    from triton.knobs import NvidiaTool
+
+    tool = NvidiaTool.from_path(ptxas)
+    if tool is None:
+        raise RuntimeError(f"{ptxas} --version names no CUDA release")
+    return isa_of_cuda(tool.version)
+
+
+def declared_isa(row: Target) -> int:
+    """The PTX ISA (x10) the PTX for ``row`` declares: the row's, or the highest the ptxas that assembles it reads
+    where that is lower (Triton 3.6's CUDA 12.8 ptxas: 8.7 for sm_80-90, as Triton itself would write)."""
+    return min(row.ptx_isa, _ptxas_isa(ptxas_path(row)))
 
 
 class TritonTooOld(RuntimeError):

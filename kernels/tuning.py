@@ -40,7 +40,12 @@ _ORIN: Dict[str, List[triton.Config]] = {
     "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
     "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=32)],
     "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
-    "mask_pool_fwd": [_cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128)],
+    # The TensorRT plugin embeds the first 128-channel config (plugin_launches.mask_pool_launch), so every
+    # generation lists it with 8 warps first: with 4, the plugin kernel needs 235-255 registers (sm_80: 255) under
+    # Triton 3.8 and spills 848 B on sm_90 under 3.9; with 8, 187-233 and no spills on any target.
+    "mask_pool_fwd": [
+        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=64, BLOCK_C=128), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128),
+    ],
     "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
     "cosine_logits": [_cfg(4, 3, BLOCK_M=64, BLOCK_K=64)],
 }
@@ -66,9 +71,9 @@ _HOPPER: Dict[str, List[triton.Config]] = {
     "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64), _cfg(8, 2, BLOCK_Q=64, BLOCK_N=64)],
     # Mask weights sampled once: blocks of masks x blocks of feature cells.
     "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
-    # Pooling GEMM: mask blocks x channel blocks, looping over feature cells.
+    # Pooling GEMM: mask blocks x channel blocks, looping over feature cells (128 channels: 8 warps first, see Orin).
     "mask_pool_fwd": [
-        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128),
+        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=64, BLOCK_C=128), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128),
         _cfg(8, 3, BLOCK_Q=128, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=128, BLOCK_C=128),
     ],
     # Feature gradient: channel blocks x cell blocks, looping over masks (fp32 products: 8 warps, or it spills).
@@ -93,7 +98,10 @@ _THOR: Dict[str, List[triton.Config]] = {
     "mask_attention_combine": [_cfg(4, 1, BLOCK_Q=16)],
     "mask_attention_sparse_bwd": [_cfg(4, 2, BLOCK_Q=64, BLOCK_N=64)],
     "mask_weights": [_cfg(4, 1, BLOCK_Q=16, BLOCK_HW=128)],
-    "mask_pool_fwd": [_cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128)],
+    # 128 channels: 8 warps first, see Orin
+    "mask_pool_fwd": [
+        _cfg(4, 3, BLOCK_Q=64, BLOCK_C=64), _cfg(8, 3, BLOCK_Q=64, BLOCK_C=128), _cfg(4, 3, BLOCK_Q=64, BLOCK_C=128),
+    ],
     "mask_pool_bwd": [_cfg(8, 2, BLOCK_C=64, BLOCK_HW=64)],
     "cosine_logits": [_cfg(4, 3, BLOCK_M=64, BLOCK_K=64), _cfg(8, 3, BLOCK_M=64, BLOCK_K=128)],
 }

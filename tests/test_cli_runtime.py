@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fisa_rt import CheckpointError, InputError
+from fisa_rt import CheckpointError, InputError, MissingDependencyError
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.backends import Backend, check_engine_compatibility
 from fisa_rt.runtime.results import rle_decode
@@ -384,6 +384,23 @@ def test_engines_for_another_tensorrt_or_gpu_are_refused_with_the_rebuild_comman
     )
 
 
+def test_a_fused_engine_is_refused_where_the_driver_cannot_read_its_plugins_ptx():
+    """TensorRT would fail on the PTX inside the load without naming the driver; an engine moved to a machine
+    with the same GPU but an older driver is refused first, in one line."""
+    built = {"version": "10.9.0", "compute_capability": [9, 0], "precision": "fp32"}
+    fused = {"tensorrt": {**built, "plugin_ptx": {"arch": "sm_90", "gpu": "H100 / H200 / GH200", "ptx_isa": 8.8}}}
+    check_engine_compatibility(fused, "10.9.0", (9, 0), "e.engine", driver="12.9")
+    check_engine_compatibility(fused, "10.9.0", (9, 0), "e.engine")  # no driver found: TensorRT is the judge
+    with pytest.raises(MissingDependencyError, match=r"^e\.engine embeds PTX ISA 8\.8, which this NVIDIA driver "
+                       r"\(CUDA 12\.4\) cannot compile: install a driver for CUDA 12\.9 or newer, or build the "
+                       r"portable flavour \(--flavour portable\)$"):
+        check_engine_compatibility(fused, "10.9.0", (9, 0), "e.engine", driver="12.4")
+    check_engine_compatibility({"tensorrt": built}, "10.9.0", (9, 0), "e.engine", driver="12.4")  # portable
+    # the version and GPU checks come first: a rebuild there fixes everything
+    with pytest.raises(CheckpointError, match="this is TensorRT 10.3.0"):
+        check_engine_compatibility(fused, "10.3.0", (9, 0), "e.engine", driver="12.4")
+
+
 def test_engine_refusals_name_both_targets_in_one_line():
     """Thor's two names, a desktop engine on a Jetson, a GPU the table does not know, and the two runtimes."""
     thor_cuda12 = {"tensorrt": {"version": "10.13.3", "compute_capability": [10, 1], "precision": "fp32"}}
@@ -410,7 +427,6 @@ def test_the_builder_takes_tensorrt_rtx_where_tensorrt_is_missing(monkeypatch):
     import sys
     import types
 
-    from fisa_rt.errors import MissingDependencyError
     from fisa_rt.export import tensorrt_builder
 
     rtx = types.ModuleType("tensorrt_rtx")

@@ -365,12 +365,15 @@ class TensorRTBackend(Backend):
                 "TensorRT is not installed: pip install tensorrt (RTX GPUs: or tensorrt-rtx) "
                 "(Jetson: it comes with JetPack 6/7); or run the model's .onnx with ONNX Runtime"
             ) from None
+        from fisa_rt.export.plugins import driver_cuda
+
         check_engine_compatibility(
             self.manifest,
             trt.__version__,
             torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
             path,
             runtime_name(trt),
+            driver_cuda(),
         )
         if self.manifest["tensorrt"].get("plugins"):
             from fisa_rt.export.plugins import register_plugins
@@ -430,10 +433,11 @@ class TensorRTBackend(Backend):
 
 
 def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capability, path: str,
-                               runtime: str = "TensorRT") -> None:
+                               runtime: str = "TensorRT", driver: Optional[str] = None) -> None:
     """A serialized engine runs only on the runtime (TensorRT or TensorRT-RTX), version and GPU it was built
-    for (unless built version-compatible; TensorRT-RTX engines run on every RTX GPU): refuse early, in one
-    line naming both sides, with the command that fixes it."""
+    for (unless built version-compatible; TensorRT-RTX engines run on every RTX GPU), and a fused one only
+    where the NVIDIA driver (``driver``: its CUDA release) reads its plugins' PTX: refuse early, in one line
+    naming both sides, with the command that fixes it."""
     from fisa_rt.kernels.targets import RENAMED, arch_of, describe
 
     built = manifest.get("tensorrt") or {}
@@ -458,6 +462,11 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
         raise CheckpointError(
             f"{path} was built for {describe(wanted)}, this GPU is {describe(capability)}{why}: {rebuild}"
         )
+    isa = (built.get("plugin_ptx") or {}).get("ptx_isa")  # a fused engine's (older manifests: sm_100 and newer)
+    if isa:
+        from fisa_rt.export.plugins import check_driver_reads
+
+        check_driver_reads(round(isa * 10), path, driver)
 
 
 def resolve_artefact(path: str, backend: Optional[str] = None) -> str:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from fisa_rt.kernels.aot import KERNELS, compile_kernel
+from fisa_rt.kernels.targets import TARGETS, declared_isa
 
 
 def _compile_all(out, arches, dtype):
@@ -30,6 +31,8 @@ def test_all_kernels_compile_to_ptx_for_orin_and_hopper(tmp_path):
         ptx = (out / record["file"]).read_text()
         target = "sm_90a" if record["arch"] == 90 else "sm_87"
         assert f".target {target}" in ptx, record["file"]
+        isa = declared_isa(TARGETS[record["arch"]])
+        assert f"\n.version {isa // 10}.{isa % 10}\n" in ptx, record["file"]  # the table's, not Triton's ptxas's
         assert f".entry {record['entry']}(" in ptx
         assert record["entry"] == KERNELS[record["kernel"]][1]
         # Orin has 164 KB of shared memory per block at most, H100 227 KB: the tuned configs must fit

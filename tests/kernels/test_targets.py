@@ -33,6 +33,23 @@ def test_shared_memory_and_ptxas_per_target():
         targets.target(130)
 
 
+def test_the_ptx_isa_is_the_tables_whichever_ptxas_triton_bundles(tmp_path, monkeypatch):
+    """Triton 3.9 assembles sm_90 with CUDA 13.4's ptxas, whose own ISA 9.4 only CUDA 13.4 drivers JIT: the PTX
+    still declares the table's 8.8. A ptxas older than that (Triton 3.6's CUDA 12.8) declares its own 8.7."""
+    def ptxas(release):
+        path = tmp_path / f"ptxas-{release}"
+        path.write_text(f'#!/bin/sh\necho "Cuda compilation tools, release {release}, V{release}.1"\n')
+        path.chmod(0o755)
+        return str(path)
+
+    for release, isa in (("13.4", {90: 88, 87: 88, 100: 86, 110: 90}), ("12.8", {90: 87, 87: 87, 100: 86})):
+        monkeypatch.setattr(targets, "ptxas_path", lambda row, path=ptxas(release): path)
+        assert {arch: targets.declared_isa(targets.target(arch)) for arch in isa} == isa, release
+    # sm_80-90: CUDA 12.9's ISA; Blackwell: the ISA of the first CUDA that knew the GPU
+    assert {row.ptx_isa for arch, row in targets.TARGETS.items() if arch <= 90} == {88}
+    assert all(86 <= row.ptx_isa <= 90 for row in targets.TARGETS.values())
+
+
 def test_every_generation_is_tuned_and_sized_for_its_chips():
     generations = {row.generation for row in targets.TARGETS.values()}
     for name, per_generation in tuning.TUNING.items():
