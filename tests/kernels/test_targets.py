@@ -45,6 +45,12 @@ def test_the_ptx_isa_is_the_tables_whichever_ptxas_triton_bundles(tmp_path, monk
     for release, isa in (("13.4", {90: 88, 87: 88, 100: 86, 110: 90}), ("12.8", {90: 87, 87: 87, 100: 86})):
         monkeypatch.setattr(targets, "ptxas_path", lambda row, path=ptxas(release): path)
         assert {arch: targets.declared_isa(targets.target(arch)) for arch in isa} == isa, release
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    releases = [f"{major}.{minor}" for major in (11, 12, 13, 14) for minor in range(10)]
+    assert [targets.isa_of_cuda(r) for r in releases] == [ptx_get_version(r) for r in releases]
+    first = {84: "12.4", 85: "12.5", 87: "12.8", 88: "12.9", 90: "13.0", 94: "13.4"}
+    assert {isa: targets.cuda_of_isa(isa) for isa in first} == first
     # sm_80-90: CUDA 12.9's ISA; Blackwell: the ISA of the first CUDA that knew the GPU
     assert {row.ptx_isa for arch, row in targets.TARGETS.items() if arch <= 90} == {88}
     assert all(86 <= row.ptx_isa <= 90 for row in targets.TARGETS.values())
