@@ -138,8 +138,8 @@ def _gpu_names(ptxas: str) -> frozenset:
 
 
 def isa_of_cuda(release: str) -> int:
-    """The highest PTX ISA (x10) CUDA ``release`` reads ("12.9" -> 88): Triton's map (``ptx_get_version``, which
-    the tests compare it with), written out because a fused engine's load checks it where Triton may be absent."""
+    """The highest PTX ISA (x10) CUDA ``release`` reads ("12.9" -> 88): Triton's map, written out rather than
+    taken from Triton's private ``ptx_get_version`` (the tests compare the two)."""
     major, minor = (int(part) for part in release.split(".")[:2])
     if major >= 13:
         return 90 + (major - 13) * 10 + minor

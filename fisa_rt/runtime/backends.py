@@ -462,7 +462,8 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
         raise CheckpointError(
             f"{path} was built for {describe(wanted)}, this GPU is {describe(capability)}{why}: {rebuild}"
         )
-    isa = (built.get("plugin_ptx") or {}).get("ptx_isa")  # a fused engine's (older manifests: sm_100 and newer)
+    # a fused engine's; manifests written before sm_80-90 were pinned hold none for those, and are not checked
+    isa = (built.get("plugin_ptx") or {}).get("ptx_isa")
     if isa:
         from fisa_rt.export.plugins import check_driver_reads
 
