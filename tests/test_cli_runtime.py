@@ -401,6 +401,36 @@ def test_a_fused_engine_is_refused_where_the_driver_cannot_read_its_plugins_ptx(
         check_engine_compatibility(fused, "10.3.0", (9, 0), "e.engine", driver="12.4")
 
 
+def test_inspect_shows_a_fused_engines_ptx_isa_and_warns_of_a_driver_that_cannot_read_it(tmp_path, monkeypatch):
+    """A stand-in TensorRT module and driver: inspect still describes the engine, and says in one warning line why
+    it would not load here."""
+    import sys
+    import types
+
+    from fisa_rt.export import plugins
+    from fisa_rt.export.manifest import write_manifest
+    from fisa_rt.runtime.inspect import describe
+
+    engine = tmp_path / "fused.engine"
+    engine.write_bytes(b"serialized engine")
+    write_manifest(str(engine), {"kind": "image-model", "backend": "tensorrt", "flavour": "fused", "tensorrt": {
+        "version": "10.9.0", "compute_capability": [9, 0], "precision": "fp32", "plugins": ["MaskPool"],
+        "plugin_ptx": {"arch": "sm_90", "gpu": "H100 / H200 / GH200", "ptx_isa": 8.8}}})
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.9.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(plugins, "driver_cuda", lambda: "12.4")
+    lines = describe(str(engine))
+    assert any(", plugin PTX sm_90 (ISA 8.8), precision fp32" in line for line in lines), lines
+    warnings = [x for x in lines if "warning" in x]
+    assert warnings == [f"  warning: {engine} embeds PTX ISA 8.8, which this NVIDIA driver (CUDA 12.4) cannot compile: "
+                        "install a driver for CUDA 12.9 or newer, or build the portable flavour (--flavour portable)"]
+    monkeypatch.setattr(plugins, "driver_cuda", lambda: "12.9")
+    assert not [x for x in describe(str(engine)) if "warning" in x]
+
+
 def test_engine_refusals_name_both_targets_in_one_line():
     """Thor's two names, a desktop engine on a Jetson, a GPU the table does not know, and the two runtimes."""
     thor_cuda12 = {"tensorrt": {"version": "10.13.3", "compute_capability": [10, 1], "precision": "fp32"}}

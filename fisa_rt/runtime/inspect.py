@@ -140,9 +140,11 @@ def describe(path: str) -> List[str]:
             lines.append(f"  custom ops (TensorRT plugins): {custom}")
         return lines + (_vocabulary_part(model) if m.get("flavour") != "fused" else [])
     trt = m.get("tensorrt") or {}
+    ptx = trt.get("plugin_ptx") or {}
+    isa = f" (ISA {ptx['ptx_isa']})" if ptx.get("ptx_isa") else ""  # what the driver must read: deploy.md
     lines.append(
         f"  {trt.get('runtime', 'TensorRT')} {trt.get('version')}, CUDA {trt.get('cuda')}, "
-        f"{describe_gpu(trt.get('compute_capability'))}, plugin PTX {(trt.get('plugin_ptx') or {}).get('arch', '-')}, "
+        f"{describe_gpu(trt.get('compute_capability'))}, plugin PTX {ptx.get('arch', '-')}{isa}, "
         f"precision {trt.get('precision')}, profiles {trt.get('profiles')}, plugins {len(trt.get('plugins') or [])}"
     )
     from fisa_rt.export.tensorrt_builder import import_tensorrt, runtime_name
