@@ -23,11 +23,12 @@ Node <-> plugin contract (``kernels/onnx_ops.py``): ``fisa_rt::AdapterAttention(
 
 # No `from __future__ import annotations`: tensorrt.plugin validates the decorated functions' annotations
 # as classes (tensorrt/plugin/_validate.py), and postponed annotations would be strings.
-import ctypes
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from fisa_rt.errors import InputError, MissingDependencyError
 from fisa_rt.kernels import targets
+
+from .driver import check_driver_reads
 from fisa_rt.kernels.plugin_launches import (
     PluginLaunch,
     adapter_attention_launch,
@@ -39,11 +40,12 @@ from fisa_rt.kernels.plugin_launches import (
 PLUGINS = ("AdapterAttention", "MaskAttention", "MaskPool")
 
 
-def plugin_arch(capability: Sequence[int]) -> int:
+def plugin_arch(capability: Sequence[int], driver: Optional[str] = None) -> int:
     """The compute capability x10 whose PTX a fused engine built on this GPU embeds: the GPU's own. Triton
     emits architecture-specific PTX (``.target sm_XYa``), which the driver JIT-compiles for that exact GPU
     only, so there is no "nearest" target to fall back to. Jetson Thor reports 10.1 under CUDA 12.8-12.9
-    and 11.0 under CUDA 13 (JetPack 7): each gets PTX for the name its driver knows (targets.py)."""
+    and 11.0 under CUDA 13 (JetPack 7): each gets PTX for the name its driver knows (targets.py).
+    ``driver``: the CUDA release of the driver that will JIT the PTX (a build's; None checks nothing)."""
     arch = targets.arch_of(capability)
     if arch not in targets.TARGETS:
         raise InputError(
@@ -56,7 +58,6 @@ def plugin_arch(capability: Sequence[int]) -> int:
         targets.check_assembles(row)  # here, not from inside TensorRT's build
     except targets.TritonTooOld as exc:
         raise MissingDependencyError(f"{exc}, or build the portable flavour (--flavour portable)") from None
-    driver = driver_cuda()
     if driver is not None:
         check_driver_reads(targets.declared_isa(row), f"the fused engine for {row.gpu_name}", driver)
     return arch
@@ -66,30 +67,6 @@ def ptx_record(arch: int) -> Dict[str, Any]:
     """What the manifest records about the embedded PTX's target."""
     row = targets.target(arch)
     return {"arch": f"sm_{arch}", "gpu": row.name, "ptx_isa": targets.declared_isa(row) / 10}
-
-
-def driver_cuda() -> Optional[str]:
-    """The newest CUDA release the NVIDIA driver supports ("12.9"), or None where no driver loads."""
-    try:
-        libcuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    version = ctypes.c_int()
-    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
-        return None
-    return f"{version.value // 1000}.{version.value % 1000 // 10}"  # 12090 -> 12.9
-
-
-def check_driver_reads(isa: int, what: str, driver: Optional[str]) -> None:
-    """Refuse PTX of an ISA (x10) that ``driver`` (a CUDA release; None: not known, nothing refused) cannot JIT:
-    TensorRT would fail on it inside the build or the engine's load, without naming the driver."""
-    if driver is None or targets.isa_of_cuda(driver) >= isa:
-        return
-    raise MissingDependencyError(
-        f"{what} embeds PTX ISA {isa // 10}.{isa % 10}, which this NVIDIA driver (CUDA {driver}) cannot compile: "
-        f"install a driver for CUDA {targets.cuda_of_isa(isa)} or newer, or build the portable flavour "
-        "(--flavour portable)"
-    )
 
 
 _REGISTERED: List[Dict[str, Any]] = []
@@ -207,4 +184,4 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     return _REGISTERED
 
 
-__all__ = ["PLUGINS", "check_driver_reads", "driver_cuda", "plugin_arch", "ptx_record", "register_plugins"]
+__all__ = ["PLUGINS", "plugin_arch", "ptx_record", "register_plugins"]

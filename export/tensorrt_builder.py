@@ -158,11 +158,13 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
                 "(tensorrt.plugin AOT plugins); "
                 f"this is {trt.__version__}: build the portable ONNX instead (--flavour portable)"
             )
+        from .driver import driver_cuda
         from .plugins import plugin_arch, ptx_record, register_plugins
 
         if capability is None:
             raise MissingDependencyError("the fused engine embeds PTX for the GPU it is built on; no GPU is visible")
-        arch = plugin_arch(capability)  # refuses a GPU newer than every gated target before the long build
+        # refuses a GPU newer than every gated target, or a driver that cannot read the PTX, before the long build
+        arch = plugin_arch(capability, driver_cuda())
         plugin_records, ptx = register_plugins(arch), ptx_record(arch)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

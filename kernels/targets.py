@@ -138,8 +138,9 @@ def _gpu_names(ptxas: str) -> frozenset:
 
 
 def isa_of_cuda(release: str) -> int:
-    """The highest PTX ISA (x10) CUDA ``release`` reads ("12.9" -> 88): Triton's map, written out rather than
-    taken from Triton's private ``ptx_get_version`` (the tests compare the two)."""
+    """The highest PTX ISA (x10) CUDA ``release`` (11.0 or newer) reads ("12.9" -> 88): Triton's map, written
+    out rather than taken from Triton's private ``ptx_get_version`` (the tests compare the two), and without
+    Triton, which a portable engine's load does not need."""
     major, minor = (int(part) for part in release.split(".")[:2])
     if major >= 13:
         return 90 + (major - 13) * 10 + minor
@@ -155,20 +156,20 @@ def cuda_of_isa(isa: int) -> str:
 
 
 @lru_cache(maxsize=None)
-def _ptxas_isa(ptxas: str) -> int:
-    """The highest PTX ISA (x10) ``ptxas`` reads."""
+def _ptxas_isa(ptxas: str) -> Optional[int]:
+    """The highest PTX ISA (x10) ``ptxas`` reads; None where its --version names no CUDA release."""
     from triton.knobs import NvidiaTool
 
     tool = NvidiaTool.from_path(ptxas)
-    if tool is None:
-        raise RuntimeError(f"{ptxas} --version names no CUDA release")
-    return isa_of_cuda(tool.version)
+    return None if tool is None else isa_of_cuda(tool.version)
 
 
 def declared_isa(row: Target) -> int:
     """The PTX ISA (x10) the PTX for ``row`` declares: the row's, or the highest the ptxas that assembles it reads
-    where that is lower (Triton 3.6's CUDA 12.8 ptxas: 8.7 for sm_80-90, as Triton itself would write)."""
-    return min(row.ptx_isa, _ptxas_isa(ptxas_path(row)))
+    where that is lower (Triton 3.6's CUDA 12.8 ptxas: 8.7 for sm_80-90, as Triton itself would write). A ptxas
+    whose release cannot be read lowers nothing: its compile is the judge, as in ``check_assembles``."""
+    readable = _ptxas_isa(ptxas_path(row))
+    return row.ptx_isa if readable is None else min(row.ptx_isa, readable)
 
 
 class TritonTooOld(RuntimeError):

@@ -4,6 +4,8 @@ Runtime and PyTorch backends, and every user error as one line with exit code 2.
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -401,13 +403,34 @@ def test_a_fused_engine_is_refused_where_the_driver_cannot_read_its_plugins_ptx(
         check_engine_compatibility(fused, "10.3.0", (9, 0), "e.engine", driver="12.4")
 
 
+def test_an_engines_checks_need_no_triton():
+    """A portable engine runs without Triton, and a fused one is checked before Triton is touched: the driver check
+    and the engine checks import no Triton (a process where importing it fails)."""
+    script = (
+        "import sys; sys.modules['triton'] = None\n"
+        "from fisa_rt.runtime.backends import check_engine_compatibility\n"
+        "from fisa_rt.export.driver import driver_cuda\n"
+        "import fisa_rt.runtime.inspect\n"
+        "fused = {'tensorrt': {'version': '10.9.0', 'compute_capability': [9, 0], 'plugin_ptx': {'ptx_isa': 8.8}}}\n"
+        "check_engine_compatibility(fused, '10.9.0', (9, 0), 'e.engine', driver='12.9')\n"
+        "driver_cuda()\n"
+        "try:\n"
+        "    check_engine_compatibility(fused, '10.9.0', (9, 0), 'e.engine', driver='12.4')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    refusal = "MissingDependencyError e.engine embeds PTX ISA 8.8, which this NVIDIA driver (CUDA 12.4) cannot compile"
+    assert result.stdout.startswith(refusal), result.stdout
+
+
 def test_inspect_shows_a_fused_engines_ptx_isa_and_warns_of_a_driver_that_cannot_read_it(tmp_path, monkeypatch):
     """A stand-in TensorRT module and driver: inspect still describes the engine, and says in one warning line why
     it would not load here."""
-    import sys
     import types
 
-    from fisa_rt.export import plugins
+    from fisa_rt.export import driver
     from fisa_rt.export.manifest import write_manifest
     from fisa_rt.runtime.inspect import describe
 
@@ -421,13 +444,13 @@ def test_inspect_shows_a_fused_engines_ptx_isa_and_warns_of_a_driver_that_cannot
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(plugins, "driver_cuda", lambda: "12.4")
+    monkeypatch.setattr(driver, "driver_cuda", lambda: "12.4")
     lines = describe(str(engine))
     assert any(", plugin PTX sm_90 (ISA 8.8), precision fp32" in line for line in lines), lines
     warnings = [x for x in lines if "warning" in x]
     assert warnings == [f"  warning: {engine} embeds PTX ISA 8.8, which this NVIDIA driver (CUDA 12.4) cannot compile: "
                         "install a driver for CUDA 12.9 or newer, or build the portable flavour (--flavour portable)"]
-    monkeypatch.setattr(plugins, "driver_cuda", lambda: "12.9")
+    monkeypatch.setattr(driver, "driver_cuda", lambda: "12.9")
     assert not [x for x in describe(str(engine)) if "warning" in x]
 
 
@@ -454,7 +477,6 @@ def test_engine_refusals_name_both_targets_in_one_line():
 def test_the_builder_takes_tensorrt_rtx_where_tensorrt_is_missing(monkeypatch):
     """TensorRT-RTX is chosen by what is installed, and its missing tensorrt.plugin refuses the fused flavour
     in one line before any work (a stand-in module: the library cannot run here)."""
-    import sys
     import types
 
     from fisa_rt.export import tensorrt_builder

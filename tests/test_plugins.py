@@ -105,25 +105,27 @@ def test_a_target_the_installed_ptxas_does_not_know_is_refused_before_the_build(
     assert plugin_arch((11, 0)) == 110
 
 
-def test_a_driver_too_old_for_the_ptx_is_refused_before_the_build(monkeypatch):
-    """The driver JIT-compiles the engine's PTX: one that reads an older ISA is named before TensorRT's build
-    fails on it (sm_90's PTX is ISA 8.8 under Triton 3.8 and newer, 8.7 under 3.6; Thor's 9.0)."""
+def test_a_driver_too_old_for_the_ptx_is_refused_before_the_build():
+    """The driver JIT-compiles the engine's PTX: the build names one that reads an older ISA before TensorRT fails
+    on it (sm_90's PTX is ISA 8.8 under Triton 3.8 and newer, 8.7 under 3.6; Thor's 9.0). An engine's load checks
+    its manifest's ISA instead (tests/test_cli_runtime.py), so plugin_arch without a driver checks nothing."""
     from fisa_rt.errors import MissingDependencyError
-    from fisa_rt.export import plugins
+    from fisa_rt.export.driver import check_driver_reads
+    from fisa_rt.export.plugins import plugin_arch
 
-    monkeypatch.setattr(plugins, "driver_cuda", lambda: "12.0")
     with pytest.raises(MissingDependencyError, match=r"^the fused engine for sm_90a embeds PTX ISA 8\.[78], which "
                        r"this NVIDIA driver \(CUDA 12\.0\) cannot compile: install a driver for CUDA 12\.[89] or "
                        r"newer, or build the portable flavour \(--flavour portable\)$"):
-        plugins.plugin_arch((9, 0))
-    monkeypatch.setattr(plugins, "driver_cuda", lambda: "12.9")
-    assert plugins.plugin_arch((9, 0)) == 90
-    with pytest.raises(MissingDependencyError, match=r"sm_110a embeds PTX ISA 9\.0, .*CUDA 13\.0 or newer"):
-        plugins.plugin_arch((11, 0))
+        plugin_arch((9, 0), driver="12.0")
+    assert plugin_arch((9, 0), driver="12.9") == plugin_arch((9, 0)) == 90
+    with pytest.raises(MissingDependencyError, match=r"^Thor's embeds PTX ISA 9\.0, .*CUDA 13\.0 or newer"):
+        check_driver_reads(90, "Thor's", "12.9")
+    check_driver_reads(90, "Thor's", "13.0")
+    check_driver_reads(90, "Thor's", None)  # no driver found: nothing to say
 
 
 def test_the_driver_version_is_read_from_libcuda(monkeypatch):
-    from fisa_rt.export import plugins
+    from fisa_rt.export import driver
 
     class LibCuda:
         def __init__(self, version, status=0):
@@ -133,18 +135,18 @@ def test_the_driver_version_is_read_from_libcuda(monkeypatch):
             out._obj.value = self.version
             return self.status
 
-    monkeypatch.setattr(plugins.ctypes, "CDLL", lambda name: LibCuda(12090))
-    assert plugins.driver_cuda() == "12.9"
-    monkeypatch.setattr(plugins.ctypes, "CDLL", lambda name: LibCuda(13000))
-    assert plugins.driver_cuda() == "13.0"
-    monkeypatch.setattr(plugins.ctypes, "CDLL", lambda name: LibCuda(0, status=100))  # CUDA_ERROR_NO_DEVICE
-    assert plugins.driver_cuda() is None
+    monkeypatch.setattr(driver.ctypes, "CDLL", lambda name: LibCuda(12090))
+    assert driver.driver_cuda() == "12.9"
+    monkeypatch.setattr(driver.ctypes, "CDLL", lambda name: LibCuda(13010))
+    assert driver.driver_cuda() == "13.1"
+    monkeypatch.setattr(driver.ctypes, "CDLL", lambda name: LibCuda(0, status=100))  # CUDA_ERROR_NO_DEVICE
+    assert driver.driver_cuda() is None
 
     def no_driver(name):
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(plugins.ctypes, "CDLL", no_driver)
-    assert plugins.driver_cuda() is None
+    monkeypatch.setattr(driver.ctypes, "CDLL", no_driver)
+    assert driver.driver_cuda() is None
 
 
 def test_plugin_ptx_assembles_with_ptxas(launches, tmp_path):

@@ -365,7 +365,7 @@ class TensorRTBackend(Backend):
                 "TensorRT is not installed: pip install tensorrt (RTX GPUs: or tensorrt-rtx) "
                 "(Jetson: it comes with JetPack 6/7); or run the model's .onnx with ONNX Runtime"
             ) from None
-        from fisa_rt.export.plugins import driver_cuda
+        from fisa_rt.export.driver import driver_cuda
 
         check_engine_compatibility(
             self.manifest,
@@ -465,7 +465,7 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
     # a fused engine's; manifests written before sm_80-90 were pinned hold none for those, and are not checked
     isa = (built.get("plugin_ptx") or {}).get("ptx_isa")
     if isa:
-        from fisa_rt.export.plugins import check_driver_reads
+        from fisa_rt.export.driver import check_driver_reads
 
         check_driver_reads(round(isa * 10), path, driver)
 

@@ -164,7 +164,7 @@ def describe(path: str) -> List[str]:
         lines.append("  warning: TensorRT is not installed here; this engine cannot run on this machine")
     else:
         try:
-            from fisa_rt.export.plugins import driver_cuda
+            from fisa_rt.export.driver import driver_cuda
 
             check_engine_compatibility(m, installed, capability, path, runtime, driver_cuda())
         except Exception as exc:  # noqa: BLE001 -- reported as a warning, not raised: inspect must always describe

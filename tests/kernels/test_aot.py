@@ -40,6 +40,15 @@ def test_all_kernels_compile_to_ptx_for_orin_and_hopper(tmp_path):
         assert "fp16" in record["file"] and len(record["sha256"]) == 64
 
 
+def test_the_ptx_declares_the_isa_the_target_table_asks_for():
+    """Not the one of Triton's ptxas (which Triton 3.9 raised to 9.4 for sm_90): a table asking for 8.5 gets 8.5."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = ("from fisa_rt.kernels import aot, targets; targets.declared_isa = lambda row: 85; "
+              "print(aot.compile_kernel('cosine_logits', 90).ptx)")
+    ptx = subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True, text=True).stdout
+    assert "\n.version 8.5\n" in ptx and "\n.target sm_90a\n" in ptx
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_the_pytorch_paths_other_dtypes_compile_too(tmp_path, dtype):
     """fp32 and bf16 kernels compile for Hopper: the first H200 run found mask_pool_fwd in fp32 aborting
