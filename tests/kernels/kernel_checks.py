@@ -29,6 +29,22 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what
     assert error <= rtol, f"{what}: max error {error:.3g} of max(|ref|, 1) exceeds {rtol:g}"
 
 
+# Autograd hands a backward the gradient in whatever layout the consumer made it: a broadcast of one
+# value (stride 0) after ``out.sum()``, a transposed view after ``out.mT``. PyTorch leaves the strides of
+# a custom op's incoming gradients undefined, so a raw kernel must not assume a contiguous one.
+GRAD_LAYOUTS = ("broadcast", "transposed")
+
+
+def strided_grad(out: torch.Tensor, layout: str) -> torch.Tensor:
+    """A random (``transposed``) or constant (``broadcast``) gradient shaped like ``out``, not contiguous."""
+    if layout == "broadcast":
+        grad = torch.randn((), device=out.device, dtype=out.dtype).expand_as(out)
+    else:
+        grad = torch.randn(out.mT.shape, device=out.device, dtype=out.dtype).mT
+    assert not grad.is_contiguous()
+    return grad
+
+
 def random_mask_logits(shape, sizes, dtype=torch.float32, empty=True):
     """Random mask logits (mask 0 of every image empty when ``empty``) and a threshold near 0 that no bilinear resize of
     them to any of ``sizes`` comes within 1e-5 of, so the kernel (fp32 interpolation) and the float64

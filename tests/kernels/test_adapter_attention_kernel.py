@@ -6,7 +6,7 @@ import torch
 
 from fisa_rt.kernels import adapter_attention, adapter_attention_reference
 
-from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close
+from kernel_checks import DEVICE, DTYPES, GRAD_LAYOUTS, TOLERANCE, assert_close, strided_grad
 
 # (B, Bt, H, N, K, Dh, padded): text per image or shared (Bt = 1); K = 1, K not a multiple of any block,
 # padded classes, and one image whose classes are all padding.
@@ -56,6 +56,18 @@ def test_forward_and_backward_match_reference(shape, dtype, poisoned):
         assert_close(t.grad, r.grad, bwd_tol, what=f"d{name}")
     if valid is not None and not valid[-1].any():
         assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+
+
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_non_contiguous_incoming_gradient(layout, poisoned):
+    q, k, v, valid = _inputs(2, 1, 2, 19, 6, 16, True, torch.float32)
+    out = adapter_attention(q, k, v, valid, kernels="triton")
+    grad = strided_grad(out, layout)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    adapter_attention_reference(*ref_inputs, valid).backward(grad.double())
+    for name, t, r in zip("qkv", (q, k, v), ref_inputs):
+        assert_close(t.grad, r.grad, TOLERANCE[torch.float32][1], what=f"d{name}")
 
 
 def test_strided_views_as_the_adapter_makes_them(poisoned):

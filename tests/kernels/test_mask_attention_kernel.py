@@ -9,7 +9,9 @@ from fisa_rt.kernels import mask_attention, mask_attention_layout, mask_attentio
 from fisa_rt.kernels.mask_attention import build_mask_layout
 from fisa_rt.kernels.mask_attention_triton import mask_attention_triton
 
-from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close, box_mask_logits, random_mask_logits
+from kernel_checks import (
+    DEVICE, DTYPES, GRAD_LAYOUTS, TOLERANCE, assert_close, box_mask_logits, random_mask_logits, strided_grad,
+)
 
 # (B, H, Q, grid, Dh, mask size)
 CPU_SHAPES = [
@@ -51,6 +53,22 @@ def test_forward_and_backward_match_reference(shape, dtype, poisoned):
         assert_close(t.grad, r.grad, bwd_tol, what=f"d{name}")
     # mask 0 is empty in every image: the token keeps its own value
     assert_close(out[:, :, 0], tensors[4].detach()[:, :, 0].double(), fwd_tol, what="empty mask")
+
+
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_non_contiguous_incoming_gradient(layout, poisoned):
+    B, H, Q, grid, Dh = 1, 2, 6, (4, 5), 16
+    N = grid[0] * grid[1]
+    tensors = [torch.randn(B, H, n, Dh, device=DEVICE, requires_grad=True) for n in (Q, N, N, Q, Q)]
+    masks, threshold = random_mask_logits((B, Q, 8, 10), [grid])
+    masks = masks.to(DEVICE)
+    out = mask_attention(*tensors, masks, grid, threshold, kernels="triton")
+    grad = strided_grad(out, layout)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in tensors]
+    mask_attention_reference(*ref_inputs, masks.double(), grid, threshold).backward(grad.double())
+    for name, t, r in zip(("q", "k_img", "v_img", "k_self", "v_self"), tensors, ref_inputs):
+        assert_close(t.grad, r.grad, TOLERANCE[torch.float32][1], what=f"d{name}")
 
 
 def test_outside_tokens_cannot_leak_into_the_kernel_output(poisoned):

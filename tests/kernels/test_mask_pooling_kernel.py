@@ -6,7 +6,9 @@ import torch
 
 from fisa_rt.kernels import mask_average_logits, mask_average_logits_reference
 
-from kernel_checks import DEVICE, DTYPES, TOLERANCE, assert_close, box_mask_logits, random_mask_logits
+from kernel_checks import (
+    DEVICE, DTYPES, GRAD_LAYOUTS, TOLERANCE, assert_close, box_mask_logits, random_mask_logits, strided_grad,
+)
 
 # (B, Q, C, feature grid, mask size, K, weighting)
 CPU_SHAPES = [
@@ -48,6 +50,21 @@ def test_forward_and_backward_match_reference(shape, dtype, poisoned):
         assert_close(t.grad, r.grad, bwd_tol, what=f"d{name}")
     if weighting == "binary":  # mask 0 is empty: it scores 0 against every class
         assert torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
+
+
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_non_contiguous_incoming_gradient(layout, poisoned):
+    masks, threshold = random_mask_logits((2, 6, 8, 10), [(4, 5)])
+    masks = masks.to(DEVICE)
+    dense = torch.randn(2, 24, 4, 5, device=DEVICE, requires_grad=True)
+    text = torch.randn(7, 24, device=DEVICE, requires_grad=True)
+    out = mask_average_logits(masks, dense, text, 12.5, "binary", threshold, kernels="triton")
+    grad = strided_grad(out, layout)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (dense, text)]
+    mask_average_logits_reference(masks.double(), *ref_inputs, 12.5, "binary", threshold).backward(grad.double())
+    for name, t, r in zip(("dense", "text"), (dense, text), ref_inputs):
+        assert_close(t.grad, r.grad, TOLERANCE[torch.float32][1], what=f"d{name}")
 
 
 def test_float_scale_and_channels_last_features(poisoned):
