@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -111,8 +112,8 @@ def test_end_to_end(rows, tmp_path, model, picture):
             prepared = segmenter.prepare(images)
             for _ in range(3):  # captures, compiles, autotuning: not timed
                 results = segmenter.segment_batch(images)
-            model_ms = _median_ms(lambda: segmenter.backend.run(prepared.batch, segmenter.text), ITERATIONS)
-            e2e_ms = _median_ms(lambda: segmenter.segment_batch(images), ITERATIONS)
+            model_ms = _median_ms(partial(segmenter.backend.run, prepared.batch, segmenter.text), ITERATIONS)
+            e2e_ms = _median_ms(partial(segmenter.segment_batch, images), ITERATIONS)
             semantic = np.stack([r.semantic for r in results])
             labels.setdefault(batch, semantic)
             notes = []
