@@ -225,7 +225,8 @@ def _onnx_file(path, inputs, kind, **manifest):
         [helper.make_tensor_value_info(name, dtype, shape) for name, dtype, shape in inputs],
         [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape) for name, _, shape in inputs],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    # IR 8, as torch writes at opset 17 (onnx's own default, 14 in onnx 1.23, is beyond ONNX Runtime 1.23's 11)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     write_manifest(str(path), {"kind": kind, **manifest})
     return path
 

@@ -17,13 +17,15 @@ import io
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 import onnx
 import pytest
 
 from fisa_rt import InputError, MissingDependencyError
-from fisa_rt.export import parity, quantization
+from fisa_rt.export import parity, qdq_rounding, quantization
+from fisa_rt.errors import FisaWarning
 from fisa_rt.export.build_engine import main
 from fisa_rt.export.manifest import read_manifest, sha256_file
 from fisa_rt.runtime.assets import sample_images
@@ -61,6 +63,7 @@ def test_int8_build_writes_the_qdq_onnx_and_checks_it_without_tensorrt(int8):
     assert record["calibration"]["classes"] == len(manifest["training_vocabulary"]["names"])
     assert record["parity"]["images"] == len(sample_images()) and not record["parity"]["calibrated_on_these_images"]
     model = onnx.load(qdq)
+    assert model.ir_version <= 10  # ModelOpt's: still what TensorRT 10.3 and ONNX Runtime 1.18 read (test_export)
     assert record["qdq_nodes"]["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 100
     # the mask generator's matrix products compute in int8; what the recipe keeps high precision, by op type
     # and by module role (the CLIP encoder's blocks, the classifier), reads no dequantised tensor
@@ -90,6 +93,17 @@ def test_int8_onnx_stays_within_its_measured_bounds_on_images_it_was_not_calibra
     assert figures["min_prob_cosine"] >= 0.99 and figures["label_agreement"] >= 0.95, figures
     assert figures["mask_cosine"] >= 0.999 and figures["max_abs_mask_logit"] <= 6.0, figures
     assert figures["stable_queries"] >= 0.85, figures
+
+
+def test_on_a_truncating_onnxruntime_the_int8_graph_names_the_fix(int8, monkeypatch):
+    """ONNX Runtime < 1.30 (Python 3.10's newest is 1.23.2) rounds float16 QuantizeLinear toward zero
+    (export/qdq_rounding.py): the runtime says so in one line; the fp32 graph, with nothing quantised, does not."""
+    monkeypatch.setattr(qdq_rounding, "onnxruntime_truncates", lambda: True)
+    with pytest.warns(FisaWarning, match=r"rounds float16 QuantizeLinear toward zero.*onnxruntime>=1\.30\.0"):
+        Segmenter.from_engine(int8["portable.int8.qdq.onnx"], backend="onnxruntime", cache_dir="")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FisaWarning)
+        Segmenter.from_engine(int8["portable.onnx"], backend="onnxruntime", cache_dir="")
 
 
 def read_text(int8) -> np.ndarray:

@@ -261,6 +261,7 @@ class OnnxRuntimeBackend(Backend):
         import onnx
 
         from fisa_rt.export.manifest import read_checked_manifest
+        from fisa_rt.export.qdq_rounding import truncation_note
 
         from .threads import onnxruntime_options, resolve_threads
 
@@ -287,6 +288,9 @@ class OnnxRuntimeBackend(Backend):
             )
         self.applies_seen = "seen" in inputs
         _check_sizes(path, model, self.manifest)
+        note = truncation_note(model)
+        if note:
+            warn(f"{path}: {note}")
         options = options or onnxruntime_options(ort, resolve_threads(threads), spinning)
         providers = providers or onnx_providers(ort, device)
         handed = [model] if split_graph else []
