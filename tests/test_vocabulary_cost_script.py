@@ -20,5 +20,9 @@ def test_vocabulary_cost_reports_stages_ratio_and_the_nodes_that_grow(artefacts)
     assert re.search(r"end to end K = 1203 / K = 1: [\d.]+x", out), out
     growth = re.findall(r"^ +([+-][\d.]+) ms +[\d.]+ -> +[\d.]+  (\S+)$", out, re.M)
     assert len(growth) == 30, out
-    # the embedded model's SEVE attention over the K class texts is what grows (docs/design.md, "SEVE")
-    assert "/seve." in growth[0][1] and float(growth[0][0]) > 0, out
+    # the embedded model's SEVE attention over the K class texts is what grows (docs/design.md, "SEVE"). Judged on
+    # each profile's whole list, not its first line: node medians on a loaded machine can put one other node on top
+    # (seen: a LayerNormalization at +2.3 ms while CI shared the cores), never most of the list.
+    for listed in (growth[:15], growth[15:]):
+        seve = [float(ms) for ms, name in listed if "/seve." in name]
+        assert len(seve) >= 8 and sum(seve) > 0.5 * sum(max(float(ms), 0.0) for ms, _ in listed), out
