@@ -27,8 +27,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from fisa_rt.errors import InputError, MissingDependencyError
 from fisa_rt.kernels import targets
-
-from .driver import check_driver_reads
 from fisa_rt.kernels.plugin_launches import (
     PluginLaunch,
     adapter_attention_launch,
@@ -36,6 +34,8 @@ from fisa_rt.kernels.plugin_launches import (
     mask_attention_launch,
     mask_pool_launch,
 )
+
+from .driver import check_driver_reads
 
 PLUGINS = ("AdapterAttention", "MaskAttention", "MaskPool")
 

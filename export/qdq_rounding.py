@@ -45,15 +45,16 @@ def onnxruntime_truncates() -> bool:
 
 def float16_quantize_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
     """The graph's QuantizeLinear nodes whose input is float16 (its scale's type: the operator's T1 is both)."""
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    if not quantize:  # every ONNX model the runtime opens comes here: an unquantised one costs one pass
+        return []
     types = {t.name: t.data_type for t in model.graph.initializer}
     types.update({n.output[0]: a.t.data_type for n in model.graph.node if n.op_type == "Constant"
                   for a in n.attribute if a.name == "value"})
-    unknown = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"} - set(types)
-    if unknown:  # a computed scale: its type from shape inference
+    if {n.input[1] for n in quantize} - set(types):  # a computed scale: its type from shape inference
         inferred = onnx.shape_inference.infer_shapes(model).graph
         types.update({v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]})
-    return [n for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and types.get(n.input[1]) == TensorProto.FLOAT16]
+    return [n for n in quantize if types.get(n.input[1]) == TensorProto.FLOAT16]
 
 
 def quantize_in_float32(model: onnx.ModelProto) -> int:

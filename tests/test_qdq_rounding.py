@@ -97,9 +97,13 @@ def test_the_parity_check_rounds_as_tensorrt_on_any_runtime(tmp_path, monkeypatc
     path = _image_model(str(tmp_path / "m.onnx"))
     installed_truncates = qdq_rounding.onnxruntime_truncates()
     monkeypatch.setattr(qdq_rounding, "onnxruntime_truncates", lambda: truncates)
-    rewritten = []
-    rewrite = qdq_rounding.quantize_in_float32
-    monkeypatch.setattr(qdq_rounding, "quantize_in_float32", lambda m: rewritten.append(rewrite(m)) or rewritten[-1])
+    rewritten, rewrite = [], qdq_rounding.quantize_in_float32
+
+    def counted_rewrite(model):
+        rewritten.append(rewrite(model))
+        return rewritten[-1]
+
+    monkeypatch.setattr(qdq_rounding, "quantize_in_float32", counted_rewrite)
     image = np.random.default_rng(1).uniform(-12, 12, (1, 2, 8, 8)).astype(np.float32)
     masks, _ = parity.run_onnx(path, {"image": image, "text": np.zeros((1, 2, 3), np.float32)})
     assert rewritten == ([1] if truncates else [])
