@@ -22,7 +22,9 @@ import shutil
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from fisa_rt.errors import CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors
+from fisa_rt.errors import (
+    CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors, warn,
+)
 from fisa_rt.export.quantization import PRECISIONS as QDQ_PRECISIONS, calibration_files
 from fisa_rt.vocab import vocabulary as vocab
 
@@ -309,6 +311,7 @@ def fp16_onnx(args: argparse.Namespace, written: Dict[str, str], path: str, mode
     written["fp16"] = path
     print(f"wrote {_shown(args, path)} (ModelOpt AutoCast fp16; {len(record['fp32_nodes'])} of {record['nodes']} "
           "nodes kept fp32)")
+    _modelopt_said(record)
     return path
 
 
@@ -328,6 +331,7 @@ def qdq_onnx(args: argparse.Namespace, files: List[str], vocabulary: vocab.Vocab
     onnx_checks.check_graph(path, "portable")
     print(f"wrote {_shown(args, path)} (ModelOpt {args.precision} Q/DQ: {record['qdq_nodes']['QuantizeLinear']} "
           f"QuantizeLinear nodes, calibrated on {len(files)} images)")
+    _modelopt_said(record)
     record["parity"] = _qdq_parity(written["portable"], path, files, calibration)
     source = {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}
     write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": args.precision,
@@ -336,10 +340,15 @@ def qdq_onnx(args: argparse.Namespace, files: List[str], vocabulary: vocab.Vocab
     return path
 
 
+def _modelopt_said(record: Dict) -> None:
+    """ModelOpt's warnings, each once, as this script's own (the manifest keeps them too)."""
+    for message in record["modelopt_log"]:
+        warn(f"ModelOpt: {message}")
+
+
 def _qdq_parity(portable: str, quantized: str, calibrated_on, calibration) -> Dict:
     """Parity figures of the Q/DQ ONNX on ONNX Runtime (``export/parity.py``), printed in one line; a warning
     below the benchmark suite's int8 thresholds; an empty record where ONNX Runtime cannot run the graph."""
-    from fisa_rt.errors import warn
     from fisa_rt.export import parity, quantization
     from fisa_rt.runtime.assets import sample_images
     from fisa_rt.runtime.segmenter import Segmenter

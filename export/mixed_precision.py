@@ -29,6 +29,8 @@ import numpy as np
 from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import MissingDependencyError
 
+from .modelopt_log import modelopt_messages
+
 FP32_OP_TYPES = ("LayerNormalization", "InstanceNormalization", "Softmax", "ReduceL2")
 DATA_MAX = 512.0
 MODELOPT_HINT = (
@@ -51,13 +53,14 @@ def _quiet(name: str) -> None:
 
 
 def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarray]) -> Dict[str, object]:
-    """Writes the fp16 ONNX; returns the manifest's ``mixed_precision`` record (what stayed fp32, why)."""
+    """Writes the fp16 ONNX; returns the manifest's ``mixed_precision`` record (what stayed fp32, why, and
+    ModelOpt's warnings, each once)."""
     import onnx
 
     convert = _modelopt_autocast()
     for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast"):
         _quiet(name)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, modelopt_messages() as messages:
         inputs = os.path.join(tmp, "calibration.npz")
         np.savez(inputs, **calibration)
         model = convert(
@@ -76,6 +79,7 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
         "calibration_images": int(len(calibration["image"])),
         "fp32_nodes": fp32_nodes,
         "nodes": total,
+        "modelopt_log": messages,
     }
 
 

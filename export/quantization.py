@@ -28,6 +28,8 @@ import numpy as np
 from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import InputError, MissingDependencyError, warn
 
+from .modelopt_log import modelopt_messages
+
 PRECISIONS = ("int8", "fp8")
 ENOUGH_IMAGES = 100  # below this, activation ranges follow the few scenes given (issue 24: 1 scene -> cosine 0.94)
 DEFAULT_COUNT = 256
@@ -190,7 +192,8 @@ def _modelopt_quantize():
 
 def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: CalibrationSet,
                   recipe: QuantRecipe = RECIPE) -> Dict[str, object]:
-    """Writes the Q/DQ ONNX; returns the manifest's ``quantization`` record."""
+    """Writes the Q/DQ ONNX; returns the manifest's ``quantization`` record (with ModelOpt's warnings, each
+    once)."""
     import onnx
 
     if precision not in PRECISIONS:
@@ -217,7 +220,7 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
         logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per node otherwise
     # ModelOpt writes intermediate files beside its input and its output: both in a private folder, then the
     # result moved beside out_path and renamed, so an interrupted run leaves no partial file there
-    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory() as work:
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory() as work, modelopt_messages() as messages:
         source, result = os.path.join(work, "model.onnx"), os.path.join(work, "model.qdq.onnx")
         model = onnx.load(onnx_path)
         onnx.save(model, source)
@@ -236,7 +239,7 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
             "calibration": calibration.record(), "qdq_nodes": counts,
             "unnamed_nodes_kept": len(excluded) - len(recipe.scopes_kept),
             "quantized_ops": quantized_op_counts(model),
-            "kept_products_in_int8": kept_products_in_int8(model.graph, recipe.scopes_kept)}
+            "kept_products_in_int8": kept_products_in_int8(model.graph, recipe.scopes_kept), "modelopt_log": messages}
 
 
 def kept_products_in_int8(graph, scopes: Sequence[str]) -> List[str]:

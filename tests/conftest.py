@@ -99,14 +99,16 @@ def artefacts(tmp_path_factory):
     ONNX files, the ONNX Runtime fallback and the manifests)."""
     import contextlib
     import io
+    import warnings
 
     from fisa_rt.export.build_engine import build, parse_args
 
     out = str(tmp_path_factory.mktemp("build"))
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(log), warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         written = build(parse_args(["--out", out]))
-    return {"out": out, "log": log.getvalue(), **written}
+    return {"out": out, "log": log.getvalue(), "warnings": [str(w.message) for w in said], **written}
 
 
 @pytest.fixture

@@ -63,6 +63,10 @@ def test_build_writes_the_fp16_onnx_with_what_stayed_fp32(fp16, artefacts):
     kept = [n for n in model.graph.node if n.op_type in FP32_OP_TYPES]
     assert kept and all(types.get(n.output[0]) == onnx.TensorProto.FLOAT for n in kept)
     assert {n.name for n in kept} <= set(record["fp32_nodes"])
+    # ModelOpt's warnings (export/modelopt_log.py): each once in the manifest, and as one warning of the build's
+    messages = record["modelopt_log"]
+    assert all(isinstance(m, str) and m for m in messages) and len(set(messages)) == len(messages)
+    assert [w for w in artefacts["warnings"] if w.startswith("ModelOpt: ")] == [f"ModelOpt: {m}" for m in messages]
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     assert sum(types.get(n.output[0]) == onnx.TensorProto.FLOAT16 for n in matmuls) > len(matmuls) / 2
     # the graph's interface is unchanged: uint8 image, fp32 text in; fp32 outputs

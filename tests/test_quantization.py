@@ -78,6 +78,11 @@ def test_int8_build_writes_the_qdq_onnx_and_checks_it_without_tensorrt(int8):
     assert {"MatMul", "LayerNormalization", "Softmax"} <= {n.op_type for n in kept}
     assert not any(dequantized & set(n.input) for n in kept)
     assert record["kept_products_in_int8"] == []  # the build's own record of the same check
+    # ModelOpt's warnings (export/modelopt_log.py): each once, as the script's own lines on stderr, and in the
+    # manifest; none in ModelOpt's own timestamped format, which printed each twice
+    assert all(int8["err"].count(f"build_engine.py: warning: ModelOpt: {m}\n") == 1 for m in record["modelopt_log"])
+    assert int8["err"].count("warning: ModelOpt: ") == len(record["modelopt_log"])
+    assert "[modelopt]" not in log + int8["err"]
     # the interface is unchanged: uint8 image, fp32 text in; fp32 outputs
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT]
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
