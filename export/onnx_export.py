@@ -123,6 +123,7 @@ def export_image_model(
             output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True,
             custom_opsets={"fisa_rt": 1} if flavour == "fused" else None,
         )
+        _write_static_output_dims(tmp, dict(zip(outputs, wrapper(*example))), dynamic)
     return path
 
 
@@ -130,18 +131,35 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
     refuse_overwrite(path, overwrite, CheckpointError)
     model = model.float().eval().cpu()
     tokens = torch.as_tensor(model.tokenizer(["a photo of a cat.", "a wall."]))
+    encoder, dynamic = TextEncoderForExport(model).eval(), {"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}}
     with atomic_path(path) as tmp, _exporting(model):
         torch.onnx.export(
-            TextEncoderForExport(model).eval(),
+            encoder,
             (tokens,),
             tmp,
             opset_version=OPSET,
             dynamo=False,
             input_names=["tokens"],
             output_names=["embeddings"],
-            dynamic_axes={"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}},
+            dynamic_axes=dynamic,
         )
+        _write_static_output_dims(tmp, {"embeddings": encoder(tokens)}, dynamic)
     return path
+
+
+def _write_static_output_dims(path: str, produced: Dict[str, torch.Tensor], dynamic: Dict[str, Dict[int, str]]):
+    """Writes each output dimension that no dynamic axis names as its size in the example run. Where the
+    tracer's shape inference loses a size, it names the dimension (``Einsummask_logits_dim_2``), even where the
+    image size or the model fixes it. The graph's readers then see a free dimension: Triton's model config
+    (``-1``), ``fisa-rt inspect`` and ONNX Runtime's output shape check."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)  # weights past 2 GB stay where the exporter put them
+    for value in model.graph.output:
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if i not in dynamic.get(value.name, {}):
+                dim.dim_value = produced[value.name].shape[i]  # a oneof: the dim_param goes
+    onnx.save(model, path)
 
 
 def context_length(model) -> int:

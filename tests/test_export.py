@@ -93,6 +93,26 @@ def test_graphs_are_clean_and_use_only_tensorrt_parser_ops(artefacts):
     assert counts.get("LayerNormalization", 0) > 0  # opset 17: one node, not a decomposition
 
 
+def test_every_output_dimension_is_a_number_or_a_named_dynamic_axis(artefacts):
+    """The tracer names a size its shape inference lost (``Einsummask_logits_dim_2``); the export writes the
+    number, so Triton's config and `fisa-rt inspect` see (batch, 20, 32, 32), not a free dimension."""
+    cfg = read_manifest(artefacts["portable"])["config"]
+    queries, side = cfg["mask_generator"]["num_queries"], cfg["image_size"] // 4  # masks at a quarter of the image
+    expected = {
+        "mask_logits": ["batch", queries, side, side],
+        "class_scores": ["batch", queries, "classes_plus_void"],
+        "embeddings": ["prompts", read_manifest(artefacts["text"])["embed_dim"]],
+    }
+    for kind in ("portable", "fused", "text", "ort"):
+        for name, dims in output_dims(onnx.load(artefacts[kind], load_external_data=False)).items():
+            assert dims == expected[name], (kind, name)
+
+
+def output_dims(model: onnx.ModelProto):
+    """output name -> its dimensions, each a number or the name of a dynamic axis."""
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output}
+
+
 def test_fused_graph_has_one_custom_node_per_op_with_plugin_attributes(artefacts):
     model = onnx.load(artefacts["fused"])
     custom = [n for n in model.graph.node if n.domain == "fisa_rt"]

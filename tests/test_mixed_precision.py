@@ -33,7 +33,7 @@ from fisa_rt.export.parity import mask_iou
 from fisa_rt.postprocess import semantic_inference
 from fisa_rt.runtime.segmenter import Segmenter
 
-from test_export import _photos
+from test_export import _photos, output_dims
 
 pytest.importorskip("modelopt", reason="ModelOpt is in the test extra: pip install -e '.[test]'")
 
@@ -72,6 +72,7 @@ def test_build_writes_the_fp16_onnx_with_what_stayed_fp32(fp16, artefacts):
     # the graph's interface is unchanged: uint8 image, fp32 text in; fp32 outputs
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT]
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert output_dims(model) == output_dims(onnx.load(artefacts["portable"]))  # numbers where fixed (test_export)
     assert "--stronglyTyped" in artefacts["log"] and "--fp16" not in artefacts["log"]
     assert f"--onnx={fp16}" in artefacts["log"]
 

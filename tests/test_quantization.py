@@ -31,7 +31,7 @@ from fisa_rt.export.manifest import read_manifest, sha256_file
 from fisa_rt.runtime.assets import sample_images
 from fisa_rt.runtime.segmenter import Segmenter
 
-from test_export import _photos
+from test_export import _photos, output_dims
 
 pytest.importorskip("modelopt", reason="ModelOpt is in the test extra: pip install -e '.[test]'")
 
@@ -86,6 +86,7 @@ def test_int8_build_writes_the_qdq_onnx_and_checks_it_without_tensorrt(int8):
     # the interface is unchanged: uint8 image, fp32 text in; fp32 outputs
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT]
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert output_dims(model) == output_dims(onnx.load(int8["portable.onnx"]))  # numbers where fixed (test_export)
 
 
 def test_int8_onnx_stays_within_its_measured_bounds_on_images_it_was_not_calibrated_on(int8):
