@@ -54,7 +54,7 @@ def modelopt_messages(level: int = logging.WARNING) -> Iterator[List[str]]:
     logging.root.addHandler(collector)
     try:
         yield collector.messages
-    except BaseException:
+    except Exception:  # not on Ctrl-C: the user stopped it, nothing failed
         for message in collector.messages:
             print(f"ModelOpt: {message}", file=sys.stderr)
         raise
