@@ -109,7 +109,10 @@ class MaskPoolNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, mask_logits, dense, sigmoid, threshold):
-        return custom_node(g, "MaskPool", mask_logits, dense, sigmoid_i=int(sigmoid), threshold_f=threshold)
+        # (B, Q, C) in dense's type: the tracer cannot infer a custom node's shape, and warns where none is set
+        (batch, queries), channels = mask_logits.type().varyingSizes()[:2], dense.type().varyingSizes()[1]
+        pooled = custom_node(g, "MaskPool", mask_logits, dense, sigmoid_i=int(sigmoid), threshold_f=threshold)
+        return pooled.setType(dense.type().with_sizes([batch, queries, channels]))
 
 register_op("mask_average_logits", _candidates)
 

@@ -67,7 +67,7 @@ def test_fused_onnx_with_the_plugin_kernels_equals_the_portable_onnx(artefacts, 
     assert {"AdapterAttention", "MaskAttention"} <= set(nodes)
 
 
-def test_mask_pool_plugin_in_the_fused_graph_of_a_mask_average_model(tmp_path, launches):
+def test_mask_pool_plugin_in_the_fused_graph_of_a_mask_average_model(tmp_path, launches, capfd):
     """fisa-tiny-convnext's mask-average head: pool-only plugin, normalisation and logits as ONNX ops."""
     from fisa_rt import create_model
     from fisa_rt.export.onnx_export import export_image_model
@@ -75,6 +75,9 @@ def test_mask_pool_plugin_in_the_fused_graph_of_a_mask_average_model(tmp_path, l
     torch.manual_seed(0)
     model = create_model("fisa-tiny-convnext").eval()
     paths = {f: export_image_model(model, str(tmp_path / f"{f}.onnx"), f) for f in ("portable", "fused")}
+    # the exporter's C++ warnings (a custom node with no output type, say) reach the user's terminal
+    assert "] Warning: " not in capfd.readouterr().err
+    assert ("fisa_rt", 1) in {(o.domain, o.version) for o in onnx.load(paths["fused"]).opset_import}
     S = model.cfg.image_size
     images = _photos(S)[[1, 4]]  # a photograph (coffee) and a scene
     text = torch.nn.functional.normalize(torch.randn(7, model.embed_dim), dim=-1)
