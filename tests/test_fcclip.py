@@ -185,6 +185,7 @@ def converted(reduced, tmp_path_factory):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:ModelOpt")  # the fp16 conversion's own log (tests/test_mixed_precision.py)
 def test_build_engine_exports_converted_checkpoint_with_portable_parity(converted, tmp_path, capfd):
     """build_engine.py takes the converted checkpoint; the portable ONNX carries the deformable
     attention as standard GridSample nodes and matches PyTorch on ONNX Runtime (reduced widths, 128 px)."""
