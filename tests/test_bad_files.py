@@ -13,6 +13,7 @@ from PIL import Image
 from fisa_rt import CheckpointError, InputError
 from fisa_rt.atomic import write_json
 from fisa_rt.data.panoptic import PanopticDataset
+from fisa_rt.errors import FisaWarning
 from fisa_rt.export.manifest import write_manifest
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.segmenter import Segmenter
@@ -361,7 +362,8 @@ def test_interrupted_writes_leave_no_partial_file(tmp_path, monkeypatch):
 
 def test_results_stay_inside_their_folder_and_legends_stay_narrow(tmp_path):
     segmenter = Segmenter.from_engine(CHECKPOINT, backend="torch", cache_dir="")
-    segmenter.set_vocabulary(["x" * 10_000, "wavy wall"])
+    with pytest.warns(FisaWarning, match="longer than the text encoder's 32 tokens are cut"):
+        segmenter.set_vocabulary(["x" * 10_000, "wavy wall"])
     result = segmenter.segment(sample_images()[0], task="semantic")
     for stem in ("../escape", "sub/name", "", ".."):
         with pytest.raises(InputError, match="must be a plain name"):
