@@ -75,22 +75,29 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["skipped"] = list(_SKIPPED)
 
 
+def _build(argv: list[str]) -> None:
+    """``build_engine.py`` as a fixture's set-up: its progress and its warnings (ModelOpt's, which the
+    manifest's ``modelopt_log`` keeps) are not the benchmarks' findings, so they stay out of the summary."""
+    import contextlib
+    import io
+    import warnings
+
+    from fisa_rt.export.build_engine import build, parse_args
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build(parse_args(argv))
+
+
 @pytest.fixture(scope="session")
 def artefacts(tmp_path_factory):
     """The embedded default model built as README says (ONNX, ORT fallback, engine where TensorRT
     exists); FISA_BENCH_BUILD=<folder> reuses a folder built elsewhere (e.g. engines built on a Jetson)."""
-    import contextlib
-    import io
-    import os
-
-    from fisa_rt.export.build_engine import build, parse_args
-
     folder = os.environ.get("FISA_BENCH_BUILD")
     if folder:
         return folder
     folder = str(tmp_path_factory.mktemp("build"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        build(parse_args(["--out", folder]))
+    _build(["--out", folder])
     return folder
 
 
@@ -99,20 +106,14 @@ def int8_artefacts(artefacts, tmp_path_factory):
     """The embedded model's int8 Q/DQ ONNX (``build_engine.py --precision int8``), calibrated on 128 synthetic
     *train* scenes: never the validation slice or the images the suite compares on. With FISA_BENCH_BUILD,
     that folder (an int8 engine built elsewhere is found there too)."""
-    import contextlib
-    import io
-
     from fisa_rt.data.synthetic import generate
-    from fisa_rt.export.build_engine import build, parse_args
 
     if os.environ.get("FISA_BENCH_BUILD"):
         return artefacts
     data = str(tmp_path_factory.mktemp("calibration"))
     generate(data, "train", 128, seed=2)
     folder = str(tmp_path_factory.mktemp("build-int8"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        build(parse_args(["--out", folder, "--precision", "int8",
-                          "--calibration", os.path.join(data, "images", "train")]))
+    _build(["--out", folder, "--precision", "int8", "--calibration", os.path.join(data, "images", "train")])
     return folder
 
 
