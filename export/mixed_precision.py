@@ -19,7 +19,6 @@ clashes with onnxruntime): ``pip install -e '.[tensorrt]'`` installs it with onl
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from typing import Dict, List
@@ -47,20 +46,14 @@ def _modelopt_autocast():
     return convert_to_mixed_precision
 
 
-def _quiet(name: str) -> None:
-    # AutoCast logs one INFO line per node it keeps in fp32 (hundreds); the manifest records them instead.
-    logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarray]) -> Dict[str, object]:
     """Writes the fp16 ONNX; returns the manifest's ``mixed_precision`` record (what stayed fp32, why, and
     ModelOpt's warnings, each once)."""
     import onnx
 
     convert = _modelopt_autocast()
-    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast"):
-        _quiet(name)
-    with tempfile.TemporaryDirectory() as tmp, modelopt_messages() as messages:
+    quiet = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast")
+    with tempfile.TemporaryDirectory() as tmp, modelopt_messages(quiet) as messages:
         inputs = os.path.join(tmp, "calibration.npz")
         np.savez(inputs, **calibration)
         model = convert(

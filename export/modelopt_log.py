@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 
 class _Collector(logging.Handler):
@@ -38,14 +38,20 @@ class _Collector(logging.Handler):
 
 
 @contextlib.contextmanager
-def modelopt_messages(level: int = logging.WARNING) -> Iterator[List[str]]:
+def modelopt_messages(quiet: Sequence[str] = (), level: int = logging.WARNING) -> Iterator[List[str]]:
     """Collects what ModelOpt logs at ``level`` and above while the block runs; yields the list it fills.
+
+    The loggers named in ``quiet`` are set to ``level`` first, and stay there: AutoCast and the quantizer log one
+    INFO line per node, which the manifest records instead. Setting them creates those not yet created, so they
+    get the filter too, and loggers created later under them inherit the level.
 
     Only the ``modelopt`` loggers that exist on entry get the filter, so import ModelOpt's entry point first.
     A logger created inside the block still prints through ModelOpt's handler, but only once: the root
     handler collects its records and keeps ``basicConfig`` from adding a second handler. If the block raises,
     the messages go to stderr, because they may say why.
     """
+    for name in quiet:
+        logging.getLogger(name).setLevel(level)
     collector = _Collector(level)
     names = [n for n in list(logging.root.manager.loggerDict) if n == "modelopt" or n.startswith("modelopt.")]
     loggers = [logging.getLogger(n) for n in names]

@@ -15,7 +15,6 @@ The recipe (``RECIPE``) was chosen by measurement: ``scripts/int8-sensitivity.py
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -216,11 +215,10 @@ def quantize_onnx(onnx_path: str, out_path: str, precision: str, calibration: Ca
         def rewind(self):
             self._next = iter(self.feeds)
 
-    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.quantization"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per node otherwise
+    quiet = ("modelopt", "modelopt.onnx", "modelopt.onnx.quantization")
     # ModelOpt writes intermediate files beside its input and its output: both in a private folder, then the
     # result moved beside out_path and renamed, so an interrupted run leaves no partial file there
-    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory() as work, modelopt_messages() as messages:
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory() as work, modelopt_messages(quiet) as messages:
         source, result = os.path.join(work, "model.onnx"), os.path.join(work, "model.qdq.onnx")
         model = onnx.load(onnx_path)
         onnx.save(model, source)

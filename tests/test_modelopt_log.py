@@ -68,6 +68,20 @@ def test_a_logger_made_during_the_conversion_prints_once_and_is_still_collected(
     assert logging.root.handlers == []
 
 
+def test_quiet_loggers_are_made_at_the_level_and_collected(bare_root, capsys):
+    """AutoCast's and the quantizer's INFO line per node: their loggers are set to WARNING, made if ModelOpt has
+    not made them yet (so they get the filter), and stay there for the rest of the run."""
+    bare_root()
+    with modelopt_like("modelopt.fake_quiet"):
+        with modelopt_messages(["modelopt.fake_quiet.not_yet_made"]) as messages:
+            quiet = logging.getLogger("modelopt.fake_quiet.not_yet_made")
+            quiet.info("one line per node")
+            quiet.getChild("later").info("one line per node, from a logger made inside")
+            quiet.warning("kept")
+    assert messages == ["kept"] and capsys.readouterr() == ("", "")
+    assert quiet.level == logging.WARNING and not quiet.filters
+
+
 def test_a_failing_conversion_shows_what_modelopt_said(capsys):
     with modelopt_like("modelopt.fake_failing") as logger:
         with pytest.raises(RuntimeError, match="conversion failed"):
