@@ -57,6 +57,10 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def render(data: dict, command: str = COMMAND, title: bool = True) -> str:
     info = data.get("machine_info", {}).get("fisa_rt", {})
     versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items() if v)
@@ -72,17 +76,13 @@ def render(data: dict, command: str = COMMAND, title: bool = True) -> str:
         groups[bench["name"].split("[")[0]].append(bench)
     for group, benches in groups.items():
         columns = [k for k in KEYS if any(k in b.get("extra_info", {}) for b in benches)]
-        lines += [f"## {group}", "", "| case | median ms | min ms | rounds | " + " | ".join(columns) + " |",
-                  "|---|---|---|---|" + "---|" * len(columns)]
+        lines += [f"## {group}", "", _row(["case", "median ms", "min ms", "rounds", *columns]),
+                  "|" + "---|" * (4 + len(columns))]
         for b in benches:
-            case = b["name"][len(group):].strip("[]") or "-"
             stats, extra = b["stats"], b.get("extra_info", {})
-            cells = [_fmt(extra.get(k, "")) for k in columns]
-            lines.append(
-                f"| {case} | {stats['median'] * 1e3:.2f} | {stats['min'] * 1e3:.2f} | {stats['rounds']} | "
-                + " | ".join(cells)
-                + " |"
-            )
+            case = b["name"][len(group):].strip("[]") or "-"
+            times = (f"{stats['median'] * 1e3:.2f}", f"{stats['min'] * 1e3:.2f}", stats["rounds"])
+            lines.append(_row([case, *times, *(_fmt(extra.get(k, "")) for k in columns)]))
         lines.append("")
     skipped = data.get("skipped") or []
     if skipped:
@@ -91,7 +91,8 @@ def render(data: dict, command: str = COMMAND, title: bool = True) -> str:
             reasons[s["reason"]].append(s["test"].split("::")[-1])
         lines += ["## Not measured on this machine", ""]
         for reason, tests in reasons.items():
-            lines.append(f"- {reason}: {len(tests)} cases ({', '.join(tests[:4])}{', ...' if len(tests) > 4 else ''})")
+            cases = f"{len(tests)} case{'s' if len(tests) > 1 else ''}"
+            lines.append(f"- {reason}: {cases} ({', '.join(tests[:4])}{', ...' if len(tests) > 4 else ''})")
         lines.append("")
     return "\n".join(lines)
 
@@ -103,8 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--append", metavar="REPORT", help="add this run's tables to an existing report instead")
     parser.add_argument("--command", default=COMMAND, help="the command that produced the JSON, as the report shows it")
     args = parser.parse_args(argv)
-    with open(args.json) as f:
-        data = json.load(f)
+    try:
+        with open(args.json) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as error:
+        print(f"report.py: cannot read {args.json} as pytest-benchmark JSON: {error}", file=sys.stderr)
+        return 2
     if args.append:
         with open(args.append, "a") as f:
             f.write("\n" + render(data, args.command, title=False))
@@ -115,6 +120,9 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results", f"{info.get('date', 'undated')}-{slug}.md"
     )
+    if os.path.exists(out):
+        print(f"report.py: {out} exists; move it away or name another with --out", file=sys.stderr)
+        return 2
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(render(data))

@@ -24,4 +24,5 @@ class Timings:
                   ("post-process", self.postprocess), ("write", self.write)]
         shown = ", ".join(f"{name} {1000 * seconds / n:.1f} ms" for name, seconds in stages)
         fps = self.images / total if total else 0
-        return f"{self.images} images: {shown} per image; {fps:.1f} FPS end to end"
+        images = f"{self.images} image{'' if self.images == 1 else 's'}"
+        return f"{images}: {shown} per image; {fps:.1f} FPS end to end"
