@@ -271,9 +271,16 @@ def test_the_panoptic_task_does_no_class_by_pixel_product(segmenter, threshold, 
                 assert np.array_equal(result.semantic, best_proposal_labels(class_logits, logits).numpy())
 
 
-def test_larger_images_are_merged_at_the_model_size_and_resized(segmenter):
+@pytest.mark.parametrize("threshold", [None, 1.0])
+def test_larger_images_are_merged_at_the_model_size_and_resized(segmenter, threshold, monkeypatch):
+    """Threshold 1.0 keeps no proposal: the panoptic labels are then `best_proposal_labels`' and no segment."""
+    import dataclasses
+
     from fisa_rt.postprocess import resize_labels
 
+    if threshold is not None:
+        monkeypatch.setattr(segmenter, "postprocess",
+                            dataclasses.replace(segmenter.postprocess, object_mask_threshold=threshold))
     class_logits, mask_logits = _discs(torch.Generator().manual_seed(0), 20, CLASSES, 32, 32)
     size = (300, 500)
     content = _content(segmenter, size)
@@ -285,7 +292,10 @@ def test_larger_images_are_merged_at_the_model_size_and_resized(segmenter):
     assert torch.equal(result.panoptic.segment_map, resize_labels(working.panoptic.segment_map, size))
     ids, counts = np.unique(result.panoptic.segment_map.numpy(), return_counts=True)
     assert {s.id: s.area for s in result.panoptic.segments} == {int(i): int(c) for i, c in zip(ids, counts) if i}
-    assert len(result.panoptic.segments) >= 2
+    segments = len(result.panoptic.segments)
+    assert segments >= 2 if threshold is None else segments == 0
+    assert len(np.unique(result.semantic)) >= 2 and result.semantic.dtype == np.int64
+    assert result.panoptic.segment_map.dtype == torch.int32
     picture = np.zeros((*size, 3), np.uint8)
     instances = segmenter._postprocess(picture, class_logits, mask_logits, content, "instance").instances
     assert instances.masks.shape[1:] == size

@@ -27,6 +27,7 @@ from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
 from ..errors import InputError, warn
 from ..postprocess import (
     InstanceResult,
+    PanopticResult,
     best_proposal_labels,
     cpu_threads_for,
     instance_inference,
@@ -258,20 +259,24 @@ class Segmenter:
     def _panoptic(self, class_logits, logits, size):
         """Panoptic segments and, as the semantic labels, each pixel's owning proposal's class: no (Q, K) x
         (Q, pixels) product (the cost stays flat in K). With no proposal kept, the best proposal's class over all
-        of them (`best_proposal_labels`), still flat in K."""
+        of them (`best_proposal_labels`), still flat in K.
+        Both maps are made at the working size and only then resized to ``size``: a nearest resize copies
+        pixels, so the labels are the same, and the host makes one pass over the image's pixels per map, not
+        five (a 6000 x 4000 photo: ~500 ms of NumPy, against the model's ~20)."""
         found = panoptic_proposals(class_logits, logits, self.postprocess)
         kept = found.scores.shape[0]
         areas, output_areas = owned_areas(found.owners, kept), owned_areas(found.owners, kept, size)
-        owners = resize_labels(found.owners, size)
-        fallback = [] if kept else [resize_labels(best_proposal_labels(class_logits, logits), size)]
+        fallback = [] if kept else [best_proposal_labels(class_logits, logits)]
         owners, labels, scores, own_area, areas, output_areas, *semantic = to_host(
-            [owners, found.labels, found.scores, found.own_area, areas, output_areas, *fallback]
+            [found.owners, found.labels, found.scores, found.own_area, areas, output_areas, *fallback]
         )
         panoptic = panoptic_segments(
             owners, labels.tolist(), scores.tolist(), own_area.tolist(), areas.tolist(), self.vocabulary.is_thing,
             self.postprocess, output_areas.tolist(),
         )
-        return (semantic[0] if semantic else labels[np.abs(owners) - 1]), panoptic
+        semantic = torch.from_numpy(semantic[0] if semantic else labels[np.abs(owners) - 1])
+        segment_map = resize_labels(panoptic.segment_map, size)
+        return resize_labels(semantic, size).numpy(), PanopticResult(segment_map, panoptic.segments)
 
     def info(self) -> Dict[str, object]:
         return {"backend": self.backend.name, "device": str(self.backend.device), "image_size": self.backend.image_size}
