@@ -75,7 +75,9 @@ def render(data: dict, command: str = COMMAND, title: bool = True) -> str:
     for bench in data.get("benchmarks", []):
         groups[bench["name"].split("[")[0]].append(bench)
     for group, benches in groups.items():
-        columns = [k for k in KEYS if any(k in b.get("extra_info", {}) for b in benches)]
+        present = {k for b in benches for k in b.get("extra_info", {})}
+        # the known keys in a fixed order, then any other a benchmark recorded: none is dropped
+        columns = [k for k in KEYS if k in present] + sorted(present.difference(KEYS))
         lines += [f"## {group}", "", _row(["case", "median ms", "min ms", "rounds", *columns]),
                   "|" + "---|" * (4 + len(columns))]
         for b in benches:
