@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 
 class GpuUnavailableError(RuntimeError):
@@ -250,20 +250,26 @@ def render(
     without_compiled: bool = False,
     profiles: Optional[List[Dict[str, object]]] = None,
     choices: Optional[List[Dict[str, object]]] = None,
+    failed: Sequence[str] = (),
 ) -> str:
+    """``peaks`` None: that step failed (the DRAM fractions are then left out); ``failed``: the steps that failed
+    or ran out of time, whose sections are missing or partial."""
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
+    measured = (f"DRAM {peaks['dram_bytes_per_s'] / 1e12:.2f} TB/s (copy of {peaks['copy_bytes'] / 2 ** 30:.0f} GiB), "
+                f"fp16 tensor {peaks['tensor_flops_per_s'] / 1e12:.0f} TFLOP/s ({peaks['gemm_n']}³ GEMM)"
+                if peaks else "not measured")
     lines = [
         f"# fisa-rt GPU check — {info['name']} ({date})",
         "",
         f"- device: {info['name']}, compute capability {info['capability']}, {info['sms']} SMs, "
         f"{info['memory_gib']} GiB",
         f"- driver {info['driver']}, CUDA {info['cuda']}; {versions_line}",
-        f"- peaks measured on this card: DRAM {peaks['dram_bytes_per_s'] / 1e12:.2f} TB/s "
-        f"(copy of {peaks['copy_bytes'] / 2 ** 30:.0f} GiB), "
-        f"fp16 tensor {peaks['tensor_flops_per_s'] / 1e12:.0f} TFLOP/s ({peaks['gemm_n']}³ GEMM)",
+        f"- peaks measured on this card: {measured}",
         "- command: `scripts/gpu-check.sh`" + (f" ({minutes:.1f} min)" if minutes is not None else ""),
         "",
     ]
+    if failed:
+        lines += [f"**Failed or out of time, so missing or partial below: {', '.join(failed)}.**", ""]
     if tests is not None:
         lines += ["## Kernel tests (`pytest tests/kernels`, bf16 included)", "",
                   f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
@@ -279,7 +285,7 @@ def render(
         for r in kernels:
             ms, gbps = float(r["ms"]), r.get("gbps")
             eager = cases[(r["op"], r.get("shape", r["case"]))].get("eager")
-            fraction = f"{gbps * 1e9 / peaks['dram_bytes_per_s']:.0%}" if gbps else ""
+            fraction = f"{gbps * 1e9 / peaks['dram_bytes_per_s']:.0%}" if gbps and peaks else ""
             speedup = f"{eager / ms:.2f}x" if eager else ""
             lines.append(f"| {r['op']} | {r.get('shape', r['case'])} | {r.get('impl', '')} | {ms:.4f} | "
                          f"{r.get('tflops', 0):.1f} | {gbps or 0:.0f} | {fraction} | {speedup} |")
@@ -340,13 +346,14 @@ def main(argv=None) -> int:
     write = sub.add_parser("write", help="write benchmarks/results/<date>-<gpu>.md")
     write.add_argument("--tests", help="pytest --junitxml of the kernel tests")
     write.add_argument("--bench", help="pytest-benchmark JSON of benchmarks/test_kernels.py")
-    write.add_argument("--peaks", required=True)
+    write.add_argument("--peaks", required=True, help="JSON of `gpu_report.py peaks` (missing: not measured)")
     write.add_argument("--e2e")
     write.add_argument("--profile", help="JSON of `gpu_report.py profile`")
     write.add_argument("--choices", help="JSON of `gpu_report.py choices`")
     write.add_argument("--runtime", help="gpu-e2e.md of benchmarks/test_gpu_e2e.py (appended as it is)")
     write.add_argument("--minutes", type=float)
     write.add_argument("--without-compiled", action="store_true", help="the torch.compile baselines were skipped")
+    write.add_argument("--failed", action="append", metavar="STEP", help="a step that failed or ran out of time")
     write.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     try:
@@ -359,15 +366,14 @@ def main(argv=None) -> int:
         elif args.command == "choices":
             result = measure_choices()
         else:
-            measured = _load(args.peaks)
-            if measured is None:
-                raise FileNotFoundError(f"no peaks file at {args.peaks}: run `gpu_report.py peaks` first")
+            # without the peaks step's file (it failed), the device is read here: the other sections still count
+            measured = _load(args.peaks) or {"device": device_info(), "peaks": None}
             date = datetime.date.today().isoformat()
             bench = _load(args.bench)
             tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
             text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
                           _load(args.e2e) or [], date, args.minutes,
-                          args.without_compiled, _load(args.profile), _load(args.choices))
+                          args.without_compiled, _load(args.profile), _load(args.choices), args.failed or ())
             if args.runtime and os.path.exists(args.runtime):
                 with open(args.runtime) as f:
                     text += "\n## Runtime end to end (benchmarks/test_gpu_e2e.py)\n\n" + f.read()

@@ -146,14 +146,15 @@ def test_mask_attention(benchmark, peaks, shape, impl, mode):
     q, ks, vs = (torch.randn(B, H, Q, Dh, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
     k, v = (torch.randn(B, H, N, Dh, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(2))
     masks = torch.randn(B, Q, *mask_size, device=DEVICE, dtype=DTYPE)
-    # the mask decided once per forward and shared by the layers, as the model does (both paths)
+    # the mask decided once per forward and shared by the layers, as the model does, for every path but the
+    # compiled one, which is given plain tensors and so also compiles the mask's interpolation and threshold
     layout = mask_attention_layout(masks, grid, 0.0, kernels="triton")
     forward = {
         "triton": lambda: mask_attention(q, k, v, ks, vs, masks, grid, 0.0, kernels="triton", layout=layout),
-        "eager": lambda: mask_attention_reference(q, k, v, ks, vs, masks, grid, 0.0),
+        "eager": lambda: mask_attention_reference(q, k, v, ks, vs, masks, grid, 0.0, layout=layout),
         "compiled": lambda: compiled(mask_attention_reference)(q, k, v, ks, vs, masks, grid, 0.0),
         # SDPA over the image keys plus each mask token's own key, the mask materialised (kernels' candidate)
-        "sdpa": lambda: mask_attention_sdpa(q, k, v, ks, vs, masks, grid, 0.0),
+        "sdpa": lambda: mask_attention_sdpa(q, k, v, ks, vs, masks, grid, 0.0, layout=layout),
     }[impl]
     passes = 1 if mode == "fwd" else 3.5
     measure(

@@ -107,3 +107,24 @@ def test_choice_section_shows_every_candidate_and_the_chosen_one():
     assert ("| fisa-vit-b16 640 px, 133 classes | `adapter_attention:float16:fwd:1,12,2048` | sdpa-cudnn | "
             "**sdpa-cudnn 0.0400**, triton 0.1200, eager 0.3000 | sdpa-flash |") in text
     assert "Kernel choices of `auto`" in gpu_report.render(DEVICE, PEAKS, None, [], [], "2026-12-05", choices=rows)
+
+
+def test_failed_steps_are_named_and_a_failed_peaks_step_loses_only_the_fractions():
+    rows = gpu_report.kernel_rows(BENCH)
+    text = gpu_report.render(DEVICE, None, None, rows, [], "2026-12-06", minutes=9.3,
+                             failed=["peaks and device", "kernel tests"])
+    assert "- peaks measured on this card: not measured" in text and "(9.3 min)" in text
+    assert "**Failed or out of time, so missing or partial below: peaks and device, kernel tests.**" in text
+    assert "| adapter_attention | vitb16-640-coco fwd | triton | 0.0100 | 71.0 | 950 |  | 5.00x |" in text
+    assert "Failed or out of time" not in gpu_report.render(DEVICE, PEAKS, None, rows, [], "2026-12-06")
+
+
+def test_the_gpu_check_script_gives_each_step_sigint_first_and_fits_nine_minutes():
+    """pytest writes its junit and benchmark JSON on SIGINT, not on timeout's default SIGTERM; at
+    FISA_GPU_CHECK_MINUTES=9 the steps' limits leave room for the installs in a 600 s command."""
+    import re
+
+    script = open(os.path.join(ROOT, "scripts", "gpu-check.sh")).read()
+    assert 'timeout -s INT -k 15 "$limit"' in script
+    limits = [int(n) for n in re.findall(r"^step (\d+) ", script, re.M)]
+    assert len(limits) == 7 and sum(n * 9 // 25 for n in limits) <= 520

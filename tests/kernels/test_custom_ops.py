@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from functools import partial
 
 import torch
 
@@ -11,22 +12,24 @@ from fisa_rt.kernels.mask_attention import mask_attention_layout
 from fisa_rt.kernels.mask_attention_triton import forward_op as mask_attention_fwd
 from fisa_rt.kernels.mask_pooling_triton import cosine_forward
 
-from kernel_checks import assert_close
+from kernel_checks import DEVICE, assert_close
 
 
 def small_inputs():
-    q = torch.randn(1, 2, 9, 16)
-    k, v = (torch.randn(1, 2, 5, 16) for _ in "kv")
-    valid = torch.tensor([[True, True, False, True, True]])
-    masks = torch.randn(1, 5, 8, 8)
+    """On the GPU where there is one (the ops' real kernels), else on CPU in Triton's interpreter."""
+    randn = partial(torch.randn, device=DEVICE)
+    q = randn(1, 2, 9, 16)
+    k, v = (randn(1, 2, 5, 16) for _ in "kv")
+    valid = torch.tensor([[True, True, False, True, True]], device=DEVICE)
+    masks = randn(1, 5, 8, 8)
     layout = mask_attention_layout(masks, (4, 4), 0.0, "triton")
-    mask_args = (q[:, :, :5], *(torch.randn(1, 2, 16, 16) for _ in "kv"), *(torch.randn(1, 2, 5, 16) for _ in "kv"),
+    mask_args = (q[:, :, :5], *(randn(1, 2, 16, 16) for _ in "kv"), *(randn(1, 2, 5, 16) for _ in "kv"),
                  layout.inside, layout.block_counts, layout.block_indices, layout.block_q, layout.block_n, None)
-    return (q, k, v, valid), mask_args, (masks, torch.randn(1, 8, 4, 4), torch.randn(3, 8), "binary", 0.0)
+    return (q, k, v, valid), mask_args, (masks, randn(1, 8, 4, 4), randn(3, 8), "binary", 0.0)
 
 
 def test_fake_implementations_and_schemas():
-    """opcheck: schema, fake tensor and AOT dispatch agree with the real op (Triton's interpreter here)."""
+    """opcheck: schema, fake tensor and AOT dispatch agree with the real op (on CPU, in Triton's interpreter)."""
     adapter, mask, pooling = small_inputs()
     for op, args in ((adapter_attention_fwd, adapter), (mask_attention_fwd, mask), (cosine_forward, pooling)):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
