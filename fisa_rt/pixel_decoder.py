@@ -100,8 +100,10 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(tokens).view(B, S, M, C // M)
         offsets = self.sampling_offsets(query).view(B, S, M, L, P, 2)
         weights = self.attention_weights(query).view(B, S, M, L * P).softmax(-1).view(B, S, M, L, P)
-        # Offsets are in pixels of each level: divide by that level's (w, h).
-        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
+        # Offsets are in pixels of each level: divide by that level's (w, h), made on the device ([0, 1] * (h - w)
+        # + w): a copy from the host, torch.tensor(...), would stop a CUDA graph from capturing the forward.
+        steps = torch.arange(2, dtype=query.dtype, device=query.device)
+        normaliser = torch.stack([steps * (h - w) + w for h, w in shapes])
         locations = reference[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
         return self.output_proj(multi_scale_deformable_attention(value, shapes, locations, weights))
 

@@ -13,7 +13,7 @@ on the wall clock (``wall_clock_timer``): a host has no launches to hide, and th
 the eager adapter attention 1.5-7x once the vocabulary is large, and loses at K = 1 with padded classes.
 
 Choices are saved as JSON in ``$XDG_CACHE_HOME/fisa-rt/kernel-choices/`` (default ``~/.cache``), one file per
-device name + torch + Triton version, since any of the three can change the winner; ``fisa-rt tune`` fills
+device name + torch + Triton (+ cuDNN) version, since any of them can change the winner; ``fisa-rt tune`` fills
 it ahead of time, ``fisa-rt inspect``/``bench`` print it. The timer is a parameter (``ChoiceTable(timer=)``):
 tests inject timings on CPU.
 """
@@ -34,10 +34,37 @@ Timer = Callable[[Callable[[], object]], float]
 
 def cuda_graph_timer(fn: Callable[[], object]) -> float:
     """Milliseconds per call of ``fn`` replayed in a CUDA graph (after one eager call, which also lets
-    Triton's autotuner pick its configs outside the capture)."""
-    import triton.testing
+    Triton's autotuner pick its configs outside the capture), on the current device."""
+    import torch
 
+    # the timer runs on a stream of its own: the candidate's inputs, made on this one, must be written first
+    torch.cuda.current_stream().synchronize()
+    try:
+        import triton.testing
+    except ImportError:  # torch without Triton (CPU wheels, some Jetson ones): SDPA and eager are still timed
+        return _graph_replay_ms(fn)
     return float(triton.testing.do_bench_cudagraph(fn, rep=20))
+
+
+def _graph_replay_ms(fn: Callable[[], object], calls: int = 20, replays: int = 10) -> float:
+    """``do_bench_cudagraph`` without Triton: the median over ``replays`` of one graph of ``calls`` calls."""
+    import torch
+
+    with torch.cuda.stream(torch.cuda.Stream()):
+        fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
 
 
 def wall_clock_timer(fn: Callable[[], object], budget_s: float = 0.05) -> float:
@@ -78,12 +105,24 @@ def bucket_key(op: str, dtype: str, grad: bool, shape: Iterable[int]) -> str:
     return f"{op}:{dtype}:{'fwd+bwd' if grad else 'fwd'}:{','.join(str(int(n)) for n in shape)}"
 
 
-def table_path(device_name: str, cache_dir: Optional[str] = None) -> str:
-    import torch
-    import triton
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:  # auto still chooses between SDPA and eager
+        return "none"
+    return triton.__version__
 
+
+def table_path(device_name: str, cache_dir: Optional[str] = None) -> str:
+    """The file of ``device_name``'s choices: one per torch, Triton and, on a GPU, cuDNN version (cuDNN runs one
+    of SDPA's candidates and is upgraded on its own)."""
+    import torch
+
+    versions = f"torch{torch.__version__}-triton{_triton_version()}"
+    if not device_name.startswith("cpu") and torch.backends.cudnn.is_available():
+        versions += f"-cudnn{torch.backends.cudnn.version()}"
     root = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt")
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device_name}-torch{torch.__version__}-triton{triton.__version__}")
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device_name}-{versions}")
     return os.path.join(root, "kernel-choices", f"{slug.strip('-')}.json")
 
 

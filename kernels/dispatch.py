@@ -17,6 +17,7 @@ The fused ONNX nodes are not a mode: ``onnx_ops.fused_nodes()`` switches them on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -185,7 +186,9 @@ def measured_choice(op: str, dtype: str, grad: bool, bucket: Tuple[int, ...], de
     device = torch.device(device_type, index) if cuda else torch.device(device_type)
     candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, triton_runs_on(device_type))
     try:
-        return table.decide(key, candidates).implementation
+        # timed on the tensors' GPU: the timer's stream and graph, and Triton's launches, use the current device
+        with torch.cuda.device(device) if cuda else contextlib.nullcontext():
+            return table.decide(key, candidates).implementation
     except NoCandidateRanError as exc:
         # nothing could be timed (a capture refused even eager): run the reference, measure again next process
         warnings.warn(f"{exc}; running the PyTorch reference", stacklevel=2)

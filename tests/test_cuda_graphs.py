@@ -147,6 +147,38 @@ def test_a_failed_capture_falls_back_with_one_line(eager):
     torch.testing.assert_close(got.class_scores, eager.run(images, text).class_scores)
 
 
+def test_a_warm_up_error_is_the_caller_s_and_leaves_graphs_on(eager):
+    """A bad input fails in the warm-up (the eager forward) with the error it gets without graphs; nothing is
+    turned off by it, and the next good call is captured."""
+    seam = ReplaySeam()
+    backend = graphed(seam)
+    _, text = _inputs(eager, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FisaWarning)  # and no "graphs are off" line
+        with pytest.raises(InputError, match="multiples of 32"):
+            backend.run(torch.zeros(1, 3, 100, 100, dtype=torch.uint8), text)
+        images, _ = _inputs(eager, 4)
+        torch.testing.assert_close(backend.run(images, text).class_scores, eager.run(images, text).class_scores)
+    assert seam.captures == 1 and not backend.graphs.failed and backend.graphs.failure is None
+
+
+def test_a_failed_capture_runs_only_its_own_shape_eagerly(eager):
+    class FailsAtBatchTwo(ReplaySeam):
+        def capture(self, fn):
+            if self.captures:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return super().capture(fn)
+
+    seam = FailsAtBatchTwo()
+    backend = graphed(seam)
+    images, text = _inputs(eager, 4)
+    backend.run(images, text)
+    with pytest.warns(FisaWarning, match="CUDA graphs are off for batch 2 at 128x128, up to 8 classes"):
+        backend.run(torch.cat([images, images]), text)
+    backend.run(images, text)
+    assert (seam.captures, seam.replays) == (1, 2) and len(backend.graphs.failed) == 1
+
+
 def test_segmenter_labels_equal_with_and_without_graphs(eager):
     with_graphs = Segmenter(graphed(ReplaySeam()), default_checkpoint(), cache_dir="")
     without = Segmenter(eager, default_checkpoint(), cache_dir="")
@@ -156,6 +188,38 @@ def test_segmenter_labels_equal_with_and_without_graphs(eager):
     a, b = with_graphs.segment(image), without.segment(image)
     assert np.array_equal(a.semantic, b.semantic)
     assert torch.equal(a.panoptic.segment_map, b.panoptic.segment_map)
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "deformable"])  # the deformable one is FC-CLIP's
+def test_the_forward_copies_nothing_from_the_host(decoder):
+    """A tensor made from host data (torch.tensor, as_tensor, from_numpy, new_tensor) is a synchronous copy on
+    CUDA, which a graph capture refuses: the whole forward then runs eagerly. The forward makes none."""
+    import dataclasses
+
+    from torch.overrides import TorchFunctionMode
+
+    from fisa_rt.config import get_model_config
+    from fisa_rt.inference import InferenceWrapper
+
+    cfg = get_model_config("fisa-tiny-convnext")
+    generator = dataclasses.replace(cfg.mask_generator, pixel_decoder=decoder, deformable_ffn=64, deformable_points=2)
+    torch.manual_seed(0)
+    wrapper = InferenceWrapper(create_model(dataclasses.replace(cfg, mask_generator=generator)).eval(), semantic=False)
+    from_host = {torch.tensor, torch.as_tensor, torch.from_numpy, torch.Tensor.new_tensor}
+
+    class FromHost(TorchFunctionMode):
+        calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in from_host:
+                FromHost.calls.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    images = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8)
+    text, valid = random_text(5, wrapper.model.embed_dim), torch.ones(5, dtype=torch.bool)
+    with torch.no_grad(), FromHost():
+        wrapper(images, text, None, valid)
+    assert FromHost.calls == []
 
 
 def test_graphs_on_cpu_without_a_seam_are_refused():

@@ -13,6 +13,7 @@ last, as torch tensors on the backend's device, so post-processing runs where th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -196,11 +197,14 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         text = self.check_text(text)
-        flags = None if seen is None else torch.as_tensor(self.seen_flags(text, seen), device=self.device)
-        images, text = images.to(self.device, non_blocking=True), torch.from_numpy(text).to(self.device)
-        if self.graphs is not None:
-            return RawOutput(*self.graphs(images, text, flags))
-        return RawOutput(*self.forward(images, text, flags))
+        # this backend's GPU is the current one while it runs: Triton launches on the current device's stream,
+        # and CUDA graphs capture there (a model on cuda:1 while cuda:0 is current would otherwise mix the two)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            flags = None if seen is None else torch.as_tensor(self.seen_flags(text, seen), device=self.device)
+            images, text = images.to(self.device, non_blocking=True), torch.from_numpy(text).to(self.device)
+            if self.graphs is not None:
+                return RawOutput(*self.graphs(images, text, flags))
+            return RawOutput(*self.forward(images, text, flags))
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -9,8 +9,9 @@ How (torch.cuda.graphs' recipe): each key gets static input buffers (images, tex
 output buffers; a call copies its inputs into the buffers and replays. Vocabularies of one bucket (the next
 power of two, at least ``MIN_BUCKET``) share a graph: a new one refills the text buffer, with no recapture;
 the padded classes are masked out inside the model (``text_valid``), so the scores of the real classes are
-those of the unpadded run. A capture that fails (an op that syncs with the host, too little memory) turns
-the runner off with one line saying why, and the eager forward serves from then on.
+those of the unpadded run. A capture that fails (an op that syncs with the host) is said in one line per reason,
+and that key runs eagerly from then on; the others keep their graphs. An error of the warm-up (the eager
+forward: a bad input, too little memory) is the caller's, raised as it would be without graphs.
 
 The capture and replay are a seam (:class:`CaptureSeam`): ``TorchGraphs`` on CUDA, and on CPU the tests
 inject one that records captures and replays by calling the captured function again into the same buffers.
@@ -77,7 +78,9 @@ class TorchGraphs(CaptureSeam):
 
     def capture(self, fn):
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # on this runner's stream, so on its device (torch's default capture stream is made on whichever
+        # device was current the first time any graph was captured)
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             outputs = fn()
         return graph, outputs
 
@@ -107,27 +110,21 @@ class GraphRunner:
         self.forward = forward
         self.seam = seam
         self.graphs: Dict[tuple, _Graph] = {}
-        self.failure: Optional[str] = None  # why graphs are off (after a failed capture)
+        self.failed: Dict[tuple, str] = {}  # keys whose capture failed, and why: they run eagerly
+        self.failure: Optional[str] = None  # why the last capture that failed did
         self.captures = 0
 
     def key(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor]) -> tuple:
         return (tuple(images.shape), images.dtype, class_bucket(text.shape[0]), tuple(text.shape[1:]), seen is None)
 
     def __call__(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None):
-        if self.failure is not None:
-            return self._eager(images, text, seen)
         key = self.key(images, text, seen)
         graph = self.graphs.get(key)
-        if graph is None and len(self.graphs) >= MAX_GRAPHS:
-            return self._eager(images, text, seen)
         if graph is None:
-            try:
-                graph = self._capture(images, text, seen)
-            except Exception as error:  # capture refuses host syncs and some ops: say which, run eagerly
-                self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-                self.graphs.clear()
-                warn(f"CUDA graphs are off for this model ({self.failure}); running eagerly (--no-cuda-graphs "
-                     "silences this)")
+            if key in self.failed or len(self.graphs) >= MAX_GRAPHS:
+                return self._eager(images, text, seen)
+            graph = self._capture(key, images, text, seen)
+            if graph is None:
                 return self._eager(images, text, seen)
             self.graphs[key] = graph
         self._fill(graph, images, text, seen)
@@ -139,7 +136,9 @@ class GraphRunner:
     def _eager(self, images, text, seen):
         return self.forward(images, text, seen, torch.ones(text.shape[0], dtype=torch.bool, device=text.device))
 
-    def _capture(self, images, text, seen) -> _Graph:
+    def _capture(self, key: tuple, images, text, seen) -> Optional[_Graph]:
+        """The graph of ``key``, or None where capturing failed. The warm-up is the eager forward: what it raises
+        (a bad input, too little memory) is raised to the caller as without graphs, and changes nothing here."""
         bucket = class_bucket(text.shape[0])
         graph = _Graph(
             images=torch.empty_like(images),
@@ -155,7 +154,16 @@ class GraphRunner:
             return self.forward(graph.images, graph.text, graph.seen, graph.valid)
 
         self.seam.warm_up(run)
-        graph.handle, graph.outputs = self.seam.capture(run)
+        try:
+            graph.handle, graph.outputs = self.seam.capture(run)
+        except Exception as error:  # capture refuses host syncs and some ops: say which, run this key eagerly
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            if reason not in self.failed.values():
+                B, _, H, W = images.shape
+                warn(f"CUDA graphs are off for batch {B} at {H}x{W}, up to {bucket} classes ({reason}); running "
+                     "eagerly (--no-cuda-graphs silences this)")
+            self.failed[key], self.failure = reason, reason
+            return None
         self.captures += 1
         return graph
 

@@ -1,6 +1,7 @@
 """Kernel dispatch: config switch, the measured choice of ``auto`` (with injected timings), clear refusals."""
 
 import dataclasses
+import os
 import warnings
 
 import pytest
@@ -100,6 +101,22 @@ def adapter_inputs(requires_grad=False):
     return q, k, v
 
 
+def test_auto_measures_without_triton_installed(monkeypatch, tmp_path):
+    """CPU-only torch wheels (and some Jetson ones) come without Triton: ``auto`` still times SDPA and eager, in
+    a table named for that."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now fails as it would without the package
+    monkeypatch.setattr(dispatch, "measurable", lambda tensors, grad: True)
+    monkeypatch.setattr(dispatch, "_TABLES", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q, k, v = adapter_inputs()
+    assert_close(adapter_attention(q, k, v), adapter_attention_reference_double(q, k, v), 1e-4, what="auto")
+    (choice,) = dispatch.local_table().choices.values()
+    assert "triton" not in choice.times_ms and choice.implementation in choice.times_ms
+    assert table_path("cpu").endswith("-tritonnone.json") and os.path.isfile(dispatch.local_table().path)
+
+
 def test_auto_runs_the_fastest_candidate_measured_and_remembers_it(measured_on_cpu, tmp_path):
     # cuDNN's SDPA would be fastest but cannot run on CPU: it is recorded as failed, never chosen
     timer, table = measured_on_cpu({"triton": 0.30, "sdpa-flash": 0.05, "sdpa-cudnn": 0.01,
@@ -166,6 +183,30 @@ def test_a_capture_never_measures(measured_on_cpu, monkeypatch):
     with pytest.warns(UserWarning, match="not measured before this CUDA-graph capture"):
         assert dispatch.measured_choice("adapter_attention", "float32", False, (1,), "cuda", 0) == "eager"
     assert not timer.timed and not table.choices
+
+
+def test_a_gpu_bucket_is_timed_with_the_tensors_gpu_current(measured_on_cpu, monkeypatch):
+    """Triton's launches and the timer's stream and graph use the current device: a bucket of cuda:1 tensors is
+    timed with cuda:1 current, whatever device the caller had current."""
+    import contextlib
+
+    timer, table = measured_on_cpu({"eager": 1.0})
+    current = ["cuda:0"]
+
+    @contextlib.contextmanager
+    def device(which):
+        before, current[0] = current[0], str(which)
+        yield
+        current[0] = before
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(dispatch, "device_name", lambda index: "cpu")
+    timer.candidates = {"eager": lambda: seen.append(current[0])}  # no CUDA tensors to build here
+    monkeypatch.setitem(dispatch._BUILDERS, "adapter_attention", lambda *args: timer.candidates)
+    assert dispatch.measured_choice("adapter_attention", "float16", False, (1,), "cuda", 1) == "eager"
+    assert seen == ["cuda:1"] and current == ["cuda:0"]
 
 
 def test_a_damaged_choice_file_is_measured_again(tmp_path):
