@@ -25,6 +25,9 @@ Node <-> plugin contract (``kernels/onnx_ops.py``): ``fisa_rt::AdapterAttention(
 # as classes (tensorrt/plugin/_validate.py), and postponed annotations would be strings.
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+import numpy.typing as npt
+
 from fisa_rt.errors import InputError, MissingDependencyError
 from fisa_rt.kernels import targets
 from fisa_rt.kernels.plugin_launches import (
@@ -91,6 +94,10 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     # the classes tensorrt.plugin validates annotations against (short names keep the signatures readable)
     Desc, Tensor = trtp.TensorDesc, trtp.Tensor
     Descs, Tensors = Tuple[Desc], Tuple[Tensor]
+    # Scalar attributes are one-element arrays: TensorRT 10.x's plugin code turns a field into an `int`/`float`
+    # attribute with int(array), which NumPy >= 2.4 refuses; array attributes get the same field types (INT64,
+    # FLOAT64, as `int`/`float` do) and are converted with astype by every version.
+    Int, Float = npt.NDArray[np.int64], npt.NDArray[np.float64]
 
     def aot(plugin: str, launch: PluginLaunch) -> AOT:
         compiled = launch.compile()
@@ -115,6 +122,9 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
     def shape(tensor) -> Tuple[int, ...]:
         return tuple(tensor.shape)
 
+    def grid(grid_h, grid_w) -> Tuple[int, int]:
+        return int(grid_h[0]), int(grid_w[0])
+
     io = "FP32|FP16"
 
     @trtp.register("fisa_rt::AdapterAttention")
@@ -135,7 +145,7 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
 
     @trtp.register("fisa_rt::MaskAttention")
     def mask_attention_desc(q: Desc, k_img: Desc, v_img: Desc, k_self: Desc, v_self: Desc, mask_logits: Desc,
-                            grid_h: int, grid_w: int, threshold: float) -> Desc:
+                            grid_h: Int, grid_w: Int, threshold: Float) -> Desc:
         return q.like()
 
     @trtp.autotune("fisa_rt::MaskAttention")
@@ -145,20 +155,20 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
 
     @trtp.aot_impl("fisa_rt::MaskAttention")
     def mask_attention_aot(q: Desc, k_img: Desc, v_img: Desc, k_self: Desc, v_self: Desc, mask_logits: Desc,
-                           grid_h: int, grid_w: int, threshold: float, outputs: Descs, tactic: int) -> AOT:
+                           grid_h: Int, grid_w: Int, threshold: Float, outputs: Descs, tactic: int) -> AOT:
         shapes = (q.shape_expr, k_img.shape_expr, mask_logits.shape_expr)
-        launch = mask_attention_launch(*shapes, (grid_h, grid_w), threshold, dtypes[q.dtype], arch)
+        launch = mask_attention_launch(*shapes, grid(grid_h, grid_w), float(threshold[0]), dtypes[q.dtype], arch)
         return aot("MaskAttention", launch)
 
     @trtp.impl("fisa_rt::MaskAttention")
     def mask_attention_jit(q: Tensor, k_img: Tensor, v_img: Tensor, k_self: Tensor, v_self: Tensor, mask_logits: Tensor,
-                           grid_h: int, grid_w: int, threshold: float, outputs: Tensors, stream: int) -> None:
+                           grid_h: Int, grid_w: Int, threshold: Float, outputs: Tensors, stream: int) -> None:
         shapes = (shape(q), shape(k_img), shape(mask_logits))
-        launch = mask_attention_launch(*shapes, (grid_h, grid_w), threshold, dtypes[q.dtype], arch)
+        launch = mask_attention_launch(*shapes, grid(grid_h, grid_w), float(threshold[0]), dtypes[q.dtype], arch)
         jit(launch, (q, k_img, v_img, k_self, v_self, mask_logits), outputs, stream)
 
     @trtp.register("fisa_rt::MaskPool")
-    def mask_pool_desc(mask_logits: Desc, dense: Desc, sigmoid: int, threshold: float) -> Desc:
+    def mask_pool_desc(mask_logits: Desc, dense: Desc, sigmoid: Int, threshold: Float) -> Desc:
         out = dense.like()
         out.shape_expr = [mask_logits.shape_expr[0], mask_logits.shape_expr[1], dense.shape_expr[1]]
         return out
@@ -168,16 +178,17 @@ def register_plugins(arch: Optional[int] = None) -> List[Dict[str, Any]]:
         return [trtp.AutoTuneCombination(", ".join([io] * 3), "LINEAR")]
 
     @trtp.aot_impl("fisa_rt::MaskPool")
-    def mask_pool_aot(mask_logits: Desc, dense: Desc, sigmoid: int, threshold: float, outputs: Descs,
+    def mask_pool_aot(mask_logits: Desc, dense: Desc, sigmoid: Int, threshold: Float, outputs: Descs,
                       tactic: int) -> AOT:
-        dtype = dtypes[dense.dtype]
-        launch = mask_pool_launch(mask_logits.shape_expr, dense.shape_expr, bool(sigmoid), threshold, dtype, arch)
+        dtype, flags = dtypes[dense.dtype], (bool(sigmoid[0]), float(threshold[0]))
+        launch = mask_pool_launch(mask_logits.shape_expr, dense.shape_expr, *flags, dtype, arch)
         return aot("MaskPool", launch)
 
     @trtp.impl("fisa_rt::MaskPool")
-    def mask_pool_jit(mask_logits: Tensor, dense: Tensor, sigmoid: int, threshold: float, outputs: Tensors,
+    def mask_pool_jit(mask_logits: Tensor, dense: Tensor, sigmoid: Int, threshold: Float, outputs: Tensors,
                       stream: int) -> None:
-        launch = mask_pool_launch(shape(mask_logits), shape(dense), bool(sigmoid), threshold, dtypes[dense.dtype], arch)
+        flags = (bool(sigmoid[0]), float(threshold[0]))
+        launch = mask_pool_launch(shape(mask_logits), shape(dense), *flags, dtypes[dense.dtype], arch)
         jit(launch, (mask_logits, dense), outputs, stream)
 
     _REGISTERED.append({"registered": list(PLUGINS), "arch": arch})

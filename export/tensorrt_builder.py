@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
 from fisa_rt.atomic import atomic_path
-from fisa_rt.errors import InputError, MissingDependencyError
+from fisa_rt.errors import InputError, MissingDependencyError, warn
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 PLUGIN_MIN_VERSION = (10, 9)  # tensorrt.plugin AOT implementations
@@ -136,6 +136,44 @@ def network_flags(trt, fused: bool) -> int:
     return flags
 
 
+def plugin_registration(what: str):
+    """``register_plugins`` of fisa-rt's TensorRT plugins, whose kernels are Triton's, for ``what`` needs them;
+    one line where Triton is missing (Jetson's torch wheels may come without it)."""
+    try:
+        from .plugins import register_plugins
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{what} uses fisa-rt's fused TensorRT plugins, which need {exc.name or 'triton'}: pip install triton "
+            "(or build the portable flavour: --flavour portable)"
+        ) from None
+    return register_plugins
+
+
+def use_timing_cache(config, path: Optional[str]) -> None:
+    """Start the build from ``path``'s timing cache. The folder's cache is shared by every build into it, so it
+    may come from another GPU or TensorRT, or be damaged: TensorRT then refuses it, and the build starts an
+    empty one instead (which it then saves)."""
+    data = b""
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    if data:
+        warn(f"{path} is a timing cache of another GPU or TensorRT, or damaged: starting a new one")
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def save_timing_cache(config, path: Optional[str]) -> None:
+    """Write the build's timing cache to ``path`` whole or not at all (a cut-off file would be refused by every
+    later build); TensorRT-RTX keeps none (its timing-cache calls do nothing)."""
+    cache = config.get_timing_cache()
+    if path and cache is not None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(cache.serialize())
+
+
 def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: EngineOptions, fused: bool) -> Dict:
     """Build and write the engine; returns the TensorRT part of its manifest."""
     import torch
@@ -159,6 +197,8 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
                 f"this is {trt.__version__}: build the portable ONNX instead (--flavour portable)"
             )
         from .driver import driver_cuda
+
+        plugin_registration(f"the fused build of {onnx_path}")
         from .plugins import plugin_arch, ptx_record, register_plugins
 
         if capability is None:
@@ -181,20 +221,13 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
     for name, (lo, opt, hi) in input_shapes(inputs, options).items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    cache_bytes = b""
-    if options.timing_cache and os.path.isfile(options.timing_cache):
-        with open(options.timing_cache, "rb") as f:
-            cache_bytes = f.read()
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    use_timing_cache(config, options.timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise InputError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     with atomic_path(engine_path) as tmp, open(tmp, "wb") as f:
         f.write(serialized)
-    if options.timing_cache:
-        with open(options.timing_cache, "wb") as f:
-            f.write(config.get_timing_cache().serialize())
+    save_timing_cache(config, options.timing_cache)
     return {
         "tensorrt": {
             "runtime": runtime_name(trt),

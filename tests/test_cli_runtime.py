@@ -331,8 +331,9 @@ def test_backend_refuses_wrong_text_and_vocabularies_beyond_the_profile():
         backend.check_text(np.zeros((0, 64), np.float32))
 
 
-def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_refuses():
-    """TensorRTBackend.run against a stand-in execution context that keeps to a batch profile of 1..4."""
+def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_refuses(monkeypatch):
+    """TensorRTBackend.run against a stand-in execution context that keeps to a batch profile of 1..4: each
+    input in the engine's declared type, outputs in theirs, TensorRT's stream waiting for the current one."""
     from types import SimpleNamespace
 
     from fisa_rt.runtime.backends import TensorRTBackend
@@ -357,17 +358,37 @@ def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_
             return True
 
     modes = {"image": "input", "text": "input", "mask_logits": "output", "class_scores": "output"}
+    types = {"image": "uint8", "text": "fp32", "mask_logits": "fp16", "class_scores": "fp32"}
     backend = object.__new__(TensorRTBackend)
     backend.trt = SimpleNamespace(TensorIOMode=SimpleNamespace(OUTPUT="output"), float32="fp32", float16="fp16",
-                                  int32="int32")
+                                  bfloat16="bf16", int32="int32", int64="int64", int8="int8", uint8="uint8",
+                                  bool="bool")
     backend.engine = SimpleNamespace(num_io_tensors=4, get_tensor_name=list(modes).__getitem__,
-                                     get_tensor_mode=modes.get, get_tensor_dtype=lambda name: "fp32")
+                                     get_tensor_mode=modes.get, get_tensor_dtype=types.get)
     backend.context, backend.device, backend.applies_seen = Context(), torch.device("cpu"), False
-    backend.stream = SimpleNamespace(cuda_stream=0, synchronize=lambda: None)
+    order = []
+    backend.stream = SimpleNamespace(cuda_stream=0, synchronize=lambda: None,
+                                     wait_stream=lambda other: order.append(("wait", other)))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "the current stream")
+    backend.context.execute_async_v3 = lambda stream, run=backend.context.execute_async_v3: (
+        order.append("execute"), run(stream))[1]
     backend.manifest = {"embed_dim": 64, "tensorrt": {"profiles": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
-    raw = backend.run(torch.zeros(10, 3, 32, 32), np.zeros((5, 64), np.float32))
+    raw = backend.run(torch.zeros(10, 3, 32, 32), np.zeros((5, 64), np.float64))  # float64 text: fed as fp32
     assert backend.context.batches == [4, 4, 2]
+    assert order[:2] == [("wait", "the current stream"), "execute"] and len(order) == 6
     assert raw.mask_logits.shape == (10, 10, 8, 8) and raw.class_scores.shape == (10, 10, 6)
+    assert raw.mask_logits.dtype == torch.float16 and raw.class_scores.dtype == torch.float32
+    fed = []
+    backend.context.set_tensor_address = lambda name, address: fed.append(name)
+    types["image"] = "fp32"  # an engine built with --input-dtype float32 is fed float pixels
+    seen_types = []
+    to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: (seen_types.append(a[1:2]), to(self, *a, **k))[1])
+    backend.run(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), np.zeros((5, 64), np.float32))
+    assert seen_types[:2] == [(torch.float32,), (torch.float32,)]
+    types["class_scores"] = "fp8"
+    with pytest.raises(CheckpointError, match="class_scores is of type fp8, which fisa-rt does not feed or read"):
+        backend.run(torch.zeros(1, 3, 32, 32), np.zeros((5, 64), np.float32))
     backend.manifest["tensorrt"]["profiles"]["batch"]["max"] = 8  # a manifest the engine disagrees with
     with pytest.raises(InputError, match=r"takes no image of shape \(8, 3, 32, 32\) .*rebuild it"):
         backend.run(torch.zeros(10, 3, 32, 32), np.zeros((5, 64), np.float32))
@@ -381,9 +402,11 @@ def test_engines_for_another_tensorrt_or_gpu_are_refused_with_the_rebuild_comman
     with pytest.raises(CheckpointError, match=r"compute capability 8.7 \(Jetson Orin\), this GPU is compute capability "
                        r"9.0 \(H100 / H200 / GH200\): rebuild"):
         check_engine_compatibility(manifest, "10.3.0", (9, 0), "e.engine")
-    check_engine_compatibility(
-        {"tensorrt": {**manifest["tensorrt"], "version_compatible": True}}, "10.9.0", (8, 7), "e.engine"
-    )
+    compatible = {"tensorrt": {**manifest["tensorrt"], "version_compatible": True}}
+    check_engine_compatibility(compatible, "10.9.0", (8, 7), "e.engine")
+    check_engine_compatibility(compatible, "11.4.0", (8, 7), "e.engine")
+    with pytest.raises(CheckpointError, match="built with TensorRT 10.3.0, this is TensorRT 10.2.1: rebuild"):
+        check_engine_compatibility(compatible, "10.2.1", (8, 7), "e.engine")  # never on an earlier runtime
 
 
 def test_a_fused_engine_is_refused_where_the_driver_cannot_read_its_plugins_ptx():

@@ -254,6 +254,41 @@ def test_plugins_register_through_tensorrt_plugins_own_validation(bindings, tmp_
     assert used and used <= set(report["public"]), used - set(report["public"])
 
 
+CREATE = r'''
+import json, sys
+from types import SimpleNamespace as Field
+import numpy as np
+import tensorrt as trt
+from tensorrt.plugin import _lib
+from fisa_rt.export.plugins import register_plugins
+register_plugins(arch=90)
+made = {}
+# the fields as TensorRT hands them to the creator (from the ONNX node's attributes): one-element arrays
+for name, fields in (("MaskAttention", {"grid_h": np.array([40], np.int64), "grid_w": np.array([24], np.int64),
+                                        "threshold": np.array([0.25], np.float64)}),
+                     ("MaskPool", {"sigmoid": np.array([1], np.int64), "threshold": np.array([0.0], np.float64)})):
+    desc = _lib.QDP_REGISTRY["fisa_rt::" + name]
+    creator = _lib._TemplatePluginCreator(name, "fisa_rt", {k: (False, np.int64) for k in desc.input_attrs})
+    plugin = creator.create_plugin(name, "fisa_rt", [Field(name=k, data=v) for k, v in fields.items()], None,
+                                   trt.QuickPluginCreationRequest.STRICT_AOT)
+    made[name] = {k: [type(v).__name__, v.tolist()] for k, v in plugin.attrs.items()}
+json.dump(made, sys.stdout)
+'''
+
+
+def test_the_plugins_are_created_from_the_fields_tensorrt_passes(bindings, tmp_path):
+    """TensorRT 10.x's plugin code made an `int`/`float` attribute with int(field), which NumPy >= 2.4 refuses
+    for the one-element array a field holds: the creation of every plugin with attributes failed there."""
+    if not bindings.plugin_files:
+        pytest.skip(f"TensorRT {bindings.version} has no tensorrt.plugin (the fused flavour needs >= 10.9)")
+    result = _run_plugin_package(bindings, tmp_path, CREATE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {
+        "MaskAttention": {"grid_h": ["ndarray", [40]], "grid_w": ["ndarray", [24]], "threshold": ["ndarray", [0.25]]},
+        "MaskPool": {"sigmoid": ["ndarray", [1]], "threshold": ["ndarray", [0.0]]},
+    }
+
+
 def test_the_validation_rejects_what_the_old_plugin_code_did(bindings, tmp_path):
     """Postponed annotations (strings) and an aot_impl without a return annotation both fail the
     package's checks: the conformance run above would catch either."""

@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -361,7 +361,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str):
         from fisa_rt.export.manifest import read_checked_manifest
-        from fisa_rt.export.tensorrt_builder import import_tensorrt, runtime_name
+        from fisa_rt.export.tensorrt_builder import import_tensorrt, plugin_registration, runtime_name
 
         if not os.path.isfile(path):
             raise InputError(f"engine {path} does not exist")
@@ -384,12 +384,13 @@ class TensorRTBackend(Backend):
             driver_cuda(),
         )
         if self.manifest["tensorrt"].get("plugins"):
-            from fisa_rt.export.plugins import register_plugins
-
-            register_plugins()
+            plugin_registration(path)()
         logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(logger)
+        # a version-compatible plan carries the lean runtime, host code that TensorRT refuses unless allowed
+        self.runtime.engine_host_code_allowed = bool(self.manifest["tensorrt"].get("version_compatible"))
         with open(path, "rb") as f:
-            self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
+            self.engine = self.runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
             raise CheckpointError(
                 f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`"
@@ -408,12 +409,14 @@ class TensorRTBackend(Backend):
             return RawOutput(torch.cat([p.mask_logits for p in parts]), torch.cat([p.class_scores for p in parts]))
         text = self.check_text(text)
         trt = self.trt
+        # each input in the type the engine declares (an engine built with --input-dtype float32 reads 4 bytes a
+        # pixel where the Segmenter hands uint8)
         inputs = {
-            "image": images.to(self.device).contiguous(),
-            "text": torch.from_numpy(np.ascontiguousarray(text)).to(self.device),
+            "image": images.to(self.device, self._dtype("image")).contiguous(),
+            "text": torch.from_numpy(np.ascontiguousarray(text)).to(self.device, self._dtype("text")),
         }
         if self.applies_seen:
-            inputs["seen"] = torch.from_numpy(self.seen_flags(text, seen)).to(self.device)
+            inputs["seen"] = torch.from_numpy(self.seen_flags(text, seen)).to(self.device, self._dtype("seen"))
         for name, tensor in inputs.items():
             if not self.context.set_input_shape(name, tuple(tensor.shape)):  # outside the optimisation profile
                 profiles = (self.manifest.get("tensorrt") or {}).get("profiles", {})
@@ -429,15 +432,30 @@ class TensorRTBackend(Backend):
                 continue
             # shapes as the engine resolves them for these input shapes (B and K are dynamic)
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}[
-                self.engine.get_tensor_dtype(name)
-            ]
-            outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            outputs[name] = torch.empty(shape, dtype=self._dtype(name), device=self.device)
             self.context.set_tensor_address(name, outputs[name].data_ptr())
+        # the inputs (and the outputs' memory) come from the current stream; TensorRT's runs without waiting
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise InputError("TensorRT failed to execute the engine")
         self.stream.synchronize()
         return RawOutput(outputs["mask_logits"], outputs["class_scores"])
+
+    def _dtype(self, name: str) -> torch.dtype:
+        """The torch type of the engine's tensor ``name``."""
+        trt = self.trt
+        types = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+                 trt.int32: torch.int32, trt.int64: torch.int64, trt.int8: torch.int8, trt.uint8: torch.uint8,
+                 trt.bool: torch.bool}
+        declared = self.engine.get_tensor_dtype(name)
+        if declared not in types:
+            raise CheckpointError(f"this engine's {name} is of type {declared}, which fisa-rt does not feed or read; "
+                                  "rebuild it with `python export/build_engine.py`")
+        return types[declared]
+
+
+def _version(text: str) -> Tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
 
 
 def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capability, path: str,
@@ -454,7 +472,10 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
         "rebuild it here with `python export/build_engine.py --checkpoint <checkpoint> "
         f"--precision {built.get('precision', 'fp16')}`"
     )
-    version_ok = built.get("version") == trt_version or (built.get("version_compatible") and built_runtime == runtime)
+    # a version-compatible engine runs on its runtime's version and later ones, never on an earlier one
+    newer = _version(trt_version) >= _version(str(built.get("version")))
+    version_ok = built.get("version") == trt_version or (built.get("version_compatible") and built_runtime == runtime
+                                                         and newer)
     if not version_ok:
         raise CheckpointError(
             f"{path} was built with {built_runtime} {built.get('version')}, this is {runtime} {trt_version}: {rebuild}"
