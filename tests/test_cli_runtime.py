@@ -513,3 +513,29 @@ def test_the_builder_takes_tensorrt_rtx_where_tensorrt_is_missing(monkeypatch):
     with pytest.raises(MissingDependencyError, match="TensorRT-RTX 1.7.1.116 does not ship") as refused:
         tensorrt_builder.build_engine("x.onnx", "x.engine", {}, tensorrt_builder.EngineOptions(), fused=True)
     assert "\n" not in str(refused.value) and "--flavour portable" in str(refused.value)
+
+
+def test_onnx_runtime_s_tensorrt_provider_keeps_its_engines_per_model(tmp_path):
+    """Without an engine cache ONNX Runtime's TensorRT EP builds its engines again at every session start; the
+    folder is the model file's own (the EP's cache names do not change with the weights)."""
+    from types import SimpleNamespace
+
+    from fisa_rt.runtime.backends import onnx_providers
+
+    gpu = SimpleNamespace(__version__="1.32.0", get_available_providers=lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    folder = str(tmp_path / "cache" / "0123abcd")
+    cached = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": folder, "trt_timing_cache_enable": "True",
+              "trt_timing_cache_path": folder}
+    assert onnx_providers(gpu, None, folder) == [("TensorrtExecutionProvider", cached), "CUDAExecutionProvider",
+                                                 "CPUExecutionProvider"]
+    assert os.path.isdir(folder)
+    assert onnx_providers(gpu, "cuda:1", folder) == [
+        ("TensorrtExecutionProvider", {"device_id": "1", **cached}), ("CUDAExecutionProvider", {"device_id": "1"}),
+        "CPUExecutionProvider"]
+    assert onnx_providers(gpu, "cpu", folder) == ["CPUExecutionProvider"]
+    cpu = SimpleNamespace(__version__="1.32.0", get_available_providers=lambda: ["CPUExecutionProvider"])
+    assert onnx_providers(cpu, None, str(tmp_path / "unused")) == ["CPUExecutionProvider"]
+    assert not os.path.exists(tmp_path / "unused")
+    with pytest.raises(InputError, match="no GPU execution provider"):
+        onnx_providers(cpu, "cuda", None)

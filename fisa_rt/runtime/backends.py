@@ -221,26 +221,35 @@ def _onnxruntime():
     return onnxruntime
 
 
-def onnx_providers(ort, device: Optional[str] = None) -> List[Any]:
+def onnx_providers(ort, device: Optional[str] = None, engine_cache: Optional[str] = None) -> List[Any]:
     """TensorRT EP first where present (it builds engines of its own), then CUDA, then CPU; ``device`` "cpu"
-    keeps to the CPU, "cuda[:N]" insists on a GPU provider (on GPU N)."""
+    keeps to the CPU, "cuda[:N]" insists on a GPU provider (on GPU N). ``engine_cache``: a folder for the
+    TensorRT EP's engines and timing cache, which it otherwise builds again at every session start (minutes);
+    one folder per model file, since the EP's cache names do not change with the weights."""
     available = ort.get_available_providers()
     order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = [p for p in order if p in available]
-    if device is None:
-        return chosen
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    gpu = re.fullmatch(r"cuda(?::(\d+))?", device)
+    gpu = re.fullmatch(r"cuda(?::(\d+))?", device or "cuda")
     if gpu is None:
         raise InputError(f"device {device!r}: ONNX Runtime runs on cpu, cuda or cuda:N")
-    if chosen == ["CPUExecutionProvider"]:
+    if device is not None and chosen == ["CPUExecutionProvider"]:
         raise InputError(
             f"device {device!r}: this ONNX Runtime ({ort.__version__}) has no GPU execution provider "
             f"(it has {', '.join(available)}); pip install onnxruntime-gpu"
         )
-    options = {"device_id": gpu.group(1) or "0"}
-    return [(p, options) if p != "CPUExecutionProvider" else p for p in chosen]
+    options = {} if device is None else {"device_id": gpu.group(1) or "0"}
+    cached = {}
+    if engine_cache and "TensorrtExecutionProvider" in chosen:
+        try:
+            os.makedirs(engine_cache, exist_ok=True)
+            cached = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": engine_cache,
+                      "trt_timing_cache_enable": "True", "trt_timing_cache_path": engine_cache}
+        except OSError:  # a cache is never the reason a run fails: the EP then builds at each start
+            pass
+    given = {"TensorrtExecutionProvider": {**options, **cached}, "CUDAExecutionProvider": options}
+    return [(p, given[p]) if given.get(p) else p for p in chosen]
 
 
 def _check_sizes(path: str, model, manifest: Dict) -> None:
@@ -267,6 +276,7 @@ class OnnxRuntimeBackend(Backend):
         from fisa_rt.export.manifest import read_checked_manifest
         from fisa_rt.export.qdq_rounding import truncation_note
 
+        from .cache_dirs import cache_dir
         from .threads import onnxruntime_options, resolve_threads
 
         ort = _onnxruntime()
@@ -296,7 +306,8 @@ class OnnxRuntimeBackend(Backend):
         if note:
             warn(f"{path}: {note}")
         options = options or onnxruntime_options(ort, resolve_threads(threads), spinning)
-        providers = providers or onnx_providers(ort, device)
+        engines = os.path.join(cache_dir("onnxruntime-tensorrt"), str(self.manifest.get("sha256", ""))[:16])
+        providers = providers or onnx_providers(ort, device, engines)
         handed = [model] if split_graph else []
         del model
         try:

@@ -14,11 +14,13 @@ import os
 
 import torch
 
+from .cache_dirs import cache_dir
+
 MODE = "max-autotune-no-cudagraphs"
 
 
 def inductor_cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt", "inductor")
+    return cache_dir("inductor")
 
 
 def compile_forward(module: torch.nn.Module):

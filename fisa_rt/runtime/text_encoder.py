@@ -14,10 +14,11 @@ from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
 from ..vocab.tokenizer import Tokenizer, find_vocab_file
+from .cache_dirs import cache_dir
 
 
 def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt", "vocab")
+    return cache_dir("vocab")
 
 
 class TextEncoder:
