@@ -385,7 +385,7 @@ def main(argv=None) -> int:
                 f.write(text)
             print(f"wrote {path}")
             return 0
-    except (GpuUnavailableError, FileNotFoundError, FileExistsError) as error:
+    except (GpuUnavailableError, FileExistsError) as error:
         print(f"gpu-check: {error}", file=sys.stderr)
         return 2
     with open(args.json, "w") as f:

@@ -198,8 +198,8 @@ def build_engine(onnx_path: str, engine_path: str, inputs: Inputs, options: Engi
             )
         from .driver import driver_cuda
 
-        plugin_registration(f"the fused build of {onnx_path}")
-        from .plugins import plugin_arch, ptx_record, register_plugins
+        register_plugins = plugin_registration(f"the fused build of {onnx_path}")
+        from .plugins import plugin_arch, ptx_record
 
         if capability is None:
             raise MissingDependencyError("the fused engine embeds PTX for the GPU it is built on; no GPU is visible")

@@ -111,8 +111,12 @@ class GraphRunner:
         self.seam = seam
         self.graphs: Dict[tuple, _Graph] = {}
         self.failed: Dict[tuple, str] = {}  # keys whose capture failed, and why: they run eagerly
-        self.failure: Optional[str] = None  # why the last capture that failed did
         self.captures = 0
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why the last capture that failed did (None: none has)."""
+        return next(reversed(self.failed.values()), None)
 
     def key(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor]) -> tuple:
         return (tuple(images.shape), images.dtype, class_bucket(text.shape[0]), tuple(text.shape[1:]), seen is None)
@@ -162,7 +166,7 @@ class GraphRunner:
                 B, _, H, W = images.shape
                 warn(f"CUDA graphs are off for batch {B} at {H}x{W}, up to {bucket} classes ({reason}); running "
                      "eagerly (--no-cuda-graphs silences this)")
-            self.failed[key], self.failure = reason, reason
+            self.failed[key] = reason
             return None
         self.captures += 1
         return graph
