@@ -251,9 +251,10 @@ def render(
     profiles: Optional[List[Dict[str, object]]] = None,
     choices: Optional[List[Dict[str, object]]] = None,
     failed: Sequence[str] = (),
+    unreadable: Sequence[str] = (),
 ) -> str:
     """``peaks`` None: that step failed (the DRAM fractions are then left out); ``failed``: the steps that failed
-    or ran out of time, whose sections are missing or partial."""
+    or ran out of time, whose sections are missing or partial; ``unreadable``: step files left out, and why."""
     versions_line = ", ".join(f"{k} {v}" for k, v in dict(info.get("versions") or {}).items() if v)
     measured = (f"DRAM {peaks['dram_bytes_per_s'] / 1e12:.2f} TB/s (copy of {peaks['copy_bytes'] / 2 ** 30:.0f} GiB), "
                 f"fp16 tensor {peaks['tensor_flops_per_s'] / 1e12:.0f} TFLOP/s ({peaks['gemm_n']}³ GEMM)"
@@ -270,6 +271,8 @@ def render(
     ]
     if failed:
         lines += [f"**Failed or out of time, so missing or partial below: {', '.join(failed)}.**", ""]
+    if unreadable:
+        lines += [f"**Unreadable, so left out: {'; '.join(unreadable)}.**", ""]
     if tests is not None:
         lines += ["## Kernel tests (`pytest tests/kernels`, bf16 included)", "",
                   f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
@@ -325,11 +328,32 @@ def report_path(out_dir: str, gpu_name: str, date: str) -> str:
     return os.path.join(out_dir, f"{date}-{slug}.md")
 
 
-def _load(path: Optional[str]):
-    if not path or not os.path.exists(path):
-        return None
+def _json_file(path: str):
     with open(path) as f:
         return json.load(f)
+
+
+class Inputs:
+    """The step files ``write`` reads. A file a killed step left half-written counts as missing, and is named
+    in the report, so one truncated file cannot cost the sections that were measured."""
+
+    def __init__(self):
+        self.unreadable: List[str] = []
+
+    def json(self, path: Optional[str]):
+        return self._read(path, lambda: _json_file(path))
+
+    def tests(self, path: Optional[str]) -> Optional[Dict[str, int]]:
+        return self._read(path, lambda: summarise_tests(path))
+
+    def _read(self, path: Optional[str], read: Callable[[], object]):
+        if not path or not os.path.exists(path):
+            return None
+        try:
+            return read()
+        except (ValueError, ET.ParseError, OSError) as error:  # JSONDecodeError is a ValueError
+            self.unreadable.append(f"{os.path.basename(path)} ({type(error).__name__}: {error})".splitlines()[0])
+            return None
 
 
 def main(argv=None) -> int:
@@ -367,13 +391,14 @@ def main(argv=None) -> int:
             result = measure_choices()
         else:
             # without the peaks step's file (it failed), the device is read here: the other sections still count
-            measured = _load(args.peaks) or {"device": device_info(), "peaks": None}
+            inputs = Inputs()
+            measured = inputs.json(args.peaks) or {"device": device_info(), "peaks": None}
             date = datetime.date.today().isoformat()
-            bench = _load(args.bench)
-            tests = summarise_tests(args.tests) if args.tests and os.path.exists(args.tests) else None
-            text = render(measured["device"], measured["peaks"], tests, kernel_rows(bench) if bench else [],
-                          _load(args.e2e) or [], date, args.minutes,
-                          args.without_compiled, _load(args.profile), _load(args.choices), args.failed or ())
+            bench = inputs.json(args.bench)
+            text = render(measured["device"], measured["peaks"], inputs.tests(args.tests),
+                          kernel_rows(bench) if bench else [], inputs.json(args.e2e) or [], date, args.minutes,
+                          args.without_compiled, inputs.json(args.profile), inputs.json(args.choices),
+                          args.failed or (), inputs.unreadable)
             if args.runtime and os.path.exists(args.runtime):
                 with open(args.runtime) as f:
                     text += "\n## Runtime end to end (benchmarks/test_gpu_e2e.py)\n\n" + f.read()

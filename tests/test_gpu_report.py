@@ -128,3 +128,21 @@ def test_the_gpu_check_script_gives_each_step_sigint_first_and_fits_nine_minutes
     assert 'timeout -s INT -k 15 "$limit"' in script
     limits = [int(n) for n in re.findall(r"^step (\d+) ", script, re.M)]
     assert len(limits) == 7 and sum(n * 9 // 25 for n in limits) <= 520
+
+
+def test_a_truncated_step_file_is_named_and_the_other_sections_still_written(tmp_path):
+    """A step killed while writing (SIGKILL 15 s after SIGINT) can leave half a JSON or junit file."""
+    peaks = tmp_path / "peaks.json"
+    peaks.write_text(json.dumps({"device": DEVICE, "peaks": PEAKS}))
+    bench = tmp_path / "kernels.json"
+    bench.write_text(json.dumps(BENCH))
+    (tmp_path / "e2e.json").write_text('[{"model": "fisa-vit-b16", "ima')
+    (tmp_path / "kernels.xml").write_text(JUNIT[:80])
+    args = ["write", "--peaks", str(peaks), "--bench", str(bench), "--e2e", str(tmp_path / "e2e.json"),
+            "--tests", str(tmp_path / "kernels.xml"), "--failed", "kernel tests", "--out-dir", str(tmp_path / "out")]
+    assert gpu_report.main(args) == 0
+    (path,) = (tmp_path / "out").iterdir()
+    text = path.read_text()
+    assert "**Unreadable, so left out: kernels.xml (ParseError:" in text and "; e2e.json (JSONDecodeError:" in text
+    assert "| adapter_attention | vitb16-640-coco fwd | triton |" in text
+    assert "## End to end" not in text and "## Kernel tests" not in text
