@@ -100,12 +100,11 @@ def _bucket(q: torch.Tensor, k: torch.Tensor, key_valid: Optional[torch.Tensor])
             int(k.shape[0] == 1))
 
 
-def _candidates(bucket, dtype, device, grad, with_triton):
+def _candidates(bucket, dtype, device, grad, names):
     B, H, N, K, Dh, masked, shared = bucket
     q = torch.randn(B, H, N, Dh, device=device, dtype=dtype, requires_grad=grad)
     k, v = (torch.randn(1 if shared else B, H, K, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "kv")
     valid = torch.ones(k.shape[0], K, dtype=torch.bool, device=device) if masked else None
-    names = [n for n in CANDIDATES if with_triton or n != "triton"]
     return {n: timed(functools.partial(CANDIDATES[n], q, k, v, valid), (q, k, v), grad) for n in names}
 
 
@@ -120,7 +119,7 @@ class AdapterAttentionNode(torch.autograd.Function):
     def symbolic(g, q, k, v):
         return custom_node(g, "AdapterAttention", q, k, v).setType(q.type())
 
-register_op("adapter_attention", _candidates)
+register_op("adapter_attention", CANDIDATES, _candidates)
 
 
 def adapter_attention(

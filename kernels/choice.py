@@ -21,13 +21,14 @@ tests inject timings on CPU.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 Timer = Callable[[Callable[[], object]], float]
 
@@ -135,8 +136,9 @@ class ChoiceTable:
         self.timer = timer
         self.choices: Dict[str, Choice] = {}
         self.unsaved: Optional[str] = None  # why the last save failed, for ``fisa-rt inspect``/``tune``
+        self.damaged: Optional[str] = None  # what of the file was unreadable and so is measured again
         if path and os.path.exists(path):
-            self.choices = _read(path)
+            self.choices, self.damaged = _read(path)
 
     def get(self, key: str) -> Optional[Choice]:
         return self.choices.get(key)
@@ -169,25 +171,42 @@ class ChoiceTable:
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1)
             os.replace(tmp, self.path)
-            self.unsaved = None
+            self.unsaved = self.damaged = None
         except OSError as exc:
             if tmp and os.path.exists(tmp):
                 os.remove(tmp)
             # a cache is an optimisation, never the reason a run fails: the choice holds for this process and is
             # measured again in the next; `fisa-rt inspect`/`tune` say why it was not kept
-            self.unsaved = f"{exc.strerror or exc} ({exc.filename or self.path})"
+            self.unsaved = f"{exc.strerror or exc} ({self.path})"
 
     def lines(self) -> List[str]:
         """One line per choice, for ``fisa-rt inspect``/``bench``/``tune``."""
         return [f"{key}: {choice.describe()}" for key, choice in sorted(self.choices.items())]
 
 
-def _read(path: str) -> Dict[str, Choice]:
+def _read(path: str) -> Tuple[Dict[str, Choice], Optional[str]]:
+    """The file's choices, and what of it was damaged (None: nothing). A damaged cache only costs a new
+    measurement: the file is rewritten whole at the next choice."""
     try:
         with open(path) as f:
             rows = json.load(f)["choices"]
-        return {k: Choice(r["implementation"], {n: float(t) for n, t in r["times_ms"].items()}, r.get("failed", {}))
-                for k, r in rows.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        # a damaged cache only costs a new measurement; it is rewritten whole at the next choice
-        return {}
+        if not isinstance(rows, dict):
+            raise TypeError("'choices' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {}, f"unreadable ({type(exc).__name__})"
+    choices = {}
+    for key, row in rows.items():
+        try:
+            choices[key] = _choice(row)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    dropped = len(rows) - len(choices)
+    return choices, f"{dropped} of {len(rows)} entries unreadable" if dropped else None
+
+
+def _choice(row: Mapping[str, object]) -> Choice:
+    times = {str(n): float(t) for n, t in row["times_ms"].items()}
+    failed = {str(n): str(e) for n, e in row.get("failed", {}).items()}
+    if row["implementation"] not in times or not all(math.isfinite(t) and t >= 0 for t in times.values()):
+        raise ValueError("the chosen implementation has no valid time")
+    return Choice(row["implementation"], times, failed)

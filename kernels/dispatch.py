@@ -23,7 +23,7 @@ import importlib.util
 import os
 import platform
 import warnings
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -35,9 +35,11 @@ from .choice import ChoiceTable, NoCandidateRanError, Timer, bucket_key, cuda_gr
 # which `fisa-rt --help` must not wait for).
 KERNEL_MODES = ("auto", "triton", "reference")
 
-# op name -> (shape bucket, dtype, device, grad, with_triton) -> {implementation: no-argument call}
-CandidateBuilder = Callable[[Tuple[int, ...], torch.dtype, torch.device, bool, bool], Mapping[str, Callable]]
+# op name -> (shape bucket, dtype, device, grad, names) -> {implementation: no-argument call}, one per name
+CandidateBuilder = Callable[[Tuple[int, ...], torch.dtype, torch.device, bool, Sequence[str]], Mapping[str, Callable]]
 _BUILDERS: Dict[str, CandidateBuilder] = {}
+# op name -> the names of its implementations (its module's CANDIDATES)
+_NAMES: Dict[str, Tuple[str, ...]] = {}
 # device name -> this process's view of that device's cached choices
 _TABLES: Dict[str, ChoiceTable] = {}
 
@@ -92,10 +94,17 @@ def use_triton(mode: str, *tensors: torch.Tensor) -> bool:
     return True
 
 
-def register_op(op: str, build: CandidateBuilder) -> None:
-    """``build(bucket, dtype, device, grad, with_triton)`` returns the op's candidates, each a no-argument
-    call on inputs of the bucket's shape (each op module registers its own)."""
+def register_op(op: str, names: Iterable[str], build: CandidateBuilder) -> None:
+    """``names``: the op's implementations; ``build(bucket, dtype, device, grad, names)`` returns the
+    candidates among them, each a no-argument call on inputs of the bucket's shape (each op module registers
+    its own)."""
+    _NAMES[op] = tuple(names)
     _BUILDERS[op] = build
+
+
+def runnable(op: str, device_type: str) -> Tuple[str, ...]:
+    """The implementations of ``op`` that ``auto`` may time and run on this device type."""
+    return tuple(n for n in _NAMES[op] if n != "triton" or triton_runs_on(device_type))
 
 
 def measurable(tensors: Sequence[torch.Tensor], grad: bool) -> bool:
@@ -177,14 +186,17 @@ def measured_choice(op: str, dtype: str, grad: bool, bucket: Tuple[int, ...], de
     table = table_for(device_type, index)
     key = bucket_key(op, dtype, grad, bucket)
     known = table.get(key)
-    if known is not None:
+    names = runnable(op, device_type)
+    # a choice this process cannot run (a renamed candidate in a file an older fisa-rt wrote, an edited file) is
+    # measured again and replaced
+    if known is not None and known.implementation in names:
         return known.implementation
     if cuda and torch.cuda.is_current_stream_capturing():
         warnings.warn(f"{key}: not measured before this CUDA-graph capture (run the model once first, or "
                       "`fisa-rt tune`); running the PyTorch reference", stacklevel=2)
         return "eager"
     device = torch.device(device_type, index) if cuda else torch.device(device_type)
-    candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, triton_runs_on(device_type))
+    candidates = _BUILDERS[op](bucket, getattr(torch, dtype), device, grad, names)
     try:
         # timed on the tensors' GPU: the timer's stream and graph, and Triton's launches, use the current device
         with torch.cuda.device(device) if cuda else contextlib.nullcontext():
@@ -211,12 +223,13 @@ def describe_choices() -> List[str]:
     """What ``auto`` runs on this machine (its GPU, or its CPU without one), for ``fisa-rt inspect``/``bench``/
     ``tune``."""
     table = local_table()
+    damaged = f"; {table.path} was damaged ({table.damaged}): measured again at use" if table.damaged else ""
     if not table.choices:
         return [f"  kernel choices on {table.device_name}: none measured yet (each op and shape is measured at "
-                "first use; `fisa-rt tune --engine CKPT` measures ahead)"]
+                f"first use; `fisa-rt tune --engine CKPT` measures ahead){damaged}"]
     how = "under CUDA graphs" if torch.cuda.is_available() else "wall clock; CPU training runs the references"
     where = f"not saved: {table.unsaved}" if table.unsaved else table.path
-    return [f"  kernel choices on {table.device_name} (ms per call, {how}; {where}):"] + [
+    return [f"  kernel choices on {table.device_name} (ms per call, {how}; {where}{damaged}):"] + [
         f"    {line}" for line in table.lines()
     ]
 

@@ -195,14 +195,13 @@ def _bucket(q: torch.Tensor, mask_logits: torch.Tensor, grid: Tuple[int, int]):
     return (size_bucket(B), H, Q, int(grid[0]), int(grid[1]), Dh, *mask_logits.shape[-2:])
 
 
-def _candidates(bucket, dtype, device, grad, with_triton):
+def _candidates(bucket, dtype, device, grad, names):
     B, H, Q, gh, gw, Dh, Hm, Wm = bucket
     q, k_self, v_self = (torch.randn(B, H, Q, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "qkv")
     k_img, v_img = (torch.randn(B, H, gh * gw, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "kv")
     masks = box_mask_logits(B, Q, (Hm, Wm), device, dtype)
-    layout = mask_attention_layout(masks, (gh, gw), 0.0, "triton" if with_triton else "reference")
+    layout = mask_attention_layout(masks, (gh, gw), 0.0, "triton" if "triton" in names else "reference")
     inputs = (q, k_img, v_img, k_self, v_self)
-    names = [n for n in CANDIDATES if with_triton or n != "triton"]
     return {n: timed(functools.partial(CANDIDATES[n], *inputs, masks, (gh, gw), 0.0, layout=layout), inputs, grad)
             for n in names}
 
@@ -222,7 +221,7 @@ class MaskAttentionNode(torch.autograd.Function):
         )
         return out.setType(q.type())
 
-register_op("mask_attention", _candidates)
+register_op("mask_attention", CANDIDATES, _candidates)
 
 
 def mask_attention(

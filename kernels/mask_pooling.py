@@ -87,7 +87,7 @@ def _bucket(mask_logits: torch.Tensor, dense: torch.Tensor, text: torch.Tensor, 
             size_bucket(text.shape[0]), int(weighting == "sigmoid"))
 
 
-def _candidates(bucket, dtype, device, grad, with_triton):
+def _candidates(bucket, dtype, device, grad, names):
     from .mask_attention import box_mask_logits
 
     B, Q, C, Hf, Wf, Hm, Wm, K, sigmoid = bucket
@@ -95,7 +95,6 @@ def _candidates(bucket, dtype, device, grad, with_triton):
     dense = torch.randn(B, C, Hf, Wf, device=device, dtype=dtype, requires_grad=grad)
     text = torch.randn(K, C, device=device, dtype=dtype, requires_grad=grad)
     weighting = "sigmoid" if sigmoid else "binary"
-    names = [n for n in CANDIDATES if with_triton or n != "triton"]
     return {n: timed(functools.partial(CANDIDATES[n], masks, dense, text, 50.0, weighting), (dense, text), grad)
             for n in names}
 
@@ -114,7 +113,7 @@ class MaskPoolNode(torch.autograd.Function):
         pooled = custom_node(g, "MaskPool", mask_logits, dense, sigmoid_i=int(sigmoid), threshold_f=threshold)
         return pooled.setType(dense.type().with_sizes([batch, queries, channels]))
 
-register_op("mask_average_logits", _candidates)
+register_op("mask_average_logits", CANDIDATES, _candidates)
 
 
 def mask_average_logits(

@@ -12,7 +12,7 @@ from fisa_rt import ConfigError, create_model
 from fisa_rt.config import get_model_config
 from fisa_rt.kernels import KernelUnavailableError, adapter_attention, dispatch, mask_attention, use_triton
 from fisa_rt.kernels import mask_average_logits
-from fisa_rt.kernels.choice import ChoiceTable, table_path
+from fisa_rt.kernels.choice import Choice, ChoiceTable, table_path
 
 from kernel_checks import DEVICE, assert_close
 
@@ -212,7 +212,51 @@ def test_a_gpu_bucket_is_timed_with_the_tensors_gpu_current(measured_on_cpu, mon
 def test_a_damaged_choice_file_is_measured_again(tmp_path):
     path = tmp_path / "c.json"
     path.write_text("{not json")
-    assert ChoiceTable("x", str(path)).choices == {}
+    table = ChoiceTable("x", str(path))
+    assert table.choices == {} and table.damaged == "unreadable (JSONDecodeError)"
+    path.write_text('{"choices": [1]}')
+    assert ChoiceTable("x", str(path)).damaged == "unreadable (TypeError)"
+
+
+def test_a_damaged_choice_entry_is_dropped_and_the_rest_kept(measured_on_cpu, monkeypatch):
+    """Entries an edit or another fisa-rt left in the file: each bad one is measured again, and
+    ``inspect``/``bench`` say the file was damaged (they raised KeyError or TypeError before)."""
+    import json
+
+    good = {"implementation": "eager", "times_ms": {"eager": 0.1, "sdpa-flash": 0.2}}
+    rows = {"a:float32:fwd:1": good,
+            "b:float32:fwd:1": {"implementation": "eager", "times_ms": {"sdpa-flash": 0.2}},  # no time for it
+            "c:float32:fwd:1": {**good, "failed": 5},
+            "d:float32:fwd:1": {**good, "times_ms": {"eager": "NaN"}},
+            "e:float32:fwd:1": "eager"}
+    path = table_path("cpu")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump({"device": "cpu", "choices": rows}, f)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    table = ChoiceTable("cpu", path)
+    assert list(table.choices) == ["a:float32:fwd:1"] and table.damaged == "4 of 5 entries unreadable"
+    dispatch.install_table(table)
+    (line, choice) = dispatch.describe_choices()
+    assert "was damaged (4 of 5 entries unreadable): measured again at use" in line
+    assert choice.strip() == "a:float32:fwd:1: eager 0.1 ms (sdpa-flash 0.2)"
+
+
+def test_a_stored_choice_this_process_cannot_run_is_measured_again(measured_on_cpu, monkeypatch):
+    """A candidate a later fisa-rt renamed, or the Triton kernel in a table where Triton cannot run, would fail at
+    the op's call (KeyError, or Triton without a GPU): it is timed again and replaced instead."""
+    timer, table = measured_on_cpu({"triton": 0.3, "sdpa-flash": 0.1, "sdpa-cudnn": None, "sdpa-efficient": 0.2,
+                                    "eager": 0.05})
+    q, k, v = adapter_inputs()
+    with torch.no_grad():
+        adapter_attention(q, k, v)
+    (key,) = table.choices
+    monkeypatch.setattr(dispatch, "triton_runs_on", lambda device_type: False)
+    for stale in ("sdpa-renamed", "triton"):
+        table.choices[key] = Choice(stale, {stale: 0.01, "eager": 0.05})
+        with torch.no_grad():
+            adapter_attention(q, k, v)
+        assert table.choices[key].implementation == "eager"
 
 
 def test_an_unwritable_choice_cache_keeps_the_choice_in_memory_and_says_why(monkeypatch, tmp_path):
