@@ -114,6 +114,13 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def cache_root() -> str:
+    """``$XDG_CACHE_HOME/fisa-rt``, or ``~/.cache/fisa-rt`` where that is unset, empty or relative (the XDG
+    specification ignores a relative path: it would put the caches in whatever folder a run starts from)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return os.path.join(xdg if os.path.isabs(xdg) else os.path.expanduser("~/.cache"), "fisa-rt")
+
+
 def table_path(device_name: str, cache_dir: Optional[str] = None) -> str:
     """The file of ``device_name``'s choices: one per torch, Triton and, on a GPU, cuDNN version (cuDNN runs one
     of SDPA's candidates and is upgraded on its own)."""
@@ -122,7 +129,7 @@ def table_path(device_name: str, cache_dir: Optional[str] = None) -> str:
     versions = f"torch{torch.__version__}-triton{_triton_version()}"
     if not device_name.startswith("cpu") and torch.backends.cudnn.is_available():
         versions += f"-cudnn{torch.backends.cudnn.version()}"
-    root = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fisa-rt")
+    root = cache_dir or cache_root()
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device_name}-{versions}")
     return os.path.join(root, "kernel-choices", f"{slug.strip('-')}.json")
 

@@ -353,3 +353,20 @@ def test_the_config_and_the_dispatch_name_the_same_kernel_modes():
     from fisa_rt import config
 
     assert config.KERNEL_MODES == dispatch.KERNEL_MODES
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative/cache"])
+def test_caches_ignore_an_unset_empty_or_relative_xdg_cache_home(monkeypatch, tmp_path, xdg):
+    """An empty or relative XDG_CACHE_HOME put the caches under the folder a run started from."""
+    from fisa_rt.kernels.choice import cache_root
+    from fisa_rt.runtime.cache_dirs import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if xdg is not None:
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    assert cache_root() == str(tmp_path / ".cache" / "fisa-rt")
+    assert cache_dir("vocab") == str(tmp_path / ".cache" / "fisa-rt" / "vocab")
+    assert table_path("cpu").startswith(str(tmp_path / ".cache" / "fisa-rt" / "kernel-choices"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir("vocab") == str(tmp_path / "xdg" / "fisa-rt" / "vocab")
