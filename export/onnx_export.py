@@ -117,7 +117,7 @@ def export_image_model(
     dynamic.update({"mask_logits": {0: "batch"}, "class_scores": {0: "batch", 2: "classes_plus_void"}})
     if semantic:
         dynamic["semantic"] = {0: "batch"}
-    with atomic_path(path) as tmp, _exporting(model, fused=flavour == "fused"):
+    with atomic_path(path, overwrite) as tmp, _exporting(model, fused=flavour == "fused"):
         # No custom_opsets: the exporter gives the fisa_rt domain version 1 by itself, and naming the domain
         # prints a warning for a model with no fused op (FC-CLIP's converted checkpoints, tests/test_fcclip.py).
         torch.onnx.export(
@@ -133,7 +133,7 @@ def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
     model = model.float().eval().cpu()
     tokens = torch.as_tensor(model.tokenizer(["a photo of a cat.", "a wall."]))
     encoder, dynamic = TextEncoderForExport(model).eval(), {"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}}
-    with atomic_path(path) as tmp, _exporting(model):
+    with atomic_path(path, overwrite) as tmp, _exporting(model):
         torch.onnx.export(
             encoder,
             (tokens,),

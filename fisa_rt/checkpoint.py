@@ -68,7 +68,7 @@ def save_checkpoint(
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:  # no-clobber: another writer may have come since the check
         save_file(tensors, tmp, metadata=metadata)
 
 

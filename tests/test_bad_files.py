@@ -118,8 +118,13 @@ def test_a_damaged_cache_entry_is_re_encoded_and_replaced(segmenter, tmp_path):
     expected = segmenter.text.copy()
     (entry,) = [tmp_path / "cache" / f for f in os.listdir(tmp_path / "cache")]
     good = entry.read_bytes()
-    for damage in (b"", good[: len(good) // 2]):
-        entry.write_bytes(damage)
+    for damage in (b"", good[: len(good) // 2], "wider", "synonym axis"):
+        if isinstance(damage, bytes):
+            entry.write_bytes(damage)
+        else:  # a whole entry of another shape: every later run failed on it, the width never re-encoded
+            rows = np.concatenate([expected, expected[:, :1]], 1) if damage == "wider" else expected[:, None]
+            vocab.save_embeddings(str(entry), rows, vocab.Vocabulary(["red star", "wavy wall"]),
+                                  segmenter.text_encoder.sha256, overwrite=True)
         segmenter.set_vocabulary(["red star", "wavy wall"])
         np.testing.assert_array_equal(segmenter.text, expected)
         np.testing.assert_array_equal(vocab.load_embeddings(str(entry))[0], expected)  # replaced by a whole entry

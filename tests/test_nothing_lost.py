@@ -115,6 +115,35 @@ def test_a_file_written_meanwhile_is_never_replaced(tmp_path):
     assert target.read_bytes() == b"ours"
 
 
+def test_writers_that_check_first_still_never_replace_a_file_written_after_the_check(tmp_path, monkeypatch):
+    """encode-vocab, checkpoints and ONNX exports checked for an existing file, then renamed over whatever was
+    there by then: a second `encode-vocab` into the same file replaced the first's silently."""
+    import fisa_rt.checkpoint as checkpoint
+    from fisa_rt import create_model
+
+    real = np.savez
+
+    def another_writer_meanwhile(f, **fields):
+        (tmp_path / "v.npz").write_bytes(b"theirs")
+        real(f, **fields)
+
+    monkeypatch.setattr(np, "savez", another_writer_meanwhile)
+    vocabulary = vocab.Vocabulary(["a", "b"])
+    with pytest.raises(InputError, match="v.npz exists"):
+        vocab.save_embeddings(str(tmp_path / "v.npz"), np.eye(2, 4), vocabulary, "sha")
+    assert (tmp_path / "v.npz").read_bytes() == b"theirs"
+    monkeypatch.undo()
+
+    def another_checkpoint_meanwhile(tensors, tmp, metadata):
+        (tmp_path / "m.safetensors").write_bytes(b"theirs")
+
+    monkeypatch.setattr(checkpoint, "save_file", another_checkpoint_meanwhile)
+    with pytest.raises(InputError, match="m.safetensors exists"):
+        checkpoint.save_checkpoint(str(tmp_path / "m.safetensors"), create_model("fisa-tiny"))
+    assert (tmp_path / "m.safetensors").read_bytes() == b"theirs"
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "v.npz"]  # no temporary left
+
+
 # --- rows 3 and 4: a damaged deflate stream in an .npz -----------------------------------------------------------
 
 

@@ -66,8 +66,13 @@ def test_prompt_averaging_and_embeddings_round_trip(tmp_path):
     with pytest.raises(InputError, match="exists"):
         vocab.save_embeddings(path, averaged, v, "abc")
     (tmp_path / "bad.npz").write_bytes(b"not numpy")
-    with pytest.raises(InputError, match="not an embeddings file"):
+    with pytest.raises(InputError, match="not an embeddings file.*: it is neither an .npz archive nor an .npy array"):
         vocab.load_embeddings(str(tmp_path / "bad.npz"))
+    import pickle
+
+    (tmp_path / "pickled.npz").write_bytes(pickle.dumps({"embeddings": [1.0]}))
+    with pytest.raises(InputError, match="pickled Python objects"):
+        vocab.load_embeddings(str(tmp_path / "pickled.npz"))
     np.savez(tmp_path / "objects.npz", embeddings=np.array([{"a": 1}], dtype=object))
     with pytest.raises(InputError, match="pickled Python objects, which fisa-rt never loads") as refused:
         vocab.load_embeddings(str(tmp_path / "objects.npz"))

@@ -27,6 +27,8 @@ class TextEncoder:
 
         self.templates = backend.manifest["templates"]
         self.synonyms = backend.synonyms
+        # what a cache entry must hold: (K, D), or (K, M, D) for "max"
+        self.row_shape = (backend.embed_dim,) if self.synonyms == "mean" else (None, backend.embed_dim)
         if backend.name == "torch":
             self.tokenizer = backend.model.tokenizer
             self._encode = backend.encode_tokens
@@ -71,6 +73,10 @@ class TextEncoder:
             warn(f"class names longer than the text encoder's {room + 2} tokens are cut ({shown}): names alike up to "
                  "the cut get the same embedding")
 
+    def _fits(self, cached: np.ndarray) -> bool:
+        return len(cached.shape) == 1 + len(self.row_shape) and all(
+            n is None or n == m for n, m in zip(self.row_shape, cached.shape[1:]))
+
     def encode(self, vocabulary: vocab.Vocabulary, cache_dir: Optional[str] = None) -> np.ndarray:
         templates = prompt_templates(self.templates)
         self._warn_of_cut_names(vocabulary, templates)
@@ -83,10 +89,10 @@ class TextEncoder:
         if path and os.path.isfile(path):
             try:
                 cached, names, sha = vocab.load_embeddings(path)
-                if names.names == vocabulary.names and sha == self.sha256:
+                if names.names == vocabulary.names and sha == self.sha256 and self._fits(cached):
                     return cached
             except InputError:
-                pass  # a damaged entry (truncated, empty, foreign) is re-encoded and replaced below
+                pass  # a damaged entry (truncated, empty, foreign, another width) is re-encoded and replaced below
         embeddings = vocab.encode(vocabulary, templates, self.tokenize, self._encode, synonyms=self.synonyms)
         if path:
             try:

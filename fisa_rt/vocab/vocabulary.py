@@ -219,7 +219,8 @@ def save_embeddings(
     if not isinstance(text_encoder_sha256, str):
         raise InputError(f"text_encoder_sha256 must be a str; got a {type(text_encoder_sha256).__name__}")
     refuse_overwrite(path, overwrite)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+    # the check above gives the early message; the no-clobber rename, another writer that came in between
+    with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
         np.savez(f, embeddings=embeddings, names=np.array(vocabulary.names), is_thing=np.array(vocabulary.is_thing),
                  text_encoder=np.array(text_encoder_sha256))
     return path
@@ -268,6 +269,17 @@ def check_embeddings(embeddings, num_classes: int, where: str = "embeddings") ->
     return (rows / np.where(np.abs(norms - 1) < 1e-6, 1.0, norms)).astype(np.float32)
 
 
+def _not_npz(path: str) -> str:
+    """Why NumPy asked to unpickle: an array of Python objects in an .npz or .npy, a pickle, or anything else
+    (NumPy takes whatever is neither .npz nor .npy for a pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    # the zip and .npy magics, and the PROTO opcode of pickle protocols 2 to 5
+    if head.startswith((b"PK", b"\x93NUMPY")) or (head[:1] == b"\x80" and head[1:2] in bytes(range(2, 6))):
+        return "it holds pickled Python objects, which fisa-rt never loads"
+    return "it is neither an .npz archive nor an .npy array"
+
+
 def load_embeddings(path: str):
     """(embeddings (K, D) float32, Vocabulary, text-encoder sha256) from an ``encode-vocab`` file; anything
     else (empty, truncated, a plain ``.npy``, missing or malformed fields) is an InputError."""
@@ -286,7 +298,7 @@ def load_embeddings(path: str):
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         if "pickle" in str(exc):  # NumPy's own advice is to load it unsafely: never repeated
-            raise InputError(f"{not_ours}: it holds pickled Python objects, which fisa-rt never loads") from None
+            raise InputError(f"{not_ours}: {_not_npz(path)}") from None
         raise InputError(f"{not_ours}: {exc or type(exc).__name__}") from None
     if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
         found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"
