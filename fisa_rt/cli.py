@@ -18,7 +18,10 @@ from .runtime.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = {
     "models": "fisa-rt models\n  fisa-rt models --simo",
-    "config": "fisa-rt config fisa-vit-b16 > my-model.json",
+    "config": (
+        "fisa-rt config fisa-vit-b16 > my-model.json   # edit it, then:\n"
+        "  fisa-rt train clip --model my-model.json --data data/synthetic --out runs/clip.safetensors"
+    ),
     "make-data": "fisa-rt make-data --out data/synthetic --train 3000 --val 300 --seed 0",
     "train": (
         "fisa-rt train clip --data data/synthetic --out runs/clip.safetensors --steps 1200\n"
@@ -392,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--out", required=True, help="output weights (.safetensors); training state is kept beside it and resumed"
     )
-    tr.add_argument("--model", help="model config name (default: fisa-tiny; adapt: the --init checkpoint's own config)")
+    tr.add_argument("--model", help="model config name or .json file (default: fisa-tiny; adapt: the --init "
+                    "checkpoint's own config)")
     tr.add_argument("--init", help="generator: CLIP weights from the clip stage; adapt: the generator stage's "
                                    "checkpoint or a converted one (fisa-rt convert), loaded into --model with new "
                                    "SEVE adapters")
@@ -411,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
     tr.add_argument("--split", default="train", help="split to train on (the broad world's clip stage: pretrain)")
     tr.add_argument("--snapshots", type=POSITIVE, nargs="*", default=[],
-                    help="also write the weights after these steps to OUT.stepN.safetensors "
-                         "(an adaptation-length curve)")
+                    help="also write the weights after these steps beside --out, the step before its suffix "
+                         "(runs/fisa.safetensors: runs/fisa.step100.safetensors; an adaptation-length curve)")
     tr.add_argument("--seve-layers", type=COUNT, nargs="+",
                     help="adapt --trainable simo: move the SEVE adapters to these blocks/stages (0-based; the "
                          "--init checkpoint's must be untrained)")

@@ -342,9 +342,19 @@ def list_models() -> List[str]:
 
 
 def get_model_config(name: str) -> FisaConfig:
-    """The shipped config called ``name``; unknown names fail with the list of valid ones."""
+    """The shipped config called ``name``, or the JSON file ``name`` ends in ``.json`` (``fisa-rt config``'s
+    output, edited: open_clip's way of adding a model); unknown names fail with the list of valid ones."""
     names = list_models()
-    if name not in names:
-        raise ConfigError(f"unknown model config {name!r}; available: {', '.join(names)}")
-    text = (resources.files("fisa_rt") / "model_configs" / f"{name}.json").read_text()
-    return FisaConfig.from_json(text)
+    if name in names:
+        return FisaConfig.from_json((resources.files("fisa_rt") / "model_configs" / f"{name}.json").read_text())
+    if not name.endswith(".json"):
+        raise ConfigError(f"unknown model config {name!r}; available: {', '.join(names)}, or a .json file")
+    try:
+        with open(name) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read model config {name}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return FisaConfig.from_json(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None

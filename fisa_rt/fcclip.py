@@ -28,6 +28,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .config import FisaConfig, get_model_config
 from .errors import CheckpointError, missing_file_error, refuse_overwrite
+from .file_kinds import file_kind
 from .model import create_model
 from .weight_names import FCCLIP
 
@@ -81,6 +82,8 @@ def _load_tensors(path: str, what: str):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reasons = [line for line in lines if not any(a in line for a in advice)]
         reason = reasons[0].rstrip(".") if reasons else type(exc).__name__
+        if file_kind(path) not in ("zip", "pickle"):  # torch's legacy loader read its bytes as opcodes
+            reason = "it is neither a torch.save zip archive nor a pickle"
         raise CheckpointError(f"{path} is not a plain-tensor PyTorch checkpoint ({reason})") from None
 
 

@@ -34,6 +34,31 @@ def test_unknown_config_name_lists_valid_ones():
         get_model_config("fisa-huge")
 
 
+def test_a_config_file_is_a_model_config(tmp_path, capsys):
+    """`fisa-rt config NAME > my-model.json`, edited, is what --model and create_model take: open_clip's way."""
+    from fisa_rt import create_model
+    from fisa_rt.cli import main
+
+    edited = get_model_config("fisa-tiny").to_dict()
+    edited["name"], edited["mask_generator"]["num_queries"] = "my-model", 7
+    path = tmp_path / "my-model.json"
+    path.write_text(json.dumps(edited))
+    assert get_model_config(str(path)) == FisaConfig.from_dict(edited)
+    assert create_model(str(path)).cfg.mask_generator.num_queries == 7
+    with pytest.raises(ConfigError, match="cannot read model config .*missing.json: No such file"):
+        get_model_config(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="bad.json: model config is not valid JSON"):
+        get_model_config(str(tmp_path / "bad.json"))
+    edited["seve"]["gates"] = 1
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="my-model.json: unknown keys \\['gates'\\] in config section 'seve'"):
+        get_model_config(str(path))
+    assert main(["train", "clip", "--model", str(tmp_path / "missing.json"), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "c.safetensors")]) == 2
+    assert "cannot read model config" in capsys.readouterr().err
+
+
 def test_unknown_keys_are_rejected():
     data = get_model_config("fisa-tiny").to_dict()
     data["seve"]["gates"] = 1

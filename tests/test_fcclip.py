@@ -274,10 +274,13 @@ def test_convert_prints_one_line_and_never_suggests_unpickling(tmp_path, capsys)
     with open(tmp_path / "plain.pkl", "wb") as f:
         pickle.dump({"model": {}}, f, protocol=4)  # torch warns about the protocol
     torch.save({"model": {"sem_seg_head.predictor.query_feat.weight": torch.zeros(3)}}, tmp_path / "shape.pth")
-    for name in ("evil_zip.pth", "plain.pkl", "shape.pth"):
+    (tmp_path / "text.pth").write_text("hello\nworld\n")  # torch's reason was a bare "(101)": a KeyError of a byte
+    for name in ("evil_zip.pth", "plain.pkl", "shape.pth", "text.pth"):
         assert main(["convert", "fcclip", str(tmp_path / name), "--out", str(tmp_path / "o.safetensors")]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "weights_only" not in err and "WARNING" not in err, err
+    assert "text.pth is not a plain-tensor PyTorch checkpoint (it is neither a torch.save zip archive nor a pickle)" \
+        in err
 
 
 def test_clip_temperature_is_capped_at_100_as_fcclip_caps_it(tiny_convnext):

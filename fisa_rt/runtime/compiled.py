@@ -23,9 +23,27 @@ def inductor_cache_dir() -> str:
     return cache_dir("inductor")
 
 
+def _torch_default_cache_dir() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # torch before 2.5 keeps it elsewhere; there, an unset variable is the only default
+        return ""
+    return os.path.abspath(default_cache_dir())
+
+
+def use_inductor_cache() -> str:
+    """Point Inductor at fisa-rt's cache unless the user chose one. Importing torch._dynamo (the kernels do)
+    writes torch's own default, a folder in /tmp, into TORCHINDUCTOR_CACHE_DIR: that value is not a choice,
+    and left there it sent --compile's cache to /tmp, which a reboot empties."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == _torch_default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_dir()
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def compile_forward(module: torch.nn.Module):
     """``module`` compiled (lazily: the first call of each shape compiles)."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())
+    use_inductor_cache()
     return torch.compile(module, mode=MODE, dynamic=False)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..config import SYNONYM_MODES
 from ..errors import InputError, missing_file_error, refuse_overwrite, warn
+from ..file_kinds import file_kind
 from .prompts import expand_prompts, validate_vocabulary
 
 SHIPPED = ("coco-panoptic", "ade20k-150", "synthetic")
@@ -269,17 +270,6 @@ def check_embeddings(embeddings, num_classes: int, where: str = "embeddings") ->
     return (rows / np.where(np.abs(norms - 1) < 1e-6, 1.0, norms)).astype(np.float32)
 
 
-def _not_npz(path: str) -> str:
-    """Why NumPy asked to unpickle: an array of Python objects in an .npz or .npy, a pickle, or anything else
-    (NumPy takes whatever is neither .npz nor .npy for a pickle)."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    # the zip and .npy magics, and the PROTO opcode of pickle protocols 2 to 5
-    if head.startswith((b"PK", b"\x93NUMPY")) or (head[:1] == b"\x80" and head[1:2] in bytes(range(2, 6))):
-        return "it holds pickled Python objects, which fisa-rt never loads"
-    return "it is neither an .npz archive nor an .npy array"
-
-
 def load_embeddings(path: str):
     """(embeddings (K, D) float32, Vocabulary, text-encoder sha256) from an ``encode-vocab`` file; anything
     else (empty, truncated, a plain ``.npy``, missing or malformed fields) is an InputError."""
@@ -298,7 +288,10 @@ def load_embeddings(path: str):
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         if "pickle" in str(exc):  # NumPy's own advice is to load it unsafely: never repeated
-            raise InputError(f"{not_ours}: {_not_npz(path)}") from None
+            # an array of Python objects inside an .npz or .npy, or a pickle; NumPy says the same of any other bytes
+            what = ("it holds pickled Python objects, which fisa-rt never loads" if file_kind(path) else
+                    "it is neither an .npz archive nor an .npy array")
+            raise InputError(f"{not_ours}: {what}") from None
         raise InputError(f"{not_ours}: {exc or type(exc).__name__}") from None
     if names.ndim != 1 or is_thing.shape != names.shape or names.dtype.kind != "U" or sha.ndim != 0:
         found = f"names {names.shape} {names.dtype}, is_thing {is_thing.shape}, text_encoder {sha.shape}"
