@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import reprlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from fisa_rt.atomic import write_json
 from fisa_rt.errors import CheckpointError
@@ -55,6 +55,35 @@ RUNTIME_FIELDS = {
     }
 }
 
+# The type of each field a runtime or `fisa-rt inspect` reads, checked wherever it appears (dotted: inside an
+# object): an edited manifest otherwise failed inside them (TypeError, KeyError, AttributeError) with a traceback.
+# A null is refused only where a reader takes the field as it is; the others read a missing object as empty.
+_TEXT, _OBJECT = ("a string", str), ("an object", dict)
+FIELD_TYPES = {
+    **{k: _TEXT for k in ("kind", "flavour", "precision", "model", "backend", "input_dtype", "created", "tokenizer",
+                          "synonyms", "config.text.synonyms", "checkpoint.file", "source_onnx.file")},
+    **{k: _OBJECT for k in ("config", "config.text", "inputs", "ops", "source_onnx", "training_vocabulary",
+                            "mixed_precision", "quantization", "quantization.recipe", "quantization.parity",
+                            "quantization.qdq_nodes", "quantization.calibration", "tensorrt", "tensorrt.plugin_ptx")},
+}
+NOT_NULL = {"sha256": _TEXT, "checkpoint": _OBJECT, "text_encoder": _OBJECT, "text_encoder.file": _TEXT,
+            "text_encoder.sha256": _TEXT}
+
+
+def _field_errors(manifest: Dict[str, Any]) -> List[str]:
+    wrong = []
+    for path, (expected, kind) in {**FIELD_TYPES, **NOT_NULL}.items():
+        *parents, key = path.split(".")
+        node = manifest
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or (key not in node and not (path in NOT_NULL and parents)):
+            continue  # absent (an object's required parts are checked once the object is there)
+        value = node.get(key)
+        if not isinstance(value, kind) and not (value is None and path in FIELD_TYPES):
+            wrong.append(f"{path} must be {expected}, not {reprlib.repr(value)}")
+    return wrong
+
 
 def read_manifest(artefact: str, required: bool = True, complete: bool = False) -> Optional[Dict[str, Any]]:
     """``complete``: refuse a manifest lacking a field a runtime needs (``RUNTIME_FIELDS``)."""
@@ -76,6 +105,10 @@ def read_manifest(artefact: str, required: bool = True, complete: bool = False) 
         raise CheckpointError(
             f"{path} is not a fisa-rt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})"
         )
+    wrong = _field_errors(manifest)
+    if wrong:
+        raise CheckpointError(f"manifest {path}: {'; '.join(wrong)}; rebuild the artefact with "
+                              "`python export/build_engine.py`")
     fields = RUNTIME_FIELDS.get(manifest.get("kind"), {}) if complete else {}
     missing = [k for k in fields if k not in manifest]
     if missing:

@@ -288,7 +288,7 @@ class FisaConfig:
         kwargs = {}
         for key, value in data.items():
             if key in nested:
-                kwargs[key] = _section(nested[key], key, value)
+                kwargs[key] = parse_section(nested[key], key, value)
             else:
                 kwargs[key] = value
         try:
@@ -304,7 +304,8 @@ class FisaConfig:
             raise ConfigError(f"model config is not valid JSON: {exc}") from None
 
 
-def _section(section_cls, key: str, value: Any):
+def parse_section(section_cls, key: str, value: Any):
+    """One config section from its JSON object, every fault a ConfigError naming the section and the key."""
     if not isinstance(value, dict):
         raise ConfigError(f"config section {key!r} must be an object, got {type(value).__name__}")
     valid = {f.name for f in dataclasses.fields(section_cls)}

@@ -290,6 +290,28 @@ def test_an_unknown_backend_is_named_with_the_known_ones_for_a_file_or_a_folder(
         Segmenter.from_engine(str(unknown))
 
 
+def test_a_folder_with_two_artefacts_of_the_best_kind_is_refused_naming_them(tmp_path, monkeypatch):
+    """A second build into the same folder (another --name, another precision) made the name order pick the
+    artefact, and nothing said which one ran."""
+    from fisa_rt.runtime import backends
+    from fisa_rt.runtime.backends import resolve_artefact
+
+    for name in ("a.portable.ort.onnx", "a.portable.onnx", "z.portable.ort.onnx", "z.portable.onnx",
+                 "a.fused.fp32.engine", "a.portable.fp16.engine"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr("fisa_rt.export.tensorrt_builder.import_tensorrt", lambda: None)  # as if installed
+    for backend, files in ((None, "a.fused.fp32.engine, a.portable.fp16.engine"),
+                           ("tensorrt", "a.fused.fp32.engine, a.portable.fp16.engine"),
+                           ("onnxruntime", "a.portable.ort.onnx, z.portable.ort.onnx")):
+        with pytest.raises(InputError, match=f"holds 2 artefacts .*\\({files}\\): pass the one to run, e.g. "):
+            resolve_artefact(str(tmp_path), backend)
+    for name in ("z.portable.ort.onnx", "a.fused.fp32.engine"):
+        (tmp_path / name).unlink()
+    assert resolve_artefact(str(tmp_path)) == str(tmp_path / "a.portable.fp16.engine")
+    assert resolve_artefact(str(tmp_path), "onnxruntime") == str(tmp_path / "a.portable.ort.onnx")
+    assert backends.resolve_artefact(str(tmp_path / "z.portable.onnx")) == str(tmp_path / "z.portable.onnx")
+
+
 def test_devices_and_backends_that_do_not_fit_the_artefact_are_refused(artefacts, tmp_path):
     import onnxruntime
 

@@ -194,6 +194,40 @@ def test_a_manifest_holding_a_list_is_one_line(tmp_path, capsys):
     one_line(capsys, main(["infer", "--engine", str(engine), "--out", str(tmp_path / "o")]), "not a fisa-rt manifest")
 
 
+INSPECT_AND_INFER, INFER = ("inspect", "infer"), ("infer",)
+
+
+@pytest.mark.parametrize("edit, message, verbs", [
+    (lambda m: m.__setitem__("text_encoder", "enc.onnx"), "text_encoder must be an object, not 'enc.onnx'",
+     INSPECT_AND_INFER),
+    (lambda m: m["text_encoder"].pop("sha256"), "text_encoder.sha256 must be a string, not None", INSPECT_AND_INFER),
+    (lambda m: m.__setitem__("config", {"text": "max"}), "config.text must be an object, not 'max'",
+     INSPECT_AND_INFER),
+    (lambda m: m.__setitem__("checkpoint", "a.safetensors"), "checkpoint must be an object, not 'a.safetensors'",
+     INSPECT_AND_INFER),
+    (lambda m: m.__setitem__("sha256", 5), "sha256 must be a string, not 5", INSPECT_AND_INFER),
+    (lambda m: m.__setitem__("tensorrt", {"plugin_ptx": []}), "tensorrt.plugin_ptx must be an object, not []",
+     INSPECT_AND_INFER),
+    # read when the Segmenter is made, not by inspect
+    (lambda m: m["config"]["postprocess"].__setitem__("overlap", 1), "unknown keys ['overlap'] in config section",
+     INFER),
+    (lambda m: m["config"]["resize"].__setitem__("pad", 3), "resize.pad must be a string, got 3", INFER),
+])
+def test_a_manifest_field_of_the_wrong_type_is_one_line(artefacts, tmp_path, capsys, edit, message, verbs):
+    """Fields edited by hand failed inside infer or inspect with a TypeError, KeyError or AttributeError."""
+    for name in ("ort", "text"):
+        shutil.copy(artefacts[name], tmp_path)
+        shutil.copy(artefacts[name] + ".manifest.json", tmp_path)
+    engine = str(tmp_path / os.path.basename(artefacts["ort"]))
+    manifest = json.loads(open(engine + ".manifest.json").read())
+    edit(manifest)
+    open(engine + ".manifest.json", "w").write(json.dumps(manifest))
+    if "inspect" in verbs:
+        one_line(capsys, main(["inspect", engine]), message)
+    one_line(capsys, main(["infer", "--engine", engine, "--classes", CLASSES, "--out", str(tmp_path / "o")]), message)
+    assert not (tmp_path / "o").exists()
+
+
 # --- rows 6 and 14: malformed annotations, and paths that leave the dataset -----------------------------------
 
 

@@ -513,7 +513,8 @@ def check_engine_compatibility(manifest: Dict[str, Any], trt_version: str, capab
 def resolve_artefact(path: str, backend: Optional[str] = None) -> str:
     """A folder written by ``build_engine.py`` -> its best artefact for this machine: a TensorRT engine
     when TensorRT is importable, else the ONNX Runtime-optimised model, else the portable ONNX; with
-    ``backend``, the best that backend runs."""
+    ``backend``, the best that backend runs. Two of the best kind (the builds of two models, or engines of two
+    precisions) are refused, naming them: which one ran was decided by their names' order, and not shown."""
     _check_backend(backend)
     if not os.path.isdir(path):
         return path
@@ -534,6 +535,11 @@ def resolve_artefact(path: str, backend: Optional[str] = None) -> str:
     else:
         order = ranked.get(backend, [])
     for candidates in order:
+        if len(candidates) > 1:
+            raise InputError(
+                f"folder {path} holds {len(candidates)} artefacts of the kind this machine runs best "
+                f"({', '.join(candidates)}): pass the one to run, e.g. --engine {os.path.join(path, candidates[0])}"
+            )
         if candidates:
             return os.path.join(path, candidates[0])
     if backend is not None:

@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig
-from ..errors import InputError, warn
+from ..config import OPENAI_MEAN, PostprocessConfig, ResizeConfig, parse_section
+from ..errors import CheckpointError, ConfigError, InputError, warn
 from ..postprocess import (
     InstanceResult,
     PanopticResult,
@@ -65,11 +65,14 @@ class Segmenter:
         self.backend = backend
         self.text_encoder = TextEncoder(backend, artefact)
         self.cache_dir = cache_dir
-        post = (backend.manifest.get("config") or {}).get("postprocess") or {}
-        self.postprocess = PostprocessConfig(**post)
-        # the model config's resize rule (artefacts from before it existed: the longest-edge rule)
         config = backend.manifest.get("config") or {}
-        self.resize = ResizeConfig(**(config.get("resize") or {}))
+        try:
+            self.postprocess = parse_section(PostprocessConfig, "postprocess", config.get("postprocess") or {})
+            # the model config's resize rule (artefacts from before it existed: the longest-edge rule)
+            self.resize = parse_section(ResizeConfig, "resize", config.get("resize") or {})
+        except ConfigError as exc:  # an edited manifest: the model's own config is checked when it is made
+            raise CheckpointError(f"the manifest of {artefact}: {exc}; rebuild the artefact with "
+                                  "`python export/build_engine.py`") from None
         self.image_mean = tuple(config.get("image_mean") or OPENAI_MEAN)
         self.pad_colour = self.resize.pad_colour(self.image_mean)
         trained = backend.manifest.get("training_vocabulary") or {}
