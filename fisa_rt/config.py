@@ -237,6 +237,7 @@ class FisaConfig:
         ):
             if value not in valid:
                 raise ConfigError(f"{key} must be one of {valid}, got {value!r}")
+        self._check_sizes()
         if self.image_size <= 0 or self.image_size % 32:
             raise ConfigError(
                 f"image_size must be a positive multiple of 32 (the coarsest feature stride), got {self.image_size}"
@@ -261,6 +262,27 @@ class FisaConfig:
                 )
         self.image_mean = tuple(self.image_mean)
         self.image_std = tuple(self.image_std)
+
+    def _check_sizes(self) -> None:
+        """Sizes and counts below which a model cannot be built or run: without this, torch failed deep in a
+        layer's constructor ("negative dimension") or at the first forward (an empty interpolation)."""
+        sections = {"": self, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                 if dataclasses.is_dataclass(getattr(self, f.name))}}
+        for path, minimum in _MINIMA.items():
+            section, _, key = path.rpartition(".")
+            value = getattr(sections[section], key)
+            if type(value) is not int or value < minimum:
+                raise ConfigError(f"{path} must be a whole number >= {minimum}, got {value!r}")
+        generator = self.mask_generator
+        if generator.hidden_dim % generator.num_heads:
+            raise ConfigError(f"mask_generator.hidden_dim {generator.hidden_dim} must divide by mask_generator."
+                              f"num_heads {generator.num_heads}")
+        for key in ("image_mean", "image_std"):
+            values = getattr(self, key)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"{key} must be three numbers (R, G, B), got {values!r}")
+        if not all(self.image_std):
+            raise ConfigError(f"image_std must have no zero (images are divided by it), got {self.image_std!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -334,6 +356,17 @@ def _check_scalars(section_cls, values: Dict[str, Any], prefix: str) -> None:
         # true is an int to isinstance, but no image size
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ConfigError(f"{prefix}{f.name} must be {expected}, got {value!r}")
+
+
+# The least each size or count may be ("section.key"; "" is FisaConfig's own).
+_MINIMA = {
+    "image_size": 32,
+    "mask_generator.hidden_dim": 1, "mask_generator.num_queries": 1, "mask_generator.dec_layers": 0,
+    "mask_generator.enc_layers": 0, "mask_generator.num_heads": 1, "mask_generator.dim_feedforward": 1,
+    "mask_generator.mask_dim": 1, "mask_generator.deformable_ffn": 1, "mask_generator.deformable_points": 1,
+    "seve.num_heads": 1, "classifier.num_mask_layers": 1, "text.batch_size": 1, "postprocess.instance_topk": 1,
+    "resize.short": 1, "resize.max_size": 1, "resize.divisible": 1,
+}
 
 
 def list_models() -> List[str]:

@@ -19,6 +19,8 @@ def torch_device(device: Optional[str]) -> torch.device:
         chosen = torch.device(device)
     except (RuntimeError, TypeError):
         raise InputError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)") from None
+    if chosen.type not in ("cpu", "cuda"):  # mps, xpu, meta...: nothing here runs or was tested there
+        raise InputError(f"device {device!r}: fisa-rt runs on cpu, cuda or cuda:N")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__})")
     if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():

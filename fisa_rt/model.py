@@ -22,7 +22,7 @@ from torch import nn
 from .backbone import ConvNextBackbone, VitBackbone
 from .clip import create_clip, create_tokenizer, vision_kind
 from .config import FisaConfig, get_model_config
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .mask_classifier import MaskAttentionHead, MaskAverageHead, text_rows
 from .mask_generator import MaskGenerator
 from .simo import SimoReport, select_trainable
@@ -87,6 +87,12 @@ class FisaModel(nn.Module):
             )
         if images.shape[-1] % 32 or images.shape[-2] % 32:
             raise InputError(f"image height and width must be multiples of 32; got {tuple(images.shape[-2:])}")
+        if images.shape[0] == 0:
+            raise InputError("images hold no image: a batch of 0")
+        weights = next(self.parameters()).dtype
+        if images.dtype != weights and not torch.is_autocast_enabled(images.device.type):
+            raise InputError(f"images are {images.dtype} and {self.cfg.name}'s weights {weights}: convert one to the "
+                             "other, or run under torch.autocast")
         if not isinstance(text, torch.Tensor) or text.dim() not in (2, 3):
             shape = tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
             raise InputError(f"text embeddings must be a (K, D) tensor, or (K, M, D) with M synonyms; got {shape}")
@@ -154,6 +160,9 @@ def create_model(config: Union[str, FisaConfig], load_pretrained_clip: bool = Fa
     open_clip may download, or a local file); otherwise CLIP starts random, as it does before a FISA
     checkpoint is loaded over it (see :func:`fisa_rt.checkpoint.load_model`).
     """
+    if not isinstance(config, (str, FisaConfig)):  # a dict failed later as "'dict' object has no attribute 'clip'"
+        raise ConfigError(f"config must be a model config name, a .json file or a FisaConfig (FisaConfig.from_dict "
+                          f"for a dict); got {type(config).__name__}")
     cfg = get_model_config(config) if isinstance(config, str) else config
     clip = create_clip(cfg.clip, load_pretrained_clip)
     return FisaModel(cfg, clip, create_tokenizer(cfg.clip))

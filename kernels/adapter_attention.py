@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .onnx_ops import custom_node
-from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, timed
+from .dispatch import exporting_fused_nodes, register_op, require_tensors, select, size_bucket, timed
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]) -> None:
+    require_tensors(q=q, k=k, v=v)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"q, k, v must be 4-D (batch, heads, tokens, head_dim); "
@@ -130,5 +131,6 @@ def adapter_attention(
         if key_valid is not None:
             raise ValueError("the AdapterAttention node takes unpadded text: export with one vocabulary tensor (K, D)")
         return AdapterAttentionNode.apply(q, k, v)
+    _check(q, k, v, key_valid)  # before the shape bucket reads the shapes
     chosen = select("adapter_attention", kernels, (q, k, v), _bucket(q, k, key_valid))
     return CANDIDATES[chosen](q, k, v, key_valid)

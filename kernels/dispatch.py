@@ -94,6 +94,15 @@ def use_triton(mode: str, *tensors: torch.Tensor) -> bool:
     return True
 
 
+def require_tensors(**tensors) -> None:
+    """Each argument a floating-point torch.Tensor, or one TypeError naming it (a NumPy array failed on a missing
+    attribute; an integer tensor inside the shape bucket's timing, which builds random inputs of its dtype)."""
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            what = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise TypeError(f"{name} must be a floating-point torch.Tensor; got {what}")
+
+
 def register_op(op: str, names: Iterable[str], build: CandidateBuilder) -> None:
     """``names``: the op's implementations; ``build(bucket, dtype, device, grad, names)`` returns the
     candidates among them, each a no-argument call on inputs of the bucket's shape (each op module registers

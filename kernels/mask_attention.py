@@ -37,6 +37,7 @@ from .onnx_ops import custom_node
 from .dispatch import (
     exporting_fused_nodes,
     register_op,
+    require_tensors,
     select,
     size_bucket,
     timed,
@@ -90,6 +91,15 @@ def mask_attention_layout(
 
 
 def _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout: Optional[MaskLayout] = None) -> None:
+    require_tensors(q=q, k_img=k_img, v_img=v_img, k_self=k_self, v_self=v_self, mask_logits=mask_logits)
+    if q.dim() != 4 or q.shape[2] == 0:
+        raise ValueError(f"q must be (B, H, Q >= 1, Dh); got {tuple(q.shape)}")
+    # a traced or exported graph's sizes may be tensors or symbolic: only plain ints are checked for their sign
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(type(n) is not int or n > 0 for n in grid)):
+        raise ValueError(f"grid must be the token grid's (height, width), two whole numbers > 0; got {grid!r:.40}")
+    if len({t.dtype for t in (q, k_img, v_img, k_self, v_self)}) > 1:
+        raise TypeError(f"q, k_img, v_img, k_self, v_self must share one dtype; got "
+                        f"{', '.join(str(t.dtype) for t in (q, k_img, v_img, k_self, v_self))}")
     B, H, Q, Dh = q.shape
     N = grid[0] * grid[1]
     if layout is not None and tuple(layout.inside.shape) != (B, Q, N):
@@ -242,6 +252,7 @@ def mask_attention(
         return MaskAttentionNode.apply(
             q, k_img, v_img, k_self, v_self, mask_logits, int(grid[0]), int(grid[1]), float(threshold)
         )
+    _check(q, k_img, v_img, k_self, v_self, mask_logits, grid, layout)  # before the shape bucket reads the shapes
     tensors = (q, k_img, v_img, k_self, v_self, mask_logits)
     chosen = select("mask_attention", kernels, tensors, _bucket(q, mask_logits, grid))
     return CANDIDATES[chosen](q, k_img, v_img, k_self, v_self, mask_logits, grid, threshold, layout=layout)

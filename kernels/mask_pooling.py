@@ -25,21 +25,25 @@ import torch
 import torch.nn.functional as F
 
 from .onnx_ops import custom_node
-from .dispatch import exporting_fused_nodes, register_op, select, size_bucket, timed
+from .dispatch import exporting_fused_nodes, register_op, require_tensors, select, size_bucket, timed
 
 WEIGHTINGS = ("binary", "sigmoid")
 
 
 def _check(mask_logits, dense, text, weighting) -> None:
+    require_tensors(mask_logits=mask_logits, dense=dense, text=text)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
-    if mask_logits.dim() != 4 or dense.dim() != 4 or mask_logits.shape[0] != dense.shape[0]:
+    if mask_logits.dim() != 4 or dense.dim() != 4 or mask_logits.shape[0] != dense.shape[0] or 0 in mask_logits.shape:
         raise ValueError(
-            f"need mask_logits (B, Q, Hm, Wm) and dense (B, C, Hf, Wf); "
+            f"need mask_logits (B, Q >= 1, Hm, Wm) and dense (B, C, Hf, Wf); "
             f"got {tuple(mask_logits.shape)}, {tuple(dense.shape)}"
         )
     if text.dim() != 2 or text.shape[1] != dense.shape[1]:
         raise ValueError(f"text must be (K, C={dense.shape[1]}); got {tuple(text.shape)}")
+    # under autocast the product runs in the autocast type whatever the inputs' (the model's fp32 text)
+    if dense.dtype != text.dtype and not torch.is_autocast_enabled(dense.device.type):
+        raise TypeError(f"dense and text must share one dtype outside autocast; got {dense.dtype}, {text.dtype}")
 
 
 def mask_average_logits_reference(
@@ -131,6 +135,7 @@ def mask_average_logits(
         # TensorRT runs with its own GEMMs. The scale is a learned constant at export time.
         pooled = MaskPoolNode.apply(mask_logits, dense, weighting == "sigmoid", float(threshold))
         return cosine_logits_reference(pooled, text, float(logit_scale))
+    _check(mask_logits, dense, text, weighting)  # before the shape bucket reads the shapes
     bucket = _bucket(mask_logits, dense, text, weighting)
     chosen = select("mask_average_logits", kernels, (mask_logits, dense, text), bucket)
     return CANDIDATES[chosen](mask_logits, dense, text, logit_scale, weighting, threshold)

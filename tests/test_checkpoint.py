@@ -142,6 +142,8 @@ def test_non_finite_weights_are_refused_naming_the_file_and_tensor(tmp_path, val
     [
         ({"path": None}, "checkpoint must be a path; got NoneType"),
         ({"device": "bogus"}, "device 'bogus' is not a torch device"),
+        ({"device": "meta"}, "device 'meta': fisa-rt runs on cpu, cuda or cuda:N"),  # was SafetensorError
+        ({"device": "mps"}, "device 'mps': fisa-rt runs on cpu, cuda or cuda:N"),
         ({"dtype": "float16"}, "dtype must be a floating-point torch.dtype .*; got 'float16'"),
         ({"dtype": torch.int32}, "dtype must be a floating-point torch.dtype .*; got torch.int32"),
     ],

@@ -75,12 +75,25 @@ def test_unknown_keys_are_rejected():
         ("mask_generator", "pixel_decoder", "fpn", "mask_generator.pixel_decoder must be one of"),
         ("mask_generator", "class_head", "mlp", "mask_generator.class_head must be one of"),
         (None, "image_size", 100, "multiple of 32"),
-        (None, "image_size", -32, "positive multiple of 32"),
+        (None, "image_size", -32, "image_size must be a whole number >= 32, got -32"),
         (None, "image_size", "128", "image_size must be an integer, got '128'"),
         (None, "image_size", True, "image_size must be an integer, got True"),
         ("mask_generator", "hidden_dim", 256.0, "mask_generator.hidden_dim must be an integer, got 256.0"),
         ("classifier", "ensemble_alpha", "0.4", "classifier.ensemble_alpha must be a number"),
         ("resize", "pad_mean", 1, "resize.pad_mean must be true or false, got 1"),
+        # accepted before, then failing inside torch (a constructor's "negative dimension", the first forward's
+        # empty interpolation, an encoder's range() step of 0), or running a model with no decoder at all
+        ("mask_generator", "num_queries", 0, "mask_generator.num_queries must be a whole number >= 1, got 0"),
+        ("mask_generator", "num_queries", -5, "mask_generator.num_queries must be a whole number >= 1"),
+        ("mask_generator", "dec_layers", -1, "mask_generator.dec_layers must be a whole number >= 0, got -1"),
+        ("mask_generator", "hidden_dim", 0, "mask_generator.hidden_dim must be a whole number >= 1"),
+        ("mask_generator", "num_heads", 7, "hidden_dim 64 must divide by mask_generator.num_heads 7"),
+        ("seve", "num_heads", 0, "seve.num_heads must be a whole number >= 1, got 0"),
+        ("classifier", "num_mask_layers", 0, "classifier.num_mask_layers must be a whole number >= 1"),
+        ("text", "batch_size", 0, "text.batch_size must be a whole number >= 1, got 0"),
+        ("postprocess", "instance_topk", -1, "postprocess.instance_topk must be a whole number >= 1"),
+        (None, "image_std", [0, 0, 0], "image_std must have no zero"),
+        (None, "image_mean", [0.5, 0.5], "image_mean must be three numbers"),
     ],
 )
 def test_invalid_values_are_rejected(section, key, value, message):

@@ -2,6 +2,7 @@
 Python API's image and batch types; decompression bombs refused before decoding."""
 
 import pathlib
+import re
 import struct
 import zlib
 
@@ -134,6 +135,13 @@ def test_api_accepts_paths_and_pil_images_and_refuses_the_rest(segmenter):
     assert isinstance(Segmenter.from_engine(pathlib.Path(default_checkpoint()), backend="torch"), Segmenter)
     with pytest.raises(InputError, match="engine must be a path"):
         Segmenter.from_engine(None)
+    # "no" is a true value: it turned compilation on; an int cache folder failed in posixpath at set_vocabulary
+    for options, message in (({"compile": "no"}, "compile must be True or False; got 'no'"),
+                              ({"cuda_graphs": "yes"}, "cuda_graphs must be True or False (or None: on CUDA)"),
+                              ({"cache_dir": 3}, "cache_dir must be a path; got int"),
+                              ({"device": "meta"}, "device 'meta': fisa-rt runs on cpu, cuda or cuda:N")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            Segmenter.from_engine(default_checkpoint(), **options)
 
 
 def test_decompression_bombs_are_refused_before_decoding(segmenter, tmp_path):

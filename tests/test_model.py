@@ -130,11 +130,25 @@ def test_vit_runs_at_sizes_other_than_training(tiny_vit):
         (torch.randn(1, 3, 64, 64), (0, 64), "vocabulary is empty"),
         (torch.randn(1, 3, 64, 64), (3, 32), "dimension 32, but fisa-tiny needs 64"),
         (torch.randn(1, 3, 64, 64), (3,), "must be a \\(K, D\\) tensor"),
+        # these failed inside a convolution or a reshape, naming neither the images nor the model
+        (torch.randn(1, 3, 64, 64, dtype=torch.float64), (3, 64),
+         "images are torch.float64 and fisa-tiny's weights torch.float32: convert one"),
+        (torch.randn(0, 3, 64, 64), (3, 64), "images hold no image: a batch of 0"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(tiny_vit, images, text_shape, message):
     with pytest.raises(InputError, match=message):
         tiny_vit(images, torch.randn(*text_shape))
+
+
+def test_images_of_another_dtype_run_under_autocast_and_a_dict_config_is_named(tiny_vit):
+    from fisa_rt import ConfigError, create_model
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny_vit(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16), random_text(2, tiny_vit.embed_dim))
+    assert out.class_logits.shape == (1, tiny_vit.cfg.mask_generator.num_queries, 3)
+    with pytest.raises(ConfigError, match="got dict"):
+        create_model(tiny_vit.cfg.to_dict())
 
 
 def test_bad_seen_mask_is_rejected(tiny_convnext):

@@ -212,6 +212,8 @@ INSPECT_AND_INFER, INFER = ("inspect", "infer"), ("infer",)
     (lambda m: m["config"]["postprocess"].__setitem__("overlap", 1), "unknown keys ['overlap'] in config section",
      INFER),
     (lambda m: m["config"]["resize"].__setitem__("pad", 3), "resize.pad must be a string, got 3", INFER),
+    (lambda m: m.__setitem__("input_dtype", "float32"), "says input_dtype float32, its graph takes uint8", INFER),
+    (lambda m: m["training_vocabulary"]["is_thing"].append(True), "training_vocabulary: vocabulary has", INFER),
 ])
 def test_a_manifest_field_of_the_wrong_type_is_one_line(artefacts, tmp_path, capsys, edit, message, verbs):
     """Fields edited by hand failed inside infer or inspect with a TypeError, KeyError or AttributeError."""

@@ -79,6 +79,15 @@ def test_prompt_averaging_and_embeddings_round_trip(tmp_path):
     assert "allow_pickle" not in str(refused.value)  # NumPy's advice to load it unsafely is not passed on
 
 
+def test_a_list_of_names_reads_the_stuff_mark_as_classes_does():
+    """Python's set_vocabulary kept "grass:stuff" as a thing named "grass:stuff", where --classes reads stuff."""
+    listed = vocab.vocabulary_of(["grass:stuff", "cat", "sky : Stuff", "dog:thing"])
+    assert listed == vocab.from_classes("grass:stuff, cat, sky : Stuff, dog:thing")
+    assert listed.names == ["grass", "cat", "sky", "dog"] and listed.is_thing == [False, True, False, True]
+    with pytest.raises(InputError, match="class names must be"):
+        vocab.vocabulary_of(["grass:stuff", 3])
+
+
 def test_vocabularies_refuse_what_they_would_misread(tmp_path):
     for names, flags, message in [
         ("cat", None, "class names must be a list of strings; got 'cat'"),  # not the classes 'c', 'a', 't'

@@ -253,9 +253,19 @@ def onnx_providers(ort, device: Optional[str] = None, engine_cache: Optional[str
 
 
 def _check_sizes(path: str, model, manifest: Dict) -> None:
-    """The manifest's image_size and embed_dim, which the runtime pads images and checks embeddings to, against
-    the graph's own: an edited manifest otherwise failed inside ONNX Runtime, at the first image."""
+    """The manifest's image_size, embed_dim and input_dtype, which the runtime pads images, checks embeddings and
+    feeds images to, against the graph's own: an edited manifest otherwise failed inside ONNX Runtime, at the
+    first image."""
+    import onnx
+
     dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    # the runtime feeds the image in the manifest's type: another one failed at the first image, in ONNX Runtime
+    image_type = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == "image")
+    types = {"uint8": onnx.TensorProto.UINT8, "float32": onnx.TensorProto.FLOAT}
+    if "input_dtype" in manifest and types.get(manifest["input_dtype"]) != image_type:
+        raise CheckpointError(f"manifest of {path} says input_dtype {manifest['input_dtype']}, its graph takes "
+                              f"{onnx.TensorProto.DataType.Name(image_type).lower()}; rebuild both with "
+                              "`python export/build_engine.py`")
     for field, sizes in (("image_size", dims["image"][2:4]), ("embed_dim", dims["text"][-1:])):
         found = {d for d in sizes if d > 0}  # 0: a dynamic axis
         if found and found != {manifest[field]}:
@@ -560,6 +570,11 @@ def open_backend(
     """``threads``: ONNX Runtime's intra-op threads (default: the available cores; fisa_rt.runtime.threads).
     ``cuda_graphs`` (default: on CUDA) and ``compile`` are the PyTorch backend's; the others launch their own
     way (TensorRT, ONNX Runtime), so either asked of them is an error, not ignored."""
+    # a string such as "no" is true: it would turn on what it was meant to turn off
+    for value, name in ((cuda_graphs, "cuda_graphs"), (compile, "compile")):
+        if not isinstance(value, bool) and not (value is None and name == "cuda_graphs"):
+            raise InputError(f"{name} must be True or False{' (or None: on CUDA)' * (name == 'cuda_graphs')}; "
+                             f"got {value!r:.40}")
     if not os.path.isfile(path):
         raise missing_file_error(path, "engine")
     kind = backend_for(path, backend)

@@ -76,9 +76,12 @@ class Segmenter:
         self.image_mean = tuple(config.get("image_mean") or OPENAI_MEAN)
         self.pad_colour = self.resize.pad_colour(self.image_mean)
         trained = backend.manifest.get("training_vocabulary") or {}
-        self.default_vocabulary = (
-            vocab.Vocabulary(trained["names"], trained["is_thing"]) if trained.get("names") else None
-        )
+        try:
+            self.default_vocabulary = (
+                vocab.Vocabulary(trained["names"], trained.get("is_thing")) if trained.get("names") else None
+            )
+        except InputError as exc:  # an edited manifest: what a vocabulary of the user's would be told
+            raise CheckpointError(f"the manifest of {artefact}: training_vocabulary: {exc}") from None
         # the classes the mask generator was trained on (FC-CLIP: COCO panoptic's 133): a class naming one of
         # them is "seen" and gets the mask-average head's ensemble_alpha instead of ensemble_beta
         self.trained_names: List[str] = list(trained.get("names") or [])
@@ -112,11 +115,13 @@ class Segmenter:
         the cores this process may use (fisa_rt.runtime.threads). ``cuda_graphs`` (PyTorch backend; default: on
         CUDA) replays the model as CUDA graphs; ``compile`` torch.compiles it first (fisa_rt.runtime.cuda_graphs,
         fisa_rt.runtime.compiled)."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise InputError(f"engine must be a path; got {type(path).__name__}")
+        for value, name in ((path, "engine"), (cache_dir, "cache_dir")):
+            if not isinstance(value, (str, os.PathLike)) and not (value is None and name == "cache_dir"):
+                raise InputError(f"{name} must be a path; got {type(value).__name__}")
         threads = resolve_threads(threads)
         apply_torch_threads(threads)
         path = resolve_artefact(os.fspath(path), backend)
+        cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         return cls(open_backend(path, backend, device, threads, cuda_graphs, compile), path, cache_dir)
 
     @classmethod

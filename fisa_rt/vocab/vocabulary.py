@@ -57,10 +57,16 @@ class Vocabulary:
 
 def vocabulary_of(classes) -> Vocabulary:
     """What ``set_vocabulary`` (local or a server's) keeps of its ``classes``: a list of names as a new
-    Vocabulary, a Vocabulary as a copy (without its warnings again), since the caller may go on changing theirs."""
+    Vocabulary, each name's ``:stuff``/``:thing`` mark read as ``--classes`` reads it, or a Vocabulary as a copy
+    (without its warnings again), since the caller may go on changing theirs."""
     if isinstance(classes, (str, bytes)) or not isinstance(classes, (Vocabulary, Sequence)):
         raise InputError(f"classes must be a list of class names or a Vocabulary; got {type(classes).__name__}")
-    return copy.deepcopy(classes) if isinstance(classes, Vocabulary) else Vocabulary(classes)
+    if isinstance(classes, Vocabulary):
+        return copy.deepcopy(classes)
+    if classes and all(isinstance(name, str) for name in classes):  # anything else: Vocabulary names the fault
+        names, things = zip(*map(_kind, classes))
+        return Vocabulary(list(names), list(things))
+    return Vocabulary(classes)
 
 
 def _is_flag(value) -> bool:

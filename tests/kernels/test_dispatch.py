@@ -370,3 +370,42 @@ def test_caches_ignore_an_unset_empty_or_relative_xdg_cache_home(monkeypatch, tm
     assert table_path("cpu").startswith(str(tmp_path / ".cache" / "fisa-rt" / "kernel-choices"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir("vocab") == str(tmp_path / "xdg" / "fisa-rt" / "vocab")
+
+
+def _bad_calls():
+    q, k, v = adapter_inputs()
+    mq, mk, mv = (torch.randn(1, 2, 5, 16) for _ in range(3))
+    ki, vi = (torch.randn(1, 2, 16, 16) for _ in range(2))
+    masks, dense, text = torch.randn(1, 5, 8, 8), torch.randn(1, 16, 4, 4), torch.randn(3, 16)
+    return [
+        (lambda: adapter_attention(q[0], k, v), ValueError, "q, k, v must be 4-D"),
+        (lambda: adapter_attention(q.numpy(), k, v), TypeError, "q must be a floating-point torch.Tensor; got ndarray"),
+        (lambda: adapter_attention(q.long(), k.long(), v.long()), TypeError, "got a torch.int64 tensor"),
+        (lambda: mask_attention(mq[0], ki, vi, mk, mv, masks, (4, 4)), ValueError, r"q must be \(B, H, Q >= 1, Dh\)"),
+        (lambda: mask_attention(mq[:, :, :0], ki, vi, mk[:, :, :0], mv[:, :, :0], masks[:, :0], (4, 4)), ValueError,
+         "Q >= 1"),
+        (lambda: mask_attention(mq, ki, vi, mk, mv, masks, (16,)), ValueError, "grid must be the token grid's"),
+        (lambda: mask_attention(mq, ki, vi, mk, mv, masks, 16), ValueError, "grid must be the token grid's"),
+        (lambda: mask_attention(mq.half(), ki, vi, mk, mv, masks, (4, 4)), TypeError, "must share one dtype"),
+        (lambda: mask_average_logits(masks, dense.half(), text, 50.0), TypeError, "must share one dtype outside"),
+        (lambda: mask_average_logits(masks[:, :0], dense, text, 50.0), ValueError, r"\(B, Q >= 1, Hm, Wm\)"),
+        (lambda: mask_average_logits(masks, dense, text.tolist(), 50.0), TypeError, "text must be a floating-point"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_calls())))
+def test_each_op_names_a_bad_argument_before_it_measures_anything(measured_on_cpu, case):
+    """The ops read their shape bucket (and timed random inputs of the first tensor's dtype) before any check:
+    a 3-D q failed to unpack, an int tensor inside torch.randn, mixed dtypes and Q = 0 deep inside torch."""
+    timer, table = measured_on_cpu({"triton": 0.3, "sdpa-flash": 0.1, "sdpa-cudnn": 0.1, "sdpa-efficient": 0.1,
+                                    "eager": 0.05})
+    call, error, message = _bad_calls()[case]
+    with torch.no_grad(), pytest.raises(error, match=message):
+        call()
+    assert not timer.timed and not table.choices
+
+
+def test_mixed_dtypes_still_run_under_autocast():
+    masks, dense, text = torch.randn(1, 5, 8, 8), torch.randn(1, 16, 4, 4).bfloat16(), torch.randn(3, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mask_average_logits(masks, dense, text, 50.0, kernels="reference").shape == (1, 5, 3)
