@@ -59,7 +59,9 @@ def _gib(text: str) -> float:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    from fisa_rt.cli import OneLineParser  # a bad flag is one line, as for fisa-rt (not the usage, then the error)
+
+    parser = OneLineParser(
         prog="build_engine.py", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from .errors import InputError, exists_error, refuse_overwrite
 
@@ -209,11 +209,22 @@ def output_folder(path: str) -> Iterator[str]:
                 os.rmdir(folder)  # only succeeds while empty
 
 
-def refuse_unwritable(path: str, overwrite: bool) -> None:
+def refuse_unwritable(path: str, overwrite: bool, reads: Optional[Dict[str, Optional[str]]] = None,
+                      within: Optional[Dict[str, Optional[str]]] = None) -> None:
     """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
-    ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable."""
+    ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable. Whatever
+    ``overwrite`` says, ``path`` may not be a file the job ``reads``, nor lie ``within`` a folder it reads
+    (flag -> path; `eval --json` onto its own checkpoint, or onto the dataset's annotations, replaced them)."""
     if os.path.isdir(path):  # first: "pass --overwrite" would not help
         raise InputError(f"cannot write {path}: it is a folder")
+    target = os.path.realpath(path)
+    for flag, read in (reads or {}).items():
+        if read and target == os.path.realpath(read):
+            raise InputError(f"cannot write {path}: it is {flag} {read}, which this run reads; choose another path")
+    for flag, folder in (within or {}).items():
+        if folder and os.path.commonpath([target, os.path.realpath(folder)]) == os.path.realpath(folder):
+            raise InputError(f"cannot write {path}: it is inside {flag} {folder}, which this run reads; choose a path "
+                             "outside it")
     refuse_overwrite(path, overwrite)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

@@ -82,9 +82,11 @@ POSITIVE, COUNT = _number(int, 1), _number(int, 0)
 # the largest vocabulary in use (ImageNet-21k); a made-up K of millions only runs the machine out of memory
 BENCH_CLASSES = _number(int, 1, 21841)
 THREADS = _number(int, 1, MAX_THREADS)
+# model instances of one Triton server: each holds a whole model, so a count past this only exhausts memory
+INSTANCES = _number(int, 1, 256)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line, like every other user error, exit 2:
     ``fisa-rt: error: argument --batch: must be >= 1; got 0 (see fisa-rt infer --help)``."""
 
@@ -122,6 +124,8 @@ def _config(args: argparse.Namespace) -> None:
 def _make_data(args: argparse.Namespace) -> None:
     from .data.synthetic import generate
 
+    if not (args.pretrain or args.train or args.val):  # exit 0 having written nothing read as success
+        raise InputError("nothing to make: --pretrain, --train and --val are all 0")
     for split, count in (("pretrain", args.pretrain), ("train", args.train), ("val", args.val)):
         if count:
             path = generate(args.out, split, count, args.seed, args.image_size, args.overwrite, world=args.world)
@@ -156,8 +160,8 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate, evaluate_segmenter, format_report
     from .runtime.backends import backend_for, resolve_artefact
 
-    if args.json:
-        refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
+    if args.json:  # before the run, not after minutes of it
+        refuse_unwritable(args.json, args.overwrite, reads={"--engine": args.engine}, within={"--data": args.data})
     args.engine = resolve_artefact(args.engine, args.backend)
     if backend_for(args.engine, args.backend) == "torch":
         from .checkpoint import load_model
@@ -266,6 +270,8 @@ def _print_timings(segmenter) -> None:
 def _export_triton(args: argparse.Namespace) -> None:
     from .serving.repository import PythonModelOptions, export_repository
 
+    if args.numpy1 and not os.path.isdir(args.numpy1):  # written into the repository: the server would not start
+        raise InputError(f"--numpy1 {args.numpy1} is not a folder (give the folder `pip install --target` made)")
     options = PythonModelOptions(
         instances=args.instances, threads=args.threads, max_batch_size=args.max_batch_size, device=args.device,
         kind="KIND_GPU" if args.device == "cuda" else "KIND_CPU", max_pixels=args.max_pixels,
@@ -279,7 +285,8 @@ def _encode_vocab(args: argparse.Namespace) -> None:
     from .runtime.segmenter import Segmenter
     from .vocab import vocabulary as vocab
 
-    refuse_unwritable(args.out, args.overwrite)  # a folder, a missing folder: before the engine loads
+    # a folder, a missing folder, the engine itself: before the engine loads
+    refuse_unwritable(args.out, args.overwrite, reads={"--engine": args.engine})
     segmenter = Segmenter.from_engine(args.engine, args.backend)
     vocabulary = vocab.resolve(args.classes, args.vocab, segmenter.default_vocabulary)
     # through the on-disk cache, so a later `infer` with the same classes reuses these embeddings
@@ -292,8 +299,8 @@ def _encode_vocab(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from .runtime.bench import benchmark
 
-    if args.json:
-        refuse_unwritable(args.json, args.overwrite)  # before the run, not after minutes of it
+    if args.json:  # before the run, not after minutes of it
+        refuse_unwritable(args.json, args.overwrite, reads={"--engine": args.engine})
     report = benchmark(args.engine, args.backend, args.batch, args.classes, args.warmup, args.iterations,
                        args.cuda_graphs, args.compile)
     print(report.format())
@@ -320,7 +327,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """The checkpoint path of `infer`, with the synthetic set's 32 classes as the default vocabulary."""
-    from .atomic import output_folder, save_image
+    from .atomic import output_folder, removed_on_failure, save_image
     from .runtime.assets import default_checkpoint, sample_images
     from .runtime.images import load_image
     from .runtime.inputs import output_names
@@ -336,7 +343,8 @@ def _demo(args: argparse.Namespace) -> None:
         refuse_overwrite(target, args.overwrite)
     segmenter = Segmenter.from_engine(args.engine or default_checkpoint(), backend="torch")
     segmenter.set_vocabulary(vocab.from_classes(args.classes) if args.classes else vocab.named("synthetic"))
-    with output_folder(args.out):
+    # a bad input after a good one left the good one's overlay: a failed run leaves none of its files
+    with output_folder(args.out), removed_on_failure(targets):
         for path, target in zip(paths, targets):
             result = segmenter.segment(load_image(path))
             save_image(result.overlay(), target, overwrite=args.overwrite)
@@ -355,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                        help="show tracebacks of errors")
-    parser = _Parser(prog="fisa-rt", description="FISA open-vocabulary segmentation.", parents=[debug])
+    parser = OneLineParser(prog="fisa-rt", description="FISA open-vocabulary segmentation.", parents=[debug])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help_text: str, func) -> argparse.ArgumentParser:
@@ -524,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--out", required=True, help="the model repository folder to write")
     tri.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
                      help="override the backend of fisa_python")
-    tri.add_argument("--instances", type=POSITIVE, default=1, help="fisa_python instances (default 1)")
+    tri.add_argument("--instances", type=INSTANCES, default=1, help="fisa_python instances (default 1)")
     tri.add_argument("--threads", type=THREADS, help="CPU threads per instance (default: the cores / instances)")
     tri.add_argument("--max-batch-size", type=POSITIVE, default=8, help="dynamic batching's largest batch (default 8)")
     tri.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="fisa_python's device (default cpu)")

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from fisa_rt.runtime.assets import sample_images
 from helpers import EXE, run_cli as run
 
 
@@ -76,6 +77,8 @@ def test_make_data_writes_coco_panoptic_and_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "data" / "annotations" / "panoptic_train.json").exists()
     again = run("make-data", "--out", out, "--train", "2", "--val", "0", "--image-size", "32")
     assert again.returncode != 0
+    nothing = run("make-data", "--out", str(tmp_path / "none"), "--train", "0", "--val", "0")
+    assert nothing.returncode == 2 and "nothing to make" in nothing.stderr and not (tmp_path / "none").exists()
 
 
 def test_make_data_writes_the_broad_world_with_a_pretraining_split(tmp_path):
@@ -132,6 +135,11 @@ def test_demo_writes_overlays_of_the_bundled_scenes(tmp_path):
         assert im.width > im.height  # image plus legend strip
     again = run("demo", "--out", str(out))
     assert again.returncode == 2 and "exists; pass overwrite=True (--overwrite)" in again.stderr
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    failed = run("demo", "--out", str(tmp_path / "partial"), "--input", sample_images()[0], str(text))
+    # the good image's overlay was left behind by the run that failed
+    assert failed.returncode == 2 and "notes.png" in failed.stderr and not (tmp_path / "partial").exists()
 
 
 @pytest.mark.parametrize("argv,option", [
@@ -156,8 +164,6 @@ def test_options_of_the_other_mode_are_refused_not_ignored(tmp_path, argv, messa
 
 
 def test_demo_gives_images_of_one_name_their_own_overlays(tmp_path):
-    from fisa_rt.runtime.assets import sample_images
-
     inputs = []
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

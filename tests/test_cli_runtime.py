@@ -230,6 +230,9 @@ def test_user_errors_are_one_line(artefacts, tmp_path):
             run_infer(engine, "7", tmp_path / "o", "--vocab", "synthetic"),
             "cannot open camera 7",
         )
+        one_line_error(  # a traceback from inside OpenCV (its index is a C int)
+            run_infer(engine, "99999999999", tmp_path / "o", "--vocab", "synthetic"), "is no camera index",
+        )
     (tmp_path / "model.xyz").write_bytes(b"x")
     one_line_error(run("infer", "--engine", tmp_path / "model.xyz", "--out", tmp_path / "o"), "cannot tell the backend")
     one_line_error(run("infer", "--engine", tmp_path / "missing.onnx", "--out", tmp_path / "o"), "does not exist")

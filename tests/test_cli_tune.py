@@ -51,3 +51,6 @@ def test_tune_refuses_an_engine_that_chooses_no_kernels(tmp_path):
     onnx = tmp_path / "model.portable.onnx"
     onnx.write_bytes(b"not looked at")
     one_line_error(run("tune", "--engine", onnx, cache=tmp_path), "takes a FISA checkpoint (.safetensors)")
+    # numpy's allocation error for the images was a traceback; bench refused the same batch in one line
+    one_line_error(run("tune", "--engine", default_checkpoint(), "--batch", "1000000000", cache=tmp_path),
+                   "needs at least", "GiB of memory")

@@ -218,12 +218,16 @@ def test_manifest_checks(tmp_path):
         (["--workspace", "nan"], "argument --workspace: give a size in GiB above 0"),
         (["--workspace", "inf"], "argument --workspace: give a size in GiB above 0"),
         (["--workspace", "-1"], "argument --workspace: give a size in GiB above 0"),
+        (["--checkpoint", ""], "argument --checkpoint: is empty"),  # built the embedded model instead
     ],
 )
 def test_a_bad_name_or_workspace_is_refused_by_the_argument_parser(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
         main(["--out", str(tmp_path / "b"), *argv])
-    assert exit_.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "b").exists()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and not (tmp_path / "b").exists()
+    # one line, as fisa-rt's own (the usage was printed first)
+    assert err.count("\n") == 1 and err.startswith("build_engine.py: error:") and "usage:" not in err, err
 
 
 @pytest.mark.parametrize(

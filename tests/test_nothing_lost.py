@@ -389,6 +389,28 @@ def test_eval_refuses_predictions_inside_the_dataset(synthetic_data, tmp_path, c
     assert {p.name: p.read_bytes() for p in ground_truth.iterdir()} == before
 
 
+def test_no_output_may_be_a_file_the_run_reads_even_with_overwrite(synthetic_data, tmp_path, capsys):
+    """A flag sweep replaced the embedded checkpoint with eval's JSON (`--json` = `--engine`, `--overwrite`), and
+    the same for the dataset's annotations, encode-vocab's output and a training run's --init."""
+    checkpoint = tmp_path / "c.safetensors"
+    shutil.copy(CHECKPOINT, checkpoint)
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    annotations = data / "annotations" / "panoptic_val.json"
+    before = checkpoint.read_bytes(), annotations.read_bytes()
+    runs = [
+        (["eval", "--engine", checkpoint, "--data", data, "--json", checkpoint], "it is --engine"),
+        (["eval", "--engine", checkpoint, "--data", data, "--json", annotations], "it is inside --data"),
+        (["encode-vocab", "--engine", checkpoint, "--vocab", "synthetic", "--out", checkpoint], "it is --engine"),
+        (["bench", "--engine", checkpoint, "--json", checkpoint], "it is --engine"),
+        (["train", "adapt", "--data", data, "--init", checkpoint, "--out", checkpoint, "--steps", "1"],
+         "it is --init"),
+    ]
+    for argv, message in runs:
+        one_line(capsys, main([str(a) for a in argv] + ["--overwrite"]), message, "which this run reads")
+    assert (checkpoint.read_bytes(), annotations.read_bytes()) == before
+
+
 def _files(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

@@ -281,6 +281,12 @@ def test_trained_adapters_are_not_dropped_by_a_moving_config(synthetic_data, gen
     with pytest.raises(ConfigError, match=">= 0"):
         _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", trainable="simo",
                feature_distill=-1.0)
+    # each was ignored: every parameter trained, no crops made, no weights read
+    for bad, message in ((dict(stage="generator", trainable="full"), "--trainable applies to `train adapt`"),
+                         (dict(stage="generator", region_captions=0.5), "--region-captions applies to `train clip`"),
+                         (dict(stage="clip"), "--init applies to `train generator and adapt`, not to the clip")):
+        with pytest.raises(ConfigError, match=message):
+            _adapt(synthetic_data, generator_checkpoint, tmp_path / "x.safetensors", **bad)
     # a preset that leaves trained adapters alone keeps them (frozen), rather than dropping them
     kept = train(_adapt(synthetic_data, fisa.out, tmp_path / "kept.safetensors", steps=1))
     trained, written = load_file(fisa.out), load_file(kept.out)

@@ -204,6 +204,13 @@ def test_an_unusable_out_is_one_line_and_a_failed_export_leaves_no_folder(tmp_pa
     with pytest.raises(SystemExit) as exit_:
         _export("--engine", checkpoint, "--out", repo, "--device", "foo")
     assert exit_.value.code == 2 and "invalid choice: 'foo'" in capsys.readouterr().err and not repo.exists()
+    # each wrote a repository the server could not start (exit 0 before)
+    _one_line(capsys, _export("--engine", checkpoint, "--out", repo, "--backend", "onnxruntime"),
+              "artefact of the torch backend")
+    _one_line(capsys, _export("--engine", checkpoint, "--out", repo, "--numpy1", blocker), "is not a folder")
+    with pytest.raises(SystemExit) as exit_:
+        _export("--engine", checkpoint, "--out", repo, "--instances", "1000000000")
+    assert exit_.value.code == 2 and "must be <= 256" in capsys.readouterr().err and not repo.exists()
 
     def missing():
         raise MissingDependencyError("Triton's model-config schema comes with tritonclient")

@@ -66,6 +66,8 @@ class Source:
     @staticmethod
     def _resolve(spec: str) -> Tuple[str, List[str]]:
         if spec.isdigit() and not os.path.exists(spec):
+            if int(spec) >= 2 ** 31:  # OpenCV's index is a C int: larger ones failed inside it with a traceback
+                raise InputError(f"input {spec} is no camera index (0, 1, ...) nor an existing file")
             return "camera", [spec]
         if os.path.isdir(spec):
             files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))

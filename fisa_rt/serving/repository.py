@@ -484,8 +484,11 @@ def served_artefact(path: str) -> str:
 def export_repository(artefact: str, repository: str, backend: Optional[str], options: PythonModelOptions,
                       overwrite: bool = False) -> List[str]:
     """The repository for ``artefact`` (a build_engine.py folder: ``served_artefact``); the lines to print."""
+    from ..runtime.backends import backend_for
+
     artefact = served_artefact(artefact)
     if not os.path.isfile(artefact):
         raise InputError(f"engine {artefact} does not exist")
+    backend_for(artefact, backend)  # a backend that cannot run the file is refused here, as infer refuses it
     models = {**python_model(artefact, backend, options), **production_models(artefact, options)}
     return write_models(repository, artefact, models, overwrite)

@@ -112,6 +112,14 @@ class TrainConfig:
             raise ConfigError(
                 f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)"
             )
+        # flags of another stage were ignored without a word (every parameter trained, no crops, no weights read)
+        other_stage = {"--trainable": self.stage != "adapt" and self.trainable != "simo-only",
+                       "--region-captions": self.stage != "clip" and self.region_captions != 0,
+                       "--init": self.stage == "clip" and self.init is not None}
+        for flag, given in other_stage.items():
+            if given:
+                owner = {"--trainable": "adapt", "--region-captions": "clip"}.get(flag, "generator and adapt")
+                raise ConfigError(f"{flag} applies to `train {owner}`, not to the {self.stage} stage")
 
 
 @dataclass
@@ -487,7 +495,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 def _train(cfg: TrainConfig, env: Distributed) -> TrainResult:
     state_path = _state_path(cfg.out)
     if env.main:  # existing files are judged below, where a training state makes one resumable
-        refuse_unwritable(cfg.out, overwrite=True)
+        refuse_unwritable(cfg.out, overwrite=True, reads={"--init": cfg.init})
     if os.path.exists(cfg.out) and not os.path.exists(state_path) and not cfg.overwrite:
         raise CheckpointError(f"{cfg.out} exists; pass overwrite=True (--overwrite) to train over it")
     resumed = _read_state(state_path, cfg) if os.path.exists(state_path) and not cfg.overwrite else None
