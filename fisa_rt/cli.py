@@ -249,6 +249,7 @@ def _infer(args: argparse.Namespace) -> None:
         request = _read_vocabulary(args)
         if args.server:
             segmenter = Segmenter.from_server(args.server, model=args.model or "fisa_python", protocol=args.protocol)
+            segmenter.check_ready()  # before any progress is drawn
         else:
             segmenter = Segmenter.from_engine(args.engine, args.backend, cache_dir="" if args.no_cache else None,
                                               threads=args.threads, cuda_graphs=args.cuda_graphs,

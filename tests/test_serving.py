@@ -258,6 +258,18 @@ def test_infer_through_the_server_writes_the_files_local_infer_writes(server, tm
         assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "l" / name).read_bytes(), name
 
 
+def test_an_unreachable_server_or_a_missing_model_is_one_line_before_any_progress(server, tmp_path, capsys):
+    """The client is lazy: `infer` met a closed port at its first image, its progress bar already drawn."""
+    from fisa_rt.cli import main
+
+    for argv, message in ((["--server", "localhost:1"], "server localhost:1 (http) unreachable or gone"),
+                          (["--server", server.http, "--model", "bogus"], "has no model 'bogus' ready")):
+        code = main(["infer", *argv, "--classes", "cat", "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "o").exists()
+
+
 def test_zz_a_server_killed_mid_request_is_one_line_and_no_partial_files(server, tmp_path, capsys, monkeypatch):
     """Runs last (it kills the module's server). The server dies after the first of two requests, so the
     second meets a dead server whatever the machine's speed (a timer raced the run on a fast machine)."""

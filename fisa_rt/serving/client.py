@@ -104,6 +104,18 @@ class ServerSegmenter:
             self._per_thread.client = client
         return client
 
+    def check_ready(self) -> None:
+        """ServerError now, naming the server, where it is unreachable or does not serve ``model``: the client
+        is lazy, so `infer` otherwise found out at its first image, with its progress bar already drawn."""
+        try:
+            ready = self.client.is_model_ready(self.model)
+        except Exception as exc:  # noqa: BLE001 - the transports raise their own types (gevent, grpc, socket)
+            reason = (exc.message() if isinstance(exc, self._server_exception) else str(exc)) or type(exc).__name__
+            raise ServerError(f"server {self.address} ({self.protocol}) unreachable or gone: {reason}") from None
+        if not ready:
+            raise ServerError(f"server {self.address} ({self.protocol}) has no model {self.model!r} ready "
+                              "(see its log; fisa-rt export-triton names the models it writes)")
+
     def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings=None) -> None:
         if embeddings is not None:
             raise InputError("a server encodes its vocabularies: pass class names, not embeddings")
