@@ -77,8 +77,11 @@ def _field_errors(manifest: Dict[str, Any]) -> List[str]:
         node = manifest
         for parent in parents:
             node = node.get(parent) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or (key not in node and not (path in NOT_NULL and parents)):
-            continue  # absent (an object's required parts are checked once the object is there)
+        if not isinstance(node, dict):
+            continue  # its object is absent (or named on its own, being of the wrong type)
+        part_of_a_record = path in NOT_NULL and bool(parents)  # text_encoder.file: the record needs it
+        if key not in node and not part_of_a_record:
+            continue
         value = node.get(key)
         if not isinstance(value, kind) and not (value is None and path in FIELD_TYPES):
             wrong.append(f"{path} must be {expected}, not {reprlib.repr(value)}")

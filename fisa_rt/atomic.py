@@ -222,7 +222,8 @@ def refuse_unwritable(path: str, overwrite: bool, reads: Optional[Dict[str, Opti
         if read and target == os.path.realpath(read):
             raise InputError(f"cannot write {path}: it is {flag} {read}, which this run reads; choose another path")
     for flag, folder in (within or {}).items():
-        if folder and os.path.commonpath([target, os.path.realpath(folder)]) == os.path.realpath(folder):
+        root = os.path.realpath(folder) if folder else None
+        if root and os.path.commonpath([target, root]) == root:
             raise InputError(f"cannot write {path}: it is inside {flag} {folder}, which this run reads; choose a path "
                              "outside it")
     refuse_overwrite(path, overwrite)

@@ -571,10 +571,10 @@ def open_backend(
     ``cuda_graphs`` (default: on CUDA) and ``compile`` are the PyTorch backend's; the others launch their own
     way (TensorRT, ONNX Runtime), so either asked of them is an error, not ignored."""
     # a string such as "no" is true: it would turn on what it was meant to turn off
-    for value, name in ((cuda_graphs, "cuda_graphs"), (compile, "compile")):
-        if not isinstance(value, bool) and not (value is None and name == "cuda_graphs"):
-            raise InputError(f"{name} must be True or False{' (or None: on CUDA)' * (name == 'cuda_graphs')}; "
-                             f"got {value!r:.40}")
+    if not (cuda_graphs is None or isinstance(cuda_graphs, bool)):
+        raise InputError(f"cuda_graphs must be True or False (or None: on CUDA); got {cuda_graphs!r:.40}")
+    if not isinstance(compile, bool):
+        raise InputError(f"compile must be True or False; got {compile!r:.40}")
     if not os.path.isfile(path):
         raise missing_file_error(path, "engine")
     kind = backend_for(path, backend)

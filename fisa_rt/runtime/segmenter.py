@@ -115,9 +115,10 @@ class Segmenter:
         the cores this process may use (fisa_rt.runtime.threads). ``cuda_graphs`` (PyTorch backend; default: on
         CUDA) replays the model as CUDA graphs; ``compile`` torch.compiles it first (fisa_rt.runtime.cuda_graphs,
         fisa_rt.runtime.compiled)."""
-        for value, name in ((path, "engine"), (cache_dir, "cache_dir")):
-            if not isinstance(value, (str, os.PathLike)) and not (value is None and name == "cache_dir"):
-                raise InputError(f"{name} must be a path; got {type(value).__name__}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputError(f"engine must be a path; got {type(path).__name__}")
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise InputError(f"cache_dir must be a path; got {type(cache_dir).__name__}")
         threads = resolve_threads(threads)
         apply_torch_threads(threads)
         path = resolve_artefact(os.fspath(path), backend)

@@ -113,12 +113,12 @@ class TrainConfig:
                 f"the {self.stage} stage needs --init (CLIP weights for generator, a stage-2 checkpoint for adapt)"
             )
         # flags of another stage were ignored without a word (every parameter trained, no crops, no weights read)
-        other_stage = {"--trainable": self.stage != "adapt" and self.trainable != "simo-only",
-                       "--region-captions": self.stage != "clip" and self.region_captions != 0,
-                       "--init": self.stage == "clip" and self.init is not None}
-        for flag, given in other_stage.items():
+        for flag, owner, given in (
+            ("--trainable", "adapt", self.stage != "adapt" and self.trainable != "simo-only"),
+            ("--region-captions", "clip", self.stage != "clip" and self.region_captions != 0),
+            ("--init", "generator and adapt", self.stage == "clip" and self.init is not None),
+        ):
             if given:
-                owner = {"--trainable": "adapt", "--region-captions": "clip"}.get(flag, "generator and adapt")
                 raise ConfigError(f"{flag} applies to `train {owner}`, not to the {self.stage} stage")
 
 

@@ -64,8 +64,7 @@ def vocabulary_of(classes) -> Vocabulary:
     if isinstance(classes, Vocabulary):
         return copy.deepcopy(classes)
     if classes and all(isinstance(name, str) for name in classes):  # anything else: Vocabulary names the fault
-        names, things = zip(*map(_kind, classes))
-        return Vocabulary(list(names), list(things))
+        return _marked(classes)
     return Vocabulary(classes)
 
 
@@ -81,12 +80,17 @@ def _kind(name: str) -> Tuple[str, bool]:
     return (name[: kind.start()] if kind else name), not kind or kind.group(1).lower() != "stuff"
 
 
+def _marked(names: Sequence[str]) -> Vocabulary:
+    """Names that may carry a ``:stuff``/``:thing`` mark, as a Vocabulary of the unmarked names."""
+    names, things = zip(*map(_kind, names))
+    return Vocabulary(list(names), list(things))
+
+
 def from_classes(text: str) -> Vocabulary:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise InputError("classes (--classes) holds no class name (give e.g. \"cat, dog, grass:stuff\")")
-    names, things = zip(*map(_kind, names))
-    return Vocabulary(list(names), list(things))
+    return _marked(names)
 
 
 def _from_json(data: dict, where: str) -> Vocabulary:
