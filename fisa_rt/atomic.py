@@ -193,6 +193,8 @@ def output_folder(path: str) -> Iterator[str]:
     """Creates ``path`` (an InputError if it cannot be made or written to) and removes the temporary files
     killed runs left there; on leaving, the folders this call created (``path`` and any missing parents) are
     removed again where they stayed empty."""
+    if os.path.exists(path) and not os.path.isdir(path):  # makedirs' reason would be "File exists"
+        raise InputError(f"output folder {path} is a file, not a folder")
     created = missing_folders(os.path.abspath(path))
     try:
         try:
@@ -210,28 +212,29 @@ def output_folder(path: str) -> Iterator[str]:
 
 
 def refuse_unwritable(path: str, overwrite: bool, reads: Optional[Dict[str, Optional[str]]] = None,
-                      within: Optional[Dict[str, Optional[str]]] = None) -> None:
+                      within: Optional[Dict[str, Optional[str]]] = None, error: type = InputError) -> None:
     """Before a long job whose result goes to ``path``: an InputError now, rather than after the job, if
     ``path`` exists (without ``overwrite``) or its folder is missing, not a folder, or not writable. Whatever
     ``overwrite`` says, ``path`` may not be a file the job ``reads``, nor lie ``within`` a folder it reads
-    (flag -> path; `eval --json` onto its own checkpoint, or onto the dataset's annotations, replaced them)."""
+    (flag -> path; `eval --json` onto its own checkpoint, or onto the dataset's annotations, replaced them).
+    ``error``: the class raised."""
     if os.path.isdir(path):  # first: "pass --overwrite" would not help
-        raise InputError(f"cannot write {path}: it is a folder")
+        raise error(f"cannot write {path}: it is a folder")
     target = os.path.realpath(path)
     for flag, read in (reads or {}).items():
         if read and target == os.path.realpath(read):
-            raise InputError(f"cannot write {path}: it is {flag} {read}, which this run reads; choose another path")
+            raise error(f"cannot write {path}: it is {flag} {read}, which this run reads; choose another path")
     for flag, folder in (within or {}).items():
         root = os.path.realpath(folder) if folder else None
         if root and os.path.commonpath([target, root]) == root:
-            raise InputError(f"cannot write {path}: it is inside {flag} {folder}, which this run reads; choose a path "
+            raise error(f"cannot write {path}: it is inside {flag} {folder}, which this run reads; choose a path "
                              "outside it")
-    refuse_overwrite(path, overwrite)
+    refuse_overwrite(path, overwrite, error)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"cannot write {path}: its folder {folder} does not exist")
+        raise error(f"cannot write {path}: its folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
-        raise InputError(f"cannot write {path}: its folder {folder} is not writable")
+        raise error(f"cannot write {path}: its folder {folder} is not writable")
 
 
 @contextlib.contextmanager

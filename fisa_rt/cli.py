@@ -109,9 +109,12 @@ def _models(args: argparse.Namespace) -> None:
         cfg = get_model_config(name)
         line = f"{name:22s} clip={cfg.clip.model_name:22s} head={cfg.classifier.head:15s} image={cfg.image_size}"
         if args.simo:
+            import torch
+
             from .model import create_model
 
-            line += f"  {create_model(cfg).apply_simo()}"
+            with torch.device("meta"):  # only counted: 26 s and 1.5 GB for the seven models on real memory
+                line += f"  {create_model(cfg).apply_simo()}"
         print(line)
 
 

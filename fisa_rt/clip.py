@@ -7,8 +7,10 @@ downloads unless ``load_pretrained`` is true and the config names an open_clip t
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import open_clip
 import torch
@@ -48,11 +50,30 @@ def create_clip(cfg: ClipConfig, load_pretrained: bool) -> nn.Module:
             )
     # open_clip moves the model to `device` (default cpu); the default device keeps a model built under
     # `with torch.device("meta")` on the meta device, so shape checks allocate nothing.
-    model = _loading(pretrained, cfg.model_name, lambda: open_clip.create_model(
-        cfg.model_name, pretrained=pretrained, device=torch.get_default_device()))
+    with contextlib.nullcontext() if load_pretrained else _without_random_init_warning():
+        model = _loading(pretrained, cfg.model_name, lambda: open_clip.create_model(
+            cfg.model_name, pretrained=pretrained, device=torch.get_default_device()))
     if pretrained is not None:
         check_finite(pretrained, model.state_dict())
     return model
+
+
+class _RandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """open_clip logs "No pretrained weights loaded ... Model initialized randomly" for a model built to be
+    filled from a fisa-rt checkpoint (or shaped on the meta device): untrue of the model the user gets, and it
+    was the first line of every `infer` of an open_clip architecture. Only that record is dropped."""
+    quiet = _RandomInitWarning()
+    logging.root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(quiet)
 
 
 def _loading(path, model_name: str, load):

@@ -13,9 +13,7 @@ so does the converter: through open_clip's loader, or from a local open_clip wei
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import pickle
 import warnings
@@ -25,9 +23,10 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
+from .atomic import refuse_unwritable
 from .checkpoint import save_checkpoint
 from .config import FisaConfig, get_model_config
-from .errors import CheckpointError, missing_file_error, refuse_overwrite
+from .errors import CheckpointError, missing_file_error
 from .file_kinds import file_kind
 from .model import create_model
 from .weight_names import FCCLIP
@@ -145,18 +144,6 @@ def _open_clip_weights(cfg: FisaConfig) -> str:
                               "pass clip= (--clip) with a local copy") from None
 
 
-@contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs "No pretrained weights loaded" on the root logger when it builds a model to be filled
-    later, as the converter does: not a line for the user."""
-    before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(before)
-
-
 def _listing(kind: str, names: List[str]) -> str:
     more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
     return f"{len(names)} {kind} ({', '.join(sorted(names)[:LISTED])}{more})"
@@ -199,12 +186,13 @@ def convert_fcclip(
 
     ``clip``: a local open_clip weights file for the text tower; None asks open_clip for the config's
     pretrained tag (a download on first use, cached by open_clip)."""
-    refuse_overwrite(out, overwrite, CheckpointError)
+    # before minutes of loading; the source is never the output, even with overwrite (a released file lost)
+    refuse_unwritable(out, overwrite, reads={"the checkpoint": checkpoint, "--clip": clip}, error=CheckpointError)
     cfg = get_model_config(config) if isinstance(config, str) else config
     state = read_detectron2_state(checkpoint)
     # built on the meta device and given the loaded tensors themselves (assign): no randomly initialised copy
     # of the model's 1.6 GB beside them (docs/weights.md, "Converting FC-CLIP")
-    with torch.device("meta"), _quiet_open_clip():
+    with torch.device("meta"):
         model = create_model(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tensors = map_fcclip_state(state, expected)

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from fisa_rt.config import list_models
 from fisa_rt.runtime.assets import sample_images
 from helpers import EXE, run_cli as run
 
@@ -14,6 +15,15 @@ def test_models_lists_every_config():
     assert result.returncode == 0, result.stderr
     for name in ("fisa-tiny", "fisa-vit-b16", "fisa-convnext-l"):
         assert name in result.stdout
+
+
+def test_models_simo_counts_every_config_without_log_lines():
+    """open_clip's "No pretrained weights loaded" came once per open_clip architecture; the counts are unchanged
+    by building on the meta device (fisa-vit-b16's, as on real memory)."""
+    result = run("models", "--simo")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "trainable 5,713,667 of 169,507,652 parameters (3.371%)" in result.stdout
+    assert result.stdout.count("trainable") == len(result.stdout.splitlines()) == len(list_models())
 
 
 def test_config_prints_valid_json():

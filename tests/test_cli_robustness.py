@@ -121,8 +121,8 @@ def test_make_data_refuses_existing_data_and_unusable_folders(tmp_path):
     blocker.write_text("x")
     one_line_error(
         run("make-data", "--out", blocker, "--train", 1, "--val", 0),
-        "cannot create output folder",
-        "File exists",
+        "output folder",
+        "is a file, not a folder",
     )
 
 

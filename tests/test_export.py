@@ -233,7 +233,7 @@ def test_a_bad_name_or_workspace_is_refused_by_the_argument_parser(tmp_path, cap
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--out", "{tmp}/file"], "cannot create output folder {tmp}/file: File exists"),
+        (["--out", "{tmp}/file"], "output folder {tmp}/file is a file, not a folder"),
         (["--out", "{tmp}/file/b"], "cannot create output folder {tmp}/file/b: Not a directory"),
         (["--batch", "0,0,0"], "--batch takes MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX"),
         (["--precision", "int8", "--calibration", "{tmp}/photos"], "cannot read image {tmp}/photos/b.png"),

@@ -153,6 +153,29 @@ def test_converter_refuses_damaged_checkpoint(reduced, tmp_path, damage, message
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_converter_refuses_an_output_it_reads_or_cannot_write_before_loading(tmp_path, monkeypatch):
+    """--out onto the released checkpoint (or --clip) replaced it, even though the conversion read it; a
+    missing folder surfaced only after loading the whole checkpoint."""
+    from fisa_rt import fcclip
+
+    def loads(path):
+        raise AssertionError("the checkpoint was read before --out was checked")
+
+    monkeypatch.setattr(fcclip, "read_detectron2_state", loads)
+    source, clip = tmp_path / "fcclip.pth", tmp_path / "clip.pt"
+    source.write_bytes(b"released")
+    clip.write_bytes(b"clip")
+    for out, message in [
+        (source, "it is the checkpoint .*, which this run reads"),
+        (clip, "it is --clip .*, which this run reads"),
+        (tmp_path / "missing" / "o.safetensors", "its folder .*missing does not exist"),
+        (tmp_path, "it is a folder"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            convert_fcclip(str(source), str(out), clip=str(clip), overwrite=True)
+    assert source.read_bytes() == b"released" and clip.read_bytes() == b"clip"
+
+
 class NotATensor:
     pass
 

@@ -188,7 +188,7 @@ def test_an_unusable_out_is_one_line_and_a_failed_export_leaves_no_folder(tmp_pa
     checkpoint, repo = default_checkpoint(), tmp_path / "repo"
     blocker = tmp_path / "afile"
     blocker.write_text("mine")
-    _one_line(capsys, _export("--engine", checkpoint, "--out", blocker), str(blocker), "File exists")
+    _one_line(capsys, _export("--engine", checkpoint, "--out", blocker), str(blocker), "is a file, not a folder")
     assert blocker.read_text() == "mine"
 
     def read_only(path, *args, **kwargs):
