@@ -133,6 +133,72 @@ def test_seen_flags_reach_the_graph(eager):
     assert graph.seen.tolist() == [True, False, True] + [False] * 5 and graph.valid.sum() == 3
 
 
+def _read_only(*arrays):
+    for array in arrays:
+        array.setflags(write=False)  # as Segmenter.set_vocabulary leaves its vocabulary
+    return arrays
+
+
+def test_a_kept_vocabulary_is_copied_and_filled_once(eager):
+    """A read-only vocabulary (the Segmenter's) crosses to the device once and fills the graph's text, valid and
+    seen buffers once; the images are copied at every call. Another vocabulary fills them again."""
+    backend = graphed(ReplaySeam())
+    images, text = _inputs(eager, 5)
+    text, seen = _read_only(text, np.array([True, False, True, False, False]))
+    backend.run(images, text, seen)
+    (graph,) = backend.graphs.graphs.values()
+    filled = (graph.text._version, graph.valid._version, graph.seen._version)
+    device_text = backend.inputs.held["text"][1]
+    for seed in (1, 2):
+        later, _ = _inputs(eager, 5, seed=seed)
+        got = backend.run(later, text, seen)
+        torch.testing.assert_close(got.class_scores, eager.run(later, text, seen).class_scores, rtol=1e-4, atol=1e-6)
+        assert torch.equal(graph.images, later)
+    assert backend.inputs.held["text"][1] is device_text
+    assert (graph.text._version, graph.valid._version, graph.seen._version) == filled
+    _, other = _inputs(eager, 6, seed=3)
+    other, other_seen = _read_only(other, np.zeros(6, bool))
+    got = backend.run(images, other, other_seen)
+    assert graph.text._version > filled[0] and graph.valid.sum() == 6 and not graph.seen.any()
+    torch.testing.assert_close(got.class_scores, eager.run(images, other, other_seen).class_scores, rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_a_vocabulary_that_may_have_changed_is_copied_again(eager):
+    """A writable array is copied at every call, and a device tensor changed in place refills the buffers: the
+    scores follow the new values."""
+    backend = graphed(ReplaySeam())
+    images, text = _inputs(eager, 4)
+    _, replacement = _inputs(eager, 4, seed=1)
+    backend.run(images, text)
+    text[:] = replacement  # in place, same array
+    torch.testing.assert_close(backend.run(images, text).class_scores, eager.run(images, replacement).class_scores,
+                               rtol=1e-4, atol=1e-6)
+    assert not backend.inputs.held
+    runner, device_text = backend.graphs, torch.from_numpy(replacement.copy())
+    with torch.no_grad():  # as TorchBackend.run calls it
+        runner(images, device_text, None)
+        (graph,) = runner.graphs.values()
+        device_text.neg_()
+        runner(images, device_text, None)
+    assert torch.equal(graph.text[:4], device_text)
+
+
+def test_graphs_run_under_inference_mode(eager):
+    """Inference tensors keep no version count: one is never taken as unchanged, and the kept copy is a
+    normal tensor."""
+    backend = graphed(ReplaySeam())
+    images, text = _inputs(eager, 4)
+    (text,) = _read_only(text)
+    with torch.inference_mode():
+        first, second = backend.run(images, text), backend.run(images, text)
+        runner, device_text = backend.graphs, torch.from_numpy(text.copy())
+        runner(images, device_text, None)
+        runner(images, device_text, None)
+    assert torch.equal(first.class_scores, second.class_scores)
+    assert not backend.inputs.held["text"][1].is_inference()
+
+
 def test_a_failed_capture_falls_back_with_one_line(eager):
     seam = ReplaySeam(fail="operation not permitted when stream is capturing")
     backend = graphed(seam)
@@ -185,6 +251,7 @@ def test_segmenter_labels_equal_with_and_without_graphs(eager):
     image = load_image(sample_images()[0])
     for seg in (with_graphs, without):
         seg.set_vocabulary(seg.default_vocabulary)
+        assert not seg.text.flags.writeable and not seg.seen_in_training.flags.writeable  # kept on the device
     a, b = with_graphs.segment(image), without.segment(image)
     assert np.array_equal(a.semantic, b.semantic)
     assert torch.equal(a.panoptic.segment_map, b.panoptic.segment_map)

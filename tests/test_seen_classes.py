@@ -53,13 +53,13 @@ def test_segmenter_passes_the_training_vocabulary_as_seen(segmenter):
 
 def test_torch_backend_scores_seen_classes_with_alpha(segmenter):
     segmenter.set_vocabulary(["blue disc", "red star", "wavy wall"])
-    model, text = segmenter.backend.model, torch.from_numpy(segmenter.text)
+    model, text = segmenter.backend.model, torch.tensor(segmenter.text)
     images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     seen = segmenter.seen_in_training
     got = segmenter.backend.run(images, segmenter.text, seen).class_scores
     with torch.no_grad():
         x = normalize_images(images, model.cfg.image_mean, model.cfg.image_std)
-        want = model(x, text, seen=torch.from_numpy(seen)).class_logits.softmax(-1)
+        want = model(x, text, seen=torch.tensor(seen)).class_logits.softmax(-1)
         unseen = model(x, text).class_logits.softmax(-1)
     torch.testing.assert_close(got, want)
     assert not torch.allclose(want, unseen, atol=1e-4)  # alpha 0.4 vs beta 0.8 changes the scores

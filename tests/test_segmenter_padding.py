@@ -112,9 +112,9 @@ def test_segmenter_equals_the_model_on_detectron2_padding(segmenter, checkpoint)
     std = torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255.0
     normalised = (resized - mean) / std
     padded = F.pad(normalised, (0, 96 - 90, 0, 64 - 64), value=0.0)  # detectron2: bottom/right, value 0
-    seen = torch.as_tensor(segmenter.seen_in_training)
+    seen = torch.tensor(segmenter.seen_in_training)
     with torch.no_grad():
-        out = model(padded, torch.from_numpy(segmenter.text), seen=seen)
+        out = model(padded, torch.tensor(segmenter.text), seen=seen)
     logits = restore_mask_logits(out.mask_logits[0], (64, 96), (64, 90), (50, 70))
     semantic = semantic_inference(out.class_logits[0], logits).label_map
     panoptic = panoptic_inference(out.class_logits[0], logits, THINGS, segmenter.postprocess)

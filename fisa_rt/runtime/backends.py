@@ -66,6 +66,32 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
     return SUFFIXES[suffix]
 
 
+class DeviceInputs:
+    """The device copies of a backend's vocabulary inputs (text rows, seen flags), kept while the same read-only
+    host array comes back. The Segmenter's are read-only (``set_vocabulary``), so they cannot have changed since:
+    per call each was a copy from pageable memory, which waits for the stream, and under CUDA graphs a refill of
+    the text buffer (the runner skips it for the same tensor, ``cuda_graphs``). A writable array is copied at
+    every call: it may have changed."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.held: Dict[str, Tuple[np.ndarray, torch.Tensor]] = {}  # role -> (host array, its device copy)
+
+    def __call__(self, role: str, source: np.ndarray, rows: np.ndarray, dtype: Optional[torch.dtype] = None
+                 ) -> torch.Tensor:
+        """``rows`` (``source`` or a view of it, as the artefact takes it) on the device, as ``dtype``; ``source``,
+        the caller's array, is the one whose identity is kept."""
+        if source.flags.writeable:  # shared with the array on the CPU, as before: no copy there
+            return torch.from_numpy(rows).to(self.device, dtype)
+        held = self.held.get(role)
+        if held is None or held[0] is not source:  # held, the array cannot be freed and its id reused
+            # torch.tensor: from_numpy warns of a read-only array; a normal tensor even under inference_mode, so
+            # the graph runner sees its in-place changes
+            with torch.inference_mode(False):
+                held = self.held[role] = (source, torch.tensor(rows, device=self.device, dtype=dtype))
+        return held[1]
+
+
 class Backend:
     name: str
     device: torch.device
@@ -166,6 +192,7 @@ class TorchBackend(Backend):
         from .cuda_graphs import GraphRunner, TorchGraphs
 
         self.device = torch_device(device)
+        self.inputs = DeviceInputs(self.device)
         info = read_checkpoint_info(path)
         model, _ = load_model(path)
         self.model = model.float().eval().to(self.device)
@@ -196,12 +223,15 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
-        text = self.check_text(text)
+        checked = self.check_text(text)
         # this backend's GPU is the current one while it runs: Triton launches on the current device's stream,
         # and CUDA graphs capture there (a model on cuda:1 while cuda:0 is current would otherwise mix the two)
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            flags = None if seen is None else torch.as_tensor(self.seen_flags(text, seen), device=self.device)
-            images, text = images.to(self.device, non_blocking=True), torch.from_numpy(text).to(self.device)
+            flags = None
+            if seen is not None:
+                seen = self.seen_flags(checked, seen)
+                flags = self.inputs("seen", seen, seen)
+            images, text = images.to(self.device, non_blocking=True), self.inputs("text", text, checked)
             if self.graphs is not None:
                 return RawOutput(*self.graphs(images, text, flags))
             return RawOutput(*self.forward(images, text, flags))
@@ -421,6 +451,7 @@ class TensorRTBackend(Backend):
         self.applies_seen = "seen" in names
         self.trt = trt
         self.device = torch.device("cuda")
+        self.inputs = DeviceInputs(self.device)
         self.stream = torch.cuda.Stream()
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
@@ -428,16 +459,17 @@ class TensorRTBackend(Backend):
         if most is not None and images.shape[0] > most:  # the engine's profile caps the batch: run it in parts
             parts = [self.run(images[i:i + most], text, seen) for i in range(0, images.shape[0], most)]
             return RawOutput(torch.cat([p.mask_logits for p in parts]), torch.cat([p.class_scores for p in parts]))
-        text = self.check_text(text)
+        checked = self.check_text(text)
         trt = self.trt
         # each input in the type the engine declares (an engine built with --input-dtype float32 reads 4 bytes a
         # pixel where the Segmenter hands uint8)
         inputs = {
             "image": images.to(self.device, self._dtype("image")).contiguous(),
-            "text": torch.from_numpy(np.ascontiguousarray(text)).to(self.device, self._dtype("text")),
+            "text": self.inputs("text", text, np.ascontiguousarray(checked), self._dtype("text")),
         }
         if self.applies_seen:
-            inputs["seen"] = torch.from_numpy(self.seen_flags(text, seen)).to(self.device, self._dtype("seen"))
+            flags = self.seen_flags(checked, seen)
+            inputs["seen"] = self.inputs("seen", flags, flags, self._dtype("seen"))
         for name, tensor in inputs.items():
             if not self.context.set_input_shape(name, tuple(tensor.shape)):  # outside the optimisation profile
                 profiles = (self.manifest.get("tensorrt") or {}).get("profiles", {})

@@ -96,6 +96,24 @@ class _Graph:
     seen: Optional[torch.Tensor]  # (bucket,) bool, where the model reads it
     handle: object
     outputs: Tuple[torch.Tensor, torch.Tensor]  # mask logits (B, Q, h, w), scores (B, Q, bucket + 1)
+    # the text and seen tensors the buffers were filled from, with their versions (in-place changes counted):
+    # held, so no other tensor can take their place
+    filled_from: tuple = ()
+
+    def holds(self, text: torch.Tensor, seen: Optional[torch.Tensor]) -> bool:
+        """Whether the text, valid and seen buffers already hold ``text`` and ``seen`` (the backend hands the same
+        tensors while the vocabulary stays: ``backends.DeviceInputs``)."""
+        if not self.filled_from:
+            return False
+        held_text, text_version, held_seen, seen_version = self.filled_from
+        return (held_text is text and text_version is not None and text_version == _version(text)
+                and held_seen is seen and (seen is None or seen_version == _version(seen)))
+
+
+def _version(tensor: Optional[torch.Tensor]) -> Optional[int]:
+    """How many in-place changes ``tensor`` has had; None for an inference tensor (made under
+    ``torch.inference_mode``), which does not count them, and so is never taken as unchanged."""
+    return None if tensor is None or tensor.is_inference() else tensor._version
 
 
 class GraphRunner:
@@ -174,8 +192,10 @@ class GraphRunner:
     @staticmethod
     def _fill(graph: _Graph, images, text, seen) -> None:
         """Copy a call's inputs into the graph's static buffers; classes past ``text`` are padding."""
-        K = text.shape[0]
         graph.images.copy_(images, non_blocking=True)
+        if graph.holds(text, seen):  # four to six copies and fills fewer, of the launches that set the pace
+            return
+        K = text.shape[0]
         graph.text[:K].copy_(text, non_blocking=True)
         graph.text[K:].zero_()
         graph.valid[:K] = True
@@ -183,3 +203,4 @@ class GraphRunner:
         if graph.seen is not None:
             graph.seen[:K].copy_(seen, non_blocking=True)
             graph.seen[K:] = False
+        graph.filled_from = (text, _version(text), seen, _version(seen))

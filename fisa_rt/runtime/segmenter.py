@@ -85,9 +85,10 @@ class Segmenter:
         # the classes the mask generator was trained on (FC-CLIP: COCO panoptic's 133): a class naming one of
         # them is "seen" and gets the mask-average head's ensemble_alpha instead of ensemble_beta
         self.trained_names: List[str] = list(trained.get("names") or [])
+        # both read-only (set_vocabulary): np.array(...) for a copy to change
         self.seen_in_training: Optional[np.ndarray] = None  # (K,) bool per class of the vocabulary
         self.vocabulary: Optional[vocab.Vocabulary] = None
-        self.text: Optional[np.ndarray] = None
+        self.text: Optional[np.ndarray] = None  # (K, D) or (K, M, D) float32 embeddings
         self.timings = Timings()
         self.max_pixels = DEFAULT_MAX_PIXELS
 
@@ -142,8 +143,12 @@ class Segmenter:
             embeddings = self.text_encoder.encode(vocabulary, self.cache_dir)
         embeddings = vocab.check_embeddings(embeddings, len(vocabulary.names))
         self.backend.check_text(embeddings)
-        self.vocabulary, self.text = vocabulary, embeddings
-        self.seen_in_training = np.array(seen_classes(vocabulary.names, self.trained_names), bool)
+        seen = np.array(seen_classes(vocabulary.names, self.trained_names), bool)
+        # read-only: a backend keeps their device copies while they are the vocabulary (backends.DeviceInputs);
+        # check_embeddings made this array, so no caller's array changes mode
+        embeddings.setflags(write=False)
+        seen.setflags(write=False)
+        self.vocabulary, self.text, self.seen_in_training = vocabulary, embeddings, seen
         head = ((self.backend.manifest.get("config") or {}).get("classifier") or {}).get("head")
         if head == "mask-average" and self.seen_in_training.any() and not self.backend.applies_seen:
             warn(f"this {self.backend.name} artefact scores every class as unseen (ensemble beta); "
