@@ -184,9 +184,10 @@ def test_a_vocabulary_that_may_have_changed_is_copied_again(eager):
     assert torch.equal(graph.text[:4], device_text)
 
 
-def test_graphs_run_under_inference_mode(eager):
-    """Inference tensors keep no version count: one is never taken as unchanged, and the kept copy is a
-    normal tensor."""
+def test_graphs_run_under_inference_mode_and_then_without(eager):
+    """Inference tensors keep no version count: one is never taken as unchanged, and the kept copy is a normal
+    tensor. A graph captured under inference_mode has normal buffers, which a later call outside it fills in
+    place (it failed: "Inplace update to inference tensor outside InferenceMode")."""
     backend = graphed(ReplaySeam())
     images, text = _inputs(eager, 4)
     (text,) = _read_only(text)
@@ -197,6 +198,10 @@ def test_graphs_run_under_inference_mode(eager):
         runner(images, device_text, None)
     assert torch.equal(first.class_scores, second.class_scores)
     assert not backend.inputs.held["text"][1].is_inference()
+    later, _ = _inputs(eager, 4, seed=1)
+    torch.testing.assert_close(backend.run(later, text).class_scores, eager.run(later, text).class_scores, rtol=1e-4,
+                               atol=1e-6)
+    assert backend.graphs.captures == 1
 
 
 def test_a_failed_capture_falls_back_with_one_line(eager):
