@@ -158,40 +158,41 @@ class GraphRunner:
     def _eager(self, images, text, seen):
         return self.forward(images, text, seen, torch.ones(text.shape[0], dtype=torch.bool, device=text.device))
 
+    # Outside inference mode (under no_grad) whatever the caller's: the buffers and outputs are then normal tensors,
+    # which a later call outside torch.inference_mode fills in place (inference tensors refuse that: segmenting once
+    # under inference_mode, then without it, failed)
+    @torch.inference_mode(False)
+    @torch.no_grad()
     def _capture(self, key: tuple, images, text, seen) -> Optional[_Graph]:
         """The graph of ``key``, or None where capturing failed. The warm-up is the eager forward: what it raises
-        (a bad input, too little memory) is raised to the caller as without graphs, and changes nothing here.
-        Built outside inference mode (under no_grad) whatever the caller's mode: its buffers and outputs are then
-        normal tensors, which a later call outside ``torch.inference_mode`` fills in place (inference tensors
-        refuse that: segmenting once under inference_mode, then without it, failed)."""
-        with torch.inference_mode(False), torch.no_grad():
-            bucket = class_bucket(text.shape[0])
-            graph = _Graph(
-                images=torch.empty_like(images),
-                text=text.new_zeros((bucket, *text.shape[1:])),
-                valid=torch.zeros(bucket, dtype=torch.bool, device=text.device),
-                seen=None if seen is None else torch.zeros(bucket, dtype=torch.bool, device=text.device),
-                handle=None,
-                outputs=(),
-            )
-            self._fill(graph, images, text, seen)
+        (a bad input, too little memory) is raised to the caller as without graphs, and changes nothing here."""
+        bucket = class_bucket(text.shape[0])
+        graph = _Graph(
+            images=torch.empty_like(images),
+            text=text.new_zeros((bucket, *text.shape[1:])),
+            valid=torch.zeros(bucket, dtype=torch.bool, device=text.device),
+            seen=None if seen is None else torch.zeros(bucket, dtype=torch.bool, device=text.device),
+            handle=None,
+            outputs=(),
+        )
+        self._fill(graph, images, text, seen)
 
-            def run():
-                return self.forward(graph.images, graph.text, graph.seen, graph.valid)
+        def run():
+            return self.forward(graph.images, graph.text, graph.seen, graph.valid)
 
-            self.seam.warm_up(run)
-            try:
-                graph.handle, graph.outputs = self.seam.capture(run)
-            except Exception as error:  # capture refuses host syncs and some ops: say which, run this key eagerly
-                reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-                if reason not in self.failed.values():
-                    B, _, H, W = images.shape
-                    warn(f"CUDA graphs are off for batch {B} at {H}x{W}, up to {bucket} classes ({reason}); running "
-                         "eagerly (--no-cuda-graphs silences this)")
-                self.failed[key] = reason
-                return None
-            self.captures += 1
-            return graph
+        self.seam.warm_up(run)
+        try:
+            graph.handle, graph.outputs = self.seam.capture(run)
+        except Exception as error:  # capture refuses host syncs and some ops: say which, run this key eagerly
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            if reason not in self.failed.values():
+                B, _, H, W = images.shape
+                warn(f"CUDA graphs are off for batch {B} at {H}x{W}, up to {bucket} classes ({reason}); running "
+                     "eagerly (--no-cuda-graphs silences this)")
+            self.failed[key] = reason
+            return None
+        self.captures += 1
+        return graph
 
     @staticmethod
     def _fill(graph: _Graph, images, text, seen) -> None:
