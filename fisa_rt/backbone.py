@@ -84,12 +84,15 @@ class VitBackbone(nn.Module):
         The resized table is kept for the last grid while the weights stay the same tensor, unchanged:
         PyTorch's CUDA bicubic kernel loops over all channels per output pixel, 3.3 ms of fisa-vit-b16's
         8 ms forward at 640 px on an H200 (benchmarks/results/2026-11-26-nvidia-h200.md) when redone each
-        call. Recomputed where gradients reach it, and while tracing so exports keep their graph."""
+        call. Recomputed where gradients reach it, while tracing so exports keep their graph, and for weights made
+        under torch.inference_mode: an inference tensor counts no in-place changes, so nothing would say that a
+        kept table is stale."""
         pos = self.visual.positional_embedding
         trained = self.visual.grid_size
         if tuple(grid) == tuple(trained):
             return pos
-        if (pos.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if traced or pos.is_inference() or (pos.requires_grad and torch.is_grad_enabled()):
             return self._resize_position_embedding(pos, tuple(trained), tuple(grid))
         key = (tuple(grid), pos.device, pos.dtype, pos.data_ptr(), pos._version)
         if self._resized_position is None or self._resized_position[0] != key:

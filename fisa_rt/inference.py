@@ -20,8 +20,11 @@ class InferenceWrapper(nn.Module):
         self.model = model
         self.semantic = semantic
         cfg = model.cfg
-        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255.0, persistent=False)
+        # float32 whatever torch's default dtype (a wrapper made under set_default_dtype(float64) refused every
+        # later image as not of its weights' type)
+        for name, values in (("mean", cfg.image_mean), ("std", cfg.image_std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+                                 persistent=False)
 
     def forward(
         self, image: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None, text_valid=None

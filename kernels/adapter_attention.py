@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .onnx_ops import custom_node
-from .dispatch import exporting_fused_nodes, register_op, require_tensors, select, size_bucket, timed
+from .dispatch import exporting_fused_nodes, random_inputs, register_op, require_tensors, select, size_bucket, timed
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor]) -> None:
@@ -103,8 +103,9 @@ def _bucket(q: torch.Tensor, k: torch.Tensor, key_valid: Optional[torch.Tensor])
 
 def _candidates(bucket, dtype, device, grad, names):
     B, H, N, K, Dh, masked, shared = bucket
-    q = torch.randn(B, H, N, Dh, device=device, dtype=dtype, requires_grad=grad)
-    k, v = (torch.randn(1 if shared else B, H, K, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "kv")
+    randn = random_inputs(device)
+    q = randn(B, H, N, Dh, dtype=dtype, grad=grad)
+    k, v = (randn(1 if shared else B, H, K, Dh, dtype=dtype, grad=grad) for _ in "kv")
     valid = torch.ones(k.shape[0], K, dtype=torch.bool, device=device) if masked else None
     return {n: timed(functools.partial(CANDIDATES[n], q, k, v, valid), (q, k, v), grad) for n in names}
 

@@ -73,6 +73,18 @@ def size_bucket(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
+def random_inputs(device: torch.device) -> Callable[..., torch.Tensor]:
+    """``randn(*shape, dtype=, grad=)`` for a candidate's timing inputs, from a generator of its own: a shape
+    bucket's first use leaves torch's global random state where it was (a seeded run drew other numbers after it
+    depending on whether the choice was already in the table)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int, dtype: torch.dtype, grad: bool = False) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, device=device, dtype=dtype, requires_grad=grad)
+
+    return randn
+
+
 def check_mode(mode: str) -> None:
     if mode not in KERNEL_MODES:
         raise ValueError(f"kernels must be one of {KERNEL_MODES}; got {mode!r}")
@@ -117,9 +129,11 @@ def runnable(op: str, device_type: str) -> Tuple[str, ...]:
 
 
 def measurable(tensors: Sequence[torch.Tensor], grad: bool) -> bool:
-    """``auto`` measures CUDA tensors, and CPU tensors outside training: a CPU training step runs the references,
-    so a CPU training run's weights (the study's, docs/training.md) repeat bit for bit whatever a timing decided;
-    its evaluations, without grad, run the measured choice (~1e-7 from eager)."""
+    """``auto`` measures CUDA tensors, and CPU tensors outside grad mode (``grad``: torch.is_grad_enabled()): a
+    CPU training step runs the references, so a CPU training run's weights (the study's, docs/training.md) repeat
+    bit for bit whatever a timing decided; its evaluations, without grad, run the measured choice (~1e-7 from
+    eager). Grad mode, not the inputs' requires_grad: behind a frozen CLIP (the generator stage, `adapt
+    --trainable frozen`) an op's inputs need no gradient inside a training step."""
     if all(t.is_cuda for t in tensors):
         return True
     return not grad and all(t.device.type == "cpu" for t in tensors)
@@ -182,7 +196,7 @@ def select(op: str, mode: str, tensors: Sequence[torch.Tensor], bucket: Tuple[in
     if use_triton(mode, *tensors):
         return "triton"
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if mode == "reference" or not measurable(tensors, grad):
+    if mode == "reference" or not measurable(tensors, torch.is_grad_enabled()):
         return "eager"
     dtype = str(tensors[0].dtype).replace("torch.", "")
     index = tensors[0].device.index if tensors[0].device.index is not None else 0

@@ -36,6 +36,7 @@ from .mask_layout import MaskLayout
 from .onnx_ops import custom_node
 from .dispatch import (
     exporting_fused_nodes,
+    random_inputs,
     register_op,
     require_tensors,
     select,
@@ -189,10 +190,11 @@ def box_mask_logits(B: int, Q: int, size: Tuple[int, int], device, dtype, seed: 
     kernel's block lists exploit as real masks let it (a dense random mask would favour SDPA unfairly)."""
     g = torch.Generator().manual_seed(seed)
     Hm, Wm = size
-    lo = torch.rand(2, B, Q, generator=g) * 0.6
-    extent = 0.1 + torch.rand(2, B, Q, generator=g) * 0.3
-    ys = (torch.arange(Hm) + 0.5) / Hm
-    xs = (torch.arange(Wm) + 0.5) / Wm
+    # made on the CPU, its generator's device, whatever torch.set_default_device says
+    lo = torch.rand(2, B, Q, generator=g, device="cpu") * 0.6
+    extent = 0.1 + torch.rand(2, B, Q, generator=g, device="cpu") * 0.3
+    ys = (torch.arange(Hm, device="cpu") + 0.5) / Hm
+    xs = (torch.arange(Wm, device="cpu") + 0.5) / Wm
     in_y = (ys >= lo[0, ..., None]) & (ys < (lo[0] + extent[0])[..., None])
     in_x = (xs >= lo[1, ..., None]) & (xs < (lo[1] + extent[1])[..., None])
     inside = in_y[..., :, None] & in_x[..., None, :]
@@ -207,8 +209,9 @@ def _bucket(q: torch.Tensor, mask_logits: torch.Tensor, grid: Tuple[int, int]):
 
 def _candidates(bucket, dtype, device, grad, names):
     B, H, Q, gh, gw, Dh, Hm, Wm = bucket
-    q, k_self, v_self = (torch.randn(B, H, Q, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "qkv")
-    k_img, v_img = (torch.randn(B, H, gh * gw, Dh, device=device, dtype=dtype, requires_grad=grad) for _ in "kv")
+    randn = random_inputs(device)
+    q, k_self, v_self = (randn(B, H, Q, Dh, dtype=dtype, grad=grad) for _ in "qkv")
+    k_img, v_img = (randn(B, H, gh * gw, Dh, dtype=dtype, grad=grad) for _ in "kv")
     masks = box_mask_logits(B, Q, (Hm, Wm), device, dtype)
     layout = mask_attention_layout(masks, (gh, gw), 0.0, "triton" if "triton" in names else "reference")
     inputs = (q, k_img, v_img, k_self, v_self)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .onnx_ops import custom_node
-from .dispatch import exporting_fused_nodes, register_op, require_tensors, select, size_bucket, timed
+from .dispatch import exporting_fused_nodes, random_inputs, register_op, require_tensors, select, size_bucket, timed
 
 WEIGHTINGS = ("binary", "sigmoid")
 
@@ -96,8 +96,8 @@ def _candidates(bucket, dtype, device, grad, names):
 
     B, Q, C, Hf, Wf, Hm, Wm, K, sigmoid = bucket
     masks = box_mask_logits(B, Q, (Hm, Wm), device, dtype)
-    dense = torch.randn(B, C, Hf, Wf, device=device, dtype=dtype, requires_grad=grad)
-    text = torch.randn(K, C, device=device, dtype=dtype, requires_grad=grad)
+    randn = random_inputs(device)
+    dense, text = randn(B, C, Hf, Wf, dtype=dtype, grad=grad), randn(K, C, dtype=dtype, grad=grad)
     weighting = "sigmoid" if sigmoid else "binary"
     return {n: timed(functools.partial(CANDIDATES[n], masks, dense, text, 50.0, weighting), (dense, text), grad)
             for n in names}

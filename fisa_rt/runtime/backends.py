@@ -66,6 +66,14 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
     return SUFFIXES[suffix]
 
 
+def own_precision(device: torch.device):
+    """A caller's torch.autocast stops here: pre- and post-processing keep float32 buffers (semantic and instance
+    post-processing failed under a bf16 autocast), vocabulary embeddings are encoded (and cached on disk) in
+    float32, and a CUDA graph is captured in the backend's precision only. ``TorchBackend(..., autocast=)`` is how
+    to run the model in 16 bits."""
+    return torch.autocast(device.type, enabled=False)
+
+
 class DeviceInputs:
     """The device copies of a backend's vocabulary inputs (text rows, seen flags), kept while the same read-only
     host array comes back. The Segmenter's are read-only (``set_vocabulary``), so they cannot have changed since:
@@ -194,9 +202,12 @@ class TorchBackend(Backend):
         self.device = torch_device(device)
         self.inputs = DeviceInputs(self.device)
         info = read_checkpoint_info(path)
-        model, _ = load_model(path)
-        self.model = model.float().eval().to(self.device)
-        self.wrapper = InferenceWrapper(self.model, semantic=False).to(self.device).eval()
+        # normal tensors even for a backend made under torch.inference_mode: the position table's cache needs
+        # weights that count their in-place changes (backbone.position_embedding)
+        with torch.inference_mode(False):
+            model, _ = load_model(path)
+            self.model = model.float().eval().to(self.device)
+            self.wrapper = InferenceWrapper(self.model, semantic=False).to(self.device).eval()
         self.forward = compile_forward(self.wrapper) if compile else self.wrapper
         if autocast is not None:
             self.forward = autocast_forward(self.forward, self.device, autocast)
@@ -226,7 +237,8 @@ class TorchBackend(Backend):
         checked = self.check_text(text)
         # this backend's GPU is the current one while it runs: Triton launches on the current device's stream,
         # and CUDA graphs capture there (a model on cuda:1 while cuda:0 is current would otherwise mix the two)
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext(), \
+                own_precision(self.device):
             flags = None
             if seen is not None:
                 seen = self.seen_flags(checked, seen)
@@ -237,7 +249,7 @@ class TorchBackend(Backend):
             return RawOutput(*self.forward(images, text, flags))
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.no_grad(), own_precision(self.device):
             return self.model.text(torch.from_numpy(tokens).to(self.device)).float().cpu().numpy()
 
 

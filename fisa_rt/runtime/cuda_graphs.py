@@ -19,6 +19,7 @@ inject one that records captures and replays by calling the captured function ag
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -130,6 +131,7 @@ class GraphRunner:
         self.graphs: Dict[tuple, _Graph] = {}
         self.failed: Dict[tuple, str] = {}  # keys whose capture failed, and why: they run eagerly
         self.captures = 0
+        self._lock = threading.Lock()
 
     @property
     def failure(self) -> Optional[str]:
@@ -140,6 +142,11 @@ class GraphRunner:
         return (tuple(images.shape), images.dtype, class_bucket(text.shape[0]), tuple(text.shape[1:]), seen is None)
 
     def __call__(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor] = None):
+        # one call at a time: two threads share a key's static buffers (one got the other's scores)
+        with self._lock:
+            return self._replay(images, text, seen)
+
+    def _replay(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor]):
         key = self.key(images, text, seen)
         graph = self.graphs.get(key)
         if graph is None:

@@ -11,6 +11,10 @@ rounded up to a multiple of 32 as FC-CLIP does) and
 post-processing (crop, resize back, Mask2Former's semantic/panoptic/instance inference) are the same for
 every backend and run on the backend's device. An image larger than the model's input is post-processed
 at the model's input size and its label maps resized to the image (memory bounded; docs/design.md).
+
+A Segmenter holds its vocabulary: give each thread its own, or hold a lock around ``set_vocabulary`` and
+``segment`` (the CUDA-graph runner takes one call at a time). A caller's ``torch.autocast`` stops at its
+stages (``backends.own_precision``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from ..postprocess import (
 from ..preprocess import padded_canvas, resize_and_pad, resize_work, resized_shape, upload
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import seen_classes
-from .backends import Backend, open_backend, resolve_artefact
+from .backends import Backend, open_backend, own_precision, resolve_artefact
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_batch, checked_max_pixels, picture_of
 from .results import SegmentationResult
 from .text_encoder import TextEncoder
@@ -229,19 +233,20 @@ class Segmenter:
         # one torch thread for an ordinary photo, as in post-processing: a second thread costs each small op
         # a scheduler slice whenever the other core is busy (docs/design.md, "Stage and vocabulary cost on CPU")
         work = sum(resize_work(p.shape[:2], resized_shape(*p.shape[:2], S, self.resize)) for p in pictures)
-        with cpu_threads_for(work, self.backend.device):
+        with own_precision(self.backend.device), cpu_threads_for(work, self.backend.device):
             canvases, contents = zip(*(self._canvas(p, canvas) for p in pictures))
             return Prepared(torch.cat(canvases), list(contents), canvas)
 
     def merge(self, pictures: Sequence[np.ndarray], raw, prepared: "Prepared", task: str) -> List[SegmentationResult]:
         """The post-processing stage: the backend's raw outputs -> one result per picture, on the host."""
         # (B, Q, K + 1) logarithms: microseconds on one core, and a scheduler slice on two (7 ms at K = 1203)
-        with cpu_threads_for(raw.class_scores.numel(), raw.class_scores.device):
-            class_logits = raw.class_logits()
-        return [
-            self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, prepared.canvas)
-            for b, (picture, content) in enumerate(zip(pictures, prepared.contents))
-        ]
+        with own_precision(raw.class_scores.device):
+            with cpu_threads_for(raw.class_scores.numel(), raw.class_scores.device):
+                class_logits = raw.class_logits()
+            return [
+                self._postprocess(picture, class_logits[b], raw.mask_logits[b], content, task, prepared.canvas)
+                for b, (picture, content) in enumerate(zip(pictures, prepared.contents))
+            ]
 
     def _postprocess(self, picture, class_logits, mask_logits, content, task, canvas=None) -> SegmentationResult:
         """``mask_logits`` (Q, h, w) as the model predicted them on its ``canvas`` (H, W) (default: 4 x the

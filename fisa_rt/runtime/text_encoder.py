@@ -57,7 +57,9 @@ class TextEncoder:
         self._encode = lambda tokens: self.session.run(None, {"tokens": tokens})[0]
 
     def tokenize(self, prompts):
-        return np.asarray(self.tokenizer(prompts), dtype=np.int64)
+        tokens = self.tokenizer(prompts)
+        # open_clip's tokenizer makes its tensor on torch's default device, which a caller may have moved off the CPU
+        return np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens, dtype=np.int64)
 
     def _warn_of_cut_names(self, vocabulary: vocab.Vocabulary, templates) -> None:
         """The tokenizer cuts a prompt longer than the text encoder's context, silently (CLIP's rule): two

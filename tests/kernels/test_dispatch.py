@@ -55,6 +55,37 @@ def test_on_cpu_auto_times_sdpa_and_eager_on_the_wall_clock_and_runs_the_faster(
     assert "wall clock" in lines[0] and key in lines[1]
 
 
+def test_cpu_training_runs_the_reference_even_where_the_inputs_need_no_gradient(monkeypatch, tmp_path):
+    """Behind a frozen CLIP (the generator stage, `adapt --trainable frozen`) an op's inputs need no gradient
+    inside a training step: grad mode alone makes it training, so nothing is timed and the reference runs."""
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatch, "_TABLES", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q, k, v = adapter_inputs()
+    with torch.enable_grad():
+        assert dispatch.select("adapter_attention", "auto", (q, k, v), (2, 2, 16, 8, 16, 0, 1)) == "eager"
+    assert not dispatch.local_table().choices
+
+
+@pytest.mark.parametrize("op, bucket", [
+    ("adapter_attention", (2, 2, 16, 8, 16, 1, 0)),
+    ("mask_attention", (1, 2, 4, 4, 4, 8, 16, 16)),
+    ("mask_average_logits", (1, 4, 8, 4, 4, 16, 16, 3, 0)),
+])
+def test_timing_inputs_leave_the_global_random_state_and_default_device_alone(op, bucket):
+    """A bucket's first use built its timing inputs from torch's global generator, so a seeded run drew other
+    numbers after it depending on whether the choice was cached; and the mask boxes failed under a default
+    device that is not the CPU (meta here, for a GPU)."""
+    state = torch.get_rng_state()
+    with torch.device("meta"):
+        candidates = dispatch._BUILDERS[op](bucket, torch.float32, torch.device("cpu"), False,
+                                            dispatch.runnable(op, "cpu"))
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        out = candidates["eager"]()  # (some SDPA candidates cannot run on a CPU: the table records them as failed)
+    assert out.device.type == "cpu" and torch.isfinite(out).all()
+
+
 class FakeTimer:
     """Injected timings: ``ms[name]`` per candidate (found by the call it times); records what it timed."""
 
