@@ -144,13 +144,16 @@ def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 def resized_areas(labels: torch.Tensor, size: Tuple[int, int], minlength: int) -> torch.Tensor:
-    """Pixel count of each label in ``resize_labels(labels, size)``, counted on the small (h, w) map:
-    each source pixel stands for (rows that copy it) x (columns that copy it) target pixels."""
+    """Pixel count of each label (in [0, ``minlength``)) in ``resize_labels(labels, size)``, counted on the small
+    (h, w) map: each source pixel stands for (rows that copy it) x (columns that copy it) target pixels."""
     h, w = labels.shape[-2:]
     rows = torch.bincount(_nearest_sources(h, size[0], labels.device), minlength=h)
     cols = torch.bincount(_nearest_sources(w, size[1], labels.device), minlength=w)
-    weights = (rows[:, None] * cols[None, :]).flatten().double()
-    return torch.bincount(labels.flatten().long(), weights=weights, minlength=minlength).round().long()
+    weights = (rows[:, None] * cols[None, :]).flatten()
+    # integer counts added up: exact in any order, so allowed under torch.use_deterministic_algorithms on a GPU,
+    # where bincount with weights raises
+    counts = torch.zeros(minlength, dtype=torch.int64, device=labels.device)
+    return counts.scatter_add_(0, labels.flatten().long(), weights)
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> SemanticResult:

@@ -196,7 +196,10 @@ def select(op: str, mode: str, tensors: Sequence[torch.Tensor], bucket: Tuple[in
     if use_triton(mode, *tensors):
         return "triton"
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if mode == "reference" or not measurable(tensors, torch.is_grad_enabled()):
+    # deterministic training runs the references, which honour torch.use_deterministic_algorithms (the Triton
+    # mask-attention backward adds with fp32 atomics, and SDPA's flash backward is not deterministic either)
+    deterministic = grad and torch.are_deterministic_algorithms_enabled()
+    if mode == "reference" or deterministic or not measurable(tensors, torch.is_grad_enabled()):
         return "eager"
     dtype = str(tensors[0].dtype).replace("torch.", "")
     index = tensors[0].device.index if tensors[0].device.index is not None else 0

@@ -7,7 +7,9 @@ from fisa_rt.postprocess import (
     best_proposal_labels,
     instance_inference,
     panoptic_inference,
+    resize_labels,
     resize_mask_logits,
+    resized_areas,
     semantic_inference,
 )
 
@@ -366,3 +368,17 @@ def test_one_copy_packs_mixed_dtypes_and_unpacks_them_exactly():
     assert packed.dtype == torch.uint8 and packed.numel() == 28 + 3 + 24 + 16
     for array, tensor in zip(unpack_bytes(packed, tensors), tensors):
         assert array.dtype == tensor.numpy().dtype and np.array_equal(array, tensor.numpy())
+
+
+@pytest.mark.parametrize("size", [(96, 144), (250, 61), (24, 36)])
+def test_areas_counted_on_the_small_map_equal_those_of_the_resized_map(size):
+    """Counted as integers (scatter_add), which torch.use_deterministic_algorithms allows on a GPU where bincount
+    with weights raises; exact either way."""
+    labels = torch.randint(0, 5, (24, 36), generator=torch.Generator().manual_seed(0))
+    want = torch.bincount(resize_labels(labels, size).flatten(), minlength=7)
+    torch.use_deterministic_algorithms(True)
+    try:
+        got = resized_areas(labels, size, 7)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert got.dtype == torch.int64 and torch.equal(got, want) and int(got.sum()) == size[0] * size[1]

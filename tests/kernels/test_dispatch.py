@@ -132,6 +132,20 @@ def adapter_inputs(requires_grad=False):
     return q, k, v
 
 
+def test_deterministic_training_runs_the_references(measured_on_cpu):
+    timer, table = measured_on_cpu({"triton": 0.1, "sdpa-flash": 0.1, "sdpa-cudnn": 0.1, "sdpa-efficient": 0.1,
+                                    "eager": 0.2})
+    q, k, v = adapter_inputs(requires_grad=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert dispatch.select("adapter_attention", "auto", (q, k, v), (2, 2, 16, 8, 16, 0, 1)) == "eager"
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert not timer.timed and not table.choices
+    with torch.no_grad():  # inference is measured as before
+        assert dispatch.select("adapter_attention", "auto", (q, k, v), (2, 2, 16, 8, 16, 0, 1)) != "eager"
+
+
 def test_auto_measures_without_triton_installed(monkeypatch, tmp_path):
     """CPU-only torch wheels (and some Jetson ones) come without Triton: ``auto`` still times SDPA and eager, in
     a table named for that."""
