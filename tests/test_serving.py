@@ -219,6 +219,27 @@ BAD_REQUESTS = {
 }
 
 
+def test_ended_threads_leave_no_http_clients_behind(server):
+    """A threaded web app: one short-lived thread per request on one client. Each thread's HTTP client and its
+    gevent hub were never destroyed (4 descriptors and a native thread per ended thread)."""
+    import threading
+
+    client = Segmenter.from_server(server.http, model="fisa_python")
+    client.check_ready()
+
+    def descriptors():
+        return len(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    for _ in range(20):
+        thread = threading.Thread(target=client.check_ready)
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert descriptors() - before <= 8, descriptors() - before
+    assert len(client._http_clients) <= 2  # this thread's and the last ended thread's, released at the next
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_bad_requests_get_one_clear_invalid_argument_and_the_server_goes_on(server, protocol):
     for case, (image, classes, parameters, words) in BAD_REQUESTS.items():

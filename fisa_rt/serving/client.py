@@ -83,6 +83,8 @@ class ServerSegmenter:
 
         self._server_exception = InferenceServerException
         self._per_thread = threading.local()
+        # HTTP: each thread's (thread, client, gevent hub), released once the thread has ended (ended_threads)
+        self._http_clients: List[tuple] = []
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.default_vocabulary = None  # a server's model has no default: the client names its classes
         # what `infer`'s summary line prints for a local backend
@@ -97,12 +99,29 @@ class ServerSegmenter:
         client = getattr(self._per_thread, "client", None)
         if client is None:
             if self.protocol == "http":
+                import gevent
+
+                self._release_ended_threads()
                 client = self._client_module.InferenceServerClient(
                     self.address, connection_timeout=self.timeout, network_timeout=self.timeout)
+                self._http_clients.append((threading.current_thread(), client, gevent.get_hub()))
             else:
                 client = self._client_module.InferenceServerClient(self.address)
             self._per_thread.client = client
         return client
+
+    def _release_ended_threads(self) -> None:
+        """Closes the HTTP clients of threads that have ended, and their gevent hubs, which nothing else
+        destroys: each ended thread kept 4 file descriptors and a native thread (a web app's short-lived request
+        threads ran out of descriptors). The hub of an ended thread is no one's, so it is destroyed from here."""
+        ended = [entry for entry in self._http_clients if not entry[0].is_alive()]
+        self._http_clients = [entry for entry in self._http_clients if entry[0].is_alive()]
+        for _, client, hub in ended:
+            try:
+                client.close()
+                hub.destroy(destroy_loop=True)
+            except Exception:  # noqa: BLE001 - a failed release is a leak, not the caller's error
+                pass
 
     def check_ready(self) -> None:
         """ServerError now, naming the server, where it is unreachable or does not serve ``model``: the client
