@@ -357,7 +357,8 @@ class OnnxRuntimeBackend(Backend):
         note = truncation_note(model)
         if note:
             warn(f"{path}: {note}")
-        options = options or onnxruntime_options(ort, resolve_threads(threads), spinning)
+        self.threads = resolve_threads(threads)  # the text encoder's session takes as many
+        options = options or onnxruntime_options(ort, self.threads, spinning)
         engines = os.path.join(cache_dir("onnxruntime-tensorrt"), str(self.manifest.get("sha256", ""))[:16])
         providers = providers or onnx_providers(ort, device, engines)
         handed = [model] if split_graph else []

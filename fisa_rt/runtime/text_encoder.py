@@ -6,6 +6,7 @@ synonym mode, class names)."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -19,6 +20,10 @@ from .cache_dirs import cache_dir
 
 def default_cache_dir() -> str:
     return cache_dir("vocab")
+
+
+def _run_text_encoder(session, tokens: np.ndarray) -> np.ndarray:
+    return session.run(None, {"tokens": tokens})[0]
 
 
 class TextEncoder:
@@ -52,9 +57,14 @@ class TextEncoder:
             )
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        from .threads import onnxruntime_options, resolve_threads
+
+        # the backend's thread count (ONNX Runtime's default is a pool of every core, per session)
+        options = onnxruntime_options(ort, resolve_threads(getattr(backend, "threads", None)))
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer(find_vocab_file(folder), int(backend.manifest["context_length"]))
-        self._encode = lambda tokens: self.session.run(None, {"tokens": tokens})[0]
+        # not a lambda over self: that cycle kept a dropped Segmenter's encoder alive until the cyclic collector ran
+        self._encode = partial(_run_text_encoder, self.session)
 
     def tokenize(self, prompts):
         tokens = self.tokenizer(prompts)

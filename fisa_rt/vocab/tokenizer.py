@@ -15,7 +15,7 @@ import html
 import os
 import re
 import zlib
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -75,6 +75,28 @@ def _read_merges(vocab_file: str) -> List[Tuple[str, ...]]:
     return merges
 
 
+def _merge(ranks: Dict[Tuple[str, str], int], word: str) -> Tuple[str, ...]:
+    """Greedy BPE: merge the best-ranked adjacent pair until no known pair is left."""
+    if word in (START, END):
+        return (word,)
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = {(a, b) for a, b in zip(parts, parts[1:])}
+        best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
+                merged.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return tuple(parts)
+
+
 class Tokenizer:
     def __init__(self, vocab_file: str, context_length: int = 77):
         merges = _read_merges(vocab_file)
@@ -85,28 +107,9 @@ class Tokenizer:
         self.ranks = {merge: i for i, merge in enumerate(merges)}
         self.start_id, self.end_id = self.ids[START], self.ids[END]
         self.context_length = context_length
-        self._bpe = lru_cache(maxsize=65536)(self._merge)
-
-    def _merge(self, word: str) -> Tuple[str, ...]:
-        """Greedy BPE: merge the best-ranked adjacent pair until no known pair is left."""
-        if word in (START, END):
-            return (word,)
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            pairs = {(a, b) for a, b in zip(parts, parts[1:])}
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if best not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(parts):
-                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return tuple(parts)
+        # over the ranks, not a bound method: a cache holding self made a reference cycle, so a dropped
+        # Segmenter's tokenizer (24 MB) lived until the cyclic collector ran
+        self._bpe = lru_cache(maxsize=65536)(partial(_merge, self.ranks))
 
     def encode(self, text: str) -> List[int]:
         text = " ".join(html.unescape(html.unescape(text)).split()).lower()
