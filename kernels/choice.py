@@ -178,13 +178,15 @@ class ChoiceTable:
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1)
             os.replace(tmp, self.path)
+            tmp = None
             self.unsaved = self.damaged = None
         except OSError as exc:
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
             # a cache is an optimisation, never the reason a run fails: the choice holds for this process and is
             # measured again in the next; `fisa-rt inspect`/`tune` say why it was not kept
             self.unsaved = f"{exc.strerror or exc} ({self.path})"
+        finally:  # Ctrl-C or SIGTERM mid-write too: its random name is no later run's to recognise and remove
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
 
     def lines(self) -> List[str]:
         """One line per choice, for ``fisa-rt inspect``/``bench``/``tune``."""

@@ -3,7 +3,10 @@ it is given, and no temporary file outlives an interrupted write. Each test fail
 sweep, docs/design.md "Resource lifetime")."""
 
 import gc
+import os
 import weakref
+
+import pytest
 
 from fisa_rt.runtime.segmenter import Segmenter
 
@@ -29,3 +32,33 @@ def test_the_text_encoder_takes_the_backends_thread_count(artefacts):
     seg = Segmenter.from_engine(artefacts["out"], threads=1, cache_dir="")
     options = seg.text_encoder.session.get_session_options()
     assert options.intra_op_num_threads == 1 and seg.backend.threads == 1
+
+
+def test_an_interrupted_kernel_choice_save_leaves_no_temporary(tmp_path, monkeypatch):
+    """Only an OSError removed the temporary file: Ctrl-C mid-write left a random-named .tmp for good."""
+    from fisa_rt.kernels import choice as choice_module
+    from fisa_rt.kernels.choice import Choice, ChoiceTable
+
+    table = ChoiceTable("cpu", str(tmp_path / "choices.json"), timer=None)
+    table.choices["op:float32:fwd:1"] = Choice("eager", {"eager": 1.0}, {})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(choice_module.json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        table.save()
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_vocabulary_cache_removes_the_temporaries_of_killed_writers(tmp_path):
+    """They were removed from output folders only: a killed run's .fisa-tmp file stayed in the cache for good."""
+    from test_nothing_lost import _dead_pid
+
+    from fisa_rt.runtime.assets import default_checkpoint
+
+    dead = tmp_path / f".abc.fisa-tmp{_dead_pid()}.npz"
+    dead.write_bytes(b"partial")
+    seg = Segmenter.from_engine(default_checkpoint(), cache_dir=str(tmp_path))
+    seg.set_vocabulary(["red star", "wavy wall"])
+    assert not dead.exists() and len(os.listdir(tmp_path)) == 1

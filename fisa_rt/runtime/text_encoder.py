@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..atomic import remove_stale_temporaries
 from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
@@ -109,6 +110,7 @@ class TextEncoder:
         if path:
             try:
                 os.makedirs(cache_dir, exist_ok=True)
+                remove_stale_temporaries(cache_dir)  # a killed writer's, which only output folders had removed
                 vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
             except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
