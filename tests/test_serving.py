@@ -219,6 +219,35 @@ BAD_REQUESTS = {
 }
 
 
+def test_a_failed_start_leaves_no_scratch_folder_and_a_stopped_server_starts_again(tmp_path, monkeypatch):
+    """The scratch folder (2.8 MB of backends) was made before the try that removes it; a restart wrote its log
+    into the folder stop() had removed."""
+    try:
+        bundled.pytriton_dir()
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    scratch, repository = tmp_path / "tmp", tmp_path / "empty-repository"
+    scratch.mkdir()
+    repository.mkdir()
+    monkeypatch.setattr(bundled.tempfile, "tempdir", str(scratch))
+    server = bundled.BundledServer(str(repository))
+
+    def cannot_run(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bundled.subprocess, "Popen", cannot_run)
+        with pytest.raises(PermissionError):
+            server.start()
+    assert os.listdir(scratch) == []
+    for _ in range(2):
+        server.start()
+        with pytest.raises(bundled.FisaError, match="stop\\(\\) it before starting it again"):
+            server.start()
+        server.stop()
+    assert os.listdir(scratch) == []
+
+
 def test_ended_threads_leave_no_http_clients_behind(server):
     """A threaded web app: one short-lived thread per request on one client. Each thread's HTTP client and its
     gevent hub were never destroyed (4 descriptors and a native thread per ended thread)."""

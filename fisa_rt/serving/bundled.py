@@ -64,6 +64,7 @@ class BundledServer:
         self.models = models
         self.ready_timeout = ready_timeout
         self.log = log
+        self._chosen_log = log  # None: the log goes in the scratch folder, made anew at each start
         self.process: Optional[subprocess.Popen] = None
         self._scratch: Optional[str] = None
 
@@ -81,29 +82,34 @@ class BundledServer:
         return folder
 
     def start(self) -> "BundledServer":
+        if self.process is not None and self.process.poll() is None:
+            raise FisaError(f"this tritonserver is running (http {self.http}); stop() it before starting it again")
+        self.process = None
         self._scratch = tempfile.mkdtemp(prefix="fisa-triton-")
-        self.log = self.log or os.path.join(self._scratch, "server.log")
-        backends = self._backends(self._scratch)
-        self.http, self.grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        libs = os.path.join(pytriton_dir(), "nvidia_pytriton.libs")
-        env = dict(os.environ)
-        # the stub loads whichever libpython3.x the loader finds first: this interpreter's, so its standard library
-        # matches the site-packages the model adds
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (libs, sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH")) if p
-        )
-        command = [
-            os.path.join(pytriton_dir(), "pytriton", "tritonserver", "bin", "tritonserver"),
-            f"--model-repository={self.repository}", f"--backend-directory={backends}",
-            "--http-address=127.0.0.1", f"--http-port={self.http.rsplit(':', 1)[1]}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc.rsplit(':', 1)[1]}",
-            "--allow-metrics=false", "--exit-timeout-secs=5", "--model-control-mode=explicit",
-            *(f"--load-model={m}" for m in (self.models or ["*"])),
-        ]
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+        self.log = self._chosen_log or os.path.join(self._scratch, "server.log")
+        # everything after the scratch folder is made inside the try: a failed start (no stub, a Popen that fails)
+        # left it in /tmp, and a restart after stop() wrote its log into the removed folder
         try:
+            backends = self._backends(self._scratch)
+            self.http, self.grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+            libs = os.path.join(pytriton_dir(), "nvidia_pytriton.libs")
+            env = dict(os.environ)
+            # the stub loads whichever libpython3.x the loader finds first: this interpreter's, so its standard library
+            # matches the site-packages the model adds
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (libs, sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH")) if p
+            )
+            command = [
+                os.path.join(pytriton_dir(), "pytriton", "tritonserver", "bin", "tritonserver"),
+                f"--model-repository={self.repository}", f"--backend-directory={backends}",
+                "--http-address=127.0.0.1", f"--http-port={self.http.rsplit(':', 1)[1]}",
+                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc.rsplit(':', 1)[1]}",
+                "--allow-metrics=false", "--exit-timeout-secs=5", "--model-control-mode=explicit",
+                *(f"--load-model={m}" for m in (self.models or ["*"])),
+            ]
+            with open(self.log, "wb") as out:
+                self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
             self._wait_ready()
         except BaseException:
             self.stop()
