@@ -62,3 +62,24 @@ def test_the_vocabulary_cache_removes_the_temporaries_of_killed_writers(tmp_path
     seg = Segmenter.from_engine(default_checkpoint(), cache_dir=str(tmp_path))
     seg.set_vocabulary(["red star", "wavy wall"])
     assert not dead.exists() and len(os.listdir(tmp_path)) == 1
+
+
+def test_the_vocabulary_cache_keeps_its_most_recently_used_entries(tmp_path):
+    """One entry per vocabulary, never removed: a server caching every client's vocabulary filled its disk."""
+    from fisa_rt.runtime.assets import default_checkpoint
+
+    (tmp_path / "notes.txt").write_text("mine")  # not an entry's name: never touched
+    seg = Segmenter.from_engine(default_checkpoint(), cache_dir=str(tmp_path))
+
+    def entries():
+        return sorted(name for name in os.listdir(tmp_path) if name.endswith(".npz"))
+
+    seg.set_vocabulary(["red star", "blue disc"])
+    (first,) = entries()
+    seg.text_encoder.cache_bytes = int(2.5 * os.path.getsize(tmp_path / first))
+    seg.set_vocabulary(["wavy wall", "grey cube"])
+    second = next(name for name in entries() if name != first)
+    seg.set_vocabulary(["red star", "blue disc"])  # a hit: the first is now the most recently used
+    seg.set_vocabulary(["pink cone", "gold ring"])
+    assert first in entries() and second not in entries() and len(entries()) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"

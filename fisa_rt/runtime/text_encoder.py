@@ -6,6 +6,7 @@ synonym mode, class names)."""
 from __future__ import annotations
 
 import os
+import re
 from functools import partial
 from typing import Optional
 
@@ -16,7 +17,13 @@ from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
 from ..vocab.tokenizer import Tokenizer, find_vocab_file
-from .cache_dirs import cache_dir
+from .cache_dirs import cache_dir, keep_recent, touch
+
+# The vocabulary cache keeps its most recently used entries up to this size: about 500 vocabularies of 1,203
+# classes at 768 dimensions (a server caching every client's vocabulary otherwise filled its disk, and each
+# rebuilt text encoder orphans all of its entries)
+CACHE_BYTES = 2 << 30
+CACHE_ENTRY = re.compile(r"[0-9a-f]{32}\.npz")  # vocab.cache_key's names: nothing else in the folder is touched
 
 
 def default_cache_dir() -> str:
@@ -31,6 +38,7 @@ class TextEncoder:
     def __init__(self, backend, artefact: str):
         from fisa_rt.export.manifest import sha256_file
 
+        self.cache_bytes = CACHE_BYTES
         self.templates = backend.manifest["templates"]
         self.synonyms = backend.synonyms
         # what a cache entry must hold: (K, D), or (K, M, D) for "max"
@@ -103,6 +111,7 @@ class TextEncoder:
             try:
                 cached, names, sha = vocab.load_embeddings(path)
                 if names.names == vocabulary.names and sha == self.sha256 and self._fits(cached):
+                    touch(path)
                     return cached
             except InputError:
                 pass  # a damaged entry (truncated, empty, foreign, another width) is re-encoded and replaced below
@@ -112,6 +121,7 @@ class TextEncoder:
                 os.makedirs(cache_dir, exist_ok=True)
                 remove_stale_temporaries(cache_dir)  # a killed writer's, which only output folders had removed
                 vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
+                keep_recent(cache_dir, CACHE_ENTRY, self.cache_bytes)
             except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
                 warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it "
