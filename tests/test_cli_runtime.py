@@ -361,7 +361,7 @@ def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_
     input in the engine's declared type, outputs in theirs, TensorRT's stream waiting for the current one."""
     from types import SimpleNamespace
 
-    from fisa_rt.runtime.backends import TensorRTBackend
+    from fisa_rt.runtime.backends import DeviceInputs, TensorRTBackend
 
     class Context:
         def __init__(self):
@@ -391,6 +391,7 @@ def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_
     backend.engine = SimpleNamespace(num_io_tensors=4, get_tensor_name=list(modes).__getitem__,
                                      get_tensor_mode=modes.get, get_tensor_dtype=types.get)
     backend.context, backend.device, backend.applies_seen = Context(), torch.device("cpu"), False
+    backend.inputs = DeviceInputs(backend.device)
     order = []
     backend.stream = SimpleNamespace(cuda_stream=0, synchronize=lambda: None,
                                      wait_stream=lambda other: order.append(("wait", other)))
@@ -403,6 +404,14 @@ def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_
     assert order[:2] == [("wait", "the current stream"), "execute"] and len(order) == 6
     assert raw.mask_logits.shape == (10, 10, 8, 8) and raw.class_scores.shape == (10, 10, 6)
     assert raw.mask_logits.dtype == torch.float16 and raw.class_scores.dtype == torch.float32
+    # a read-only vocabulary (the Segmenter's) crosses to the device once, for every part and every later call
+    text = np.zeros((5, 64), np.float32)
+    text.setflags(write=False)
+    addresses = []
+    backend.context.set_tensor_address = lambda name, address: addresses.append(address) if name == "text" else None
+    backend.run(torch.zeros(10, 3, 32, 32), text)
+    backend.run(torch.zeros(3, 3, 32, 32), text)
+    assert len(addresses) == 4 and len(set(addresses)) == 1 and backend.inputs.held["text"][0] is text
     fed = []
     backend.context.set_tensor_address = lambda name, address: fed.append(name)
     types["image"] = "fp32"  # an engine built with --input-dtype float32 is fed float pixels
