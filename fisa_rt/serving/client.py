@@ -83,8 +83,10 @@ class ServerSegmenter:
 
         self._server_exception = InferenceServerException
         self._per_thread = threading.local()
-        # HTTP: each thread's (thread, client, gevent hub), released once the thread has ended (ended_threads)
+        # HTTP: each thread's (thread, client, gevent hub), released once the thread has ended
+        # (_release_ended_threads); the lock, because threads make their clients concurrently
         self._http_clients: List[tuple] = []
+        self._http_clients_lock = threading.Lock()
         self.vocabulary: Optional[vocab.Vocabulary] = None
         self.default_vocabulary = None  # a server's model has no default: the client names its classes
         # what `infer`'s summary line prints for a local backend
@@ -104,7 +106,8 @@ class ServerSegmenter:
                 self._release_ended_threads()
                 client = self._client_module.InferenceServerClient(
                     self.address, connection_timeout=self.timeout, network_timeout=self.timeout)
-                self._http_clients.append((threading.current_thread(), client, gevent.get_hub()))
+                with self._http_clients_lock:
+                    self._http_clients.append((threading.current_thread(), client, gevent.get_hub()))
             else:
                 client = self._client_module.InferenceServerClient(self.address)
             self._per_thread.client = client
@@ -114,8 +117,9 @@ class ServerSegmenter:
         """Closes the HTTP clients of threads that have ended, and their gevent hubs, which nothing else
         destroys: each ended thread kept 4 file descriptors and a native thread (a web app's short-lived request
         threads ran out of descriptors). The hub of an ended thread is no one's, so it is destroyed from here."""
-        ended = [entry for entry in self._http_clients if not entry[0].is_alive()]
-        self._http_clients = [entry for entry in self._http_clients if entry[0].is_alive()]
+        with self._http_clients_lock:
+            ended = [entry for entry in self._http_clients if not entry[0].is_alive()]
+            self._http_clients = [entry for entry in self._http_clients if entry[0].is_alive()]
         for _, client, hub in ended:
             try:
                 client.close()
