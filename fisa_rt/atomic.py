@@ -228,7 +228,7 @@ def refuse_unwritable(path: str, overwrite: bool, reads: Optional[Dict[str, Opti
         root = os.path.realpath(folder) if folder else None
         if root and os.path.commonpath([target, root]) == root:
             raise error(f"cannot write {path}: it is inside {flag} {folder}, which this run reads; choose a path "
-                             "outside it")
+                        "outside it")
     refuse_overwrite(path, overwrite, error)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

@@ -113,7 +113,7 @@ def _models(args: argparse.Namespace) -> None:
 
             from .model import create_model
 
-            with torch.device("meta"):  # only counted: 26 s and 1.5 GB for the seven models on real memory
+            with torch.device("meta"):  # only counted: 26 s and 1.5 GB for the six configs on real memory
                 line += f"  {create_model(cfg).apply_simo()}"
         print(line)
 
