@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Callable, List, Sequence
 
 import numpy as np
@@ -20,7 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temporaries
+from .cache_files import VOCABULARY_CACHE_BYTES, keep_recent, touch
 from .config import TextConfig
 from .errors import InputError, warn
 from .vocab.prompts import prompt_templates, validate_vocabulary
@@ -69,10 +71,14 @@ def encode_vocabulary(
 
 
 class EmbeddingCache:
-    """Vocabulary embeddings on disk, keyed by the text weights, the text config and the class names."""
+    """Vocabulary embeddings on disk, keyed by the text weights, the text config and the class names; the most
+    recently used ``max_bytes`` are kept (the same bound as the runtime's cache)."""
 
-    def __init__(self, folder: str):
+    ENTRY = re.compile(r"vocab-[0-9a-f]{32}\.safetensors")  # path()'s names: nothing else in the folder is touched
+
+    def __init__(self, folder: str, max_bytes: int = VOCABULARY_CACHE_BYTES):
         self.folder = folder
+        self.max_bytes = max_bytes
 
     def path(self, fingerprint: str, cfg: TextConfig, class_names: Sequence[str]) -> str:
         payload = json.dumps([fingerprint, list(prompt_templates(cfg.templates)), cfg.synonyms, list(class_names)])
@@ -83,14 +89,18 @@ class EmbeddingCache:
         path = self.path(tower.fingerprint(), cfg, names)
         if os.path.isfile(path):
             try:
-                return load_file(path)["embeddings"]
+                embeddings = load_file(path)["embeddings"]
+                touch(path)
+                return embeddings
             except (SafetensorError, OSError, KeyError):
                 pass  # a damaged entry is re-encoded and replaced below
         embeddings = encode_vocabulary(tower, tokenizer, names, cfg)
         try:
             os.makedirs(self.folder, exist_ok=True)
+            remove_stale_temporaries(self.folder)  # a killed writer's
             with atomic_path(path) as tmp:
                 save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
+            keep_recent(self.folder, self.ENTRY, self.max_bytes)
         except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
             warn(f"cannot write the embeddings cache {path}: {exc}; continuing without it")
         return embeddings

@@ -83,3 +83,29 @@ def test_the_vocabulary_cache_keeps_its_most_recently_used_entries(tmp_path):
     seg.set_vocabulary(["pink cone", "gold ring"])
     assert first in entries() and second not in entries() and len(entries()) == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_model_embeddings_cache_is_bounded_like_the_runtime_one(tmp_path, tiny_vit):
+    """FisaModel.encode_vocabulary(cache=)'s entries were never removed, nor a killed writer's temporaries."""
+    from test_nothing_lost import _dead_pid
+
+    from fisa_rt.text import EmbeddingCache
+
+    dead = tmp_path / f".vocab-abc.fisa-tmp{_dead_pid()}.safetensors"
+    dead.write_bytes(b"partial")
+    (tmp_path / "notes.txt").write_text("mine")
+    cache = EmbeddingCache(str(tmp_path))
+
+    def entries():
+        return sorted(name for name in os.listdir(tmp_path) if name.startswith("vocab-"))
+
+    tiny_vit.encode_vocabulary(["red star", "blue disc"], cache=cache)
+    assert not dead.exists()
+    (first,) = entries()
+    cache.max_bytes = int(2.5 * os.path.getsize(tmp_path / first))
+    tiny_vit.encode_vocabulary(["wavy wall", "grey cube"], cache=cache)
+    second = next(name for name in entries() if name != first)
+    tiny_vit.encode_vocabulary(["red star", "blue disc"], cache=cache)  # a hit: the first is now the most recent
+    tiny_vit.encode_vocabulary(["pink cone", "gold ring"], cache=cache)
+    assert first in entries() and second not in entries() and len(entries()) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -13,16 +13,13 @@ from typing import Optional
 import numpy as np
 
 from ..atomic import remove_stale_temporaries
+from ..cache_files import VOCABULARY_CACHE_BYTES, keep_recent, touch
 from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
 from ..vocab.tokenizer import Tokenizer, find_vocab_file
-from .cache_dirs import cache_dir, keep_recent, touch
+from .cache_dirs import cache_dir
 
-# The vocabulary cache keeps its most recently used entries up to this size: about 500 vocabularies of 1,203
-# classes at 768 dimensions (a server caching every client's vocabulary otherwise filled its disk, and each
-# rebuilt text encoder orphans all of its entries)
-CACHE_BYTES = 2 << 30
 CACHE_ENTRY = re.compile(r"[0-9a-f]{32}\.npz")  # vocab.cache_key's names: nothing else in the folder is touched
 
 
@@ -38,7 +35,7 @@ class TextEncoder:
     def __init__(self, backend, artefact: str):
         from fisa_rt.export.manifest import sha256_file
 
-        self.cache_bytes = CACHE_BYTES
+        self.cache_bytes = VOCABULARY_CACHE_BYTES
         self.templates = backend.manifest["templates"]
         self.synonyms = backend.synonyms
         # what a cache entry must hold: (K, D), or (K, M, D) for "max"
