@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     if os.path.exists(out):
         print(f"report.py: {out} exists; move it away or name another with --out", file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write(render(data))
     print(f"wrote {out}")

@@ -7,7 +7,7 @@ engine where TensorRT exists, else an ONNX Runtime-optimised model; a manifest b
 
 Engines are strongly typed (TensorRT 10.3 - 11.x): for fp16 the script writes <name>.portable.fp16.onnx
 with ModelOpt AutoCast (LayerNorm, Softmax and normalisation reductions kept fp32) and builds from it; for
-int8/fp8 it writes <name>.portable.int8.qdq.onnx (ModelOpt Q/DQ calibrated on --calibration images) and
+int8/fp8 it writes <name>.portable.<precision>.qdq.onnx (ModelOpt Q/DQ calibrated on --calibration images) and
 checks it against fp32 on ONNX Runtime, with or without TensorRT.
 Without TensorRT the script still writes every ONNX file, prints the trtexec command that builds the
 engine on the target, and writes <name>.portable.ort.onnx so `fisa-rt infer --engine` runs here.

@@ -96,6 +96,14 @@ def create_tokenizer(cfg: ClipConfig) -> Callable[[list], torch.Tensor]:
     return open_clip.get_tokenizer(cfg.model_name)
 
 
+def input_size(clip: nn.Module) -> int:
+    """The image side ``clip`` was built for (ViT-B-16: 224; convnext_large_d_320: 320), which contrastive
+    training must feed: an open_clip ViT's position embedding holds that grid only; the segmentation canvas
+    (fisa-vit-b16: 640) is the backbone's concern."""
+    size = clip.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def vision_kind(visual: nn.Module) -> str:
     """"vit" for open_clip's VisionTransformer, "convnext" for a timm ConvNeXt trunk."""
     if isinstance(visual, open_clip.transformer.VisionTransformer):

@@ -275,7 +275,11 @@ def main(argv=None) -> None:
         help="compute capability x10 (87 = Orin, 90 = H100, 110 = Thor, 120 = RTX 50); repeatable; default: all",
     )
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
-    parser.add_argument("--kernel", action="append", choices=list(KERNELS), help="default: all")
+    # the plugin kernels' constants depend on the model: export/build_engine.py compiles those
+    standalone = [k for k in KERNELS if not k.endswith("_plugin")]
+    parser.add_argument("--kernel", action="append", choices=standalone,
+                        help="default: all (the PyTorch path's kernels; build_engine.py --flavour fused compiles "
+                             "the TensorRT plugins' PTX for the model it builds)")
     parser.add_argument("--out", required=True, help="folder for <kernel>.sm_<arch>.<dtype>.ptx and index.json")
     args = parser.parse_args(argv)
     arches = args.arch or targets.gated_arches()
@@ -283,8 +287,7 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     index = []
     for arch in arches:
-        # the plugin kernels' constants depend on the model: export/build_engine.py compiles those
-        for kernel in args.kernel or [k for k in KERNELS if not k.endswith("_plugin")]:
+        for kernel in args.kernel or standalone:
             compiled = compile_kernel(kernel, arch, args.dtype)
             path = os.path.join(args.out, f"{kernel}.sm_{arch}.{args.dtype}.ptx")
             with open(path, "w") as f:

@@ -43,13 +43,13 @@ THRESHOLD=$(python3 -c "import json,sys; r={t: json.load(open(f'$RUNS/calibrate-
 for t in sys.argv[1:]}; print(max(r, key=r.get))" 0.1 0.2 0.3 0.4 0.8)
 echo "object threshold: $THRESHOLD"
 # 5. ship FISA in fp16, with the calibrated threshold, as the embedded default
-python3 - "$RUNS/fisa.safetensors" "$THRESHOLD" <<'PY'
+python3 - "$RUNS/fisa.safetensors" "$THRESHOLD" "$ROOT/fisa_rt/assets/fisa-tiny-synthetic.safetensors" <<'PY'
 import dataclasses
 import sys
 import torch
 from fisa_rt.checkpoint import load_model, save_checkpoint
 model, info = load_model(sys.argv[1])
 model.cfg.postprocess = dataclasses.replace(model.cfg.postprocess, object_mask_threshold=float(sys.argv[2]))
-save_checkpoint("fisa_rt/assets/fisa-tiny-synthetic.safetensors", model, info.vocabulary, info.is_thing,
+save_checkpoint(sys.argv[3], model, info.vocabulary, info.is_thing,
                 dtype=torch.float16, extra=info.extra, overwrite=True)
 PY

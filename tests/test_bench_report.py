@@ -68,3 +68,12 @@ def test_main_refuses_to_replace_a_report_and_names_an_unreadable_json(tmp_path,
     assert err.count("\n") == 1 and "broken.json" in err and "pytest-benchmark JSON" in err
     assert report.main([str(data), "--append", str(out)]) == 0
     assert out.read_text().startswith(first) and "# Added run" in out.read_text()
+
+
+def test_main_writes_a_report_named_without_a_folder(tmp_path, monkeypatch):
+    """``--out report.md`` failed on os.makedirs("")."""
+    data = tmp_path / "bench.json"
+    data.write_text(json.dumps(DATA))
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(data), "--out", "report.md"]) == 0
+    assert (tmp_path / "report.md").read_text().startswith("# fisa-rt benchmarks")

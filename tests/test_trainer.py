@@ -153,6 +153,20 @@ def test_clip_stage_pretrains_on_the_split_it_is_given(tmp_path):
         train(dataclasses.replace(cfg, split="train", overwrite=True))
 
 
+def test_clip_stage_trains_at_the_clip_s_own_size_not_the_canvas(tmp_path):
+    """fisa-vit-b16 (ViT-B-16 at 224, canvas 640): the clip stage fed 640-pixel images and failed on the position
+    embedding. Here fisa-tiny's CLIP (128) under a 96-pixel canvas."""
+    from fisa_rt.config import get_model_config
+    from fisa_rt.data.synthetic import generate
+
+    model = tmp_path / "canvas-96.json"
+    model.write_text(dataclasses.replace(get_model_config("fisa-tiny"), image_size=96).to_json())
+    generate(str(tmp_path / "data"), "pretrain", 2, seed=0, image_size=64, world="broad")
+    cfg = TrainConfig(stage="clip", data=str(tmp_path / "data"), out=str(tmp_path / "clip.safetensors"), steps=1,
+                      batch_size=2, split="pretrain", model=str(model), progress=False)
+    assert train(cfg).steps == 1 and os.path.exists(cfg.out)
+
+
 def test_snapshots_hold_the_weights_after_their_step(synthetic_data, generator_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "curve.safetensors"
     interrupt_at_step(monkeypatch, 3)

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from fisa_rt.clip import create_clip, create_tokenizer
+from fisa_rt.clip import create_clip, create_tokenizer, input_size
 from fisa_rt.config import get_model_config
 from fisa_rt.data.panoptic import CaptionDataset
 from fisa_rt.preprocess import normalize_images
@@ -23,13 +23,14 @@ def main() -> None:
     parser.add_argument("weights", help="the stage-1 CLIP weights (fisa-rt train clip --out)")
     parser.add_argument("data", help="dataset root (fisa-rt make-data --out)")
     parser.add_argument("--model", default="fisa-tiny", help="model config whose CLIP the weights are for")
-    parser.add_argument("--limit", type=int, default=300, help="at most this many crops")
+    parser.add_argument("--limit", type=int, default=300,
+                        help="at most this many images (each gives one crop per segment)")
     parser.add_argument("--split", default="val", help="dataset split the crops come from")
     args = parser.parse_args()
     cfg = get_model_config(args.model)
     clip = create_clip(dataclasses.replace(cfg.clip, pretrained=args.weights), load_pretrained=True).eval()
     tokenizer = create_tokenizer(cfg.clip)
-    crops = CaptionDataset(args.data, args.split, cfg.image_size, region_fraction=1.0)
+    crops = CaptionDataset(args.data, args.split, input_size(clip), region_fraction=1.0)
     crops.panoptic.augment = False
     names = crops.panoptic.class_names
     groups = crops.panoptic.groups

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path, output_folder, refuse_unwritable
 from ..checkpoint import FORMAT, identity_adapters, load_model, read_checkpoint_info, save_checkpoint
-from ..clip import create_clip, create_tokenizer
+from ..clip import create_clip, create_tokenizer, input_size
 from ..config import TRAINABLE_PRESETS, get_model_config
 from ..data.panoptic import CaptionDataset, PanopticDataset, caption_collate, collate
 from ..errors import CheckpointError, ConfigError, InputError, TrainingDiverged
@@ -202,7 +202,7 @@ class _Stage:
             self.model = create_clip(model_cfg.clip, load_pretrained=False)
             self.tokenizer = create_tokenizer(model_cfg.clip)
             self.data = CaptionDataset(
-                cfg.data, cfg.split, model_cfg.image_size, seed=cfg.seed, region_fraction=cfg.region_captions
+                cfg.data, cfg.split, input_size(self.model), seed=cfg.seed, region_fraction=cfg.region_captions
             )
             from open_clip.loss import ClipLoss
 

@@ -69,3 +69,13 @@ def test_unknown_kernel_and_dtype_are_rejected():
         compile_kernel("softmax", 90)
     with pytest.raises(ValueError, match="dtype"):
         compile_kernel("cosine_logits", 90, dtype="int8")
+
+
+def test_the_command_line_refuses_a_plugin_kernel_in_one_line(tmp_path):
+    """A plugin kernel takes its model's sizes (build_engine.py compiles it): ``--kernel mask_pool_plugin`` was
+    offered, then failed with a KeyError traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "fisa_rt.kernels.aot", "--arch", "90", "--kernel", "mask_pool_plugin",
+                           "--out", str(tmp_path / "ptx")], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice: 'mask_pool_plugin'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "ptx").exists()
