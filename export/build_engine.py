@@ -383,6 +383,20 @@ def _opset(path: str) -> int:
     return next(o.version for o in opsets if o.domain in ("", "ai.onnx"))
 
 
+# AutoCast's reference run makes every tensor of the graph an output and holds them all at once, so its memory is
+# the whole graph's activations times the scenes: fisa-vit-b16 (640 px) peaked at 15.7 GB on one scene and was
+# killed past 20 GB on the four (docs/deploy.md, "fp16"). One scene's pixels at 512 x 512 keeps fisa-tiny's four.
+CALIBRATION_PIXELS = 512 * 512
+
+
+def calibration_scenes(image_size: int) -> List[str]:
+    """The bundled scenes AutoCast calibrates on at this canvas: as many as fit CALIBRATION_PIXELS, at least one."""
+    from fisa_rt.runtime.assets import sample_images
+
+    scenes = sample_images()
+    return scenes[: max(1, CALIBRATION_PIXELS // (image_size * image_size))]
+
+
 def calibration_inputs(model, info) -> Dict[str, "object"]:
     """AutoCast's fp16 calibration batch: the bundled scenes at the engine's size with the training vocabulary
     (it only looks for values beyond fp16's safe range; int8/fp8 calibrate on --calibration instead)."""
@@ -390,12 +404,11 @@ def calibration_inputs(model, info) -> Dict[str, "object"]:
     from PIL import Image
 
     from fisa_rt.export import onnx_export
-    from fisa_rt.runtime.assets import sample_images
     from fisa_rt.runtime.images import load_image
 
     S = model.cfg.image_size
     images = np.stack(
-        [np.asarray(Image.fromarray(load_image(p)).resize((S, S), Image.BILINEAR)) for p in sample_images()]
+        [np.asarray(Image.fromarray(load_image(p)).resize((S, S), Image.BILINEAR)) for p in calibration_scenes(S)]
     )
     feed = {"image": images.transpose(0, 3, 1, 2).copy(), "text": model.encode_vocabulary(info.vocabulary).numpy()}
     if "seen" in onnx_export.graph_inputs(model.cfg, model.embed_dim):  # the classes it was trained on: all seen

@@ -58,6 +58,7 @@ def test_build_writes_the_fp16_onnx_with_what_stayed_fp32(fp16, artefacts):
     assert manifest["precision"] == "fp16" and manifest["source_onnx"]["sha256"] == sha256_file(artefacts["portable"])
     record = manifest["mixed_precision"]
     assert record["fp32_op_types"] == list(FP32_OP_TYPES) and 0 < len(record["fp32_nodes"]) < record["nodes"] / 2
+    assert record["calibration_images"] == 4  # every bundled scene at fisa-tiny's 128 px
     model = onnx.load(fp16)
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
     kept = [n for n in model.graph.node if n.op_type in FP32_OP_TYPES]
@@ -98,6 +99,17 @@ def test_fp16_onnx_meets_its_parity_thresholds_against_fp32(fp16, artefacts, ref
                   .label_map for p, m in ((probs, masks), (ref_probs, ref_masks))]
         agreement.append(float((labels[0] == labels[1]).float().mean()))
     assert np.mean(agreement) >= 0.99, agreement
+
+
+def test_autocast_calibrates_on_fewer_scenes_as_the_canvas_grows():
+    """Its reference run holds every activation of every scene at once: fisa-vit-b16's four 640-pixel scenes were
+    killed past 20 GB (one: 15.7 GB)."""
+    from fisa_rt.export.build_engine import calibration_scenes
+    from fisa_rt.runtime.assets import sample_images
+
+    assert calibration_scenes(128) == calibration_scenes(256) == sample_images()
+    assert len(calibration_scenes(320)) == 2
+    assert calibration_scenes(640) == calibration_scenes(1344) == sample_images()[:1]
 
 
 def test_mask_iou_treats_two_empty_masks_as_equal_and_a_grown_mask_as_moved():
