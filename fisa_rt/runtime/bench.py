@@ -13,6 +13,7 @@ import torch
 
 from ..errors import InputError
 from .backends import open_backend, resolve_artefact
+from .timings import rate
 
 
 @dataclass
@@ -34,7 +35,7 @@ class BenchReport:
             f"  model   p50 {m['p50']:.2f} ms  p90 {m['p90']:.2f} ms  p99 {m['p99']:.2f} ms  mean {m['mean']:.2f} ms\n"
             f"  copies  host->device {self.upload_ms:.2f} ms  device->host {self.download_ms:.2f} ms "
             "(per call, median)\n"
-            f"  throughput {self.throughput:.1f} images/s"
+            f"  throughput {rate(self.throughput)} images/s"
         )
 
     def to_dict(self) -> Dict:

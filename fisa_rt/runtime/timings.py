@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def rate(per_second: float) -> str:
+    """One decimal, or three significant digits below 1/s (a model at 27 s an image printed 0.0 images/s)."""
+    return f"{per_second:.1f}" if per_second >= 1 or not per_second else f"{per_second:.3g}"
+
+
 @dataclass
 class Timings:
     """Accumulated seconds per stage and images seen; ``read`` (decoding input files) and ``write`` (result
@@ -25,4 +30,4 @@ class Timings:
         shown = ", ".join(f"{name} {1000 * seconds / n:.1f} ms" for name, seconds in stages)
         fps = self.images / total if total else 0
         images = f"{self.images} image{'' if self.images == 1 else 's'}"
-        return f"{images}: {shown} per image; {fps:.1f} FPS end to end"
+        return f"{images}: {shown} per image; {rate(fps)} FPS end to end"
