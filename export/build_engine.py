@@ -383,9 +383,10 @@ def _opset(path: str) -> int:
     return next(o.version for o in opsets if o.domain in ("", "ai.onnx"))
 
 
-# AutoCast's reference run makes every tensor of the graph an output and holds them all at once, so its memory is
-# the whole graph's activations times the scenes: fisa-vit-b16 (640 px) peaked at 15.7 GB on one scene and was
-# killed past 20 GB on the four (docs/deploy.md, "fp16"). One scene's pixels at 512 x 512 keeps fisa-tiny's four.
+# ModelOpt's reference run makes every tensor of the graph an output and holds them all, so its memory is the whole
+# graph's activations times the scenes: fisa-vit-b16 (640 px) peaked at 15.7 GB on one scene and was killed past
+# 20 GB on the four. The sliced run (export/autocast_reference.py) is bounded, but replaces ModelOpt's only where
+# ModelOpt's names allow; its time still grows with the scenes. 512 x 512 pixels keeps fisa-tiny's four.
 CALIBRATION_PIXELS = 512 * 512
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import MissingDependencyError
 
+from .autocast_reference import SLICE_TENSORS, sliced_reference
 from .modelopt_log import modelopt_messages
 
 FP32_OP_TYPES = ("LayerNormalization", "InstanceNormalization", "Softmax", "ReduceL2")
@@ -53,7 +54,8 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
 
     convert = _modelopt_autocast()
     quiet = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast")
-    with tempfile.TemporaryDirectory() as tmp, modelopt_messages(quiet) as messages:
+    with tempfile.TemporaryDirectory() as tmp, modelopt_messages(quiet) as messages, \
+            sliced_reference() as sliced:
         inputs = os.path.join(tmp, "calibration.npz")
         np.savez(inputs, **calibration)
         model = convert(
@@ -70,6 +72,7 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
         "fp32_op_types": list(FP32_OP_TYPES),
         "data_max": DATA_MAX,
         "calibration_images": int(len(calibration["image"])),
+        "reference_run": f"sliced, {SLICE_TENSORS} tensors a run" if sliced else "modelopt",
         "fp32_nodes": fp32_nodes,
         "nodes": total,
         "modelopt_log": messages,

@@ -59,6 +59,7 @@ def test_build_writes_the_fp16_onnx_with_what_stayed_fp32(fp16, artefacts):
     record = manifest["mixed_precision"]
     assert record["fp32_op_types"] == list(FP32_OP_TYPES) and 0 < len(record["fp32_nodes"]) < record["nodes"] / 2
     assert record["calibration_images"] == 4  # every bundled scene at fisa-tiny's 128 px
+    assert record["reference_run"] == "sliced, 256 tensors a run"  # export/autocast_reference.py
     model = onnx.load(fp16)
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
     kept = [n for n in model.graph.node if n.op_type in FP32_OP_TYPES]
@@ -110,6 +111,52 @@ def test_autocast_calibrates_on_fewer_scenes_as_the_canvas_grows():
     assert calibration_scenes(128) == calibration_scenes(256) == sample_images()
     assert len(calibration_scenes(320)) == 2
     assert calibration_scenes(640) == calibration_scenes(1344) == sample_images()[:1]
+
+
+def test_the_sliced_reference_run_gives_modelopt_s_own_ranges(artefacts, tmp_path):
+    """AutoCast decides fp32 nodes from these ranges; ModelOpt's run held every activation at once (15.7 GB for
+    fisa-vit-b16). Sliced 300 tensors a run (several sessions), over ModelOpt's own split of the calibration file
+    (one batch per image here), every tensor's range must be the same."""
+    import copy
+
+    from modelopt.onnx import utils as onnx_utils
+    from modelopt.onnx.autocast.referencerunner import ReferenceRunner, TensorStats
+
+    from fisa_rt.export.autocast_reference import sliced_ranges, tensor_names
+
+    model = onnx.load(artefacts["portable"])
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    assert sorted(inputs) == ["image", "text"]
+    photos = _photos(128)[:2].numpy().astype(onnx.helper.tensor_dtype_to_np_dtype(inputs["image"].elem_type))
+    text = np.random.default_rng(0).standard_normal((7, inputs["text"].shape.dim[1].dim_value)).astype(np.float32)
+    np.savez(tmp_path / "calibration.npz", image=photos, text=text)
+    runner = ReferenceRunner(model, ["cpu"])
+    expected = runner.run(str(tmp_path / "calibration.npz"))
+    batches = list(runner._load_inputs(str(tmp_path / "calibration.npz")))
+    assert len(batches) == 2 and len(tensor_names(model)) > 600
+    marked = copy.deepcopy(model)
+    onnx_utils.clear_stale_value_info(marked)
+    got = sliced_ranges(marked, batches, TensorStats, runner.providers, slice_tensors=300)
+    assert got.keys() == expected.keys()
+    for name, stats in expected.items():
+        assert got[name].shape == stats.shape, name
+        assert np.allclose([got[name].absmax, got[name].min_val, got[name].max_val],
+                           [stats.absmax, stats.min_val, stats.max_val], rtol=1e-5, atol=1e-6), name
+
+
+def test_the_sliced_runner_stands_in_for_modelopt_s_only_while_open_and_only_where_it_can(monkeypatch):
+    from modelopt.onnx.autocast import convert as autocast
+    from modelopt.onnx.autocast.referencerunner import ReferenceRunner
+
+    from fisa_rt.export.autocast_reference import sliced_reference
+
+    with sliced_reference() as sliced:
+        assert sliced and issubclass(autocast.ReferenceRunner, ReferenceRunner)
+        assert autocast.ReferenceRunner is not ReferenceRunner
+    assert autocast.ReferenceRunner is ReferenceRunner
+    monkeypatch.setattr(autocast, "ReferenceRunner", object)  # another ModelOpt's: its own runner runs
+    with sliced_reference() as sliced:
+        assert not sliced and autocast.ReferenceRunner is object
 
 
 def test_mask_iou_treats_two_empty_masks_as_equal_and_a_grown_mask_as_moved():
