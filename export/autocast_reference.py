@@ -64,22 +64,23 @@ def sliced_ranges(model, batches: Sequence[Mapping[str, np.ndarray]], stats_type
 
 
 @contextlib.contextmanager
-def sliced_reference() -> Iterator[bool]:
+def sliced_reference() -> Iterator[Dict[str, str]]:
     """While open, AutoCast's reference run is :func:`sliced_ranges` over the calibration batches ModelOpt
-    makes of its ``calibration_data``; yields False (and changes nothing) where this ModelOpt lacks a name the
-    sliced runner uses."""
+    makes of its ``calibration_data``, where this ModelOpt has every name the sliced runner uses. Yields
+    ``{"runner": ...}``, which says afterwards which runner ran ("modelopt" or "sliced, N tensors a run")."""
+    ran = {"runner": "modelopt"}
     try:
         from modelopt.onnx import utils as onnx_utils
         from modelopt.onnx.autocast import convert as autocast
         from modelopt.onnx.autocast.referencerunner import ReferenceRunner, TensorStats
     except ImportError:
-        yield False
+        yield ran
         return
     needed = ("clear_stale_value_info", "check_model_uses_external_data", "is_model_too_large_for_protobuf")
     replaceable = getattr(autocast, "ReferenceRunner", None) is ReferenceRunner and hasattr(
         ReferenceRunner, "_load_inputs")
     if not replaceable or not all(hasattr(onnx_utils, name) for name in needed):
-        yield False
+        yield ran
         return
 
     class SlicedReferenceRunner(ReferenceRunner):
@@ -90,10 +91,11 @@ def sliced_reference() -> Iterator[bool]:
             batches = list(self._load_inputs(inputs))  # ModelOpt's own split of the calibration data
             model = copy.deepcopy(self.model)
             onnx_utils.clear_stale_value_info(model)  # as ModelOpt's run does: stale types fail ONNX Runtime's check
+            ran["runner"] = f"sliced, {SLICE_TENSORS} tensors a run"
             return sliced_ranges(model, batches, TensorStats, self.providers)
 
     autocast.ReferenceRunner = SlicedReferenceRunner
     try:
-        yield True
+        yield ran
     finally:
         autocast.ReferenceRunner = ReferenceRunner

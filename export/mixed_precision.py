@@ -28,7 +28,7 @@ import numpy as np
 from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import MissingDependencyError
 
-from .autocast_reference import SLICE_TENSORS, sliced_reference
+from .autocast_reference import sliced_reference
 from .modelopt_log import modelopt_messages
 
 FP32_OP_TYPES = ("LayerNormalization", "InstanceNormalization", "Softmax", "ReduceL2")
@@ -55,7 +55,7 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
     convert = _modelopt_autocast()
     quiet = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast")
     with tempfile.TemporaryDirectory() as tmp, modelopt_messages(quiet) as messages, \
-            sliced_reference() as sliced:
+            sliced_reference() as reference:
         inputs = os.path.join(tmp, "calibration.npz")
         np.savez(inputs, **calibration)
         model = convert(
@@ -72,7 +72,7 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
         "fp32_op_types": list(FP32_OP_TYPES),
         "data_max": DATA_MAX,
         "calibration_images": int(len(calibration["image"])),
-        "reference_run": f"sliced, {SLICE_TENSORS} tensors a run" if sliced else "modelopt",
+        "reference_run": reference["runner"],
         "fp32_nodes": fp32_nodes,
         "nodes": total,
         "modelopt_log": messages,

@@ -144,19 +144,29 @@ def test_the_sliced_reference_run_gives_modelopt_s_own_ranges(artefacts, tmp_pat
                            [stats.absmax, stats.min_val, stats.max_val], rtol=1e-5, atol=1e-6), name
 
 
-def test_the_sliced_runner_stands_in_for_modelopt_s_only_while_open_and_only_where_it_can(monkeypatch):
+def test_the_sliced_runner_stands_in_for_modelopt_s_only_while_open_and_only_where_it_can(monkeypatch, tmp_path):
     from modelopt.onnx.autocast import convert as autocast
     from modelopt.onnx.autocast.referencerunner import ReferenceRunner
 
     from fisa_rt.export.autocast_reference import sliced_reference
 
-    with sliced_reference() as sliced:
-        assert sliced and issubclass(autocast.ReferenceRunner, ReferenceRunner)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
+    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    np.savez(tmp_path / "x.npz", x=np.array([[-600.0, 1, 2], [3, 4, 5]], np.float32))
+    with sliced_reference() as reference:
+        assert issubclass(autocast.ReferenceRunner, ReferenceRunner)
         assert autocast.ReferenceRunner is not ReferenceRunner
+        autocast.ReferenceRunner(model, ["cpu"]).run(None)  # random inputs: ModelOpt's own run
+        assert reference == {"runner": "modelopt"}
+        ranges = autocast.ReferenceRunner(model, ["cpu"]).run(str(tmp_path / "x.npz"))
+        assert reference == {"runner": "sliced, 256 tensors a run"}
+        assert (ranges["x"].absmax, ranges["x"].min_val, ranges["y"].absmax, ranges["y"].min_val) == (600, -600, 5, 0)
     assert autocast.ReferenceRunner is ReferenceRunner
     monkeypatch.setattr(autocast, "ReferenceRunner", object)  # another ModelOpt's: its own runner runs
-    with sliced_reference() as sliced:
-        assert not sliced and autocast.ReferenceRunner is object
+    with sliced_reference() as reference:
+        assert reference == {"runner": "modelopt"} and autocast.ReferenceRunner is object
 
 
 def test_mask_iou_treats_two_empty_masks_as_equal_and_a_grown_mask_as_moved():
