@@ -191,11 +191,22 @@ def test_vocabulary_cost_ratio(benchmark, segmenter):
                                  "ratio": round(median[1203] / median[1], 3)})
 
 
-def test_new_vocabulary_encoding(benchmark, segmenter):
-    """Encoding ADE20K's 150 classes x the model's prompt templates from scratch (no cache)."""
+@pytest.mark.parametrize("width", ["longest prompt", "whole context"])
+def test_new_vocabulary_encoding(benchmark, segmenter, width):
+    """Encoding ADE20K's 150 classes x the model's prompt templates from scratch (no cache), each batch of prompts
+    run as wide as its longest (the product) or over the text encoder's whole context (the alternative)."""
     vocabulary = named("ade20k-150")
-    timed(benchmark, lambda: segmenter.text_encoder.encode(vocabulary, cache_dir=""), rounds=3, warmup=1)
-    benchmark.extra_info.update({"backend": segmenter.backend.name, "stage": "text-encoding", "classes": 150})
+    model = getattr(segmenter.backend, "model", None)
+    cuts = [c for c in (segmenter.text_encoder, model and model.text) if c is not None and c.any_width]
+    try:
+        for cut in cuts:
+            cut.any_width = width == "longest prompt"
+        timed(benchmark, lambda: segmenter.text_encoder.encode(vocabulary, cache_dir=""), rounds=3, warmup=1)
+    finally:
+        for cut in cuts:
+            cut.any_width = True
+    benchmark.extra_info.update({"backend": segmenter.backend.name, "stage": "text-encoding", "classes": 150,
+                                 "width": width})
 
 
 @pytest.mark.parametrize("classes", [1, 10, 150, 1203, 2000])

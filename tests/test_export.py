@@ -16,12 +16,13 @@ from fisa_rt.checkpoint import load_model
 from fisa_rt.export import onnx_checks, tensorrt_builder
 from fisa_rt.export.build_engine import build, main, parse_args
 from fisa_rt.export.manifest import read_manifest, sha256_file
-from fisa_rt.export.onnx_export import export_image_model
+from fisa_rt.export.onnx_export import export_image_model, export_text_encoder
 from fisa_rt.inference import InferenceWrapper
 from fisa_rt.kernels.onnx_ops import NODES
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.images import load_image
 from fisa_rt.runtime.segmenter import Segmenter
+from fisa_rt.vocab.vocabulary import Vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +176,42 @@ def test_text_encoder_onnx_with_plain_python_tokenizer_matches_pytorch(artefacts
     torch_embeddings = model.encode_vocabulary(vocabulary.names).numpy()
     assert onnx_embeddings.shape == (150, model.embed_dim)
     assert np.abs(onnx_embeddings - torch_embeddings).max() < 1e-5
+
+
+def test_the_text_encoder_runs_each_batch_only_as_wide_as_its_longest_prompt(artefacts, reference, tmp_path,
+                                                                              monkeypatch):
+    model, _ = reference
+    dims = onnx.load(artefacts["text"]).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["prompts", "width"]
+    prompts = ["a cat.", "a photo of a large wooden dining table in a sunny kitchen."]
+    full = np.asarray(model.tokenizer(prompts))
+    with torch.no_grad():
+        expected = model.text.clip.encode_text(torch.from_numpy(full), normalize=True).numpy()  # all 32 positions
+    encoder = Segmenter.from_engine(artefacts["portable"], cache_dir="").text_encoder
+    tokens = encoder.tokenize(prompts)
+    assert tokens.shape[1] == (full != 0).sum(1).max() < full.shape[1]
+    np.testing.assert_allclose(encoder._encode(tokens), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(encoder._encode(full), expected, rtol=0, atol=1e-6)  # the width is not traced in
+    widths, run = [], encoder._encode
+    monkeypatch.setattr(encoder, "_encode", lambda tokens: widths.append(tokens.shape[1]) or run(tokens))
+    encoder.encode(Vocabulary(["cat", "dog"]), cache_dir="")
+    assert widths and max(widths) < full.shape[1]
+
+    # a text encoder exported before the width was a graph input is fed the whole context
+    fixed = tmp_path / "fixed"
+    shutil.copytree(artefacts["out"], fixed)
+    text, portable = (str(fixed / os.path.basename(artefacts[k])) for k in ("text", "portable"))
+    monkeypatch.setattr(model.text, "any_width", False)
+    export_text_encoder(model, text, overwrite=True)
+    manifest_file = f"{portable}.manifest.json"
+    with open(manifest_file) as f:
+        manifest = json.load(f)
+    manifest["text_encoder"]["sha256"] = sha256_file(text)
+    with open(manifest_file, "w") as f:
+        json.dump(manifest, f)
+    encoder = Segmenter.from_engine(portable, cache_dir="").text_encoder
+    assert not encoder.any_width and encoder.tokenize(prompts).shape == full.shape
+    np.testing.assert_allclose(encoder._encode(full), expected, rtol=0, atol=1e-6)
 
 
 def test_build_refuses_to_overwrite_and_the_script_exits_with_one_line(artefacts, capsys):

@@ -1,9 +1,13 @@
+import copy
+
+import numpy as np
 import pytest
 import torch
 
 from fisa_rt import ConfigError, InputError
 from fisa_rt import text as text_module
-from fisa_rt.text import EmbeddingCache
+from fisa_rt.text import EmbeddingCache, TextTower
+from fisa_rt.vocab.tokenizer import trim_padding
 from fisa_rt.vocab.prompts import prompt_templates
 
 
@@ -13,6 +17,39 @@ def test_vocabulary_embeddings_are_normalised_and_ordered(tiny_vit):
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
     again = tiny_vit.encode_vocabulary(["red square", "cat"])
     torch.testing.assert_close(again, emb[[2, 0]])
+
+
+def test_the_text_tower_runs_as_wide_as_its_longest_prompt_and_gives_open_clips_embeddings(tiny_vit):
+    tower = tiny_vit.text
+    tokens = torch.as_tensor(tiny_vit.tokenizer(["a cat.", "a photo of a large wooden dining table."]))
+    widths = []
+    hook = tower.clip.transformer.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            ours = tower(tokens)
+    finally:
+        hook.remove()
+    assert tower.any_width and widths == [int((tokens != 0).sum(1).max())] and widths[0] < tokens.shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(ours, tower.clip.encode_text(tokens, normalize=True), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["no causal mask", "a mask that is not causal", "pooled at the last position"])
+def test_a_text_tower_whose_padding_reaches_its_embedding_runs_whole(tiny_vit, change):
+    clip = copy.deepcopy(tiny_vit.text.clip)
+    if change == "no causal mask":  # SigLIP's
+        clip.attn_mask = None
+    elif change == "a mask that is not causal":
+        clip.attn_mask = torch.zeros_like(clip.attn_mask)
+    else:
+        clip.text_pool_type = "last"
+    assert not TextTower(clip).any_width
+
+
+def test_trim_padding_keeps_every_column_up_to_the_last_one_a_row_uses():
+    tokens = np.array([[49406, 0, 320, 49407, 0, 0], [49406, 49407, 0, 0, 0, 0]])  # id 0 is also a token ("!")
+    np.testing.assert_array_equal(trim_padding(tokens), tokens[:, :4])
+    assert trim_padding(np.zeros((2, 6), np.int64)).shape == (2, 1)
 
 
 def test_synonyms_average_their_prompts(tiny_vit):

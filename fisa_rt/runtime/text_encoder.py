@@ -17,7 +17,7 @@ from ..cache_files import VOCABULARY_CACHE_BYTES, keep_recent, touch
 from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
-from ..vocab.tokenizer import Tokenizer, find_vocab_file
+from ..vocab.tokenizer import Tokenizer, find_vocab_file, trim_padding
 from .cache_dirs import cache_dir
 
 CACHE_ENTRY = re.compile(r"[0-9a-f]{32}\.npz")  # vocab.cache_key's names: nothing else in the folder is touched
@@ -40,6 +40,7 @@ class TextEncoder:
         self.synonyms = backend.synonyms
         # what a cache entry must hold: (K, D), or (K, M, D) for "max"
         self.row_shape = (backend.embed_dim,) if self.synonyms == "mean" else (None, backend.embed_dim)
+        self.any_width = False  # the checkpoint's text tower cuts its own padding
         if backend.name == "torch":
             self.tokenizer = backend.model.tokenizer
             self._encode = backend.encode_tokens
@@ -69,13 +70,16 @@ class TextEncoder:
         options = onnxruntime_options(ort, resolve_threads(getattr(backend, "threads", None)))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer(find_vocab_file(folder), int(backend.manifest["context_length"]))
+        # a graph exported before the width was a graph input takes the whole context
+        self.any_width = not isinstance(self.session.get_inputs()[0].shape[1], int)
         # not a lambda over self: that cycle kept a dropped Segmenter's encoder alive until the cyclic collector ran
         self._encode = partial(_run_text_encoder, self.session)
 
     def tokenize(self, prompts):
         tokens = self.tokenizer(prompts)
         # open_clip's tokenizer makes its tensor on torch's default device, which a caller may have moved off the CPU
-        return np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens, dtype=np.int64)
+        tokens = np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens, dtype=np.int64)
+        return trim_padding(tokens) if self.any_width else tokens
 
     def _warn_of_cut_names(self, vocabulary: vocab.Vocabulary, templates) -> None:
         """The tokenizer cuts a prompt longer than the text encoder's context, silently (CLIP's rule): two
