@@ -176,10 +176,17 @@ def build(args: argparse.Namespace) -> Dict[str, str]:
             atomic_folders(args.out, names, args.overwrite) as staging:
         staged = {kind: os.path.join(staging, os.path.basename(path)) for kind, path in paths.items()}
         written = _write(args, checkpoint, info, calibration, staged, tokenizer, options)
+    for kind in written:  # only now: until the move, a killed build would have named files that are not there
+        print(f"wrote {paths[kind]}")
     for kind in earlier:
         if kind not in written:  # e.g. an engine, rebuilt where TensorRT is missing: it was built from the old ONNX
             print(f"removed {paths[kind]}: the earlier build's, and this build makes none to replace it")
     return {kind: paths[kind] for kind in written}
+
+
+def _made(staged: str, note: str = "") -> None:
+    """Progress: the artefact's name only, as the build moves its files into ``--out`` together at the end."""
+    print(f"made {os.path.basename(staged)}{note}")
 
 
 def _shown(args: argparse.Namespace, path: str) -> str:
@@ -202,7 +209,7 @@ def _calibration(args: argparse.Namespace, info) -> Tuple[List[str], vocab.Vocab
 def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: Dict[str, str], tokenizer: str,
            options) -> Dict[str, str]:
     """The build's writing half, once ``build`` has checked everything it could beforehand: into ``paths``
-    (staged), naming each artefact by where it will be (``_shown``)."""
+    (staged); progress names each artefact's file (``_made``), the trtexec command where it will be (``_shown``)."""
     from fisa_rt.checkpoint import load_model
     from fisa_rt.export import onnx_checks, onnx_export, tensorrt_builder
     from fisa_rt.export.manifest import sha256_file, write_manifest
@@ -260,8 +267,8 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
             },
         )
         written[flavour] = paths[flavour]
-        print(f"wrote {_shown(args, paths[flavour])}")
-    print(f"wrote {_shown(args, text_path)}")
+        _made(paths[flavour])
+    _made(text_path)
 
     source, engine, no_fp16 = written[args.flavour], paths["engine"], None
     if args.precision != "fp32":
@@ -289,14 +296,14 @@ def _write(args: argparse.Namespace, checkpoint: str, info, calibration, paths: 
             {**image, "backend": "tensorrt", "flavour": args.flavour, **source_of(source), **trt_fields},
         )
         written["engine"] = paths["engine"]
-        print(f"wrote {_shown(args, paths['engine'])}")
+        _made(paths["engine"])
     except MissingDependencyError as exc:
         print(f"no TensorRT engine: {exc}")
         written["ort"] = ort_optimised(written["portable"], paths["ort"])
         write_manifest(
             written["ort"], {**image, "backend": "onnxruntime", "flavour": "portable", **source_of(written["portable"])}
         )
-        print(f"wrote {_shown(args, written['ort'])} (ONNX Runtime-optimised fallback)")
+        _made(written["ort"], " (ONNX Runtime-optimised fallback)")
     return written
 
 
@@ -311,8 +318,7 @@ def fp16_onnx(args: argparse.Namespace, written: Dict[str, str], path: str, mode
     write_manifest(path, {**image, "backend": "onnx", "flavour": "portable", "precision": "fp16", "opset": _opset(path),
                           "source_onnx": source, "mixed_precision": record})
     written["fp16"] = path
-    print(f"wrote {_shown(args, path)} (ModelOpt AutoCast fp16; {len(record['fp32_nodes'])} of {record['nodes']} "
-          "nodes kept fp32)")
+    _made(path, f" (ModelOpt AutoCast fp16; {len(record['fp32_nodes'])} of {record['nodes']} nodes kept fp32)")
     _modelopt_said(record)
     return path
 
@@ -331,8 +337,8 @@ def qdq_onnx(args: argparse.Namespace, files: List[str], vocabulary: vocab.Vocab
     calibration.vocabulary = args.calibration_vocab or "training vocabulary"
     record = quantization.quantize_onnx(written["portable"], path, args.precision, calibration)
     onnx_checks.check_graph(path, "portable")
-    print(f"wrote {_shown(args, path)} (ModelOpt {args.precision} Q/DQ: {record['qdq_nodes']['QuantizeLinear']} "
-          f"QuantizeLinear nodes, calibrated on {len(files)} images)")
+    _made(path, f" (ModelOpt {args.precision} Q/DQ: {record['qdq_nodes']['QuantizeLinear']} QuantizeLinear nodes, "
+          f"calibrated on {len(files)} images)")
     _modelopt_said(record)
     record["parity"] = _qdq_parity(written["portable"], path, files, calibration)
     source = {"file": os.path.basename(written["portable"]), "sha256": sha256_file(written["portable"])}

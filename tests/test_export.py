@@ -313,9 +313,11 @@ def test_a_build_that_fails_midway_removes_what_it_wrote_and_keeps_what_was_ther
     assert (kept / "notes.txt").read_text() == "mine"
 
 
-def test_an_overwrite_that_fails_at_the_last_step_keeps_the_earlier_build_whole(artefacts, tmp_path, monkeypatch):
+def test_an_overwrite_that_fails_at_the_last_step_keeps_the_earlier_build_whole(artefacts, tmp_path, monkeypatch,
+                                                                                 capsys):
     """Every ONNX file is rewritten before the fallback fails here: none of them may replace the earlier
-    build's, or its engine/fallback would sit beside ONNX files it was not built from."""
+    build's, or its engine/fallback would sit beside ONNX files it was not built from; and no line may say that
+    one was written."""
     from fisa_rt.export import build_engine
 
     out = tmp_path / "build"
@@ -330,6 +332,8 @@ def test_an_overwrite_that_fails_at_the_last_step_keeps_the_earlier_build_whole(
     monkeypatch.setattr(build_engine, "ort_optimised", fail)
     assert main(["--out", str(out), "--overwrite"]) == 2
     assert any(name.endswith(".portable.onnx") for name in written)  # the failure came after the ONNX export
+    log = capsys.readouterr().out
+    assert f"made {os.path.basename(artefacts['portable'])}\n" in log and "wrote" not in log, log
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder left either
 
 
