@@ -17,7 +17,6 @@ from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
-from open_clip.transformer import text_global_pool
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -39,9 +38,11 @@ def _pools_causally(clip: nn.Module) -> bool:
     (CoCa's, Hugging Face's) are left to run whole."""
     mask = getattr(clip, "attn_mask", None)
     parts = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
-    if not isinstance(mask, torch.Tensor) or getattr(clip, "text_pool_type", None) not in ("argmax", "eos"):
-        return False
-    if not all(hasattr(clip, p) for p in parts):
+    pool = getattr(clip, "text_pool_type", None)
+    pooled_at_end = pool == "argmax" or (pool == "eos" and hasattr(clip, "text_eos_id"))
+    # an older open_clip fed its transformer sequence-first (no ``batch_first``): such a tower runs whole
+    if not isinstance(mask, torch.Tensor) or not all(hasattr(clip, p) for p in parts) or not pooled_at_end or \
+            not hasattr(clip.transformer, "batch_first"):
         return False
     if mask.is_meta:  # a model built for its key table has no values to check; open_clip builds the mask causal
         return True
@@ -78,7 +79,9 @@ class TextTower(nn.Module):
         cast = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:width].to(cast)
         x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:width, :width]))
-        x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        # open_clip's text_global_pool for these two pool types (its signature and return changed across versions)
+        ends = tokens.argmax(-1) if clip.text_pool_type == "argmax" else (tokens == clip.text_eos_id).int().argmax(-1)
+        x = x[torch.arange(x.shape[0], device=x.device), ends]
         if isinstance(clip.text_projection, nn.Linear):
             x = clip.text_projection(x)
         elif clip.text_projection is not None:
