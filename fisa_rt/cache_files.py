@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import List
+from typing import Callable, List
+
+from .atomic import remove_stale_temporaries
+from .errors import InputError, warn
 
 # A vocabulary cache keeps its most recently used entries up to this size: about 500 vocabularies of 1,203 classes
 # at 768 dimensions (a server caching every client's vocabulary otherwise filled its disk, and each rebuilt text
@@ -40,3 +43,18 @@ def touch(path: str) -> None:
     """Marks a cache entry as just used (:func:`keep_recent` keeps the most recently used)."""
     with contextlib.suppress(OSError):
         os.utime(path)
+
+
+def store(path: str, write: Callable[[], None], names: re.Pattern, max_bytes: int, hint: str = "") -> None:
+    """Adds the entry ``path`` to its cache folder (made if missing) with ``write()``, then prunes the folder to
+    ``max_bytes`` (:func:`keep_recent`). A cache is an optimisation, never the reason a run fails: a failure is
+    one warning (``hint`` ends it)."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        remove_stale_temporaries(folder)  # a killed writer's
+        write()
+        keep_recent(folder, names, max_bytes)
+    except (OSError, InputError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).rpartition(": ")[2]
+        warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it{hint}")

@@ -22,10 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from .atomic import atomic_path, remove_stale_temporaries
-from .cache_files import VOCABULARY_CACHE_BYTES, keep_recent, touch
+from .atomic import atomic_path
+from .cache_files import VOCABULARY_CACHE_BYTES, store, touch
 from .config import TextConfig
-from .errors import InputError, warn
 from .vocab.prompts import prompt_templates, validate_vocabulary
 from .vocab.tokenizer import trim_padding
 from .vocab.vocabulary import Vocabulary, encode
@@ -138,12 +137,10 @@ class EmbeddingCache:
             except (SafetensorError, OSError, KeyError):
                 pass  # a damaged entry is re-encoded and replaced below
         embeddings = encode_vocabulary(tower, tokenizer, names, cfg)
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            remove_stale_temporaries(self.folder)  # a killed writer's
+
+        def write():
             with atomic_path(path) as tmp:
                 save_file({"embeddings": embeddings.contiguous()}, tmp, metadata={"class_names": json.dumps(names)})
-            keep_recent(self.folder, self.ENTRY, self.max_bytes)
-        except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
-            warn(f"cannot write the embeddings cache {path}: {exc}; continuing without it")
+
+        store(path, write, self.ENTRY, self.max_bytes)
         return embeddings

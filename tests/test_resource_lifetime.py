@@ -109,3 +109,19 @@ def test_the_model_embeddings_cache_is_bounded_like_the_runtime_one(tmp_path, ti
     tiny_vit.encode_vocabulary(["pink cone", "gold ring"], cache=cache)
     assert first in entries() and second not in entries() and len(entries()) == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_both_embeddings_caches_say_why_they_cannot_write_in_one_warning(tmp_path, tiny_vit):
+    """The model's and the runtime's caches write through one function (cache_files.store)."""
+    from fisa_rt.runtime.assets import default_checkpoint
+    from fisa_rt.text import EmbeddingCache
+
+    folder = tmp_path / "cache"
+    folder.write_text("not a folder")
+    with pytest.warns(UserWarning) as said:
+        embeddings = tiny_vit.encode_vocabulary(["red star"], cache=EmbeddingCache(str(folder)))
+        Segmenter.from_engine(default_checkpoint(), cache_dir=str(folder)).set_vocabulary(["red star"])
+    assert embeddings.shape == (1, tiny_vit.embed_dim) and folder.read_text() == "not a folder"
+    hints = ("", ' (set XDG_CACHE_HOME, or cache_dir="" / --no-cache)')
+    assert [str(w.message).split(": ", 1)[1] for w in said] == [
+        f"File exists; continuing without it{hint}" for hint in hints], [str(w.message) for w in said]

@@ -12,8 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..atomic import remove_stale_temporaries
-from ..cache_files import VOCABULARY_CACHE_BYTES, keep_recent, touch
+from ..cache_files import VOCABULARY_CACHE_BYTES, store, touch
 from ..errors import CheckpointError, InputError, warn
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
@@ -118,13 +117,6 @@ class TextEncoder:
                 pass  # a damaged entry (truncated, empty, foreign, another width) is re-encoded and replaced below
         embeddings = vocab.encode(vocabulary, templates, self.tokenize, self._encode, synonyms=self.synonyms)
         if path:
-            try:
-                os.makedirs(cache_dir, exist_ok=True)
-                remove_stale_temporaries(cache_dir)  # a killed writer's, which only output folders had removed
-                vocab.save_embeddings(path, embeddings, vocabulary, self.sha256, overwrite=True)
-                keep_recent(cache_dir, CACHE_ENTRY, self.cache_bytes)
-            except (OSError, InputError) as exc:  # a cache is an optimisation: never the reason a run fails
-                reason = exc.strerror if isinstance(exc, OSError) else str(exc).rpartition(": ")[2]
-                warn(f"cannot write the embeddings cache {path}: {reason}; continuing without it "
-                     "(set XDG_CACHE_HOME, or cache_dir=\"\" / --no-cache)")
+            store(path, partial(vocab.save_embeddings, path, embeddings, vocabulary, self.sha256, overwrite=True),
+                  CACHE_ENTRY, self.cache_bytes, hint=" (set XDG_CACHE_HOME, or cache_dir=\"\" / --no-cache)")
         return embeddings
