@@ -49,8 +49,9 @@ class TextEncoderForExport(nn.Module):
         self.text, self.any_width = model.text, any_width
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        # the padding cut depends on the values, which a trace cannot follow: the runtime cuts before the call
-        return self.text.encode_width(tokens) if self.any_width else self.text(tokens)
+        # the padding cut depends on the values, which a trace would record as a constant width: the runtime
+        # cuts before the call, and a graph of fixed width runs open_clip's whole-context forward
+        return self.text.encode_width(tokens) if self.any_width else self.text.clip.encode_text(tokens, normalize=True)
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ def _width_free_attention(text: nn.Module):
         yield True
     finally:
         for m in layers:
-            del m.forward
+            m.__dict__.pop("forward", None)  # idempotent: an export nested in this one restored it already
 
 
 def export_text_encoder(model, path: str, overwrite: bool = False) -> str:
