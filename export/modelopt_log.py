@@ -6,9 +6,10 @@ root logger with no handler configures itself on that call (``logging.basicConfi
 ModelOpt record prints twice: once through ModelOpt's handler, and once more when it propagates to the root.
 The root handler also stays in the process, for whatever logs after the build.
 
-While a ModelOpt call runs, ``modelopt_messages()`` holds back the records of the ``modelopt`` loggers,
-with a filter on each, and whatever reaches the root logger, through a handler there. The root handler also
-keeps ``basicConfig`` from running. Then it returns their messages, in order and without repeats.
+While a ModelOpt call runs, ``modelopt_messages()`` holds back the records of the ``modelopt`` loggers and of
+the root logger, with a filter on each, and collects whatever else reaches the root logger, through a handler
+there. The root handler also keeps ``basicConfig`` from running. Then it returns their messages, in order and
+without repeats.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def modelopt_messages(quiet: Sequence[str] = (), level: int = logging.WARNING) -
     for logger in loggers:
         logger.addFilter(collector.hold_back)  # bound methods compare equal: removeFilter finds it again
     logging.root.addHandler(collector)
+    # AutoCast's own root-logger call, held back too: where something else configured the root logger earlier in
+    # the process (open_clip's logging.info does, loading a ViT-B/16), it printed there as well
+    logging.root.addFilter(collector.hold_back)
     try:
         yield collector.messages
     except Exception:  # not on Ctrl-C: the user stopped it, nothing failed
@@ -65,6 +69,7 @@ def modelopt_messages(quiet: Sequence[str] = (), level: int = logging.WARNING) -
             print(f"ModelOpt: {message}", file=sys.stderr)
         raise
     finally:
+        logging.root.removeFilter(collector.hold_back)
         logging.root.removeHandler(collector)
         for logger in loggers:
             logger.removeFilter(collector.hold_back)

@@ -68,6 +68,25 @@ def test_a_logger_made_during_the_conversion_prints_once_and_is_still_collected(
     assert logging.root.handlers == []
 
 
+def test_a_root_logger_configured_before_the_conversion_prints_none_of_it(bare_root, capsys):
+    """open_clip's ``logging.info`` (loading a ViT-B/16) configured the root logger before AutoCast ran, so
+    AutoCast's root-logger warning printed there as well: fisa-vit-b16's fp16 build showed it as WARNING:root."""
+    bare_root()
+    logging.info("Loaded ViT-B-16 model config.")  # below the root's level, but configures it
+    assert len(logging.root.handlers) == 1
+    logging.root.handlers[0].setStream(sys.stdout)  # capsys's, so that what it prints is seen
+    with modelopt_like("modelopt.fake_configured") as logger:
+        with modelopt_messages() as messages:
+            logging.warning("3 ops are not supported in 'float16' in opset 17")
+            logger.warning("Shared constants were detected and duplicated accordingly.")
+    assert messages == ["3 ops are not supported in 'float16' in opset 17",
+                        "Shared constants were detected and duplicated accordingly."]
+    assert capsys.readouterr() == ("", "")
+    assert len(logging.root.handlers) == 1 and not logging.root.filters
+    logging.warning("after the conversion")
+    assert capsys.readouterr() == ("WARNING:root:after the conversion\n", "")
+
+
 def test_quiet_loggers_are_made_at_the_level_and_collected(bare_root, capsys):
     """AutoCast's and the quantizer's INFO line per node: their loggers are set to WARNING, made if ModelOpt has
     not made them yet (so they get the filter), and stay there for the rest of the run."""
