@@ -1,25 +1,28 @@
-"""AutoCast's reference ranges taken a slice of the graph at a time, so that its memory is bounded.
+"""AutoCast's reference ranges reduced inside the graph, so that its memory is one inference's.
 
 ModelOpt AutoCast decides which nodes stay fp32 from each tensor's range on the calibration inputs. Its
 ``ReferenceRunner`` gets them by marking every tensor of the graph as an output (polygraphy ``MARK_ALL``) and
 running ONNX Runtime once, so the run holds every activation at once: fisa-vit-b16 at 640 px peaked at 15.7 GB
-on one image (docs/design.md, "AutoCast's memory"). Here the same graph runs once per slice of ``SLICE_TENSORS``
-tensors, and only each tensor's range is kept (ModelOpt's own ``TensorStats``, what its classifier reads for
-multi-batch calibration), so the peak is the weights plus one slice's activations.
+on one image (docs/design.md, "AutoCast's memory"). Here each tensor feeds a ReduceMin, a ReduceMax and a Shape
+node whose results are the graph's only outputs, so ONNX Runtime frees each activation once it is reduced (4.4
+GB in all for that conversion): one session, one run per calibration batch, and the ranges are ModelOpt's own
+``TensorStats`` (what its classifier reads for multi-batch calibration).
 
-:func:`sliced_reference` puts the sliced runner in ModelOpt's place for one conversion. A ModelOpt without the
-names it replaces gets its own runner, unchanged.
+:func:`reduced_reference` puts this runner in ModelOpt's place for one conversion. A ModelOpt without the names
+it replaces gets its own runner, unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Dict, Iterator, List, Mapping, Sequence
+import os
+import tempfile
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-SLICE_TENSORS = 256  # marked outputs per ONNX Runtime run: about four ViT-B blocks' activations
+RUNNER = "reduced in the graph, one run a batch"  # the manifest's mixed_precision.reference_run
 
 
 def tensor_names(model) -> List[str]:
@@ -28,46 +31,109 @@ def tensor_names(model) -> List[str]:
     return list(dict.fromkeys(names))
 
 
-def merged_range(value: np.ndarray, earlier, stats_type):
-    """``value``'s range merged with ``earlier`` (None for the first batch), as ModelOpt aggregates batches
-    (``ReferenceRunner._aggregate_tensor_stats``: the shape is the first batch's)."""
-    empty = value.size == 0
-    now = (0, 0, 0) if empty else (np.max(np.abs(value)), np.min(value), np.max(value))
+def merged_range(low, high, shape: Tuple[int, ...], earlier, stats_type):
+    """One batch's range of a tensor (its ``low`` and ``high`` values and its ``shape``) merged with ``earlier``
+    (None for the first batch), as ModelOpt aggregates batches (``ReferenceRunner._aggregate_tensor_stats``: an
+    empty tensor counts as 0, the shape is the first batch's)."""
+    now = (0, 0, 0) if 0 in shape else (max(abs(low), abs(high)), low, high)
     if earlier is None:
-        return stats_type(absmax=now[0], min_val=now[1], max_val=now[2], shape=value.shape)
+        return stats_type(absmax=now[0], min_val=now[1], max_val=now[2], shape=shape)
     return stats_type(absmax=max(earlier.absmax, now[0]), min_val=min(earlier.min_val, now[1]),
                       max_val=max(earlier.max_val, now[2]), shape=earlier.shape)
 
 
-def sliced_ranges(model, batches: Sequence[Mapping[str, np.ndarray]], stats_type, providers=("CPUExecutionProvider",),
-                  slice_tensors: int = SLICE_TENSORS) -> Dict[str, object]:
-    """Each input's and each marked tensor's range over the calibration ``batches``, ``slice_tensors`` tensors
-    per ONNX Runtime session. ``model``'s outputs are changed: pass a copy."""
+def _custom_ops(model) -> bool:
+    """Whether ``model`` has nodes ONNX Runtime runs only with a library registered (TensorRT plugins)."""
+    return any(node.domain not in ("", "ai.onnx", "com.microsoft") for node in model.graph.node)
+
+
+def _elem_types(graph) -> Dict[str, int]:
+    return {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+
+
+@contextlib.contextmanager
+def _range_outputs(model, names: Sequence[str]) -> Iterator[List[str]]:
+    """While open, ``model`` ends in each named tensor's ReduceMin, ReduceMax and Shape, which are its only outputs
+    (yielded: three per name, in ``names``' order); on exit it is as it was. In place, since a copy would hold
+    the weights once more. ONNX Runtime's CPU reductions take these types; bool is reduced as uint8, any other
+    (the 16-bit and unsigned 32/64-bit integers, bfloat16) as float64, which holds them exactly up to 2^53
+    (AutoCast only asks whether |x| exceeds its data_max, 512)."""
     import onnx
+    from onnx import TensorProto
+
+    native = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
+              TensorProto.INT32, TensorProto.INT64}
+    graph = model.graph
+    types = _elem_types(graph)  # ModelOpt's model comes typed (its infer_types)
+    if any(name not in types for name in names):
+        types.update(_elem_types(onnx.shape_inference.infer_shapes(model).graph))
+    taken = {out for node in graph.node for out in node.output} | {t.name for t in [*graph.input, *graph.initializer]}
+    prefix = "fisa_rt.range"
+    while any(name.startswith(prefix) for name in taken):
+        prefix += "_"
+    nodes, outputs = [], []
+    for i, name in enumerate(names):
+        source = name
+        if types.get(name) not in native:
+            source = f"{prefix}/{i}/cast"
+            to = TensorProto.UINT8 if types.get(name) == TensorProto.BOOL else TensorProto.DOUBLE
+            nodes.append(onnx.helper.make_node("Cast", [name], [source], to=to))
+        for op in ("ReduceMin", "ReduceMax"):
+            nodes.append(onnx.helper.make_node(op, [source], [f"{prefix}/{i}/{op}"], keepdims=0))
+        nodes.append(onnx.helper.make_node("Shape", [name], [f"{prefix}/{i}/Shape"]))
+        outputs += [f"{prefix}/{i}/{op}" for op in ("ReduceMin", "ReduceMax", "Shape")]
+    saved = {field: [copy.deepcopy(v) for v in getattr(graph, field)] for field in ("value_info", "output")}
+    count = len(graph.node)
+    try:
+        del graph.value_info[:]  # stale types fail ONNX Runtime's check (ModelOpt's run clears them too)
+        graph.node.extend(nodes)
+        del graph.output[:]
+        graph.output.extend(onnx.helper.make_empty_tensor_value_info(out) for out in outputs)
+        yield outputs
+    finally:
+        del graph.node[count:]
+        for field, values in saved.items():
+            del getattr(graph, field)[:]
+            getattr(graph, field).extend(values)
+
+
+def reduced_ranges(model, batches: Sequence[Mapping[str, np.ndarray]], stats_type,
+                   providers=("CPUExecutionProvider",)) -> Dict[str, object]:
+    """Each input's and each :func:`tensor_names` tensor's range over the calibration ``batches``, from one ONNX
+    Runtime session of ``model`` with the ranges reduced in the graph; ``model`` is left as it was."""
     import onnxruntime as ort
 
     ranges: Dict[str, object] = {}
     for batch in batches:
         for name, value in batch.items():
-            ranges[name] = merged_range(np.asarray(value), ranges.get(name), stats_type)
+            value = np.asarray(value)
+            low, high = (np.min(value), np.max(value)) if value.size else (0, 0)
+            ranges[name] = merged_range(low, high, value.shape, ranges.get(name), stats_type)
     names = tensor_names(model)
-    for start in range(0, len(names), slice_tensors):
-        chunk = names[start : start + slice_tensors]
-        del model.graph.output[:]
-        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in chunk)
-        session = ort.InferenceSession(model.SerializeToString(), providers=list(providers))
-        for batch in batches:
-            for name, value in zip(chunk, session.run(chunk, dict(batch))):
-                ranges[name] = merged_range(value, ranges.get(name), stats_type)
-        del session
+    options = ort.SessionOptions()
+    # ONNX Runtime's default order ran most reductions after the whole forward, so every activation stayed alive
+    # (fisa-vit-b16, 640 px: 8.9-9.8 GB); priority-based order runs each soon after its tensor (1.8-1.9 GB; the
+    # plain forward: 1.8 GB)
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    with tempfile.TemporaryDirectory(prefix="fisa-rt-autocast-") as folder:
+        # through a file: ONNX Runtime keeps the bytes it is given for the session's lifetime (the weights again)
+        path = os.path.join(folder, "ranges.onnx")
+        with _range_outputs(model, names) as outputs, open(path, "wb") as f:
+            f.write(model.SerializeToString())
+        session = ort.InferenceSession(path, options, providers=list(providers))
+    for batch in batches:
+        values = session.run(outputs, dict(batch))
+        for i, name in enumerate(names):
+            low, high, shape = values[3 * i : 3 * i + 3]
+            ranges[name] = merged_range(low[()], high[()], tuple(int(d) for d in shape), ranges.get(name), stats_type)
     return ranges
 
 
 @contextlib.contextmanager
-def sliced_reference() -> Iterator[Dict[str, str]]:
-    """While open, AutoCast's reference run is :func:`sliced_ranges` over the calibration batches ModelOpt
-    makes of its ``calibration_data``, where this ModelOpt has every name the sliced runner uses. Yields
-    ``{"runner": ...}``, which says afterwards which runner ran ("modelopt" or "sliced, N tensors a run")."""
+def reduced_reference() -> Iterator[Dict[str, str]]:
+    """While open, AutoCast's reference run is :func:`reduced_ranges` over the calibration batches ModelOpt
+    makes of its ``calibration_data``, where this ModelOpt has every name the runner uses. Yields
+    ``{"runner": ...}``, which says afterwards which runner ran ("modelopt" or :data:`RUNNER`)."""
     ran = {"runner": "modelopt"}
     try:
         from modelopt.onnx import utils as onnx_utils
@@ -76,25 +142,24 @@ def sliced_reference() -> Iterator[Dict[str, str]]:
     except ImportError:
         yield ran
         return
-    needed = ("clear_stale_value_info", "check_model_uses_external_data", "is_model_too_large_for_protobuf")
+    needed = ("check_model_uses_external_data", "is_model_too_large_for_protobuf")
     replaceable = getattr(autocast, "ReferenceRunner", None) is ReferenceRunner and hasattr(
         ReferenceRunner, "_load_inputs")
     if not replaceable or not all(hasattr(onnx_utils, name) for name in needed):
         yield ran
         return
 
-    class SlicedReferenceRunner(ReferenceRunner):
+    class ReducedReferenceRunner(ReferenceRunner):
         def run(self, inputs=None):
             if inputs is None or onnx_utils.check_model_uses_external_data(self.model) or \
-                    onnx_utils.is_model_too_large_for_protobuf(self.model):
-                return super().run(inputs)  # random inputs, or a model ModelOpt's runner passes through a file
+                    onnx_utils.is_model_too_large_for_protobuf(self.model) or _custom_ops(self.model):
+                # random inputs, a model ModelOpt's runner passes through a file, or plugins it registers
+                return super().run(inputs)
             batches = list(self._load_inputs(inputs))  # ModelOpt's own split of the calibration data
-            model = copy.deepcopy(self.model)
-            onnx_utils.clear_stale_value_info(model)  # as ModelOpt's run does: stale types fail ONNX Runtime's check
-            ran["runner"] = f"sliced, {SLICE_TENSORS} tensors a run"
-            return sliced_ranges(model, batches, TensorStats, self.providers)
+            ran["runner"] = RUNNER
+            return reduced_ranges(self.model, batches, TensorStats, self.providers)
 
-    autocast.ReferenceRunner = SlicedReferenceRunner
+    autocast.ReferenceRunner = ReducedReferenceRunner
     try:
         yield ran
     finally:

@@ -391,8 +391,8 @@ def _opset(path: str) -> int:
 
 # ModelOpt's reference run makes every tensor of the graph an output and holds them all, so its memory is the whole
 # graph's activations times the scenes: fisa-vit-b16 (640 px) peaked at 15.7 GB on one scene and was killed past
-# 20 GB on the four. The sliced run (export/autocast_reference.py) is bounded, but replaces ModelOpt's only where
-# ModelOpt's names allow; its time still grows with the scenes. 512 x 512 pixels keeps fisa-tiny's four.
+# 20 GB on the four. fisa-rt's run (export/autocast_reference.py) does not grow with the scenes, but replaces
+# ModelOpt's only where ModelOpt's names allow, and its time still does. 512 x 512 pixels keeps fisa-tiny's four.
 CALIBRATION_PIXELS = 512 * 512
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from fisa_rt.atomic import atomic_path
 from fisa_rt.errors import MissingDependencyError
 
-from .autocast_reference import sliced_reference
+from .autocast_reference import reduced_reference
 from .modelopt_log import modelopt_messages
 
 FP32_OP_TYPES = ("LayerNormalization", "InstanceNormalization", "Softmax", "ReduceL2")
@@ -55,7 +55,7 @@ def convert_fp16(onnx_path: str, out_path: str, calibration: Dict[str, np.ndarra
     convert = _modelopt_autocast()
     quiet = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast")
     with tempfile.TemporaryDirectory() as tmp, modelopt_messages(quiet) as messages, \
-            sliced_reference() as reference:
+            reduced_reference() as reference:
         inputs = os.path.join(tmp, "calibration.npz")
         np.savez(inputs, **calibration)
         model = convert(
