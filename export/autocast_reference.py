@@ -18,7 +18,7 @@ import contextlib
 import copy
 import os
 import tempfile
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,10 +34,11 @@ def tensor_names(model) -> List[str]:
 def merged_range(low, high, shape: Tuple[int, ...], earlier, stats_type):
     """One batch's range of a tensor (its ``low`` and ``high`` values and its ``shape``) merged with ``earlier``
     (None for the first batch), as ModelOpt aggregates batches (``ReferenceRunner._aggregate_tensor_stats``: an
-    empty tensor counts as 0, the shape is the first batch's)."""
+    empty tensor counts as 0, the shape is the first batch's, and the running values start at -inf/inf and come
+    first in ``max``/``min``, so a batch whose range is NaN is passed over)."""
     now = (0, 0, 0) if 0 in shape else (max(abs(low), abs(high)), low, high)
     if earlier is None:
-        return stats_type(absmax=now[0], min_val=now[1], max_val=now[2], shape=shape)
+        earlier = stats_type(absmax=-np.inf, min_val=np.inf, max_val=-np.inf, shape=shape)
     return stats_type(absmax=max(earlier.absmax, now[0]), min_val=min(earlier.min_val, now[1]),
                       max_val=max(earlier.max_val, now[2]), shape=earlier.shape)
 
@@ -98,9 +99,13 @@ def _range_outputs(model, names: Sequence[str]) -> Iterator[List[str]]:
 
 
 def reduced_ranges(model, batches: Sequence[Mapping[str, np.ndarray]], stats_type,
-                   providers=("CPUExecutionProvider",)) -> Dict[str, object]:
+                   providers=("CPUExecutionProvider",)) -> Optional[Dict[str, object]]:
     """Each input's and each :func:`tensor_names` tensor's range over the calibration ``batches``, from one ONNX
-    Runtime session of ``model`` with the ranges reduced in the graph; ``model`` is left as it was."""
+    Runtime session of ``model`` with the ranges reduced in the graph; ``model`` is left as it was. None where the
+    added nodes take the graph past protobuf's 2 GB (ModelOpt's runner goes through external data there).
+    ONNX Runtime's ReduceMax passes over a NaN that is not a tensor's first element, where numpy's (ModelOpt's)
+    gives NaN, which is never out of range: such a tensor can keep its node fp32 here, never the reverse."""
+    import onnx
     import onnxruntime as ort
 
     ranges: Dict[str, object] = {}
@@ -118,8 +123,11 @@ def reduced_ranges(model, batches: Sequence[Mapping[str, np.ndarray]], stats_typ
     with tempfile.TemporaryDirectory(prefix="fisa-rt-autocast-") as folder:
         # through a file: ONNX Runtime keeps the bytes it is given for the session's lifetime (the weights again)
         path = os.path.join(folder, "ranges.onnx")
-        with _range_outputs(model, names) as outputs, open(path, "wb") as f:
-            f.write(model.SerializeToString())
+        with _range_outputs(model, names) as outputs:
+            if model.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF:
+                return None
+            with open(path, "wb") as f:
+                f.write(model.SerializeToString())
         session = ort.InferenceSession(path, options, providers=list(providers))
     for batch in batches:
         values = session.run(outputs, dict(batch))
@@ -142,7 +150,7 @@ def reduced_reference() -> Iterator[Dict[str, str]]:
     except ImportError:
         yield ran
         return
-    needed = ("check_model_uses_external_data", "is_model_too_large_for_protobuf")
+    needed = ("check_model_uses_external_data",)
     replaceable = getattr(autocast, "ReferenceRunner", None) is ReferenceRunner and hasattr(
         ReferenceRunner, "_load_inputs")
     if not replaceable or not all(hasattr(onnx_utils, name) for name in needed):
@@ -151,13 +159,14 @@ def reduced_reference() -> Iterator[Dict[str, str]]:
 
     class ReducedReferenceRunner(ReferenceRunner):
         def run(self, inputs=None):
-            if inputs is None or onnx_utils.check_model_uses_external_data(self.model) or \
-                    onnx_utils.is_model_too_large_for_protobuf(self.model) or _custom_ops(self.model):
-                # random inputs, a model ModelOpt's runner passes through a file, or plugins it registers
-                return super().run(inputs)
+            if inputs is None or onnx_utils.check_model_uses_external_data(self.model) or _custom_ops(self.model):
+                return super().run(inputs)  # random inputs, external weights, or plugins ModelOpt registers
             batches = list(self._load_inputs(inputs))  # ModelOpt's own split of the calibration data
+            ranges = reduced_ranges(self.model, batches, TensorStats, self.providers)
+            if ranges is None:
+                return super().run(inputs)
             ran["runner"] = RUNNER
-            return reduced_ranges(self.model, batches, TensorStats, self.providers)
+            return ranges
 
     autocast.ReferenceRunner = ReducedReferenceRunner
     try:

@@ -207,6 +207,23 @@ def test_reduced_ranges_of_every_tensor_type_and_of_empty_tensors_are_numpy_s():
     assert got["empty"] == stats(0, 0, 0, (0, 3))
 
 
+def test_a_batch_whose_range_is_nan_is_passed_over_as_modelopt_does():
+    """ModelOpt's running values start at -inf/inf and come first in max/min, so a NaN batch range drops out;
+    starting from the first batch's NaN kept every range NaN, never above data_max, and the node went fp16."""
+    from onnx import TensorProto, helper
+
+    from fisa_rt.export.autocast_reference import reduced_ranges
+
+    stats = collections.namedtuple("Stats", "absmax min_val max_val shape")
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    batches = [{"x": np.array([[np.nan, 2, 3]], np.float32)}, {"x": np.array([[1000, 1, 1]], np.float32)}]
+    got = reduced_ranges(model, batches, stats)
+    assert got["x"] == stats(1000, 1, 1000, (1, 3)) and got["y"] == stats(1000, -1000, -1, (1, 3))
+
+
 def test_the_reduced_runner_stands_in_for_modelopt_s_only_while_open_and_only_where_it_can(monkeypatch, tmp_path):
     from modelopt.onnx.autocast import convert as autocast
     from modelopt.onnx.autocast.referencerunner import ReferenceRunner
@@ -236,6 +253,11 @@ def test_the_reduced_runner_stands_in_for_modelopt_s_only_while_open_and_only_wh
     with reduced_reference() as reference:
         assert autocast.ReferenceRunner(plugin, ["cpu"]).run(str(tmp_path / "x.npz")) == "ModelOpt's ranges"
         assert reference == {"runner": "modelopt"}
+    # a graph that fits one protobuf only without the added nodes: ModelOpt's runner writes external data
+    monkeypatch.setattr(onnx.checker, "MAXIMUM_PROTOBUF", model.ByteSize() + 8)
+    with reduced_reference() as reference:
+        assert autocast.ReferenceRunner(model, ["cpu"]).run(str(tmp_path / "x.npz")) == "ModelOpt's ranges"
+        assert reference == {"runner": "modelopt"} and [o.name for o in model.graph.output] == ["y"]
     monkeypatch.setattr(autocast, "ReferenceRunner", object)  # another ModelOpt's: its own runner runs
     with reduced_reference() as reference:
         assert reference == {"runner": "modelopt"} and autocast.ReferenceRunner is object
