@@ -440,9 +440,14 @@ def ort_optimised(onnx_path: str, out_path: str) -> str:
     return out_path
 
 
+# a build's memory is the model's, not a batch's: measured figures are in docs/deploy.md
+BUILD_MEMORY = ("free memory or build on a larger machine (an fp16 build of fisa-vit-b16 peaks at 5.6 GB; "
+                "docs/deploy.md), then copy the files over")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    return run_reporting_errors(lambda: build(args), args.debug, "build_engine.py")
+    return run_reporting_errors(lambda: build(args), args.debug, "build_engine.py", BUILD_MEMORY)
 
 
 if __name__ == "__main__":

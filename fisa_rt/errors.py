@@ -6,6 +6,8 @@ exit non-zero while programming errors still surface as tracebacks.
 """
 
 import contextlib
+import re
+from typing import Optional
 
 
 class FisaError(Exception):
@@ -97,6 +99,35 @@ def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> No
         raise exists_error(path, error)
 
 
+def _bytes(count: str) -> str:
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def out_of_memory(exc: BaseException) -> Optional[str]:
+    """What could not be allocated, in a few words, where ``exc`` is an allocation that failed in numpy, PyTorch
+    (CPU or CUDA) or ONNX Runtime (CPU or CUDA); None for any other error. By type where the library has one, else
+    by its allocator's own words (ONNX Runtime raises one exception type for every failure)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):  # numpy's says what: "Unable to allocate 72.8 TiB for an array with shape ..."
+        return text or "host memory"
+    found = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if found:  # a RuntimeError in torch 2.14, whatever type a later torch gives it
+        return f"PyTorch could not allocate {_bytes(found[1])} of host memory"
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError; its advice on fragmentation is cut
+        return re.split(r" (?:Including non-PyTorch|Of the allocated|If reserved|See documentation)", text)[0]
+    if type(exc).__module__.startswith("onnxruntime"):
+        found = re.search(r"Failed to allocate memory for requested buffer of size (\d+)", text)
+        if found:
+            return f"ONNX Runtime could not allocate {_bytes(found[1])}"
+        if "bad_alloc" in text or "out of memory" in text:  # std::bad_alloc; the CUDA EP's "CUDA failure 2: ..."
+            return "ONNX Runtime could not allocate memory"
+    return None
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) instead of killing the
@@ -121,9 +152,13 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def run_reporting_errors(job, debug: bool, prog: str) -> int:
-    """Run ``job()``; a FisaError becomes one ``prog: error: ...`` line on stderr and exit code 2
-    (the traceback only with ``debug``). Shared by every command-line entry point."""
+RUN_SMALLER = "use a smaller batch, fewer classes or smaller images, or free memory"
+
+
+def run_reporting_errors(job, debug: bool, prog: str, out_of_memory_advice: str = RUN_SMALLER) -> int:
+    """Run ``job()``; a FisaError becomes one ``prog: error: ...`` line on stderr and exit code 2, an allocation
+    that failed one line with ``out_of_memory_advice`` and exit code 1 (the traceback only with ``debug``). Shared
+    by every command-line entry point."""
     import sys
     import traceback
     import warnings
@@ -159,6 +194,15 @@ def run_reporting_errors(job, debug: bool, prog: str) -> int:
     except BrokenPipeError:  # `fisa-rt models | head -1`: the reader left; say nothing, as other tools do
         _silence_stdout()
         return 141  # 128 + SIGPIPE
+    except Exception as exc:  # noqa: BLE001 -- only allocation failures are handled; anything else is re-raised
+        what = out_of_memory(exc)
+        if what is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"{prog}: error: out of memory ({what}): {out_of_memory_advice}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,117 @@
+"""An allocation that fails (a batch too big for the GPU or the host) ends a command with one line saying what
+could not be allocated and what to ask for instead, exit code 1; any other error still shows its traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from fisa_rt.errors import out_of_memory, run_reporting_errors
+
+# the texts each library gives, copied from real failures (the CUDA one from torch 2.x's caching allocator)
+CUDA = ("CUDA out of memory. Tried to allocate 1.95 GiB. GPU 0 has a total capacity of 14.57 GiB of which 1.58 GiB "
+        "is free. Process 2493055 has 12.02 GiB memory in use. Including non-PyTorch memory, this process has 966.00 "
+        "MiB memory in use. Of the allocated memory 734.07 MiB is allocated by PyTorch, and 33.93 MiB is reserved by "
+        "PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management")
+ARENA = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running MatMul node. Name:'/model/"
+         "backbone/resblocks.0/attn/MatMul_1' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:"
+         "360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate "
+         "memory for requested buffer of size 67634176")
+EXPECTED = {
+    "numpy": (MemoryError("Unable to allocate 72.8 TiB for an array with shape (10000000000000,) and data type "
+                          "float64"), "Unable to allocate 72.8 TiB for an array with shape (10000000000000,) and data "
+                                      "type float64"),
+    "torch cpu": (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 67634176 bytes. Error code 12 (Cannot allocate memory)"),
+                  "PyTorch could not allocate 64.5 MiB of host memory"),
+    "torch cuda": (torch.OutOfMemoryError(CUDA), "CUDA out of memory. Tried to allocate 1.95 GiB. GPU 0 has a total "
+                   "capacity of 14.57 GiB of which 1.58 GiB is free. Process 2493055 has 12.02 GiB memory in use."),
+    "onnxruntime arena": (ort_errors.Fail(ARENA), "ONNX Runtime could not allocate 64.5 MiB"),
+    "onnxruntime bad_alloc": (ort_errors.RuntimeException(
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running MatMul node. "
+        "Name:'/model/backbone/resblocks.0/attn/MatMul_1' Status Message: std::bad_alloc"),
+        "ONNX Runtime could not allocate memory"),
+    "onnxruntime cuda": (ort_errors.Fail(
+        "[ONNXRuntimeError] : 1 : FAIL : onnxruntime::CudaCall CUDA failure 2: out of memory ; GPU=0 ; "
+        "expr=cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);"), "ONNX Runtime could not allocate memory"),
+}
+
+
+@pytest.mark.parametrize("source", sorted(EXPECTED))
+def test_each_library_s_allocation_failure_is_recognised(source):
+    error, said = EXPECTED[source]
+    assert out_of_memory(error) == said
+
+
+def test_other_errors_are_not_taken_for_allocation_failures():
+    assert out_of_memory(RuntimeError("shape mismatch: out of memory-mapped range")) is None
+    assert out_of_memory(ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed")) is None
+    assert out_of_memory(ValueError("Failed to allocate memory for requested buffer of size 8")) is None  # not ORT's
+
+
+def test_one_line_and_exit_code_1_and_other_errors_keep_their_traceback(capsys):
+    def job():
+        raise torch.OutOfMemoryError(CUDA)
+
+    assert run_reporting_errors(job, False, "fisa-rt") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"fisa-rt: error: out of memory ({EXPECTED['torch cuda'][1]}): use a smaller batch, fewer classes or smaller "
+        "images, or free memory"
+    ]
+    with pytest.raises(RuntimeError, match="boom"):
+        run_reporting_errors(lambda: (_ for _ in ()).throw(RuntimeError("boom")), False, "fisa-rt")
+
+
+def test_build_engine_gives_a_build_s_advice(monkeypatch, capsys):
+    from fisa_rt.export import build_engine
+
+    def build(args):
+        raise EXPECTED["numpy"][0]
+
+    monkeypatch.setattr(build_engine, "build", build)
+    assert build_engine.main(["--out", "unused"]) == 1
+    error = capsys.readouterr().err.splitlines()
+    assert error == [f"build_engine.py: error: out of memory ({EXPECTED['numpy'][1]}): {build_engine.BUILD_MEMORY}"]
+
+
+# fisa-rt infer in a process whose address space may grow only so far past what its imports took: a batch of 64
+# then fails to allocate inside ONNX Runtime, where a batch of 1 fits
+PROBE = """
+import resource, sys
+import onnxruntime, torch  # noqa: F401 -- mapped before the limit is set
+import fisa_rt.runtime.folder_run, fisa_rt.runtime.segmenter  # noqa: F401
+from fisa_rt.cli import main
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 600 * 2**20, resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="limits the address space through /proc and rlimit")
+def test_infer_with_a_batch_the_memory_cannot_hold_says_so_in_one_line(artefacts, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
+    for i in range(64):
+        picture.save(images / f"{i:02d}.png")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def infer(batch: int) -> subprocess.CompletedProcess:
+        args = ["infer", "--engine", artefacts["ort"], "--vocab", "synthetic", "--input", str(images), "--out",
+                str(tmp_path / f"out-{batch}"), "--batch", str(batch), "--threads", "2", "--no-progress"]
+        return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=600,
+                              env=env)
+
+    assert infer(1).returncode == 0  # the limit leaves room for the model, one image at a time
+    failed = infer(64)
+    assert failed.returncode == 1
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("fisa-rt:")]
+    assert len(errors) == 1 and errors[0].startswith("fisa-rt: error: out of memory ("), failed.stderr
+    assert "Traceback" not in failed.stderr
