@@ -229,6 +229,7 @@ def _infer(args: argparse.Namespace) -> None:
     from .atomic import output_folder
     from .runtime.assets import sample_images
     from .runtime.folder_run import refuse_existing_outputs, segment_to_folder
+    from .runtime.host_memory import refuse_beyond_memory
     from .runtime.inputs import Source
     from .runtime.segmenter import Segmenter
 
@@ -258,6 +259,8 @@ def _infer(args: argparse.Namespace) -> None:
                                               threads=args.threads, cuda_graphs=args.cuda_graphs,
                                               compile=args.compile)
         _set_vocabulary(segmenter, args, request)
+        if not args.server:  # a server holds its own memory, and refuses what does not fit
+            refuse_beyond_memory(segmenter.backend, min(args.batch, total or args.batch), len(segmenter.text))
         try:
             segment_to_folder(segmenter, source, args.out, args.task, args.batch, args.overwrite, args.fail_fast,
                               args.progress, on_result=show)

@@ -26,7 +26,7 @@ from fisa_rt.export.manifest import read_manifest
 from fisa_rt.png import write_png
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.images import load_image
-from fisa_rt.runtime import bench
+from fisa_rt.runtime import bench, host_memory
 from fisa_rt.vocab import vocabulary as vocab
 from fisa_rt.runtime.backends import open_backend
 from fisa_rt.atomic import output_folder
@@ -452,11 +452,24 @@ def test_eval_overwrite_replaces_the_predictions_folder_wholly(synthetic_data, t
 
 
 def test_bench_refuses_a_batch_or_vocabulary_beyond_memory(monkeypatch):
-    monkeypatch.setattr(bench, "available_memory", lambda: 2 << 30)
-    with pytest.raises(InputError, match=r"--batch 100000 with --classes 150 needs at least [0-9.]+ GiB"):
+    monkeypatch.setattr(host_memory, "available_memory", lambda: 2 << 30)
+    with pytest.raises(InputError, match=r"--batch 100000 with 150 classes needs at least [0-9.]+ GiB"):
         bench.benchmark(CHECKPOINT, "torch", 100000, 150, 0, 1)
-    with pytest.raises(InputError, match="--classes 10000000 needs at least"):
+    with pytest.raises(InputError, match="with 10000000 classes needs at least"):
         bench.benchmark(CHECKPOINT, "torch", 1, 10_000_000, 0, 1)
+
+
+def test_infer_refuses_a_batch_beyond_memory_for_the_images_it_has(monkeypatch, tmp_path, capsys):
+    # the bound of the 4 sample scenes at once, fisa-tiny on the CPU with the synthetic set's 32 classes
+    four = host_memory.host_bytes(4, 32, 128, 64, 20, True)
+    monkeypatch.setattr(host_memory, "available_memory", lambda: four - 1)
+    out = tmp_path / "out"
+    code = main(["infer", "--engine", CHECKPOINT, "--vocab", "synthetic", "--out", str(out), "--batch", "64"])
+    one_line(capsys, code, "--batch 4 with 32 classes needs at least", "use a smaller --batch or fewer classes")
+    assert not out.exists()
+    monkeypatch.setattr(host_memory, "available_memory", lambda: four)
+    assert main(["infer", "--engine", CHECKPOINT, "--vocab", "synthetic", "--out", str(out), "--batch", "64",
+                 "--no-progress"]) == 0
 
 
 # --- row 17: messages that say what is wrong -----------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
 from .backends import open_backend, resolve_artefact
+from .host_memory import refuse_beyond_memory
 from .timings import rate
 
 
@@ -52,46 +52,12 @@ def percentiles(samples: List[float]) -> Dict[str, float]:
     }
 
 
-def available_memory() -> Optional[int]:
-    """Bytes the kernel can still give this process without swapping (Linux's MemAvailable), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-def host_bytes(batch: int, classes: int, image_size: int, embed_dim: int, queries: int, on_cpu: bool) -> int:
-    """A lower bound of the host bytes a run holds at once: the uint8 images and their float copy, the random
-    text (drawn in float64, kept in float32), the outputs (mask logits at stride 4 and class scores, on the
-    device and copied back) and, where the model runs on the CPU, the (B, Q, K, D) product of the class head
-    (for K = 1,000,000 on fisa-tiny, 5.1 GB of the 13.8 GB peak `fisa-rt bench` measured)."""
-    images = batch * 3 * image_size**2 * (1 + 4)
-    text = classes * embed_dim * (8 + 4)
-    outputs = batch * queries * ((image_size // 4) ** 2 + classes + 1) * 4 * 2
-    head = batch * queries * classes * embed_dim * 4 if on_cpu else 0
-    return images + text + outputs + head
-
-
-def refuse_beyond_memory(engine, batch: int, classes: int) -> None:
-    """A batch or vocabulary too large for this machine is refused with the estimate, before the allocation
-    that would have the kernel's out-of-memory killer end the process without a word."""
-    queries = int(engine.manifest.get("num_queries", 100))
-    needed = host_bytes(batch, classes, engine.image_size, engine.embed_dim, queries, engine.device.type == "cpu")
-    available = available_memory()
-    if available is not None and needed > available:
-        raise InputError(
-            f"--batch {batch} with --classes {classes} needs at least {needed / 2**30:.1f} GiB of memory; "
-            f"{available / 2**30:.1f} GiB are available: use a smaller --batch or --classes"
-        )
-
-
 def benchmark(
     path: str, backend: Optional[str], batch: int, classes: int, warmup: int, iterations: int,
     cuda_graphs: Optional[bool] = None, compile: bool = False,
 ) -> BenchReport:
     engine = open_backend(resolve_artefact(path, backend), backend, cuda_graphs=cuda_graphs, compile=compile)
-    refuse_beyond_memory(engine, batch, classes)
+    refuse_beyond_memory(engine, batch, classes, text_bytes=12)  # the random text below: float64, then float32
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     S = engine.image_size
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import InputError, missing_file_error
 from .backends import open_backend, resolve_artefact
-from .bench import refuse_beyond_memory
+from .host_memory import refuse_beyond_memory
 
 
 def tune(path: str, batch: int, classes: int, force: bool = False) -> List[str]:
@@ -26,7 +26,8 @@ def tune(path: str, batch: int, classes: int, force: bool = False) -> List[str]:
         raise InputError(f"tune measures the PyTorch backend's fused ops, so --engine takes a FISA checkpoint "
                          f"(.safetensors); {path} is not one (ONNX and TensorRT engines choose no kernels)")
     engine = open_backend(artefact, "torch")
-    refuse_beyond_memory(engine, batch, classes)  # as bench: numpy's 44 TiB allocation error was a traceback
+    # as bench (its random text too: float64, then float32): numpy's 44 TiB allocation error was a traceback
+    refuse_beyond_memory(engine, batch, classes, text_bytes=12)
     if force:
         dispatch.reset_choices()
     rng = np.random.default_rng(0)
