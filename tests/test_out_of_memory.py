@@ -78,6 +78,20 @@ def test_build_engine_gives_a_build_s_advice(monkeypatch, capsys):
     assert error == [f"build_engine.py: error: out of memory ({EXPECTED['numpy'][1]}): {build_engine.BUILD_MEMORY}"]
 
 
+def test_onnx_runtime_short_of_memory_at_load_is_not_called_a_bad_file(artefacts, monkeypatch):
+    import onnxruntime
+
+    from fisa_rt.runtime.backends import OnnxRuntimeBackend
+
+    def refuse(*args, **kwargs):
+        raise ort_errors.Fail(ARENA)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with pytest.raises(ort_errors.Fail) as raised:  # left for the CLI's out-of-memory line, not a CheckpointError
+        OnnxRuntimeBackend(artefacts["portable"], split_graph=False)
+    assert out_of_memory(raised.value) == "ONNX Runtime could not allocate 64.5 MiB"
+
+
 # fisa-rt infer in a process whose address space may grow only so far past what its imports took: a batch of 64
 # then fails to allocate inside ONNX Runtime, where a batch of 1 fits
 PROBE = """

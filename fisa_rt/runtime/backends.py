@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..devices import torch_device
-from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error, warn
+from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error, out_of_memory, warn
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -345,6 +345,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             model = onnx.load(path, load_external_data=False)
         except Exception as exc:  # protobuf's DecodeError and friends for corrupt files
+            if out_of_memory(exc):  # a sound file on a machine short of memory: the CLI says that instead
+                raise
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
         inputs = sorted(i.name for i in model.graph.input)
         if inputs not in (["image", "text"], ["image", "seen", "text"]):
@@ -366,6 +368,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session, self.vocabulary = _sessions(ort, path, handed, options, providers)
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
+            if out_of_memory(exc):
+                raise
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
         self.device = torch.device(
             "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu"
