@@ -17,6 +17,8 @@ if __name__ == "kernels":
     hand_over(__name__, __file__)
 else:
     import importlib
+    import sys
+    import types
 
     # Each name's module, imported at first use: the ops import torch and torch._dynamo (1.3 s on 2 cores), which
     # the tools that only need the GPU table or the cache root (``fisa-rt inspect``, the ONNX Runtime and TensorRT
@@ -46,3 +48,14 @@ else:
 
     def __dir__():
         return sorted(set(globals()) | set(_HOMES))
+
+    class _Package(types.ModuleType):
+        def __setattr__(self, name, value):
+            # the import system binds each submodule it loads on its package; adapter_attention and mask_attention
+            # are also the names of their ops, which the package must keep (`from fisa_rt.kernels import
+            # MaskLayout, mask_attention` gave the module)
+            if name in _HOMES and isinstance(value, types.ModuleType):
+                value = getattr(value, name)
+            super().__setattr__(name, value)
+
+    sys.modules[__name__].__class__ = _Package

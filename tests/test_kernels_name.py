@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,3 +38,14 @@ def test_the_package_still_imports_as_fisa_rt_kernels():
 
     assert Path(fisa_rt.kernels.__file__).parent == ROOT / "kernels"
     assert callable(fisa_rt.kernels.adapter_attention)
+
+
+@pytest.mark.parametrize("first", ["import fisa_rt.kernels.mask_attention, fisa_rt.kernels.adapter_attention",
+                                   "from fisa_rt.kernels import MaskLayout, adapter_attention_reference"])
+def test_an_op_s_name_stays_the_op_when_its_module_is_imported_first(first):
+    # each of the two ops shares its name with its module, which the import system binds on the package
+    code = (f"{first}; from fisa_rt.kernels import mask_attention, adapter_attention; import fisa_rt.kernels as k; "
+            "print(type(mask_attention).__name__, type(adapter_attention).__name__, type(k.mask_attention).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["function", "function", "function"]
