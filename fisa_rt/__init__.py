@@ -14,6 +14,7 @@ _EXPORTS = {
     "FisaError": ".errors",
     "InputError": ".errors",
     "MissingDependencyError": ".errors",
+    "OutOfMemory": ".errors",
     "FisaConfig": ".config",
     "get_model_config": ".config",
     "list_models": ".config",

@@ -34,6 +34,13 @@ class MissingDependencyError(FisaError, ImportError):
     """An optional dependency is needed for the requested feature."""
 
 
+class OutOfMemory(FisaError):
+    """A device or host allocation fisa-rt itself saw fail (a TensorRT context): the machine, not the input, hence
+    exit 1, as for the allocation failures of the libraries (``out_of_memory``)."""
+
+    exit_code = 1
+
+
 class PartialFailure(FisaError):
     """Some inputs of a batch failed (each already reported) while the others were processed: exit code 1,
     apart from the 2 of a run that did nothing (``written == 0``)."""
@@ -99,7 +106,8 @@ def refuse_overwrite(path: str, overwrite: bool, error: type = InputError) -> No
         raise exists_error(path, error)
 
 
-def _bytes(count: str) -> str:
+def byte_size(count) -> str:
+    """``count`` bytes as people read them: 64.5 MiB."""
     size = float(count)
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -116,13 +124,13 @@ def out_of_memory(exc: BaseException) -> Optional[str]:
         return text or "host memory"
     found = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes", text)
     if found:  # a RuntimeError in torch 2.14, whatever type a later torch gives it
-        return f"PyTorch could not allocate {_bytes(found[1])} of host memory"
+        return f"PyTorch could not allocate {byte_size(found[1])} of host memory"
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError; its advice on fragmentation is cut
         return re.split(r" (?:Including non-PyTorch|Of the allocated|If reserved|See documentation)", text)[0]
     if type(exc).__module__.startswith("onnxruntime"):
         found = re.search(r"Failed to allocate memory for requested buffer of size (\d+)", text)
         if found:
-            return f"ONNX Runtime could not allocate {_bytes(found[1])}"
+            return f"ONNX Runtime could not allocate {byte_size(found[1])}"
         if "bad_alloc" in text or "out of memory" in text:  # std::bad_alloc; the CUDA EP's "CUDA failure 2: ..."
             return "ONNX Runtime could not allocate memory"
     return None

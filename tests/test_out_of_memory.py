@@ -92,6 +92,24 @@ def test_onnx_runtime_short_of_memory_at_load_is_not_called_a_bad_file(artefacts
     assert out_of_memory(raised.value) == "ONNX Runtime could not allocate 64.5 MiB"
 
 
+def test_tensorrt_without_memory_for_a_context_says_what_it_needs_and_what_to_rebuild(capsys):
+    from types import SimpleNamespace
+
+    from fisa_rt.errors import OutOfMemory
+    from fisa_rt.runtime.backends import execution_context
+
+    # TensorRT's Python API gives None where createExecutionContext cannot allocate the engine's scratch memory
+    engine = SimpleNamespace(create_execution_context=lambda: None, device_memory_size_v2=3 * 2**30)
+    manifest = {"tensorrt": {"profiles": {"batch": {"min": 1, "opt": 1, "max": 8}}}}
+    with pytest.raises(OutOfMemory, match=r"needs 3.0 GiB of GPU memory for the largest shapes of its profiles "
+                                          r"\(\{'batch': \{'min': 1, 'opt': 1, 'max': 8\}\}\).*smaller --batch"):
+        execution_context(engine, "m.engine", manifest)
+    assert run_reporting_errors(lambda: execution_context(engine, "m.engine", manifest), False, "fisa-rt") == 1
+    assert capsys.readouterr().err.startswith("fisa-rt: error: TensorRT could not create an execution context")
+    context = object()
+    assert execution_context(SimpleNamespace(create_execution_context=lambda: context), "m.engine", {}) is context
+
+
 # fisa-rt infer in a process whose address space may grow only ``margin`` bytes past what its imports took (none:
 # no limit); it reports that size, its peak and the exit code
 PROBE = """

@@ -24,7 +24,10 @@ import numpy as np
 import torch
 
 from ..devices import torch_device
-from ..errors import CheckpointError, InputError, MissingDependencyError, missing_file_error, out_of_memory, warn
+from ..errors import (
+    CheckpointError, InputError, MissingDependencyError, OutOfMemory, byte_size, missing_file_error, out_of_memory,
+    warn,
+)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -463,7 +466,7 @@ class TensorRTBackend(Backend):
             raise CheckpointError(
                 f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`"
             )
-        self.context = self.engine.create_execution_context()
+        self.context = execution_context(self.engine, path, self.manifest)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.applies_seen = "seen" in names
         self.trt = trt
@@ -522,6 +525,22 @@ class TensorRTBackend(Backend):
             raise CheckpointError(f"this engine's {name} is of type {declared}, which fisa-rt does not feed or read; "
                                   "rebuild it with `python export/build_engine.py`")
         return types[declared]
+
+
+def execution_context(engine, path: str, manifest: Dict[str, Any]):
+    """``engine``'s execution context. TensorRT returns none where it cannot allocate the context's scratch memory
+    (its logger says why), sized for the largest shapes the engine's profiles allow."""
+    context = engine.create_execution_context()
+    if context is None:
+        free = f", {byte_size(torch.cuda.mem_get_info()[0])} are free" if torch.cuda.is_available() else ""
+        profiles = (manifest.get("tensorrt") or {}).get("profiles", {})
+        raise OutOfMemory(
+            f"TensorRT could not create an execution context for {path}: it needs "
+            f"{byte_size(engine.device_memory_size_v2)} of GPU memory for the largest shapes of its profiles "
+            f"({profiles}){free}; free GPU memory, or rebuild it with smaller --batch/--classes maxima "
+            "(python export/build_engine.py)"
+        )
+    return context
 
 
 def _version(text: str) -> Tuple[int, ...]:
