@@ -110,6 +110,27 @@ def test_tensorrt_without_memory_for_a_context_says_what_it_needs_and_what_to_re
     assert execution_context(SimpleNamespace(create_execution_context=lambda: context), "m.engine", {}) is context
 
 
+def test_tensorrt_tells_a_plan_the_gpu_cannot_hold_from_a_corrupt_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fisa_rt import CheckpointError
+    from fisa_rt.errors import OutOfMemory
+    from fisa_rt.runtime.backends import deserialized_engine
+
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"x" * 4096)
+    runtime = SimpleNamespace(deserialize_cuda_engine=lambda data: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (1024, 8 * 2**30))
+    with pytest.raises(OutOfMemory, match=r"cannot load .*m.engine \(4.0 KiB\) into the 1.0 KiB of GPU memory"):
+        deserialized_engine(runtime, str(plan))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (2**30, 8 * 2**30))
+    with pytest.raises(CheckpointError, match="cannot deserialize"):
+        deserialized_engine(runtime, str(plan))
+    engine = object()
+    assert deserialized_engine(SimpleNamespace(deserialize_cuda_engine=lambda data: engine), str(plan)) is engine
+
+
 # fisa-rt infer in a process whose address space may grow only ``margin`` bytes past what its imports took (none:
 # no limit); it reports that size, its peak and the exit code
 PROBE = """

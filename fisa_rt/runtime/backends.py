@@ -460,12 +460,7 @@ class TensorRTBackend(Backend):
         self.runtime = trt.Runtime(logger)
         # a version-compatible plan carries the lean runtime, host code that TensorRT refuses unless allowed
         self.runtime.engine_host_code_allowed = bool(self.manifest["tensorrt"].get("version_compatible"))
-        with open(path, "rb") as f:
-            self.engine = self.runtime.deserialize_cuda_engine(f.read())
-        if self.engine is None:
-            raise CheckpointError(
-                f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`"
-            )
+        self.engine = deserialized_engine(self.runtime, path)
         self.context = execution_context(self.engine, path, self.manifest)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.applies_seen = "seen" in names
@@ -525,6 +520,20 @@ class TensorRTBackend(Backend):
             raise CheckpointError(f"this engine's {name} is of type {declared}, which fisa-rt does not feed or read; "
                                   "rebuild it with `python export/build_engine.py`")
         return types[declared]
+
+
+def deserialized_engine(runtime, path: str):
+    """``path``'s engine. TensorRT returns none for a plan it cannot read (the manifest's version checks passed
+    before) and where the GPU cannot hold the engine's weights, told apart here by the free memory."""
+    with open(path, "rb") as f:
+        engine = runtime.deserialize_cuda_engine(f.read())
+    if engine is None:
+        size, free = os.path.getsize(path), torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+        if free is not None and free < size:
+            raise OutOfMemory(f"TensorRT cannot load {path} ({byte_size(size)}) into the {byte_size(free)} of GPU "
+                              "memory that are free; free GPU memory")
+        raise CheckpointError(f"TensorRT cannot deserialize {path}; rebuild it with `python export/build_engine.py`")
+    return engine
 
 
 def execution_context(engine, path: str, manifest: Dict[str, Any]):
