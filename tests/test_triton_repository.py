@@ -114,6 +114,71 @@ def test_bad_requests_fail_alone_and_batches_hold_one_canvas(checkpoint_fcclip):
         assert all(np.array_equal(alone[k], outcome[k]) for k in outcome)
 
 
+def test_a_batch_too_big_for_the_memory_runs_one_request_at_a_time_and_a_bug_is_raised(checkpoint_fcclip):
+    from fisa_rt.errors import OutOfMemory
+
+    segmenter = Segmenter.from_engine(checkpoint_fcclip, device="cpu", cache_dir="", threads=1)
+    run, fed = segmenter.backend.run, []
+
+    def short_of_memory_past(limit):
+        def bounded(images, *args):
+            fed.append(images.shape[0])
+            if images.shape[0] > limit:  # the text torch's CPU allocator gives
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                                   "allocate memory: you tried to allocate 67634176 bytes. Error code 12 (Cannot "
+                                   "allocate memory)")
+            return run(images, *args)
+        return bounded
+
+    handler = Handler(segmenter, Limits(max_pixels=10_000))
+    names = np.array([[b"cat", b"grass"]], dtype=np.object_)
+    image = np.random.default_rng(0).integers(0, 256, (1, 50, 70, 3), dtype=np.uint8)
+    requests = [Request(image, names, {})] * 3
+    alone = handler.execute(requests[:1])[0]
+    segmenter.backend.run = short_of_memory_past(1)
+    outcomes = handler.execute(requests)
+    assert fed == [3, 1, 1, 1]
+    assert all(np.array_equal(outcome[k], alone[k]) for outcome in outcomes for k in alone)
+    segmenter.backend.run = short_of_memory_past(0)
+    outcomes = handler.execute(requests)
+    assert all(isinstance(o, OutOfMemory) and "PyTorch could not allocate 64.5 MiB" in str(o) for o in outcomes)
+
+    def broken(images, *args):
+        raise RuntimeError("a bug")
+
+    segmenter.backend.run = broken
+    with pytest.raises(RuntimeError, match="a bug"):
+        handler.execute(requests)
+
+
+def test_short_of_memory_is_unavailable_and_a_bad_request_an_invalid_argument(tmp_path):
+    import importlib.util
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from fisa_rt import serving
+    from fisa_rt.errors import OutOfMemory
+
+    # the model file as the server loads it: beside the environment.json the repository writes
+    shutil.copy(os.path.join(os.path.dirname(serving.__file__), "triton_model.py"), tmp_path / "model.py")
+    (tmp_path / "environment.json").write_text(json.dumps({}))
+    spec = importlib.util.spec_from_file_location("fisa_model_under_test", tmp_path / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class TritonError:
+        INVALID_ARG, UNAVAILABLE = "INVALID_ARG", "UNAVAILABLE"
+
+        def __init__(self, message, code):
+            self.message, self.code = message, code
+
+    model = module.TritonPythonModel()
+    model.pb_utils = SimpleNamespace(TritonError=TritonError, InferenceResponse=lambda output_tensors, error: error)
+    assert model._response(None, OutOfMemory("out of memory (x)")).code == "UNAVAILABLE"
+    assert model._response(None, InputError("bad")).code == "INVALID_ARG"
+
+
 def test_the_ensemble_steps_return_what_local_segment_returns(artefacts):
     """fisa_pre -> fisa_text -> fisa_vocab -> fisa_image -> fisa_post, with ONNX Runtime where the server runs
     fisa_text and fisa_image: the result equals Segmenter.segment on the same artefact."""

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import FisaError, InputError
+from ..errors import FisaError, InputError, OutOfMemory, out_of_memory
 from ..vocab import vocabulary as vocab
 from . import protocol
 
@@ -113,13 +113,25 @@ class Handler:
             try:
                 for i, outputs in zip(members, self._run([checked[i] for i in members])):
                     outcomes[i] = outputs
-            except FisaError as exc:
+            except Exception as exc:  # noqa: BLE001 -- a user's error or memory: anything else is raised
                 if len(members) == 1:
-                    outcomes[members[0]] = exc
+                    outcomes[members[0]] = failure(exc)
                     continue
-                for i in members:  # find the request that failed the batch; the others still succeed
+                # the request that failed the batch, or a batch too big for the memory that fits one at a time
+                for i in members:
                     try:
                         outcomes[i] = self._run([checked[i]])[0]
-                    except FisaError as single:
-                        outcomes[i] = single
+                    except Exception as single:  # noqa: BLE001 -- as above
+                        outcomes[i] = failure(single)
         return outcomes
+
+
+def failure(exc: Exception) -> FisaError:
+    """What a request that raised ``exc`` is answered: a FisaError as it is, an allocation that failed as
+    OutOfMemory (the server goes on); anything else, a bug, is raised again."""
+    if isinstance(exc, FisaError):
+        return exc
+    what = out_of_memory(exc)
+    if what is None:
+        raise exc
+    return OutOfMemory(f"out of memory ({what}); the server goes on: send fewer pixels or classes, or again later")

@@ -78,7 +78,13 @@ class TritonPythonModel:
     def _response(self, request, outcome):
         pb_utils = self.pb_utils
         if isinstance(outcome, Exception):  # a user's error: INVALID_ARG (HTTP 400), never INTERNAL
-            error = pb_utils.TritonError(str(outcome), pb_utils.TritonError.INVALID_ARG)
+            from fisa_rt.errors import OutOfMemory
+
+            # short of memory: UNAVAILABLE (HTTP 503), which clients retry, as for an overloaded server
+            unavailable = isinstance(outcome, OutOfMemory)
+            error = pb_utils.TritonError(
+                str(outcome), pb_utils.TritonError.UNAVAILABLE if unavailable else pb_utils.TritonError.INVALID_ARG
+            )
             return pb_utils.InferenceResponse(output_tensors=[], error=error)
         wanted = set(request.requested_output_names()) or set(outcome)
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in outcome.items() if n in wanted])
@@ -97,8 +103,8 @@ class TritonPythonModel:
         return [self._response(r, o) for r, o in zip(requests, self.handler.execute(decoded))]
 
     def _stage(self, request):
-        from fisa_rt.errors import FisaError
         from fisa_rt.serving import protocol
+        from fisa_rt.serving.handler import failure
         from fisa_rt.serving.stages import names_of
 
         try:
@@ -115,5 +121,5 @@ class TritonPythonModel:
             task, labels, max_side = protocol.check_parameters(json.loads(request.parameters() or "{}"))
             return self.stages.post(t["image"][0], names_of(t["classes"]), t["content"], t["mask_logits"],
                                     t["class_scores"], task, labels, max_side)
-        except FisaError as exc:
-            return exc
+        except Exception as exc:  # noqa: BLE001 -- a user's error or memory, as fisa_python's; a bug is raised
+            return failure(exc)
