@@ -19,6 +19,7 @@ from fisa_rt.runtime.segmenter import Segmenter
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[test]'")
 
 from fisa_rt.serving import bundled  # noqa: E402
+from fisa_rt.serving.client import ServerError, ServerSegmenter  # noqa: E402
 from fisa_rt.serving.repository import PythonModelOptions, read_config, write_config, write_python_model  # noqa: E402
 
 VOCABULARIES = [["red star", "blue circle", "wavy wall"], ["green triangle", "yellow square"], ["red star"]]
@@ -85,6 +86,42 @@ def test_bad_client_arguments_are_named_before_any_request(monkeypatch):
     assert parse_url("[::1]:8000", None) == ("http", "[::1]:8000")
     assert parse_url("grpc://my-host.example:65535", "grpc") == ("grpc", "my-host.example:65535")
     assert Segmenter.from_server("localhost:8000", timeout=np.float32(2.5)).timeout == 2.5
+
+
+def test_a_request_the_server_cannot_take_now_is_sent_again_then_named(monkeypatch):
+    from tritonclient.utils import InferenceServerException
+
+    from fisa_rt.serving import client as client_module
+
+    waits = []
+    monkeypatch.setattr(client_module.time, "sleep", waits.append)
+    segmenter = ServerSegmenter("localhost:1")
+    segmenter.set_vocabulary(["cat"])
+
+    class Client:  # answers with ``replies`` in turn: an exception is raised
+        def __init__(self, *replies):
+            self.replies, self.calls = list(replies), 0
+
+        def infer(self, *args, **kwargs):
+            self.calls += 1
+            reply = self.replies.pop(0)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+    busy = InferenceServerException("out of memory (PyTorch could not allocate 2.0 GiB); the server goes on",
+                                    status="503")
+    picture = np.zeros((8, 8, 3), np.uint8)
+    segmenter._per_thread.client = Client(busy, busy, "response")
+    assert segmenter.infer_raw(picture, "panoptic", "rle", 0) == "response" and waits == [0.5, 1.0]
+    segmenter._per_thread.client = Client(*[busy] * 4)
+    with pytest.raises(ServerError, match=r"failed after 4 tries: out of memory \(PyTorch could not allocate"):
+        segmenter.infer_raw(picture, "panoptic", "rle", 0)
+    refused = Client(InferenceServerException("20,000 classes exceed", status="400"))
+    segmenter._per_thread.client = refused
+    with pytest.raises(InputError, match="the server refused the request: 20,000 classes"):
+        segmenter.infer_raw(picture, "panoptic", "rle", 0)
+    assert refused.calls == 1  # a user's error is not sent again
 
 
 def test_segment_batch_refuses_what_the_local_segmenter_refuses(local):
@@ -324,7 +361,6 @@ def test_zz_a_server_killed_mid_request_is_one_line_and_no_partial_files(server,
     """Runs last (it kills the module's server). The server dies after the first of two requests, so the
     second meets a dead server whatever the machine's speed (a timer raced the run on a fast machine)."""
     from fisa_rt.cli import main
-    from fisa_rt.serving.client import ServerSegmenter
 
     images = tmp_path / "images"
     images.mkdir()

@@ -10,6 +10,7 @@ import math
 import numbers
 import re
 import threading
+import time
 from types import SimpleNamespace
 from typing import List, Optional, Sequence, Union
 
@@ -71,6 +72,11 @@ def _module(name: str):
         raise MissingDependencyError("the server client needs tritonclient: pip install 'tritonclient[http,grpc]' "
                                      "(or pip install -e '.[serve]')") from None
     return module
+
+
+# seconds before each retry of a request the server answered UNAVAILABLE (HTTP 503): out of memory for that request
+# now (fisa_rt.serving.handler.failure), or a model loading
+RETRY_WAITS = (0.5, 1.0, 2.0)
 
 
 class ServerSegmenter:
@@ -159,25 +165,29 @@ class ServerSegmenter:
         protocol.check_parameters(parameters)
         names = [protocol.RESULT] + ([protocol.SEMANTIC, protocol.SEGMENT_MAP] if labels == "full" else [])
         outputs = [self._client_module.InferRequestedOutput(n) for n in names]
-        try:
-            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            return self.client.infer(self.model, self._inputs(picture), outputs=outputs, parameters=parameters,
-                                     **kwargs)
-        except self._server_exception as exc:
-            status = str(exc.status() or "")
-            message = exc.message() or str(exc)
-            if status in ("400", "StatusCode.INVALID_ARGUMENT"):
-                raise InputError(f"the server refused the request: {message}") from None
-            raise ServerError(f"server {self.address} ({self.protocol}) failed: {message}") from None
-        except Exception as exc:  # noqa: BLE001 - the transports raise their own types (gevent, grpc, socket)
-            reason = str(exc) or type(exc).__name__
-            raise ServerError(f"server {self.address} ({self.protocol}) unreachable or gone: {reason}") from None
+        for wait in (*RETRY_WAITS, None):
+            try:
+                kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+                return self.client.infer(self.model, self._inputs(picture), outputs=outputs, parameters=parameters,
+                                         **kwargs)
+            except self._server_exception as exc:
+                status = str(exc.status() or "")
+                message = exc.message() or str(exc)
+                if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+                    raise InputError(f"the server refused the request: {message}") from None
+                unavailable = status in ("503", "StatusCode.UNAVAILABLE")
+                if unavailable and wait is not None:
+                    time.sleep(wait)  # short of memory for now, or its model loading: the same request again
+                    continue
+                tries = f" after {len(RETRY_WAITS) + 1} tries" if unavailable else ""
+                raise ServerError(f"server {self.address} ({self.protocol}) failed{tries}: {message}") from None
+            except Exception as exc:  # noqa: BLE001 - the transports raise their own types (gevent, grpc, socket)
+                reason = str(exc) or type(exc).__name__
+                raise ServerError(f"server {self.address} ({self.protocol}) unreachable or gone: {reason}") from None
 
     def segment(self, image: ImageInput, task: str = "panoptic", labels: str = "full",
                 max_side: int = 0) -> SegmentationResult:
         """As ``Segmenter.segment``; ``labels="rle"`` / ``max_side`` shrink what travels (docs/serving.md)."""
-        import time
-
         if self.vocabulary is None:
             raise InputError("no vocabulary set: call set_vocabulary([...]) first")
         picture = picture_of(image, self.max_pixels)
