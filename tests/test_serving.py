@@ -19,6 +19,7 @@ from fisa_rt.runtime.segmenter import Segmenter
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[test]'")
 
 from fisa_rt.serving import bundled  # noqa: E402
+from fisa_rt.serving import client as client_module  # noqa: E402
 from fisa_rt.serving.client import ServerError, ServerSegmenter  # noqa: E402
 from fisa_rt.serving.repository import PythonModelOptions, read_config, write_config, write_python_model  # noqa: E402
 
@@ -91,8 +92,6 @@ def test_bad_client_arguments_are_named_before_any_request(monkeypatch):
 def test_a_request_the_server_cannot_take_now_is_sent_again_then_named(monkeypatch):
     from tritonclient.utils import InferenceServerException
 
-    from fisa_rt.serving import client as client_module
-
     waits = []
     monkeypatch.setattr(client_module.time, "sleep", waits.append)
     segmenter = ServerSegmenter("localhost:1")
@@ -122,6 +121,17 @@ def test_a_request_the_server_cannot_take_now_is_sent_again_then_named(monkeypat
     with pytest.raises(InputError, match="the server refused the request: 20,000 classes"):
         segmenter.infer_raw(picture, "panoptic", "rle", 0)
     assert refused.calls == 1  # a user's error is not sent again
+
+
+def test_no_grpc_server_is_named_at_once_though_grpc_calls_it_unavailable():
+    import time
+
+    segmenter = ServerSegmenter("localhost:1", protocol="grpc")
+    segmenter.set_vocabulary(["cat"])
+    start = time.perf_counter()
+    with pytest.raises(ServerError, match=r"server localhost:1 \(grpc\) unreachable or gone"):
+        segmenter.segment(np.zeros((8, 8, 3), np.uint8))
+    assert time.perf_counter() - start < 0.5 * sum(client_module.RETRY_WAITS)  # not sent again
 
 
 def test_segment_batch_refuses_what_the_local_segmenter_refuses(local):

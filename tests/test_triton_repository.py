@@ -150,6 +150,18 @@ def test_a_batch_too_big_for_the_memory_runs_one_request_at_a_time_and_a_bug_is_
     with pytest.raises(RuntimeError, match="a bug"):
         handler.execute(requests)
 
+    def broken_in_batches(images, *args):
+        fed.append(images.shape[0])
+        if images.shape[0] > 1:
+            raise IndexError("a bug only batches meet")
+        return run(images, *args)
+
+    fed.clear()
+    segmenter.backend.run = broken_in_batches
+    with pytest.raises(IndexError, match="only batches meet"):  # raised, not hidden by running each alone
+        handler.execute(requests)
+    assert fed == [3]
+
 
 def test_short_of_memory_is_unavailable_and_a_bad_request_an_invalid_argument(tmp_path):
     import importlib.util

@@ -145,6 +145,12 @@ class ServerSegmenter:
             raise ServerError(f"server {self.address} ({self.protocol}) has no model {self.model!r} ready "
                               "(see its log; fisa-rt export-triton names the models it writes)")
 
+    def _live(self) -> bool:
+        try:
+            return bool(self.client.is_server_live(client_timeout=self.timeout))
+        except Exception:  # noqa: BLE001 - the transports raise their own types: unreachable
+            return False
+
     def set_vocabulary(self, classes: Union[Sequence[str], vocab.Vocabulary], embeddings=None) -> None:
         if embeddings is not None:
             raise InputError("a server encodes its vocabularies: pass class names, not embeddings")
@@ -176,6 +182,9 @@ class ServerSegmenter:
                 if status in ("400", "StatusCode.INVALID_ARGUMENT"):
                     raise InputError(f"the server refused the request: {message}") from None
                 unavailable = status in ("503", "StatusCode.UNAVAILABLE")
+                if unavailable and self.protocol == "grpc" and not self._live():  # gRPC's word for no connection too
+                    reason = f"unreachable or gone: {message}"
+                    raise ServerError(f"server {self.address} ({self.protocol}) {reason}") from None
                 if unavailable and wait is not None:
                     time.sleep(wait)  # short of memory for now, or its model loading: the same request again
                     continue

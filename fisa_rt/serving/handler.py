@@ -114,8 +114,9 @@ class Handler:
                 for i, outputs in zip(members, self._run([checked[i] for i in members])):
                     outcomes[i] = outputs
             except Exception as exc:  # noqa: BLE001 -- a user's error or memory: anything else is raised
+                outcome = failure(exc)  # here, so that a bug only a batch meets is not hidden by the runs alone
                 if len(members) == 1:
-                    outcomes[members[0]] = failure(exc)
+                    outcomes[members[0]] = outcome
                     continue
                 # the request that failed the batch, or a batch too big for the memory that fits one at a time
                 for i in members:
