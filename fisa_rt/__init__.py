@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CheckpointError": ".errors",
     "ConfigError": ".errors",
+    "EngineFailure": ".errors",
     "FisaError": ".errors",
     "InputError": ".errors",
     "MissingDependencyError": ".errors",

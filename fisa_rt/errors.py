@@ -41,6 +41,13 @@ class OutOfMemory(FisaError):
     exit_code = 1
 
 
+class EngineFailure(FisaError):
+    """An engine failed on inputs that passed every check (TensorRT's enqueue returned False; its log says why):
+    neither the user's input nor their file, hence exit 1, and over a server not a refused request."""
+
+    exit_code = 1
+
+
 class PartialFailure(FisaError):
     """Some inputs of a batch failed (each already reported) while the others were processed: exit code 1,
     apart from the 2 of a run that did nothing (``written == 0``)."""

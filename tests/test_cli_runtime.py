@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fisa_rt import CheckpointError, InputError, MissingDependencyError
+from fisa_rt import CheckpointError, EngineFailure, InputError, MissingDependencyError
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
 from fisa_rt.runtime.backends import Backend, check_engine_compatibility
 from fisa_rt.runtime.results import rle_decode
@@ -426,6 +426,11 @@ def test_tensorrt_runs_a_batch_beyond_its_profile_in_parts_and_names_a_shape_it_
     backend.manifest["tensorrt"]["profiles"]["batch"]["max"] = 8  # a manifest the engine disagrees with
     with pytest.raises(InputError, match=r"takes no image of shape \(8, 3, 32, 32\) .*rebuild it"):
         backend.run(torch.zeros(10, 3, 32, 32), np.zeros((5, 64), np.float32))
+    types["class_scores"] = "fp32"
+    backend.context.execute_async_v3 = lambda stream: False  # TensorRT's log says why; the input passed every check
+    with pytest.raises(EngineFailure, match="TensorRT failed to execute the engine") as failed:
+        backend.run(torch.zeros(1, 3, 32, 32), np.zeros((5, 64), np.float32))
+    assert not isinstance(failed.value, InputError) and failed.value.exit_code == 1
 
 
 def test_engines_for_another_tensorrt_or_gpu_are_refused_with_the_rebuild_command():

@@ -163,14 +163,14 @@ def test_a_batch_too_big_for_the_memory_runs_one_request_at_a_time_and_a_bug_is_
     assert fed == [3]
 
 
-def test_short_of_memory_is_unavailable_and_a_bad_request_an_invalid_argument(tmp_path):
+def test_short_of_memory_is_unavailable_a_bad_request_an_invalid_argument_an_engine_failure_internal(tmp_path):
     import importlib.util
     import json
     import shutil
     from types import SimpleNamespace
 
     from fisa_rt import serving
-    from fisa_rt.errors import OutOfMemory
+    from fisa_rt.errors import EngineFailure, OutOfMemory
 
     # the model file as the server loads it: beside the environment.json the repository writes
     shutil.copy(os.path.join(os.path.dirname(serving.__file__), "triton_model.py"), tmp_path / "model.py")
@@ -180,7 +180,7 @@ def test_short_of_memory_is_unavailable_and_a_bad_request_an_invalid_argument(tm
     spec.loader.exec_module(module)
 
     class TritonError:
-        INVALID_ARG, UNAVAILABLE = "INVALID_ARG", "UNAVAILABLE"
+        INVALID_ARG, UNAVAILABLE, INTERNAL = "INVALID_ARG", "UNAVAILABLE", "INTERNAL"
 
         def __init__(self, message, code):
             self.message, self.code = message, code
@@ -189,6 +189,7 @@ def test_short_of_memory_is_unavailable_and_a_bad_request_an_invalid_argument(tm
     model.pb_utils = SimpleNamespace(TritonError=TritonError, InferenceResponse=lambda output_tensors, error: error)
     assert model._response(None, OutOfMemory("out of memory (x)")).code == "UNAVAILABLE"
     assert model._response(None, InputError("bad")).code == "INVALID_ARG"
+    assert model._response(None, EngineFailure("TensorRT failed to execute the engine")).code == "INTERNAL"
 
 
 def test_the_ensemble_steps_return_what_local_segment_returns(artefacts):

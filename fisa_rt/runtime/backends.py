@@ -25,8 +25,8 @@ import torch
 
 from ..devices import torch_device
 from ..errors import (
-    CheckpointError, InputError, MissingDependencyError, OutOfMemory, byte_size, missing_file_error, out_of_memory,
-    warn,
+    CheckpointError, EngineFailure, InputError, MissingDependencyError, OutOfMemory, byte_size, missing_file_error,
+    out_of_memory, warn,
 )
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -505,7 +505,7 @@ class TensorRTBackend(Backend):
         # the inputs (and the outputs' memory) come from the current stream; TensorRT's runs without waiting
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise InputError("TensorRT failed to execute the engine")
+            raise EngineFailure("TensorRT failed to execute the engine (its log above says why)")
         self.stream.synchronize()
         return RawOutput(outputs["mask_logits"], outputs["class_scores"])
 

@@ -77,14 +77,15 @@ class TritonPythonModel:
 
     def _response(self, request, outcome):
         pb_utils = self.pb_utils
-        if isinstance(outcome, Exception):  # a user's error: INVALID_ARG (HTTP 400), never INTERNAL
-            from fisa_rt.errors import OutOfMemory
+        if isinstance(outcome, Exception):
+            from fisa_rt.errors import EngineFailure, OutOfMemory
 
-            # short of memory: UNAVAILABLE (HTTP 503), which clients retry, as for an overloaded server
-            unavailable = isinstance(outcome, OutOfMemory)
-            error = pb_utils.TritonError(
-                str(outcome), pb_utils.TritonError.UNAVAILABLE if unavailable else pb_utils.TritonError.INVALID_ARG
-            )
+            # a user's error: INVALID_ARG (HTTP 400); short of memory: UNAVAILABLE (503), which clients retry, as
+            # for an overloaded server; the engine failing on a checked request: INTERNAL (500)
+            code = (pb_utils.TritonError.UNAVAILABLE if isinstance(outcome, OutOfMemory) else
+                    pb_utils.TritonError.INTERNAL if isinstance(outcome, EngineFailure) else
+                    pb_utils.TritonError.INVALID_ARG)
+            error = pb_utils.TritonError(str(outcome), code)
             return pb_utils.InferenceResponse(output_tensors=[], error=error)
         wanted = set(request.requested_output_names()) or set(outcome)
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in outcome.items() if n in wanted])
