@@ -171,11 +171,11 @@ class ServerSegmenter:
         protocol.check_parameters(parameters)
         names = [protocol.RESULT] + ([protocol.SEMANTIC, protocol.SEGMENT_MAP] if labels == "full" else [])
         outputs = [self._client_module.InferRequestedOutput(n) for n in names]
+        inputs = self._inputs(picture)  # encoded once, for every try
+        kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         for wait in (*RETRY_WAITS, None):
             try:
-                kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-                return self.client.infer(self.model, self._inputs(picture), outputs=outputs, parameters=parameters,
-                                         **kwargs)
+                return self.client.infer(self.model, inputs, outputs=outputs, parameters=parameters, **kwargs)
             except self._server_exception as exc:
                 status = str(exc.status() or "")
                 message = exc.message() or str(exc)
