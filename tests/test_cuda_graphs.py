@@ -111,6 +111,28 @@ def test_a_vocabulary_of_the_same_bucket_refills_the_text_without_recapture(eage
     assert seam.captures == 3 and len(backend.graphs.graphs) == 3
 
 
+def test_past_the_cap_a_graph_idle_for_long_makes_way_and_a_busy_one_does_not(eager, monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "MAX_GRAPHS", 2)
+    monkeypatch.setattr(cuda_graphs, "IDLE_CALLS", 4)
+    seam = ReplaySeam()
+    backend = graphed(seam)
+    one, text = _inputs(eager, 3)
+    two, three = torch.cat([one] * 2), torch.cat([one] * 3)
+    for images in (one, two, three, one, two, three):  # a cycle one shape wider than the cap: no thrash
+        backend.run(images, text)
+    assert seam.captures == 2 and backend.graphs.evictions == 0
+    for _ in range(4):  # batch 1 idle for IDLE_CALLS calls
+        backend.run(two, text)
+    want = eager.run(three, text)
+    got = backend.run(three, text)
+    assert seam.captures == 3 and backend.graphs.evictions == 1
+    assert sorted(key[0][0] for key in backend.graphs.graphs) == [2, 3]
+    torch.testing.assert_close(got.class_scores, want.class_scores, rtol=1e-4, atol=1e-6)
+    replays = seam.replays
+    backend.run(three, text)  # kept: replayed, not captured again
+    assert (seam.captures, seam.replays) == (3, replays + 1)
+
+
 def test_static_buffers_are_reused_and_results_are_not_overwritten(eager):
     backend = graphed(ReplaySeam())
     first_images, text = _inputs(eager, 4, seed=0)

@@ -35,8 +35,15 @@ MIN_BUCKET = 8
 WARMUP_RUNS = 3
 
 # Graphs kept per model: each holds its buffers and its share of the pool. A variable canvas (FC-CLIP's
-# padding to multiples of 32) can meet many shapes; past this many, new shapes run eagerly.
+# padding to multiples of 32) can meet many shapes; past this many, a new shape runs eagerly unless a graph has
+# gone unused for IDLE_CALLS calls, which it then replaces.
 MAX_GRAPHS = 16
+
+# Calls without a replay after which a graph may make way for a new shape. Not plain LRU: a stream cycling
+# through MAX_GRAPHS + 1 shapes would then recapture (3 warm-ups and a capture) on every call; a graph this long
+# unused belongs to a workload that has moved on (a server whose vocabularies or canvases changed), and kept it
+# would run the new one eagerly for good.
+IDLE_CALLS = 1000
 
 Forward = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor], Tuple[torch.Tensor, ...]]
 
@@ -100,6 +107,7 @@ class _Graph:
     # the text and seen tensors the buffers were filled from, with their versions (in-place changes counted):
     # held, so no other tensor can take their place
     filled_from: tuple = ()
+    last_call: int = 0  # the runner's call count at this graph's last replay
 
     def holds(self, text: torch.Tensor, seen: Optional[torch.Tensor]) -> bool:
         """Whether the text, valid and seen buffers already hold ``text`` and ``seen`` (the backend hands the same
@@ -131,6 +139,8 @@ class GraphRunner:
         self.graphs: Dict[tuple, _Graph] = {}
         self.failed: Dict[tuple, str] = {}  # keys whose capture failed, and why: they run eagerly
         self.captures = 0
+        self.evictions = 0
+        self.calls = 0
         self._lock = threading.Lock()
 
     @property
@@ -147,20 +157,35 @@ class GraphRunner:
             return self._replay(images, text, seen)
 
     def _replay(self, images: torch.Tensor, text: torch.Tensor, seen: Optional[torch.Tensor]):
+        self.calls += 1
         key = self.key(images, text, seen)
         graph = self.graphs.get(key)
         if graph is None:
-            if key in self.failed or len(self.graphs) >= MAX_GRAPHS:
+            if key in self.failed or not self._room():
                 return self._eager(images, text, seen)
             graph = self._capture(key, images, text, seen)
             if graph is None:
                 return self._eager(images, text, seen)
             self.graphs[key] = graph
+        graph.last_call = self.calls
         self._fill(graph, images, text, seen)
         self.seam.replay(graph.handle)
         mask_logits, scores = graph.outputs
         K = text.shape[0]
         return mask_logits.clone(), torch.cat([scores[..., :K], scores[..., -1:]], -1)
+
+    def _room(self) -> bool:
+        """Whether a new graph may be captured: under ``MAX_GRAPHS``, or after dropping the least recently replayed
+        graph where it has been idle for ``IDLE_CALLS`` calls (its buffers go back to the pool the next capture
+        draws from)."""
+        if len(self.graphs) < MAX_GRAPHS:
+            return True
+        key, idlest = min(self.graphs.items(), key=lambda item: item[1].last_call)
+        if self.calls - idlest.last_call < IDLE_CALLS:
+            return False
+        del self.graphs[key]
+        self.evictions += 1
+        return True
 
     def _eager(self, images, text, seen):
         return self.forward(images, text, seen, torch.ones(text.shape[0], dtype=torch.bool, device=text.device))
