@@ -22,6 +22,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fisa_rt.onnxruntime_session import inference_session
+
 RUNNER = "reduced in the graph, one run a batch"  # the manifest's mixed_precision.reference_run
 
 
@@ -128,7 +130,7 @@ def reduced_ranges(model, batches: Sequence[Mapping[str, np.ndarray]], stats_typ
                 return None
             with open(path, "wb") as f:
                 f.write(model.SerializeToString())
-        session = ort.InferenceSession(path, options, providers=list(providers))
+        session = inference_session(path, options, providers)
     for batch in batches:
         values = session.run(outputs, dict(batch))
         for i, name in enumerate(names):

@@ -26,6 +26,7 @@ from fisa_rt.errors import (
     CheckpointError, InputError, MissingDependencyError, refuse_overwrite, run_reporting_errors, warn,
 )
 from fisa_rt.export.quantization import PRECISIONS as QDQ_PRECISIONS, calibration_files
+from fisa_rt.onnxruntime_session import inference_session
 from fisa_rt.vocab import vocabulary as vocab
 
 
@@ -436,7 +437,7 @@ def ort_optimised(onnx_path: str, out_path: str) -> str:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = out_path
-    ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    inference_session(onnx_path, options)
     return out_path
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from fisa_rt.errors import MissingDependencyError
 from fisa_rt.kernels import plugin_launches
 from fisa_rt.kernels.onnx_ops import DOMAIN
+from fisa_rt.onnxruntime_session import inference_session
 
 ARCH = 90  # whose tuned block sizes the launches take (the interpreter ignores warps and stages)
 HINT = "running the fused ONNX on ONNX Runtime needs onnxruntime-extensions (pip install onnxruntime-extensions)"
@@ -96,4 +97,4 @@ def fused_session(path: str):
             opset.domain = contrib
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return inference_session(model.SerializeToString(), options)

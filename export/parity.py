@@ -12,6 +12,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from fisa_rt.onnxruntime_session import inference_session
+
 STABLE_IOU = 0.8  # one pixel more on a 5-pixel mask is IoU 0.83
 
 
@@ -19,7 +21,6 @@ def run_onnx(path: str, feed: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.nda
     """(mask logits (B, Q, H, W), class probabilities (B, Q, K+1)) of an image-model ONNX on the CPU, float16
     QuantizeLinear rounded as TensorRT rounds it whatever the ONNX Runtime (``qdq_rounding``)."""
     import onnx
-    import onnxruntime as ort
 
     from .qdq_rounding import onnxruntime_truncates, quantize_in_float32
 
@@ -28,7 +29,7 @@ def run_onnx(path: str, feed: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.nda
         model = onnx.load(path)
         if quantize_in_float32(model):
             source = model.SerializeToString()
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    session = inference_session(source)
     names = {i.name for i in session.get_inputs()}
     masks, probs = session.run(["mask_logits", "class_scores"], {k: v for k, v in feed.items() if k in names})
     return masks.astype(np.float32), probs.astype(np.float32)

@@ -20,6 +20,8 @@ from typing import List, Optional
 import onnx
 from onnx import TensorProto, helper
 
+from fisa_rt.onnxruntime_session import inference_session
+
 FIXED_IN = "1.30.0"
 
 
@@ -28,7 +30,6 @@ def onnxruntime_truncates() -> bool:
     """Whether the installed ONNX Runtime's CPU provider rounds float16 QuantizeLinear toward zero: asked of the
     runtime itself (one two-value graph), so a patched or custom build is judged by what it does."""
     import numpy as np
-    import onnxruntime as ort
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])
     y = helper.make_tensor_value_info("y", TensorProto.INT8, [2])
@@ -38,7 +39,7 @@ def onnxruntime_truncates() -> bool:
                               [scale, zero])
     # IR 9 with opset 19: what ONNX Runtime 1.15 and newer read
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = inference_session(model.SerializeToString())
     (out,) = session.run(None, {"x": np.array([0.07, -0.07], np.float16)})  # 0.7 and -0.7 steps: 1, -1
     return out.tolist() == [0, 0]
 

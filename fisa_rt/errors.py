@@ -6,6 +6,7 @@ exit non-zero while programming errors still surface as tracebacks.
 """
 
 import contextlib
+import os
 import re
 from typing import Optional
 
@@ -140,6 +141,12 @@ def out_of_memory(exc: BaseException) -> Optional[str]:
             return f"ONNX Runtime could not allocate {byte_size(found[1])}"
         if "bad_alloc" in text or "out of memory" in text:  # std::bad_alloc; the CUDA EP's "CUDA failure 2: ..."
             return "ONNX Runtime could not allocate memory"
+    if isinstance(exc, RuntimeError) and text.startswith("can't start new thread"):  # threading's words for both
+        return "could not start a thread: no memory for its stack, or the limit on threads reached"
+    if "pthread_create failed" in text and "Cannot allocate memory" in text:  # ONNX Runtime's pool, as RuntimeError
+        return "ONNX Runtime could not start a thread"
+    if isinstance(exc, ImportError) and text.endswith("failed to map segment from shared object"):  # dlopen's mmap
+        return f"could not map {os.path.basename(exc.path or '') or 'a compiled module'} into memory"
     return None
 
 

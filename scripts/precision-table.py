@@ -20,9 +20,9 @@ import numpy as np
 
 
 def latency_ms(path: str, feed, runs: int) -> float:
-    import onnxruntime as ort
+    from fisa_rt.onnxruntime_session import inference_session
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = inference_session(path)
     names = {i.name for i in session.get_inputs()}
     one = {k: (v[:1] if k == "image" else v) for k, v in feed.items() if k in names}
     for _ in range(3):

@@ -38,6 +38,19 @@ EXPECTED = {
     "onnxruntime cuda": (ort_errors.Fail(
         "[ONNXRuntimeError] : 1 : FAIL : onnxruntime::CudaCall CUDA failure 2: out of memory ; GPU=0 ; "
         "expr=cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);"), "ONNX Runtime could not allocate memory"),
+    # under a limit on the address space (RLIMIT_AS), before any array: a thread's stack, a library's mapping
+    "python thread": (RuntimeError("can't start new thread"),
+                      "could not start a thread: no memory for its stack, or the limit on threads reached"),
+    "onnxruntime thread": (RuntimeError(
+        "/onnxruntime_src/onnxruntime/core/platform/posix/env.cc:327 onnxruntime::{anonymous}::PosixThread::PosixThread"
+        "(const char*, int, unsigned int (*)(int, Eigen::ThreadPoolInterface*), Eigen::ThreadPoolInterface*, const "
+        "onnxruntime::ThreadOptions&) pthread_create failed, error code: 12 error msg: Cannot allocate memory"),
+        "ONNX Runtime could not start a thread"),
+    "shared library": (ImportError(
+        "/venv/lib/python3.11/site-packages/onnx/onnx_cpp2py_export.cpython-311-x86_64-linux-gnu.so: failed to map "
+        "segment from shared object", name="onnx_cpp2py_export",
+        path="/venv/lib/python3.11/site-packages/onnx/onnx_cpp2py_export.cpython-311-x86_64-linux-gnu.so"),
+        "could not map onnx_cpp2py_export.cpython-311-x86_64-linux-gnu.so into memory"),
 }
 
 
@@ -51,6 +64,9 @@ def test_other_errors_are_not_taken_for_allocation_failures():
     assert out_of_memory(RuntimeError("shape mismatch: out of memory-mapped range")) is None
     assert out_of_memory(ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed")) is None
     assert out_of_memory(ValueError("Failed to allocate memory for requested buffer of size 8")) is None  # not ORT's
+    assert out_of_memory(ImportError("lib.so: failed to map segment from shared object: Operation not permitted")) \
+        is None  # a library on a noexec mount
+    assert out_of_memory(ImportError("No module named 'tensorrt'")) is None
 
 
 def test_one_line_and_exit_code_1_and_other_errors_keep_their_traceback(capsys):

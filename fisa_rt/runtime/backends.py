@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..devices import torch_device
+from ..onnxruntime_session import inference_session
 from ..errors import (
     CheckpointError, EngineFailure, InputError, MissingDependencyError, OutOfMemory, byte_size, missing_file_error,
     out_of_memory, warn,
@@ -369,7 +370,7 @@ class OnnxRuntimeBackend(Backend):
         handed = [model] if split_graph else []
         del model
         try:
-            self.session, self.vocabulary = _sessions(ort, path, handed, options, providers)
+            self.session, self.vocabulary = _sessions(path, handed, _SessionMaker(path, options, providers))
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             if out_of_memory(exc):
                 raise
@@ -392,7 +393,40 @@ class OnnxRuntimeBackend(Backend):
         return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
 
 
-def _sessions(ort, path: str, handed: List[Any], options, providers):
+class _SessionMaker:
+    """Makes a backend's ONNX Runtime sessions on ``providers``. Where the TensorRT execution provider comes first
+    and a session fails on it (its libraries missing or of another TensorRT, a graph it cannot take), the other
+    providers get it, with one warning line, and the later sessions too; any other failure is raised as it is
+    (``onnxruntime_session``: ONNX Runtime's own fallback printed four lines to standard output, and retried the
+    CPU provider where that was what failed)."""
+
+    def __init__(self, path: str, options, providers: List[Any]):
+        self.path, self.options, self.providers = path, options, providers
+
+    def __call__(self, source):
+        try:
+            return inference_session(source, self.options, self.providers)
+        except Exception as exc:
+            if out_of_memory(exc) or _provider_name(self.providers[0]) != "TensorrtExecutionProvider":
+                raise
+            rest = self.providers[1:]
+            try:
+                session = inference_session(source, self.options, rest)
+            except Exception:  # noqa: BLE001 -- not the TensorRT EP's fault: its error is the one to show
+                raise exc from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            warn(f"{self.path}: ONNX Runtime's TensorRT execution provider failed ({reason}); running on "
+                 f"{', '.join(_provider_name(p) for p in rest)}")
+            self.providers = rest
+            return session
+
+
+def _provider_name(provider) -> str:
+    """A provider's name, from ``onnx_providers``' mix of names and (name, options) pairs."""
+    return provider if isinstance(provider, str) else provider[0]
+
+
+def _sessions(path: str, handed: List[Any], make: _SessionMaker):
     """The image model's session, and the vocabulary part's (a ``VocabularyCache``) where the model has one to
     split off; else the whole graph's session and None. ``handed``: [the loaded ``path``], emptied here so its
     weights are freed before ONNX Runtime reads its own copy, or [] not to split."""
@@ -415,16 +449,18 @@ def _sessions(ort, path: str, handed: List[Any], options, providers):
     # it stays in the temporary folder).
     if split is not None:
         try:
-            vocabulary = ort.InferenceSession(split.vocabulary.SerializeToString(), options, providers=providers)
+            vocabulary = make(split.vocabulary.SerializeToString())
             with tempfile.TemporaryDirectory(prefix="fisa-rt-", ignore_cleanup_errors=True) as folder:
                 graph = os.path.join(folder, "image.onnx")
                 onnx.save(model, graph, save_as_external_data=True, location="image.weights", size_threshold=1024)
                 del model
-                return ort.InferenceSession(graph, options, providers=providers), VocabularyCache(split, vocabulary)
+                return make(graph), VocabularyCache(split, vocabulary)
         except Exception as exc:  # noqa: BLE001 -- no usable temporary folder, or a cut ORT refuses: the graph as
             # it is still runs (and a file ORT cannot load at all fails there, with the caller's one error)
+            if out_of_memory(exc):  # the whole graph needs more still
+                raise
             warn(f"{path}: every node runs once per image: cannot write or load the split graph ({exc})")
-    return ort.InferenceSession(path, options, providers=providers), None
+    return make(path), None
 
 
 class TensorRTBackend(Backend):

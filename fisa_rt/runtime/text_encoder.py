@@ -14,6 +14,7 @@ import numpy as np
 
 from ..cache_files import VOCABULARY_CACHE_BYTES, store, touch
 from ..errors import CheckpointError, InputError, warn
+from ..onnxruntime_session import inference_session
 from ..vocab import vocabulary as vocab
 from ..vocab.prompts import expand_prompts, prompt_templates
 from ..vocab.tokenizer import Tokenizer, find_vocab_file, trim_padding
@@ -67,7 +68,7 @@ class TextEncoder:
 
         # the backend's thread count (ONNX Runtime's default is a pool of every core, per session)
         options = onnxruntime_options(ort, resolve_threads(getattr(backend, "threads", None)))
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = inference_session(path, options)
         self.tokenizer = Tokenizer(find_vocab_file(folder), int(backend.manifest["context_length"]))
         # a graph exported before the width was a graph input takes the whole context
         self.any_width = not isinstance(self.session.get_inputs()[0].shape[1], int)

@@ -1,0 +1,124 @@
+"""ONNX Runtime sessions fail once and print nothing (fisa_rt/onnxruntime_session.py), and a backend falls back from
+the TensorRT execution provider alone, in one warning line (runtime/backends.py, ``_SessionMaker``)."""
+
+import warnings
+
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from fisa_rt.errors import CheckpointError, FisaWarning
+from fisa_rt.onnxruntime_session import inference_session
+from fisa_rt.runtime.backends import OnnxRuntimeBackend, _SessionMaker
+
+TRT = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": "True"})
+REST = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.fixture
+def retried(monkeypatch):
+    """Each try ONNX Runtime makes at a session fails with a RuntimeError, the kind its own fallback retries (an
+    execution provider's error, a thread it could not start); returns the tries' providers."""
+    from onnxruntime.capi import onnxruntime_inference_collection as collection
+
+    tries = []
+
+    def fail(self, providers, *args, **kwargs):
+        tries.append(list(providers))
+        raise RuntimeError("pthread_create failed, error code: 11 error msg: Resource temporarily unavailable")
+
+    monkeypatch.setattr(collection.InferenceSession, "_create_inference_session", fail)
+    return tries
+
+
+def _model() -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_failed_session_is_tried_once_and_prints_nothing(retried, capfd):
+    with pytest.raises(RuntimeError, match="pthread_create failed"):
+        inference_session(_model())
+    # ONNX Runtime's own fallback printed four lines to stdout ("EP Error ...") and tried the CPU provider again
+    assert retried == [["CPUExecutionProvider"]] and capfd.readouterr().out == ""
+
+
+class Recorder:
+    """onnxruntime.InferenceSession's stand-in: fails where ``fails(providers)`` gives an exception."""
+
+    def __init__(self, fails):
+        self.fails, self.calls = fails, []
+
+    def __call__(self, source, options=None, providers=None, enable_fallback=1):
+        assert enable_fallback == 0
+        self.calls.append([p if isinstance(p, str) else p[0] for p in providers])
+        error = self.fails(self.calls[-1])
+        if error is not None:
+            raise error
+        return ("session", tuple(self.calls[-1]))
+
+
+def _maker(monkeypatch, fails):
+    recorder = Recorder(fails)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recorder)
+    return _SessionMaker("m.onnx", None, [TRT, *REST]), recorder
+
+
+def test_the_tensorrt_provider_failing_falls_back_once_in_one_line_for_every_later_session(monkeypatch):
+    missing = ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : TensorRT EP could not be loaded: libnvinfer.so.10\nmore")
+    make, recorder = _maker(monkeypatch, lambda names: missing if names[0] == "TensorrtExecutionProvider" else None)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert make("vocabulary") == ("session", tuple(REST))
+        assert make("image") == ("session", tuple(REST))
+    assert [str(w.message) for w in said if w.category is FisaWarning] == [
+        "m.onnx: ONNX Runtime's TensorRT execution provider failed ([ONNXRuntimeError] : 1 : FAIL : TensorRT EP could "
+        "not be loaded: libnvinfer.so.10); running on CUDAExecutionProvider, CPUExecutionProvider"]
+    assert recorder.calls == [["TensorrtExecutionProvider", *REST], REST, REST]
+
+
+def test_other_failures_are_raised_as_they_are(monkeypatch):
+    bad = ort_errors.InvalidGraph("[ONNXRuntimeError] : 10 : INVALID_GRAPH : bad graph")
+    make, recorder = _maker(monkeypatch, lambda names: bad)  # fails on every provider: the first error is the one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ort_errors.InvalidGraph) as raised:
+            make("image")
+    assert raised.value is bad and len(recorder.calls) == 2
+    short = ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory for requested buffer of size 8")
+    make, recorder = _maker(monkeypatch, lambda names: short)  # short of memory: another provider needs it too
+    with pytest.raises(ort_errors.Fail):
+        make("image")
+    assert len(recorder.calls) == 1
+    make, recorder = _maker(monkeypatch, lambda names: bad)
+    make.providers = REST  # not TensorRT first: nothing to fall back from
+    with pytest.raises(ort_errors.InvalidGraph):
+        make("image")
+    assert recorder.calls == [REST]
+
+
+def test_short_of_memory_for_the_split_graph_is_not_answered_by_the_whole_graph(artefacts, monkeypatch):
+    arena = ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory for requested buffer of size 8")
+    made = []
+
+    def image_session_fails(source, options=None, providers=None, enable_fallback=1):
+        made.append(source)
+        if len(made) == 2:  # the vocabulary graph's session made, the image graph's has no memory
+            raise arena
+        return object()
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", image_session_fails)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not "every node runs once per image", then a third try
+        with pytest.raises(ort_errors.Fail):
+            OnnxRuntimeBackend(artefacts["portable"], providers=["CPUExecutionProvider"])
+    assert len(made) == 2
+
+
+def test_an_image_model_onnx_runtime_cannot_load_is_one_error_line(artefacts, retried, capfd):
+    with pytest.raises(CheckpointError, match="ONNX Runtime cannot load .*pthread_create failed"):
+        OnnxRuntimeBackend(artefacts["portable"], providers=["CPUExecutionProvider"], split_graph=False)
+    assert retried == [["CPUExecutionProvider"]] and capfd.readouterr().out == ""
