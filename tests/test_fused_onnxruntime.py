@@ -68,12 +68,17 @@ def test_fused_onnx_with_the_plugin_kernels_equals_the_portable_onnx(artefacts, 
 
 
 def test_mask_pool_plugin_in_the_fused_graph_of_a_mask_average_model(tmp_path, launches, capfd):
-    """fisa-tiny-convnext's mask-average head: pool-only plugin, normalisation and logits as ONNX ops."""
+    """fisa-tiny-convnext's mask-average head: pool-only plugin, normalisation and logits as ONNX ops; with a mask
+    threshold past 0, which the node's attribute must carry to the kernel (the shipped configs' 0.0 would hide a
+    dropped one)."""
     from fisa_rt import create_model
+    from fisa_rt.config import get_model_config
     from fisa_rt.export.onnx_export import export_image_model
 
     torch.manual_seed(0)
-    model = create_model("fisa-tiny-convnext").eval()
+    cfg = get_model_config("fisa-tiny-convnext")
+    cfg.classifier.mask_threshold = 0.3
+    model = create_model(cfg).eval()
     paths = {f: export_image_model(model, str(tmp_path / f"{f}.onnx"), f) for f in ("portable", "fused")}
     # the exporter's C++ warnings (a custom node with no output type, say) reach the user's terminal
     assert "] Warning: " not in capfd.readouterr().err

@@ -220,21 +220,24 @@ def test_adapter_plugin_kernel_matches_reference(plugin_kernels):
     torch.testing.assert_close(out, adapter_attention_reference(q, k, v), rtol=1e-5, atol=1e-5)
 
 
-def test_mask_attention_plugin_kernel_matches_reference(plugin_kernels):
+# 0.7: past zero, so a kernel that compares with 0 whatever the threshold (as the model's own 0.0 would hide) fails
+@pytest.mark.parametrize("threshold", [0.0, 0.7])
+def test_mask_attention_plugin_kernel_matches_reference(plugin_kernels, threshold):
     B, H, Q, grid, D, mask = 2, 2, 5, (4, 4), 16, (8, 8)
     q, ks, vs = (torch.randn(B, H, Q, D) for _ in range(3))
     k, v = (torch.randn(B, H, 16, D) for _ in range(2))
     masks = torch.randn(B, Q, *mask) + 0.3
     out = torch.full_like(q, float("nan"))
     plugin_kernels.mask_attention_plugin_kernel[(1, B * H)](
-        q, k, v, ks, vs, masks, B, out, H=H, NQ=Q, GH=4, GW=4, D=D, HM=8, WM=8, THRESHOLD=0.0,
+        q, k, v, ks, vs, masks, B, out, H=H, NQ=Q, GH=4, GW=4, D=D, HM=8, WM=8, THRESHOLD=threshold,
         QK_SCALE=D ** -0.5 * math.log2(math.e), DOT_PRECISION="ieee", BLOCK_D=16, BLOCK_Q=16, BLOCK_N=16,
     )
-    torch.testing.assert_close(out, mask_attention_reference(q, k, v, ks, vs, masks, grid, 0.0), rtol=1e-4, atol=1e-5)
+    expected = mask_attention_reference(q, k, v, ks, vs, masks, grid, threshold)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("sigmoid", [False, True])
-def test_mask_pool_plugin_kernel_matches_reference(plugin_kernels, sigmoid):
+@pytest.mark.parametrize("sigmoid, threshold", [(False, 0.0), (False, 0.7), (True, 0.0)])
+def test_mask_pool_plugin_kernel_matches_reference(plugin_kernels, sigmoid, threshold):
     from fisa_rt.kernels.mask_pooling import mask_pool_reference
 
     B, Q, C = 2, 6, 40
@@ -244,10 +247,10 @@ def test_mask_pool_plugin_kernel_matches_reference(plugin_kernels, sigmoid):
     out = torch.full((B, Q, C), float("nan"))
     # BLOCK_C = 32 < C: two channel tiles, each sampling the masks once
     plugin_kernels.mask_pool_plugin_kernel[(1, 2, B)](
-        masks, dense, out, NQ=Q, C=C, HF=5, WF=5, HM=10, WM=10, THRESHOLD=0.0, SIGMOID=sigmoid,
+        masks, dense, out, NQ=Q, C=C, HF=5, WF=5, HM=10, WM=10, THRESHOLD=threshold, SIGMOID=sigmoid,
         DOT_PRECISION="ieee", BLOCK_Q=16, BLOCK_C=32, BLOCK_HW=32,
     )
-    expected = mask_pool_reference(masks, dense, "sigmoid" if sigmoid else "binary", 0.0)
+    expected = mask_pool_reference(masks, dense, "sigmoid" if sigmoid else "binary", threshold)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

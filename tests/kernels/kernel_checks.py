@@ -45,22 +45,19 @@ def strided_grad(out: torch.Tensor, layout: str) -> torch.Tensor:
     return grad
 
 
-def random_mask_logits(shape, sizes, dtype=torch.float32, empty=True):
-    """Random mask logits (mask 0 of every image empty when ``empty``) and a threshold near 0 that no bilinear resize of
-    them to any of ``sizes`` comes within 1e-5 of, so the kernel (fp32 interpolation) and the float64
+def random_mask_logits(shape, sizes, dtype=torch.float32, empty=True, near=0.0):
+    """Random mask logits (mask 0 of every image empty when ``empty``) and a threshold near ``near`` that no bilinear
+    resize of them to any of ``sizes`` comes within 1e-5 of, so the kernel (fp32 interpolation) and the float64
     reference make the same inside/outside call everywhere."""
     logits = torch.randn(*shape, dtype=torch.float64)
     if empty:
         logits[:, :1] = -50.0
     values = torch.cat([F.interpolate(logits, size=s, mode="bilinear", align_corners=False).flatten() for s in sizes])
-    values = torch.cat([values, torch.tensor([-0.5, 0.5], dtype=torch.float64)]).unique().sort().values
-    values = values[(values >= -0.5) & (values <= 0.5)]
+    values = torch.cat([values, torch.tensor([near - 0.5, near + 0.5], dtype=torch.float64)]).unique().sort().values
+    values = values[(values >= near - 0.5) & (values <= near + 0.5)]
     gaps = values[1:] - values[:-1]
-    best = int(
-        torch.argmax(
-            torch.where(gaps > 2e-5, -(values[1:] + values[:-1]).abs(), torch.tensor(-1e9, dtype=torch.float64))
-        )
-    )
+    distance = (values[1:] + values[:-1] - 2 * near).abs()
+    best = int(torch.argmax(torch.where(gaps > 2e-5, -distance, torch.tensor(-1e9, dtype=torch.float64))))
     threshold = float((values[best] + values[best + 1]) / 2)
     return logits.to(dtype), threshold
 

@@ -78,6 +78,20 @@ def test_float_scale_and_channels_last_features(poisoned):
     assert_close(out, expected, TOLERANCE[torch.float32][0])
 
 
+def test_a_threshold_far_from_zero(poisoned):
+    """The other tests' thresholds sit near 0, where a kernel comparing with 0 instead agreed on most cells (a
+    review's mutation passed there in most runs)."""
+    masks, threshold = random_mask_logits((2, 6, 8, 10), [(4, 5)], near=0.8)
+    dense = torch.randn(2, 24, 4, 5, device=DEVICE)
+    text = torch.randn(7, 24, device=DEVICE)
+    out = mask_average_logits(masks.to(DEVICE), dense, text, 12.5, "binary", threshold, kernels="triton")
+    expected = mask_average_logits_reference(
+        masks.double().to(DEVICE), dense.double(), text.double(), 12.5, "binary", threshold
+    )
+    assert threshold > 0.3
+    assert_close(out, expected, TOLERANCE[torch.float32][0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_realistic_size_forward_and_backward(dtype, poisoned):
     """Q = 120 box masks (5-30 % of the image) at 64 x 64 over a 32 x 32 feature grid (HW = 1024), small C."""
