@@ -23,11 +23,12 @@ PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 PLUGIN_MIN_VERSION = (10, 9)  # tensorrt.plugin AOT implementations
 
 INSTALL_HINT = (
-    "TensorRT is not installed. Desktop GPU: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
-    "(TensorRT >= 10.9 for the fused Triton plugins; RTX GPUs: or pip install tensorrt-rtx, portable only). "
+    "TensorRT is not installed. Desktop GPU: pip install tensorrt (TensorRT 11), or pip install 'tensorrt-cu12<11' "
+    "(10.x; >= 10.9 for the fused Triton plugins); RTX GPUs: or pip install tensorrt-rtx, portable only; fp16 also "
+    "needs ModelOpt, fisa-rt's [tensorrt] extra (pip install -e '.[tensorrt]' in its folder; docs/deploy.md). "
     "Jetson: TensorRT comes with JetPack 6/7 (sudo apt install nvidia-jetpack; python3 -c 'import tensorrt'). "
-    "The ONNX files were written; build on the target with the trtexec command printed above, "
-    "or run them with ONNX Runtime."
+    "The ONNX files were written; build on the target with the trtexec command printed above (the portable "
+    "flavour; the fused one with build_engine.py there), or run them with ONNX Runtime."
 )
 
 

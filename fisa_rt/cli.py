@@ -241,7 +241,8 @@ def _infer(args: argparse.Namespace) -> None:
     unused = ([flag for flag, value in local.items() if value] if args.server else
               [flag for flag, value in (("--model", args.model), ("--protocol", args.protocol)) if value])
     if unused:  # refused, not ignored: each would otherwise look applied
-        raise InputError(f"{', '.join(unused)} apply only with --{'engine' if args.server else 'server'}")
+        verb = "applies" if len(unused) == 1 else "apply"
+        raise InputError(f"{', '.join(unused)} {verb} only with --{'engine' if args.server else 'server'}")
     total = len(source)
 
     def show(name, result):
@@ -389,12 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = verb("make-data", "write the synthetic open-vocabulary panoptic dataset (COCO-panoptic format)", _make_data)
     data.add_argument("--out", required=True, help="dataset root to write")
-    data.add_argument("--train", type=COUNT, default=3000, help="number of training scenes (seen classes only)")
-    data.add_argument("--val", type=COUNT, default=300, help="number of validation scenes (seen and held-out classes)")
+    data.add_argument("--train", type=COUNT, default=3000,
+                      help="number of training scenes (seen classes only; default %(default)s)")
+    data.add_argument("--val", type=COUNT, default=300,
+                      help="number of validation scenes (seen and held-out classes; default %(default)s)")
     data.add_argument("--seed", type=COUNT, default=0, help="generator seed; the same seed writes the same files")
     # 4096 px: a 4K frame's side; the generator holds each scene in memory (112 GiB at 100000 px)
     data.add_argument("--image-size", type=_number(int, 16, 4096), default=128,
-                      help="side of the square scenes in pixels (16 to 4096)")
+                      help="side of the square scenes in pixels (16 to 4096; default %(default)s)")
     data.add_argument(
         "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing splits"
     )
@@ -419,12 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="adapt: simo-only (default) = FISA's SIMO set without the SEVE adapters, which beat FISA "
                          "on novel concepts (docs/training.md); simo = FISA with SEVE; frozen = frozen-CLIP "
                          "baseline (void embedding + temperature only); full = full fine-tuning baseline")
-    tr.add_argument("--steps", type=POSITIVE, default=1000, help="optimizer steps")
-    tr.add_argument("--batch-size", type=POSITIVE, default=16, help="global batch, split over torchrun processes")
+    tr.add_argument("--steps", type=POSITIVE, default=1000, help="optimizer steps (default %(default)s)")
+    tr.add_argument("--batch-size", type=POSITIVE, default=16,
+                    help="global batch, split over torchrun processes (default %(default)s)")
     tr.add_argument("--lr", type=_number(float, 0, low_open=True), default=1e-3,
-                    help="peak AdamW learning rate (linear warm-up, cosine decay)")
-    tr.add_argument("--weight-decay", type=_number(float, 0), default=0.05, help="AdamW weight decay")
-    tr.add_argument("--warmup", type=COUNT, default=50, help="warm-up steps")
+                    help="peak AdamW learning rate (linear warm-up, cosine decay; default %(default)s)")
+    tr.add_argument("--weight-decay", type=_number(float, 0), default=0.05,
+                    help="AdamW weight decay (default %(default)s)")
+    tr.add_argument("--warmup", type=COUNT, default=50, help="warm-up steps (default %(default)s)")
     tr.add_argument("--seed", type=COUNT, default=0, help="seed of initialisation, data order and augmentation")
     tr.add_argument("--region-captions", type=_number(float, 0, 1), default=0.0,
                     help="clip stage: fraction of pairs that are one segment's crop with its class prompt (0-1)")
@@ -434,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(runs/fisa.safetensors: runs/fisa.step100.safetensors; an adaptation-length curve)")
     tr.add_argument("--seve-layers", type=COUNT, nargs="+",
                     help="adapt --trainable simo: move the SEVE adapters to these blocks/stages (0-based; the "
-                         "--init checkpoint's must be untrained)")
+                         "--init checkpoint's adapters must be untrained)")
     tr.add_argument("--feature-distill", type=_number(float, 0), default=0.0,
                     help="adapt --trainable simo: weight of a term keeping the adapted image features close to the "
                          "pre-trained encoder's (cosine; 0 = off)")
@@ -443,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-ensemble", type=_number(float, 0, 1, low_open=True), metavar="ALPHA",
                     help="adapt: write init + ALPHA * (trained - init) for every trained weight but the temperature "
                          "and void embedding (WiSE-FT; default 0.5, 1 = the trained weights)")
-    tr.add_argument("--save-every", type=POSITIVE, default=200, help="steps between resumable training-state saves")
+    tr.add_argument("--save-every", type=POSITIVE, default=200,
+                    help="steps between resumable training-state saves (default %(default)s)")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     tr.add_argument(
         "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="train over an existing output"
@@ -459,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--data", required=True, help="dataset root in COCO-panoptic layout")
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    ev.add_argument("--batch-size", type=POSITIVE, default=8, help="images per forward pass")
+    ev.add_argument("--batch-size", type=POSITIVE, default=8, help="images per forward pass (default %(default)s)")
     ev.add_argument("--limit", type=POSITIVE, help="evaluate only the first N images")
     ev.add_argument(
         "--object-threshold",
@@ -543,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--threads", type=THREADS, help="CPU threads per instance (default: the cores / instances)")
     tri.add_argument("--max-batch-size", type=POSITIVE, default=8, help="dynamic batching's largest batch (default 8)")
     tri.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="fisa_python's device (default cpu)")
-    tri.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    tri.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS,
+                     help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     tri.add_argument("--max-classes", type=POSITIVE, default=2048, help="refuse larger vocabularies (default 2048)")
     tri.add_argument("--numpy1", help="a numpy<2 folder the Python stub imports first (nvidia-pytriton 0.7.0's stub)")
     tri.add_argument("--overwrite", action="store_true", help="replace an existing model of the same name")
@@ -566,11 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument(
         "--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the backend chosen from the file"
     )
-    be.add_argument("--batch", type=POSITIVE, default=1, help="images per call")
+    be.add_argument("--batch", type=POSITIVE, default=1, help="images per call (default %(default)s)")
     be.add_argument("--classes", type=BENCH_CLASSES, default=150,
-                    help="vocabulary size K (random unit embeddings; at most ImageNet-21k's 21841)")
-    be.add_argument("--warmup", type=COUNT, default=5, help="untimed calls first")
-    be.add_argument("--iterations", type=POSITIVE, default=30, help="timed calls")
+                    help="vocabulary size K (random unit embeddings; at most ImageNet-21k's 21841; "
+                    "default %(default)s)")
+    be.add_argument("--warmup", type=COUNT, default=5, help="untimed calls first (default %(default)s)")
+    be.add_argument("--iterations", type=POSITIVE, default=30, help="timed calls (default %(default)s)")
     speed_options(be)
     be.add_argument("--json", help="also write the report as JSON")
     be.add_argument(
@@ -582,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show an artefact's manifest, inputs/outputs and precision; warn on TensorRT or GPU mismatch",
         _inspect,
     )
-    ins.add_argument("path", help="engine, ONNX or checkpoint")
+    ins.add_argument("path", help="engine, ONNX, checkpoint or a build_engine.py folder (its best artefact)")
 
     tune = verb(
         "tune",
@@ -592,9 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
         _tune,
     )
     tune.add_argument("--engine", required=True, help="FISA checkpoint (.safetensors): its shapes are measured")
-    tune.add_argument("--batch", type=POSITIVE, default=1, help="images per forward pass to measure")
+    tune.add_argument("--batch", type=POSITIVE, default=1,
+                      help="images per forward pass to measure (default %(default)s)")
     tune.add_argument("--classes", type=BENCH_CLASSES, default=133,
-                      help="vocabulary size to measure (at most 21841)")
+                      help="vocabulary size to measure (at most 21841; default %(default)s)")
     tune.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
                       help="forget this machine's cached choices and measure again")
 

@@ -164,8 +164,8 @@ def test_an_empty_argument_is_refused_not_taken_as_not_given(tmp_path, argv, opt
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--engine", "build", "--model", "fisa"], "--model apply only with --server"),
-    (["--engine", "build", "--protocol", "grpc"], "--protocol apply only with --server"),
+    (["--engine", "build", "--model", "fisa"], "--model applies only with --server"),
+    (["--engine", "build", "--protocol", "grpc"], "--protocol applies only with --server"),
     (["--server", "localhost:1", "--threads", "2", "--compile"], "--threads, --compile apply only with --engine"),
 ])
 def test_options_of_the_other_mode_are_refused_not_ignored(tmp_path, argv, message):
