@@ -145,9 +145,19 @@ def out_of_memory(exc: BaseException) -> Optional[str]:
         return "could not start a thread: no memory for its stack, or the limit on threads reached"
     if "pthread_create failed" in text and "Cannot allocate memory" in text:  # ONNX Runtime's pool, as RuntimeError
         return "ONNX Runtime could not start a thread"
-    if isinstance(exc, ImportError) and text.endswith("failed to map segment from shared object"):  # dlopen's mmap
+    if isinstance(exc, ImportError) and text.endswith("failed to map segment from shared object") and not (
+        _on_noexec_mount(exc.path)  # glibc gives a noexec mount the same words
+    ):
         return f"could not map {os.path.basename(exc.path or '') or 'a compiled module'} into memory"
     return None
+
+
+def _on_noexec_mount(path: Optional[str]) -> bool:
+    """Whether ``path`` lies on a file system mounted noexec (False where that cannot be told)."""
+    try:
+        return bool(path) and bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
+    except (OSError, AttributeError):  # gone, or no ST_NOEXEC (not Linux)
+        return False
 
 
 @contextlib.contextmanager

@@ -15,8 +15,12 @@ from typing import Any, Sequence, Union
 
 def inference_session(source: Union[str, bytes], options=None, providers: Sequence[Any] = ("CPUExecutionProvider",)):
     """``onnxruntime.InferenceSession(source, options, providers)`` that raises what failed, once, printing
-    nothing."""
+    nothing (ONNX Runtime 1.23 and later), and whose runs do not fall back either."""
     import onnxruntime
 
-    return onnxruntime.InferenceSession(source, options, providers=list(providers), enable_fallback=0)
+    session = onnxruntime.InferenceSession(source, options, providers=list(providers), enable_fallback=0)
+    # ONNX Runtime 1.18-1.22 ignore enable_fallback (made on them, a failing session still prints and retries);
+    # their runs at least are the same as later versions'
+    session.disable_fallback()
+    return session
 

@@ -120,11 +120,11 @@ def test_past_the_cap_a_graph_idle_for_long_makes_way_and_a_busy_one_does_not(ea
     two, three = torch.cat([one] * 2), torch.cat([one] * 3)
     for images in (one, two, three, one, two, three):  # a cycle one shape wider than the cap: no thrash
         backend.run(images, text)
+    assert seam.captures == 2 and backend.graphs.evictions == 0  # batch 1 last replayed at call 4
+    backend.run(three, text)  # call 7: batch 1 unused for 3 calls, under IDLE_CALLS: eager
     assert seam.captures == 2 and backend.graphs.evictions == 0
-    for _ in range(4):  # batch 1 idle for IDLE_CALLS calls
-        backend.run(two, text)
     want = eager.run(three, text)
-    got = backend.run(three, text)
+    got = backend.run(three, text)  # call 8: 4 calls, IDLE_CALLS: its place is taken
     assert seam.captures == 3 and backend.graphs.evictions == 1
     assert sorted(key[0][0] for key in backend.graphs.graphs) == [2, 3]
     torch.testing.assert_close(got.class_scores, want.class_scores, rtol=1e-4, atol=1e-6)

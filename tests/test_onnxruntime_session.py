@@ -10,7 +10,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from fisa_rt.errors import CheckpointError, FisaWarning
 from fisa_rt.onnxruntime_session import inference_session
-from fisa_rt.runtime.backends import OnnxRuntimeBackend, _SessionMaker
+from fisa_rt.runtime.backends import OnnxRuntimeBackend, _FallbackSession, _SessionMaker
 
 TRT = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": "True"})
 REST = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -39,11 +39,27 @@ def _model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+# 1.18-1.22 read no enable_fallback (fisa_rt/onnxruntime_session.py)
+MAKES_WITHOUT_FALLBACK = tuple(int(p) for p in onnxruntime.__version__.split(".")[:2]) >= (1, 23)
+NO_FALLBACK = pytest.mark.skipif(not MAKES_WITHOUT_FALLBACK, reason="ONNX Runtime < 1.23 retries and prints")
+
+
+@NO_FALLBACK
 def test_a_failed_session_is_tried_once_and_prints_nothing(retried, capfd):
     with pytest.raises(RuntimeError, match="pthread_create failed"):
         inference_session(_model())
     # ONNX Runtime's own fallback printed four lines to stdout ("EP Error ...") and tried the CPU provider again
     assert retried == [["CPUExecutionProvider"]] and capfd.readouterr().out == ""
+
+
+class Made:
+    """What the stand-ins of onnxruntime.InferenceSession make."""
+
+    def __init__(self, providers):
+        self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+
+    def disable_fallback(self):
+        pass
 
 
 class Recorder:
@@ -58,7 +74,7 @@ class Recorder:
         error = self.fails(self.calls[-1])
         if error is not None:
             raise error
-        return ("session", tuple(self.calls[-1]))
+        return Made(self.calls[-1])
 
 
 def _maker(monkeypatch, fails):
@@ -72,12 +88,66 @@ def test_the_tensorrt_provider_failing_falls_back_once_in_one_line_for_every_lat
     make, recorder = _maker(monkeypatch, lambda names: missing if names[0] == "TensorrtExecutionProvider" else None)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        assert make("vocabulary") == ("session", tuple(REST))
-        assert make("image") == ("session", tuple(REST))
+        assert make("vocabulary")._session.providers == REST and make("image")._session.providers == REST
     assert [str(w.message) for w in said if w.category is FisaWarning] == [
         "m.onnx: ONNX Runtime's TensorRT execution provider failed ([ONNXRuntimeError] : 1 : FAIL : TensorRT EP could "
         "not be loaded: libnvinfer.so.10); running on CUDAExecutionProvider, CPUExecutionProvider"]
     assert recorder.calls == [["TensorrtExecutionProvider", *REST], REST, REST]
+
+
+class EngineAtFirstRun(Made):
+    """A session on the TensorRT EP whose first run fails as the EP's engine build does (EPFail)."""
+
+    def __init__(self, providers):
+        super().__init__(providers)
+        self.runs = []
+
+    def get_providers(self):
+        return self.providers
+
+    def set_providers(self, providers):
+        self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+
+    def run(self, outputs, feed, run_options=None):
+        self.runs.append(list(self.providers))
+        if self.providers[0] == "TensorrtExecutionProvider":
+            raise ort_errors.EPFail(
+                "[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network")
+        return ["outputs"]
+
+
+def test_the_tensorrt_provider_failing_at_a_run_moves_the_session_off_it_in_one_line(monkeypatch):
+    made = []
+
+    def make_session(source, options=None, providers=None, enable_fallback=1):
+        made.append(EngineAtFirstRun(providers))
+        return made[-1]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", make_session)
+    make = _SessionMaker("m.onnx", None, [TRT, *REST])
+    vocabulary, image = make("vocabulary"), make("image")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert vocabulary.run(["y"], {}) == ["outputs"]
+        assert image.run(["y"], {}) == ["outputs"] and image.run(["y"], {}) == ["outputs"]
+    assert [str(w.message) for w in said if w.category is FisaWarning] == [
+        "m.onnx: ONNX Runtime's TensorRT execution provider failed ([ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP "
+        "failed to create engine from network); running on CUDAExecutionProvider, CPUExecutionProvider"]
+    tensorrt = ["TensorrtExecutionProvider", *REST]
+    assert made[0].runs == [tensorrt, REST] and made[1].runs == [tensorrt, REST, REST]
+
+
+class FailsEverywhere(EngineAtFirstRun):
+    def run(self, outputs, feed, run_options=None):
+        self.runs.append(list(self.providers))
+        raise ort_errors.EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : CUDA failure")
+
+
+def test_a_run_failing_on_another_provider_is_raised_as_it_is():
+    session = FailsEverywhere(REST)
+    with pytest.raises(ort_errors.EPFail, match="CUDA failure"):
+        _FallbackSession(session, _SessionMaker("m.onnx", None, REST)).run(["y"], {})
+    assert session.runs == [REST]
 
 
 def test_other_failures_are_raised_as_they_are(monkeypatch):
@@ -108,7 +178,7 @@ def test_short_of_memory_for_the_split_graph_is_not_answered_by_the_whole_graph(
         made.append(source)
         if len(made) == 2:  # the vocabulary graph's session made, the image graph's has no memory
             raise arena
-        return object()
+        return Made(providers)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", image_session_fails)
     with warnings.catch_warnings():
@@ -118,6 +188,7 @@ def test_short_of_memory_for_the_split_graph_is_not_answered_by_the_whole_graph(
     assert len(made) == 2
 
 
+@NO_FALLBACK
 def test_an_image_model_onnx_runtime_cannot_load_is_one_error_line(artefacts, retried, capfd):
     with pytest.raises(CheckpointError, match="ONNX Runtime cannot load .*pthread_create failed"):
         OnnxRuntimeBackend(artefacts["portable"], providers=["CPUExecutionProvider"], split_graph=False)

@@ -4,6 +4,7 @@ could not be allocated and what to ask for instead, exit code 1; any other error
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -60,6 +61,17 @@ def test_each_library_s_allocation_failure_is_recognised(source):
     assert out_of_memory(error) == said
 
 
+def test_a_library_on_a_noexec_mount_is_not_taken_for_memory(monkeypatch, tmp_path):
+    """glibc 2.36 words a noexec mount's refusal as an address-space limit's: "failed to map segment"."""
+    library = tmp_path / "ext.so"
+    library.write_bytes(b"")
+    error = ImportError(f"{library}: failed to map segment from shared object", name="ext", path=str(library))
+    flags = {"noexec": os.ST_NOEXEC, "exec": 0}
+    for mount, flag in flags.items():
+        monkeypatch.setattr(os, "statvfs", lambda path, flag=flag: SimpleNamespace(f_flag=flag))
+        assert (out_of_memory(error) is None) == (mount == "noexec")
+
+
 def test_other_errors_are_not_taken_for_allocation_failures():
     assert out_of_memory(RuntimeError("shape mismatch: out of memory-mapped range")) is None
     assert out_of_memory(ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed")) is None
@@ -109,8 +121,6 @@ def test_onnx_runtime_short_of_memory_at_load_is_not_called_a_bad_file(artefacts
 
 
 def test_tensorrt_without_memory_for_a_context_says_what_it_needs_and_what_to_rebuild(capsys):
-    from types import SimpleNamespace
-
     from fisa_rt.errors import OutOfMemory
     from fisa_rt.runtime.backends import execution_context
 
@@ -127,8 +137,6 @@ def test_tensorrt_without_memory_for_a_context_says_what_it_needs_and_what_to_re
 
 
 def test_tensorrt_tells_a_plan_the_gpu_cannot_hold_from_a_corrupt_one(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from fisa_rt import CheckpointError
     from fisa_rt.errors import OutOfMemory
     from fisa_rt.runtime.backends import deserialized_engine

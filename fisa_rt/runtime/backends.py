@@ -393,32 +393,62 @@ class OnnxRuntimeBackend(Backend):
         return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
 
 
+TENSORRT_EP = "TensorrtExecutionProvider"
+
+
 class _SessionMaker:
-    """Makes a backend's ONNX Runtime sessions on ``providers``. Where the TensorRT execution provider comes first
-    and a session fails on it (its libraries missing or of another TensorRT, a graph it cannot take), the other
-    providers get it, with one warning line, and the later sessions too; any other failure is raised as it is
-    (``onnxruntime_session``: ONNX Runtime's own fallback printed four lines to standard output, and retried the
-    CPU provider where that was what failed)."""
+    """Makes a backend's ONNX Runtime sessions on ``providers``, with ONNX Runtime's own fallback off
+    (``onnxruntime_session``: it printed four lines to standard output, and retried the CPU provider where that was
+    what failed) and fisa-rt's in its place, from the TensorRT execution provider alone: where a session fails on it,
+    when made or at a run (the EP builds a dynamic graph's engine at its first run), the other providers take that
+    session and the later ones, said in one warning line. Any other failure is raised as it is."""
 
     def __init__(self, path: str, options, providers: List[Any]):
         self.path, self.options, self.providers = path, options, providers
 
     def __call__(self, source):
         try:
-            return inference_session(source, self.options, self.providers)
+            session = inference_session(source, self.options, self.providers)
         except Exception as exc:
-            if out_of_memory(exc) or _provider_name(self.providers[0]) != "TensorrtExecutionProvider":
+            if out_of_memory(exc) or _provider_name(self.providers[0]) != TENSORRT_EP:
                 raise
-            rest = self.providers[1:]
             try:
-                session = inference_session(source, self.options, rest)
+                session = inference_session(source, self.options, self.providers[1:])
             except Exception:  # noqa: BLE001 -- not the TensorRT EP's fault: its error is the one to show
                 raise exc from None
+            self.without_tensorrt(exc)
+        return _FallbackSession(session, self)
+
+    def without_tensorrt(self, exc: BaseException) -> List[Any]:
+        """The providers after the TensorRT EP, which failed with ``exc``: said once per backend."""
+        if _provider_name(self.providers[0]) == TENSORRT_EP:
+            self.providers = self.providers[1:]
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             warn(f"{self.path}: ONNX Runtime's TensorRT execution provider failed ({reason}); running on "
-                 f"{', '.join(_provider_name(p) for p in rest)}")
-            self.providers = rest
-            return session
+                 f"{', '.join(_provider_name(p) for p in self.providers)}")
+        return self.providers
+
+
+class _FallbackSession:
+    """An ONNX Runtime session whose ``run``, where the TensorRT EP fails at it (ONNX Runtime's ``EPFail``), moves
+    the session to the other providers and runs again, as ONNX Runtime's own fallback did without the printing."""
+
+    def __init__(self, session, maker: _SessionMaker):
+        self._session, self._maker = session, maker
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run(self, output_names, feed, run_options=None):
+        try:
+            return self._session.run(output_names, feed, run_options)
+        except Exception as exc:
+            from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+            if not isinstance(exc, EPFail) or self._session.get_providers()[0] != TENSORRT_EP:
+                raise
+            self._session.set_providers(self._maker.without_tensorrt(exc))
+        return self._session.run(output_names, feed, run_options)
 
 
 def _provider_name(provider) -> str:
