@@ -90,7 +90,7 @@ def test_the_tensorrt_provider_failing_falls_back_once_in_one_line_for_every_lat
         warnings.simplefilter("always")
         assert make("vocabulary")._session.providers == REST and make("image")._session.providers == REST
     assert [str(w.message) for w in said if w.category is FisaWarning] == [
-        "m.onnx: ONNX Runtime's TensorRT execution provider failed ([ONNXRuntimeError] : 1 : FAIL : TensorRT EP could "
+        "m.onnx: ONNX Runtime's TensorrtExecutionProvider failed ([ONNXRuntimeError] : 1 : FAIL : TensorRT EP could "
         "not be loaded: libnvinfer.so.10); running on CUDAExecutionProvider, CPUExecutionProvider"]
     assert recorder.calls == [["TensorrtExecutionProvider", *REST], REST, REST]
 
@@ -131,7 +131,7 @@ def test_the_tensorrt_provider_failing_at_a_run_moves_the_session_off_it_in_one_
         assert vocabulary.run(["y"], {}) == ["outputs"]
         assert image.run(["y"], {}) == ["outputs"] and image.run(["y"], {}) == ["outputs"]
     assert [str(w.message) for w in said if w.category is FisaWarning] == [
-        "m.onnx: ONNX Runtime's TensorRT execution provider failed ([ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP "
+        "m.onnx: ONNX Runtime's TensorrtExecutionProvider failed ([ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP "
         "failed to create engine from network); running on CUDAExecutionProvider, CPUExecutionProvider"]
     tensorrt = ["TensorrtExecutionProvider", *REST]
     assert made[0].runs == [tensorrt, REST] and made[1].runs == [tensorrt, REST, REST]
@@ -143,11 +143,12 @@ class FailsEverywhere(EngineAtFirstRun):
         raise ort_errors.EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : CUDA failure")
 
 
-def test_a_run_failing_on_another_provider_is_raised_as_it_is():
-    session = FailsEverywhere(REST)
-    with pytest.raises(ort_errors.EPFail, match="CUDA failure"):
-        _FallbackSession(session, _SessionMaker("m.onnx", None, REST)).run(["y"], {})
-    assert session.runs == [REST]
+def test_a_run_with_nothing_to_fall_back_to_is_raised_as_it_is():
+    for providers, required in ((["CPUExecutionProvider"], False), (REST, True)):  # CPU alone; --device cuda
+        session = FailsEverywhere(providers)
+        with pytest.raises(ort_errors.EPFail, match="CUDA failure"):
+            _FallbackSession(session, _SessionMaker("m.onnx", None, providers, gpu_required=required)).run(["y"], {})
+        assert session.runs == [providers]
 
 
 def test_other_failures_are_raised_as_they_are(monkeypatch):
@@ -164,8 +165,24 @@ def test_other_failures_are_raised_as_they_are(monkeypatch):
         make("image")
     assert len(recorder.calls) == 1
     make, recorder = _maker(monkeypatch, lambda names: bad)
-    make.providers = REST  # not TensorRT first: nothing to fall back from
+    make.providers = ["CPUExecutionProvider"]  # nothing to fall back to
     with pytest.raises(ort_errors.InvalidGraph):
+        make("image")
+    assert recorder.calls == [["CPUExecutionProvider"]]
+
+
+def test_cuda_failing_falls_back_to_the_cpu_unless_a_gpu_was_asked_for(monkeypatch):
+    cuda = RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+    make, recorder = _maker(monkeypatch, lambda names: cuda if names[0] != "CPUExecutionProvider" else None)
+    make.providers = REST  # onnx_providers without a --device: CUDA first where there is no TensorRT EP
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert make("image")._session.providers == ["CPUExecutionProvider"]
+    assert [str(w.message) for w in said] == ["m.onnx: ONNX Runtime's CUDAExecutionProvider failed (CUDA failure 100: "
+                                              "no CUDA-capable device is detected); running on CPUExecutionProvider"]
+    make, recorder = _maker(monkeypatch, lambda names: cuda if names[0] != "CPUExecutionProvider" else None)
+    make.providers, make.gpu_required = REST, True  # --device cuda: never the CPU alone
+    with pytest.raises(RuntimeError, match="CUDA failure 100"):
         make("image")
     assert recorder.calls == [REST]
 

@@ -370,7 +370,8 @@ class OnnxRuntimeBackend(Backend):
         handed = [model] if split_graph else []
         del model
         try:
-            self.session, self.vocabulary = _sessions(path, handed, _SessionMaker(path, options, providers))
+            make = _SessionMaker(path, options, providers, gpu_required=device is not None and device != "cpu")
+            self.session, self.vocabulary = _sessions(path, handed, make)
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             if out_of_memory(exc):
                 raise
@@ -393,45 +394,57 @@ class OnnxRuntimeBackend(Backend):
         return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
 
 
-TENSORRT_EP = "TensorrtExecutionProvider"
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class _SessionMaker:
     """Makes a backend's ONNX Runtime sessions on ``providers``, with ONNX Runtime's own fallback off
     (``onnxruntime_session``: it printed four lines to standard output, and retried the CPU provider where that was
-    what failed) and fisa-rt's in its place, from the TensorRT execution provider alone: where a session fails on it,
-    when made or at a run (the EP builds a dynamic graph's engine at its first run), the other providers take that
-    session and the later ones, said in one warning line. Any other failure is raised as it is."""
+    what failed) and one of fisa-rt's in its place: where a session fails on a GPU provider, when made or at a run
+    (the TensorRT EP builds a dynamic graph's engine at its first run), the providers after it take that session
+    and the later ones, said in one warning line; never the CPU alone where a GPU was asked for
+    (``gpu_required``). Any other failure, and one short of memory, is raised as it is."""
 
-    def __init__(self, path: str, options, providers: List[Any]):
-        self.path, self.options, self.providers = path, options, providers
+    def __init__(self, path: str, options, providers: List[Any], gpu_required: bool = False):
+        self.path, self.options, self.providers, self.gpu_required = path, options, providers, gpu_required
 
     def __call__(self, source):
         try:
             session = inference_session(source, self.options, self.providers)
         except Exception as exc:
-            if out_of_memory(exc) or _provider_name(self.providers[0]) != TENSORRT_EP:
+            rest = self.rest()
+            if out_of_memory(exc) or rest is None:
                 raise
             try:
-                session = inference_session(source, self.options, self.providers[1:])
-            except Exception:  # noqa: BLE001 -- not the TensorRT EP's fault: its error is the one to show
+                session = inference_session(source, self.options, rest)
+            except Exception:  # noqa: BLE001 -- the first provider's error is the one to show
                 raise exc from None
-            self.without_tensorrt(exc)
+            self.fall_back(exc)
         return _FallbackSession(session, self)
 
-    def without_tensorrt(self, exc: BaseException) -> List[Any]:
-        """The providers after the TensorRT EP, which failed with ``exc``: said once per backend."""
-        if _provider_name(self.providers[0]) == TENSORRT_EP:
-            self.providers = self.providers[1:]
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            warn(f"{self.path}: ONNX Runtime's TensorRT execution provider failed ({reason}); running on "
-                 f"{', '.join(_provider_name(p) for p in self.providers)}")
+    def rest(self) -> Optional[List[Any]]:
+        """The providers after the first, where falling back to them may help: the first a GPU provider, and the
+        rest with a GPU provider still where one is required; else None."""
+        if _provider_name(self.providers[0]) not in GPU_PROVIDERS:
+            return None
+        rest = self.providers[1:]
+        if self.gpu_required and not any(_provider_name(p) in GPU_PROVIDERS for p in rest):
+            return None
+        return rest
+
+    def fall_back(self, exc: BaseException) -> List[Any]:
+        """Drop the first provider, which failed with ``exc``, for this session and the later ones, in one line."""
+        failed, self.providers = _provider_name(self.providers[0]), self.rest()
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        warn(f"{self.path}: ONNX Runtime's {failed} failed ({reason}); running on "
+             f"{', '.join(_provider_name(p) for p in self.providers)}")
         return self.providers
 
 
 class _FallbackSession:
-    """An ONNX Runtime session whose ``run``, where the TensorRT EP fails at it (ONNX Runtime's ``EPFail``), moves
-    the session to the other providers and runs again, as ONNX Runtime's own fallback did without the printing."""
+    """An ONNX Runtime session whose ``run``, where its first provider fails at it (ONNX Runtime's ``EPFail``), moves
+    the session to the backend's providers after that one and runs again, as ONNX Runtime's own fallback did,
+    without the printing."""
 
     def __init__(self, session, maker: _SessionMaker):
         self._session, self._maker = session, maker
@@ -445,9 +458,16 @@ class _FallbackSession:
         except Exception as exc:
             from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
-            if not isinstance(exc, EPFail) or self._session.get_providers()[0] != TENSORRT_EP:
+            first = self._session.get_providers()[0]
+            if not isinstance(exc, EPFail) or out_of_memory(exc):
                 raise
-            self._session.set_providers(self._maker.without_tensorrt(exc))
+            if first == _provider_name(self._maker.providers[0]):  # the backend's first: fall back once for all
+                if self._maker.rest() is None:
+                    raise
+                self._maker.fall_back(exc)
+            elif any(first == _provider_name(p) for p in self._maker.providers):
+                raise  # a provider the backend still runs on failed here: another session's fallback is no cure
+            self._session.set_providers(self._maker.providers)
         return self._session.run(output_names, feed, run_options)
 
 
