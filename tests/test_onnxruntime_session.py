@@ -1,16 +1,20 @@
-"""ONNX Runtime sessions fail once and print nothing (fisa_rt/onnxruntime_session.py), and a backend falls back from
-the TensorRT execution provider alone, in one warning line (runtime/backends.py, ``_SessionMaker``)."""
+"""ONNX Runtime sessions fail once and print nothing (fisa_rt/onnxruntime_session.py), and a backend falls back
+from a failing GPU provider to the providers after it, when a session is made or at a run, in one warning line
+(runtime/backends.py: ``_SessionMaker``, ``OnnxRuntimeBackend._fell_back``)."""
 
 import warnings
 
 import onnxruntime
 import pytest
+import torch
 from onnx import TensorProto, helper
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from fisa_rt.errors import CheckpointError, FisaWarning
 from fisa_rt.onnxruntime_session import inference_session
-from fisa_rt.runtime.backends import OnnxRuntimeBackend, _FallbackSession, _SessionMaker
+from fisa_rt.runtime.backends import OnnxRuntimeBackend, _SessionMaker
+
+from helpers import random_text
 
 TRT = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": "True"})
 REST = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -88,67 +92,87 @@ def test_the_tensorrt_provider_failing_falls_back_once_in_one_line_for_every_lat
     make, recorder = _maker(monkeypatch, lambda names: missing if names[0] == "TensorrtExecutionProvider" else None)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        assert make("vocabulary")._session.providers == REST and make("image")._session.providers == REST
+        assert make("vocabulary").providers == REST and make("image").providers == REST
     assert [str(w.message) for w in said if w.category is FisaWarning] == [
         "m.onnx: ONNX Runtime's TensorrtExecutionProvider failed ([ONNXRuntimeError] : 1 : FAIL : TensorRT EP could "
         "not be loaded: libnvinfer.so.10); running on CUDAExecutionProvider, CPUExecutionProvider"]
     assert recorder.calls == [["TensorrtExecutionProvider", *REST], REST, REST]
 
 
-class EngineAtFirstRun(Made):
-    """A session on the TensorRT EP whose first run fails as the EP's engine build does (EPFail)."""
+class EngineFailsAtRun:
+    """A session whose runs fail as the TensorRT EP's engine build at a first run does (EPFail)."""
 
-    def __init__(self, providers):
-        super().__init__(providers)
-        self.runs = []
+    def __init__(self, session):
+        self.session, self.runs = session, 0
 
-    def get_providers(self):
-        return self.providers
-
-    def set_providers(self, providers):
-        self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+    def __getattr__(self, name):
+        return getattr(self.session, name)
 
     def run(self, outputs, feed, run_options=None):
-        self.runs.append(list(self.providers))
-        if self.providers[0] == "TensorrtExecutionProvider":
-            raise ort_errors.EPFail(
-                "[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network")
-        return ["outputs"]
+        self.runs += 1
+        raise ort_errors.EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network")
 
 
-def test_the_tensorrt_provider_failing_at_a_run_moves_the_session_off_it_in_one_line(monkeypatch):
-    made = []
+def _inputs(backend):
+    images = torch.randint(0, 256, (1, 3, backend.image_size, backend.image_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    return images, random_text(3, backend.embed_dim).numpy()
 
-    def make_session(source, options=None, providers=None, enable_fallback=1):
-        made.append(EngineAtFirstRun(providers))
-        return made[-1]
 
-    monkeypatch.setattr(onnxruntime, "InferenceSession", make_session)
-    make = _SessionMaker("m.onnx", None, [TRT, *REST])
-    vocabulary, image = make("vocabulary"), make("image")
+def test_a_gpu_provider_failing_at_a_run_remakes_the_sessions_on_the_providers_after_it(artefacts):
+    backend = OnnxRuntimeBackend(artefacts["ort"], providers=["CPUExecutionProvider"])
+    images, text = _inputs(backend)
+    want = backend.run(images, text)
+    # as on a GPU: the TensorRT EP first, failing at the first run; then the image graph is remade from the model's
+    # file (ONNX Runtime's set_providers would load it again from the split's temporary file, gone by then)
+    backend.sessions.providers = [TRT, "CPUExecutionProvider"]
+    backend.session = failing = EngineFailsAtRun(backend.session)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        assert vocabulary.run(["y"], {}) == ["outputs"]
-        assert image.run(["y"], {}) == ["outputs"] and image.run(["y"], {}) == ["outputs"]
+        got = backend.run(images, text)
     assert [str(w.message) for w in said if w.category is FisaWarning] == [
-        "m.onnx: ONNX Runtime's TensorrtExecutionProvider failed ([ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP "
-        "failed to create engine from network); running on CUDAExecutionProvider, CPUExecutionProvider"]
-    tensorrt = ["TensorrtExecutionProvider", *REST]
-    assert made[0].runs == [tensorrt, REST] and made[1].runs == [tensorrt, REST, REST]
+        f"{artefacts['ort']}: ONNX Runtime's TensorrtExecutionProvider failed ([ONNXRuntimeError] : 11 : EP_FAIL : "
+        "TensorRT EP failed to create engine from network); running on CPUExecutionProvider"]
+    assert failing.runs == 1 and backend.session is not failing and backend.vocabulary is not None
+    assert backend.sessions.providers == ["CPUExecutionProvider"] and backend.device == torch.device("cpu")
+    torch.testing.assert_close(got.class_scores, want.class_scores)
 
 
-class FailsEverywhere(EngineAtFirstRun):
-    def run(self, outputs, feed, run_options=None):
-        self.runs.append(list(self.providers))
-        raise ort_errors.EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : CUDA failure")
+def test_a_remake_that_fails_too_raises_the_first_error_and_keeps_the_backend_as_it_was(artefacts, monkeypatch):
+    backend = OnnxRuntimeBackend(artefacts["ort"], providers=["CPUExecutionProvider"], split_graph=False)
+    images, text = _inputs(backend)
+    backend.sessions.providers = [TRT, "CPUExecutionProvider"]
+    backend.session = failing = EngineFailsAtRun(backend.session)
+
+    def refuse(source, options=None, providers=None, enable_fallback=1):
+        raise ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : the CPU provider refuses too")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "running on" line for a fallback that did not happen
+        with pytest.raises(ort_errors.EPFail, match="failed to create engine"):
+            backend.run(images, text)
+    assert backend.session is failing and backend.sessions.providers == [TRT, "CPUExecutionProvider"]
+    short = ort_errors.Fail("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory for requested buffer of size 8")
+
+    def short_of_memory(source, options=None, providers=None, enable_fallback=1):
+        raise short
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", short_of_memory)
+    with pytest.raises(ort_errors.Fail, match="Failed to allocate"):  # short of memory: the remake's own error
+        backend.run(images, text)
 
 
-def test_a_run_with_nothing_to_fall_back_to_is_raised_as_it_is():
+def test_a_run_with_nothing_to_fall_back_to_is_raised_as_it_is(artefacts):
+    backend = OnnxRuntimeBackend(artefacts["ort"], providers=["CPUExecutionProvider"], split_graph=False)
+    images, text = _inputs(backend)
     for providers, required in ((["CPUExecutionProvider"], False), (REST, True)):  # CPU alone; --device cuda
-        session = FailsEverywhere(providers)
-        with pytest.raises(ort_errors.EPFail, match="CUDA failure"):
-            _FallbackSession(session, _SessionMaker("m.onnx", None, providers, gpu_required=required)).run(["y"], {})
-        assert session.runs == [providers]
+        backend.sessions.providers, backend.sessions.gpu_required = providers, required
+        backend.session = failing = EngineFailsAtRun(backend.session)
+        with pytest.raises(ort_errors.EPFail):
+            backend.run(images, text)
+        assert failing.runs == 1 and backend.session is failing
+        backend.session = failing.session
 
 
 def test_other_failures_are_raised_as_they_are(monkeypatch):
@@ -177,7 +201,7 @@ def test_cuda_failing_falls_back_to_the_cpu_unless_a_gpu_was_asked_for(monkeypat
     make.providers = REST  # onnx_providers without a --device: CUDA first where there is no TensorRT EP
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        assert make("image")._session.providers == ["CPUExecutionProvider"]
+        assert make("image").providers == ["CPUExecutionProvider"]
     assert [str(w.message) for w in said] == ["m.onnx: ONNX Runtime's CUDAExecutionProvider failed (CUDA failure 100: "
                                               "no CUDA-capable device is detected); running on CPUExecutionProvider"]
     make, recorder = _maker(monkeypatch, lambda names: cuda if names[0] != "CPUExecutionProvider" else None)

@@ -369,17 +369,21 @@ class OnnxRuntimeBackend(Backend):
         providers = providers or onnx_providers(ort, device, engines)
         handed = [model] if split_graph else []
         del model
+        self.path, self.split_graph = path, split_graph
+        self.sessions = _SessionMaker(path, options, providers, gpu_required=device is not None and device != "cpu")
         try:
-            make = _SessionMaker(path, options, providers, gpu_required=device is not None and device != "cpu")
-            self.session, self.vocabulary = _sessions(path, handed, make)
+            self.session, self.vocabulary = _sessions(path, handed, self.sessions)
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             if out_of_memory(exc):
                 raise
             raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        self.device = torch.device(
-            "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu"
-        )
         self.outputs = [o.name for o in self.session.get_outputs()][:2]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the outputs go: the GPU while a GPU provider runs the model (a fallback may move it to the CPU)."""
+        on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider" and torch.cuda.is_available()
+        return torch.device("cuda" if on_gpu else "cpu")
 
     def run(self, images: torch.Tensor, text: np.ndarray, seen: Optional[np.ndarray] = None) -> RawOutput:
         text = self.check_text(text)
@@ -388,10 +392,44 @@ class OnnxRuntimeBackend(Backend):
             feed["image"] = feed["image"].astype(np.float32)
         if self.applies_seen:
             feed["seen"] = self.seen_flags(text, seen)
+        try:
+            mask_logits, scores = self._run(feed)
+        except Exception as exc:
+            if not self._fell_back(exc):
+                raise
+            mask_logits, scores = self._run(feed)
+        return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
+
+    def _run(self, feed: Dict[str, np.ndarray]):
         if self.vocabulary is not None:
             feed = self.vocabulary.image_feed(feed)
-        mask_logits, scores = self.session.run(self.outputs, feed)
-        return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
+        return self.session.run(self.outputs, feed)
+
+    def _fell_back(self, exc: BaseException) -> bool:
+        """Whether the sessions were made again on the providers after one that failed at a run (ONNX Runtime's
+        EPFail: the TensorRT EP builds a dynamic graph's engine at its first run), as ONNX Runtime's own fallback
+        did. Made from the model's file, not moved with ``set_providers``: that loads the image graph again from
+        the temporary file it was made from, gone by then. A remake that fails raises the first provider's error
+        (or its own where short of memory), and the backend keeps its sessions."""
+        from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+        if not isinstance(exc, EPFail) or out_of_memory(exc) or self.sessions.rest() is None:
+            return False
+        import onnx
+
+        failed = self.sessions.providers
+        self.sessions.providers = self.sessions.rest()
+        try:
+            handed = [onnx.load(self.path, load_external_data=False)] if self.split_graph else []
+            self.session, self.vocabulary = _sessions(self.path, handed, self.sessions)
+        except Exception as retry:
+            self.sessions.providers = failed
+            if out_of_memory(retry):
+                raise retry from None
+            raise exc from None
+        now, self.sessions.providers = self.sessions.providers, failed  # the remake may have fallen back further
+        self.sessions.fall_back(exc, to=now)
+        return True
 
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -400,27 +438,29 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 class _SessionMaker:
     """Makes a backend's ONNX Runtime sessions on ``providers``, with ONNX Runtime's own fallback off
     (``onnxruntime_session``: it printed four lines to standard output, and retried the CPU provider where that was
-    what failed) and one of fisa-rt's in its place: where a session fails on a GPU provider, when made or at a run
-    (the TensorRT EP builds a dynamic graph's engine at its first run), the providers after it take that session
-    and the later ones, said in one warning line; never the CPU alone where a GPU was asked for
-    (``gpu_required``). Any other failure, and one short of memory, is raised as it is."""
+    what failed) and one of fisa-rt's in its place: where a session fails to be made on a GPU provider, the
+    providers after it make it and the backend's later sessions, said in one warning line; never the CPU alone
+    where a GPU was asked for (``gpu_required``). Any other failure, and one short of memory, is raised as it is.
+    A failure at a run: ``OnnxRuntimeBackend._fell_back``."""
 
     def __init__(self, path: str, options, providers: List[Any], gpu_required: bool = False):
         self.path, self.options, self.providers, self.gpu_required = path, options, providers, gpu_required
 
     def __call__(self, source):
         try:
-            session = inference_session(source, self.options, self.providers)
+            return inference_session(source, self.options, self.providers)
         except Exception as exc:
             rest = self.rest()
             if out_of_memory(exc) or rest is None:
                 raise
             try:
                 session = inference_session(source, self.options, rest)
-            except Exception:  # noqa: BLE001 -- the first provider's error is the one to show
+            except Exception as retry:  # noqa: BLE001 -- the first provider's error is the one to show
+                if out_of_memory(retry):
+                    raise retry from None
                 raise exc from None
             self.fall_back(exc)
-        return _FallbackSession(session, self)
+            return session
 
     def rest(self) -> Optional[List[Any]]:
         """The providers after the first, where falling back to them may help: the first a GPU provider, and the
@@ -432,43 +472,13 @@ class _SessionMaker:
             return None
         return rest
 
-    def fall_back(self, exc: BaseException) -> List[Any]:
-        """Drop the first provider, which failed with ``exc``, for this session and the later ones, in one line."""
-        failed, self.providers = _provider_name(self.providers[0]), self.rest()
+    def fall_back(self, exc: BaseException, to: Optional[List[Any]] = None) -> None:
+        """Drop the first provider, which failed with ``exc``, for the later sessions (run on ``to``, by default the
+        providers after it), in one line."""
+        failed, self.providers = _provider_name(self.providers[0]), self.rest() if to is None else to
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         warn(f"{self.path}: ONNX Runtime's {failed} failed ({reason}); running on "
              f"{', '.join(_provider_name(p) for p in self.providers)}")
-        return self.providers
-
-
-class _FallbackSession:
-    """An ONNX Runtime session whose ``run``, where its first provider fails at it (ONNX Runtime's ``EPFail``), moves
-    the session to the backend's providers after that one and runs again, as ONNX Runtime's own fallback did,
-    without the printing."""
-
-    def __init__(self, session, maker: _SessionMaker):
-        self._session, self._maker = session, maker
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-    def run(self, output_names, feed, run_options=None):
-        try:
-            return self._session.run(output_names, feed, run_options)
-        except Exception as exc:
-            from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
-
-            first = self._session.get_providers()[0]
-            if not isinstance(exc, EPFail) or out_of_memory(exc):
-                raise
-            if first == _provider_name(self._maker.providers[0]):  # the backend's first: fall back once for all
-                if self._maker.rest() is None:
-                    raise
-                self._maker.fall_back(exc)
-            elif any(first == _provider_name(p) for p in self._maker.providers):
-                raise  # a provider the backend still runs on failed here: another session's fallback is no cure
-            self._session.set_providers(self._maker.providers)
-        return self._session.run(output_names, feed, run_options)
 
 
 def _provider_name(provider) -> str:
