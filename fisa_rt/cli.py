@@ -553,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     tri.add_argument("--max-classes", type=POSITIVE, default=2048, help="refuse larger vocabularies (default 2048)")
     tri.add_argument("--numpy1", help="a numpy<2 folder the Python stub imports first (nvidia-pytriton 0.7.0's stub)")
-    tri.add_argument("--overwrite", action="store_true", help="replace an existing model of the same name")
+    tri.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                     help="replace an existing model of the same name")
 
     enc = verb(
         "encode-vocab", "encode a vocabulary once into an embeddings file that infer --embeddings takes", _encode_vocab
