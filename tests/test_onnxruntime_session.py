@@ -4,6 +4,7 @@ from a failing GPU provider to the providers after it, when a session is made or
 
 import warnings
 
+import numpy as np
 import onnxruntime
 import pytest
 import torch
@@ -136,6 +137,38 @@ def test_a_gpu_provider_failing_at_a_run_remakes_the_sessions_on_the_providers_a
     assert failing.runs == 1 and backend.session is not failing and backend.vocabulary is not None
     assert backend.sessions.providers == ["CPUExecutionProvider"] and backend.device == torch.device("cpu")
     torch.testing.assert_close(got.class_scores, want.class_scores)
+
+
+def test_a_run_s_error_is_the_exception_alone_not_a_log_line_first(artefacts, capfd):
+    """ONNX Runtime's logger printed a run's error on its own line ("[E:onnxruntime ... ExecuteKernel] ..."), before
+    fisa-rt's one line for it: the backend's runs log fatal errors only."""
+    x, shape = (helper.make_tensor_value_info(n, t, [None]) for n, t in (("x", TensorProto.FLOAT),
+                                                                        ("s", TensorProto.INT64)))
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], "g", [x, shape],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    make = _SessionMaker("m.onnx", None, ["CPUExecutionProvider"])
+    session = make(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(Exception, match="cannot be reshaped"):  # 4 values into 3
+        session.run(None, {"x": np.ones(4, np.float32), "s": np.array([3])}, make.run_options)
+    assert "ExecuteKernel" not in capfd.readouterr().err
+    backend = OnnxRuntimeBackend(artefacts["ort"], providers=["CPUExecutionProvider"])
+    passed = []
+    backend.session = RunRecorder(backend.session, passed)
+    backend.vocabulary.session = RunRecorder(backend.vocabulary.session, passed)
+    backend.run(*_inputs(backend))
+    assert [options.log_severity_level for options in passed] == [4, 4]  # the vocabulary graph's run, the image's
+
+
+class RunRecorder:
+    def __init__(self, session, passed):
+        self.session, self.passed = session, passed
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, outputs, feed, run_options=None):
+        self.passed.append(run_options)
+        return self.session.run(outputs, feed, run_options)
 
 
 def test_a_remake_that_fails_too_raises_the_first_error_and_keeps_the_backend_as_it_was(artefacts, monkeypatch):

@@ -208,6 +208,6 @@ def test_infer_with_a_batch_the_memory_cannot_hold_says_so_in_one_line(artefacts
     assert failed.returncode == 1
     errors = [line for line in failed.stderr.splitlines() if line.startswith("fisa-rt:")]
     assert len(errors) == 1 and errors[0].startswith("fisa-rt: error: out of memory ("), failed.stderr
-    assert "Traceback" not in failed.stderr
+    assert "Traceback" not in failed.stderr and "ExecuteKernel" not in failed.stderr  # nor ONNX Runtime's log line
     done, limited = infer(one, 1, margin)  # the limit alone is not what failed
     assert done.returncode == 0 and limited["code"] == 0, done.stderr

@@ -161,9 +161,9 @@ class _CountingSession:
     def __init__(self, session):
         self.session, self.runs = session, 0
 
-    def run(self, outputs, feed):
+    def run(self, outputs, feed, run_options=None):
         self.runs += 1
-        return self.session.run(outputs, feed)
+        return self.session.run(outputs, feed, run_options)
 
 
 def test_cache_finds_vocabularies_by_value_never_by_identity():

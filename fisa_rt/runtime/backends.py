@@ -403,7 +403,7 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, feed: Dict[str, np.ndarray]):
         if self.vocabulary is not None:
             feed = self.vocabulary.image_feed(feed)
-        return self.session.run(self.outputs, feed)
+        return self.session.run(self.outputs, feed, self.sessions.run_options)
 
     def _fell_back(self, exc: BaseException) -> bool:
         """Whether the sessions were made again on the providers after one that failed at a run (ONNX Runtime's
@@ -444,7 +444,14 @@ class _SessionMaker:
     A failure at a run: ``OnnxRuntimeBackend._fell_back``."""
 
     def __init__(self, path: str, options, providers: List[Any], gpu_required: bool = False):
+        import onnxruntime
+
         self.path, self.options, self.providers, self.gpu_required = path, options, providers, gpu_required
+        # A run's errors only as exceptions: ONNX Runtime's logger printed each on its own line first ("[E:onnxruntime
+        # ... ExecuteKernel] ... Failed to allocate memory"), before fisa-rt's one line; its message is the
+        # exception's, which --debug shows whole. Its warnings when a session is made stay.
+        self.run_options = onnxruntime.RunOptions()
+        self.run_options.log_severity_level = 4  # fatal only
 
     def __call__(self, source):
         try:
@@ -514,7 +521,7 @@ def _sessions(path: str, handed: List[Any], make: _SessionMaker):
                 graph = os.path.join(folder, "image.onnx")
                 onnx.save(model, graph, save_as_external_data=True, location="image.weights", size_threshold=1024)
                 del model
-                return make(graph), VocabularyCache(split, vocabulary)
+                return make(graph), VocabularyCache(split, vocabulary, make.run_options)
         except Exception as exc:  # noqa: BLE001 -- no usable temporary folder, or a cut ORT refuses: the graph as
             # it is still runs (and a file ORT cannot load at all fails there, with the caller's one error)
             if out_of_memory(exc):  # the whole graph needs more still

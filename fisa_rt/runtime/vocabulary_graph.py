@@ -175,9 +175,9 @@ class VocabularyCache:
 
     KEPT = 4  # a handful: each holds K x 2 x width floats per SEVE adapter (15 MB for fisa-vit-b16 at K = 1203)
 
-    def __init__(self, split: VocabularySplit, session):
-        """``session`` runs ``split.vocabulary`` (ONNX Runtime, or anything with its ``run``)."""
-        self.session = session
+    def __init__(self, split: VocabularySplit, session, run_options=None):
+        """``session`` runs ``split.vocabulary`` (ONNX Runtime, or anything with its ``run``), with ``run_options``."""
+        self.session, self.run_options = session, run_options
         self.boundary, self.inputs, self.image_inputs = split.boundary, split.vocabulary_inputs, split.image_inputs
         self._entries: List[Tuple[List[Tuple[Any, ...]], Dict[str, np.ndarray]]] = []
 
@@ -190,7 +190,7 @@ class VocabularyCache:
         entries = self._entries  # one read: a concurrent call may replace the list, never change it
         hit = next((entry for entry in entries if entry[0] == signature), None)
         if hit is None:
-            outputs = self.session.run(self.boundary, dict(zip(self.inputs, key)))
+            outputs = self.session.run(self.boundary, dict(zip(self.inputs, key)), self.run_options)
             hit = signature, dict(zip(self.boundary, outputs))
         self._entries = [hit] + [entry for entry in entries if entry is not hit][: self.KEPT - 1]  # most recent first
         # an input the caller leaves out keeps its default (an initializer listed as an input)
