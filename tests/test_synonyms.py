@@ -120,8 +120,11 @@ def test_model_takes_the_best_synonym_in_and_out_of_vocabulary(max_model):
         open_gates(closed, 0.0)  # SEVE off: a second synonym row can only change scores through the max
         plain = closed(x, text, seen).class_logits
         with_decoy = closed(x, decoy, seen).class_logits
+        decoy_first = closed(x, decoy.flip(1), seen).class_logits
     torch.testing.assert_close(doubled, single, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(with_decoy, plain, atol=1e-3)
+    # a max does not care which synonym comes first, in either head (each scoring only the first row passed above)
+    torch.testing.assert_close(decoy_first, with_decoy, atol=1e-5, rtol=1e-5)
 
 
 def test_config_refuses_an_unknown_synonym_mode():
@@ -186,6 +189,9 @@ def test_onnx_runtime_applies_synonyms_and_seen_like_pytorch(artefacts):
     torch.testing.assert_close(got.class_scores, want.class_scores, atol=1e-5, rtol=1e-4)
     unseen = onnx_seg.backend.run(images, onnx_seg.text, None).class_scores
     assert not torch.allclose(unseen, got.class_scores, atol=1e-4)  # the graph reads the flags
+    # no flags mean every class unseen on either backend (ONNX's default had been free to differ from PyTorch's)
+    torch_unseen = torch_seg.backend.run(images, torch_seg.text, None).class_scores
+    torch.testing.assert_close(unseen, torch_unseen, atol=1e-5, rtol=1e-4)
     # (K, D) text is one row per class; a flag per class is required
     assert onnx_seg.backend.run(images, onnx_seg.text[:, 0], None).class_scores.shape == (2, 20, 5)
     with pytest.raises(InputError, match=r"seen must be \(4,\) bool"):
