@@ -32,6 +32,13 @@ def test_known_answer_with_miss_false_positive_and_void():
     assert pq.summary([0])["rq"] == pytest.approx(100 * 1 / (1 + 0.5))
 
 
+def test_an_iou_of_exactly_one_half_is_no_match():
+    """panopticapi matches at IoU > 0.5, strictly: half of a 4-pixel segment is a miss and a false positive."""
+    pq = PanopticQuality(1)
+    pq.add(np.array([[1, 1, 1, 1]]), {1: 0}, np.array([[5, 5, 0, 0]]), {5: 0})
+    assert (pq.stats[0].tp, pq.stats[0].fp, pq.stats[0].fn) == (0, 1, 1)
+
+
 def test_prediction_mostly_on_void_is_not_a_false_positive():
     gt = np.array([[1, 0, 0, 0]])
     pq = PanopticQuality(1)
@@ -44,6 +51,11 @@ def test_miou_known_answer():
     iou.add(np.array([[0, 0, 1, 255]]), np.array([[0, 1, 1, 0]]))
     # class 0: 1 / (2 + 1 - 1) = 0.5; class 1: 1 / (1 + 2 - 1) = 0.5
     assert iou.miou([0, 1]) == pytest.approx(50.0)
+    # averaged over the classes in the ground truth: class 2, only predicted, and class 3, in neither, do not count
+    # (class 0: 1.0, class 1: 0.5); counting either gave 50 or nan
+    iou = SemanticIoU(4)
+    iou.add(np.array([[0, 0, 1, 1]]), np.array([[0, 0, 1, 2]]))
+    assert iou.miou([0, 1, 2, 3]) == pytest.approx(75.0)
 
 
 def _perturbed_predictions(root, pred_dir, rng):

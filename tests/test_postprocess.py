@@ -37,7 +37,8 @@ ALL = (slice(None), slice(None))
 
 
 def test_semantic_labels_follow_masks_and_ignore_void():
-    class_logits = _class_logits([(0, BIG), (1, BIG), ("void", BIG)])
+    # the void proposal is the most confident and covers everything: with void in the argmax it would win every pixel
+    class_logits = _class_logits([(0, BIG - 2), (1, BIG - 2), ("void", BIG)])
     masks = torch.stack([_mask(LEFT), _mask(RIGHT), _mask(ALL)])
     result = semantic_inference(class_logits, masks)
     expected = torch.tensor([[0, 0, 1, 1]] * 4)
@@ -63,6 +64,11 @@ def test_panoptic_known_answer():
 def test_panoptic_with_nothing_confident_is_empty():
     result = panoptic_inference(_class_logits([("void", BIG)]), _mask(ALL)[None], [True, False], PostprocessConfig())
     assert result.segments == [] and not result.segment_map.any()
+    # the keep rule is score > object_mask_threshold, strictly: a probability of exactly 1.0 at threshold 1.0 is out
+    certain = torch.tensor([[100.0, 0.0, 0.0]])
+    assert certain.softmax(-1).max() == 1.0
+    result = panoptic_inference(certain, _mask(ALL)[None], [True, False], PostprocessConfig(object_mask_threshold=1.0))
+    assert result.segments == []
 
 
 def test_best_proposal_labels_known_answer():
@@ -86,6 +92,14 @@ def test_instance_known_answer_keeps_things_only():
     assert result.labels.tolist() == [0, 0]
     assert torch.equal(result.masks[0], masks[0] > 0) and torch.equal(result.masks[1], masks[2] > 0)
     assert result.scores[0] > result.scores[1] > 0
+
+
+def test_instance_score_is_class_probability_times_mean_mask_probability_inside_the_mask():
+    mask = torch.full((4, 4), -BIG)
+    mask[LEFT] = 1.0  # inside: sigmoid(1.0) = 0.73, not the +-10 logits where every mean is ~1 or ~0
+    class_logits = torch.tensor([[BIG, 0.0, 0.0]])
+    result = instance_inference(class_logits, mask[None], [True, False], PostprocessConfig(instance_topk=1))
+    torch.testing.assert_close(result.scores, class_logits.softmax(-1)[:, 0] * torch.sigmoid(torch.tensor(1.0)))
 
 
 def test_is_thing_length_is_checked():
