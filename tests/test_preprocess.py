@@ -13,7 +13,7 @@ from fisa_rt.checkpoint import save_checkpoint
 from fisa_rt.config import OPENAI_MEAN, OPENAI_STD, ConfigError, FisaConfig, ResizeConfig, get_model_config
 from fisa_rt.data.panoptic import PanopticDataset
 from fisa_rt.model import create_model
-from fisa_rt.preprocess import resize_and_pad, resized_shape
+from fisa_rt.preprocess import normalize_images, resize_and_pad, resized_shape
 from fisa_rt.runtime.segmenter import Segmenter
 
 FCCLIP_TEST = ResizeConfig(
@@ -36,14 +36,26 @@ FCCLIP_TEST = ResizeConfig(
         ((720, 1280), (750, 1333)),  # 16:9: 1422.2 > 1333, so 800 * 1333 / 1422.2 = 749.8
         ((375, 1242), (402, 1333)),  # very wide: 2649.6 > 1333, 800 * 1333 / 2649.6 = 402.5 -> 402
         ((1, 2000), (1, 1333)),  # a line of pixels keeps one row
+        ((64, 65), (800, 813)),  # 65 * 12.5 = 812.5 exactly: int(x + 0.5) rounds up, Python's round to even
+        ((65, 64), (813, 800)),
     ],
 )
 def test_shortest_edge_is_detectron2s_rule(size, expected):
     assert resized_shape(*size, 1344, FCCLIP_TEST) == expected
 
 
+def test_normalisation_is_per_channel_mean_and_std_of_the_0_to_1_scale():
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)  # one pixel: 0, 0.2, 1.0
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    want = torch.tensor([(0.0 - 0.1) / 0.5, (0.2 - 0.2) / 0.25, (1.0 - 0.3) / 2.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalize_images(pixels, mean, std), want)
+    torch.testing.assert_close(normalize_images(pixels.float() / 255, mean, std), want)  # float input in [0, 1]
+
+
 @pytest.mark.parametrize(
-    "size, expected", [((480, 640), (816, 1088)), ((1088, 17), (1088, 17)), ((3, 4000), (1, 1088))]
+    "size, expected",
+    [((480, 640), (816, 1088)), ((1088, 17), (1088, 17)), ((3, 4000), (1, 1088)),
+     ((2, 7), (311, 1088))],  # 2 * 1088 / 7 = 310.86: rounded, not floored
 )
 def test_longest_edge_rule_is_the_default(size, expected):
     assert resized_shape(*size, 1088) == expected
