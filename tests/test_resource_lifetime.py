@@ -85,6 +85,19 @@ def test_the_vocabulary_cache_keeps_its_most_recently_used_entries(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_pruning_keeps_the_newest_entry_even_past_the_budget(tmp_path):
+    """The other cache tests' budgets hold 2.5 entries, so pruning never reached the newest."""
+    import re
+
+    from fisa_rt.cache_files import keep_recent
+
+    for age, name in enumerate(["a.npz", "b.npz", "c.npz"]):
+        (tmp_path / name).write_bytes(b"x" * 10)
+        os.utime(tmp_path / name, (1000 + age, 1000 + age))
+    keep_recent(str(tmp_path), re.compile(r".*\.npz"), 0)
+    assert sorted(os.listdir(tmp_path)) == ["c.npz"]
+
+
 def test_the_model_embeddings_cache_is_bounded_like_the_runtime_one(tmp_path, tiny_vit):
     """FisaModel.encode_vocabulary(cache=)'s entries were never removed, nor a killed writer's temporaries."""
     from test_nothing_lost import _dead_pid

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -84,6 +85,11 @@ def test_cache_reuses_embeddings_and_keys_on_weights(tmp_path, tiny_vit, monkeyp
     second = tiny_vit.encode_vocabulary(["cat", "dog"], cache=cache)
     assert calls == [] and torch.equal(first, second)
     assert len(list(tmp_path.glob("vocab-*.safetensors"))) == 1
+    # the same classes in another order are their own entry, in that order (not the first entry's rows)
+    torch.testing.assert_close(tiny_vit.encode_vocabulary(["dog", "cat"], cache=cache), first[[1, 0]])
+    cfg = tiny_vit.cfg.text
+    assert cache.path("f", cfg, ["cat"]) != cache.path("f", dataclasses.replace(cfg, templates="single"), ["cat"])
+    calls.clear()
     tiny_vit.encode_vocabulary(["cat", "bird"], cache=cache)
     assert len(calls) == 1
     with torch.no_grad():

@@ -21,6 +21,10 @@ def test_files_and_classes(tmp_path):
     txt.write_text("# my classes\nperson, man, woman\nsky:stuff\n\ncar:thing\n")
     v = vocab.from_file(str(txt))
     assert v.names == ["person, man, woman", "sky", "car"] and v.is_thing == [True, False, True]
+    txt.write_text("  # an indented comment\ncat \nsky:stuff  \n")  # lines as an editor leaves them
+    v = vocab.from_file(str(txt))
+    assert v.names == ["cat", "sky"] and v.is_thing == [True, False]
+    assert vocab.Vocabulary(["a", "b"]).is_thing == [True, True]  # unmarked classes are things
     assert vocab.resolve(classes="cat, dog").names == ["cat", "dog"]
     # the file's :stuff suffix works in --classes too, so a panoptic run can merge a stuff class into one segment
     marked = vocab.resolve(classes="cat, grass:stuff, sky : Stuff, car:thing")
@@ -53,6 +57,26 @@ def test_files_written_by_other_tools_read_as_meant(tmp_path):
         upper.write_text('{"classes": [{"name": "cat", "isthing": %s}]}' % flag)
         with pytest.raises(InputError, match="isthing of 'cat'"):
             vocab.from_file(str(upper))
+
+
+def test_the_vild_templates_are_fcclips_fourteen():
+    """Pinned as written in FC-CLIP (fcclip/fcclip.py, VILD_PROMPT): the other tests build their prompts from
+    PROMPT_TEMPLATES itself, so a dropped template passed them."""
+    from fisa_rt.vocab.prompts import PROMPT_TEMPLATES
+
+    assert PROMPT_TEMPLATES["vild"] == (
+        "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene", "There is the {} in the scene",
+        "a photo of a {} in the scene", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
+        "This is a photo of a small {}.", "This is a photo of a medium {}.", "This is a photo of a large {}.",
+        "There is a small {} in the scene.", "There is a medium {} in the scene.",
+        "There is a large {} in the scene.",
+    )
+
+
+def test_the_runtime_cache_key_knows_the_templates():
+    """A frozen CLIP text tower exported with other templates can be the same text encoder, byte for byte."""
+    classes = vocab.Vocabulary(["cat"])
+    assert vocab.cache_key("sha", "vild", classes) != vocab.cache_key("sha", "single", classes)
 
 
 def test_prompt_averaging_and_embeddings_round_trip(tmp_path):
