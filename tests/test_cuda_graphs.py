@@ -17,7 +17,7 @@ from fisa_rt.runtime import cuda_graphs
 from fisa_rt.runtime.cuda_graphs import MIN_BUCKET, CaptureSeam, class_bucket
 from fisa_rt.runtime.segmenter import Segmenter
 
-from helpers import random_text
+from helpers import open_gates, random_text
 
 
 class ReplaySeam(CaptureSeam):
@@ -82,6 +82,7 @@ def test_padded_classes_are_masked_so_scores_equal_the_unpadded_run(eager):
 def test_text_valid_masks_padding_in_either_head(config):
     torch.manual_seed(0)
     model = create_model(config).eval()
+    open_gates(model, 0.5)  # SEVE on: built fresh its gates are 0, and dropping text_valid there went unseen
     images, text = torch.randn(1, 3, 128, 128), random_text(5, model.embed_dim)
     seen = torch.tensor([True, False, True, False, False])
     padded = torch.cat([text, torch.zeros(3, model.embed_dim)])

@@ -324,3 +324,24 @@ def test_clip_temperature_is_capped_at_100_as_fcclip_caps_it(tiny_convnext):
         with torch.no_grad():
             scale.copy_(saved)
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_fcclip_same_shape_tensors_map_to_their_own_modules():
+    """Tensors of equal shape that a swapped rule would still round-trip: pinned one by one (FC-CLIP's
+    query_feat is the content query, query_embed the positional; self vs cross attention; MLP layer order)."""
+    p, m = "sem_seg_head.predictor.", "mask_generator."
+    pinned = {
+        p + "query_feat.weight": m + "query_feat.weight",
+        p + "query_embed.weight": m + "query_pos.weight",
+        p + "transformer_self_attention_layers.0.self_attn.in_proj_weight": m + "layers.0.self_attn.in_proj_weight",
+        p + "transformer_cross_attention_layers.0.multihead_attn.in_proj_weight": m + "layers.0.cross.in_proj_weight",
+        p + "transformer_self_attention_layers.0.norm.weight": m + "layers.0.norm_self.weight",
+        p + "transformer_cross_attention_layers.0.norm.weight": m + "layers.0.norm_cross.weight",
+        p + "mask_embed.layers.1.weight": m + "mask_embed.2.weight",
+        p + "mask_embed.layers.2.weight": m + "mask_embed.4.weight",
+        # FC-CLIP-only (no HF counterpart, so test_pixel_decoder's cross-check skips them); 0 and 1 share a shape
+        p + "class_embed.layers.0.weight": m + "class_embed.0.weight",
+        p + "class_embed.layers.1.bias": m + "class_embed.2.bias",
+        p + "class_embed.layers.2.weight": m + "class_embed.4.weight",
+    }
+    assert {k: FCCLIP.our_name(k) for k in pinned} == pinned

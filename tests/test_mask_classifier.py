@@ -61,3 +61,26 @@ def test_mask_average_head_scores_pooled_region(tiny_convnext):
     assert logits[0, 0, :2].argmax() == 1 and logits[0, 1, :2].argmax() == 0
     # log-probabilities: they sum to one with void
     torch.testing.assert_close(logits.exp().sum(-1), torch.ones(1, 2), atol=1e-5, rtol=0)
+
+
+def test_full_mask_token_is_clips_class_token_path():
+    """One mask covering every patch, mask_q_proj as initialised (CLIP's): the mask token attends exactly as CLIP's
+    class token does, through the same last num_mask_layers blocks, so its embedding is CLIP's image embedding."""
+    from fisa_rt.checkpoint import load_model
+    from fisa_rt.mask_classifier import MaskAttentionHead, cosine_logits
+    from fisa_rt.runtime.assets import default_checkpoint
+
+    model, _ = load_model(default_checkpoint())  # trained CLIP: non-zero in_proj biases, SEVE gates open
+    visual = model.backbone.visual
+    # a fresh head: its query projections as initialised from CLIP's (the checkpoint's are SIMO-trained)
+    model.classifier = MaskAttentionHead(visual, model.cfg.classifier, model.embed_dim, model.text.clip.logit_scale)
+    text = random_text(4, model.embed_dim)
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, 128, 128), text)
+        h, w = features.grid
+        generated = MaskGeneratorOutput(mask_logits=torch.full((1, 1, h, w), 5.0), class_embeds=torch.zeros(1),
+                                        void_embedding=torch.zeros(1))
+        logits = model.classifier(model.backbone, features, generated, text, model.logit_scale).logits
+        cls = visual.transformer.resblocks[-1](features.block_inputs[-1])[:, :1]
+        want = cosine_logits(visual.ln_post(cls) @ visual.proj, text, model.classifier.logit_scale.exp())
+    torch.testing.assert_close(logits[..., :-1], want, rtol=1e-5, atol=1e-5)
