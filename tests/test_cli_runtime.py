@@ -578,3 +578,47 @@ def test_onnx_runtime_s_tensorrt_provider_keeps_its_engines_per_model(tmp_path):
     assert not os.path.exists(tmp_path / "unused")
     with pytest.raises(InputError, match="no GPU execution provider"):
         onnx_providers(cpu, "cuda", None)
+
+
+# A review broke each rule below and the tests above still passed: their versions all had a one-digit minor and
+# differed in it, and no version-compatible engine met another GPU or runtime.
+BUILT = {"tensorrt": {"version": "10.3.0", "compute_capability": [8, 7], "precision": "fp16"}}
+COMPATIBLE = {"tensorrt": {**BUILT["tensorrt"], "version_compatible": True}}
+
+
+def test_a_patch_release_is_another_tensorrt():
+    with pytest.raises(CheckpointError):
+        check_engine_compatibility(BUILT, "10.3.1", (8, 7), "e.engine")
+
+
+def test_version_compatible_runs_on_10_13_after_10_3():  # versions compared as numbers: "10.13" < "10.3"
+    check_engine_compatibility(COMPATIBLE, "10.13.3", (8, 7), "e.engine")
+
+
+def test_version_compatible_is_not_hardware_compatible():  # the builder sets no hardware compatibility
+    with pytest.raises(CheckpointError, match="compute capability"):
+        check_engine_compatibility(COMPATIBLE, "10.9.0", (9, 0), "e.engine")
+
+
+def test_version_compatible_never_crosses_runtimes():
+    rtx = {"tensorrt": {"runtime": "TensorRT-RTX", "version": "1.7.1.116", "compute_capability": None,
+                        "version_compatible": True}}
+    with pytest.raises(CheckpointError, match="built with TensorRT-RTX"):
+        check_engine_compatibility(rtx, "10.13.3", (8, 6), "e.engine", "TensorRT")
+
+
+def test_a_manifest_without_sha256_is_refused(tmp_path):
+    from fisa_rt.export.manifest import manifest_path, read_checked_manifest, write_manifest
+
+    art = tmp_path / "m.onnx"
+    art.write_bytes(b"model")
+    write_manifest(str(art), {"kind": "image-model", "image_size": 64, "embed_dim": 64, "templates": "vild",
+                              "context_length": 32})
+    read_checked_manifest(str(art))
+    with open(manifest_path(str(art))) as f:
+        doc = json.load(f)
+    del doc["sha256"]  # a manifest without one was trusted for any file
+    with open(manifest_path(str(art)), "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(CheckpointError, match="does not match its manifest"):
+        read_checked_manifest(str(art))
