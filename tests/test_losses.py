@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 
 from fisa_rt.train.losses import LossWeights, hungarian_match, resize_targets, set_loss
 
@@ -40,3 +41,41 @@ def test_image_without_segments_trains_towards_void():
 def test_targets_are_area_averaged_to_prediction_size():
     (resized,) = resize_targets([torch.ones(1, 8, 8, dtype=torch.bool)], (4, 4))
     assert torch.equal(resized, torch.ones(1, 4, 4))
+
+
+def test_void_class_weight_is_applied():
+    """Unmatched proposals learn void at weight 0.1 (Mask2Former's eos_coef): one matched segment and two unmatched
+    proposals, against a cross-entropy computed here (with void alone the weighted mean would not show it)."""
+    targets = [_masks()[:1]]
+    labels = [torch.tensor([0])]
+    torch.manual_seed(0)
+    cls = torch.randn(1, 3, 3)
+    masks = torch.randn(1, 3, 4, 4)
+    w = LossWeights()
+    rows, cols = hungarian_match(cls[0], masks[0], labels[0], targets[0], w)
+    tgt = torch.full((3,), 2)
+    tgt[rows] = labels[0][cols]
+    want = F.cross_entropy(cls[0], tgt, weight=torch.tensor([1.0, 1.0, 0.1]))
+    got = set_loss(cls, masks, labels, targets, w)["class"]
+    torch.testing.assert_close(got, w.class_weight * want)
+    assert not torch.allclose(got, w.class_weight * F.cross_entropy(cls[0], tgt))
+
+
+def test_matching_prefers_the_confident_class_when_masks_tie():
+    targets = _masks()
+    labels = torch.tensor([0, 1])
+    mask_logits = torch.zeros(2, 4, 4)  # masks carry no information: only the class cost decides
+    class_logits = torch.tensor([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]])
+    rows, cols = hungarian_match(class_logits, mask_logits, labels, targets, LossWeights())
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_each_term_carries_its_own_weight():
+    targets = [_masks()]
+    labels = [torch.tensor([0, 1])]
+    torch.manual_seed(1)
+    cls, masks = torch.randn(1, 3, 3), torch.randn(1, 3, 4, 4)
+    base = set_loss(cls, masks, labels, targets, LossWeights())
+    for name, field in (("class", "class_weight"), ("mask", "mask_weight"), ("dice", "dice_weight")):
+        scaled = set_loss(cls, masks, labels, targets, LossWeights(**{field: 2 * getattr(LossWeights(), field)}))
+        torch.testing.assert_close(scaled[name], 2 * base[name])

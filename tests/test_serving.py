@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from fisa_rt.errors import InputError, MissingDependencyError
 from fisa_rt.runtime.assets import default_checkpoint, sample_images
@@ -394,3 +395,47 @@ def test_zz_a_server_killed_mid_request_is_one_line_and_no_partial_files(server,
     assert code == 2 and len(err) == 1 and "server" in err[0], err
     leftovers = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert not [n for n in leftovers if "tmp" in n], leftovers  # whole files or none
+
+
+def test_protocol_round_trip_keeps_every_segment():
+    """The server's encoding decoded as the client decodes it (the batch-against-alone test dropped a segment on
+    both sides, and the comparison with a local Segmenter needs the bundled server)."""
+    from fisa_rt.postprocess import PanopticResult, Segment
+    from fisa_rt.runtime.results import SegmentationResult
+    from fisa_rt.serving import protocol
+
+    seg_map = torch.zeros(6, 8, dtype=torch.int32)
+    seg_map[:3], seg_map[3:, :4] = 1, 2
+    semantic = np.zeros((6, 8), np.int64)
+    semantic[3:, :4] = 1
+    segments = [Segment(1, 0, True, 0.9, 24), Segment(2, 1, False, 0.8, 12)]
+    image = np.zeros((6, 8, 3), np.uint8)
+    result = SegmentationResult(image, ["cat", "grass"], [True, False], semantic, PanopticResult(seg_map, segments),
+                                None)
+    for labels in ("full", "rle"):
+        out = protocol.encode_result(result, labels, 0)
+        body = json.loads(out[protocol.RESULT][0])
+        full = labels == "full"
+        back = protocol.decode_result(image, ["cat", "grass"], [True, False], "panoptic", body,
+                                      out[protocol.SEMANTIC][0] if full else None,
+                                      out[protocol.SEGMENT_MAP][0] if full else None)
+        assert back.segments() == result.segments() and len(back.segments()) == 2
+
+
+def test_grpc_invalid_argument_is_an_input_error_sent_once():
+    """gRPC's word for a request the server refuses, as HTTP's 400: the user's error, not sent again."""
+    from tritonclient.utils import InferenceServerException
+
+    segmenter = ServerSegmenter("localhost:1", protocol="grpc")
+    segmenter.set_vocabulary(["cat"])
+    calls = []
+
+    class Client:
+        def infer(self, *args, **kwargs):
+            calls.append(1)
+            raise InferenceServerException("20,000 classes exceed", status="StatusCode.INVALID_ARGUMENT")
+
+    segmenter._per_thread.client = Client()
+    with pytest.raises(InputError, match="the server refused the request"):
+        segmenter.infer_raw(np.zeros((8, 8, 3), np.uint8), "panoptic", "rle", 0)
+    assert calls == [1]

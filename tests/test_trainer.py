@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import os
 import pathlib
 import subprocess
@@ -401,3 +402,24 @@ def test_a_state_is_resumed_only_by_a_run_it_fits(interrupted_state, synthetic_d
     assert state.exists() and not out.exists()
     _edit_state(state, {"options": "{}"})  # a state written before options were recorded still resumes
     assert len(train(_adapt(synthetic_data, generator_checkpoint, out)).losses) == 4
+
+
+def test_schedule_warms_up_linearly_then_cosine_decays_to_zero():
+    from fisa_rt.train.trainer import _schedule
+
+    f = _schedule(TrainConfig(stage="clip", data="d", out="o.safetensors", steps=20, warmup=4))
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # the first step already learns, peak at warmup-1
+    assert f(4) == 1.0
+    assert math.isclose(f(12), 0.5)  # half-way through the decay
+    assert f(19) < 0.01 and f(20) == 0.0  # decays to 0, not to the peak
+
+
+def test_average_gradients_divides_the_sum_by_the_world(monkeypatch):
+    """AdamW is invariant to a uniform gradient scale, so the two-process test cannot see a missing division."""
+    env = trainer.Distributed.__new__(trainer.Distributed)
+    env.world, env.rank = 2, 0
+    monkeypatch.setattr(trainer.dist, "all_reduce", lambda t: t.mul_(2))  # two ranks holding the same gradient
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, -2.0, 3.0])
+    env.average_gradients([p])
+    torch.testing.assert_close(p.grad, torch.tensor([1.0, -2.0, 3.0]))

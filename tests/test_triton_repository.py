@@ -372,3 +372,10 @@ def test_a_repository_on_a_file_system_of_its_own_stages_inside_itself(tmp_path,
 
     monkeypatch.setattr(os, "stat", Mounted)
     assert repository.staging_parent(str(out)) == str(out)
+
+
+def test_python_model_config_batches():
+    options = repository.PythonModelOptions()
+    config = repository.python_model_config("model.safetensors", None, options)
+    assert config.max_batch_size == options.max_batch_size == 8
+    assert config.dynamic_batching.max_queue_delay_microseconds == options.queue_delay_us > 0
