@@ -79,3 +79,15 @@ def test_each_term_carries_its_own_weight():
     for name, field in (("class", "class_weight"), ("mask", "mask_weight"), ("dice", "dice_weight")):
         scaled = set_loss(cls, masks, labels, targets, LossWeights(**{field: 2 * getattr(LossWeights(), field)}))
         torch.testing.assert_close(scaled[name], 2 * base[name])
+
+
+def test_the_class_cost_is_weighted_in_the_matching():
+    """Masks say query 0 is target 0; classes say it is target 1: the class weight decides which wins (a matching
+    cost without it passed the other tests, the set loss's own weight being pinned)."""
+    targets = _masks()
+    labels = torch.tensor([0, 1])
+    mask_logits = targets * 2 - 1  # query q weakly on target q
+    class_logits = torch.tensor([[0.0, 3.0, 0.0], [3.0, 0.0, 0.0]])  # query 0 says label 1, query 1 label 0
+    for weight, expected in ((0.1, [(0, 0), (1, 1)]), (100.0, [(0, 1), (1, 0)])):
+        rows, cols = hungarian_match(class_logits, mask_logits, labels, targets, LossWeights(class_weight=weight))
+        assert sorted(zip(rows.tolist(), cols.tolist())) == expected, weight
