@@ -123,6 +123,12 @@ def byte_size(count) -> str:
         size /= 1024
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-line message (a library's may run to many), or its type's name where
+    it says nothing."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def out_of_memory(exc: BaseException) -> Optional[str]:
     """What could not be allocated, in a few words, where ``exc`` is an allocation that failed in numpy, PyTorch
     (CPU or CUDA) or ONNX Runtime (CPU or CUDA); None for any other error. By type where the library has one, else

@@ -26,7 +26,7 @@ import torch
 from .atomic import refuse_unwritable
 from .checkpoint import save_checkpoint
 from .config import FisaConfig, get_model_config
-from .errors import CheckpointError, missing_file_error
+from .errors import CheckpointError, first_line, missing_file_error
 from .file_kinds import file_kind
 from .model import create_model
 from .weight_names import FCCLIP
@@ -139,8 +139,7 @@ def _open_clip_weights(cfg: FisaConfig) -> str:
     try:
         return hf_hub_download(repo, filename)
     except Exception as exc:  # noqa: BLE001 - huggingface_hub's errors have no common base
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot download {repo}/{filename} ({first}): "
+        raise CheckpointError(f"cannot download {repo}/{filename} ({first_line(exc)}): "
                               "pass clip= (--clip) with a local copy") from None
 
 

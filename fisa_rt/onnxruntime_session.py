@@ -5,7 +5,7 @@ Falling back to [...] and retrying") and makes it again on the CPU provider, eve
 failed: a graph ONNX Runtime rejects was loaded twice, and the one error line fisa-rt prints came after lines on
 the standard output a pipeline reads as results; a graph too large for the memory failed twice. fisa-rt chooses
 the providers itself (``runtime.backends.onnx_providers``) and says in one warning line where it falls back
-(``runtime.backends``: from the TensorRT execution provider only).
+(``runtime.backends``: from a GPU provider that fails to the providers after it).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from fisa_rt.errors import CheckpointError, FisaWarning
 from fisa_rt.onnxruntime_session import inference_session
-from fisa_rt.runtime.backends import OnnxRuntimeBackend, _SessionMaker
+from fisa_rt.runtime.backends import OnnxRuntimeBackend, _provider_name, _SessionMaker
 
 from helpers import random_text
 
@@ -61,7 +61,7 @@ class Made:
     """What the stand-ins of onnxruntime.InferenceSession make."""
 
     def __init__(self, providers):
-        self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+        self.providers = [_provider_name(p) for p in providers]
 
     def disable_fallback(self):
         pass
@@ -75,7 +75,7 @@ class Recorder:
 
     def __call__(self, source, options=None, providers=None, enable_fallback=1):
         assert enable_fallback == 0
-        self.calls.append([p if isinstance(p, str) else p[0] for p in providers])
+        self.calls.append([_provider_name(p) for p in providers])
         error = self.fails(self.calls[-1])
         if error is not None:
             raise error

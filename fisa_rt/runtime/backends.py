@@ -26,8 +26,8 @@ import torch
 from ..devices import torch_device
 from ..onnxruntime_session import inference_session
 from ..errors import (
-    CheckpointError, EngineFailure, InputError, MissingDependencyError, OutOfMemory, byte_size, missing_file_error,
-    out_of_memory, warn,
+    CheckpointError, EngineFailure, InputError, MissingDependencyError, OutOfMemory, byte_size, first_line,
+    missing_file_error, out_of_memory, warn,
 )
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -398,7 +398,8 @@ class OnnxRuntimeBackend(Backend):
             if not self._fell_back(exc):
                 raise
             mask_logits, scores = self._run(feed)
-        return RawOutput(torch.from_numpy(mask_logits).to(self.device), torch.from_numpy(scores).to(self.device))
+        device = self.device
+        return RawOutput(torch.from_numpy(mask_logits).to(device), torch.from_numpy(scores).to(device))
 
     def _run(self, feed: Dict[str, np.ndarray]):
         if self.vocabulary is not None:
@@ -417,18 +418,17 @@ class OnnxRuntimeBackend(Backend):
             return False
         import onnx
 
-        failed = self.sessions.providers
-        self.sessions.providers = self.sessions.rest()
+        before = self.sessions.providers
+        self.sessions.providers = self.sessions.rest()  # the remake may fall back further, and says so
         try:
             handed = [onnx.load(self.path, load_external_data=False)] if self.split_graph else []
             self.session, self.vocabulary = _sessions(self.path, handed, self.sessions)
         except Exception as retry:
-            self.sessions.providers = failed
+            self.sessions.providers = before
             if out_of_memory(retry):
                 raise retry from None
             raise exc from None
-        now, self.sessions.providers = self.sessions.providers, failed  # the remake may have fallen back further
-        self.sessions.fall_back(exc, to=now)
+        self.sessions.say_fell_back(_provider_name(before[0]), exc)
         return True
 
 
@@ -466,7 +466,8 @@ class _SessionMaker:
                 if out_of_memory(retry):
                     raise retry from None
                 raise exc from None
-            self.fall_back(exc)
+            failed, self.providers = _provider_name(self.providers[0]), rest
+            self.say_fell_back(failed, exc)
             return session
 
     def rest(self) -> Optional[List[Any]]:
@@ -479,12 +480,9 @@ class _SessionMaker:
             return None
         return rest
 
-    def fall_back(self, exc: BaseException, to: Optional[List[Any]] = None) -> None:
-        """Drop the first provider, which failed with ``exc``, for the later sessions (run on ``to``, by default the
-        providers after it), in one line."""
-        failed, self.providers = _provider_name(self.providers[0]), self.rest() if to is None else to
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        warn(f"{self.path}: ONNX Runtime's {failed} failed ({reason}); running on "
+    def say_fell_back(self, failed: str, exc: BaseException) -> None:
+        """One line: provider ``failed`` failed with ``exc``, and the sessions run on ``providers`` now."""
+        warn(f"{self.path}: ONNX Runtime's {failed} failed ({first_line(exc)[:300]}); running on "
              f"{', '.join(_provider_name(p) for p in self.providers)}")
 
 
